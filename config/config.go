@@ -1,0 +1,203 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is trustproxy's whole configuration, as read from YAML.
+type Config struct {
+	// Listen is the address the registry API listens on. Default 127.0.0.1:5000.
+	Listen string `yaml:"listen"`
+	// DataDir holds trust metadata caches and, by default, filesystem storage.
+	DataDir string `yaml:"data_dir"`
+	// TLS serves HTTPS when both files are set.
+	TLS TLS `yaml:"tls"`
+	// Storage is distribution's storage section: exactly one driver name
+	// (filesystem, inmemory, s3, gcs, azure) with its parameters, passed through.
+	// Default: filesystem under DataDir/storage.
+	Storage map[string]map[string]any `yaml:"storage"`
+	// Upstreams are the registries proxied. The first one is the default, used
+	// when a request names no other (by ns parameter or path prefix).
+	Upstreams []Upstream `yaml:"upstreams"`
+	Trust     Trust      `yaml:"trust"`
+	Limits    Limits     `yaml:"limits"`
+	Log       Log        `yaml:"log"`
+}
+
+// Redacted returns a copy of c for printing and logging in which every
+// password, and every secret parameter of the storage driver, reads
+// "REDACTED". Only what it changes is copied: treat the result as read-only.
+func (c *Config) Redacted() *Config {
+	r := *c
+	hide := func(s *string) {
+		if *s != "" {
+			*s = "REDACTED"
+		}
+	}
+	r.Upstreams = slices.Clone(c.Upstreams)
+	for i := range r.Upstreams {
+		hide(&r.Upstreams[i].Password)
+		hide(&r.Upstreams[i].Notary.Password)
+	}
+	r.Storage = maps.Clone(c.Storage)
+	for driver, params := range r.Storage {
+		params = maps.Clone(params)
+		for k := range params {
+			switch strings.ToLower(k) {
+			case "accesskey", "secretkey", "sessiontoken", "accountkey", "credentials", "password":
+				params[k] = "REDACTED"
+			}
+		}
+		r.Storage[driver] = params
+	}
+	return &r
+}
+
+// TLS names the certificate and key files of the listener.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Upstream is one proxied registry and the Notary server holding its trust data.
+type Upstream struct {
+	// Name is the registry host as it appears in Docker Content Trust GUNs
+	// (docker.io for Docker Hub): the GUN of repository R is Name/R.
+	Name string `yaml:"name"`
+	// URL is the registry's base URL, e.g. https://registry-1.docker.io.
+	URL      string `yaml:"url"`
+	CAFile   string `yaml:"ca_file"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	Notary   Notary `yaml:"notary"`
+}
+
+// Notary is the trust server of an upstream. An empty URL means none is
+// configured: every pull from that upstream is refused in enforce mode.
+type Notary struct {
+	URL      string `yaml:"url"`
+	CAFile   string `yaml:"ca_file"`
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// Trust is the trust policy: pinned roots, named signers and rules.
+type Trust struct {
+	Pinning Pinning  `yaml:"pinning"`
+	Signers []Signer `yaml:"signers"`
+	// Rules are matched in order against the GUN; the first match decides.
+	// A GUN no rule matches is refused.
+	Rules []Rule `yaml:"rules"`
+	// RefreshTTL bounds how long verified trust data is used before the
+	// Notary server is asked again. Default 1m.
+	RefreshTTL time.Duration `yaml:"refresh_ttl"`
+}
+
+// Pinning says which root keys are trusted, as notary's trustpinning does.
+type Pinning struct {
+	// Certs maps a GUN to the IDs of the root certificates trusted for it.
+	Certs map[string][]string `yaml:"certs"`
+	// CA maps a GUN prefix to a PEM file of CA certificates that must have
+	// issued the root certificate.
+	CA map[string]string `yaml:"ca"`
+}
+
+// Signer is a named key the operator trusts to sign tags.
+type Signer struct {
+	Name string `yaml:"name"`
+	// PublicKey is a PEM file holding a public key or an x509 certificate.
+	PublicKey string `yaml:"public_key"`
+	// KeyIDs are TUF key IDs of the signer, either form (over the certificate,
+	// as targets.json lists it, or over the bare public key, as
+	// `notary key list` shows it).
+	KeyIDs []string `yaml:"key_ids"`
+
+	// PEM is the key or certificate read from PublicKey by Load: its first
+	// PEM block, checked to parse with crypto/x509. Nil without PublicKey.
+	PEM []byte `yaml:"-"`
+}
+
+// Mode says what a rule does with an image that fails verification.
+type Mode string
+
+const (
+	// Enforce refuses what does not verify.
+	Enforce Mode = "enforce"
+	// Audit serves everything and logs what enforce would have refused.
+	Audit Mode = "audit"
+)
+
+// UnmarshalText sets m from enforce or audit and rejects any other word.
+func (m *Mode) UnmarshalText(b []byte) error {
+	switch v := Mode(b); v {
+	case Enforce, Audit:
+		*m = v
+		return nil
+	}
+	return fmt.Errorf("mode %q: want %s or %s", b, Enforce, Audit)
+}
+
+// UnmarshalYAML is UnmarshalText with the line of the YAML node in the error,
+// which yaml.v3 leaves out for TextUnmarshaler errors.
+func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
+	err := fmt.Errorf("mode: want %s or %s", Enforce, Audit)
+	if n.Kind == yaml.ScalarNode {
+		err = m.UnmarshalText([]byte(n.Value))
+	}
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
+	}
+	return nil
+}
+
+// Rule is the policy for the GUNs its pattern matches.
+type Rule struct {
+	// Repositories is a pattern over the GUN: path.Match syntax, where * stays
+	// within one path segment, and a trailing /** (or ** alone) matches any depth.
+	Repositories string `yaml:"repositories"`
+	// Signers names entries of Trust.Signers; a tag counts as signed only when
+	// a role holding one of their keys signed it. Empty: any valid signature of
+	// an allowed role counts (what the docker CLI accepted).
+	Signers []string `yaml:"signers"`
+	// Roles are the roles searched for a tag, in order. Default
+	// [targets/releases, targets], as the docker CLI does.
+	Roles []string `yaml:"roles"`
+	// Mode is enforce (default) or audit.
+	Mode Mode `yaml:"mode"`
+	// TOFU trusts a root on first use for GUNs that Pinning does not cover.
+	// Off unless set: a replica's first fetch would otherwise decide the root.
+	TOFU bool `yaml:"tofu"`
+}
+
+// Limits bounds every input from the network.
+type Limits struct {
+	// ManifestBytes caps a manifest read from the upstream. Default 4 MiB.
+	ManifestBytes int64 `yaml:"manifest_bytes"`
+	// Metadata caps per TUF role. Defaults: root 512000, timestamp 16384,
+	// snapshot 2 MB, targets (each role) 5 MB.
+	RootBytes      int64 `yaml:"root_bytes"`
+	TimestampBytes int64 `yaml:"timestamp_bytes"`
+	SnapshotBytes  int64 `yaml:"snapshot_bytes"`
+	TargetsBytes   int64 `yaml:"targets_bytes"`
+	// MaxRootRotations caps the versioned roots walked in one update. Default 32.
+	MaxRootRotations int `yaml:"max_root_rotations"`
+	// MaxDelegations caps the delegation roles fetched per repository. Default 64.
+	MaxDelegations int `yaml:"max_delegations"`
+	// UpstreamTimeout bounds a manifest or trust request, and the wait for
+	// response headers of a blob. Default 30s.
+	UpstreamTimeout time.Duration `yaml:"upstream_timeout"`
+	// BlobIdleTimeout aborts a blob download that makes no progress. Default 60s.
+	BlobIdleTimeout time.Duration `yaml:"blob_idle_timeout"`
+}
+
+// Log configures the JSON logs.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+}

@@ -1,0 +1,584 @@
+package config
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// defaults is the configuration that an empty file gives.
+func defaults() *Config {
+	return &Config{
+		Listen:    "127.0.0.1:5000",
+		DataDir:   "./trustproxy-data",
+		Storage:   map[string]map[string]any{"filesystem": {"rootdirectory": "trustproxy-data/storage"}},
+		Upstreams: []Upstream{{Name: "docker.io", URL: "https://registry-1.docker.io"}},
+		Trust: Trust{
+			Rules:      []Rule{{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce}},
+			RefreshTTL: time.Minute,
+		},
+		Limits: Limits{
+			ManifestBytes:    4 << 20,
+			RootBytes:        512000,
+			TimestampBytes:   16384,
+			SnapshotBytes:    2_000_000,
+			TargetsBytes:     5_000_000,
+			MaxRootRotations: 32,
+			MaxDelegations:   64,
+			UpstreamTimeout:  30 * time.Second,
+			BlobIdleTimeout:  60 * time.Second,
+		},
+		Log: Log{Level: "info"},
+	}
+}
+
+// pems is a self-signed ECDSA CA certificate with its key, in PEM.
+type pems struct{ cert, key, pub []byte }
+
+func newCert(t *testing.T) pems {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "trustproxy test"},
+		DNSNames:              []string{"localhost"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pems{
+		cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		key:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: priv}),
+		// As `docker trust key generate alice` writes alice.pub.
+		pub: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Headers: map[string]string{"role": "alice"}, Bytes: pub}),
+	}
+}
+
+// writeFiles creates files, named relative to dir.
+func writeFiles(t *testing.T, dir string, files map[string][]byte) {
+	t.Helper()
+	for name, b := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want func(c *Config)
+	}{
+		{name: "empty", yaml: ""},
+		{name: "only comments", yaml: "# nothing here\n\n"},
+		{name: "empty mapping", yaml: "{}"},
+		{name: "null document", yaml: "~"},
+		{name: "listen only", yaml: "listen: 127.0.0.1:5000\n"},
+		{
+			name: "storage follows data_dir",
+			yaml: "data_dir: /var/lib/trustproxy\n",
+			want: func(c *Config) {
+				c.DataDir = "/var/lib/trustproxy"
+				c.Storage["filesystem"]["rootdirectory"] = "/var/lib/trustproxy/storage"
+			},
+		},
+		{
+			name: "filesystem without rootdirectory",
+			yaml: "storage:\n  filesystem:\n",
+		},
+		{
+			name: "rule defaults",
+			yaml: "trust:\n  rules:\n    - repositories: docker.io/**\n    - repositories: '**'\n      mode: audit\n      roles: [targets]\n",
+			want: func(c *Config) {
+				c.Trust.Rules = []Rule{
+					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce},
+					{Repositories: "**", Roles: []string{"targets"}, Mode: Audit},
+				}
+			},
+		},
+		{
+			name: "other driver gets no rootdirectory",
+			yaml: "storage:\n  inmemory: {}\n",
+			want: func(c *Config) { c.Storage = map[string]map[string]any{"inmemory": {}} },
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Load(strings.NewReader(tt.yaml), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := defaults()
+			if tt.want != nil {
+				tt.want(want)
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("Load(%q) mismatch (-want +got):\n%s", tt.yaml, diff)
+			}
+		})
+	}
+}
+
+func TestDefault(t *testing.T) {
+	c := Default()
+	if diff := cmp.Diff(defaults(), c); diff != "" {
+		t.Errorf("Default() differs from the defaults Load fills (-want +got):\n%s", diff)
+	}
+	for i, u := range c.Upstreams {
+		if u.Notary.URL != "" {
+			t.Errorf("upstreams[%d].notary.url = %q, want none: notary.docker.io shuts down on 2026-12-08", i, u.Notary.URL)
+		}
+	}
+	for i, r := range c.Trust.Rules {
+		if r.Mode != Enforce || r.TOFU {
+			t.Errorf("trust.rules[%d]: mode %s, tofu %v; want enforce without tofu", i, r.Mode, r.TOFU)
+		}
+	}
+}
+
+func TestEnv(t *testing.T) {
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "notary-ca.pem")
+	writeFiles(t, dir, map[string][]byte{"notary-ca.pem": newCert(t).cert})
+	twoUpstreams := "upstreams:\n  - name: a.example\n    url: https://a.example\n  - name: b.example\n    url: https://b.example\n"
+
+	tests := []struct {
+		name string
+		yaml string
+		env  []string
+		want func(c *Config)
+	}{
+		{
+			name: "every variable",
+			env: []string{
+				"TRUSTPROXY_LISTEN=:5443",
+				"TRUSTPROXY_DATA_DIR=/data",
+				"TRUSTPROXY_LOG_LEVEL=debug",
+				"TRUSTPROXY_UPSTREAM_NAME=mirror.example.com",
+				"TRUSTPROXY_UPSTREAM_URL=https://mirror.example.com",
+				"TRUSTPROXY_UPSTREAM_USERNAME=user",
+				"TRUSTPROXY_UPSTREAM_PASSWORD=secret",
+				"TRUSTPROXY_NOTARY_URL=https://notary.example.com",
+				"TRUSTPROXY_NOTARY_CA_FILE=" + ca,
+				"TRUSTPROXY_NOTARY_USERNAME=nuser",
+				"TRUSTPROXY_NOTARY_PASSWORD=nsecret",
+			},
+			want: func(c *Config) {
+				c.Listen = ":5443"
+				c.DataDir = "/data"
+				c.Storage["filesystem"]["rootdirectory"] = "/data/storage"
+				c.Log.Level = "debug"
+				c.Upstreams[0] = Upstream{
+					Name: "mirror.example.com", URL: "https://mirror.example.com", Username: "user", Password: "secret",
+					Notary: Notary{URL: "https://notary.example.com", CAFile: ca, Username: "nuser", Password: "nsecret"},
+				}
+			},
+		},
+		{
+			name: "notary url on the default upstream",
+			yaml: "listen: 127.0.0.1:5000\n",
+			env:  []string{"TRUSTPROXY_NOTARY_URL=https://notary.example.com"},
+			want: func(c *Config) { c.Upstreams[0].Notary.URL = "https://notary.example.com" },
+		},
+		{
+			name: "last wins, empty and foreign ignored",
+			env:  []string{"TRUSTPROXY_LISTEN=:1", "TRUSTPROXY_LISTEN=:2", "TRUSTPROXY_LOG_LEVEL=", "LISTEN=:3", "TRUSTPROXY_UNKNOWN=x", "junk"},
+			want: func(c *Config) { c.Listen = ":2" },
+		},
+		{
+			name: "first of several upstreams",
+			yaml: twoUpstreams,
+			env:  []string{"TRUSTPROXY_UPSTREAM_URL=http://127.0.0.1:5001"},
+			want: func(c *Config) {
+				c.Upstreams = []Upstream{{Name: "a.example", URL: "http://127.0.0.1:5001"}, {Name: "b.example", URL: "https://b.example"}}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Load(strings.NewReader(tt.yaml), tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := defaults()
+			tt.want(want)
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestErrors(t *testing.T) {
+	ca := newCert(t)
+	rule := func(yaml string) string { return "trust:\n  rules:\n" + yaml }
+	tests := []struct {
+		name  string
+		yaml  string
+		env   []string
+		files map[string][]byte
+		want  []string // substrings of the error
+	}{
+		{name: "unknown key", yaml: "listen: :5000\nlisten_addr: :5001\n", want: []string{"line 2", "listen_addr"}},
+		{
+			name: "unknown nested key",
+			yaml: "upstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n    notary:\n      uri: https://notary.example.com\n",
+			want: []string{"line 5", "uri"},
+		},
+		{name: "bad mode", yaml: rule("    - repositories: '**'\n      mode: enforcing\n"), want: []string{"line 4", `mode "enforcing": want enforce or audit`}},
+		{name: "mode not a word", yaml: rule("    - repositories: '**'\n      mode: [audit]\n"), want: []string{"line 4", "mode: want enforce or audit"}},
+		{name: "duration without unit", yaml: "trust:\n  refresh_ttl: 60\n", want: []string{"line 2", "time.Duration"}},
+		{name: "two documents", yaml: "listen: :5000\n---\nlisten: :5001\n", want: []string{"line 2", "second YAML document"}},
+		{name: "bad listen", yaml: "listen: localhost\n", want: []string{"listen: ", "host:port"}},
+		{name: "bad listen port", yaml: "listen: localhost:http\n", want: []string{`listen: port "http"`}},
+		{name: "tls without key", yaml: "tls:\n  cert_file: tls.crt\n", want: []string{"tls.key_file: required"}},
+		{name: "tls missing files", yaml: "tls:\n  cert_file: tls.crt\n  key_file: tls.key\n", want: []string{"tls.cert_file: file ", "tls.key_file: file ", "does not exist"}},
+		{
+			name:  "tls key does not match",
+			yaml:  "tls:\n  cert_file: tls.crt\n  key_file: tls.key\n",
+			files: map[string][]byte{"tls.crt": ca.cert, "tls.key": newCert(t).key},
+			want:  []string{"tls: ", "private key does not match"},
+		},
+		{name: "two storage drivers", yaml: "storage:\n  filesystem: {}\n  s3: {}\n", want: []string{"storage: 2 drivers (filesystem, s3)"}},
+		{name: "unknown storage driver", yaml: "storage:\n  swift: {}\n", want: []string{"storage.swift: unknown storage driver"}},
+		{name: "bad rootdirectory", yaml: "storage:\n  filesystem:\n    rootdirectory: 7\n", want: []string{"storage.filesystem.rootdirectory"}},
+		{
+			name: "duplicate upstream name",
+			yaml: "upstreams:\n  - name: docker.io\n    url: https://a.example\n  - name: docker.io\n    url: https://b.example\n",
+			want: []string{`upstreams[1].name: "docker.io" is also upstreams[0].name`},
+		},
+		{name: "upstream name with scheme", yaml: "upstreams:\n  - name: https://docker.io\n    url: https://registry-1.docker.io\n", want: []string{`upstreams[0].name: "https://docker.io" is not a host`}},
+		{name: "upstream name upper case", yaml: "upstreams:\n  - name: Docker.io\n    url: https://registry-1.docker.io\n", want: []string{`upstreams[0].name: "Docker.io" is not a host name`}},
+		{name: "upstream name bad port", yaml: "upstreams:\n  - name: reg.example:x\n    url: https://reg.example\n", want: []string{`upstreams[0].name: "reg.example:x": port "x"`}},
+		{name: "upstream without name", yaml: "upstreams:\n  - url: https://reg.example\n", want: []string{"upstreams[0].name: required"}},
+		{name: "upstream url scheme", yaml: "upstreams:\n  - name: reg.example\n    url: ftp://reg.example\n", want: []string{"upstreams[0].url: ", "https://"}},
+		{name: "upstream url missing", yaml: "upstreams:\n  - name: reg.example\n", want: []string{"upstreams[0].url: "}},
+		{name: "notary url without host", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https:///path\n", want: []string{"upstreams[0].notary.url: ", "no host"}},
+		{name: "notary ca without url", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      ca_file: ca.pem\n", want: []string{"upstreams[0].notary.url: required"}},
+		{name: "missing ca file", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    ca_file: certs/ca.pem\n", want: []string{"upstreams[0].ca_file: file ", "certs/ca.pem does not exist"}},
+		{
+			name:  "ca file without certificate",
+			yaml:  "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https://notary.example\n      ca_file: ca.pem\n",
+			files: map[string][]byte{"ca.pem": ca.pub},
+			want:  []string{"upstreams[0].notary.ca_file: ", "no PEM CERTIFICATE block"},
+		},
+		{
+			name:  "ca file is a directory",
+			yaml:  "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    ca_file: certs\n",
+			files: map[string][]byte{"certs/x": nil},
+			want:  []string{"upstreams[0].ca_file: ", "not a regular file"},
+		},
+		{
+			name:  "signer key not PEM",
+			yaml:  "trust:\n  signers:\n    - name: alice\n      public_key: alice.pub\n",
+			files: map[string][]byte{"alice.pub": []byte("not a key\n")},
+			want:  []string{"trust.signers[0].public_key: ", "no PEM block"},
+		},
+		{
+			name:  "signer key is private",
+			yaml:  "trust:\n  signers:\n    - name: alice\n      public_key: alice.key\n",
+			files: map[string][]byte{"alice.key": ca.key},
+			want:  []string{"trust.signers[0].public_key: ", "holds a PRIVATE KEY"},
+		},
+		{
+			name:  "signer key does not parse",
+			yaml:  "trust:\n  signers:\n    - name: alice\n      public_key: alice.pub\n",
+			files: map[string][]byte{"alice.pub": pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte("junk")})},
+			want:  []string{"trust.signers[0].public_key: "},
+		},
+		{name: "signer without key", yaml: "trust:\n  signers:\n    - name: alice\n", want: []string{"trust.signers[0]: set public_key, key_ids or both"}},
+		{name: "signer without name", yaml: "trust:\n  signers:\n    - key_ids: [" + strings.Repeat("a", 64) + "]\n", want: []string{"trust.signers[0].name: required"}},
+		{
+			name: "duplicate signer",
+			yaml: "trust:\n  signers:\n    - name: a\n      key_ids: [" + strings.Repeat("a", 64) + "]\n    - name: a\n      key_ids: [" + strings.Repeat("b", 64) + "]\n",
+			want: []string{`trust.signers[1].name: "a" is used by another signer`},
+		},
+		{name: "bad key id", yaml: "trust:\n  signers:\n    - name: a\n      key_ids: [" + strings.Repeat("A", 64) + "]\n", want: []string{"trust.signers[0].key_ids[0]: ", "64 lower-case hex"}},
+		{
+			name: "bad pattern",
+			yaml: rule("    - repositories: docker.io/**\n    - repositories: '['\n"),
+			want: []string{`trust.rules[1].repositories: bad pattern "[": syntax error in pattern`},
+		},
+		{name: "** inside pattern", yaml: rule("    - repositories: docker.io/**/alpine\n"), want: []string{`trust.rules[0].repositories: bad pattern "docker.io/**/alpine": ** may only`}},
+		{name: "empty segment", yaml: rule("    - repositories: docker.io//alpine\n"), want: []string{`trust.rules[0].repositories: bad pattern "docker.io//alpine": empty path segment`}},
+		{name: "no pattern", yaml: rule("    - mode: audit\n"), want: []string{"trust.rules[0].repositories: required"}},
+		{
+			name: "unknown signer in rule",
+			yaml: "trust:\n  signers:\n    - name: alice\n      key_ids: [" + strings.Repeat("a", 64) + "]\n  rules:\n    - repositories: '**'\n      signers: [alice, carol]\n",
+			want: []string{`trust.rules[0].signers[1]: no signer named "carol" in trust.signers`},
+		},
+		{name: "bad role", yaml: rule("    - repositories: '**'\n      roles: [targets/releases, releases]\n"), want: []string{`trust.rules[0].roles[1]: "releases" is not a targets role`}},
+		{name: "bare targets/ role", yaml: rule("    - repositories: '**'\n      roles: [targets/]\n"), want: []string{`trust.rules[0].roles[0]`}},
+		{name: "negative refresh", yaml: "trust:\n  refresh_ttl: -1m\n", want: []string{"trust.refresh_ttl: must be positive"}},
+		{
+			name: "pinning certs",
+			yaml: "trust:\n  pinning:\n    certs:\n      Docker.io/x: [" + strings.Repeat("a", 64) + "]\n      docker.io/library/alpine: [abc]\n      docker.io/library/busybox: []\n",
+			want: []string{
+				`trust.pinning.certs["Docker.io/x"]: GUN "Docker.io/x"`,
+				`trust.pinning.certs["docker.io/library/alpine"][0]: "abc" is not a certificate ID`,
+				`trust.pinning.certs["docker.io/library/busybox"]: no certificate IDs`,
+			},
+		},
+		{name: "pinning ca missing", yaml: "trust:\n  pinning:\n    ca:\n      docker.io/: ca.pem\n", want: []string{`trust.pinning.ca["docker.io/"]: file `}},
+		{name: "pinning ca no file", yaml: "trust:\n  pinning:\n    ca:\n      docker.io/: ''\n", want: []string{`trust.pinning.ca["docker.io/"]: no file named`}},
+		{
+			name: "limits",
+			yaml: "limits:\n  manifest_bytes: -1\n  max_delegations: -2\n  upstream_timeout: -1s\n",
+			want: []string{"limits.manifest_bytes: must be positive", "limits.max_delegations: must be positive", "limits.upstream_timeout: must be positive"},
+		},
+		{name: "log level", yaml: "log:\n  level: verbose\n", want: []string{`log.level: "verbose"`}},
+		{name: "env is validated", env: []string{"TRUSTPROXY_UPSTREAM_URL=registry-1.docker.io"}, want: []string{"upstreams[0].url: "}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFiles(t, dir, tt.files)
+			writeFiles(t, dir, map[string][]byte{"trustproxy.yaml": []byte(tt.yaml)})
+			_, err := LoadFile(filepath.Join(dir, "trustproxy.yaml"), tt.env)
+			if err == nil {
+				t.Fatalf("LoadFile succeeded, want an error with %q", tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not contain %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestErrorsHidePasswords(t *testing.T) {
+	yaml := `
+upstreams:
+  - name: Bad.Name
+    url: https://user:hunter2@reg.example
+    password: hunter2
+    notary:
+      url: "https://user:hunter2@notary.example/%zz"
+      password: hunter2
+storage:
+  s3:
+    secretkey: hunter2
+  gcs: {}
+`
+	_, err := Load(strings.NewReader(yaml), []string{"TRUSTPROXY_NOTARY_PASSWORD=hunter2"})
+	if err == nil {
+		t.Fatal("Load succeeded, want errors")
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error shows a password:\n%v", err)
+	}
+}
+
+func TestRedacted(t *testing.T) {
+	c := defaults()
+	c.Upstreams = []Upstream{
+		{Name: "a.example", Username: "u", Password: "p1", Notary: Notary{Username: "n", Password: "p2"}},
+		{Name: "b.example"},
+	}
+	c.Storage = map[string]map[string]any{"s3": {"bucket": "b", "accesskey": "AK", "secretkey": "SK"}}
+	orig := *c
+	orig.Upstreams = append([]Upstream(nil), c.Upstreams...)
+
+	want := defaults()
+	want.Upstreams = []Upstream{
+		{Name: "a.example", Username: "u", Password: "REDACTED", Notary: Notary{Username: "n", Password: "REDACTED"}},
+		{Name: "b.example"},
+	}
+	want.Storage = map[string]map[string]any{"s3": {"bucket": "b", "accesskey": "REDACTED", "secretkey": "REDACTED"}}
+	if diff := cmp.Diff(want, c.Redacted()); diff != "" {
+		t.Errorf("Redacted() mismatch (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(&orig, c); diff != "" {
+		t.Errorf("Redacted() changed its receiver (-before +after):\n%s", diff)
+	}
+	if c.Storage["s3"]["secretkey"] != "SK" {
+		t.Errorf("Redacted() changed the storage secret of its receiver")
+	}
+}
+
+func TestMatch(t *testing.T) {
+	tests := []struct {
+		pattern, gun string
+		want         bool
+	}{
+		{"**", "docker.io/library/alpine", true},
+		{"**", "registry.example.com:5443/a/b/c", true},
+		{"docker.io/**", "docker.io/library/alpine", true},
+		{"docker.io/**", "docker.io/a/b/c/d", true},
+		{"docker.io/**", "docker.io", false},
+		{"docker.io/**", "quay.io/library/alpine", false},
+		{"docker.io/**", "docker.io.evil.example/library/alpine", false},
+		{"docker.io/library/*", "docker.io/library/alpine", true},
+		{"docker.io/library/*", "docker.io/library/alpine/extra", false},
+		{"docker.io/library/*", "docker.io/library", false},
+		{"docker.io/library/*", "docker.io/myorg/alpine", false},
+		{"docker.io/*/alpine", "docker.io/library/alpine", true},
+		{"docker.io/*", "docker.io/library/alpine", false},
+		{"docker.io/library/alpine", "docker.io/library/alpine", true},
+		{"docker.io/library/alpine", "docker.io/library/alpine2", false},
+		{"docker.io/library/alpine", "docker.io/library", false},
+		{"docker.io/library/alp?ne", "docker.io/library/alpine", true},
+		{"docker.io/library/[ab]*", "docker.io/library/busybox", true},
+		{"docker.io/library/[ab]*", "docker.io/library/centos", false},
+		{"*/library/**", "quay.io/library/x/y", true},
+		{"registry.example.com:5443/**", "registry.example.com:5443/team/app", true},
+		{"[", "[", false},
+		{"docker.io/[/**", "docker.io/[/x", false},
+		{"", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern+" "+tt.gun, func(t *testing.T) {
+			if got := match(tt.pattern, tt.gun); got != tt.want {
+				t.Errorf("match(%q, %q) = %v, want %v", tt.pattern, tt.gun, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRuleFor(t *testing.T) {
+	c := &Config{Trust: Trust{Rules: []Rule{
+		{Repositories: "docker.io/library/*", Mode: Enforce},
+		{Repositories: "docker.io/**", Mode: Audit},
+	}}}
+	tests := []struct {
+		gun    string
+		want   Rule
+		wantOK bool
+	}{
+		{"docker.io/library/alpine", c.Trust.Rules[0], true},
+		{"docker.io/myorg/app", c.Trust.Rules[1], true},
+		{"quay.io/myorg/app", Rule{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.gun, func(t *testing.T) {
+			got, ok := c.RuleFor(tt.gun)
+			if diff := cmp.Diff(tt.want, got); diff != "" || ok != tt.wantOK {
+				t.Errorf("RuleFor(%q) = _, %v, want %v; rule (-want +got):\n%s", tt.gun, ok, tt.wantOK, diff)
+			}
+		})
+	}
+}
+
+func TestModeUnmarshalText(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Mode
+		wantErr bool
+	}{
+		{"enforce", Enforce, false},
+		{"audit", Audit, false},
+		{"Enforce", "", true},
+		{"", "", true},
+		{"warn", "", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			var m Mode
+			err := m.UnmarshalText([]byte(tt.in))
+			if m != tt.want || (err != nil) != tt.wantErr {
+				t.Errorf("UnmarshalText(%q) = %q, %v; want %q, error %v", tt.in, m, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestExample loads config/trustproxy.yaml with the files it names laid out
+// beside it.
+func TestExample(t *testing.T) {
+	example, err := os.ReadFile("trustproxy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tlsPair, registryCA, notaryCA, rootCA, alice, bob := newCert(t), newCert(t), newCert(t), newCert(t), newCert(t), newCert(t)
+	writeFiles(t, dir, map[string][]byte{
+		"trustproxy.yaml":       example,
+		"certs/tls.crt":         tlsPair.cert,
+		"certs/tls.key":         tlsPair.key,
+		"certs/registry-ca.pem": registryCA.cert,
+		"certs/notary-ca.pem":   notaryCA.cert,
+		"certs/root-ca.pem":     rootCA.cert,
+		"keys/alice.pub":        alice.pub,
+		"keys/bob.crt":          bob.cert,
+	})
+	got, err := LoadFile(filepath.Join(dir, "trustproxy.yaml"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	path := func(name string) string { return filepath.Join(dir, name) }
+	want := &Config{
+		Listen:  "0.0.0.0:5000",
+		DataDir: path("data"),
+		TLS:     TLS{CertFile: path("certs/tls.crt"), KeyFile: path("certs/tls.key")},
+		Storage: map[string]map[string]any{"filesystem": {"rootdirectory": path("data/storage")}},
+		Upstreams: []Upstream{
+			{
+				Name: "docker.io", URL: "https://registry-1.docker.io", CAFile: path("certs/registry-ca.pem"),
+				Username: "trustproxy", Password: "change-me",
+				Notary: Notary{URL: "https://notary.example.internal", CAFile: path("certs/notary-ca.pem"), Username: "trustproxy", Password: "change-me"},
+			},
+			{
+				Name: "registry.example.com:5443", URL: "https://registry.example.com:5443", CAFile: path("certs/registry-ca.pem"),
+				Username: "mirror", Password: "change-me",
+				Notary: Notary{URL: "https://notary.example.com:4443", CAFile: path("certs/notary-ca.pem"), Username: "mirror", Password: "change-me"},
+			},
+		},
+		Trust: Trust{
+			Pinning: Pinning{
+				Certs: map[string][]string{"docker.io/library/alpine": {"8f1a4c6e0b2d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a"}},
+				CA:    map[string]string{"registry.example.com:5443/": path("certs/root-ca.pem")},
+			},
+			Signers: []Signer{
+				{Name: "alice", PublicKey: path("keys/alice.pub"), PEM: alice.pub},
+				{Name: "release-ci", KeyIDs: []string{"3c5e7b9d1f3a8f1a4c6e0b2d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a"}},
+				{Name: "bob", PublicKey: path("keys/bob.crt"), PEM: bob.cert, KeyIDs: []string{"5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a8f1a4c6e0b2d3f"}},
+			},
+			Rules: []Rule{
+				{Repositories: "registry.example.com:5443/**", Signers: []string{"release-ci", "bob"}, Roles: []string{"targets/releases"}, Mode: Enforce},
+				{Repositories: "docker.io/library/*", Signers: []string{"alice"}, Roles: []string{"targets/releases", "targets"}, Mode: Enforce},
+				{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Audit, TOFU: true},
+			},
+			RefreshTTL: 5 * time.Minute,
+		},
+		Limits: defaults().Limits,
+		Log:    Log{Level: "info"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("LoadFile(example) mismatch (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,250 @@
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// defaultYAML is the configuration used when none is given.
+//
+//go:embed default.yaml
+var defaultYAML []byte
+
+// Load decodes a YAML configuration from r, applies the TRUSTPROXY_*
+// overrides found in env (KEY=value strings as os.Environ returns them; the
+// last of a key wins, empty values are ignored), fills defaults and validates
+// the result. Input holding no YAML document (empty, or only comments) means
+// the embedded default. Unknown keys are errors naming the key and its line;
+// validation errors name the field, e.g. trust.rules[1].repositories, and
+// several are joined with newlines. Relative file paths are relative to the
+// working directory.
+//
+// The overrides, each replacing what the file says:
+//
+//	TRUSTPROXY_LISTEN            listen
+//	TRUSTPROXY_DATA_DIR          data_dir
+//	TRUSTPROXY_LOG_LEVEL         log.level
+//	TRUSTPROXY_UPSTREAM_NAME     upstreams[0].name
+//	TRUSTPROXY_UPSTREAM_URL      upstreams[0].url
+//	TRUSTPROXY_UPSTREAM_USERNAME upstreams[0].username
+//	TRUSTPROXY_UPSTREAM_PASSWORD upstreams[0].password
+//	TRUSTPROXY_NOTARY_URL        upstreams[0].notary.url
+//	TRUSTPROXY_NOTARY_CA_FILE    upstreams[0].notary.ca_file
+//	TRUSTPROXY_NOTARY_USERNAME   upstreams[0].notary.username
+//	TRUSTPROXY_NOTARY_PASSWORD   upstreams[0].notary.password
+//
+// When the file lists no upstream, upstreams[0] is the default one, docker.io.
+func Load(r io.Reader, env []string) (*Config, error) {
+	return load(r, env, "")
+}
+
+// LoadFile is Load on the file at path, except that relative paths written
+// in the file (tls files, ca_file of upstreams and notary servers, pinning CA
+// files, signer public keys, storage.filesystem.rootdirectory and data_dir)
+// are relative to the file's folder. Paths from env or from defaults stay
+// relative to the working directory.
+func LoadFile(path string, env []string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open config: %w", err)
+	}
+	defer f.Close()
+	c, err := load(f, env, filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Default returns the embedded default configuration (config/default.yaml),
+// with defaults filled. It names no Notary server, so in its enforce mode every
+// pull is refused until one is configured. Default panics if the embedded file
+// does not validate, which the package tests rule out.
+func Default() *Config {
+	c, err := Load(bytes.NewReader(defaultYAML), nil)
+	if err != nil {
+		panic("config: embedded default.yaml: " + err.Error())
+	}
+	return c
+}
+
+// load is Load, resolving relative paths of the file against dir unless dir
+// is empty.
+func load(r io.Reader, env []string, dir string) (*Config, error) {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	c, err := decode(b)
+	if errors.Is(err, io.EOF) {
+		c, err = decode(defaultYAML)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("decode config: %w", err)
+	}
+	if dir != "" {
+		c.resolve(dir)
+	}
+	c.applyEnv(env)
+	c.setDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decode reads the one YAML document in b, rejecting unknown keys. It returns
+// io.EOF when b holds no document.
+func decode(b []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	c := new(Config)
+	if err := dec.Decode(c); err != nil {
+		if te, ok := errors.AsType[*yaml.TypeError](err); ok {
+			for i, e := range te.Errors {
+				// yaml.v3 says "line N: field K not found in type config.T".
+				line, rest, _ := strings.Cut(e, ": field ")
+				if key, _, ok := strings.Cut(rest, " not found in type "); ok {
+					te.Errors[i] = fmt.Sprintf("%s: unknown key %q; config/trustproxy.yaml shows every option", line, key)
+				}
+			}
+		}
+		return nil, err
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case err == nil:
+		return nil, fmt.Errorf("line %d: a second YAML document; keep the whole configuration in one", next.Line)
+	case !errors.Is(err, io.EOF):
+		return nil, err
+	}
+	return c, nil
+}
+
+// resolve makes the relative file paths written in the file relative to dir.
+func (c *Config) resolve(dir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&c.DataDir)
+	abs(&c.TLS.CertFile)
+	abs(&c.TLS.KeyFile)
+	for i := range c.Upstreams {
+		abs(&c.Upstreams[i].CAFile)
+		abs(&c.Upstreams[i].Notary.CAFile)
+	}
+	for prefix, file := range c.Trust.Pinning.CA {
+		abs(&file)
+		c.Trust.Pinning.CA[prefix] = file
+	}
+	for i := range c.Trust.Signers {
+		abs(&c.Trust.Signers[i].PublicKey)
+	}
+	if root, ok := c.Storage["filesystem"]["rootdirectory"].(string); ok {
+		abs(&root)
+		c.Storage["filesystem"]["rootdirectory"] = root
+	}
+}
+
+// applyEnv applies the TRUSTPROXY_* overrides listed on Load.
+func (c *Config) applyEnv(env []string) {
+	vars := make(map[string]string)
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "TRUSTPROXY_") && v != "" {
+			vars[k] = v
+		}
+	}
+	if len(vars) == 0 {
+		return
+	}
+	if len(c.Upstreams) == 0 {
+		c.Upstreams = []Upstream{defaultUpstream()}
+	}
+	u := &c.Upstreams[0]
+	for key, field := range map[string]*string{
+		"TRUSTPROXY_LISTEN":            &c.Listen,
+		"TRUSTPROXY_DATA_DIR":          &c.DataDir,
+		"TRUSTPROXY_LOG_LEVEL":         &c.Log.Level,
+		"TRUSTPROXY_UPSTREAM_NAME":     &u.Name,
+		"TRUSTPROXY_UPSTREAM_URL":      &u.URL,
+		"TRUSTPROXY_UPSTREAM_USERNAME": &u.Username,
+		"TRUSTPROXY_UPSTREAM_PASSWORD": &u.Password,
+		"TRUSTPROXY_NOTARY_URL":        &u.Notary.URL,
+		"TRUSTPROXY_NOTARY_CA_FILE":    &u.Notary.CAFile,
+		"TRUSTPROXY_NOTARY_USERNAME":   &u.Notary.Username,
+		"TRUSTPROXY_NOTARY_PASSWORD":   &u.Notary.Password,
+	} {
+		if v, ok := vars[key]; ok {
+			*field = v
+		}
+	}
+}
+
+// defaultUpstream is Docker Hub, without a Notary server: Docker's public one,
+// notary.docker.io, shuts down on 2026-12-08.
+func defaultUpstream() Upstream {
+	return Upstream{Name: "docker.io", URL: "https://registry-1.docker.io"}
+}
+
+// setDefaults fills what the file and env left unset.
+func (c *Config) setDefaults() {
+	orDefault(&c.Listen, "127.0.0.1:5000")
+	orDefault(&c.DataDir, "./trustproxy-data")
+	if len(c.Storage) == 0 {
+		c.Storage = map[string]map[string]any{"filesystem": nil}
+	}
+	if fs, ok := c.Storage["filesystem"]; ok && fs["rootdirectory"] == nil {
+		if fs == nil {
+			fs = make(map[string]any)
+			c.Storage["filesystem"] = fs
+		}
+		fs["rootdirectory"] = filepath.Join(c.DataDir, "storage")
+	}
+	if len(c.Upstreams) == 0 {
+		c.Upstreams = []Upstream{defaultUpstream()}
+	}
+
+	orDefault(&c.Trust.RefreshTTL, time.Minute)
+	if len(c.Trust.Rules) == 0 {
+		c.Trust.Rules = []Rule{{Repositories: "**"}}
+	}
+	for i := range c.Trust.Rules {
+		r := &c.Trust.Rules[i]
+		if len(r.Roles) == 0 {
+			r.Roles = []string{"targets/releases", "targets"}
+		}
+		orDefault(&r.Mode, Enforce)
+	}
+
+	l := &c.Limits
+	orDefault(&l.ManifestBytes, 4<<20)
+	orDefault(&l.RootBytes, 512_000)
+	orDefault(&l.TimestampBytes, 16_384)
+	orDefault(&l.SnapshotBytes, 2_000_000)
+	orDefault(&l.TargetsBytes, 5_000_000)
+	orDefault(&l.MaxRootRotations, 32)
+	orDefault(&l.MaxDelegations, 64)
+	orDefault(&l.UpstreamTimeout, 30*time.Second)
+	orDefault(&l.BlobIdleTimeout, 60*time.Second)
+
+	orDefault(&c.Log.Level, "info")
+}
+
+// orDefault sets *p to v if *p is the zero value.
+func orDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}

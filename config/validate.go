@@ -1,0 +1,399 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"net"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// problems collects validation errors, each prefixed with its field path.
+type problems []error
+
+func (p *problems) addf(field, format string, args ...any) {
+	*p = append(*p, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+}
+
+// validate checks c, after defaults are filled, and reads each signer's
+// public key into its PEM field. It returns every problem found, joined.
+// No error message contains a password.
+func (c *Config) validate() error {
+	var p problems
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
+		p.addf("listen", "%v; want host:port, e.g. 127.0.0.1:5000 or :5000", err)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		p.addf("listen", "port %q is not a number from 0 to 65535", port)
+	}
+	c.validateTLS(&p)
+	c.validateStorage(&p)
+	c.validateUpstreams(&p)
+	c.validateTrust(&p)
+	c.validateLimits(&p)
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		p.addf("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	return errors.Join(p...)
+}
+
+func (c *Config) validateTLS(p *problems) {
+	t := c.TLS
+	switch {
+	case t.CertFile == "" && t.KeyFile == "":
+		return
+	case t.CertFile == "":
+		p.addf("tls.cert_file", "required with tls.key_file: set both to serve HTTPS, or neither")
+		return
+	case t.KeyFile == "":
+		p.addf("tls.key_file", "required with tls.cert_file: set both to serve HTTPS, or neither")
+		return
+	}
+	cert, err := readFile(t.CertFile)
+	if err != nil {
+		p.addf("tls.cert_file", "%v", err)
+	}
+	key, err2 := readFile(t.KeyFile)
+	if err2 != nil {
+		p.addf("tls.key_file", "%v", err2)
+	}
+	if err == nil && err2 == nil {
+		if _, err := tls.X509KeyPair(cert, key); err != nil {
+			p.addf("tls", "%v", err)
+		}
+	}
+}
+
+func (c *Config) validateStorage(p *problems) {
+	drivers := []string{"filesystem", "inmemory", "s3", "gcs", "azure"}
+	names := slices.Sorted(maps.Keys(c.Storage))
+	for _, name := range names {
+		if !slices.Contains(drivers, name) {
+			p.addf("storage."+name, "unknown storage driver; use one of %s", strings.Join(drivers, ", "))
+		}
+	}
+	if len(names) != 1 {
+		p.addf("storage", "%d drivers (%s); configure exactly one", len(names), strings.Join(names, ", "))
+	}
+	if root, ok := c.Storage["filesystem"]["rootdirectory"]; ok {
+		if s, ok := root.(string); !ok || s == "" {
+			p.addf("storage.filesystem.rootdirectory", "want a directory path")
+		}
+	}
+}
+
+func (c *Config) validateUpstreams(p *problems) {
+	if len(c.Upstreams) == 0 {
+		p.addf("upstreams", "none configured; list at least one registry")
+	}
+	seen := make(map[string]int)
+	for i, u := range c.Upstreams {
+		f := fmt.Sprintf("upstreams[%d]", i)
+		if err := checkHost(u.Name); err != nil {
+			p.addf(f+".name", "%v", err)
+		} else if j, dup := seen[u.Name]; dup {
+			p.addf(f+".name", "%q is also upstreams[%d].name; names must be unique", u.Name, j)
+		} else {
+			seen[u.Name] = i
+		}
+		if err := checkURL(u.URL); err != nil {
+			p.addf(f+".url", "%v", err)
+		}
+		if u.CAFile != "" {
+			if err := checkCAFile(u.CAFile); err != nil {
+				p.addf(f+".ca_file", "%v", err)
+			}
+		}
+		if u.Password != "" && u.Username == "" {
+			p.addf(f+".username", "required with a password")
+		}
+		n := u.Notary
+		if n.URL == "" {
+			if n.CAFile != "" || n.Username != "" || n.Password != "" {
+				p.addf(f+".notary.url", "required with notary ca_file or credentials")
+			}
+			continue
+		}
+		if err := checkURL(n.URL); err != nil {
+			p.addf(f+".notary.url", "%v", err)
+		}
+		if n.CAFile != "" {
+			if err := checkCAFile(n.CAFile); err != nil {
+				p.addf(f+".notary.ca_file", "%v", err)
+			}
+		}
+		if n.Password != "" && n.Username == "" {
+			p.addf(f+".notary.username", "required with a password")
+		}
+	}
+}
+
+func (c *Config) validateTrust(p *problems) {
+	t := &c.Trust
+	for _, gun := range slices.Sorted(maps.Keys(t.Pinning.Certs)) {
+		f := fmt.Sprintf("trust.pinning.certs[%q]", gun)
+		if err := checkGUN(gun); err != nil {
+			p.addf(f, "%v", err)
+		}
+		if len(t.Pinning.Certs[gun]) == 0 {
+			p.addf(f, "no certificate IDs; list the root certificate IDs trusted for this GUN")
+		}
+		for i, id := range t.Pinning.Certs[gun] {
+			if !isKeyID(id) {
+				p.addf(fmt.Sprintf("%s[%d]", f, i), "%q is not a certificate ID: want 64 lower-case hex characters", id)
+			}
+		}
+	}
+	for _, prefix := range slices.Sorted(maps.Keys(t.Pinning.CA)) {
+		f := fmt.Sprintf("trust.pinning.ca[%q]", prefix)
+		host, _, _ := strings.Cut(prefix, "/")
+		if err := checkHost(host); err != nil {
+			p.addf(f, "GUN prefix: %v", err)
+		}
+		if err := checkCAFile(t.Pinning.CA[prefix]); err != nil {
+			p.addf(f, "%v", err)
+		}
+	}
+
+	signers := make(map[string]bool)
+	for i := range t.Signers {
+		s := &t.Signers[i]
+		f := fmt.Sprintf("trust.signers[%d]", i)
+		switch {
+		case s.Name == "":
+			p.addf(f+".name", "required")
+		case signers[s.Name]:
+			p.addf(f+".name", "%q is used by another signer; names must be unique", s.Name)
+		}
+		signers[s.Name] = true
+		if s.PublicKey == "" && len(s.KeyIDs) == 0 {
+			p.addf(f, "set public_key, key_ids or both")
+		}
+		if s.PublicKey != "" {
+			b, err := readPublicKey(s.PublicKey)
+			if err != nil {
+				p.addf(f+".public_key", "%v", err)
+			}
+			s.PEM = b
+		}
+		for j, id := range s.KeyIDs {
+			if !isKeyID(id) {
+				p.addf(fmt.Sprintf("%s.key_ids[%d]", f, j), "%q is not a key ID: want 64 lower-case hex characters, as targets.json or `notary key list` show", id)
+			}
+		}
+	}
+
+	for i, r := range t.Rules {
+		f := fmt.Sprintf("trust.rules[%d]", i)
+		if err := checkPattern(r.Repositories); err != nil {
+			p.addf(f+".repositories", "%v", err)
+		}
+		for j, name := range r.Signers {
+			if name == "" || !signers[name] {
+				p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "no signer named %q in trust.signers; add it there or fix the name", name)
+			}
+		}
+		for j, role := range r.Roles {
+			if role != "targets" && (!strings.HasPrefix(role, "targets/") || role == "targets/") {
+				p.addf(fmt.Sprintf("%s.roles[%d]", f, j), "%q is not a targets role: want targets or targets/<name>", role)
+			}
+		}
+		if r.Mode != Enforce && r.Mode != Audit {
+			p.addf(f+".mode", "%q: want %s or %s", r.Mode, Enforce, Audit)
+		}
+	}
+	if t.RefreshTTL <= 0 {
+		p.addf("trust.refresh_ttl", "must be positive, e.g. 1m")
+	}
+}
+
+func (c *Config) validateLimits(p *problems) {
+	l := c.Limits
+	for _, v := range []struct {
+		name string
+		n    int64
+	}{
+		{"manifest_bytes", l.ManifestBytes},
+		{"root_bytes", l.RootBytes},
+		{"timestamp_bytes", l.TimestampBytes},
+		{"snapshot_bytes", l.SnapshotBytes},
+		{"targets_bytes", l.TargetsBytes},
+		{"max_root_rotations", int64(l.MaxRootRotations)},
+		{"max_delegations", int64(l.MaxDelegations)},
+		{"upstream_timeout", int64(l.UpstreamTimeout)},
+		{"blob_idle_timeout", int64(l.BlobIdleTimeout)},
+	} {
+		if v.n <= 0 {
+			p.addf("limits."+v.name, "must be positive; leave it out for the default")
+		}
+	}
+}
+
+// checkHost says why name is not a registry host as it appears in image
+// names and GUNs (docker.io, registry.example.com:5000, [::1]:5000), or
+// returns nil.
+func checkHost(name string) error {
+	if name == "" {
+		return errors.New("required: the registry host as in image names, e.g. docker.io")
+	}
+	if strings.Contains(name, "/") {
+		return fmt.Errorf("%q is not a host: write it without scheme or path, e.g. docker.io", name)
+	}
+	host := name
+	if h, port, err := net.SplitHostPort(name); err == nil {
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return fmt.Errorf("%q: port %q is not a number from 0 to 65535", name, port)
+		}
+		host = h
+		if strings.Contains(h, ":") {
+			host = "[" + h + "]"
+		}
+	}
+	if ip, ok := strings.CutPrefix(host, "["); ok {
+		if ip, ok := strings.CutSuffix(ip, "]"); ok && net.ParseIP(ip) != nil {
+			return nil
+		}
+		return fmt.Errorf("%q: not an IPv6 address in brackets", name)
+	}
+	for label := range strings.SplitSeq(host, ".") {
+		if label == "" || label[0] == '-' || label[len(label)-1] == '-' ||
+			strings.Trim(label, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+			return fmt.Errorf("%q is not a host name: want lower-case letters, digits, dots and dashes, e.g. docker.io", name)
+		}
+	}
+	return nil
+}
+
+// checkGUN says why gun is not a GUN (host/repository, e.g.
+// docker.io/library/alpine), or returns nil.
+func checkGUN(gun string) error {
+	host, repo, _ := strings.Cut(gun, "/")
+	if err := checkHost(host); err != nil {
+		return fmt.Errorf("GUN %q: %w", gun, err)
+	}
+	for seg := range strings.SplitSeq(repo, "/") {
+		if seg == "" || strings.Trim(seg, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
+			return fmt.Errorf("GUN %q: want host/repository in lower case, e.g. docker.io/library/alpine", gun)
+		}
+	}
+	return nil
+}
+
+// checkURL says why raw is not an http or https URL with a host, or returns
+// nil. Its errors never show credentials.
+func checkURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			err = ue.Err
+		}
+		return fmt.Errorf("not a URL: %v", err)
+	}
+	switch {
+	case u.User != nil:
+		return errors.New("credentials in the URL: put them in username and password instead")
+	case u.Scheme != "https" && u.Scheme != "http":
+		return fmt.Errorf("%q: want an https:// or http:// URL", raw)
+	case u.Host == "":
+		return fmt.Errorf("%q has no host: want e.g. https://registry.example.com", raw)
+	case u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("%q: remove the query or fragment", raw)
+	}
+	return nil
+}
+
+// isKeyID reports whether id is a TUF key ID: 64 lower-case hex characters.
+func isKeyID(id string) bool {
+	return len(id) == 64 && strings.Trim(id, "0123456789abcdef") == ""
+}
+
+// maxFileBytes bounds the PEM files a configuration names.
+const maxFileBytes = 1 << 20
+
+// readFile reads the regular file at path, up to maxFileBytes.
+func readFile(path string) ([]byte, error) {
+	if path == "" {
+		return nil, errors.New("no file named; give the path of a PEM file")
+	}
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("file %s does not exist; create it or fix the path", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > maxFileBytes {
+		return nil, fmt.Errorf("%s is larger than %d bytes; want a PEM file", path, maxFileBytes)
+	}
+	return b, nil
+}
+
+// checkCAFile checks that the file at path holds at least one PEM
+// certificate and that every certificate in it parses.
+func checkCAFile(path string) error {
+	b, err := readFile(path)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for block, rest := pem.Decode(b); block != nil; block, rest = pem.Decode(rest) {
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		n++
+		if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+			return fmt.Errorf("%s: certificate %d: %w", path, n, err)
+		}
+	}
+	if n == 0 {
+		return fmt.Errorf("%s holds no PEM CERTIFICATE block; want CA certificates in PEM", path)
+	}
+	return nil
+}
+
+// readPublicKey returns the first PEM block of the file at path, checked to be
+// a PKIX public key or an x509 certificate.
+func readPublicKey(path string) ([]byte, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, fmt.Errorf("%s holds no PEM block; want a PUBLIC KEY or CERTIFICATE", path)
+	}
+	switch block.Type {
+	case "PUBLIC KEY":
+		_, err = x509.ParsePKIXPublicKey(block.Bytes)
+	case "CERTIFICATE":
+		_, err = x509.ParseCertificate(block.Bytes)
+	default:
+		return nil, fmt.Errorf("%s holds a %s; want the signer's PUBLIC KEY or CERTIFICATE", path, block.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return pem.EncodeToMemory(block), nil
+}

@@ -1,0 +1,311 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// serveBlob answers GET and HEAD /v2/<name>/blobs/<digest>. The blob must be
+// referenced by a manifest verified in this repository. Stored blobs are
+// served by distribution (Range, HEAD, ETag); cold ones are fetched once from
+// the upstream however many clients ask, and streamed while they arrive.
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request) error {
+	ctx := r.Context()
+	snap, err := s.snapshot(ctx, req)
+	if err != nil {
+		return err
+	}
+	desc := v1.Descriptor{Digest: req.dgst, Size: -1}
+	if snap != nil {
+		d, ok := s.authorize(ctx, req, snap, req.dgst)
+		if ok {
+			desc = d
+		} else if err := s.refuse(ctx, req, &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotReferenced,
+			Detail: "no verified manifest of this repository refers to this blob; pull a signed tag"}); err != nil {
+			return err
+		}
+	}
+	repo, err := s.repository(ctx, req.gun)
+	if err != nil {
+		return err
+	}
+	blobs := repo.Blobs(ctx)
+	if _, err := blobs.Stat(ctx, req.dgst); err == nil {
+		s.metrics.served.WithLabelValues("blob", "cache").Inc()
+		return blobs.ServeBlob(ctx, w, r, req.dgst)
+	}
+	if r.Method == http.MethodHead && desc.Size >= 0 {
+		writeBlobHeaders(w, req.dgst, desc.Size)
+		return nil
+	}
+	f, spool, err := s.joinFill(req, blobs, desc)
+	if err != nil {
+		return err
+	}
+	defer spool.Close()
+	s.metrics.served.WithLabelValues("blob", "upstream").Inc()
+	return f.serve(w, r, spool)
+}
+
+func writeBlobHeaders(w http.ResponseWriter, dgst digest.Digest, size int64) {
+	h := w.Header()
+	h.Set("Docker-Content-Digest", dgst.String())
+	h.Set("ETag", `"`+dgst.String()+`"`)
+	h.Set("Content-Type", "application/octet-stream")
+	if size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+}
+
+// A fill is one download of a blob from an upstream into storage. Its bytes
+// go to a spool file that every waiting client reads, and to a distribution
+// blob writer that is committed only when the digest verifies. The download
+// runs apart from any client: it completes when the client that started it
+// goes away.
+type fill struct {
+	dgst digest.Digest
+	path string // the spool file; removed when the fill ends (readers keep their fd)
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	size     int64 // expected length; -1 until known
+	started  bool  // the upstream answered 200
+	written  int64
+	done     bool
+	verified bool
+	err      error
+}
+
+// joinFill returns the fill under way for req's blob, or starts one, with the
+// spool file opened for reading.
+func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.Descriptor) (*fill, *os.File, error) {
+	key := req.gun + "@" + req.dgst.String()
+	s.fillMu.Lock()
+	defer s.fillMu.Unlock()
+	if f, ok := s.fills[key]; ok {
+		spool, err := os.Open(f.path)
+		return f, spool, err
+	}
+	w, err := os.CreateTemp(s.spoolDir, "blob-*")
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool blob: %w", err)
+	}
+	spool, err := os.Open(w.Name())
+	if err != nil {
+		w.Close()
+		os.Remove(w.Name())
+		return nil, nil, fmt.Errorf("spool blob: %w", err)
+	}
+	f := &fill{dgst: req.dgst, path: w.Name(), size: desc.Size}
+	f.cond = sync.NewCond(&f.mu)
+	s.fills[key] = f
+	go func() {
+		err := s.runFill(req, blobs, desc, f, w)
+		s.fillMu.Lock()
+		delete(s.fills, key)
+		s.fillMu.Unlock()
+		w.Close()
+		os.Remove(w.Name())
+		f.finish(err)
+		if err != nil {
+			s.log.Warn("blob fetch failed", "repo", req.gun, "digest", req.dgst, "err", err)
+		}
+	}()
+	return f, spool, nil
+}
+
+// runFill downloads the blob into spool and storage. It returns nil only when
+// the blob verified and was committed.
+func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Descriptor, f *fill, spool *os.File) (err error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The timer bounds the wait for response headers, then each gap between
+	// reads of the body.
+	idle := time.AfterFunc(s.cfg.Limits.UpstreamTimeout, cancel)
+	defer idle.Stop()
+	defer func() {
+		result := "ok"
+		if err != nil {
+			result = "error"
+			if _, ok := errors.AsType[*trust.RefusalError](err); ok {
+				result = "mismatch"
+			}
+		}
+		s.metrics.upstream.WithLabelValues("blob", result).Inc()
+	}()
+
+	resp, err := req.upstream.get(ctx, req.repo, "blobs", req.dgst.String(), "")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	idle.Reset(s.cfg.Limits.BlobIdleTimeout)
+
+	size := desc.Size
+	if size < 0 {
+		size = resp.ContentLength
+	}
+	mismatch := func(detail string) error {
+		return &trust.RefusalError{GUN: req.gun, Ref: req.dgst.String(), Reason: trust.DigestMismatch, Detail: detail}
+	}
+	if size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != size {
+		return mismatch(fmt.Sprintf("the upstream announced %d bytes, the verified manifest says %d", resp.ContentLength, size))
+	}
+	bw, err := blobs.Create(ctx)
+	if err != nil {
+		return fmt.Errorf("create blob writer: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			_ = bw.Cancel(context.WithoutCancel(ctx))
+		}
+	}()
+	f.start(size)
+
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		k, rerr := resp.Body.Read(buf)
+		if k > 0 {
+			idle.Reset(s.cfg.Limits.BlobIdleTimeout)
+			n += int64(k)
+			if size >= 0 && n > size {
+				return mismatch(fmt.Sprintf("the upstream sent more than the %d bytes the verified manifest says", size))
+			}
+			h.Write(buf[:k])
+			if _, err := bw.Write(buf[:k]); err != nil {
+				return fmt.Errorf("write blob to storage: %w", err)
+			}
+			if _, err := spool.Write(buf[:k]); err != nil {
+				return fmt.Errorf("write blob spool: %w", err)
+			}
+			f.progress(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return &upstreamError{codeUnavailable, fmt.Errorf("read blob %s from %s after %d bytes: %w", req.dgst, req.upstream.cfg.Name, n, rerr)}
+		}
+	}
+	got := digest.NewDigest(digest.SHA256, h)
+	if got != req.dgst || (size >= 0 && n != size) {
+		return mismatch(fmt.Sprintf("the upstream's blob hashes to %s (%d bytes); nothing was cached", got, n))
+	}
+	if _, err := bw.Commit(ctx, v1.Descriptor{Digest: req.dgst, Size: n, MediaType: desc.MediaType}); err != nil {
+		return fmt.Errorf("commit blob %s: %w", req.dgst, err)
+	}
+	committed = true
+	return nil
+}
+
+func (f *fill) start(size int64) {
+	f.mu.Lock()
+	f.size, f.started = size, true
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *fill) progress(n int64) {
+	f.mu.Lock()
+	f.written = n
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+func (f *fill) finish(err error) {
+	f.mu.Lock()
+	f.done, f.verified, f.err = true, err == nil, err
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// readable is how many spooled bytes a client may have: all once verified;
+// before that, all but the last byte, so that no client ever holds a
+// complete blob that turns out wrong. f.mu is held.
+func (f *fill) readable() int64 {
+	switch {
+	case f.verified:
+		return f.written
+	case f.size > 0:
+		return min(f.written, f.size-1)
+	}
+	return 0
+}
+
+// serve streams the fill to one client from its spool fd. Headers go out as
+// soon as the upstream answers. If the fill fails after that, the connection
+// is aborted, so the client sees a truncated response, never a complete
+// wrong one.
+func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) error {
+	ctx := r.Context()
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.cond.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
+
+	f.mu.Lock()
+	for !f.started && !f.done && ctx.Err() == nil {
+		f.cond.Wait()
+	}
+	started, size, ferr := f.started, f.size, f.err
+	f.mu.Unlock()
+	if !started {
+		if ferr == nil {
+			ferr = ctx.Err()
+		}
+		return ferr
+	}
+	writeBlobHeaders(w, f.dgst, size)
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	flusher, _ := w.(http.Flusher)
+	var pos int64
+	for {
+		f.mu.Lock()
+		for f.readable() <= pos && !f.done && ctx.Err() == nil {
+			f.cond.Wait()
+		}
+		avail, done, verified := f.readable(), f.done, f.verified
+		f.mu.Unlock()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if done && !verified {
+			panic(http.ErrAbortHandler)
+		}
+		if avail > pos {
+			k, err := io.Copy(w, io.NewSectionReader(spool, pos, avail-pos))
+			pos += k
+			if err != nil {
+				return nil // the client went away; the fill goes on
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if done && pos >= avail {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,83 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// errorCode names the registry error a requestError or upstreamError becomes.
+type errorCode int
+
+const (
+	codeNameInvalid errorCode = iota
+	codeDigestInvalid
+	codeTagInvalid
+	codeNotFound
+	codeNameUnknown
+	codeManifestUnknown
+	codeBlobUnknown
+	codeUnavailable
+	codeDenied
+	codeUnsupported
+	codePaginationInvalid
+)
+
+func (c errorCode) registry() errcode.ErrorCode {
+	switch c {
+	case codeNameInvalid:
+		return errcode.ErrorCodeNameInvalid
+	case codeDigestInvalid:
+		return errcode.ErrorCodeDigestInvalid
+	case codeTagInvalid:
+		return errcode.ErrorCodeTagInvalid
+	case codeNameUnknown:
+		return errcode.ErrorCodeNameUnknown
+	case codeManifestUnknown:
+		return errcode.ErrorCodeManifestUnknown
+	case codeBlobUnknown:
+		return errcode.ErrorCodeBlobUnknown
+	case codeUnavailable:
+		return errcode.ErrorCodeUnavailable
+	case codeDenied:
+		return errcode.ErrorCodeDenied
+	case codeUnsupported:
+		return errcode.ErrorCodeUnsupported
+	case codePaginationInvalid:
+		return errcode.ErrorCodePaginationNumberInvalid
+	}
+	return errcode.ErrorCodeUnknown
+}
+
+// An upstreamError is a failure to get content from an upstream registry.
+type upstreamError struct {
+	code errorCode // codeManifestUnknown, codeBlobUnknown or codeUnavailable
+	err  error
+}
+
+func (e *upstreamError) Error() string { return e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+// writeError is the one place registry errors are written: refusals are 403
+// DENIED with the refusal's reason, request errors 400/404, upstream failures
+// 404 or 503. The message always says what happened.
+func writeError(w http.ResponseWriter, err error) {
+	var e errcode.Error
+	if r, ok := errors.AsType[*trust.RefusalError](err); ok {
+		e = errcode.ErrorCodeDenied.WithMessage(r.Error())
+	} else if r, ok := errors.AsType[*requestError](err); ok {
+		e = r.code.registry().WithMessage(r.detail)
+		if r.code == codeNotFound {
+			e = errcode.ErrorCodeNameUnknown.WithMessage(r.detail)
+		}
+	} else if u, ok := errors.AsType[*upstreamError](err); ok {
+		e = u.code.registry().WithMessage(u.Error())
+	} else {
+		e = errcode.ErrorCodeUnknown.WithMessage(err.Error())
+	}
+	w.Header().Del("Content-Length")
+	w.Header().Del("Docker-Content-Digest")
+	_ = errcode.ServeJSON(w, e)
+}

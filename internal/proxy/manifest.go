@@ -1,0 +1,269 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/distribution/distribution/v3/manifest/manifestlist"
+	"github.com/distribution/distribution/v3/manifest/ocischema"
+	"github.com/distribution/distribution/v3/manifest/schema2"
+	"github.com/distribution/distribution/v3/registry/storage"
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// The manifest types trustproxy verifies and stores; importing their packages
+// registers them with distribution.UnmarshalManifest.
+var (
+	_ = schema2.SchemaVersion
+	_ = manifestlist.SchemaVersion
+	_ = ocischema.SchemaVersion
+)
+
+// verifiedManifest is a manifest whose bytes hash to a verified digest.
+type verifiedManifest struct {
+	digest    digest.Digest
+	mediaType string
+	body      []byte
+	index     bool            // an image index or manifest list
+	refs      []v1.Descriptor // child manifests (index) or config and layers (image)
+}
+
+// serveManifest answers GET and HEAD /v2/<name>/manifests/<ref>. A tag is
+// resolved through the signed targets only, never through the upstream's
+// tag; a digest must be a signed target or the child of a verified index.
+func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *request) error {
+	ctx := r.Context()
+	snap, err := s.snapshot(ctx, req)
+	if err != nil {
+		return err
+	}
+	if snap == nil { // audit mode, trust failed
+		return s.serveUnverifiedManifest(w, r, req)
+	}
+	var target *trust.Target
+	want := v1.Descriptor{Digest: req.dgst, Size: -1}
+	if req.dgst == "" {
+		t, err := snap.Resolve(req.ref)
+		if err != nil {
+			if err := s.refuse(ctx, req, err); err != nil {
+				return err
+			}
+			return s.serveUnverifiedManifest(w, r, req)
+		}
+		target = &t
+		want = v1.Descriptor{Digest: t.Digest, Size: t.Size}
+	} else if ts := snap.ByDigest(req.dgst); len(ts) > 0 {
+		target = &ts[0]
+		want.Size = ts[0].Size
+	} else {
+		d, ok := s.authorize(ctx, req, snap, req.dgst)
+		if !ok || !isManifestType(d.MediaType) {
+			err := &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotSigned,
+				Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}
+			if err := s.refuse(ctx, req, err); err != nil {
+				return err
+			}
+			return s.serveUnverifiedManifest(w, r, req)
+		}
+		want.Size = d.Size
+	}
+	m, source, err := s.manifest(ctx, req, want)
+	if err != nil {
+		if err := s.refuse(ctx, req, err); err != nil {
+			return err
+		}
+		return s.serveUnverifiedManifest(w, r, req)
+	}
+	if !m.index {
+		s.imageTree(req, m)
+	}
+	s.decide(ctx, req, "served", "verified", "", target)
+	s.metrics.served.WithLabelValues("manifest", source).Inc()
+	writeManifest(w, r, m)
+	return nil
+}
+
+// writeManifest writes m's verified bytes with its verified media type.
+func writeManifest(w http.ResponseWriter, r *http.Request, m *verifiedManifest) {
+	h := w.Header()
+	h.Set("Docker-Content-Digest", m.digest.String())
+	h.Set("ETag", `"`+m.digest.String()+`"`)
+	if inm := r.Header.Get("If-None-Match"); inm != "" && strings.Contains(inm, m.digest.String()) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	h.Set("Content-Type", m.mediaType)
+	h.Set("Content-Length", strconv.Itoa(len(m.body)))
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = w.Write(m.body)
+}
+
+// manifest returns the manifest want, from storage or else from the
+// upstream by digest. Upstream bytes must hash to want.Digest and, when
+// want.Size is known, have exactly that length; only then are they stored.
+// Concurrent requests for one manifest share one upstream fetch.
+func (s *Server) manifest(ctx context.Context, req *request, want v1.Descriptor) (*verifiedManifest, string, error) {
+	ms, err := s.manifestService(ctx, req.gun)
+	if err != nil {
+		return nil, "", err
+	}
+	if stored, err := ms.Get(ctx, want.Digest); err == nil {
+		_, body, err := stored.Payload()
+		if err == nil && (want.Size < 0 || int64(len(body)) == want.Size) {
+			m, err := parseManifest(want.Digest, body)
+			if err == nil {
+				return m, "cache", nil
+			}
+		}
+		s.log.Warn("stored manifest unusable, fetching again", "repo", req.gun, "digest", want.Digest)
+	}
+	v, err, _ := s.manifests.Do(req.gun+"@"+want.Digest.String(), func() (any, error) {
+		return s.fetchManifest(context.WithoutCancel(ctx), req, ms, want)
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return v.(*verifiedManifest), "upstream", nil
+}
+
+func (s *Server) fetchManifest(ctx context.Context, req *request, ms distribution.ManifestService, want v1.Descriptor) (*verifiedManifest, error) {
+	limit := s.cfg.Limits.ManifestBytes
+	if want.Size > limit {
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.InvalidManifest,
+			Detail: fmt.Sprintf("the signed manifest is %d bytes, over limits.manifest_bytes (%d)", want.Size, limit)}
+	}
+	if want.Size >= 0 {
+		limit = want.Size
+	}
+	body, err := req.upstream.fetchManifest(ctx, req.repo, want.Digest, limit)
+	if errors.Is(err, errTooLarge) {
+		s.metrics.upstream.WithLabelValues("manifest", "mismatch").Inc()
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.DigestMismatch,
+			Detail: fmt.Sprintf("the upstream sent more than the %d bytes the signed target allows", limit)}
+	}
+	if err != nil {
+		s.metrics.upstream.WithLabelValues("manifest", "error").Inc()
+		return nil, err
+	}
+	if got := digest.FromBytes(body); got != want.Digest || (want.Size >= 0 && int64(len(body)) != want.Size) {
+		s.metrics.upstream.WithLabelValues("manifest", "mismatch").Inc()
+		s.log.Warn("upstream manifest does not match its signed digest", "repo", req.gun, "want", want.Digest, "got", got, "size", len(body))
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.DigestMismatch,
+			Detail: fmt.Sprintf("the upstream's manifest hashes to %s (%d bytes), not to the signed digest; nothing was cached", got, len(body))}
+	}
+	m, err := parseManifest(want.Digest, body)
+	if err != nil {
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.InvalidManifest, Detail: err.Error()}
+	}
+	if err := storeManifest(ctx, ms, m); err != nil {
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.InvalidManifest, Detail: err.Error()}
+	}
+	s.metrics.upstream.WithLabelValues("manifest", "ok").Inc()
+	return m, nil
+}
+
+// manifestTypes are the media types parseManifest accepts.
+var manifestTypes = map[string]bool{
+	schema2.MediaTypeManifest:          false,
+	manifestlist.MediaTypeManifestList: true,
+	v1.MediaTypeImageManifest:          false,
+	v1.MediaTypeImageIndex:             true,
+}
+
+func isManifestType(mt string) bool {
+	_, ok := manifestTypes[mt]
+	return ok
+}
+
+// parseManifest reads what a verified manifest refers to. It refuses
+// documents that could be read as two types (CVE-2021-41190): an index with
+// layers or config, an image with manifests, or a mediaType that disagrees.
+func parseManifest(dgst digest.Digest, body []byte) (*verifiedManifest, error) {
+	var doc struct {
+		SchemaVersion int             `json:"schemaVersion"`
+		MediaType     string          `json:"mediaType"`
+		Config        *v1.Descriptor  `json:"config"`
+		Layers        []v1.Descriptor `json:"layers"`
+		Manifests     []v1.Descriptor `json:"manifests"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("manifest is not JSON: %w", err)
+	}
+	if doc.SchemaVersion != 2 {
+		return nil, fmt.Errorf("manifest schemaVersion %d is not supported (only 2)", doc.SchemaVersion)
+	}
+	isIndex := doc.Manifests != nil
+	isImage := doc.Config != nil || doc.Layers != nil
+	if isIndex == isImage {
+		return nil, errors.New("ambiguous manifest: it must have either manifests or config and layers")
+	}
+	mt := doc.MediaType
+	if mt == "" {
+		mt = v1.MediaTypeImageManifest
+		if isIndex {
+			mt = v1.MediaTypeImageIndex
+		}
+	}
+	index, ok := manifestTypes[mt]
+	if !ok {
+		return nil, fmt.Errorf("manifest media type %q is not supported", mt)
+	}
+	if index != isIndex {
+		return nil, fmt.Errorf("ambiguous manifest: mediaType %s disagrees with its fields", mt)
+	}
+	m := &verifiedManifest{digest: dgst, mediaType: mt, body: body, index: isIndex}
+	if isIndex {
+		m.refs = doc.Manifests
+	} else {
+		if doc.Config == nil {
+			return nil, errors.New("image manifest has no config")
+		}
+		m.refs = append([]v1.Descriptor{*doc.Config}, doc.Layers...)
+	}
+	for _, d := range m.refs {
+		if err := d.Digest.Validate(); err != nil || d.Digest.Algorithm() != digest.SHA256 {
+			return nil, fmt.Errorf("manifest refers to invalid digest %q", d.Digest)
+		}
+		if d.Size < 0 {
+			return nil, fmt.Errorf("manifest refers to %s with negative size", d.Digest)
+		}
+	}
+	return m, nil
+}
+
+// manifestService opens gun's manifests in storage, stored byte for byte
+// without checking that their blobs are present (they arrive later).
+func (s *Server) manifestService(ctx context.Context, gun string) (distribution.ManifestService, error) {
+	repo, err := s.repository(ctx, gun)
+	if err != nil {
+		return nil, err
+	}
+	return repo.Manifests(ctx, storage.SkipLayerVerification())
+}
+
+// storeManifest puts m into ms, which keeps its bytes, so its digest.
+func storeManifest(ctx context.Context, ms distribution.ManifestService, m *verifiedManifest) error {
+	dm, _, err := distribution.UnmarshalManifest(m.mediaType, m.body)
+	if err != nil {
+		return fmt.Errorf("read manifest %s: %w", m.digest, err)
+	}
+	d, err := ms.Put(ctx, dm)
+	if err != nil {
+		return fmt.Errorf("store manifest %s: %w", m.digest, err)
+	}
+	if d != m.digest {
+		return fmt.Errorf("manifest %s was stored as %s", m.digest, d)
+	}
+	return nil
+}

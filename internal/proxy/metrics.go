@@ -1,0 +1,33 @@
+package proxy
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the proxy's Prometheus collectors.
+type metrics struct {
+	decisions *prometheus.CounterVec // trustproxy_decisions_total{verdict,reason}
+	upstream  *prometheus.CounterVec // trustproxy_upstream_fetches_total{kind,result}
+	served    *prometheus.CounterVec // trustproxy_served_total{kind,source}
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_decisions_total",
+			Help: "Decisions on requests for content, by verdict (served, denied, audit) and reason.",
+		}, []string{"verdict", "reason"}),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_upstream_fetches_total",
+			Help: "Manifest and blob fetches from upstream registries, by kind and result.",
+		}, []string{"kind", "result"}),
+		served: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_served_total",
+			Help: "Manifests and blobs served, by kind and source (cache or upstream).",
+		}, []string{"kind", "source"}),
+	}
+	for _, c := range []prometheus.Collector{m.decisions, m.upstream, m.served} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

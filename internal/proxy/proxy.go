@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/distribution/reference"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// Verifier gives the verified view of a repository's trust data. Its errors
+// are *trust.RefusalError.
+type Verifier interface {
+	Snapshot(ctx context.Context, gun string) (*trust.Snapshot, error)
+	Mode(gun string) config.Mode
+}
+
+var _ Verifier = (*trust.Verifier)(nil)
+
+// Server is the registry read API. It is an http.Handler for /v2/.
+type Server struct {
+	cfg       *config.Config
+	store     distribution.Namespace
+	verify    Verifier
+	upstreams *upstreams
+	log       *slog.Logger
+	decisions *slog.Logger
+	metrics   *metrics
+	spoolDir  string
+
+	manifests singleflight.Group       // one upstream manifest fetch per repository and digest
+	trees     *lru.Cache[string, tree] // verified reference trees, by GUN@digest
+	fillMu    sync.Mutex
+	fills     map[string]*fill // blob downloads under way, by GUN@digest
+}
+
+// maxTrees bounds the verified reference trees kept in memory.
+const maxTrees = 4096
+
+// New returns the registry read API for cfg's upstreams over store. Every
+// route to content asks v first. Metrics are registered on reg.
+func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	ups, err := newUpstreams(cfg)
+	if err != nil {
+		return nil, err
+	}
+	spool := filepath.Join(cfg.DataDir, "spool")
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, fmt.Errorf("spool directory: %w", err)
+	}
+	trees, err := lru.New[string, tree](maxTrees)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	log = log.With("component", "proxy")
+	return &Server{
+		cfg: cfg, store: store, verify: v, upstreams: ups,
+		log: log, decisions: log.With("log", "decision"), metrics: m,
+		spoolDir: spool, trees: trees, fills: map[string]*fill{},
+	}, nil
+}
+
+// ServeHTTP routes /v2/ requests. Only GET and HEAD are served; the catalog
+// is not.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			writeError(w, &trust.RefusalError{Reason: reasonReadOnly, Detail: "trustproxy is a read-only mirror; push to the upstream registry"})
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte("{}"))
+		return
+	}
+	if r.URL.Path == "/v2/_catalog" {
+		writeError(w, &requestError{codeUnsupported, "the catalog is not served: trustproxy lists no repositories"})
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		s.metrics.decisions.WithLabelValues("denied", "read_only").Inc()
+		s.log.Info("write refused", "method", r.Method, "path", r.URL.Path)
+		writeError(w, &trust.RefusalError{GUN: r.URL.Path, Reason: reasonReadOnly,
+			Detail: "trustproxy is a read-only mirror; push to the upstream registry"})
+		return
+	}
+	req, err := s.parse(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	switch req.kind {
+	case kindManifest:
+		err = s.serveManifest(w, r, req)
+	case kindBlob:
+		err = s.serveBlob(w, r, req)
+	case kindTags:
+		err = s.serveTags(w, r, req)
+	}
+	if err != nil {
+		writeError(w, err)
+	}
+}
+
+// repository opens the storage repository of gun.
+func (s *Server) repository(ctx context.Context, gun string) (distribution.Repository, error) {
+	named, err := reference.WithName(gun)
+	if err != nil {
+		return nil, &requestError{codeNameInvalid, err.Error()}
+	}
+	return s.store.Repository(ctx, named)
+}
+
+// snapshot returns the verified trust view of req's repository. In audit
+// mode a refusal is logged and nil, nil is returned: the caller serves
+// without trust.
+func (s *Server) snapshot(ctx context.Context, req *request) (*trust.Snapshot, error) {
+	snap, err := s.verify.Snapshot(ctx, req.gun)
+	if err == nil {
+		return snap, nil
+	}
+	return nil, s.refuse(ctx, req, err)
+}
+
+// refuse turns err about req into what the client gets: in audit mode it
+// is logged and swallowed (nil), in enforce mode it is logged and returned.
+func (s *Server) refuse(ctx context.Context, req *request, err error) error {
+	r, ok := errors.AsType[*trust.RefusalError](err)
+	if !ok {
+		return err
+	}
+	if r.Ref == "" && req.ref != "" {
+		r = r.WithRef(req.ref)
+	}
+	verdict := "denied"
+	if s.verify.Mode(req.gun) == config.Audit {
+		verdict = "audit"
+	}
+	s.decide(ctx, req, verdict, string(r.Reason), r.Error(), nil)
+	if verdict == "audit" {
+		return nil
+	}
+	return r
+}
+
+// decide writes one decision line and counts it.
+func (s *Server) decide(ctx context.Context, req *request, verdict, reason, msg string, t *trust.Target) {
+	s.metrics.decisions.WithLabelValues(verdict, reason).Inc()
+	attrs := []slog.Attr{
+		slog.String("repo", req.gun), slog.String("ref", req.ref),
+		slog.String("verdict", verdict), slog.String("reason", reason),
+	}
+	if req.dgst != "" {
+		attrs = append(attrs, slog.String("digest", req.dgst.String()))
+	}
+	if t != nil {
+		attrs = append(attrs, slog.String("digest", t.Digest.String()), slog.String("role", t.Role), slog.Any("signers", t.Signers))
+	}
+	if msg != "" {
+		attrs = append(attrs, slog.String("message", msg))
+	}
+	kind := "manifest"
+	switch req.kind {
+	case kindBlob:
+		kind = "blob"
+	case kindTags:
+		kind = "tags"
+	}
+	attrs = append(attrs, slog.String("kind", kind))
+	s.decisions.LogAttrs(ctx, slog.LevelInfo, "decision", attrs...)
+}
+
+// reasonReadOnly refuses writes: trustproxy serves, it does not host pushes.
+const reasonReadOnly trust.Reason = "read_only"

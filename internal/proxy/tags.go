@@ -1,0 +1,58 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+)
+
+// maxTagsPage bounds one page of tags/list.
+const maxTagsPage = 1000
+
+// serveTags answers /v2/<name>/tags/list with the tags that verify, sorted,
+// paginated with n and last as the distribution spec says.
+func (s *Server) serveTags(w http.ResponseWriter, r *http.Request, req *request) error {
+	snap, err := s.snapshot(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	var tags []string
+	if snap != nil {
+		for tag := range snap.Targets {
+			tags = append(tags, tag)
+		}
+	}
+	slices.Sort(tags)
+	q := r.URL.Query()
+	n := maxTagsPage
+	if v := q.Get("n"); v != "" {
+		k, err := strconv.Atoi(v)
+		if err != nil || k < 0 {
+			return &requestError{codePaginationInvalid, fmt.Sprintf("invalid n %q", v)}
+		}
+		n = min(k, maxTagsPage)
+	}
+	if last := q.Get("last"); last != "" {
+		i, _ := slices.BinarySearch(tags, last)
+		for i < len(tags) && tags[i] <= last {
+			i++
+		}
+		tags = tags[i:]
+	}
+	if len(tags) > n {
+		tags = tags[:n]
+		next := url.URL{Path: r.URL.Path, RawQuery: url.Values{"n": {strconv.Itoa(n)}, "last": {tags[n-1]}}.Encode()}
+		w.Header().Set("Link", fmt.Sprintf("<%s>; rel=\"next\"", next.String()))
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}{req.repo, tags})
+}

@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// tree is everything a verified manifest refers to, transitively: child
+// manifests of an index, and configs and layers of each image. It is keyed by
+// content digest, so it never changes once built.
+type tree map[digest.Digest]v1.Descriptor
+
+// maxIndexDepth bounds nested indexes.
+const maxIndexDepth = 3
+
+// authorize says whether dgst is referenced by a manifest verified in req's
+// repository: some signed target of snap whose tree holds it. Trees already
+// built are searched first; the rest are built (fetching manifests that
+// storage lacks) until dgst is found.
+func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapshot, dgst digest.Digest) (v1.Descriptor, bool) {
+	roots := targetDigests(snap)
+	var missing []trust.Target
+	for _, t := range roots {
+		if tr, ok := s.trees.Get(req.gun + "@" + t.Digest.String()); ok {
+			if d, ok := tr[dgst]; ok {
+				return d, true
+			}
+			continue
+		}
+		missing = append(missing, t)
+	}
+	for _, t := range missing {
+		tr, err := s.tree(ctx, req, v1.Descriptor{Digest: t.Digest, Size: t.Size}, 0)
+		if err != nil {
+			s.log.Warn("cannot walk signed target", "repo", req.gun, "tag", t.Tag, "digest", t.Digest, "err", err)
+			continue
+		}
+		if d, ok := tr[dgst]; ok {
+			return d, true
+		}
+	}
+	return v1.Descriptor{}, false
+}
+
+// targetDigests returns snap's targets, one per digest, in a stable order.
+func targetDigests(snap *trust.Snapshot) []trust.Target {
+	seen := map[digest.Digest]bool{}
+	var out []trust.Target
+	for _, t := range snap.Targets {
+		if !seen[t.Digest] {
+			seen[t.Digest] = true
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b trust.Target) int { return cmp.Compare(a.Tag, b.Tag) })
+	return out
+}
+
+// tree returns the reference tree of the manifest root, building and caching
+// it. root itself is in the tree.
+func (s *Server) tree(ctx context.Context, req *request, root v1.Descriptor, depth int) (tree, error) {
+	key := req.gun + "@" + root.Digest.String()
+	if tr, ok := s.trees.Get(key); ok {
+		return tr, nil
+	}
+	if depth > maxIndexDepth {
+		return nil, fmt.Errorf("indexes nested deeper than %d", maxIndexDepth)
+	}
+	m, _, err := s.manifest(ctx, req, root)
+	if err != nil {
+		return nil, err
+	}
+	if !m.index {
+		return s.imageTree(req, m), nil
+	}
+	tr := tree{root.Digest: {Digest: root.Digest, Size: int64(len(m.body)), MediaType: m.mediaType}}
+	for _, d := range m.refs {
+		tr[d.Digest] = d
+		child, err := s.tree(ctx, req, v1.Descriptor{Digest: d.Digest, Size: d.Size}, depth+1)
+		if err != nil {
+			return nil, fmt.Errorf("child %s: %w", d.Digest, err)
+		}
+		for k, v := range child {
+			if k == d.Digest {
+				v.Platform = d.Platform
+			}
+			tr[k] = v
+		}
+	}
+	s.trees.Add(key, tr)
+	return tr, nil
+}
+
+// imageTree caches and returns the tree of an image manifest, which needs
+// nothing but the manifest itself.
+func (s *Server) imageTree(req *request, m *verifiedManifest) tree {
+	tr := tree{m.digest: {Digest: m.digest, Size: int64(len(m.body)), MediaType: m.mediaType}}
+	for _, d := range m.refs {
+		tr[d.Digest] = d
+	}
+	s.trees.Add(req.gun+"@"+m.digest.String(), tr)
+	return tr
+}

@@ -1,0 +1,21 @@
+// Package testenv starts real components on 127.0.0.1 for trustproxy's tests, and stops
+// them with t.Cleanup. Nothing in it is a mock.
+//
+//   - NewRegistry: a distribution v3 registry (registry/handlers with the inmemory driver)
+//     in-process behind an httptest server, as the upstream. It counts requests, can be
+//     given a Fault (CorruptBody, Truncate, Delay) and can be stopped mid-test.
+//   - Image, ImageFor, Index: deterministic Docker schema2 images and manifest lists that
+//     dockerd can pull, made with go-containerregistry.
+//   - StartNotary: /usr/bin/notary-server as a subprocess (memory storage, local signer,
+//     TLS from a CA made in t.TempDir()), behind a TLS front whose URL clients use. The
+//     front counts requests, can Replay a Recording of older metadata and can be SetDown.
+//   - Notary.Init, AddDelegation, Sign: publish trust data with the notary CLI, straight to
+//     notary-server, with keys from NewKey.
+//
+// It needs the Debian packages notary (notary, notary-server) installed:
+//
+//	apt-get install -y notary
+//
+// A missing binary fails the test with that hint. The registry and notary client log
+// through logrus' standard logger, which the package silences.
+package testenv

@@ -1,0 +1,234 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory" // registers the "inmemory" driver
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/sirupsen/logrus"
+)
+
+// A Fault runs before the upstream registry sees a request. It returns true when it
+// wrote the response itself; false passes the request on (after, say, a delay).
+type Fault func(w http.ResponseWriter, r *http.Request) bool
+
+// Registry is a distribution v3 registry with in-memory storage, served in-process on
+// 127.0.0.1 over plain HTTP. It counts the requests it sees and can be given a Fault.
+type Registry struct {
+	srv *httptest.Server
+	app *handlers.App
+
+	mu     sync.Mutex
+	fault  Fault
+	counts map[string]int // by "METHOD path"
+}
+
+// quietLogrus silences logrus' standard logger, which distribution (and notary's
+// client) log through; distribution has no public way to pass it a logger of its own.
+var quietLogrus sync.Once
+
+// NewRegistry starts an empty upstream registry; t.Cleanup stops it.
+func NewRegistry(t testing.TB) *Registry {
+	t.Helper()
+	quietLogrus.Do(func() { logrus.SetOutput(io.Discard) })
+
+	cfg := &configuration.Configuration{}
+	cfg.Storage = configuration.Storage{
+		"inmemory": configuration.Parameters{},
+		// The purger walks storage on a timer; nothing here lives long enough to need it.
+		"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
+		"delete":      configuration.Parameters{"enabled": true},
+	}
+	cfg.HTTP.Secret = "testenv-upload-secret" // else NewApp warns and makes a random one
+	app := handlers.NewApp(context.Background(), cfg)
+
+	r := &Registry{app: app, counts: map[string]int{}}
+	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(r.serve))
+	r.srv.Config.ErrorLog = discardLog()
+	r.srv.Start()
+	t.Cleanup(func() {
+		r.srv.Close()
+		_ = app.Shutdown()
+	})
+	return r
+}
+
+func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	r.counts[req.Method+" "+req.URL.Path]++
+	f := r.fault
+	r.mu.Unlock()
+	if f != nil && f(w, req) {
+		return
+	}
+	r.app.ServeHTTP(w, req)
+}
+
+// URL is the registry's base URL, http://127.0.0.1:PORT.
+func (r *Registry) URL() string { return r.srv.URL }
+
+// Host is the registry's 127.0.0.1:PORT, as image references name it.
+func (r *Registry) Host() string { return strings.TrimPrefix(r.srv.URL, "http://") }
+
+// Stop closes the registry: later connections are refused, as when an upstream is gone.
+// It is safe to call more than once.
+func (r *Registry) Stop() { r.srv.Close() }
+
+// Push writes img to repo:tag (repo like "library/app") and returns its manifest digest.
+func (r *Registry) Push(t testing.TB, repo, tag string, img v1.Image) v1.Hash {
+	t.Helper()
+	ref := r.ref(t, repo, tag)
+	if err := remote.Write(ref, img, remote.WithContext(t.Context())); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatalf("digest of %s: %v", ref, err)
+	}
+	return d
+}
+
+// PushIndex writes idx and all its images to repo:tag and returns the index's digest.
+func (r *Registry) PushIndex(t testing.TB, repo, tag string, idx v1.ImageIndex) v1.Hash {
+	t.Helper()
+	ref := r.ref(t, repo, tag)
+	if err := remote.WriteIndex(ref, idx, remote.WithContext(t.Context())); err != nil {
+		t.Fatalf("push index %s: %v", ref, err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		t.Fatalf("digest of %s: %v", ref, err)
+	}
+	return d
+}
+
+func (r *Registry) ref(t testing.TB, repo, tag string) name.Reference {
+	t.Helper()
+	ref, err := name.ParseReference(r.Host()+"/"+repo+":"+tag, name.Insecure)
+	if err != nil {
+		t.Fatalf("reference %s:%s: %v", repo, tag, err)
+	}
+	return ref
+}
+
+// Requests counts the requests seen with this method ("" for any) whose path ends in
+// pathSuffix, including those a Fault answered.
+func (r *Registry) Requests(method, pathSuffix string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for k, c := range r.counts {
+		m, p, _ := strings.Cut(k, " ")
+		if (method == "" || m == method) && strings.HasSuffix(p, pathSuffix) {
+			n += c
+		}
+	}
+	return n
+}
+
+// ManifestGets counts GETs of a manifest by digest, in any repository.
+func (r *Registry) ManifestGets(dgst v1.Hash) int {
+	return r.Requests(http.MethodGet, "/manifests/"+dgst.String())
+}
+
+// BlobGets counts GETs of a blob, in any repository.
+func (r *Registry) BlobGets(dgst v1.Hash) int {
+	return r.Requests(http.MethodGet, "/blobs/"+dgst.String())
+}
+
+// SetFault installs f in front of the registry; nil removes it.
+func (r *Registry) SetFault(f Fault) {
+	r.mu.Lock()
+	r.fault = f
+	r.mu.Unlock()
+}
+
+// GetPath matches GET requests whose path ends in suffix, such as "/blobs/"+dgst.String().
+func GetPath(suffix string) func(*http.Request) bool {
+	return func(r *http.Request) bool {
+		return r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, suffix)
+	}
+}
+
+// CorruptBody is a Fault that serves the registry's real response to requests that match,
+// with the middle byte of the body flipped: same status, headers and length, wrong digest.
+func (r *Registry) CorruptBody(match func(*http.Request) bool) Fault {
+	return func(w http.ResponseWriter, req *http.Request) bool {
+		if !match(req) {
+			return false
+		}
+		rec := r.record(req)
+		body := rec.Body.Bytes()
+		if len(body) > 0 {
+			body[len(body)/2] ^= 0xff
+		}
+		copyHeader(w.Header(), rec.Header())
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(body)
+		return true
+	}
+}
+
+// Truncate is a Fault that sends the headers of the registry's real response to requests
+// that match (Content-Length included) and half its body, then closes the connection.
+func (r *Registry) Truncate(match func(*http.Request) bool) Fault {
+	return func(w http.ResponseWriter, req *http.Request) bool {
+		if !match(req) {
+			return false
+		}
+		rec := r.record(req)
+		body := rec.Body.Bytes()
+		copyHeader(w.Header(), rec.Header())
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(body[:len(body)/2])
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		panic(http.ErrAbortHandler) // net/http closes the connection without logging
+	}
+}
+
+// Delay is a Fault that holds requests that match for d (or until the client gives up),
+// then lets the registry answer them.
+func Delay(d time.Duration, match func(*http.Request) bool) Fault {
+	return func(w http.ResponseWriter, req *http.Request) bool {
+		if !match(req) {
+			return false
+		}
+		select {
+		case <-time.After(d):
+			return false
+		case <-req.Context().Done():
+			return true
+		}
+	}
+}
+
+// record runs req through the registry and keeps the whole response. Redirects are not
+// followed: the inmemory driver serves blobs itself.
+func (r *Registry) record(req *http.Request) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	rec.Body = new(bytes.Buffer)
+	r.app.ServeHTTP(rec, req)
+	return rec
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, v := range src {
+		dst[k] = append([]string(nil), v...)
+	}
+}

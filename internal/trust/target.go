@@ -1,0 +1,58 @@
+package trust
+
+import (
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/trustproxy/trustproxy/config"
+)
+
+// Target is a tag that verified: the manifest digest and length its signed
+// target names, and who signed it.
+type Target struct {
+	Tag    string
+	Digest digest.Digest // sha256 of the manifest, from the target's hashes
+	Size   int64         // the manifest's length in bytes, from the target
+	Role   string        // the role that holds it: targets/releases or targets
+	// Signers are the names of the configured signers whose keys signed the
+	// role, or the key IDs that signed when the rule names no signers.
+	Signers []string
+}
+
+// Snapshot is the verified view of one GUN at one moment: what its trust data
+// says, judged by the rule that matches it. It is immutable.
+type Snapshot struct {
+	GUN  string
+	Mode config.Mode
+	// Targets are the tags that pass the rule, by tag.
+	Targets map[string]Target
+	// Refused are signed tags that fail the rule (e.g. untrusted signer), by tag.
+	Refused map[string]*RefusalError
+	// Checked is when the trust data was verified; Expires is the earliest
+	// expiry of the metadata it rests on. Never use a Snapshot after Expires.
+	Checked time.Time
+	Expires time.Time
+}
+
+// Resolve returns the target of tag, or a *RefusalError.
+func (s *Snapshot) Resolve(tag string) (Target, error) {
+	if t, ok := s.Targets[tag]; ok {
+		return t, nil
+	}
+	if r, ok := s.Refused[tag]; ok {
+		return Target{}, r
+	}
+	return Target{}, &RefusalError{GUN: s.GUN, Ref: tag, Reason: NotSigned,
+		Detail: "no signed target of that name in the roles the rule allows; sign it (docker trust sign / notary addhash) or pull a signed tag"}
+}
+
+// ByDigest returns the targets whose manifest digest is d.
+func (s *Snapshot) ByDigest(d digest.Digest) []Target {
+	var out []Target
+	for _, t := range s.Targets {
+		if t.Digest == d {
+			out = append(out, t)
+		}
+	}
+	return out
+}

@@ -1,0 +1,359 @@
+package trust
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/theupdateframework/notary/client"
+	"github.com/theupdateframework/notary/storage"
+	"github.com/theupdateframework/notary/trustpinning"
+	"github.com/theupdateframework/notary/tuf/data"
+	"github.com/theupdateframework/notary/tuf/signed"
+	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/cache"
+	"golang.org/x/sync/singleflight"
+)
+
+// Verifier gives the verified trust view of a GUN, following the rules of
+// one configuration. It is safe for concurrent use.
+type Verifier struct {
+	policy    *policy
+	pinning   config.Pinning
+	upstreams map[string]*upstream
+	meta      *cache.MetadataStore
+	limits    config.Limits
+	ttl       time.Duration
+	log       *slog.Logger
+
+	group      singleflight.Group
+	mu         sync.Mutex
+	snaps      map[string]cached
+	tofuWarned sync.Map // GUN -> struct{}
+
+	refreshes *prometheus.CounterVec
+	seconds   prometheus.Histogram
+}
+
+type upstream struct {
+	index int
+	cfg   config.Upstream
+	rt    http.RoundTripper // nil when no Notary server is configured
+}
+
+type cached struct {
+	snap  *Snapshot
+	until time.Time
+}
+
+// New compiles cfg's trust policy and prepares a Notary client per upstream.
+// Trust metadata is cached under <cfg.DataDir>/trust. Its metrics are
+// registered on reg (none when reg is nil); log may be nil.
+func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Verifier, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "trust")
+	p, err := compile(cfg.Trust)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("data_dir is required: verified trust metadata and its rollback floor are kept there")
+	}
+	meta, err := cache.NewMetadataStore(filepath.Join(cfg.DataDir, "trust"), log)
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{
+		policy:    p,
+		pinning:   cfg.Trust.Pinning,
+		upstreams: map[string]*upstream{},
+		meta:      meta,
+		limits:    withDefaults(cfg.Limits),
+		ttl:       cfg.Trust.RefreshTTL,
+		log:       log,
+		snaps:     map[string]cached{},
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_trust_refresh_total",
+			Help: "Trust metadata refreshes from the Notary server, by result (ok or the refusal reason).",
+		}, []string{"result"}),
+		seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "trustproxy_trust_refresh_seconds",
+			Help:    "Time to refresh and verify the trust metadata of one repository.",
+			Buckets: prometheus.DefBuckets,
+		}),
+	}
+	if v.ttl <= 0 {
+		v.ttl = time.Minute
+	}
+	for i, u := range cfg.Upstreams {
+		up := &upstream{index: i, cfg: u}
+		if u.Notary.URL != "" {
+			if pu, err := url.Parse(u.Notary.URL); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+				return nil, fmt.Errorf("upstreams[%d].notary.url %q is not an http(s) URL", i, u.Notary.URL)
+			}
+			if up.rt, err = newTransport(u.Notary, v.limits.UpstreamTimeout); err != nil {
+				return nil, fmt.Errorf("upstreams[%d]: %w", i, err)
+			}
+		}
+		v.upstreams[u.Name] = up
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{v.refreshes, v.seconds} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register trust metrics: %w", err)
+			}
+		}
+	}
+	return v, nil
+}
+
+func withDefaults(l config.Limits) config.Limits {
+	def := func(v *int64, d int64) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.RootBytes, 512000)
+	def(&l.TimestampBytes, 16384)
+	def(&l.SnapshotBytes, 2<<20)
+	def(&l.TargetsBytes, 5<<20)
+	if l.MaxRootRotations <= 0 {
+		l.MaxRootRotations = 32
+	}
+	if l.MaxDelegations <= 0 {
+		l.MaxDelegations = 64
+	}
+	if l.UpstreamTimeout <= 0 {
+		l.UpstreamTimeout = 30 * time.Second
+	}
+	return l
+}
+
+// Mode returns the mode of the rule matching gun, or enforce when none does.
+func (v *Verifier) Mode(gun string) config.Mode {
+	if r := v.policy.ruleFor(gun); r != nil {
+		return r.Mode
+	}
+	return config.Enforce
+}
+
+// Snapshot returns the verified view of gun (e.g. docker.io/library/app),
+// fetched from the Notary server of the upstream named by gun's first path
+// component and judged by the first rule matching gun. A Snapshot is reused
+// until the refresh TTL or its metadata's expiry, whichever comes first, and
+// concurrent refreshes of one GUN share one fetch. Every error is a
+// *RefusalError about the whole repository (Ref "").
+func (v *Verifier) Snapshot(ctx context.Context, gun string) (*Snapshot, error) {
+	r, up, rerr := v.lookup(gun)
+	if rerr != nil {
+		return nil, rerr
+	}
+	v.mu.Lock()
+	c, ok := v.snaps[gun]
+	v.mu.Unlock()
+	if ok && time.Now().Before(c.until) {
+		v.log.Debug("trust cache hit", "gun", gun, "checked", c.snap.Checked, "expires", c.snap.Expires)
+		return c.snap, nil
+	}
+	// The refresh outlives a caller that gives up: others may be waiting on it,
+	// and each of its requests is bounded by limits.upstream_timeout.
+	ch := v.group.DoChan(gun, func() (any, error) {
+		snap, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up)
+		if rerr != nil {
+			return nil, rerr
+		}
+		return snap, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*Snapshot), nil
+	case <-ctx.Done():
+		return nil, &RefusalError{GUN: gun, Reason: TrustUnavailable, Err: ctx.Err(),
+			Detail: "the request ended before the trust server answered; retry, or raise limits.upstream_timeout if the server is slow"}
+	}
+}
+
+func (v *Verifier) lookup(gun string) (*rule, *upstream, *RefusalError) {
+	r := v.policy.ruleFor(gun)
+	if r == nil {
+		return nil, nil, &RefusalError{GUN: gun, Reason: NoRule,
+			Detail: "no trust.rules entry matches this repository; add a rule whose repositories pattern matches it"}
+	}
+	host, _, _ := strings.Cut(gun, "/")
+	up, ok := v.upstreams[host]
+	if !ok {
+		return nil, nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
+			Detail: fmt.Sprintf("no upstream is named %q; add it to upstreams with its notary.url", host)}
+	}
+	if up.rt == nil {
+		return nil, nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
+			Detail: fmt.Sprintf("upstream %s has no Notary server; set upstreams[%d].notary.url, or use mode: audit in the rule for this repository", host, up.index)}
+	}
+	return r, up, nil
+}
+
+// refresh fetches and verifies gun's trust data, records metrics and caches
+// the result.
+func (v *Verifier) refresh(ctx context.Context, gun string, r *rule, up *upstream) (*Snapshot, *RefusalError) {
+	start := time.Now()
+	snap, rerr := v.update(ctx, gun, r, up)
+	result := "ok"
+	if rerr != nil {
+		result = string(rerr.Reason)
+	}
+	v.refreshes.WithLabelValues(result).Inc()
+	v.seconds.Observe(time.Since(start).Seconds())
+	if rerr != nil {
+		return nil, rerr
+	}
+	until := earliest(snap.Checked.Add(v.ttl), snap.Expires)
+	v.mu.Lock()
+	v.snaps[gun] = cached{snap: snap, until: until}
+	v.mu.Unlock()
+	return snap, nil
+}
+
+// update runs notary's TUF update for gun against the bounded remote and the
+// monotonic cache, then judges the result by r.
+func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream) (*Snapshot, *RefusalError) {
+	refuse := func(reason Reason, detail string, err error) *RefusalError {
+		return &RefusalError{GUN: gun, Reason: reason, Detail: detail, Err: err}
+	}
+	store, err := v.meta.For(gun)
+	if err != nil {
+		return nil, refuse(NoTrustData, "not a repository name trust data can be kept for", err)
+	}
+	guard := &guardedCache{MetadataStore: store}
+	hs, err := storage.NewNotaryServerStore(strings.TrimSuffix(up.cfg.Notary.URL, "/"), data.GUN(gun),
+		authTransport(ctx, up.rt, up.cfg.Notary, gun))
+	if err != nil {
+		return nil, refuse(NoTrustServer, fmt.Sprintf("upstreams[%d].notary.url is not usable", up.index), err)
+	}
+	remote := newBoundedRemote(hs, v.limits)
+	if r.TOFU && !pinned(v.pinning, gun) {
+		if _, warned := v.tofuWarned.LoadOrStore(gun, struct{}{}); !warned {
+			v.log.Warn("trusting root on first use", "gun", gun,
+				"hint", "pin it in trust.pinning.certs or trust.pinning.ca")
+		}
+	}
+	repo, _, err := client.LoadTUFRepo(client.TUFLoadOptions{
+		GUN:          data.GUN(gun),
+		TrustPinning: trustpinning.TrustPinConfig{Certs: v.pinning.Certs, CA: v.pinning.CA, DisableTOFU: !r.TOFU},
+		Cache:        guard,
+		RemoteStore:  remote,
+	})
+	limitErr, unreachable := remote.state()
+	switch cerr := guard.failure(); {
+	case errors.As(cerr, new(*cache.RollbackError)):
+		return nil, refuse(Rollback, "the trust server offered metadata older than the version this proxy has already stored; investigate the server", cerr)
+	case cerr != nil:
+		return nil, refuse(InvalidMetadata, "the cached trust metadata cannot be used; inspect the file named below, delete it if it is damaged, and retry", cerr)
+	case limitErr != nil:
+		return nil, refuse(InvalidMetadata, "the trust server sent more metadata than allowed; raise the named limit only if the repository really needs it", limitErr)
+	case err != nil:
+		reason, detail := classify(err, up.index)
+		return nil, refuse(reason, detail, err)
+	}
+	if unreachable != nil {
+		v.log.Warn("notary unreachable, using cached metadata", "gun", gun, "expires", repo.Timestamp.Signed.Expires, "err", unreachable)
+	}
+	return judge(repo, gun, r, time.Now()), nil
+}
+
+// classify maps a notary update error to a reason and what to do about it.
+func classify(err error, upstreamIndex int) (Reason, string) {
+	switch {
+	case errors.As(err, new(signed.ErrLowVersion)):
+		return Rollback, "the trust server offered metadata older than the version this proxy has already verified (a rollback or freeze attack, or a restored server); investigate the server"
+	case errors.As(err, new(signed.ErrExpired)):
+		return Expired, "the trust data has expired; the repository's signers or its Notary server must re-sign it"
+	case isPinError(err):
+		return NotPinned, "the repository's root key is not trusted: pin its root certificate ID in trust.pinning.certs or a CA in trust.pinning.ca, or set tofu: true on its rule"
+	case errors.As(err, new(client.ErrRepositoryNotExist)), errors.As(err, new(client.ErrRepoNotInitialized)),
+		errors.As(err, new(storage.ErrMetaNotFound)):
+		return NoTrustData, "the trust server has no trust data for this repository; sign it (docker trust sign, notary publish), or use mode: audit in its rule"
+	case isNetworkError(err), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.As(err, new(net.Error)):
+		return TrustUnavailable, fmt.Sprintf("the trust server could not be reached and no valid cached trust data exists; check upstreams[%d].notary (url, ca_file, credentials) and the network", upstreamIndex)
+	default:
+		return InvalidMetadata, "the trust data does not verify (signatures, thresholds, checksums or sizes); the repository may be tampered with or badly published"
+	}
+}
+
+func isPinError(err error) bool {
+	if errors.As(err, new(*trustpinning.ErrValidationFail)) || errors.As(err, new(trustpinning.ErrValidationFail)) ||
+		errors.As(err, new(*trustpinning.ErrRootRotationFail)) || errors.As(err, new(trustpinning.ErrRootRotationFail)) {
+		return true
+	}
+	// trustpinning.NewTrustPinChecker returns unexported fmt errors.
+	msg := err.Error()
+	return strings.Contains(msg, "invalid trust pinning specified") ||
+		strings.Contains(msg, "could not load root cert from CA path") || strings.Contains(msg, "invalid CA certs provided")
+}
+
+// pinned says whether notary's trust pinning covers gun (by certificate IDs,
+// exactly or by a trailing-* wildcard, or by a CA for a prefix).
+func pinned(p config.Pinning, gun string) bool {
+	for g := range p.Certs {
+		if g == gun || (strings.HasSuffix(g, "*") && strings.HasPrefix(gun, strings.TrimSuffix(g, "*"))) {
+			return true
+		}
+	}
+	for prefix := range p.CA {
+		if strings.HasPrefix(gun, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// guardedCache records the errors of the monotonic store that notary's client
+// logs and ignores: a refused (rollback) write and a corrupt entry.
+type guardedCache struct {
+	storage.MetadataStore
+	mu  sync.Mutex
+	err error
+}
+
+func (g *guardedCache) record(err error) error {
+	if errors.As(err, new(*cache.RollbackError)) || errors.As(err, new(*cache.CorruptError)) {
+		g.mu.Lock()
+		if g.err == nil {
+			g.err = err
+		}
+		g.mu.Unlock()
+	}
+	return err
+}
+
+func (g *guardedCache) GetSized(name string, size int64) ([]byte, error) {
+	b, err := g.MetadataStore.GetSized(name, size)
+	return b, g.record(err)
+}
+
+func (g *guardedCache) Set(name string, blob []byte) error {
+	return g.record(g.MetadataStore.Set(name, blob))
+}
+
+func (g *guardedCache) SetMulti(m map[string][]byte) error {
+	return g.record(g.MetadataStore.SetMulti(m))
+}
+
+func (g *guardedCache) failure() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
+}

@@ -1,0 +1,599 @@
+package trust
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/opencontainers/go-digest"
+	"github.com/theupdateframework/notary/tuf/data"
+	"github.com/theupdateframework/notary/tuf/testutils"
+	"github.com/trustproxy/trustproxy/config"
+)
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type opts struct {
+	rule    config.Rule
+	signers []config.Signer
+	pinning config.Pinning
+	dataDir string
+	ttl     time.Duration
+	limits  config.Limits
+	noURL   bool
+}
+
+func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *syncBuffer) {
+	t.Helper()
+	if o.rule.Repositories == "" {
+		o.rule.Repositories = "example.com/**"
+	}
+	if o.dataDir == "" {
+		o.dataDir = t.TempDir()
+	}
+	if o.ttl == 0 {
+		o.ttl = time.Minute
+	}
+	up := config.Upstream{Name: "example.com"}
+	if !o.noURL {
+		up.Notary.URL = f.srv.URL
+	}
+	cfg := &config.Config{
+		DataDir:   o.dataDir,
+		Upstreams: []config.Upstream{up},
+		Trust:     config.Trust{Rules: []config.Rule{o.rule}, Signers: o.signers, Pinning: o.pinning, RefreshTTL: o.ttl},
+		Limits:    o.limits,
+	}
+	logs := &syncBuffer{}
+	v, err := New(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, logs
+}
+
+func tofu() opts { return opts{rule: config.Rule{TOFU: true}} }
+
+func reason(t *testing.T, err error) Reason {
+	t.Helper()
+	var r *RefusalError
+	if !errors.As(err, &r) {
+		t.Fatalf("error %v (%T) is not a *RefusalError", err, err)
+	}
+	return r.Reason
+}
+
+func wantReason(t *testing.T, err error, want Reason) *RefusalError {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want refusal %s", want)
+	}
+	if got := reason(t, err); got != want {
+		t.Fatalf("refused %s, want %s: %v", got, want, err)
+	}
+	r := err.(*RefusalError)
+	if r.Ref != "" || r.GUN != testGUN || r.Detail == "" {
+		t.Errorf("refusal %+v: want GUN %s, no Ref and a detail", r, testGUN)
+	}
+	return r
+}
+
+func targetDigest(m data.FileMeta) digest.Digest {
+	return digest.Digest("sha256:" + hex.EncodeToString(m.Hashes["sha256"]))
+}
+
+func TestSignedTagResolves(t *testing.T) {
+	f := newFixture(t)
+	meta := f.tag("targets", "v1", []byte("manifest v1"))
+	f.publish()
+	v, _ := newVerifier(t, f, tofu())
+
+	snap, err := v.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := snap.Resolve("v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	targetsKey := f.repo.Root.Signed.Roles[data.CanonicalTargetsRole].KeyIDs[0]
+	want := Target{Tag: "v1", Digest: targetDigest(meta), Size: meta.Length, Role: "targets", Signers: []string{targetsKey}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Resolve(v1) (-want +got):\n%s", diff)
+	}
+	if snap.Mode != config.Enforce || snap.Checked.IsZero() || !snap.Expires.After(time.Now()) {
+		t.Errorf("snapshot mode %s checked %v expires %v", snap.Mode, snap.Checked, snap.Expires)
+	}
+	if ts := f.repo.Timestamp.Signed.Expires; snap.Expires.After(ts) {
+		t.Errorf("Expires %v is after the timestamp's expiry %v", snap.Expires, ts)
+	}
+	if _, err := snap.Resolve("v2"); reason(t, err) != NotSigned {
+		t.Errorf("Resolve(v2): %v, want not_signed", err)
+	}
+	if got := snap.ByDigest(want.Digest); len(got) != 1 || got[0].Tag != "v1" {
+		t.Errorf("ByDigest = %v", got)
+	}
+}
+
+func pubPEM(t *testing.T, c *x509.Certificate) []byte {
+	der, err := x509.MarshalPKIXPublicKey(c.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+}
+
+func TestTrustedSigner(t *testing.T) {
+	f := newFixture(t)
+	alice := f.delegate("targets/releases")
+	meta := f.tag("targets/releases", "v1", []byte("manifest v1"))
+	f.publish()
+	certKey := data.NewECDSAx509PublicKey(pemCert(alice))
+	bareID, err := canonicalID(certKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name   string
+		signer config.Signer
+	}{
+		{"certificate PEM", config.Signer{Name: "alice", PEM: pemCert(alice)}},
+		{"public key PEM", config.Signer{Name: "alice", PEM: pubPEM(t, alice)}},
+		{"key ID over the certificate", config.Signer{Name: "alice", KeyIDs: []string{certKey.ID()}}},
+		{"key ID over the public key", config.Signer{Name: "alice", KeyIDs: []string{strings.ToUpper(bareID)}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true, Signers: []string{"alice"}}, signers: []config.Signer{tt.signer}})
+			snap, err := v.Snapshot(t.Context(), testGUN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := snap.Resolve("v1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := Target{Tag: "v1", Digest: targetDigest(meta), Size: meta.Length, Role: "targets/releases", Signers: []string{"alice"}}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestUntrustedSigner(t *testing.T) {
+	f := newFixture(t)
+	f.delegate("targets/releases") // bob's key
+	f.tag("targets/releases", "v1", []byte("manifest v1"))
+	f.publish()
+	other := newFixture(t)
+	alice := other.delegate("targets/releases")
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true, Signers: []string{"alice"}},
+		signers: []config.Signer{{Name: "alice", PEM: pemCert(alice)}}})
+
+	snap, err := v.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = snap.Resolve("v1")
+	if reason(t, err) != UntrustedSigner {
+		t.Fatalf("Resolve(v1): %v, want untrusted_signer", err)
+	}
+	bobID := f.repo.Targets["targets"].Signed.Delegations.Roles[0].KeyIDs[0]
+	if msg := err.Error(); !strings.Contains(msg, bobID) || !strings.Contains(msg, "alice") {
+		t.Errorf("refusal %q should name the signing key %s and the wanted signer alice", msg, bobID)
+	}
+}
+
+func TestOnlyDockerRolesCount(t *testing.T) {
+	f := newFixture(t)
+	f.delegate("targets/evil")
+	f.tag("targets/evil", "v1", []byte("evil"))
+	f.publish()
+	v, _ := newVerifier(t, f, tofu())
+	snap, err := v.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := snap.Resolve("v1"); reason(t, err) != NotSigned {
+		t.Errorf("tag only in targets/evil: %v, want not_signed", err)
+	}
+}
+
+func TestReleasesWinsOverTargets(t *testing.T) {
+	f := newFixture(t)
+	f.delegate("targets/releases")
+	rel := f.tag("targets/releases", "v1", []byte("from releases"))
+	tgt := f.tag("targets", "v1", []byte("from targets"))
+	f.publish()
+	v, _ := newVerifier(t, f, tofu())
+	snap, err := v.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := snap.Resolve("v1")
+	if err != nil || got.Digest != targetDigest(rel) || got.Role != "targets/releases" {
+		t.Fatalf("Resolve(v1) = %+v, %v; want releases' %s", got, err, targetDigest(rel))
+	}
+
+	// An expired targets/releases is skipped by notary: the tag falls
+	// through to targets (documented in doc.go).
+	s := f.swizzle()
+	must(t, s.ExpireMetadata("targets/releases"))
+	must(t, s.UpdateSnapshotHashes("targets/releases"))
+	must(t, s.UpdateTimestampHash())
+	v2, _ := newVerifier(t, f, tofu())
+	snap, err = v2.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = snap.Resolve("v1")
+	if err != nil || got.Digest != targetDigest(tgt) || got.Role != "targets" {
+		t.Fatalf("with expired releases Resolve(v1) = %+v, %v; want targets' %s", got, err, targetDigest(tgt))
+	}
+}
+
+func TestInvalidTargetMeta(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("ok"))
+	if _, err := f.repo.AddTargets("targets", data.Files{"nohash": {Length: 3, Hashes: data.Hashes{"sha512": make([]byte, 64)}}}); err != nil {
+		t.Fatal(err)
+	}
+	f.publish()
+	v, _ := newVerifier(t, f, tofu())
+	snap, err := v.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := snap.Resolve("nohash"); reason(t, err) != InvalidMetadata {
+		t.Errorf("target without sha256: %v, want invalid_metadata", err)
+	}
+	if _, err := snap.Resolve("v1"); err != nil {
+		t.Errorf("v1: %v", err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(t *testing.T, f *fixture)
+		opts   func(f *fixture) opts
+		want   Reason
+	}{
+		{name: "expired timestamp", want: Expired, mutate: func(t *testing.T, f *fixture) {
+			must(t, f.swizzle().ExpireMetadata(data.CanonicalTimestampRole))
+		}},
+		{name: "invalid targets signature", want: InvalidMetadata, mutate: func(t *testing.T, f *fixture) {
+			s := f.swizzle()
+			must(t, s.InvalidateMetadataSignatures(data.CanonicalTargetsRole))
+			must(t, s.UpdateSnapshotHashes(data.CanonicalTargetsRole))
+			must(t, s.UpdateTimestampHash())
+		}},
+		{name: "targets threshold not met", want: InvalidMetadata, mutate: func(t *testing.T, f *fixture) {
+			s := f.swizzle()
+			must(t, s.SetThreshold(data.CanonicalTargetsRole, 2))
+			must(t, s.UpdateSnapshotHashes())
+			must(t, s.UpdateTimestampHash())
+		}},
+		{name: "targets changed without snapshot", want: InvalidMetadata, mutate: func(t *testing.T, f *fixture) {
+			must(t, f.swizzle().OffsetMetadataVersion(data.CanonicalTargetsRole, 1))
+		}},
+		{name: "root not pinned and TOFU off", want: NotPinned, opts: func(*fixture) opts { return opts{} }},
+		{name: "pinned to another certificate", want: NotPinned, opts: func(*fixture) opts {
+			return opts{pinning: config.Pinning{Certs: map[string][]string{testGUN: {strings.Repeat("ab", 32)}}}}
+		}},
+		{name: "no trust data", want: NoTrustData, mutate: func(t *testing.T, f *fixture) {
+			f.srv.serveFrom(f.swizzle().MetadataCache)
+			must(t, f.srv.store.RemoveAll())
+		}},
+		{name: "no timestamp", want: NoTrustData, mutate: func(t *testing.T, f *fixture) {
+			must(t, f.swizzle().RemoveMetadata(data.CanonicalTimestampRole))
+		}},
+		{name: "no notary url", want: NoTrustServer, opts: func(*fixture) opts { return opts{noURL: true, rule: config.Rule{TOFU: true}} }},
+		{name: "no rule", want: NoRule, opts: func(*fixture) opts { return opts{rule: config.Rule{Repositories: "other.io/**", TOFU: true}} }},
+		{name: "server down, nothing cached", want: TrustUnavailable, mutate: func(t *testing.T, f *fixture) { f.srv.Close() }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.tag("targets", "v1", []byte("v1"))
+			f.publish()
+			if tt.mutate != nil {
+				tt.mutate(t, f)
+			}
+			o := tofu()
+			if tt.opts != nil {
+				o = tt.opts(f)
+			}
+			v, _ := newVerifier(t, f, o)
+			_, err := v.Snapshot(t.Context(), testGUN)
+			r := wantReason(t, err, tt.want)
+			if tt.want == NoTrustServer && !strings.Contains(r.Error(), "upstreams[0].notary.url") {
+				t.Errorf("message %q should say to set upstreams[0].notary.url", r.Error())
+			}
+		})
+	}
+}
+
+func TestPinnedByCertID(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	v, _ := newVerifier(t, f, opts{pinning: config.Pinning{Certs: map[string][]string{testGUN: {f.rootID()}}}})
+	snap, err := v.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := snap.Resolve("v1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRollback(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	old := f.srv.store
+	s := f.swizzle()
+	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1)) // the server moves to timestamp v2
+	dir := t.TempDir()
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir, ttl: time.Nanosecond})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+
+	f.srv.serveFrom(old) // then offers the older, still valid timestamp v1
+	_, err := v.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, Rollback)
+
+	// A restart (a new Verifier on the same data_dir) keeps the floor.
+	v2, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
+	_, err = v2.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, Rollback)
+}
+
+func TestUnreachableServesCache(t *testing.T) {
+	f := newFixture(t)
+	meta := f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	v, logs := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.Close()
+	snap, err := v.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		t.Fatalf("with the server down and a valid cache: %v", err)
+	}
+	if got, err := snap.Resolve("v1"); err != nil || got.Digest != targetDigest(meta) {
+		t.Fatalf("Resolve(v1) = %+v, %v", got, err)
+	}
+	if !strings.Contains(logs.String(), "notary unreachable, using cached metadata") {
+		t.Errorf("no warning about using cached metadata in logs:\n%s", logs)
+	}
+}
+
+func TestCacheHit(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	v, logs := newVerifier(t, f, tofu())
+	for range 3 {
+		if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.srv.count("timestamp"); n != 1 {
+		t.Errorf("%d timestamp fetches for 3 calls within the TTL, want 1", n)
+	}
+	if !strings.Contains(logs.String(), "trust cache hit") {
+		t.Errorf("no debug line for cache hits")
+	}
+}
+
+func TestConcurrentSnapshotsShareOneRefresh(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		if role == "timestamp" {
+			time.Sleep(100 * time.Millisecond) // let every caller arrive while the refresh runs
+		}
+		return false
+	})
+	v, _ := newVerifier(t, f, tofu())
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for range 50 {
+		wg.Go(func() {
+			_, err := v.Snapshot(t.Context(), testGUN)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.srv.count("timestamp"); n != 1 {
+		t.Errorf("%d timestamp fetches for 50 concurrent calls, want 1", n)
+	}
+}
+
+func TestEndlessTimestamp(t *testing.T) {
+	tests := []struct {
+		name  string
+		serve func(w http.ResponseWriter, r *http.Request)
+	}{
+		{"endless chunked body", func(w http.ResponseWriter, r *http.Request) {
+			chunk := bytes.Repeat([]byte("x"), 4096)
+			for r.Context().Err() == nil {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}},
+		{"huge content-length", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "1073741824")
+			w.Write(bytes.Repeat([]byte("x"), 4096))
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.tag("targets", "v1", []byte("v1"))
+			f.publish()
+			f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+				if role != "timestamp" {
+					return false
+				}
+				tt.serve(w, r)
+				return true
+			})
+			v, _ := newVerifier(t, f, tofu())
+			start := time.Now()
+			_, err := v.Snapshot(t.Context(), testGUN)
+			r := wantReason(t, err, InvalidMetadata)
+			if !errors.As(err, new(*LimitError)) {
+				t.Errorf("refusal %v does not carry a *LimitError", r)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v", d)
+			}
+		})
+	}
+}
+
+func TestSlowServerTimesOut(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		if role != "timestamp" {
+			return false
+		}
+		select {
+		case <-time.After(5 * time.Second):
+		case <-r.Context().Done():
+		}
+		return true
+	})
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, limits: config.Limits{UpstreamTimeout: 300 * time.Millisecond}})
+	start := time.Now()
+	_, err := v.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, TrustUnavailable)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("took %v with a 300ms upstream timeout", d)
+	}
+}
+
+func TestRootRotationsCapped(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+
+	// The server now claims root v1000 under a new key, and answers every
+	// intermediate N.root with a valid root of version N signed by the old key.
+	rootV1 := f.meta[data.CanonicalRootRole]
+	s := f.swizzle()
+	must(t, s.OffsetMetadataVersion(data.CanonicalRootRole, 999))
+	must(t, s.ChangeRootKey())
+	must(t, s.UpdateSnapshotHashes(data.CanonicalRootRole))
+	must(t, s.UpdateTimestampHash())
+	var mu sync.Mutex
+	versioned := 0
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		var n int
+		if _, err := fmtSscanRoot(role, &n); err != nil || n >= 1000 {
+			return false
+		}
+		mu.Lock()
+		versioned++
+		mu.Unlock()
+		sw := testutils.NewMetadataSwizzler(f.gun, map[data.RoleName][]byte{data.CanonicalRootRole: rootV1}, f.cs)
+		must(t, sw.OffsetMetadataVersion(data.CanonicalRootRole, n-1))
+		b, err := sw.MetadataCache.GetSized(data.CanonicalRootRole.String(), -1)
+		must(t, err)
+		w.Write(b)
+		return true
+	})
+	_, err := v.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, InvalidMetadata)
+	var le *LimitError
+	if !errors.As(err, &le) || le.Field != "limits.max_root_rotations" {
+		t.Errorf("refusal %v, want a *LimitError on limits.max_root_rotations", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if versioned == 0 || versioned > 32 {
+		t.Errorf("%d versioned roots fetched, want 1..32", versioned)
+	}
+}
+
+func TestCorruptCacheFailsClosed(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	dir := t.TempDir()
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+	must(t, writeFile(dir+"/trust/"+testGUN+"/metadata/timestamp.json", []byte("{garbage")))
+	v2, logs := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
+	_, err := v2.Snapshot(context.Background(), testGUN)
+	wantReason(t, err, InvalidMetadata)
+	if !strings.Contains(logs.String(), "corrupt trust metadata") {
+		t.Errorf("corrupt cache entry was not logged:\n%s", logs)
+	}
+}
+
+func TestMode(t *testing.T) {
+	f := newFixture(t)
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{Repositories: "example.com/audit/*", Mode: config.Audit}})
+	for gun, want := range map[string]config.Mode{"example.com/audit/app": config.Audit, testGUN: config.Enforce} {
+		if got := v.Mode(gun); got != want {
+			t.Errorf("Mode(%s) = %s, want %s", gun, got, want)
+		}
+	}
+}
