@@ -120,7 +120,9 @@ func Version(b []byte) (int, error) {
 	return *m.Signed.Version, nil
 }
 
-func (s *GUNStore) path(name string) string { return filepath.Join(s.dir, filepath.FromSlash(name)+".json") }
+func (s *GUNStore) path(name string) string {
+	return filepath.Join(s.dir, filepath.FromSlash(name)+".json")
+}
 
 // GetSized returns the stored metadata of role name, at most size bytes
 // (storage.NoSizeLimit: notary's maximum). A missing entry is

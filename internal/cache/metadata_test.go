@@ -11,7 +11,9 @@ import (
 	"github.com/theupdateframework/notary/storage"
 )
 
-func meta(v int) []byte { return fmt.Appendf(nil, `{"signed":{"_type":"Timestamp","version":%d},"signatures":[]}`, v) }
+func meta(v int) []byte {
+	return fmt.Appendf(nil, `{"signed":{"_type":"Timestamp","version":%d},"signatures":[]}`, v)
+}
 
 func TestSetMonotonic(t *testing.T) {
 	tests := []struct {
@@ -155,4 +157,31 @@ func FuzzVersion(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		Version(b)
 	})
+}
+
+func TestRacingWritersKeepHighestVersion(t *testing.T) {
+	dir := t.TempDir()
+	done := make(chan struct{})
+	for w := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			m, _ := NewMetadataStore(dir, nil) // separate instances, as separate processes would be
+			s, _ := m.For("example.com/a")
+			for v := range 50 {
+				s.Set("timestamp", meta(v*4+w))
+			}
+		}()
+	}
+	for range 4 {
+		<-done
+	}
+	m, _ := NewMetadataStore(dir, nil)
+	s, _ := m.For("example.com/a")
+	b, err := s.GetSized("timestamp", storage.NoSizeLimit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := Version(b); v != 49*4+3 {
+		t.Errorf("stored version %d after racing writers, want %d", v, 49*4+3)
+	}
 }

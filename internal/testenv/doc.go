@@ -1,7 +1,7 @@
 // Package testenv starts real components on 127.0.0.1 for trustproxy's tests, and stops
 // them with t.Cleanup. Nothing in it is a mock.
 //
-//   - NewRegistry: a distribution v3 registry (registry/handlers with the inmemory driver)
+//   - NewRegistry: a distribution v3 registry (registry/handlers with the filesystem driver in a temporary folder)
 //     in-process behind an httptest server, as the upstream. It counts requests, can be
 //     given a Fault (CorruptBody, Truncate, Delay) and can be stopped mid-test.
 //   - Image, ImageFor, Index: deterministic Docker schema2 images and manifest lists that

@@ -83,7 +83,7 @@ func StartNotary(t testing.TB) *Notary {
 		}
 	}
 	if lastErr != nil {
-		t.Fatalf("start notary-server: %v\n%s", lastErr, n.serverLog())
+		t.Fatalf("start notary-server: %v\n%s", lastErr, n.serverLog(false))
 	}
 
 	target, _ := url.Parse(n.backend)
@@ -165,12 +165,17 @@ func (n *Notary) startServer(t testing.TB, bin string) error {
 	}
 }
 
-func (n *Notary) serverLog() string {
+// serverLog is the end of notary-server's log; problemsOnly keeps warnings and errors.
+func (n *Notary) serverLog(problemsOnly bool) string {
 	b, _ := os.ReadFile(n.logFile)
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
+	var lines []string
+	for l := range strings.Lines(string(b)) {
+		if !problemsOnly || !strings.Contains(l, `"level":"info"`) && !strings.Contains(l, `"level":"debug"`) {
+			lines = append(lines, l)
+		}
 	}
-	return "notary-server log:\n" + string(b)
+	lines = lines[max(0, len(lines)-20):]
+	return "notary-server log (" + n.logFile + "):\n" + strings.Join(lines, "")
 }
 
 // freeAddr finds a free port on 127.0.0.1 for a server that must open its own listener.

@@ -14,7 +14,7 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
-	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory" // registers the "inmemory" driver
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // registers the "filesystem" driver
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -47,7 +47,7 @@ func NewRegistry(t testing.TB) *Registry {
 
 	cfg := &configuration.Configuration{}
 	cfg.Storage = configuration.Storage{
-		"inmemory": configuration.Parameters{},
+		"filesystem": configuration.Parameters{"rootdirectory": t.TempDir()}, // inmemory takes seconds per large blob
 		// The purger walks storage on a timer; nothing here lives long enough to need it.
 		"maintenance": configuration.Parameters{"uploadpurging": map[any]any{"enabled": false}},
 		"delete":      configuration.Parameters{"enabled": true},
@@ -219,7 +219,7 @@ func Delay(d time.Duration, match func(*http.Request) bool) Fault {
 }
 
 // record runs req through the registry and keeps the whole response. Redirects are not
-// followed: the inmemory driver serves blobs itself.
+// followed: the filesystem driver serves blobs itself.
 func (r *Registry) record(req *http.Request) *httptest.ResponseRecorder {
 	rec := httptest.NewRecorder()
 	rec.Body = new(bytes.Buffer)

@@ -216,6 +216,6 @@ func (n *Notary) run(t testing.TB, gun string, args ...string) string {
 			msg += fmt.Sprintf("\nnotary reset %s --all: %v\n%s", gun, resetErr, resetOut)
 		}
 	}
-	t.Fatal(msg + "\n" + n.serverLog())
+	t.Fatal(msg + "\n" + n.serverLog(true))
 	return ""
 }

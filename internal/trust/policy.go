@@ -7,7 +7,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 
@@ -87,34 +86,15 @@ func compile(t config.Trust) (*policy, error) {
 	return p, nil
 }
 
-// ruleFor returns the first rule whose pattern matches gun, or nil.
+// ruleFor returns the first rule whose pattern matches gun (as
+// config.Config.RuleFor), or nil.
 func (p *policy) ruleFor(gun string) *rule {
 	for _, r := range p.rules {
-		if matchGUN(r.Repositories, gun) {
+		if r.Matches(gun) {
 			return r
 		}
 	}
 	return nil
-}
-
-// matchGUN is path.Match over the GUN, where ** alone or a trailing /**
-// matches any depth below the prefix.
-// It stands in for config.Config.RuleFor until config loading provides it.
-func matchGUN(pattern, gun string) bool {
-	if pattern == "**" {
-		return true
-	}
-	if prefix, ok := strings.CutSuffix(pattern, "/**"); ok {
-		segs := strings.Split(gun, "/")
-		n := strings.Count(prefix, "/") + 1
-		if len(segs) <= n {
-			return false
-		}
-		ok, _ := path.Match(prefix, strings.Join(segs[:n], "/"))
-		return ok
-	}
-	ok, _ := path.Match(pattern, gun)
-	return ok
 }
 
 // accept says whether a role whose metadata the keys signedBy signed passes

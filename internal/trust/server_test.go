@@ -30,6 +30,8 @@ type notaryServer struct {
 	mu       sync.Mutex
 	store    storage.MetadataStore
 	hits     map[string]int
+	user     string // when set, every request needs basic auth user:pass
+	pass     string
 	override func(w http.ResponseWriter, r *http.Request, name string) bool // true: handled
 }
 
@@ -43,6 +45,14 @@ func newNotaryServer(t *testing.T, gun string) *notaryServer {
 var checksumName = regexp.MustCompile(`^(.+)\.[0-9a-f]{64}$`)
 
 func (s *notaryServer) serve(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	wantUser, wantPass := s.user, s.pass
+	s.mu.Unlock()
+	if u, p, _ := r.BasicAuth(); wantUser != "" && (u != wantUser || p != wantPass) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="notary"`)
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
 	if r.URL.Path == "/v2/" {
 		w.Write([]byte("{}"))
 		return
@@ -65,7 +75,7 @@ func (s *notaryServer) serve(w http.ResponseWriter, r *http.Request) {
 	if override != nil && override(w, r, role) {
 		return
 	}
-	b, err := store.GetSized(name, storage.NoSizeLimit)
+	b, err := store.GetSized(name, 1<<30) // MemoryStore cannot take NoSizeLimit
 	if errors.As(err, new(storage.ErrMetaNotFound)) {
 		http.NotFound(w, r)
 		return

@@ -47,6 +47,7 @@ type opts struct {
 	ttl     time.Duration
 	limits  config.Limits
 	noURL   bool
+	notary  config.Notary // credentials
 }
 
 func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *syncBuffer) {
@@ -62,6 +63,7 @@ func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *syncBuffer) {
 	}
 	up := config.Upstream{Name: "example.com"}
 	if !o.noURL {
+		up.Notary = o.notary
 		up.Notary.URL = f.srv.URL
 	}
 	cfg := &config.Config{
@@ -310,7 +312,18 @@ func TestRefusals(t *testing.T) {
 			must(t, s.UpdateTimestampHash())
 		}},
 		{name: "targets changed without snapshot", want: InvalidMetadata, mutate: func(t *testing.T, f *fixture) {
-			must(t, f.swizzle().OffsetMetadataVersion(data.CanonicalTargetsRole, 1))
+			s := f.swizzle()
+			must(t, s.OffsetMetadataVersion(data.CanonicalTargetsRole, 1))
+			// A malicious server answers the checksummed name with other bytes.
+			f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+				if role != "targets" {
+					return false
+				}
+				b, err := s.MetadataCache.GetSized("targets", 1<<30)
+				must(t, err)
+				w.Write(b)
+				return true
+			})
 		}},
 		{name: "root not pinned and TOFU off", want: NotPinned, opts: func(*fixture) opts { return opts{} }},
 		{name: "pinned to another certificate", want: NotPinned, opts: func(*fixture) opts {
@@ -552,7 +565,7 @@ func TestRootRotationsCapped(t *testing.T) {
 		mu.Unlock()
 		sw := testutils.NewMetadataSwizzler(f.gun, map[data.RoleName][]byte{data.CanonicalRootRole: rootV1}, f.cs)
 		must(t, sw.OffsetMetadataVersion(data.CanonicalRootRole, n-1))
-		b, err := sw.MetadataCache.GetSized(data.CanonicalRootRole.String(), -1)
+		b, err := sw.MetadataCache.GetSized(data.CanonicalRootRole.String(), 1<<30)
 		must(t, err)
 		w.Write(b)
 		return true
@@ -596,4 +609,19 @@ func TestMode(t *testing.T) {
 			t.Errorf("Mode(%s) = %s, want %s", gun, got, want)
 		}
 	}
+}
+
+func TestBasicAuth(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	f.srv.user, f.srv.pass = "reader", "s3cret"
+
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Notary{Username: "reader", Password: "s3cret"}})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatalf("with credentials: %v", err)
+	}
+	v, _ = newVerifier(t, f, tofu())
+	_, err := v.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, TrustUnavailable)
 }

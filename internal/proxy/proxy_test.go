@@ -1,0 +1,374 @@
+package proxy_test
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/trustproxy/trustproxy/internal/testenv"
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+const gun = "docker.io/library/app"
+
+func TestSignedTagServedAndCached(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "app-v1")
+	p := w.start(t, "")
+
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("served %s, want signed %s", got, signed)
+	}
+	d := p.decision(t, gun, "v1")
+	if d["verdict"] != "served" || d["digest"] != signed.String() || d["role"] != testenv.Releases ||
+		fmt.Sprint(d["signers"]) != "[alice]" {
+		t.Fatalf("decision %v", d)
+	}
+	manifests, blobs := w.Registry.ManifestGets(signed), w.Registry.Requests(http.MethodGet, "")
+	if manifests != 1 {
+		t.Fatalf("upstream manifest GETs = %d, want 1", manifests)
+	}
+	// Pulled again: everything comes from trustproxy's storage.
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("second pull served %s", got)
+	}
+	if n := w.Registry.Requests(http.MethodGet, ""); n != blobs {
+		t.Fatalf("second pull reached the upstream: %d GETs, want %d", n, blobs)
+	}
+	if len(p.storedBlobs(t)) < 4 { // manifest, config, two layers
+		t.Fatalf("stored blobs: %v", p.storedBlobs(t))
+	}
+	// A client asks the docker way: by short name, through the ns parameter, by digest.
+	for _, path := range []string{"/v2/app/manifests/v1", "/v2/library/app/manifests/v1?ns=docker.io",
+		"/v2/docker.io/library/app/manifests/v1", "/v2/library/app/manifests/" + signed.String()} {
+		if status, h, _ := p.get(t, http.MethodGet, path); status != 200 || h.Get("Docker-Content-Digest") != signed.String() {
+			t.Errorf("GET %s: %d %s", path, status, h.Get("Docker-Content-Digest"))
+		}
+	}
+}
+
+func TestUnsignedRepositoryRefused(t *testing.T) {
+	w := newWorld(t)
+	w.Registry.Push(t, "library/plain", "1", testenv.Image(t, "plain", 1, 1024))
+	p := w.start(t, "")
+
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/plain/manifests/1")
+	wantDenied(t, status, body, trust.NoTrustData)
+	p.wantDecision(t, "docker.io/library/plain", "1", "denied", trust.NoTrustData)
+	if n := w.Registry.Requests(http.MethodGet, "/manifests/1"); n != 0 {
+		t.Fatalf("the upstream was asked for the manifest %d times before trust said no", n)
+	}
+	if got := p.decisions(t, "denied", string(trust.NoTrustData)); got != 1 {
+		t.Fatalf("trustproxy_decisions_total{denied,no_trust_data} = %v", got)
+	}
+}
+
+func TestUntrustedSignerRefused(t *testing.T) {
+	w := newWorld(t)
+	// rogue's releases are signed by mallory only.
+	w.initRepo(t, "docker.io/library/rogue", w.mallory)
+	w.pushSigned(t, "library/rogue", "1", "rogue")
+	// app is alice's, but mallory also holds a delegation of her own there.
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "good", "good")
+	w.Notary.AddDelegation(t, gun, "targets/mallory", w.mallory)
+	evil := testenv.Image(t, "evil", 1, 1024)
+	w.Registry.Push(t, "library/app", "evil", evil)
+	w.Notary.SignImage(t, gun, "evil", evil, "targets/mallory")
+	p := w.start(t, "")
+
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/rogue/manifests/1")
+	wantDenied(t, status, body, trust.UntrustedSigner)
+	if !strings.Contains(string(body), "alice") {
+		t.Errorf("refusal does not name the signer the rule wants: %s", body)
+	}
+	p.wantDecision(t, "docker.io/library/rogue", "1", "denied", trust.UntrustedSigner)
+
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/evil")
+	wantDenied(t, status, body, trust.NotSigned)
+	p.mustPull(t, "library/app:good")
+}
+
+func TestTagMovedUpstreamServesSignedDigest(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "v1")
+	moved := w.Registry.Push(t, "library/app", "v1", testenv.Image(t, "v1-moved", 1, 1024))
+	p := w.start(t, "")
+
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("served %s, want signed %s (upstream tag points at %s)", got, signed, moved)
+	}
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+moved.String())
+	wantDenied(t, status, body, trust.NotSigned)
+	if n := w.Registry.ManifestGets(moved); n != 0 {
+		t.Fatalf("the moved manifest was fetched %d times", n)
+	}
+}
+
+func TestMultiArchIndexAndChildrenServed(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	amd := testenv.ImageFor(t, "multi", "linux/amd64", 1, 4096)
+	arm := testenv.ImageFor(t, "multi", "linux/arm64/v8", 1, 4096)
+	idx := testenv.Index(t, amd, arm)
+	signed := w.Registry.PushIndex(t, "library/app", "multi", idx)
+	w.Notary.SignImage(t, gun, "multi", idx, testenv.Releases)
+	p := w.start(t, "")
+
+	r, err := name.ParseReference(p.host+"/library/app:multi", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := remote.Index(r, remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatalf("pull index: %v", err)
+	}
+	if d, _ := got.Digest(); d != signed {
+		t.Fatalf("index digest %s, want %s", d, signed)
+	}
+	for _, child := range []string{mustDigest(t, amd), mustDigest(t, arm)} {
+		// The path a DCT client and a daemon take: the child manifest by digest, then its layers.
+		if d := p.mustPull(t, "library/app@"+child); d.String() != child {
+			t.Fatalf("child %s served as %s", child, d)
+		}
+	}
+}
+
+func TestUnsignedDigestAndUnreferencedBlobRefused(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	other := testenv.Image(t, "unsigned", 1, 2048)
+	otherDigest := w.Registry.Push(t, "library/app", "unsigned", other)
+	p := w.start(t, "")
+
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+otherDigest.String())
+	wantDenied(t, status, body, trust.NotSigned)
+	p.wantDecision(t, gun, otherDigest.String(), "denied", trust.NotSigned)
+
+	layers, _ := other.Layers()
+	ld, _ := layers[0].Digest()
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		status, _, body = p.get(t, method, "/v2/library/app/blobs/"+ld.String())
+		if method == http.MethodHead {
+			if status != http.StatusForbidden {
+				t.Fatalf("HEAD unreferenced blob: %d", status)
+			}
+			continue
+		}
+		wantDenied(t, status, body, trust.NotReferenced)
+	}
+	if n := w.Registry.BlobGets(ld); n != 0 {
+		t.Fatalf("unreferenced blob fetched upstream %d times", n)
+	}
+}
+
+func TestUpstreamBytesMismatchRefusedAndNotCached(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "v1")
+	p := w.start(t, "")
+
+	w.Registry.SetFault(w.Registry.CorruptBody(testenv.GetPath("/manifests/" + signed.String())))
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, trust.DigestMismatch)
+	if blobs := p.storedBlobs(t); len(blobs) != 0 {
+		t.Fatalf("a mismatching manifest was stored: %v", blobs)
+	}
+
+	// The manifest is fine now, but a layer comes back corrupted: the client's
+	// connection is cut short and nothing is stored.
+	w.Registry.SetFault(nil)
+	w2 := w.start(t, "") // a cold trustproxy
+	signedImg := testenv.Image(t, "v1", 2, 32<<10)
+	layers, _ := signedImg.Layers()
+	ld, _ := layers[0].Digest()
+	w.Registry.SetFault(w.Registry.CorruptBody(testenv.GetPath("/blobs/" + ld.String())))
+	if _, err := w2.pull(t, "library/app:v1"); err == nil {
+		t.Fatal("pull with a corrupted layer succeeded")
+	}
+	if slices.Contains(w2.storedBlobs(t), ld.String()) {
+		t.Fatal("the corrupted layer was stored")
+	}
+	w2.wantDecision(t, gun, "v1", "served", "verified") // the manifest itself was fine
+	w.Registry.SetFault(nil)
+	if _, err := w2.pull(t, "library/app:v1"); err != nil {
+		t.Fatalf("pull after the upstream recovered: %v", err)
+	}
+	if !slices.Contains(w2.storedBlobs(t), ld.String()) {
+		t.Fatal("the good layer was not stored")
+	}
+}
+
+func TestConcurrentColdPullsFetchBlobOnce(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	img := testenv.Image(t, "big", 1, 32<<20)
+	w.Registry.Push(t, "library/app", "big", img)
+	w.Notary.SignImage(t, gun, "big", img, testenv.Releases)
+	p := w.start(t, "")
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	// Verify the manifest first; the layer stays cold.
+	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/big"); status != 200 {
+		t.Fatalf("manifest: %d", status)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())
+			if status != 200 || int64(len(body)) != mustSize(t, layers[0]) {
+				errs <- fmt.Errorf("status %d, %d bytes", status, len(body))
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := w.Registry.BlobGets(ld); n != 1 {
+		t.Fatalf("upstream served the blob %d times to 20 concurrent clients, want 1", n)
+	}
+}
+
+func TestWarmContentServedWhenUpstreamStopped(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "v1")
+	p := w.start(t, "")
+	p.mustPull(t, "library/app:v1")
+	w.Registry.Stop()
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("served %s", got)
+	}
+}
+
+func TestRequestSpellingsAllChecked(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "v1")
+	unsigned := w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "v2", 1, 1024))
+	p := w.start(t, "")
+
+	tests := []struct {
+		name, method, path string
+		header             []string
+		want               int
+	}{
+		{"HEAD unsigned tag", "HEAD", "/v2/library/app/manifests/v2", nil, 403},
+		{"ns unsigned tag", "GET", "/v2/library/app/manifests/v2?ns=docker.io", nil, 403},
+		{"ns unknown upstream", "GET", "/v2/library/app/manifests/v1?ns=127.0.0.1:6379", nil, 404},
+		{"If-None-Match unsigned", "GET", "/v2/library/app/manifests/" + unsigned.String(), []string{"If-None-Match", `"` + unsigned.String() + `"`}, 403},
+		{"If-None-Match signed", "GET", "/v2/library/app/manifests/v1", []string{"If-None-Match", `"` + signed.String() + `"`}, 304},
+		{"encoded slash", "GET", "/v2/library%2Fapp/manifests/v2", nil, 400},
+		{"encoded letter", "GET", "/v2/library/%61pp/manifests/v2", nil, 400},
+		{"doubled slash", "GET", "/v2/library//app/manifests/v2", nil, 400},
+		{"dot dot", "GET", "/v2/library/x/../app/manifests/v2", nil, 400},
+		{"uppercase", "GET", "/v2/library/App/manifests/v1", nil, 400},
+		{"bad digest", "GET", "/v2/library/app/blobs/sha256:../../x", nil, 400},
+		{"PUT manifest", "PUT", "/v2/library/app/manifests/v1", nil, 403},
+		{"POST upload", "POST", "/v2/library/app/blobs/uploads/", nil, 403},
+		{"DELETE", "DELETE", "/v2/library/app/manifests/" + signed.String(), nil, 403},
+		{"PATCH", "PATCH", "/v2/library/app/blobs/uploads/x", nil, 403},
+		{"catalog", "GET", "/v2/_catalog?n=100000000", nil, 405},
+		{"ping", "GET", "/v2/", nil, 200},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, _, body := p.get(t, tt.method, tt.path, tt.header...)
+			if status != tt.want {
+				t.Fatalf("%s %s: %d %s, want %d", tt.method, tt.path, status, body, tt.want)
+			}
+			if status >= 400 && tt.method != "HEAD" && !strings.Contains(string(body), `"message"`) {
+				t.Fatalf("error without a message: %s", body)
+			}
+		})
+	}
+	if n := w.Registry.ManifestGets(unsigned); n != 0 {
+		t.Fatalf("unsigned manifest fetched upstream %d times", n)
+	}
+}
+
+func TestTagsListOnlyVerified(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	w.pushSigned(t, "library/app", "v3", "v3")
+	w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "v2", 1, 1024))
+	p := w.start(t, "")
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/tags/list")
+	if status != 200 || strings.TrimSpace(string(body)) != `{"name":"library/app","tags":["v1","v3"]}` {
+		t.Fatalf("tags/list: %d %s", status, body)
+	}
+	status, h, body := p.get(t, http.MethodGet, "/v2/library/app/tags/list?n=1")
+	if status != 200 || !strings.Contains(string(body), `["v1"]`) || !strings.Contains(h.Get("Link"), "last=v1") {
+		t.Fatalf("tags/list?n=1: %d %s %s", status, body, h.Get("Link"))
+	}
+}
+
+func TestRollbackRefused(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	old := w.Notary.Record(t, gun)
+	w.pushSigned(t, "library/app", "v2", "v2")
+	p := w.start(t, "")
+	p.mustPull(t, "library/app:v2") // trustproxy has seen the newer metadata
+
+	// The Notary server now replays the older, still unexpired, metadata.
+	w.Notary.Replay(gun, old)
+	p2 := start(t, strings.Replace(w.config(t, p.dataDir, ""), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
+	status, _, body := p2.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, trust.Rollback)
+	p2.wantDecision(t, gun, "v1", "denied", trust.Rollback)
+}
+
+func TestNotaryDownUsesCachedMetadata(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "v1")
+	cfg := w.config(t, t.TempDir(), "")
+	p := start(t, strings.Replace(cfg, "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
+	p.mustPull(t, "library/app:v1")
+	w.Notary.SetDown(true)
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("served %s", got)
+	}
+	// A repository never seen before has nothing cached: refused.
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/other/manifests/1")
+	if status != http.StatusForbidden {
+		t.Fatalf("unseen repository with the trust server down: %d %s", status, body)
+	}
+}
+
+func mustDigest(t *testing.T, m interface{ Digest() (v1.Hash, error) }) string {
+	t.Helper()
+	d, err := m.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
+}
+
+func mustSize(t *testing.T, l interface{ Size() (int64, error) }) int64 {
+	t.Helper()
+	n, err := l.Size()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

@@ -1,0 +1,318 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/testenv"
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// world is a real upstream registry and a real notary-server with two
+// signers: alice, whom trustproxy trusts, and mallory, whom it does not.
+type world struct {
+	*testenv.Env
+	alice, mallory *testenv.Key
+	roots          map[string]string // GUN -> pinned root certificate ID
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	return &world{
+		Env:     testenv.New(t),
+		alice:   testenv.NewKey(t, "alice"),
+		mallory: testenv.NewKey(t, "mallory"),
+		roots:   map[string]string{},
+	}
+}
+
+// initRepo creates gun's trust data with a targets/releases delegation held
+// by signer, and pins its root.
+func (w *world) initRepo(t *testing.T, gun string, signer *testenv.Key) {
+	t.Helper()
+	w.roots[gun] = w.Notary.Init(t, gun)
+	w.Notary.AddDelegation(t, gun, testenv.Releases, signer)
+}
+
+// pushSigned pushes a fresh image as repo:tag and signs it in targets/releases.
+func (w *world) pushSigned(t *testing.T, repo, tag, seed string) v1.Hash {
+	t.Helper()
+	img := testenv.Image(t, seed, 2, 32<<10)
+	d := w.Registry.Push(t, repo, tag, img)
+	w.Notary.SignImage(t, "docker.io/"+repo, tag, img, testenv.Releases)
+	return d
+}
+
+// config is the YAML of a trustproxy in front of w: the pinned roots, alice
+// as the one trusted signer, extra appended at the top level.
+func (w *world) config(t *testing.T, dataDir, extra string) string {
+	t.Helper()
+	var pins strings.Builder
+	for gun, id := range w.roots {
+		fmt.Fprintf(&pins, "      %s: [%s]\n", gun, id)
+	}
+	if pins.Len() == 0 {
+		pins.WriteString("      {}\n")
+	}
+	return fmt.Sprintf(`data_dir: %s
+upstreams:
+  - name: docker.io
+    url: %s
+    notary:
+      url: %s
+      ca_file: %s
+trust:
+  refresh_ttl: 1h
+  pinning:
+    certs:
+%s  signers:
+    - name: alice
+      public_key: %s
+  rules:
+    - repositories: "docker.io/**"
+      signers: [alice]
+%s`, dataDir, w.Registry.URL(), w.Notary.URL(), w.Notary.CAFile(), pins.String(), w.alice.CertFile, extra)
+}
+
+// instance is one trustproxy under test.
+type instance struct {
+	srv     *httptest.Server
+	host    string
+	logs    *lineBuffer
+	metrics *prometheus.Registry
+	dataDir string
+}
+
+// start runs trustproxy with the YAML configuration cfg.
+func start(t *testing.T, cfg string) *instance {
+	t.Helper()
+	c, err := config.Load(strings.NewReader(cfg), nil)
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, cfg)
+	}
+	logs := &lineBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	reg := prometheus.NewRegistry()
+	v, err := trust.New(c, log, reg)
+	if err != nil {
+		t.Fatalf("trust.New: %v", err)
+	}
+	store, err := proxy.NewStorage(t.Context(), c.Storage)
+	if err != nil {
+		t.Fatalf("storage: %v", err)
+	}
+	p, err := proxy.New(c, store, v, log, reg)
+	if err != nil {
+		t.Fatalf("proxy.New: %v", err)
+	}
+	srv := httptest.NewServer(p)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("trustproxy log:\n%s", logs.String())
+		}
+	})
+	return &instance{srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), logs: logs, metrics: reg, dataDir: c.DataDir}
+}
+
+// startFor starts trustproxy in front of w with a fresh data directory.
+func (w *world) start(t *testing.T, extra string) *instance {
+	t.Helper()
+	return start(t, w.config(t, t.TempDir(), extra))
+}
+
+// pull pulls repo:ref (tag or @digest) like a client: manifest, config and
+// every layer, each checked against its digest. It returns the manifest digest.
+func (p *instance) pull(t *testing.T, ref string) (v1.Hash, error) {
+	t.Helper()
+	r, err := name.ParseReference(p.host+"/"+ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(r, remote.WithContext(t.Context()))
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if desc.MediaType.IsIndex() {
+		return desc.Digest, nil
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if _, err := img.RawConfigFile(); err != nil {
+		return v1.Hash{}, err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return v1.Hash{}, err
+		}
+	}
+	return desc.Digest, nil
+}
+
+// mustPull is pull that fails t on error.
+func (p *instance) mustPull(t *testing.T, ref string) v1.Hash {
+	t.Helper()
+	d, err := p.pull(t, ref)
+	if err != nil {
+		t.Fatalf("pull %s: %v", ref, err)
+	}
+	return d
+}
+
+// get sends method path (with query) to trustproxy and returns the status
+// and body.
+func (p *instance) get(t *testing.T, method, path string, header ...string) (int, http.Header, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, p.srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b
+}
+
+// wantDenied asserts a 403 DENIED registry error whose message names reason.
+func wantDenied(t *testing.T, status int, body []byte, reason trust.Reason) {
+	t.Helper()
+	var e struct {
+		Errors []struct{ Code, Message string } `json:"errors"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 {
+		t.Fatalf("status %d, body %q: not a registry error", status, body)
+	}
+	if status != http.StatusForbidden || e.Errors[0].Code != "DENIED" || !strings.Contains(e.Errors[0].Message, "("+string(reason)+")") {
+		t.Fatalf("got %d %s %q, want 403 DENIED naming %s", status, e.Errors[0].Code, e.Errors[0].Message, reason)
+	}
+}
+
+// decision returns the last decision line about repo and ref.
+func (p *instance) decision(t *testing.T, repo, ref string) map[string]any {
+	t.Helper()
+	var last map[string]any
+	for _, line := range p.logs.lines() {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != "decision" {
+			continue
+		}
+		if m["repo"] == repo && m["ref"] == ref {
+			last = m
+		}
+	}
+	if last == nil {
+		t.Fatalf("no decision logged for %s %s", repo, ref)
+	}
+	return last
+}
+
+// wantDecision asserts the last decision about repo and ref.
+func (p *instance) wantDecision(t *testing.T, repo, ref, verdict string, reason trust.Reason) {
+	t.Helper()
+	d := p.decision(t, repo, ref)
+	if d["verdict"] != verdict || d["reason"] != string(reason) {
+		t.Fatalf("decision for %s %s: %v, want verdict %s reason %s", repo, ref, d, verdict, reason)
+	}
+}
+
+// counter reads trustproxy_decisions_total{verdict,reason}.
+func (p *instance) decisions(t *testing.T, verdict, reason string) float64 {
+	t.Helper()
+	mfs, err := p.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "trustproxy_decisions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["verdict"] == verdict && labels["reason"] == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// storedBlobs lists the blob digests in trustproxy's filesystem storage.
+func (p *instance) storedBlobs(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	root := filepath.Join(p.dataDir, "storage", "docker", "registry", "v2", "blobs", "sha256")
+	_ = filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
+		if err == nil && info.Name() == "data" {
+			out = append(out, "sha256:"+filepath.Base(filepath.Dir(path)))
+		}
+		return nil
+	})
+	return out
+}
+
+// lineBuffer is a concurrency-safe log sink.
+type lineBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lineBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lineBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *lineBuffer) lines() []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(b.String()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		out = append(out, sc.Text())
+	}
+	return out
+}
