@@ -434,36 +434,46 @@ func TestMatch(t *testing.T) {
 	tests := []struct {
 		pattern, gun string
 		want         bool
+		wantErr      string
 	}{
-		{"**", "docker.io/library/alpine", true},
-		{"**", "registry.example.com:5443/a/b/c", true},
-		{"docker.io/**", "docker.io/library/alpine", true},
-		{"docker.io/**", "docker.io/a/b/c/d", true},
-		{"docker.io/**", "docker.io", false},
-		{"docker.io/**", "quay.io/library/alpine", false},
-		{"docker.io/**", "docker.io.evil.example/library/alpine", false},
-		{"docker.io/library/*", "docker.io/library/alpine", true},
-		{"docker.io/library/*", "docker.io/library/alpine/extra", false},
-		{"docker.io/library/*", "docker.io/library", false},
-		{"docker.io/library/*", "docker.io/myorg/alpine", false},
-		{"docker.io/*/alpine", "docker.io/library/alpine", true},
-		{"docker.io/*", "docker.io/library/alpine", false},
-		{"docker.io/library/alpine", "docker.io/library/alpine", true},
-		{"docker.io/library/alpine", "docker.io/library/alpine2", false},
-		{"docker.io/library/alpine", "docker.io/library", false},
-		{"docker.io/library/alp?ne", "docker.io/library/alpine", true},
-		{"docker.io/library/[ab]*", "docker.io/library/busybox", true},
-		{"docker.io/library/[ab]*", "docker.io/library/centos", false},
-		{"*/library/**", "quay.io/library/x/y", true},
-		{"registry.example.com:5443/**", "registry.example.com:5443/team/app", true},
-		{"[", "[", false},
-		{"docker.io/[/**", "docker.io/[/x", false},
-		{"", "", true},
+		{pattern: "**", gun: "docker.io/library/alpine", want: true},
+		{pattern: "**", gun: "registry.example.com:5443/a/b/c", want: true},
+		{pattern: "docker.io/**", gun: "docker.io/library/alpine", want: true},
+		{pattern: "docker.io/**", gun: "docker.io/a/b/c/d", want: true},
+		{pattern: "docker.io/**", gun: "docker.io", want: false},
+		{pattern: "docker.io/**", gun: "quay.io/library/alpine", want: false},
+		{pattern: "docker.io/**", gun: "docker.io.evil.example/library/alpine", want: false},
+		{pattern: "docker.io/library/*", gun: "docker.io/library/alpine", want: true},
+		{pattern: "docker.io/library/*", gun: "docker.io/library/alpine/extra", want: false},
+		{pattern: "docker.io/library/*", gun: "docker.io/library", want: false},
+		{pattern: "docker.io/library/*", gun: "docker.io/myorg/alpine", want: false},
+		{pattern: "docker.io/*/alpine", gun: "docker.io/library/alpine", want: true},
+		{pattern: "docker.io/*", gun: "docker.io/library/alpine", want: false},
+		{pattern: "docker.io/library/alpine", gun: "docker.io/library/alpine", want: true},
+		{pattern: "docker.io/library/alpine", gun: "docker.io/library/alpine2", want: false},
+		{pattern: "docker.io/library/alpine", gun: "docker.io/library", want: false},
+		{pattern: "docker.io/library/alp?ne", gun: "docker.io/library/alpine", want: true},
+		{pattern: "docker.io/library/[ab]*", gun: "docker.io/library/busybox", want: true},
+		{pattern: "docker.io/library/[ab]*", gun: "docker.io/library/centos", want: false},
+		{pattern: "*/library/**", gun: "quay.io/library/x/y", want: true},
+		{pattern: "registry.example.com:5443/**", gun: "registry.example.com:5443/team/app", want: true},
+		{pattern: "[", gun: "[", wantErr: `bad pattern "[": syntax error in pattern`},
+		{pattern: "quay.io/[", gun: "docker.io/x", wantErr: "syntax error in pattern"},
+		{pattern: "docker.io/[/**", gun: "docker.io/[/x", wantErr: "syntax error in pattern"},
+		{pattern: "docker.io/**/alpine", gun: "docker.io/library/alpine", wantErr: "** may only stand alone"},
+		{pattern: "docker.io/a**", gun: "docker.io/abc", wantErr: "** may only stand alone"},
+		{pattern: "docker.io//alpine", gun: "docker.io//alpine", wantErr: "empty path segment"},
+		{pattern: "/**", gun: "/x", wantErr: "empty path segment"},
+		{pattern: "", gun: "", wantErr: "required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pattern+" "+tt.gun, func(t *testing.T) {
-			if got := match(tt.pattern, tt.gun); got != tt.want {
-				t.Errorf("match(%q, %q) = %v, want %v", tt.pattern, tt.gun, got, tt.want)
+			got, err := match(tt.pattern, tt.gun)
+			if got != tt.want || (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("match(%q, %q) = %v, %v; want %v, error with %q", tt.pattern, tt.gun, got, err, tt.want, tt.wantErr)
+			}
+			if m := (Rule{Repositories: tt.pattern}).Matches(tt.gun); m != tt.want {
+				t.Errorf("Rule.Matches(%q) = %v, want %v", tt.gun, m, tt.want)
 			}
 		})
 	}

@@ -25,8 +25,8 @@ var defaultYAML []byte
 // the result. Input holding no YAML document (empty, or only comments) means
 // the embedded default. Unknown keys are errors naming the key and its line;
 // validation errors name the field, e.g. trust.rules[1].repositories, and
-// several are joined with newlines. Relative file paths are relative to the
-// working directory.
+// several are joined with newlines; no error shows a password. Relative file
+// paths are relative to the working directory.
 //
 // The overrides, each replacing what the file says:
 //
@@ -43,6 +43,7 @@ var defaultYAML []byte
 //	TRUSTPROXY_NOTARY_PASSWORD   upstreams[0].notary.password
 //
 // When the file lists no upstream, upstreams[0] is the default one, docker.io.
+// Other TRUSTPROXY_ variables are left to the caller.
 func Load(r io.Reader, env []string) (*Config, error) {
 	return load(r, env, "")
 }
@@ -55,7 +56,7 @@ func Load(r io.Reader, env []string) (*Config, error) {
 func LoadFile(path string, env []string) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("open config: %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	defer f.Close()
 	c, err := load(f, env, filepath.Dir(path))
@@ -87,6 +88,7 @@ func load(r io.Reader, env []string, dir string) (*Config, error) {
 	c, err := decode(b)
 	if errors.Is(err, io.EOF) {
 		c, err = decode(defaultYAML)
+		dir = "" // the default's paths are not the file's
 	}
 	if err != nil {
 		return nil, fmt.Errorf("decode config: %w", err)

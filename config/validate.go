@@ -195,7 +195,7 @@ func (c *Config) validateTrust(p *problems) {
 
 	for i, r := range t.Rules {
 		f := fmt.Sprintf("trust.rules[%d]", i)
-		if err := checkPattern(r.Repositories); err != nil {
+		if _, err := match(r.Repositories, ""); err != nil {
 			p.addf(f+".repositories", "%v", err)
 		}
 		for j, name := range r.Signers {
@@ -307,7 +307,7 @@ func checkURL(raw string) error {
 	case u.Host == "":
 		return fmt.Errorf("%q has no host: want e.g. https://registry.example.com", raw)
 	case u.RawQuery != "" || u.Fragment != "":
-		return fmt.Errorf("%q: remove the query or fragment", raw)
+		return errors.New("remove the query or fragment: they may hold tokens, which belong in username and password")
 	}
 	return nil
 }

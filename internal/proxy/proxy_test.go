@@ -1,12 +1,14 @@
 package proxy_test
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -371,4 +373,55 @@ func mustSize(t *testing.T, l interface{ Size() (int64, error) }) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+func TestPartialBlobNeverStoredAndFillOutlivesClient(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	img := testenv.Image(t, "big", 1, 8<<20)
+	w.Registry.Push(t, "library/app", "big", img)
+	w.Notary.SignImage(t, gun, "big", img, testenv.Releases)
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	p := w.start(t, "")
+	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/big"); status != 200 {
+		t.Fatalf("manifest: %d", status)
+	}
+
+	// The upstream drops the connection halfway: the client's body is short,
+	// and nothing is stored.
+	w.Registry.SetFault(w.Registry.Truncate(testenv.GetPath("/blobs/" + ld.String())))
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())
+	if status == 200 && int64(len(body)) == mustSize(t, layers[0]) {
+		t.Fatal("a truncated upstream blob reached the client whole")
+	}
+	if slices.Contains(p.storedBlobs(t), ld.String()) {
+		t.Fatal("a partial blob was stored")
+	}
+
+	// The client that starts a fill goes away after the headers; the fill
+	// completes anyway and the next client is served from storage.
+	w.Registry.SetFault(testenv.Delay(500*time.Millisecond, testenv.GetPath("/blobs/"+ld.String())))
+	gets := w.Registry.BlobGets(ld)
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.srv.URL+"/v2/library/app/blobs/"+ld.String(), nil)
+	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(p.storedBlobs(t), ld.String()) {
+		if time.Now().After(deadline) {
+			t.Fatal("the fill did not complete after its client left")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w.Registry.SetFault(nil)
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())
+	if status != 200 || int64(len(body)) != mustSize(t, layers[0]) {
+		t.Fatalf("after the fill: %d, %d bytes", status, len(body))
+	}
+	if n := w.Registry.BlobGets(ld) - gets; n != 1 {
+		t.Fatalf("upstream blob GETs since the client left: %d, want 1", n)
+	}
 }

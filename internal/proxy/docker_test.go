@@ -1,0 +1,71 @@
+package proxy_test
+
+import (
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/trustproxy/trustproxy/internal/testenv"
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// TestDockerPullThroughMirror runs a real Docker daemon with trustproxy as
+// its registry mirror. A refused pull falls back to Docker Hub (unreachable
+// here) and dockerd prints that error, so refusals are asserted on
+// trustproxy's side, and once more through a pull that names trustproxy.
+func TestDockerPullThroughMirror(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Docker daemon")
+	}
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "docker-v1")
+	v3 := w.pushSigned(t, "library/app", "v3", "docker-v3")
+	w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "docker-v2", 1, 4096))
+	p := w.start(t, "")
+	d := testenv.StartDockerd(t, p.srv.URL)
+	ctx := t.Context()
+
+	if out, err := d.Pull(ctx, "app:v1"); err != nil {
+		t.Fatalf("docker pull app:v1 through the mirror: %v\n%s", err, out)
+	}
+	digests, err := d.RepoDigests(ctx, "app:v1")
+	if err != nil || !slices.Contains(digests, "app@"+signed.String()) {
+		t.Fatalf("RepoDigests %v (%v), want app@%s", digests, err, signed)
+	}
+	p.wantDecision(t, gun, "v1", "served", "verified")
+
+	if out, err := d.Pull(ctx, "app:v2"); err == nil {
+		t.Fatalf("docker pull app:v2 (unsigned) succeeded:\n%s", out)
+	}
+	p.wantDecision(t, gun, "v2", "denied", trust.NotSigned)
+
+	// Named by trustproxy's own address, the daemon shows trustproxy's reason.
+	out, err := d.Pull(ctx, p.host+"/library/app:v2")
+	if err == nil || !strings.Contains(out, "("+string(trust.NotSigned)+")") {
+		t.Fatalf("docker pull %s/library/app:v2: err %v, output:\n%s", p.host, err, out)
+	}
+
+	// DOCKER_CONTENT_TRUST=1: the CLI resolves the tag with the Notary server
+	// itself, and the daemon pulls that digest through trustproxy.
+	u, _ := url.Parse(w.Notary.URL())
+	caDir := filepath.Join(d.ConfigDir(), "tls", u.Host)
+	if err := os.MkdirAll(caDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(w.Notary.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(caDir, "ca.crt"), ca, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"DOCKER_CONTENT_TRUST=1", "DOCKER_CONTENT_TRUST_SERVER=" + w.Notary.URL()}
+	if out, err := d.DockerEnv(ctx, env, "pull", "app:v3"); err != nil {
+		t.Fatalf("DOCKER_CONTENT_TRUST=1 docker pull app:v3: %v\n%s", err, out)
+	}
+	p.wantDecision(t, gun, v3.String(), "served", "verified")
+}
