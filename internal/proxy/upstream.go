@@ -144,12 +144,15 @@ func baseTransport(caFile string, timeout time.Duration) (*http.Transport, error
 	return tr, nil
 }
 
-// transport returns the authenticating transport for repo, made once: the
-// first call pings the registry and learns its auth challenge.
+// transport returns the authenticating transport for repo. The first call
+// for a repository pings the registry and learns its auth challenge; the
+// lock is not held meanwhile, so one slow upstream answer delays only its
+// own repository.
 func (u *upstream) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	if t, ok := u.transports[repo]; ok {
+	t, ok := u.transports[repo]
+	u.mu.Unlock()
+	if ok {
 		return t, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
@@ -158,6 +161,11 @@ func (u *upstream) transport(ctx context.Context, repo string) (http.RoundTrippe
 	t, err := transport.NewWithContext(ctx, u.reg, u.auth, u.rt, []string{scope})
 	if err != nil {
 		return nil, &upstreamError{codeUnavailable, fmt.Errorf("upstream %s unreachable: %w", u.cfg.Name, err)}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if prev, ok := u.transports[repo]; ok {
+		return prev, nil
 	}
 	u.transports[repo] = t
 	return t, nil

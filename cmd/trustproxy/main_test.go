@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestDemoServesSignedRefusesUnsigned(t *testing.T) {
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"demo", "--exit", "--listen", "127.0.0.1:0", "--dir", t.TempDir()}, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{
+		"pull library/hello:1  SERVED",
+		"pull library/hello:2  REFUSED  docker.io/library/hello:2 refused (not_signed)",
+		"pull library/nosig:1  REFUSED  docker.io/library/nosig:1 refused (no_trust_data)",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestServeEmbeddedDefaultRefusesWithHowTo(t *testing.T) {
+	t.Chdir(t.TempDir())
+	t.Setenv("TRUSTPROXY_LISTEN", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(t.Context())
+	logs := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve"}, io.Discard, logs) }()
+
+	var addr string
+	for deadline := time.Now().Add(10 * time.Second); addr == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "trustproxy serving" {
+				addr, _ = m["addr"].(string)
+			}
+		}
+	}
+	if addr == "" {
+		cancel()
+		t.Fatalf("serve did not start:\n%s", logs.String())
+	}
+	resp, err := http.Get("http://" + addr + "/v2/library/alpine/manifests/3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "notary.url") {
+		t.Fatalf("default config: %d %s, want 403 saying how to configure a notary server", resp.StatusCode, body)
+	}
+	if !strings.Contains(logs.String(), "upstream has no notary server") {
+		t.Errorf("no start-up warning about the missing notary server:\n%s", logs.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+}
+
+func TestCheckRefusedExitsOne(t *testing.T) {
+	t.Chdir(t.TempDir())
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"check", "alpine:3"}, &out, io.Discard)
+	if err != exitError(1) {
+		t.Fatalf("check: %v, want exit status 1\n%s", err, out.String())
+	}
+	var v map[string]any
+	if err := json.Unmarshal(out.Bytes(), &v); err != nil || v["verdict"] != "refused" || v["reason"] != "no_trust_server" || v["repository"] != "docker.io/library/alpine" {
+		t.Fatalf("check output: %s", out.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{nil, {"nope"}, {"check"}, {"serve", "--bogus"}} {
+		if err := run(t.Context(), args, io.Discard, io.Discard); err != exitError(2) {
+			t.Errorf("run %q: %v, want exit status 2", args, err)
+		}
+	}
+	t.Chdir(t.TempDir())
+	if err := run(t.Context(), []string{"serve", "--config", "missing.yaml"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("serve with a missing config file: %v", err)
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
