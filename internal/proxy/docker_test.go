@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -68,4 +69,43 @@ func TestDockerPullThroughMirror(t *testing.T) {
 		t.Fatalf("DOCKER_CONTENT_TRUST=1 docker pull app:v3: %v\n%s", err, out)
 	}
 	p.wantDecision(t, gun, v3.String(), "served", "verified")
+}
+
+// TestContainerdPullThroughHostsToml pulls with containerd's ctr through a
+// hosts.toml mirror, which adds ?ns=docker.io to every request.
+func TestContainerdPullThroughHostsToml(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Docker daemon for its containerd")
+	}
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "ctr-v1")
+	w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "ctr-v2", 1, 4096))
+	p := w.start(t, "")
+	d := testenv.StartDockerd(t, "")
+
+	hosts := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(hosts, "docker.io"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	toml := "server = \"https://registry-1.docker.io\"\n\n[host.\"" + p.srv.URL + "\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+	if err := os.WriteFile(filepath.Join(hosts, "docker.io", "hosts.toml"), []byte(toml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctr := func(ref string) (string, error) {
+		cmd := exec.CommandContext(t.Context(), "ctr", "-a", d.ContainerdAddress(), "-n", "trustproxy-test",
+			"images", "pull", "--hosts-dir", hosts, ref)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	if out, err := ctr("docker.io/library/app:v1"); err != nil {
+		t.Fatalf("ctr pull app:v1: %v\n%s", err, out)
+	}
+	if d := p.decision(t, gun, "v1"); d["verdict"] != "served" || d["digest"] != signed.String() {
+		t.Fatalf("decision for ctr's pull: %v, want served %s", d, signed)
+	}
+	if _, err := ctr("docker.io/library/app:v2"); err == nil {
+		t.Fatal("ctr pull of the unsigned app:v2 succeeded")
+	}
+	p.wantDecision(t, gun, "v2", "denied", trust.NotSigned)
 }
