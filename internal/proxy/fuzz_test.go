@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -137,12 +138,18 @@ var ambiguousManifests = []string{
 	`{"schemaVersion":1,"name":"library/alpine","tag":"3","architecture":"amd64","fsLayers":[{"blobSum":"sha256:f56be85fc22e46face30e2c3de3f7fe7c15f8fd7c4e5add29d7f64b87abdaa09"}],"history":[{"v1Compatibility":"{}"}],"signatures":[]}`,
 	`{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":` + cfgDesc + `,"layers":[]}`,
 	`{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws","config":` + cfgDesc + `,"layers":[]}`,
+}
+
+// duplicateKeyManifests are read with the last of each key, as
+// encoding/json (and so distribution) does; they are seeds, not refusals.
+var duplicateKeyManifests = []string{
 	`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`,
+	`{"schemaVersion":2,"config":` + cfgDesc + `,"layers":[` + layerDesc + `],"layers":[],"LAYERS":[` + cfgDesc + `]}`,
 }
 
 // generatedManifests are manifests go-containerregistry writes: a Docker
 // schema2 image, an OCI image, an OCI index and a Docker manifest list.
-func generatedManifests(f *testing.F) [][]byte {
+func generatedManifests(f testing.TB) [][]byte {
 	f.Helper()
 	img, err := random.Image(256, 2)
 	if err != nil {
@@ -184,7 +191,7 @@ func FuzzParseManifest(f *testing.F) {
 	for _, b := range generatedManifests(f) {
 		f.Add(b)
 	}
-	for _, s := range ambiguousManifests {
+	for _, s := range slices.Concat(ambiguousManifests, duplicateKeyManifests) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -244,4 +251,42 @@ func digestsAndSizes(ds []v1.Descriptor) []string {
 		out = append(out, fmt.Sprintf("%s %d", d.Digest, d.Size))
 	}
 	return out
+}
+
+// TestParseManifestSeeds checks the fuzz seeds themselves: the real
+// manifests are accepted with their media type, the ambiguous ones refused.
+func TestParseManifestSeeds(t *testing.T) {
+	real := map[string]string{
+		schema2JSON:      "application/vnd.docker.distribution.manifest.v2+json",
+		manifestListJSON: "application/vnd.docker.distribution.manifest.list.v2+json",
+		ociManifestJSON:  v1.MediaTypeImageManifest,
+		ociIndexJSON:     v1.MediaTypeImageIndex,
+	}
+	for body, want := range real {
+		m, err := parseManifest(digest.FromString(body), []byte(body))
+		if err != nil {
+			t.Errorf("parseManifest(%s): %v", body, err)
+			continue
+		}
+		if m.mediaType != want {
+			t.Errorf("parseManifest(%s) media type %s, want %s", body, m.mediaType, want)
+		}
+	}
+	for i, body := range generatedManifests(t) {
+		m, err := parseManifest(digest.FromBytes(body), body)
+		if err != nil {
+			t.Errorf("parseManifest(%s): %v", body, err)
+			continue
+		}
+		// image: config and 2 layers; OCI image: config and 1 layer; index: 2 images; list: 1 image.
+		wantIndex, wantRefs := []bool{false, false, true, true}[i], []int{3, 2, 2, 1}[i]
+		if m.index != wantIndex || len(m.refs) != wantRefs {
+			t.Errorf("parseManifest(%s): index %v with %d refs, want index %v with %d", body, m.index, len(m.refs), wantIndex, wantRefs)
+		}
+	}
+	for _, body := range ambiguousManifests {
+		if m, err := parseManifest(digest.FromString(body), []byte(body)); err == nil {
+			t.Errorf("parseManifest(%s) accepted it as %s, want an error", body, m.mediaType)
+		}
+	}
 }

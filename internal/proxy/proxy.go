@@ -166,11 +166,11 @@ func (s *Server) decide(ctx context.Context, req *request, verdict, reason, msg 
 		slog.String("repo", req.gun), slog.String("ref", req.ref),
 		slog.String("verdict", verdict), slog.String("reason", reason),
 	}
-	if req.dgst != "" {
-		attrs = append(attrs, slog.String("digest", req.dgst.String()))
-	}
-	if t != nil {
+	switch {
+	case t != nil:
 		attrs = append(attrs, slog.String("digest", t.Digest.String()), slog.String("role", t.Role), slog.Any("signers", t.Signers))
+	case req.dgst != "":
+		attrs = append(attrs, slog.String("digest", req.dgst.String()))
 	}
 	if msg != "" {
 		attrs = append(attrs, slog.String("message", msg))

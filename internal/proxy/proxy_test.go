@@ -316,9 +316,14 @@ func TestTagsListOnlyVerified(t *testing.T) {
 	if status != 200 || strings.TrimSpace(string(body)) != `{"name":"library/app","tags":["v1","v3"]}` {
 		t.Fatalf("tags/list: %d %s", status, body)
 	}
-	status, h, body := p.get(t, http.MethodGet, "/v2/library/app/tags/list?n=1")
-	if status != 200 || !strings.Contains(string(body), `["v1"]`) || !strings.Contains(h.Get("Link"), "last=v1") {
-		t.Fatalf("tags/list?n=1: %d %s %s", status, body, h.Get("Link"))
+	status, h, body := p.get(t, http.MethodGet, "/v2/library/app/tags/list?n=1&ns=docker.io")
+	if link := h.Get("Link"); status != 200 || !strings.Contains(string(body), `["v1"]`) ||
+		!strings.Contains(link, "last=v1") || !strings.Contains(link, "ns=docker.io") {
+		t.Fatalf("tags/list?n=1: %d %s %s", status, body, link)
+	}
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/tags/list?n=0")
+	if status != 200 || strings.TrimSpace(string(body)) != `{"name":"library/app","tags":[]}` {
+		t.Fatalf("tags/list?n=0: %d %s", status, body)
 	}
 }
 

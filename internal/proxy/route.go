@@ -42,7 +42,7 @@ func (e *requestError) Error() string { return e.detail }
 // must follow the reference grammar, the digest must parse, and the upstream
 // (chosen by the ns parameter or a path prefix) must be configured.
 func (s *Server) parse(r *http.Request) (*request, error) {
-	if r.URL.RawPath != "" || strings.Contains(r.URL.Path, "%") {
+	if strings.Contains(r.URL.RawPath, "%") || strings.Contains(r.URL.Path, "%") {
 		return nil, &requestError{codeNameInvalid, "percent-encoded request paths are not accepted"}
 	}
 	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")

@@ -114,6 +114,8 @@ var parseTests = []parseTest{
 		want: ok(kindManifest, "ghcr.io", "org/img", "1", "")},
 	{name: "ns ghcr.io one segment gets no library/", target: "/v2/img/manifests/1?ns=ghcr.io",
 		want: ok(kindManifest, "ghcr.io", "img", "1", "")},
+	{name: "ns wins over a path prefix", target: "/v2/ghcr.io/org/img/manifests/1?ns=docker.io",
+		want: ok(kindManifest, "docker.io", "ghcr.io/org/img", "1", "")},
 	{name: "ns not configured", target: "/v2/library/alpine/manifests/3?ns=127.0.0.1:6379",
 		want: refused(codeNameUnknown)},
 	{name: "ns url not configured", target: "/v2/library/alpine/manifests/3?ns=" + url.QueryEscape("http://127.0.0.1:6379/"),
@@ -186,7 +188,7 @@ var parseTests = []parseTest{
 	// "(", so parse refuses them as encoded before looking at the tag.
 	{name: "tag with parentheses", target: "/v2/library/alpine/manifests/3$(id)",
 		url:  &url.URL{Path: "/v2/library/alpine/manifests/3$(id)", RawPath: "/v2/library/alpine/manifests/3$(id)"},
-		want: refused(codeNameInvalid)},
+		want: refused(codeTagInvalid)},
 	{name: "tag starting with a dot", target: "/v2/library/alpine/manifests/.3",
 		want: refused(codeTagInvalid)},
 	{name: "tag of 128 characters", target: "/v2/library/alpine/manifests/" + tag128,

@@ -44,8 +44,12 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request, req *request)
 	}
 	if len(tags) > n {
 		tags = tags[:n]
-		next := url.URL{Path: r.URL.Path, RawQuery: url.Values{"n": {strconv.Itoa(n)}, "last": {tags[n-1]}}.Encode()}
-		w.Header().Set("Link", fmt.Sprintf("<%s>; rel=\"next\"", next.String()))
+		if n > 0 {
+			q.Set("n", strconv.Itoa(n))
+			q.Set("last", tags[n-1])
+			next := url.URL{Path: r.URL.Path, RawQuery: q.Encode()}
+			w.Header().Set("Link", fmt.Sprintf("<%s>; rel=\"next\"", next.String()))
+		}
 	}
 	if tags == nil {
 		tags = []string{}

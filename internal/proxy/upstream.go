@@ -57,22 +57,21 @@ func newUpstreams(cfg *config.Config) (*upstreams, error) {
 }
 
 // pick returns the upstream a request addresses and the repository path at
-// it. containerd names the registry in the ns query parameter; other clients
-// may prefix the path with a configured upstream name; everything else goes
-// to the first upstream. Docker Hub's one-segment names get "library/".
+// it. containerd names the registry in the ns query parameter; without one,
+// a path prefix naming a configured upstream selects it; everything else
+// goes to the first upstream. Docker Hub's one-segment names get "library/".
 func (u *upstreams) pick(q url.Values, name string) (*upstream, string, error) {
 	up := u.first
-	if first, rest, ok := strings.Cut(name, "/"); ok {
-		if p, ok := u.byName[first]; ok {
-			up, name = p, rest
-		}
-	}
 	if ns := q.Get("ns"); ns != "" {
 		p, ok := u.byName[ns]
 		if !ok {
 			return nil, "", &requestError{codeNameUnknown, fmt.Sprintf("upstream %q (ns parameter) is not configured", ns)}
 		}
 		up = p
+	} else if first, rest, ok := strings.Cut(name, "/"); ok {
+		if p, ok := u.byName[first]; ok {
+			up, name = p, rest
+		}
 	}
 	if up.cfg.Name == "docker.io" && !strings.Contains(name, "/") {
 		name = "library/" + name
