@@ -14,6 +14,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/demo"
+	"github.com/trustproxy/trustproxy/internal/sample"
 )
 
 // runDemo starts the demo's upstream and Notary server, runs trustproxy in
@@ -54,7 +55,7 @@ func runDemo(ctx context.Context, listen, dir string, exit bool, stdout io.Write
 	pull := func(ref string, wantServed bool) {
 		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		dgst, err := demo.Pull(pctx, addr, ref)
+		dgst, err := sample.Pull(pctx, addr+"/"+ref)
 		switch {
 		case err == nil:
 			fmt.Fprintf(stdout, "pull %-16s SERVED   %s (signed by the trusted signer, verified, cached)\n", ref, dgst)

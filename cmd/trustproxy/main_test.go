@@ -7,9 +7,10 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/trustproxy/trustproxy/internal/testenv"
 )
 
 func TestDemoServesSignedRefusesUnsigned(t *testing.T) {
@@ -33,7 +34,7 @@ func TestServeEmbeddedDefaultRefusesWithHowTo(t *testing.T) {
 	t.Chdir(t.TempDir())
 	t.Setenv("TRUSTPROXY_LISTEN", "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(t.Context())
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"serve"}, io.Discard, logs) }()
 
@@ -91,21 +92,4 @@ func TestUsageErrors(t *testing.T) {
 	if err := run(t.Context(), []string{"serve", "--config", "missing.yaml"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("serve with a missing config file: %v", err)
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -167,37 +166,4 @@ func (d *Demo) Close() {
 	for _, s := range d.servers {
 		_ = s.Close()
 	}
-}
-
-// Pull pulls ref (e.g. library/hello:1) from the registry at host the way a
-// client does: manifest, config and every layer, each checked against its
-// digest. It returns the manifest digest.
-func Pull(ctx context.Context, host, ref string) (v1.Hash, error) {
-	r, err := name.ParseReference(host+"/"+ref, name.Insecure)
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return v1.Hash{}, err
-		}
-	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return v1.Hash{}, err
-	}
-	return img.Digest()
 }

@@ -1,8 +1,6 @@
 package proxy_test
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,16 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/sample"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -96,7 +92,7 @@ trust:
 type instance struct {
 	srv     *httptest.Server
 	host    string
-	logs    *lineBuffer
+	logs    *testenv.LogBuffer
 	metrics *prometheus.Registry
 	dataDir string
 }
@@ -108,7 +104,7 @@ func start(t *testing.T, cfg string) *instance {
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, cfg)
 	}
-	logs := &lineBuffer{}
+	logs := &testenv.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	v, err := trust.New(c, log, reg)
@@ -139,44 +135,10 @@ func (w *world) start(t *testing.T, extra string) *instance {
 	return start(t, w.config(t, t.TempDir(), extra))
 }
 
-// pull pulls repo:ref (tag or @digest) like a client: manifest, config and
-// every layer, each checked against its digest. It returns the manifest digest.
+// pull pulls repo:ref (tag or @digest) through p like a client (sample.Pull).
 func (p *instance) pull(t *testing.T, ref string) (v1.Hash, error) {
 	t.Helper()
-	r, err := name.ParseReference(p.host+"/"+ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	desc, err := remote.Get(r, remote.WithContext(t.Context()))
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	if desc.MediaType.IsIndex() {
-		return desc.Digest, nil
-	}
-	img, err := desc.Image()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return v1.Hash{}, err
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return v1.Hash{}, err
-		}
-	}
-	return desc.Digest, nil
+	return sample.Pull(t.Context(), p.host+"/"+ref)
 }
 
 // mustPull is pull that fails t on error.
@@ -227,7 +189,7 @@ func wantDenied(t *testing.T, status int, body []byte, reason trust.Reason) {
 func (p *instance) decision(t *testing.T, repo, ref string) map[string]any {
 	t.Helper()
 	var last map[string]any
-	for _, line := range p.logs.lines() {
+	for _, line := range p.logs.Lines() {
 		var m map[string]any
 		if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != "decision" {
 			continue
@@ -286,33 +248,5 @@ func (p *instance) storedBlobs(t *testing.T) []string {
 		}
 		return nil
 	})
-	return out
-}
-
-// lineBuffer is a concurrency-safe log sink.
-type lineBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lineBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lineBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *lineBuffer) lines() []string {
-	var out []string
-	sc := bufio.NewScanner(strings.NewReader(b.String()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		out = append(out, sc.Text())
-	}
 	return out
 }

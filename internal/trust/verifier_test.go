@@ -19,25 +19,8 @@ import (
 	"github.com/theupdateframework/notary/tuf/data"
 	"github.com/theupdateframework/notary/tuf/testutils"
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/testenv"
 )
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 type opts struct {
 	rule    config.Rule
@@ -50,7 +33,7 @@ type opts struct {
 	notary  config.Notary // credentials
 }
 
-func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *syncBuffer) {
+func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *testenv.LogBuffer) {
 	t.Helper()
 	if o.rule.Repositories == "" {
 		o.rule.Repositories = "example.com/**"
@@ -72,7 +55,7 @@ func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *syncBuffer) {
 		Trust:     config.Trust{Rules: []config.Rule{o.rule}, Signers: o.signers, Pinning: o.pinning, RefreshTTL: o.ttl},
 		Limits:    o.limits,
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	v, err := New(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
 	if err != nil {
 		t.Fatal(err)
