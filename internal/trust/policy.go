@@ -15,9 +15,6 @@ import (
 	"github.com/trustproxy/trustproxy/config"
 )
 
-// defaultRoles are the roles the docker CLI searched for a tag, in order.
-var defaultRoles = []string{"targets/releases", "targets"}
-
 // signer is a trusted signer compiled from config: its public keys (PKIX DER)
 // and the key IDs it may appear under.
 type signer struct {
@@ -63,23 +60,12 @@ func compile(t config.Trust) (*policy, error) {
 	p := &policy{}
 	for i, r := range t.Rules {
 		c := &rule{Rule: r, roles: r.Roles}
-		if len(c.roles) == 0 {
-			c.roles = defaultRoles
-		}
-		for _, role := range c.roles {
-			if role != data.CanonicalTargetsRole.String() && !data.IsDelegation(data.RoleName(role)) {
-				return nil, fmt.Errorf("trust.rules[%d]: role %q is not targets or a targets/... delegation", i, role)
-			}
-		}
 		for _, name := range r.Signers {
 			s, ok := signers[name]
 			if !ok {
 				return nil, fmt.Errorf("trust.rules[%d]: signer %q is not in trust.signers", i, name)
 			}
 			c.signers = append(c.signers, s)
-		}
-		if c.Mode == "" {
-			c.Mode = config.Enforce
 		}
 		p.rules = append(p.rules, c)
 	}

@@ -18,7 +18,6 @@ func TestCompileRejects(t *testing.T) {
 		cfg  config.Trust
 	}{
 		{"unknown signer", config.Trust{Rules: []config.Rule{{Repositories: "**", Signers: []string{"nobody"}}}}},
-		{"bad role", config.Trust{Rules: []config.Rule{{Repositories: "**", Roles: []string{"snapshot"}}}}},
 		{"signer without key", config.Trust{Signers: []config.Signer{{Name: "a"}}}},
 		{"signer with bad PEM", config.Trust{Signers: []config.Signer{{Name: "a", PEM: []byte("not pem")}}}},
 		{"signer with private key", config.Trust{Signers: []config.Signer{{Name: "a", PEM: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte{1}})}}}},

@@ -56,6 +56,7 @@ type cached struct {
 }
 
 // New compiles cfg's trust policy and prepares a Notary client per upstream.
+// cfg is as config.Load returns it: validated, with defaults filled.
 // Trust metadata is cached under <cfg.DataDir>/trust. Its metrics are
 // registered on reg (none when reg is nil); log may be nil.
 func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Verifier, error) {
@@ -79,7 +80,7 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		pinning:   cfg.Trust.Pinning,
 		upstreams: map[string]*upstream{},
 		meta:      meta,
-		limits:    withDefaults(cfg.Limits),
+		limits:    cfg.Limits,
 		ttl:       cfg.Trust.RefreshTTL,
 		log:       log,
 		snaps:     map[string]cached{},
@@ -92,9 +93,6 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 			Help:    "Time to refresh and verify the trust metadata of one repository.",
 			Buckets: prometheus.DefBuckets,
 		}),
-	}
-	if v.ttl <= 0 {
-		v.ttl = time.Minute
 	}
 	for i, u := range cfg.Upstreams {
 		up := &upstream{index: i, cfg: u}
@@ -116,28 +114,6 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		}
 	}
 	return v, nil
-}
-
-func withDefaults(l config.Limits) config.Limits {
-	def := func(v *int64, d int64) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	def(&l.RootBytes, 512000)
-	def(&l.TimestampBytes, 16384)
-	def(&l.SnapshotBytes, 2<<20)
-	def(&l.TargetsBytes, 5<<20)
-	if l.MaxRootRotations <= 0 {
-		l.MaxRootRotations = 32
-	}
-	if l.MaxDelegations <= 0 {
-		l.MaxDelegations = 64
-	}
-	if l.UpstreamTimeout <= 0 {
-		l.UpstreamTimeout = 30 * time.Second
-	}
-	return l
 }
 
 // Mode returns the mode of the rule matching gun, or enforce when none does.

@@ -49,11 +49,21 @@ func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *testenv.LogBuffe
 		up.Notary = o.notary
 		up.Notary.URL = f.srv.URL
 	}
+	if len(o.rule.Roles) == 0 {
+		o.rule.Roles = config.Default().Trust.Rules[0].Roles
+	}
+	if o.rule.Mode == "" {
+		o.rule.Mode = config.Enforce
+	}
+	limits := config.Default().Limits
+	if o.limits.UpstreamTimeout != 0 {
+		limits.UpstreamTimeout = o.limits.UpstreamTimeout
+	}
 	cfg := &config.Config{
 		DataDir:   o.dataDir,
 		Upstreams: []config.Upstream{up},
 		Trust:     config.Trust{Rules: []config.Rule{o.rule}, Signers: o.signers, Pinning: o.pinning, RefreshTTL: o.ttl},
-		Limits:    o.limits,
+		Limits:    limits,
 	}
 	logs := &testenv.LogBuffer{}
 	v, err := New(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
