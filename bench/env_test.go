@@ -324,3 +324,6 @@ func (c *client) pull(ctx context.Context, base, tag string, want image) error {
 	}
 	return nil
 }
+
+// closeIdle drops the pooled connections, to a proxy that is gone.
+func (c *client) closeIdle() { c.http.CloseIdleConnections() }
