@@ -37,9 +37,9 @@ import (
 )
 
 const (
-	repoName = "library/bench"           // as clients and the upstream name it
-	gun      = "docker.io/" + repoName   // as Docker Content Trust names it
-	signer   = "bench-release"           // the one trusted signer, in targets/releases
+	repoName = "library/bench"         // as clients and the upstream name it
+	gun      = "docker.io/" + repoName // as Docker Content Trust names it
+	signer   = "bench-release"         // the one trusted signer, in targets/releases
 	accept   = "application/vnd.docker.distribution.manifest.v2+json, " +
 		"application/vnd.oci.image.manifest.v1+json, " +
 		"application/vnd.docker.distribution.manifest.list.v2+json, " +

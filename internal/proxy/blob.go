@@ -121,7 +121,9 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 		w.Close()
 		os.Remove(w.Name())
 		f.finish(err)
-		if err != nil {
+		if r, ok := errors.AsType[*trust.RefusalError](err); ok {
+			s.decide(context.Background(), req, "denied", string(r.Reason), r.Error(), nil)
+		} else if err != nil {
 			s.log.Warn("blob fetch failed", "repo", req.gun, "digest", req.dgst, "err", err)
 		}
 	}()

@@ -201,6 +201,7 @@ func TestUpstreamBytesMismatchRefusedAndNotCached(t *testing.T) {
 	if slices.Contains(w2.storedBlobs(t), ld.String()) {
 		t.Fatal("the corrupted layer was stored")
 	}
+	w2.wantDecision(t, gun, ld.String(), "denied", trust.DigestMismatch)
 	w2.wantDecision(t, gun, "v1", "served", "verified") // the manifest itself was fine
 	w.Registry.SetFault(nil)
 	if _, err := w2.pull(t, "library/app:v1"); err != nil {
