@@ -120,12 +120,13 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 		s.fillMu.Unlock()
 		w.Close()
 		os.Remove(w.Name())
-		f.finish(err)
+		// Logged before the clients hear of it, so the log never lags a refusal.
 		if r, ok := errors.AsType[*trust.RefusalError](err); ok {
 			s.decide(context.Background(), req, "denied", string(r.Reason), r.Error(), nil)
 		} else if err != nil {
 			s.log.Warn("blob fetch failed", "repo", req.gun, "digest", req.dgst, "err", err)
 		}
+		f.finish(err)
 	}()
 	return f, spool, nil
 }
