@@ -431,3 +431,25 @@ func TestPartialBlobNeverStoredAndFillOutlivesClient(t *testing.T) {
 		t.Fatalf("upstream blob GETs since the client left: %d, want 1", n)
 	}
 }
+
+func TestAuditModeServesAndLogsWhatItWouldRefuse(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "v1")
+	unsigned := w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "v2", 1, 1024))
+	plain := w.Registry.Push(t, "library/plain", "1", testenv.Image(t, "plain", 1, 1024))
+	p := start(t, strings.Replace(w.config(t, t.TempDir(), ""), "      signers: [alice]\n", "      signers: [alice]\n      mode: audit\n", 1))
+
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("signed tag served as %s", got)
+	}
+	p.wantDecision(t, gun, "v1", "served", "verified")
+	if got := p.mustPull(t, "library/app:v2"); got != unsigned {
+		t.Fatalf("audit mode served %s for the unsigned tag, want the upstream's %s", got, unsigned)
+	}
+	p.wantDecision(t, gun, "v2", "audit", trust.NotSigned)
+	if got := p.mustPull(t, "library/plain:1"); got != plain {
+		t.Fatalf("audit mode served %s for a repository without trust data", got)
+	}
+	p.wantDecision(t, "docker.io/library/plain", "1", "audit", trust.NoTrustData)
+}
