@@ -32,7 +32,6 @@ import (
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
-	"github.com/trustproxy/trustproxy/internal/trust"
 	"github.com/trustproxy/trustproxy/internal/trustserver"
 )
 
@@ -193,17 +192,9 @@ trust:
 	}
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	reg := prometheus.NewRegistry()
-	v, err := trust.New(cfg, log, reg)
+	p, err := proxy.Open(context.Background(), cfg, log, reg)
 	if err != nil {
-		tb.Fatalf("trust.New: %v", err)
-	}
-	store, err := proxy.NewStorage(context.Background(), cfg.Storage)
-	if err != nil {
-		tb.Fatalf("storage: %v", err)
-	}
-	p, err := proxy.New(cfg, store, v, log, reg)
-	if err != nil {
-		tb.Fatalf("proxy.New: %v", err)
+		tb.Fatalf("proxy.Open: %v", err)
 	}
 	srv := httptest.NewServer(p)
 	return &instance{url: srv.URL, close: func() {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
-	"github.com/trustproxy/trustproxy/internal/trust"
 )
 
 // serve runs trustproxy until ctx ends.
@@ -37,15 +36,7 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*http.Ser
 	warnings(cfg, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	verifier, err := trust.New(cfg, log, reg)
-	if err != nil {
-		return nil, "", fmt.Errorf("trust: %w", err)
-	}
-	store, err := proxy.NewStorage(ctx, cfg.Storage)
-	if err != nil {
-		return nil, "", err
-	}
-	p, err := proxy.New(cfg, store, verifier, log, reg)
+	p, err := proxy.Open(ctx, cfg, log, reg)
 	if err != nil {
 		return nil, "", err
 	}

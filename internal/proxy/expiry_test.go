@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/trustproxy/trustproxy/internal/testenv"
@@ -17,18 +18,27 @@ import (
 	"github.com/trustproxy/trustproxy/internal/trustserver"
 )
 
-// TestExpiredTimestampRefused needs metadata notary-server never serves: a
-// timestamp signed already expired. The in-process trust server signs it with
-// the notary library.
-func TestExpiredTimestampRefused(t *testing.T) {
-	reg := testenv.NewRegistry(t)
-	img := testenv.Image(t, "v1", 1, 1024)
-	signed := reg.Push(t, "library/app", "v1", img)
-	raw, _ := img.RawManifest()
+// signedInProcess is an upstream holding library/app:v1 and the in-process
+// trust server, whose repository signs v1 with alice in targets/releases.
+// Its metadata is published by the test, which can choose expiries that
+// notary-server never serves.
+type signedInProcess struct {
+	reg    *testenv.Registry
+	notary *httptest.Server
+	repo   *trustserver.Repo
+	signed v1.Hash
+	key    string // alice's public key file
+}
 
+func newSignedInProcess(t *testing.T) *signedInProcess {
+	t.Helper()
+	w := &signedInProcess{reg: testenv.NewRegistry(t)}
+	img := testenv.Image(t, "v1", 1, 1024)
+	w.signed = w.reg.Push(t, "library/app", "v1", img)
+	raw, _ := img.RawManifest()
 	ts := trustserver.New()
-	notary := httptest.NewServer(ts)
-	t.Cleanup(notary.Close)
+	w.notary = httptest.NewServer(ts)
+	t.Cleanup(w.notary.Close)
 	repo, err := ts.NewRepo(gun)
 	if err != nil {
 		t.Fatal(err)
@@ -40,47 +50,48 @@ func TestExpiredTimestampRefused(t *testing.T) {
 	if err := repo.AddDelegation(testenv.Releases, alice); err != nil {
 		t.Fatal(err)
 	}
-	if err := repo.AddTarget(testenv.Releases, "v1", digest.Digest(signed.String()), int64(len(raw))); err != nil {
+	if err := repo.AddTarget(testenv.Releases, "v1", digest.Digest(w.signed.String()), int64(len(raw))); err != nil {
 		t.Fatal(err)
 	}
-	if err := repo.Publish(trustserver.Expires("timestamp", time.Now().Add(-time.Hour))); err != nil {
+	w.repo = repo
+	w.key = filepath.Join(t.TempDir(), "alice.pem")
+	if err := os.WriteFile(w.key, alice.PublicKeyPEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	key := filepath.Join(dir, "alice.pem")
-	if err := os.WriteFile(key, alice.PublicKeyPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := start(t, fmt.Sprintf(`data_dir: %s
-upstreams:
-  - name: docker.io
-    url: %s
-    notary: {url: %s}
+	return w
+}
+
+// start runs trustproxy in front of w with a fresh data directory.
+func (w *signedInProcess) start(t *testing.T, refreshTTL time.Duration) *instance {
+	t.Helper()
+	return start(t, fmt.Sprintf(`data_dir: %s
+upstreams: [{name: docker.io, url: %s, notary: {url: %s}}]
 trust:
+  refresh_ttl: %s
   pinning: {certs: {%s: [%s]}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, dir, reg.URL(), notary.URL, gun, repo.RootCertID(), key))
+`, t.TempDir(), w.reg.URL(), w.notary.URL, refreshTTL, gun, w.repo.RootCertID(), w.key))
+}
 
+func TestExpiredTimestampRefused(t *testing.T) {
+	w := newSignedInProcess(t)
+	if err := w.repo.Publish(trustserver.Expires("timestamp", time.Now().Add(-time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	p := w.start(t, time.Minute)
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, trust.Expired)
 	p.wantDecision(t, gun, "v1", "denied", trust.Expired)
-	if n := reg.ManifestGets(signed); n != 0 {
+	if n := w.reg.ManifestGets(w.signed); n != 0 {
 		t.Fatalf("manifest fetched %d times under expired trust data", n)
 	}
 
 	// Re-signed with a fresh timestamp, the same tag is served.
-	if err := repo.Publish(); err != nil {
+	if err := w.repo.Publish(); err != nil {
 		t.Fatal(err)
 	}
-	p2 := start(t, fmt.Sprintf(`data_dir: %s
-upstreams: [{name: docker.io, url: %s, notary: {url: %s}}]
-trust:
-  pinning: {certs: {%s: [%s]}}
-  signers: [{name: alice, public_key: %s}]
-  rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, t.TempDir(), reg.URL(), notary.URL, gun, repo.RootCertID(), key))
-	if got := p2.mustPull(t, "library/app:v1"); got != signed {
+	if got := w.start(t, time.Minute).mustPull(t, "library/app:v1"); got != w.signed {
 		t.Fatalf("served %s", got)
 	}
 }
@@ -89,37 +100,17 @@ trust:
 // trust metadata keeps a warm image served until its timestamp expires; then
 // pulls are refused.
 func TestNotaryDownServesCacheUntilExpiry(t *testing.T) {
-	reg := testenv.NewRegistry(t)
-	img := testenv.Image(t, "v1", 1, 1024)
-	signed := reg.Push(t, "library/app", "v1", img)
-	raw, _ := img.RawManifest()
-
-	ts := trustserver.New()
-	notary := httptest.NewServer(ts)
-	t.Cleanup(notary.Close)
-	repo, err := ts.NewRepo(gun)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := repo.AddTarget("targets", "v1", digest.Digest(signed.String()), int64(len(raw))); err != nil {
-		t.Fatal(err)
-	}
+	w := newSignedInProcess(t)
 	expires := time.Now().Add(5 * time.Second) // room for two pulls on a loaded machine
-	if err := repo.Publish(trustserver.Expires("timestamp", expires)); err != nil {
+	if err := w.repo.Publish(trustserver.Expires("timestamp", expires)); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, fmt.Sprintf(`data_dir: %s
-upstreams: [{name: docker.io, url: %s, notary: {url: %s}}]
-trust:
-  refresh_ttl: 100ms
-  pinning: {certs: {%s: [%s]}}
-  rules: [{repositories: "docker.io/**"}]
-`, t.TempDir(), reg.URL(), notary.URL, gun, repo.RootCertID()))
+	p := w.start(t, 100*time.Millisecond)
 	p.mustPull(t, "library/app:v1")
 
-	notary.Close()
+	w.notary.Close()
 	time.Sleep(200 * time.Millisecond) // past refresh_ttl: the next pull asks the (gone) server
-	if got := p.mustPull(t, "library/app:v1"); got != signed {
+	if got := p.mustPull(t, "library/app:v1"); got != w.signed {
 		t.Fatalf("served %s", got)
 	}
 	if !strings.Contains(p.logs.String(), "notary unreachable, using cached metadata") {

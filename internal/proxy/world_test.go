@@ -107,17 +107,9 @@ func start(t *testing.T, cfg string) *instance {
 	logs := &testenv.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
-	v, err := trust.New(c, log, reg)
+	p, err := proxy.Open(t.Context(), c, log, reg)
 	if err != nil {
-		t.Fatalf("trust.New: %v", err)
-	}
-	store, err := proxy.NewStorage(t.Context(), c.Storage)
-	if err != nil {
-		t.Fatalf("storage: %v", err)
-	}
-	p, err := proxy.New(c, store, v, log, reg)
-	if err != nil {
-		t.Fatalf("proxy.New: %v", err)
+		t.Fatalf("proxy.Open: %v", err)
 	}
 	srv := httptest.NewServer(p)
 	t.Cleanup(srv.Close)
