@@ -109,3 +109,29 @@ func TestContainerdPullThroughHostsToml(t *testing.T) {
 	}
 	p.wantDecision(t, gun, "v2", "denied", trust.NotSigned)
 }
+
+// TestSkopeoCopy copies through trustproxy with skopeo, a client that
+// reports the registry's own error.
+func TestSkopeoCopy(t *testing.T) {
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Fatal("skopeo not found: apt-get install skopeo")
+	}
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "skopeo-v1")
+	w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "skopeo-v2", 1, 4096))
+	p := w.start(t, "")
+	skopeo := func(tag string) (string, error) {
+		dst := "oci:" + filepath.Join(t.TempDir(), "layout") + ":" + tag
+		out, err := exec.CommandContext(t.Context(), "skopeo", "copy", "--src-tls-verify=false",
+			"docker://"+p.host+"/library/app:"+tag, dst).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := skopeo("v1"); err != nil {
+		t.Fatalf("skopeo copy v1: %v\n%s", err, out)
+	}
+	out, err := skopeo("v2")
+	if err == nil || !strings.Contains(out, "("+string(trust.NotSigned)+")") {
+		t.Fatalf("skopeo copy of the unsigned v2: err %v, output:\n%s", err, out)
+	}
+}
