@@ -42,46 +42,12 @@ type verifiedManifest struct {
 // tag; a digest must be a signed target or the child of a verified index.
 func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *request) error {
 	ctx := r.Context()
-	snap, err := s.snapshot(ctx, req)
-	if err != nil {
-		return err
-	}
-	if snap == nil { // audit mode, trust failed
-		return s.serveUnverifiedManifest(w, r, req)
-	}
-	var target *trust.Target
-	want := v1.Descriptor{Digest: req.dgst, Size: -1}
-	if req.dgst == "" {
-		t, err := snap.Resolve(req.ref)
-		if err != nil {
-			if err := s.refuse(ctx, req, err); err != nil {
-				return err
-			}
-			return s.serveUnverifiedManifest(w, r, req)
-		}
-		target = &t
-		want = v1.Descriptor{Digest: t.Digest, Size: t.Size}
-	} else if ts := snap.ByDigest(req.dgst); len(ts) > 0 {
-		target = &ts[0]
-		want.Size = ts[0].Size
-	} else {
-		d, ok := s.authorize(ctx, req, snap, req.dgst)
-		if !ok || !isManifestType(d.MediaType) {
-			err := &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotSigned,
-				Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}
-			if err := s.refuse(ctx, req, err); err != nil {
-				return err
-			}
-			return s.serveUnverifiedManifest(w, r, req)
-		}
-		want.Size = d.Size
-	}
-	m, source, err := s.manifest(ctx, req, want)
+	m, target, source, err := s.verifiedManifest(ctx, req)
 	if err != nil {
 		if err := s.refuse(ctx, req, err); err != nil {
 			return err
 		}
-		return s.serveUnverifiedManifest(w, r, req)
+		return s.serveUnverifiedManifest(w, r, req) // audit mode
 	}
 	if !m.index {
 		s.imageTree(req, m)
@@ -90,6 +56,36 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *requ
 	s.metrics.served.WithLabelValues("manifest", source).Inc()
 	writeManifest(w, r, m)
 	return nil
+}
+
+// verifiedManifest returns the manifest req names, verified, with the
+// signed target it is (nil for a child of a signed index) and where it came
+// from (cache or upstream).
+func (s *Server) verifiedManifest(ctx context.Context, req *request) (*verifiedManifest, *trust.Target, string, error) {
+	snap, err := s.verify.Snapshot(ctx, req.gun)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	var target *trust.Target
+	want := v1.Descriptor{Digest: req.dgst, Size: -1}
+	if req.dgst == "" {
+		t, err := snap.Resolve(req.ref)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		target = &t
+		want = v1.Descriptor{Digest: t.Digest, Size: t.Size}
+	} else if ts := snap.ByDigest(req.dgst); len(ts) > 0 {
+		target = &ts[0]
+		want.Size = ts[0].Size
+	} else if d, ok := s.authorize(ctx, req, snap, req.dgst); ok && isManifestType(d.MediaType) {
+		want.Size = d.Size
+	} else {
+		return nil, nil, "", &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotSigned,
+			Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}
+	}
+	m, source, err := s.manifest(ctx, req, want)
+	return m, target, source, err
 }
 
 // writeManifest writes m's verified bytes with its verified media type.
