@@ -231,3 +231,37 @@ func (s *GUNStore) RemoveAll() error {
 
 // Location names the directory, for messages.
 func (s *GUNStore) Location() string { return s.dir }
+
+// pinningFile sits beside the metadata directory: it records the trust
+// pinning the cached root was accepted under.
+func (s *GUNStore) pinningFile() string { return filepath.Join(filepath.Dir(s.dir), "pinning") }
+
+// RepinRoot makes sure the cached root was accepted under the trust pinning
+// described by stamp. notary trusts a cached root without asking the pinning
+// again, so when the operator's pinning for the GUN changes, the cached root
+// is removed: the next update fetches the root and checks it against the new
+// pinning. The other roles keep their rollback floors. It reports whether the
+// root was removed.
+func (s *GUNStore) RepinRoot(stamp string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, err := os.ReadFile(s.pinningFile())
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("read %s: %w", s.pinningFile(), err)
+	}
+	if string(old) == stamp {
+		return false, nil
+	}
+	_, statErr := os.Stat(filepath.Join(s.dir, "root.json"))
+	removed := statErr == nil
+	if err := s.fs.Remove("root"); err != nil {
+		return false, fmt.Errorf("remove the cached root of %s: %w", s.dir, err)
+	}
+	if err := os.MkdirAll(filepath.Dir(s.pinningFile()), 0o700); err != nil {
+		return false, err
+	}
+	if err := os.WriteFile(s.pinningFile(), []byte(stamp), 0o600); err != nil {
+		return false, fmt.Errorf("record the trust pinning of %s: %w", s.dir, err)
+	}
+	return removed, nil
+}

@@ -33,6 +33,12 @@
 //     either form of key ID. A rule without signers accepts any valid
 //     signature, as the docker CLI did.
 //
+// notary trusts a cached root without asking the trust pinning again, so a
+// change of the operator's pinning would never reach a GUN already cached.
+// Each update therefore compares the pinning that applies to the GUN with the
+// one its cached root was accepted under, and drops the cached root when they
+// differ (cache.GUNStore.RepinRoot); the other roles keep their version floors.
+//
 // A Snapshot is reused until min(refresh TTL, earliest expiry of the root,
 // timestamp, snapshot, targets and the allowed delegations). When the Notary
 // server is unreachable, notary falls back to the cached metadata while the

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -213,6 +214,12 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 	if err != nil {
 		return nil, refuse(NoTrustData, "not a repository name trust data can be kept for", err)
 	}
+	pin := trustpinning.TrustPinConfig{Certs: v.pinning.Certs, CA: v.pinning.CA, DisableTOFU: !r.TOFU}
+	if removed, err := store.RepinRoot(pinStamp(v.pinning, gun, r.TOFU)); err != nil {
+		return nil, refuse(InvalidMetadata, "the trust metadata cache cannot be updated; check data_dir", err)
+	} else if removed {
+		v.log.Warn("trust pinning changed, fetching the root again", "gun", gun)
+	}
 	guard := &guardedCache{MetadataStore: store}
 	hs, err := storage.NewNotaryServerStore(strings.TrimSuffix(up.cfg.Notary.URL, "/"), data.GUN(gun),
 		authTransport(ctx, up.rt, up.cfg.Notary, gun))
@@ -220,7 +227,7 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 		return nil, refuse(NoTrustServer, fmt.Sprintf("upstreams[%d].notary.url is not usable", up.index), err)
 	}
 	remote := newBoundedRemote(hs, v.limits)
-	if r.TOFU && !pinned(v.pinning, gun) {
+	if r.TOFU && len(pinsFor(v.pinning, gun)) == 0 {
 		if _, warned := v.tofuWarned.LoadOrStore(gun, struct{}{}); !warned {
 			v.log.Warn("trusting root on first use", "gun", gun,
 				"hint", "pin it in trust.pinning.certs or trust.pinning.ca")
@@ -228,7 +235,7 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 	}
 	repo, _, err := client.LoadTUFRepo(client.TUFLoadOptions{
 		GUN:          data.GUN(gun),
-		TrustPinning: trustpinning.TrustPinConfig{Certs: v.pinning.Certs, CA: v.pinning.CA, DisableTOFU: !r.TOFU},
+		TrustPinning: pin,
 		Cache:        guard,
 		RemoteStore:  remote,
 	})
@@ -280,20 +287,29 @@ func isPinError(err error) bool {
 		strings.Contains(msg, "could not load root cert from CA path") || strings.Contains(msg, "invalid CA certs provided")
 }
 
-// pinned says whether notary's trust pinning covers gun (by certificate IDs,
-// exactly or by a trailing-* wildcard, or by a CA for a prefix).
-func pinned(p config.Pinning, gun string) bool {
-	for g := range p.Certs {
+// pinsFor lists the pins of p that apply to gun, sorted: certificate IDs
+// by GUN (exactly or by a trailing-* wildcard, as notary matches them) and
+// CA files by GUN prefix.
+func pinsFor(p config.Pinning, gun string) []string {
+	var pins []string
+	for g, ids := range p.Certs {
 		if g == gun || (strings.HasSuffix(g, "*") && strings.HasPrefix(gun, strings.TrimSuffix(g, "*"))) {
-			return true
+			pins = append(pins, "certs "+g+" "+strings.Join(slices.Sorted(slices.Values(ids)), ","))
 		}
 	}
-	for prefix := range p.CA {
+	for prefix, file := range p.CA {
 		if strings.HasPrefix(gun, prefix) {
-			return true
+			pins = append(pins, "ca "+prefix+" "+file)
 		}
 	}
-	return false
+	slices.Sort(pins)
+	return pins
+}
+
+// pinStamp describes what decides gun's root: its pins and whether trust on
+// first use is allowed.
+func pinStamp(p config.Pinning, gun string, tofu bool) string {
+	return fmt.Sprintf("tofu %t\n%s\n", tofu, strings.Join(pinsFor(p, gun), "\n"))
 }
 
 // guardedCache records the errors of the monotonic store that notary's client

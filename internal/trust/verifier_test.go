@@ -618,3 +618,32 @@ func TestBasicAuth(t *testing.T) {
 	_, err := v.Snapshot(t.Context(), testGUN)
 	wantReason(t, err, TrustUnavailable)
 }
+
+// TestPinningChangeRechecksCachedRoot: notary trusts a cached root without
+// asking the pinning again; a change of the operator's pinning must apply.
+func TestPinningChangeRechecksCachedRoot(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	dir := t.TempDir()
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restarted with TOFU off and a pin that names another root: refused,
+	// though a root is cached.
+	wrong := config.Pinning{Certs: map[string][]string{testGUN: {strings.Repeat("ab", 32)}}}
+	v2, logs := newVerifier(t, f, opts{dataDir: dir, pinning: wrong})
+	_, err := v2.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, NotPinned)
+	if !strings.Contains(logs.String(), "trust pinning changed") {
+		t.Errorf("no warning about the pinning change:\n%s", logs.String())
+	}
+
+	// Pinned to the real root: served again, and the other roles kept their floors.
+	v3, _ := newVerifier(t, f, opts{dataDir: dir, pinning: config.Pinning{Certs: map[string][]string{testGUN: {f.rootID()}}}})
+	if _, err := v3.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+}
