@@ -120,5 +120,5 @@ func TestNotaryDownServesCacheUntilExpiry(t *testing.T) {
 	// though the manifest and its blobs are in storage.
 	time.Sleep(time.Until(expires) + 100*time.Millisecond)
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.TrustUnavailable)
+	wantDenied(t, status, body, trust.Expired)
 }

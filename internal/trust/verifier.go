@@ -2,6 +2,7 @@ package trust
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/theupdateframework/notary"
 	"github.com/theupdateframework/notary/client"
 	"github.com/theupdateframework/notary/storage"
 	"github.com/theupdateframework/notary/trustpinning"
@@ -249,6 +251,9 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 		return nil, refuse(InvalidMetadata, "the trust server sent more metadata than allowed; raise the named limit only if the repository really needs it", limitErr)
 	case err != nil:
 		reason, detail := classify(err, up.index)
+		if reason == TrustUnavailable && cachedTimestampExpired(store) {
+			reason, detail = Expired, fmt.Sprintf("the cached trust data has expired and the trust server cannot be reached to renew it; check upstreams[%d].notary and the network", up.index)
+		}
 		return nil, refuse(reason, detail, err)
 	}
 	if unreachable != nil {
@@ -285,6 +290,21 @@ func isPinError(err error) bool {
 	msg := err.Error()
 	return strings.Contains(msg, "invalid trust pinning specified") ||
 		strings.Contains(msg, "could not load root cert from CA path") || strings.Contains(msg, "invalid CA certs provided")
+}
+
+// cachedTimestampExpired says whether store holds a timestamp that has
+// expired: what makes an unreachable trust server fatal.
+func cachedTimestampExpired(store storage.MetadataStore) bool {
+	b, err := store.GetSized(data.CanonicalTimestampRole.String(), notary.MaxTimestampSize)
+	if err != nil {
+		return false
+	}
+	var ts struct {
+		Signed struct {
+			Expires time.Time `json:"expires"`
+		} `json:"signed"`
+	}
+	return json.Unmarshal(b, &ts) == nil && !ts.Signed.Expires.IsZero() && time.Now().After(ts.Signed.Expires)
 }
 
 // pinsFor lists the pins of p that apply to gun, sorted: certificate IDs
