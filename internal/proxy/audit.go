@@ -16,7 +16,7 @@ func (s *Server) serveUnverifiedManifest(w http.ResponseWriter, r *http.Request,
 	ctx := r.Context()
 	reqCtx, cancel := context.WithTimeout(ctx, s.cfg.Limits.UpstreamTimeout)
 	defer cancel()
-	resp, err := req.upstream.get(reqCtx, req.repo, "manifests", req.ref, manifestAccept)
+	resp, err := req.upstream.get(reqCtx, req.repo, "manifests", req.ref, nil, manifestAccept)
 	if err != nil {
 		return err
 	}

@@ -151,7 +151,7 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 		s.metrics.upstream.WithLabelValues("blob", result).Inc()
 	}()
 
-	resp, err := req.upstream.get(ctx, req.repo, "blobs", req.dgst.String(), "")
+	resp, err := req.upstream.get(ctx, req.repo, "blobs", req.dgst.String(), nil, "")
 	if err != nil {
 		return err
 	}

@@ -452,4 +452,9 @@ func TestAuditModeServesAndLogsWhatItWouldRefuse(t *testing.T) {
 		t.Fatalf("audit mode served %s for a repository without trust data", got)
 	}
 	p.wantDecision(t, "docker.io/library/plain", "1", "audit", trust.NoTrustData)
+	// tags/list shows what audit mode serves: the upstream's tags.
+	if status, _, body := p.get(t, http.MethodGet, "/v2/library/app/tags/list"); status != 200 ||
+		strings.TrimSpace(string(body)) != `{"name":"library/app","tags":["v1","v2"]}` {
+		t.Fatalf("tags/list in audit mode: %d %s", status, body)
+	}
 }

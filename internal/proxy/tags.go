@@ -7,20 +7,28 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+
+	"github.com/trustproxy/trustproxy/config"
 )
 
 // maxTagsPage bounds one page of tags/list.
 const maxTagsPage = 1000
 
 // serveTags answers /v2/<name>/tags/list with the tags that verify, sorted,
-// paginated with n and last as the distribution spec says.
+// paginated with n and last as the distribution spec says. A rule in audit
+// mode lists the upstream's tags (its first maxTagsPage), as it serves them.
 func (s *Server) serveTags(w http.ResponseWriter, r *http.Request, req *request) error {
 	snap, err := s.snapshot(r.Context(), req)
 	if err != nil {
 		return err
 	}
 	var tags []string
-	if snap != nil {
+	switch {
+	case s.verify.Mode(req.gun) == config.Audit:
+		if tags, err = req.upstream.tags(r.Context(), req.repo); err != nil {
+			return err
+		}
+	case snap != nil:
 		for tag := range snap.Targets {
 			tags = append(tags, tag)
 		}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -170,14 +172,15 @@ func (u *upstream) transport(ctx context.Context, repo string) (http.RoundTrippe
 	return t, nil
 }
 
-// get sends GET (or HEAD) <base>/v2/<repo>/<kind>/<ref>. A non-200 answer is
+// get sends GET <base>/v2/<repo>/<kind>/<ref>?<query>. A non-200 answer is
 // an *upstreamError. The caller closes the body.
-func (u *upstream) get(ctx context.Context, repo, kind, ref, accept string) (*http.Response, error) {
+func (u *upstream) get(ctx context.Context, repo, kind, ref string, query url.Values, accept string) (*http.Response, error) {
 	t, err := u.transport(ctx, repo)
 	if err != nil {
 		return nil, err
 	}
 	target := u.base.JoinPath("v2", repo, kind, ref)
+	target.RawQuery = query.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
 	if err != nil {
 		return nil, err
@@ -219,7 +222,7 @@ func limitRedirects(req *http.Request, via []*http.Request) error {
 func (u *upstream) fetchManifest(ctx context.Context, repo string, dgst digest.Digest, limit int64) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
 	defer cancel()
-	resp, err := u.get(ctx, repo, "manifests", dgst.String(), manifestAccept)
+	resp, err := u.get(ctx, repo, "manifests", dgst.String(), nil, manifestAccept)
 	if err != nil {
 		return nil, err
 	}
@@ -238,3 +241,24 @@ func (u *upstream) fetchManifest(ctx context.Context, repo string, dgst digest.D
 }
 
 var errTooLarge = errors.New("larger than allowed")
+
+// maxTagsBody bounds an upstream's tags/list answer.
+const maxTagsBody = 4 << 20
+
+// tags returns the first page (up to maxTagsPage) of repo's tags at the upstream.
+func (u *upstream) tags(ctx context.Context, repo string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.timeout)
+	defer cancel()
+	resp, err := u.get(ctx, repo, "tags", "list", url.Values{"n": {strconv.Itoa(maxTagsPage)}}, "")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var list struct {
+		Tags []string `json:"tags"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTagsBody)).Decode(&list); err != nil {
+		return nil, &upstreamError{codeUnavailable, fmt.Errorf("read tags of %s from %s: %w", repo, u.cfg.Name, err)}
+	}
+	return list.Tags, nil
+}
