@@ -190,7 +190,8 @@ type Limits struct {
 	// MaxDelegations caps the delegation roles fetched per repository. Default 64.
 	MaxDelegations int `yaml:"max_delegations"`
 	// UpstreamTimeout bounds a manifest or trust request, and the wait for
-	// response headers of a blob. Default 30s.
+	// response headers of a blob; one whole trust update may take twice
+	// this. Default 30s.
 	UpstreamTimeout time.Duration `yaml:"upstream_timeout"`
 	// BlobIdleTimeout aborts a blob download that makes no progress. Default 60s.
 	BlobIdleTimeout time.Duration `yaml:"blob_idle_timeout"`

@@ -44,7 +44,8 @@ var (
 // fetched, and records the errors notary would otherwise swallow.
 type boundedRemote struct {
 	storage.RemoteStore
-	limits config.Limits
+	limits   config.Limits
+	deadline time.Time // of the whole update; each request is bounded by the transport
 
 	mu          sync.Mutex
 	roots       map[string]bool
@@ -53,12 +54,25 @@ type boundedRemote struct {
 	unreachable error // a network error notary may have recovered from with its cache
 }
 
+// updateBudget is how many request timeouts one whole update may take.
+const updateBudget = 2
+
 func newBoundedRemote(rs storage.RemoteStore, l config.Limits) *boundedRemote {
-	return &boundedRemote{RemoteStore: rs, limits: l, roots: map[string]bool{}, delegations: map[string]bool{}}
+	return &boundedRemote{RemoteStore: rs, limits: l, deadline: time.Now().Add(updateBudget * l.UpstreamTimeout),
+		roots: map[string]bool{}, delegations: map[string]bool{}}
 }
 
 // GetSized fetches role name (e.g. timestamp, 3.root, targets/releases.<sha256>).
 func (b *boundedRemote) GetSized(name string, size int64) ([]byte, error) {
+	if time.Now().After(b.deadline) {
+		// A network error, so that notary may still use valid cached metadata.
+		err := storage.NetworkError{Wrapped: fmt.Errorf("the trust server took longer than %d × limits.upstream_timeout (%s) for one update",
+			updateBudget, b.limits.UpstreamTimeout)}
+		b.mu.Lock()
+		b.unreachable = err
+		b.mu.Unlock()
+		return nil, err
+	}
 	role := checksumTail.ReplaceAllString(name, "")
 	capBytes, field := b.limits.TargetsBytes, "limits.targets_bytes"
 	b.mu.Lock()

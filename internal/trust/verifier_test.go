@@ -647,3 +647,22 @@ func TestPinningChangeRechecksCachedRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSlowUpdateBounded: each response comes just inside the request
+// timeout, but the whole update is bounded too.
+func TestSlowUpdateBounded(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		time.Sleep(200 * time.Millisecond)
+		return false
+	})
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, limits: config.Limits{UpstreamTimeout: 300 * time.Millisecond}})
+	start := time.Now()
+	_, err := v.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, TrustUnavailable)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("update took %v with a 300ms request timeout", d)
+	}
+}
