@@ -12,8 +12,9 @@
 // refresh, and yields the verified tuf.Repo whose roles and signatures the
 // policy reads directly. Its cache is internal/cache's monotonic store, and
 // its remote is notary's HTTPStore wrapped to bound every response
-// (limits.*_bytes), the versioned roots walked (limits.max_root_rotations)
-// and the delegation roles fetched (limits.max_delegations) in one update.
+// (limits.*_bytes), the versioned roots walked (limits.max_root_rotations),
+// the delegation roles fetched (limits.max_delegations) and the time taken
+// (twice limits.upstream_timeout) in one update.
 //
 // Which target counts, for a tag (docker semantics):
 //   - Only the rule's roles count, default [targets/releases, targets], and
