@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/reference"
@@ -60,6 +61,7 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return nil, fmt.Errorf("spool directory: %w", err)
 	}
+	removeStaleSpool(spool, max(time.Hour, 2*cfg.Limits.BlobIdleTimeout), log)
 	trees, err := lru.New[string, tree](maxTrees)
 	if err != nil {
 		return nil, err
@@ -188,3 +190,24 @@ func (s *Server) decide(ctx context.Context, req *request, verdict, reason, msg 
 
 // reasonReadOnly refuses writes: trustproxy serves, it does not host pushes.
 const reasonReadOnly trust.Reason = "read_only"
+
+// removeStaleSpool deletes spool files left by a process that stopped
+// mid-fill. A live fill writes at least once per blob_idle_timeout, so a
+// file untouched for longer than age belongs to none (another process may
+// share the data directory, so younger files stay).
+func removeStaleSpool(dir string, age time.Duration, log *slog.Logger) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		log.Warn("cannot list the spool directory", "dir", dir, "err", err)
+		return
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || time.Since(info.ModTime()) < age {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			log.Warn("cannot remove a stale spool file", "file", e.Name(), "err", err)
+		}
+	}
+}

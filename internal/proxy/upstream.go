@@ -14,12 +14,12 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	"github.com/trustproxy/trustproxy/config"
 )
@@ -81,6 +81,10 @@ func (u *upstreams) pick(q url.Values, name string) (*upstream, string, error) {
 	return up, name, nil
 }
 
+// maxTransports bounds the per-repository transports kept; an evicted one is
+// made again (one more ping and token) when next needed.
+const maxTransports = 10000
+
 // upstream is one registry and the HTTP machinery to read from it.
 type upstream struct {
 	cfg     config.Upstream
@@ -90,8 +94,7 @@ type upstream struct {
 	rt      http.RoundTripper
 	timeout time.Duration
 
-	mu         sync.Mutex
-	transports map[string]http.RoundTripper // by repository: tokens are scoped to one
+	transports *lru.Cache[string, http.RoundTripper] // by repository: tokens are scoped to one
 }
 
 func newUpstream(cfg config.Upstream, lim config.Limits) (*upstream, error) {
@@ -115,8 +118,12 @@ func newUpstream(cfg config.Upstream, lim config.Limits) (*upstream, error) {
 	if cfg.Username != "" {
 		auth = &authn.Basic{Username: cfg.Username, Password: cfg.Password}
 	}
+	transports, err := lru.New[string, http.RoundTripper](maxTransports)
+	if err != nil {
+		return nil, err
+	}
 	return &upstream{cfg: cfg, base: base, reg: reg, auth: auth, rt: rt,
-		timeout: lim.UpstreamTimeout, transports: map[string]http.RoundTripper{}}, nil
+		timeout: lim.UpstreamTimeout, transports: transports}, nil
 }
 
 // baseTransport bounds every phase before the body: dial, TLS handshake and
@@ -150,10 +157,7 @@ func baseTransport(caFile string, timeout time.Duration) (*http.Transport, error
 // lock is not held meanwhile, so one slow upstream answer delays only its
 // own repository.
 func (u *upstream) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
-	u.mu.Lock()
-	t, ok := u.transports[repo]
-	u.mu.Unlock()
-	if ok {
+	if t, ok := u.transports.Get(repo); ok {
 		return t, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
@@ -163,12 +167,9 @@ func (u *upstream) transport(ctx context.Context, repo string) (http.RoundTrippe
 	if err != nil {
 		return nil, &upstreamError{codeUnavailable, fmt.Errorf("upstream %s unreachable: %w", u.cfg.Name, err)}
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if prev, ok := u.transports[repo]; ok {
+	if prev, ok, _ := u.transports.PeekOrAdd(repo, t); ok {
 		return prev, nil
 	}
-	u.transports[repo] = t
 	return t, nil
 }
 

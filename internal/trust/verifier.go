@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/notary"
 	"github.com/theupdateframework/notary/client"
@@ -39,13 +40,16 @@ type Verifier struct {
 	log       *slog.Logger
 
 	group      singleflight.Group
-	mu         sync.Mutex
-	snaps      map[string]cached
+	snaps      *lru.Cache[string, cached]
 	tofuWarned sync.Map // GUN -> struct{}
 
 	refreshes *prometheus.CounterVec
 	seconds   prometheus.Histogram
 }
+
+// maxSnapshots bounds the verified snapshots kept in memory; an evicted one
+// is verified again (its metadata is cached on disk) when next asked for.
+const maxSnapshots = 10000
 
 type upstream struct {
 	index int
@@ -78,6 +82,10 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	if err != nil {
 		return nil, err
 	}
+	snaps, err := lru.New[string, cached](maxSnapshots)
+	if err != nil {
+		return nil, err
+	}
 	v := &Verifier{
 		policy:    p,
 		pinning:   cfg.Trust.Pinning,
@@ -86,7 +94,7 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		limits:    cfg.Limits,
 		ttl:       cfg.Trust.RefreshTTL,
 		log:       log,
-		snaps:     map[string]cached{},
+		snaps:     snaps,
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_trust_refresh_total",
 			Help: "Trust metadata refreshes from the Notary server, by result (ok or the refusal reason).",
@@ -138,9 +146,7 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string) (*Snapshot, error) 
 	if rerr != nil {
 		return nil, rerr
 	}
-	v.mu.Lock()
-	c, ok := v.snaps[gun]
-	v.mu.Unlock()
+	c, ok := v.snaps.Get(gun)
 	if ok && time.Now().Before(c.until) {
 		v.log.Debug("trust cache hit", "gun", gun, "checked", c.snap.Checked, "expires", c.snap.Expires)
 		return c.snap, nil
@@ -200,9 +206,7 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *rule, up *upstrea
 		return nil, rerr
 	}
 	until := earliest(snap.Checked.Add(v.ttl), snap.Expires)
-	v.mu.Lock()
-	v.snaps[gun] = cached{snap: snap, until: until}
-	v.mu.Unlock()
+	v.snaps.Add(gun, cached{snap: snap, until: until})
 	return snap, nil
 }
 
