@@ -60,6 +60,15 @@ func TestServeEmbeddedDefaultRefusesWithHowTo(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "notary.url") {
 		t.Fatalf("default config: %d %s, want 403 saying how to configure a notary server", resp.StatusCode, body)
 	}
+	resp, err = http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `trustproxy_decisions_total{reason="no_trust_server",verdict="denied"} 1`; !strings.Contains(string(metrics), want) {
+		t.Errorf("/metrics lacks %s", want)
+	}
 	if !strings.Contains(logs.String(), "upstream has no notary server") {
 		t.Errorf("no start-up warning about the missing notary server:\n%s", logs.String())
 	}

@@ -1,0 +1,66 @@
+package proxy
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+// TestWriteErrorGolden pins what clients read for each kind of refusal and
+// failure: status, code and message, in the registry error format.
+func TestWriteErrorGolden(t *testing.T) {
+	errs := []struct {
+		name string
+		err  error
+	}{
+		{"untrusted signer", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "v1", Reason: trust.UntrustedSigner,
+			Detail: "targets/releases is signed by key(s) abc, but the rule for docker.io/** trusts only alice"}},
+		{"digest refusal with cause", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "sha256:" + strings.Repeat("a", 64),
+			Reason: trust.DigestMismatch, Detail: "the upstream's blob hashes to sha256:bb… (10 bytes); nothing was cached"}},
+		{"whole repository", &trust.RefusalError{GUN: "docker.io/library/app", Reason: trust.NoTrustData,
+			Detail: "the trust server has no trust data for this repository", Err: errors.New("404")}},
+		{"read only", &trust.RefusalError{GUN: "/v2/library/app/manifests/v1", Reason: reasonReadOnly,
+			Detail: "trustproxy is a read-only mirror; push to the upstream registry"}},
+		{"bad name", &requestError{codeNameInvalid, `invalid repository name "App"`}},
+		{"bad digest", &requestError{codeDigestInvalid, `invalid digest "sha256:../x": only sha256 digests are served`}},
+		{"unknown route", &requestError{codeNotFound, "unknown registry API route"}},
+		{"unknown upstream", &requestError{codeNameUnknown, `upstream "127.0.0.1:6379" (ns parameter) is not configured`}},
+		{"catalog", &requestError{codeUnsupported, "the catalog is not served: trustproxy lists no repositories"}},
+		{"upstream down", &upstreamError{codeUnavailable, errors.New("upstream docker.io unreachable: connection refused")}},
+		{"upstream lacks blob", &upstreamError{codeBlobUnknown, errors.New("upstream docker.io answered 404 Not Found")}},
+		{"other", errors.New("store manifest: disk full")},
+	}
+	var got strings.Builder
+	for _, e := range errs {
+		rec := httptest.NewRecorder()
+		writeError(rec, e.err)
+		fmt.Fprintf(&got, "%s: %d %s", e.name, rec.Code, rec.Body.String())
+	}
+	golden := filepath.Join("testdata", "errors.golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(got.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), got.String()); diff != "" {
+		t.Errorf("error bodies (-want +got):\n%s", diff)
+	}
+}
