@@ -142,7 +142,7 @@ func (s *Server) fetchManifest(ctx context.Context, req *request, ms distributio
 	if want.Size >= 0 {
 		limit = want.Size
 	}
-	body, err := req.upstream.fetchManifest(ctx, req.repo, want.Digest, limit)
+	body, err := req.upstream.fetchManifest(ctx, req.repo, want.Digest.String(), limit)
 	if errors.Is(err, errTooLarge) {
 		s.metrics.upstream.WithLabelValues("manifest", "mismatch").Inc()
 		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.DigestMismatch,

@@ -25,9 +25,13 @@ const maxIndexDepth = 3
 // built are searched first; the rest are built (fetching manifests that
 // storage lacks) until dgst is found.
 func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapshot, dgst digest.Digest) (v1.Descriptor, bool) {
-	roots := targetDigests(snap)
+	seen := map[digest.Digest]bool{}
 	var missing []trust.Target
-	for _, t := range roots {
+	for _, t := range snap.Targets {
+		if seen[t.Digest] {
+			continue
+		}
+		seen[t.Digest] = true
 		if tr, ok := s.trees.Get(req.gun + "@" + t.Digest.String()); ok {
 			if d, ok := tr[dgst]; ok {
 				return d, true
@@ -36,6 +40,7 @@ func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapsh
 		}
 		missing = append(missing, t)
 	}
+	slices.SortFunc(missing, func(a, b trust.Target) int { return cmp.Compare(a.Tag, b.Tag) })
 	for _, t := range missing {
 		tr, err := s.tree(ctx, req, v1.Descriptor{Digest: t.Digest, Size: t.Size}, 0)
 		if err != nil {
@@ -47,20 +52,6 @@ func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapsh
 		}
 	}
 	return v1.Descriptor{}, false
-}
-
-// targetDigests returns snap's targets, one per digest, in a stable order.
-func targetDigests(snap *trust.Snapshot) []trust.Target {
-	seen := map[digest.Digest]bool{}
-	var out []trust.Target
-	for _, t := range snap.Targets {
-		if !seen[t.Digest] {
-			seen[t.Digest] = true
-			out = append(out, t)
-		}
-	}
-	slices.SortFunc(out, func(a, b trust.Target) int { return cmp.Compare(a.Tag, b.Tag) })
-	return out
 }
 
 // tree returns the reference tree of the manifest root, building and caching

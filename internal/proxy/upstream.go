@@ -20,7 +20,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	lru "github.com/hashicorp/golang-lru/v2"
-	"github.com/opencontainers/go-digest"
 	"github.com/trustproxy/trustproxy/config"
 )
 
@@ -218,12 +217,12 @@ func limitRedirects(req *http.Request, via []*http.Request) error {
 	return nil
 }
 
-// fetchManifest reads the manifest dgst of repo from the upstream, at most
-// limit bytes, and checks that it hashes to dgst.
-func (u *upstream) fetchManifest(ctx context.Context, repo string, dgst digest.Digest, limit int64) ([]byte, error) {
+// fetchManifest reads the manifest ref (tag or digest) of repo from the
+// upstream: at most limit bytes, else errTooLarge. Callers check the bytes.
+func (u *upstream) fetchManifest(ctx context.Context, repo, ref string, limit int64) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
 	defer cancel()
-	resp, err := u.get(ctx, repo, "manifests", dgst.String(), nil, manifestAccept)
+	resp, err := u.get(ctx, repo, "manifests", ref, nil, manifestAccept)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +232,7 @@ func (u *upstream) fetchManifest(ctx context.Context, repo string, dgst digest.D
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, &upstreamError{codeUnavailable, fmt.Errorf("read manifest %s from %s: %w", dgst, u.cfg.Name, err)}
+		return nil, &upstreamError{codeUnavailable, fmt.Errorf("read manifest %s from %s: %w", ref, u.cfg.Name, err)}
 	}
 	if int64(len(body)) > limit {
 		return nil, errTooLarge
