@@ -1,0 +1,470 @@
+package egress
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// Endpoint is one configured server and what it may make trustproxy do.
+type Endpoint struct {
+	// Field is the endpoint's config path, for messages: upstreams[0] or
+	// upstreams[0].notary.
+	Field string
+	// URL is the server's base URL: its origin receives credentials.
+	URL                string
+	CAFile             string // PEM CA certificates trusted besides the system's
+	Username, Password string
+	// TokenRealms are further origins (scheme://host[:port]) that may be
+	// sent token requests with the credentials.
+	TokenRealms []string
+	// RedirectHosts are hosts (host or host:port) a redirect may lead to even
+	// when they resolve to non-public addresses.
+	RedirectHosts []string
+	// Timeout bounds dial, TLS handshake and the wait for response headers.
+	Timeout time.Duration
+}
+
+// MaxRetryAfter caps how long a 429's Retry-After keeps trustproxy from
+// asking a server again, so that a server's mistake does not lock it out
+// for long; without a usable Retry-After the pause is defaultRetryAfter.
+const (
+	MaxRetryAfter     = time.Hour
+	defaultRetryAfter = 10 * time.Second
+)
+
+// maxTokens bounds the bearer tokens kept per endpoint (one per scope); an
+// evicted one costs one token request when next needed.
+const maxTokens = 10000
+
+// maxTokenBody bounds a token service's answer.
+const maxTokenBody = 64 << 10
+
+// maxRedirects bounds the redirects Do follows (blob storage uses one).
+const maxRedirects = 5
+
+// Client talks to one Endpoint. It is safe for concurrent use.
+type Client struct {
+	field      string
+	origin     string
+	user, pass string
+	realms     map[string]bool // allowed token realm origins, the endpoint's own included
+	redirectOK map[string]bool // lower-case host or host:port
+	transport  *http.Transport
+
+	mu      sync.Mutex
+	scheme  string // auth scheme the server asked for: "", "basic" or "bearer"
+	realm   string
+	service string
+	limited map[string]time.Time // origin -> no requests before
+
+	tokens *lru.Cache[string, token] // by scope
+	fetch  singleflight.Group
+}
+
+type token struct {
+	value string
+	until time.Time
+}
+
+// New returns the client of e.
+func New(e Endpoint) (*Client, error) {
+	base, err := url.Parse(strings.TrimSuffix(e.URL, "/"))
+	if err != nil || (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" {
+		return nil, fmt.Errorf("%s.url %q is not an http(s) URL", e.Field, e.URL)
+	}
+	c := &Client{
+		field:      e.Field,
+		origin:     originOf(base),
+		user:       e.Username,
+		pass:       e.Password,
+		realms:     map[string]bool{originOf(base): true},
+		redirectOK: map[string]bool{},
+		limited:    map[string]time.Time{},
+	}
+	for _, r := range e.TokenRealms {
+		u, err := url.Parse(r)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return nil, fmt.Errorf("%s.token_realms: %q is not an origin such as https://auth.docker.io", e.Field, r)
+		}
+		c.realms[originOf(u)] = true
+	}
+	for _, h := range e.RedirectHosts {
+		c.redirectOK[strings.ToLower(h)] = true
+	}
+	if c.tokens, err = lru.New[string, token](maxTokens); err != nil {
+		return nil, err
+	}
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if e.CAFile != "" {
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		pem, err := os.ReadFile(e.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("%s.ca_file: %w", e.Field, err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s.ca_file %s holds no PEM certificate", e.Field, e.CAFile)
+		}
+		tlsConf.RootCAs = pool
+	}
+	step := min(10*time.Second, e.Timeout)
+	dialer := &net.Dialer{Timeout: step, KeepAlive: 30 * time.Second, ControlContext: checkAddress}
+	c.transport = &http.Transport{
+		Proxy:                  http.ProxyFromEnvironment,
+		DialContext:            dialer.DialContext,
+		TLSClientConfig:        tlsConf,
+		TLSHandshakeTimeout:    step,
+		ResponseHeaderTimeout:  e.Timeout,
+		MaxResponseHeaderBytes: 64 << 10,
+		IdleConnTimeout:        90 * time.Second,
+		MaxIdleConnsPerHost:    16,
+		ForceAttemptHTTP2:      true,
+	}
+	return c, nil
+}
+
+// Do sends req, authenticated for scope (e.g. repository:library/alpine:pull)
+// when it goes to the endpoint's origin, and follows redirects as the package
+// doc says. A non-2xx answer is returned as it is, except 429 (a
+// *RateLimitError) and a challenge naming a refused realm (a *RealmError).
+func (c *Client) Do(req *http.Request, scope string) (*http.Response, error) {
+	hc := &http.Client{Transport: c.RoundTripper(scope), CheckRedirect: c.checkRedirect}
+	resp, err := hc.Do(req)
+	if err != nil {
+		// Our own errors say what happened; net/http's *url.Error would repeat the URL.
+		for _, target := range []any{new(*RealmError), new(*RateLimitError), new(*AddressError), new(*RedirectError)} {
+			if errors.As(err, target) {
+				return nil, errors.Unwrap(err)
+			}
+		}
+	}
+	return resp, err
+}
+
+// RoundTripper returns a RoundTripper that authenticates requests to the
+// endpoint's origin for scope and follows no redirects, for callers that
+// send their own requests (notary's HTTPStore).
+func (c *Client) RoundTripper(scope string) http.RoundTripper {
+	return &authTransport{c: c, scope: scope}
+}
+
+// CloseIdleConnections closes the client's idle connections.
+func (c *Client) CloseIdleConnections() { c.transport.CloseIdleConnections() }
+
+type authTransport struct {
+	c     *Client
+	scope string
+}
+
+func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.c.roundTrip(req, t.scope)
+}
+
+func (c *Client) roundTrip(req *http.Request, scope string) (*http.Response, error) {
+	o := originOf(req.URL)
+	if err := c.rateLimited(o); err != nil {
+		return nil, err
+	}
+	resp, err := c.send(req, scope)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.noteRateLimit(o, resp); err != nil {
+		return nil, err
+	}
+	if o != c.origin || resp.StatusCode != http.StatusUnauthorized {
+		return resp, nil
+	}
+	retry, err := c.authenticate(req.Context(), resp, scope)
+	if err != nil {
+		discard(resp)
+		return nil, err
+	}
+	if !retry {
+		return resp, nil
+	}
+	discard(resp)
+	if resp, err = c.send(req, scope); err != nil {
+		return nil, err
+	}
+	if err := c.noteRateLimit(o, resp); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// send sends a copy of req: with credentials when it goes to the endpoint's
+// origin, and with the address check when it goes to a host that is neither
+// configured nor listed in redirect_hosts.
+func (c *Client) send(req *http.Request, scope string) (*http.Response, error) {
+	r := req.Clone(req.Context())
+	o := originOf(r.URL)
+	if o == c.origin {
+		c.authorize(r, scope)
+	} else {
+		// Never credentials anywhere else, whatever the caller set.
+		r.Header.Del("Authorization")
+		r.Header.Del("Cookie")
+	}
+	if !c.realms[o] && !c.redirectOK[strings.ToLower(r.URL.Host)] && !c.redirectOK[strings.ToLower(r.URL.Hostname())] {
+		g := &guard{field: c.field, host: r.URL.Hostname()}
+		r = r.WithContext(context.WithValue(r.Context(), guardKey{}, g))
+		if p, err := c.transport.Proxy(r); err == nil && p != nil {
+			// The dial goes to the proxy, so check the name here instead.
+			if err := g.resolve(r.Context()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return c.transport.RoundTrip(r)
+}
+
+// authorize adds what the server asked for: Basic credentials, or the bearer
+// token of scope if one is held.
+func (c *Client) authorize(r *http.Request, scope string) {
+	c.mu.Lock()
+	scheme := c.scheme
+	c.mu.Unlock()
+	switch scheme {
+	case "basic":
+		if c.user != "" || c.pass != "" {
+			r.SetBasicAuth(c.user, c.pass)
+		}
+	case "bearer":
+		if t, ok := c.tokens.Get(scope); ok && time.Now().Before(t.until) {
+			r.Header.Set("Authorization", "Bearer "+t.value)
+		}
+	}
+}
+
+// authenticate answers the server's 401: it learns the challenge and, for a
+// bearer challenge naming an allowed realm, gets a token for scope. It says
+// whether the request should be sent again.
+func (c *Client) authenticate(ctx context.Context, resp *http.Response, scope string) (bool, error) {
+	var basic, bearer *challenge
+	for _, ch := range parseChallenges(resp.Header.Values("WWW-Authenticate")) {
+		switch strings.ToLower(ch.scheme) {
+		case "bearer":
+			if bearer == nil {
+				bearer = &ch
+			}
+		case "basic":
+			if basic == nil {
+				basic = &ch
+			}
+		}
+	}
+	switch {
+	case bearer != nil:
+		realm := bearer.params["realm"]
+		if err := c.checkRealm(realm); err != nil {
+			return false, err
+		}
+		c.mu.Lock()
+		c.scheme, c.realm, c.service = "bearer", realm, bearer.params["service"]
+		c.mu.Unlock()
+		c.tokens.Remove(scope) // refused: get a new one
+		if _, err := c.token(ctx, scope); err != nil {
+			return false, err
+		}
+		return true, nil
+	case basic != nil && (c.user != "" || c.pass != ""):
+		c.mu.Lock()
+		c.scheme = "basic"
+		c.mu.Unlock()
+		// Send again only if the credentials were not sent yet.
+		return resp.Request == nil || resp.Request.Header.Get("Authorization") == "", nil
+	}
+	return false, nil
+}
+
+// checkRealm says why realm may not be sent token requests, or nil.
+func (c *Client) checkRealm(realm string) error {
+	u, err := url.Parse(realm)
+	switch {
+	case realm == "":
+		return &RealmError{Field: c.field, Realm: realm, Why: "the challenge names no realm"}
+	case err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
+		return &RealmError{Field: c.field, Realm: realm, Why: "not an http(s) URL"}
+	case u.User != nil:
+		return &RealmError{Field: c.field, Realm: realm, Why: "it carries credentials of its own"}
+	case !c.realms[originOf(u)]:
+		return &RealmError{Field: c.field, Realm: realm, Why: "its origin " + originOf(u) + " is not allowed"}
+	}
+	return nil
+}
+
+// token returns the bearer token of scope, asking the realm once however
+// many requests need it at the same time.
+func (c *Client) token(ctx context.Context, scope string) (string, error) {
+	if t, ok := c.tokens.Get(scope); ok && time.Now().Before(t.until) {
+		return t.value, nil
+	}
+	v, err, _ := c.fetch.Do(scope, func() (any, error) {
+		return c.fetchToken(context.WithoutCancel(ctx), scope)
+	})
+	if err != nil {
+		return "", err
+	}
+	t := v.(token)
+	c.tokens.Add(scope, t)
+	return t.value, nil
+}
+
+func (c *Client) fetchToken(ctx context.Context, scope string) (token, error) {
+	c.mu.Lock()
+	realm, service := c.realm, c.service
+	c.mu.Unlock()
+	u, err := url.Parse(realm)
+	if err != nil {
+		return token{}, err
+	}
+	q := u.Query()
+	if service != "" {
+		q.Set("service", service)
+	}
+	if scope != "" {
+		q.Set("scope", scope)
+	}
+	u.RawQuery = q.Encode()
+	o := originOf(u)
+	if err := c.rateLimited(o); err != nil {
+		return token{}, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return token{}, err
+	}
+	if c.user != "" || c.pass != "" {
+		req.SetBasicAuth(c.user, c.pass) // checkRealm allowed this origin
+	}
+	resp, err := c.transport.RoundTrip(req)
+	if err != nil {
+		return token{}, fmt.Errorf("%s: token realm %s: %w", c.field, o, err)
+	}
+	defer discard(resp)
+	if err := c.noteRateLimit(o, resp); err != nil {
+		return token{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return token{}, fmt.Errorf("%s: token realm %s answered %s for scope %q; check the credentials", c.field, o, resp.Status, scope)
+	}
+	var body struct {
+		Token       string `json:"token"`
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int    `json:"expires_in"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTokenBody)).Decode(&body); err != nil {
+		return token{}, fmt.Errorf("%s: token realm %s: unreadable answer: %w", c.field, o, err)
+	}
+	t := token{value: body.Token}
+	if t.value == "" {
+		t.value = body.AccessToken
+	}
+	if t.value == "" {
+		return token{}, fmt.Errorf("%s: token realm %s answered no token", c.field, o)
+	}
+	// The token spec's default lifetime is 60 seconds; renew a little early.
+	life := 60 * time.Second
+	if body.ExpiresIn > 0 {
+		life = time.Duration(min(body.ExpiresIn, 24*3600)) * time.Second
+	}
+	t.until = time.Now().Add(life * 9 / 10)
+	return t, nil
+}
+
+// rateLimited returns a *RateLimitError while origin's Retry-After lasts.
+func (c *Client) rateLimited(origin string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.limited[origin]
+	if !ok {
+		return nil
+	}
+	if time.Now().Before(until) {
+		return &RateLimitError{Field: c.field, Origin: origin, Until: until}
+	}
+	delete(c.limited, origin)
+	return nil
+}
+
+// noteRateLimit turns a 429 from a configured origin into a *RateLimitError
+// and remembers its Retry-After; resp is then closed.
+func (c *Client) noteRateLimit(origin string, resp *http.Response) error {
+	if resp.StatusCode != http.StatusTooManyRequests || !c.realms[origin] {
+		return nil
+	}
+	discard(resp)
+	until := time.Now().Add(retryAfter(resp.Header.Get("Retry-After"), time.Now()))
+	c.mu.Lock()
+	c.limited[origin] = until
+	c.mu.Unlock()
+	return &RateLimitError{Field: c.field, Origin: origin, Until: until}
+}
+
+// retryAfter reads a Retry-After value (seconds or an HTTP date), capped at
+// MaxRetryAfter; defaultRetryAfter when it is missing or unreadable.
+func retryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return defaultRetryAfter
+	}
+	var d time.Duration
+	if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+		d = time.Duration(min(max(n, 0), int64(MaxRetryAfter/time.Second))) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	} else {
+		return defaultRetryAfter
+	}
+	return min(max(d, time.Second), MaxRetryAfter)
+}
+
+// checkRedirect is Do's redirect policy.
+func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return &RedirectError{Field: c.field, Why: fmt.Sprintf("more than %d redirects", maxRedirects)}
+	}
+	if prev := via[len(via)-1]; prev.URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return &RedirectError{Field: c.field, Why: fmt.Sprintf("from https to %s (%s)", req.URL.Scheme, req.URL.Redacted())}
+	}
+	return nil
+}
+
+// originOf is u's scheme://host:port, lower-cased, with the default port
+// written out.
+func originOf(u *url.URL) string {
+	scheme := strings.ToLower(u.Scheme)
+	port := u.Port()
+	if port == "" {
+		port = "443"
+		if scheme == "http" {
+			port = "80"
+		}
+	}
+	return scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// discard drains a little of resp's body, so the connection can be reused,
+// and closes it.
+func discard(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+}
