@@ -75,7 +75,16 @@ type Upstream struct {
 	CAFile   string `yaml:"ca_file"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
-	Notary   Notary `yaml:"notary"`
+	// TokenRealms are the origins (scheme://host[:port]) besides URL's own
+	// that may receive token requests, with the credentials: a challenge
+	// naming any other realm is refused. Docker Hub's is https://auth.docker.io.
+	TokenRealms []string `yaml:"token_realms"`
+	// RedirectHosts are hosts (host or host:port) the registry may redirect
+	// to even though they resolve to loopback, private or link-local
+	// addresses, e.g. an internal object store. Any other redirect target
+	// must resolve to public addresses.
+	RedirectHosts []string `yaml:"redirect_hosts"`
+	Notary        Notary   `yaml:"notary"`
 }
 
 // Notary is the trust server of an upstream. An empty URL means none is
@@ -85,6 +94,9 @@ type Notary struct {
 	CAFile   string `yaml:"ca_file"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// TokenRealms are as for the upstream: origins besides URL's own that
+	// may receive token requests.
+	TokenRealms []string `yaml:"token_realms"`
 }
 
 // Trust is the trust policy: pinned roots, named signers and rules.
@@ -97,6 +109,11 @@ type Trust struct {
 	// RefreshTTL bounds how long verified trust data is used before the
 	// Notary server is asked again. Default 1m.
 	RefreshTTL time.Duration `yaml:"refresh_ttl"`
+	// MaxStaleness is how long cached trust data may stand in for a fresh
+	// timestamp from the Notary server (down, answering errors or 404)
+	// before the repository is refused, even if the data has not expired.
+	// Default 24h; a rule may set its own.
+	MaxStaleness time.Duration `yaml:"max_staleness"`
 }
 
 // Pinning says which root keys are trusted, as notary's trustpinning does.
@@ -173,6 +190,8 @@ type Rule struct {
 	// TOFU trusts a root on first use for GUNs that Pinning does not cover.
 	// Off unless set: a replica's first fetch would otherwise decide the root.
 	TOFU bool `yaml:"tofu"`
+	// MaxStaleness overrides Trust.MaxStaleness for this rule's GUNs.
+	MaxStaleness time.Duration `yaml:"max_staleness"`
 }
 
 // Limits bounds every input from the network.
@@ -195,6 +214,13 @@ type Limits struct {
 	UpstreamTimeout time.Duration `yaml:"upstream_timeout"`
 	// BlobIdleTimeout aborts a blob download that makes no progress. Default 60s.
 	BlobIdleTimeout time.Duration `yaml:"blob_idle_timeout"`
+	// MinTransferRate, in bytes per second, sets the overall deadline of a
+	// blob download from an upstream: upstream_timeout + size / rate.
+	// Default 262144 (256 KiB/s).
+	MinTransferRate int64 `yaml:"min_transfer_rate"`
+	// ClientWriteTimeout bounds each write to a client: one that stops
+	// reading is disconnected after it. Default 60s.
+	ClientWriteTimeout time.Duration `yaml:"client_write_timeout"`
 }
 
 // Log configures the JSON logs.

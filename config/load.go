@@ -43,7 +43,8 @@ var defaultYAML []byte
 //	TRUSTPROXY_NOTARY_PASSWORD   upstreams[0].notary.password
 //
 // When the file lists no upstream, upstreams[0] is the default one, docker.io.
-// Other TRUSTPROXY_ variables are left to the caller.
+// A URL set from env drops the token_realms (and redirect_hosts) written for
+// the URL it replaces. Other TRUSTPROXY_ variables are left to the caller.
 func Load(r io.Reader, env []string) (*Config, error) {
 	return load(r, env, "")
 }
@@ -174,6 +175,14 @@ func (c *Config) applyEnv(env []string) {
 		c.Upstreams = []Upstream{defaultUpstream()}
 	}
 	u := &c.Upstreams[0]
+	// Token realms and redirect hosts belong to the URL they were written
+	// for: a URL from env drops them.
+	if v, ok := vars["TRUSTPROXY_UPSTREAM_URL"]; ok && v != u.URL {
+		u.TokenRealms, u.RedirectHosts = nil, nil
+	}
+	if v, ok := vars["TRUSTPROXY_NOTARY_URL"]; ok && v != u.Notary.URL {
+		u.Notary.TokenRealms = nil
+	}
 	for key, field := range map[string]*string{
 		"TRUSTPROXY_LISTEN":            &c.Listen,
 		"TRUSTPROXY_DATA_DIR":          &c.DataDir,
@@ -196,7 +205,7 @@ func (c *Config) applyEnv(env []string) {
 // defaultUpstream is Docker Hub, without a Notary server: Docker's public one,
 // notary.docker.io, shuts down on 2026-12-08.
 func defaultUpstream() Upstream {
-	return Upstream{Name: "docker.io", URL: "https://registry-1.docker.io"}
+	return Upstream{Name: "docker.io", URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}
 }
 
 // setDefaults fills what the file and env left unset.
@@ -218,6 +227,7 @@ func (c *Config) setDefaults() {
 	}
 
 	orDefault(&c.Trust.RefreshTTL, time.Minute)
+	orDefault(&c.Trust.MaxStaleness, 24*time.Hour)
 	if len(c.Trust.Rules) == 0 {
 		c.Trust.Rules = []Rule{{Repositories: "**"}}
 	}
@@ -227,6 +237,7 @@ func (c *Config) setDefaults() {
 			r.Roles = []string{"targets/releases", "targets"}
 		}
 		orDefault(&r.Mode, Enforce)
+		orDefault(&r.MaxStaleness, c.Trust.MaxStaleness)
 	}
 
 	l := &c.Limits
@@ -239,6 +250,8 @@ func (c *Config) setDefaults() {
 	orDefault(&l.MaxDelegations, 64)
 	orDefault(&l.UpstreamTimeout, 30*time.Second)
 	orDefault(&l.BlobIdleTimeout, 60*time.Second)
+	orDefault(&l.MinTransferRate, 256<<10)
+	orDefault(&l.ClientWriteTimeout, 60*time.Second)
 
 	orDefault(&c.Log.Level, "info")
 }

@@ -117,13 +117,20 @@ func (c *Config) validateUpstreams(p *problems) {
 		if u.Password != "" && u.Username == "" {
 			p.addf(f+".username", "required with a password")
 		}
+		checkRealms(p, f+".token_realms", u.TokenRealms)
+		for j, h := range u.RedirectHosts {
+			if err := checkHost(h); err != nil {
+				p.addf(fmt.Sprintf("%s.redirect_hosts[%d]", f, j), "%v", err)
+			}
+		}
 		n := u.Notary
 		if n.URL == "" {
-			if n.CAFile != "" || n.Username != "" || n.Password != "" {
-				p.addf(f+".notary.url", "required with notary ca_file or credentials")
+			if n.CAFile != "" || n.Username != "" || n.Password != "" || len(n.TokenRealms) > 0 {
+				p.addf(f+".notary.url", "required with notary ca_file, credentials or token_realms")
 			}
 			continue
 		}
+		checkRealms(p, f+".notary.token_realms", n.TokenRealms)
 		if err := checkURL(n.URL); err != nil {
 			p.addf(f+".notary.url", "%v", err)
 		}
@@ -211,9 +218,36 @@ func (c *Config) validateTrust(p *problems) {
 		if r.Mode != Enforce && r.Mode != Audit {
 			p.addf(f+".mode", "%q: want %s or %s", r.Mode, Enforce, Audit)
 		}
+		if r.MaxStaleness < 0 {
+			p.addf(f+".max_staleness", "must be positive, e.g. 24h; leave it out for trust.max_staleness")
+		}
 	}
 	if t.RefreshTTL <= 0 {
 		p.addf("trust.refresh_ttl", "must be positive, e.g. 1m")
+	}
+	if t.MaxStaleness <= 0 {
+		p.addf("trust.max_staleness", "must be positive, e.g. 24h")
+	}
+}
+
+// checkRealms checks a token_realms list: each entry an origin,
+// scheme://host[:port], with no path, query or credentials.
+func checkRealms(p *problems, field string, realms []string) {
+	for i, r := range realms {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		u, err := url.Parse(r)
+		switch {
+		case err != nil:
+			p.addf(f, "%q is not a URL", r)
+		case u.Scheme != "https" && u.Scheme != "http":
+			p.addf(f, "%q: want an origin such as https://auth.docker.io (http:// only if the token service has no TLS)", r)
+		case u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+			p.addf(f, "%q: want only scheme://host[:port], e.g. https://auth.docker.io", r)
+		default:
+			if err := checkHost(strings.ToLower(u.Host)); err != nil {
+				p.addf(f, "%v", err)
+			}
+		}
 	}
 }
 
@@ -232,6 +266,8 @@ func (c *Config) validateLimits(p *problems) {
 		{"max_delegations", int64(l.MaxDelegations)},
 		{"upstream_timeout", int64(l.UpstreamTimeout)},
 		{"blob_idle_timeout", int64(l.BlobIdleTimeout)},
+		{"min_transfer_rate", l.MinTransferRate},
+		{"client_write_timeout", int64(l.ClientWriteTimeout)},
 	} {
 		if v.n <= 0 {
 			p.addf("limits."+v.name, "must be positive; leave it out for the default")
