@@ -1,27 +1,43 @@
 package cache
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/theupdateframework/notary"
 	"github.com/theupdateframework/notary/storage"
 )
 
-// MetadataStore keeps the TUF metadata of every GUN under one directory, as
-// <dir>/<gun>/metadata/<role>.json.
+// MetadataStore keeps the TUF metadata of every GUN under one directory.
+//
+// Keys are never path-joined from names: a GUN's state lives in
+// <dir>/<hex sha256 of the GUN>/, and each role in that directory is one
+// file named by escapeRole(role) + ".json", an escaping with no path
+// separators or dots. So no repository name or delegation name can reach
+// into another GUN's state or another role's file, whatever it spells
+// (library/app/metadata/timestamp.json, targets/../root, ...). Beside the
+// roles: "gun" (the name, for people), "pinning" (the trust pinning the
+// cached root was accepted under) and "refreshed" (when the trust server
+// last gave a fresh timestamp).
+//
+// A GUN's directory is made by its first write, and notary writes only
+// metadata its trust server returned and that verified: a request for a
+// repository without trust data leaves nothing behind.
 type MetadataStore struct {
-	dir string
-	log *slog.Logger
-
-	mu    sync.Mutex
-	locks map[string]*sync.Mutex // per GUN, for writers in this process
+	dir   string
+	log   *slog.Logger
+	locks [64]sync.Mutex // writers in this process, striped by GUN
 }
 
 // NewMetadataStore returns the store rooted at dir, creating dir if needed.
@@ -33,50 +49,58 @@ func NewMetadataStore(dir string, log *slog.Logger) (*MetadataStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create trust metadata directory: %w", err)
 	}
-	return &MetadataStore{dir: dir, log: log.With("component", "cache"), locks: map[string]*sync.Mutex{}}, nil
+	m := &MetadataStore{dir: dir, log: log.With("component", "cache")}
+	m.warnLegacy()
+	return m, nil
 }
 
-// For returns the monotonic metadata store of gun. gun must be a clean
-// relative path (e.g. docker.io/library/app).
-func (m *MetadataStore) For(gun string) (*GUNStore, error) {
-	if !validGUN(gun) {
-		return nil, fmt.Errorf("invalid GUN %q for the trust metadata store", gun)
-	}
-	dir := filepath.Join(m.dir, filepath.FromSlash(gun), "metadata")
-	fs, err := storage.NewFileStore(dir, "json")
+// warnLegacy says when dir holds the per-name directories of an older
+// trustproxy, whose layout let names alias each other; they are not read.
+func (m *MetadataStore) warnLegacy() {
+	entries, err := os.ReadDir(m.dir)
 	if err != nil {
-		return nil, fmt.Errorf("open trust metadata of %s: %w", gun, err)
+		return
 	}
-	m.mu.Lock()
-	l, ok := m.locks[gun]
-	if !ok {
-		l = &sync.Mutex{}
-		m.locks[gun] = l
-	}
-	m.mu.Unlock()
-	return &GUNStore{fs: fs, dir: dir, mu: l, log: m.log.With("gun", gun)}, nil
-}
-
-func validGUN(gun string) bool {
-	if gun == "" || strings.ContainsAny(gun, "\\\x00") || path.Clean(gun) != gun || path.IsAbs(gun) {
-		return false
-	}
-	for _, seg := range strings.Split(gun, "/") {
-		if seg == "." || seg == ".." {
-			return false
+	for _, e := range entries {
+		if !isKeyDir(e.Name()) {
+			m.log.Warn("trust metadata directory holds entries of an older layout; they are not read, and version floors start again from the trust servers: delete them",
+				"dir", m.dir, "entry", e.Name())
+			return
 		}
 	}
-	return true
+}
+
+func isKeyDir(name string) bool {
+	_, err := hex.DecodeString(name)
+	return len(name) == 64 && err == nil
+}
+
+// For returns the store of gun. pinning describes the trust pinning that
+// applies to gun now: a cached root accepted under other pinning is not
+// handed to notary (so the root is fetched and checked again) but stays the
+// version floor of the next root stored.
+func (m *MetadataStore) For(gun, pinning string) *GUNStore {
+	sum := sha256.Sum256([]byte(gun))
+	return &GUNStore{
+		dir:     filepath.Join(m.dir, hex.EncodeToString(sum[:])),
+		gun:     gun,
+		pinning: pinning,
+		mu:      &m.locks[sum[0]%byte(len(m.locks))],
+		log:     m.log.With("gun", gun),
+	}
 }
 
 // GUNStore is the notary storage.MetadataStore of one GUN. Set and SetMulti
 // refuse to lower a role's signed version (*RollbackError); an entry that
-// does not parse is reported as a *CorruptError by GetSized and Set.
+// does not parse is reported as a *CorruptError by GetSized and Set. Every
+// other failure to read or write is returned as it is: the caller must fail
+// closed on it.
 type GUNStore struct {
-	fs  *storage.FilesystemStore
-	dir string
-	mu  *sync.Mutex
-	log *slog.Logger
+	dir     string
+	gun     string
+	pinning string
+	mu      *sync.Mutex
+	log     *slog.Logger
 }
 
 var _ storage.MetadataStore = (*GUNStore)(nil)
@@ -88,7 +112,8 @@ type RollbackError struct {
 }
 
 func (e *RollbackError) Error() string {
-	return fmt.Sprintf("refusing to replace version %d of %s with older version %d", e.Stored, e.Path, e.Offered)
+	return fmt.Sprintf("refusing to replace version %d of %s with older version %d (if the repository was re-created on purpose, delete %s to forget its trust state)",
+		e.Stored, e.Path, e.Offered, filepath.Dir(e.Path))
 }
 
 // CorruptError is returned for stored or offered metadata that does not
@@ -120,26 +145,94 @@ func Version(b []byte) (int, error) {
 	return *m.Signed.Version, nil
 }
 
-func (s *GUNStore) path(name string) string {
-	return filepath.Join(s.dir, filepath.FromSlash(name)+".json")
+// maxRoleFile bounds an escaped role name, well inside file name limits.
+const maxRoleFile = 200
+
+// escapeRole makes a role name into a file name: letters other than a-z,
+// and every byte but a-z, 0-9, "_" and "-", become %XX. It is injective and
+// its result holds no "/" and no ".".
+func escapeRole(name string) string {
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }
 
-// GetSized returns the stored metadata of role name, at most size bytes
-// (storage.NoSizeLimit: notary's maximum). A missing entry is
-// storage.ErrMetaNotFound; one that does not parse is a *CorruptError.
+// File returns the path of role name's file, or an error for a name too
+// long to store.
+func (s *GUNStore) File(name string) (string, error) {
+	e := escapeRole(name)
+	if name == "" || len(e) > maxRoleFile {
+		return "", fmt.Errorf("role name %.40q… cannot be stored: empty or longer than %d bytes escaped", name, maxRoleFile)
+	}
+	return filepath.Join(s.dir, e+".json"), nil
+}
+
+// Location names the GUN's directory, for messages.
+func (s *GUNStore) Location() string { return s.dir }
+
+// GetSized returns the stored metadata of role name, if it is at most size
+// bytes (storage.NoSizeLimit: notary's maximum), as notary's FileStore does.
+// A missing entry is storage.ErrMetaNotFound, and so is the root when it was
+// accepted under other trust pinning; one larger than size is
+// storage.ErrMaliciousServer; one that does not parse is a *CorruptError.
 func (s *GUNStore) GetSized(name string, size int64) ([]byte, error) {
-	b, err := s.fs.GetSized(name, size)
+	if name == "root" {
+		stamp, err := s.readSmall("pinning")
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		if stamp != s.pinning {
+			if err == nil {
+				s.log.Warn("trust pinning changed: the cached root is checked again against the new pinning, and stays the version floor")
+			}
+			return nil, storage.ErrMetaNotFound{Resource: name}
+		}
+	}
+	return s.read(name, size)
+}
+
+func (s *GUNStore) read(name string, size int64) ([]byte, error) {
+	p, err := s.File(name)
 	if err != nil {
 		return nil, err
 	}
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, storage.ErrMetaNotFound{Resource: name}
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if size == storage.NoSizeLimit {
+		size = notary.MaxDownloadSize
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > size {
+		return nil, storage.ErrMaliciousServer{}
+	}
+	b, err := io.ReadAll(io.LimitReader(f, size))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", p, err)
+	}
 	if _, err := Version(b); err != nil {
-		return nil, s.corrupt(name, err)
+		return nil, s.corrupt(p, err)
 	}
 	return b, nil
 }
 
-func (s *GUNStore) corrupt(name string, err error) error {
-	e := &CorruptError{Path: s.path(name), Err: err}
+func (s *GUNStore) corrupt(path string, err error) error {
+	e := &CorruptError{Path: path, Err: err}
 	s.log.Error("corrupt trust metadata in cache", "path", e.Path, "err", err)
 	return e
 }
@@ -150,53 +243,119 @@ func (s *GUNStore) Set(name string, blob []byte) error {
 }
 
 // SetMulti stores every role, or none if any write would lower a version or
-// any stored or offered entry is corrupt.
+// any stored or offered entry is corrupt. Storing the root also records the
+// pinning it was accepted under. The GUN's directory is made here.
 func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+	unlock, err := s.lock()
+	if err != nil {
 		return err
 	}
-	unlock, err := lockDir(s.dir)
-	if err != nil {
-		return fmt.Errorf("lock trust metadata %s: %w", s.dir, err)
-	}
 	defer unlock()
+	paths := make(map[string]string, len(metas))
 	for name, blob := range metas {
+		p, err := s.File(name)
+		if err != nil {
+			return err
+		}
+		paths[name] = p
 		offered, err := Version(blob)
 		if err != nil {
-			return &CorruptError{Path: s.path(name) + " (offered)", Err: err}
+			return &CorruptError{Path: p + " (offered)", Err: err}
 		}
-		stored, err := s.fs.GetSized(name, storage.NoSizeLimit)
+		// The floor is whatever is stored, the root too when its pinning changed.
+		stored, err := s.read(name, storage.NoSizeLimit)
 		if errors.As(err, new(storage.ErrMetaNotFound)) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("read %s: %w", s.path(name), err)
+			return err
 		}
-		v, err := Version(stored)
-		if err != nil {
-			return s.corrupt(name, err)
-		}
-		if offered < v {
-			return &RollbackError{Path: s.path(name), Stored: v, Offered: offered}
+		if v, _ := Version(stored); offered < v {
+			return &RollbackError{Path: p, Stored: v, Offered: offered}
 		}
 	}
 	for name, blob := range metas {
-		if err := writeAtomic(s.path(name), blob); err != nil {
+		if err := writeAtomic(paths[name], blob); err != nil {
 			return err
 		}
+	}
+	if _, ok := metas["root"]; ok {
+		return writeAtomic(filepath.Join(s.dir, "pinning"), []byte(s.pinning))
 	}
 	return nil
 }
 
-func writeAtomic(p string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return err
+// lock makes the GUN's directory (with its "gun" file) and takes the
+// cross-process lock that serializes its writers.
+func (s *GUNStore) lock() (func(), error) {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create trust metadata directory of %s: %w", s.gun, err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	unlock, err := lockDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("lock trust metadata %s: %w", s.dir, err)
+	}
+	name := filepath.Join(s.dir, "gun")
+	if _, err := os.Stat(name); errors.Is(err, fs.ErrNotExist) {
+		err = writeAtomic(name, []byte(s.gun+"\n"))
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+	}
+	return unlock, nil
+}
+
+// readSmall reads one of the GUN's small files ("pinning", "refreshed").
+func (s *GUNStore) readSmall(name string) (string, error) {
+	f, err := os.Open(filepath.Join(s.dir, name))
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	return string(b), err
+}
+
+// Refreshed returns when MarkRefreshed last recorded a fresh timestamp;
+// zero if never.
+func (s *GUNStore) Refreshed() (time.Time, error) {
+	v, err := s.readSmall("refreshed")
+	if errors.Is(err, fs.ErrNotExist) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(v))
+	if err != nil {
+		return time.Time{}, s.corrupt(filepath.Join(s.dir, "refreshed"), err)
+	}
+	return t, nil
+}
+
+// MarkRefreshed records t as when the trust server last gave a fresh
+// timestamp. It never moves the record back.
+func (s *GUNStore) MarkRefreshed(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	unlock, err := s.lock()
 	if err != nil {
 		return err
+	}
+	defer unlock()
+	if prev, err := s.Refreshed(); err == nil && !t.After(prev) {
+		return nil
+	}
+	return writeAtomic(filepath.Join(s.dir, "refreshed"), []byte(t.UTC().Format(time.RFC3339Nano)))
+}
+
+func writeAtomic(p string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", p, err)
 	}
 	_, werr := f.Write(b)
 	if werr == nil {
@@ -215,53 +374,24 @@ func writeAtomic(p string, b []byte) error {
 	return nil
 }
 
-// Remove deletes role name; a missing entry is not an error.
+// Remove deletes role name; a missing entry is not an error. notary's
+// update never calls it: it would drop the role's version floor.
 func (s *GUNStore) Remove(name string) error {
+	p, err := s.File(name)
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.fs.Remove(name)
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
-// RemoveAll deletes every role of the GUN, and with them its rollback floor.
+// RemoveAll deletes the GUN's state, and with it its version floors.
 func (s *GUNStore) RemoveAll() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.fs.RemoveAll()
-}
-
-// Location names the directory, for messages.
-func (s *GUNStore) Location() string { return s.dir }
-
-// pinningFile sits beside the metadata directory: it records the trust
-// pinning the cached root was accepted under.
-func (s *GUNStore) pinningFile() string { return filepath.Join(filepath.Dir(s.dir), "pinning") }
-
-// RepinRoot makes sure the cached root was accepted under the trust pinning
-// described by stamp. notary trusts a cached root without asking the pinning
-// again, so when the operator's pinning for the GUN changes, the cached root
-// is removed: the next update fetches the root and checks it against the new
-// pinning. The other roles keep their rollback floors. It reports whether the
-// root was removed.
-func (s *GUNStore) RepinRoot(stamp string) (bool, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old, err := os.ReadFile(s.pinningFile())
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return false, fmt.Errorf("read %s: %w", s.pinningFile(), err)
-	}
-	if string(old) == stamp {
-		return false, nil
-	}
-	_, statErr := os.Stat(filepath.Join(s.dir, "root.json"))
-	removed := statErr == nil
-	if err := s.fs.Remove("root"); err != nil {
-		return false, fmt.Errorf("remove the cached root of %s: %w", s.dir, err)
-	}
-	if err := os.MkdirAll(filepath.Dir(s.pinningFile()), 0o700); err != nil {
-		return false, err
-	}
-	if err := os.WriteFile(s.pinningFile(), []byte(stamp), 0o600); err != nil {
-		return false, fmt.Errorf("record the trust pinning of %s: %w", s.dir, err)
-	}
-	return removed, nil
+	return os.RemoveAll(s.dir)
 }

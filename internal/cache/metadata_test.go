@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/theupdateframework/notary/storage"
@@ -37,14 +39,9 @@ func TestSetMonotonic(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err := m.For("docker.io/library/app")
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := m.For("docker.io/library/app", "")
 			if tt.stored != nil {
-				if err := writeAtomic(s.path("timestamp"), tt.stored); err != nil {
-					t.Fatal(err)
-				}
+				plant(t, s, "timestamp", tt.stored)
 			}
 			err = s.Set("timestamp", tt.offered)
 			switch want := tt.wantErr.(type) {
@@ -61,7 +58,7 @@ func TestSetMonotonic(t *testing.T) {
 					t.Fatalf("Set: %v, want *CorruptError", err)
 				}
 			}
-			got, _ := os.ReadFile(s.path("timestamp"))
+			got, _ := os.ReadFile(file(t, s, "timestamp"))
 			if diff := cmp.Diff(string(tt.want), string(got)); diff != "" {
 				t.Errorf("stored (-want +got):\n%s", diff)
 			}
@@ -71,7 +68,7 @@ func TestSetMonotonic(t *testing.T) {
 
 func TestSetMultiAllOrNothing(t *testing.T) {
 	m, _ := NewMetadataStore(t.TempDir(), nil)
-	s, _ := m.For("example.com/a")
+	s := m.For("example.com/a", "")
 	if err := s.SetMulti(map[string][]byte{"snapshot": meta(5), "targets/releases": meta(5)}); err != nil {
 		t.Fatal(err)
 	}
@@ -104,11 +101,10 @@ func TestGetSized(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m, _ := NewMetadataStore(t.TempDir(), nil)
-			s, _ := m.For("example.com/a")
+			s := m.For("example.com/a", "")
 			if tt.stored != nil {
-				if err := writeAtomic(s.path("root"), tt.stored); err != nil {
-					t.Fatal(err)
-				}
+				plant(t, s, "root", tt.stored)
+				must(t, os.WriteFile(filepath.Join(s.Location(), "pinning"), nil, 0o600))
 			}
 			b, err := s.GetSized("root", storage.NoSizeLimit)
 			if tt.wantErr == nil {
@@ -127,27 +123,172 @@ func TestGetSized(t *testing.T) {
 func TestFloorSurvivesReopen(t *testing.T) {
 	dir := t.TempDir()
 	m1, _ := NewMetadataStore(dir, nil)
-	s1, _ := m1.For("example.com/a")
+	s1 := m1.For("example.com/a", "")
 	if err := s1.Set("timestamp", meta(7)); err != nil {
 		t.Fatal(err)
 	}
 	m2, _ := NewMetadataStore(dir, nil) // a restart, or a second instance on the same data_dir
-	s2, _ := m2.For("example.com/a")
+	s2 := m2.For("example.com/a", "")
 	if err := s2.Set("timestamp", meta(6)); !errors.As(err, new(*RollbackError)) {
 		t.Fatalf("Set older after reopen: %v, want *RollbackError", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "example.com", "a", "metadata", "timestamp.json")); err != nil {
+}
+
+// TestNamesNeverAlias: GUN and role names that a path-joined layout would
+// map onto each other's files (a delegation targets/metadata/timestamp of
+// GUN X and the timestamp of GUN X/metadata/targets; a repository named
+// like a file of another) each keep their own state.
+func TestNamesNeverAlias(t *testing.T) {
+	m, _ := NewMetadataStore(t.TempDir(), nil)
+	x := m.For("docker.io/library/app", "")
+	must(t, x.Set("targets/metadata/timestamp", meta(9)))
+	must(t, x.Set("timestamp", meta(3)))
+	for _, gun := range []string{
+		"docker.io/library/app/metadata/targets",
+		"docker.io/library/app/metadata",
+		"docker.io/library/app/pinning",
+		"docker.io/library/app/metadata/timestamp.json",
+		"docker.io/library/app/..",
+		"docker.io/library",
+	} {
+		if _, err := m.For(gun, "").GetSized("timestamp", storage.NoSizeLimit); !errors.As(err, new(storage.ErrMetaNotFound)) {
+			t.Errorf("GUN %s sees a timestamp: %v", gun, err)
+		}
+	}
+	// Within one GUN, role names cannot reach each other's files either.
+	for _, role := range []string{"targets/../timestamp", "timestamp.json", "Timestamp", "timestamp/", "../timestamp", "%74imestamp"} {
+		if _, err := x.GetSized(role, storage.NoSizeLimit); !errors.As(err, new(storage.ErrMetaNotFound)) {
+			t.Errorf("role %q reads another role's file: %v", role, err)
+		}
+	}
+	b, err := x.GetSized("timestamp", storage.NoSizeLimit)
+	if v, _ := Version(b); err != nil || v != 3 {
+		t.Fatalf("timestamp of X: version %d, %v; want 3", v, err)
+	}
+}
+
+// TestNothingWrittenUntilTrustData: asking about a GUN creates nothing; its
+// directory appears with the first metadata stored.
+func TestNothingWrittenUntilTrustData(t *testing.T) {
+	dir := t.TempDir()
+	m, _ := NewMetadataStore(dir, nil)
+	s := m.For("docker.io/library/nothing-here", "tofu false\n")
+	for _, role := range []string{"root", "timestamp", "snapshot"} {
+		if _, err := s.GetSized(role, storage.NoSizeLimit); !errors.As(err, new(storage.ErrMetaNotFound)) {
+			t.Fatalf("GetSized(%s) on an empty store: %v", role, err)
+		}
+	}
+	if r, err := s.Refreshed(); err != nil || !r.IsZero() {
+		t.Fatalf("Refreshed = %v, %v", r, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("reads left %d entries in %s", len(entries), dir)
+	}
+	must(t, s.Set("root", meta(1)))
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Fatalf("after the first write %d entries, want 1", len(entries))
+	}
+	b, _ := os.ReadFile(filepath.Join(s.Location(), "gun"))
+	if string(b) != "docker.io/library/nothing-here\n" {
+		t.Errorf("gun file holds %q", b)
+	}
+}
+
+// TestFailedWriteIsReported: a write that cannot be made is an error, never
+// a silent no-op (notary ignores it, so the caller must see it).
+func TestFailedWriteIsReported(t *testing.T) {
+	m, _ := NewMetadataStore(t.TempDir(), nil)
+	s := m.For("docker.io/library/app", "")
+	must(t, s.Set("root", meta(1)))
+	// A directory where the timestamp file belongs: the rename fails, even as root.
+	must(t, os.MkdirAll(file(t, s, "timestamp"), 0o700))
+	if err := s.Set("timestamp", meta(1)); err == nil {
+		t.Fatal("Set succeeded over a directory")
+	}
+	// The GUN's directory is a file: nothing can be written.
+	other := m.For("docker.io/library/other", "")
+	must(t, os.WriteFile(other.Location(), []byte("x"), 0o600))
+	if err := other.Set("root", meta(1)); err == nil {
+		t.Fatal("Set succeeded with the GUN's directory a file")
+	}
+	if err := other.MarkRefreshed(time.Now()); err == nil {
+		t.Fatal("MarkRefreshed succeeded with the GUN's directory a file")
+	}
+	if _, err := other.GetSized("timestamp", storage.NoSizeLimit); err == nil || errors.As(err, new(storage.ErrMetaNotFound)) {
+		t.Fatalf("GetSized with the GUN's directory a file: %v, want an error that is not ErrMetaNotFound", err)
+	}
+}
+
+// TestPinningChangeKeepsRootFloor: a root accepted under other pinning is
+// hidden from notary, but a lower root version is still refused.
+func TestPinningChangeKeepsRootFloor(t *testing.T) {
+	m, _ := NewMetadataStore(t.TempDir(), nil)
+	before := m.For("docker.io/library/app", "tofu true\n")
+	must(t, before.Set("root", meta(2)))
+	if _, err := before.GetSized("root", storage.NoSizeLimit); err != nil {
+		t.Fatal(err)
+	}
+	after := m.For("docker.io/library/app", "tofu false\ncerts ...\n")
+	if _, err := after.GetSized("root", storage.NoSizeLimit); !errors.As(err, new(storage.ErrMetaNotFound)) {
+		t.Fatalf("root under new pinning: %v, want ErrMetaNotFound", err)
+	}
+	if err := after.Set("root", meta(1)); !errors.As(err, new(*RollbackError)) {
+		t.Fatalf("Set root v1 after v2 under new pinning: %v, want *RollbackError", err)
+	}
+	must(t, after.Set("root", meta(2)))
+	if _, err := after.GetSized("root", storage.NoSizeLimit); err != nil {
+		t.Fatalf("root stored under the new pinning: %v", err)
+	}
+	if _, err := before.GetSized("root", storage.NoSizeLimit); !errors.As(err, new(storage.ErrMetaNotFound)) {
+		t.Fatalf("root under the old pinning after re-pinning: %v", err)
+	}
+}
+
+func TestRefreshedNeverMovesBack(t *testing.T) {
+	m, _ := NewMetadataStore(t.TempDir(), nil)
+	s := m.For("docker.io/library/app", "")
+	now := time.Now().Truncate(time.Millisecond)
+	must(t, s.MarkRefreshed(now))
+	must(t, s.MarkRefreshed(now.Add(-time.Hour)))
+	if got, err := s.Refreshed(); err != nil || !got.Equal(now) {
+		t.Fatalf("Refreshed = %v, %v; want %v", got, err, now)
+	}
+}
+
+func TestEscapeRole(t *testing.T) {
+	seen := map[string]string{}
+	for _, role := range []string{"root", "targets", "targets/releases", "targets%2Freleases", "targets/a.b", "targets/a_b",
+		"targets/A", "targets/a", "..", ".", "", "targets/ä"} {
+		e := escapeRole(role)
+		if strings.ContainsAny(e, "/.") {
+			t.Errorf("escapeRole(%q) = %q holds a separator or dot", role, e)
+		}
+		if prev, dup := seen[e]; dup {
+			t.Errorf("escapeRole(%q) = escapeRole(%q) = %q", role, prev, e)
+		}
+		seen[e] = role
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-func TestForRejectsBadGUN(t *testing.T) {
-	m, _ := NewMetadataStore(t.TempDir(), nil)
-	for _, gun := range []string{"", "/abs", "a/../b", "..", "a//b", "a/./b", "a\\b", "a/"} {
-		if _, err := m.For(gun); err == nil {
-			t.Errorf("For(%q) succeeded", gun)
-		}
-	}
+func file(t *testing.T, s *GUNStore, role string) string {
+	t.Helper()
+	p, err := s.File(role)
+	must(t, err)
+	return p
+}
+
+// plant writes b as role's file directly, as a damaged disk might.
+func plant(t *testing.T, s *GUNStore, role string, b []byte) {
+	t.Helper()
+	must(t, os.MkdirAll(s.Location(), 0o700))
+	must(t, os.WriteFile(file(t, s, role), b, 0o600))
 }
 
 func FuzzVersion(f *testing.F) {
@@ -166,7 +307,7 @@ func TestRacingWritersKeepHighestVersion(t *testing.T) {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			m, _ := NewMetadataStore(dir, nil) // separate instances, as separate processes would be
-			s, _ := m.For("example.com/a")
+			s := m.For("example.com/a", "")
 			for v := range 50 {
 				s.Set("timestamp", meta(v*4+w))
 			}
@@ -176,7 +317,7 @@ func TestRacingWritersKeepHighestVersion(t *testing.T) {
 		<-done
 	}
 	m, _ := NewMetadataStore(dir, nil)
-	s, _ := m.For("example.com/a")
+	s := m.For("example.com/a", "")
 	b, err := s.GetSized("timestamp", storage.NoSizeLimit)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"testing"
+
+	"github.com/trustproxy/trustproxy/internal/cache"
 
 	"github.com/theupdateframework/notary/tuf/data"
 	"github.com/theupdateframework/notary/tuf/utils"
@@ -21,6 +24,20 @@ func fmtSscanRoot(role string, n *int) (int, error) {
 		err = fmt.Errorf("not a versioned root")
 	}
 	return c, err
+}
+
+// cacheFile is the path of testGUN's role in the trust cache under dataDir.
+func cacheFile(t *testing.T, dataDir, role string) string {
+	t.Helper()
+	m, err := cache.NewMetadataStore(filepath.Join(dataDir, "trust"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := m.For(testGUN, "").File(role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func writeFile(p string, b []byte) error {

@@ -2,23 +2,15 @@ package trust
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
-	"os"
 	"regexp"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/theupdateframework/notary/storage"
 	"github.com/trustproxy/trustproxy/config"
 )
@@ -51,7 +43,10 @@ type boundedRemote struct {
 	roots       map[string]bool
 	delegations map[string]bool
 	limitErr    *LimitError
-	unreachable error // a network error notary may have recovered from with its cache
+	// stale is why the last timestamp fetch failed in a way notary recovers
+	// from by using its cached timestamp (404, 5xx, network, time budget):
+	// the trust data is then not fresh.
+	stale error
 }
 
 // updateBudget is how many request timeouts one whole update may take.
@@ -64,16 +59,12 @@ func newBoundedRemote(rs storage.RemoteStore, l config.Limits) *boundedRemote {
 
 // GetSized fetches role name (e.g. timestamp, 3.root, targets/releases.<sha256>).
 func (b *boundedRemote) GetSized(name string, size int64) ([]byte, error) {
+	role := checksumTail.ReplaceAllString(name, "")
 	if time.Now().After(b.deadline) {
 		// A network error, so that notary may still use valid cached metadata.
-		err := storage.NetworkError{Wrapped: fmt.Errorf("the trust server took longer than %d × limits.upstream_timeout (%s) for one update",
-			updateBudget, b.limits.UpstreamTimeout)}
-		b.mu.Lock()
-		b.unreachable = err
-		b.mu.Unlock()
-		return nil, err
+		return nil, b.noteFetch(role, storage.NetworkError{Wrapped: fmt.Errorf("the trust server took longer than %d × limits.upstream_timeout (%s) for one update",
+			updateBudget, b.limits.UpstreamTimeout)})
 	}
-	role := checksumTail.ReplaceAllString(name, "")
 	capBytes, field := b.limits.TargetsBytes, "limits.targets_bytes"
 	b.mu.Lock()
 	switch {
@@ -102,12 +93,8 @@ func (b *boundedRemote) GetSized(name string, size int64) ([]byte, error) {
 		ask = size // notary knows the exact length from snapshot or timestamp
 	}
 	raw, err := b.RemoteStore.GetSized(name, ask)
+	b.noteFetch(role, err)
 	switch {
-	case isNetworkError(err):
-		b.mu.Lock()
-		b.unreachable = err
-		b.mu.Unlock()
-		return nil, err
 	case errors.As(err, new(storage.ErrMaliciousServer)) && ask > capBytes:
 		// Content-Length beyond what we asked for.
 		return nil, b.lock(&LimitError{What: role + " metadata size", Limit: capBytes, Field: field})
@@ -133,10 +120,27 @@ func (b *boundedRemote) lock(e *LimitError) error {
 	return b.fail(e)
 }
 
-func (b *boundedRemote) state() (limit *LimitError, unreachable error) {
+// noteFetch records the outcome of a fetch of role and returns err.
+func (b *boundedRemote) noteFetch(role string, err error) error {
+	if role != "timestamp" {
+		return err
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.limitErr, b.unreachable
+	switch {
+	case err == nil:
+		b.stale = nil
+	case isNetworkError(err), errors.As(err, new(storage.ErrMetaNotFound)):
+		// notary's downloadTimestamp falls back to its cache on exactly these.
+		b.stale = err
+	}
+	return err
+}
+
+func (b *boundedRemote) state() (limit *LimitError, stale error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.limitErr, b.stale
 }
 
 func isNetworkError(err error) bool {
@@ -144,40 +148,18 @@ func isNetworkError(err error) bool {
 		errors.As(err, new(storage.ErrOffline))
 }
 
-// newTransport returns the base transport of an upstream's Notary server:
-// dial, TLS handshake and response header timeouts, the server's CA if
-// configured, and an overall deadline per request.
-func newTransport(n config.Notary, timeout time.Duration) (http.RoundTripper, error) {
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
-	if n.CAFile != "" {
-		pem, err := os.ReadFile(n.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("read notary ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("notary ca_file %s holds no PEM certificate", n.CAFile)
-		}
-		tlsConf.RootCAs = pool
+// cause returns the error inside notary's NetworkError, which has no Unwrap.
+func cause(err error) error {
+	if ne, ok := errors.AsType[storage.NetworkError](err); ok && ne.Wrapped != nil {
+		return ne.Wrapped
 	}
-	step := min(10*time.Second, timeout)
-	t := &http.Transport{
-		Proxy:                  http.ProxyFromEnvironment,
-		DialContext:            (&net.Dialer{Timeout: step, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:        tlsConf,
-		TLSHandshakeTimeout:    step,
-		ResponseHeaderTimeout:  timeout,
-		MaxResponseHeaderBytes: 64 << 10,
-		IdleConnTimeout:        90 * time.Second,
-		ForceAttemptHTTP2:      true,
-	}
-	return &deadlineTransport{base: t, timeout: timeout}, nil
+	return err
 }
 
 // deadlineTransport bounds each request, body included, by timeout: notary's
 // HTTPStore takes no context, so the deadline is set here.
 type deadlineTransport struct {
-	base    *http.Transport
+	base    http.RoundTripper
 	timeout time.Duration
 }
 
@@ -202,36 +184,3 @@ func (c *cancelBody) Close() error {
 	c.cancel()
 	return err
 }
-
-// authTransport returns a transport that answers the Notary server's auth
-// challenge (basic, or a bearer token with scope repository:<gun>:pull) as
-// a registry's is answered. When the server cannot be reached it returns a
-// transport that fails every request with that error, so that notary sees a
-// network error and may fall back to its cached metadata.
-func authTransport(ctx context.Context, base http.RoundTripper, n config.Notary, gun string) http.RoundTripper {
-	u, err := url.Parse(n.URL)
-	if err != nil {
-		return failing{err}
-	}
-	var opts []name.Option
-	if u.Scheme == "http" {
-		opts = append(opts, name.Insecure)
-	}
-	reg, err := name.NewRegistry(u.Host, opts...)
-	if err != nil {
-		return failing{err}
-	}
-	auth := authn.Anonymous
-	if n.Username != "" || n.Password != "" {
-		auth = authn.FromConfig(authn.AuthConfig{Username: n.Username, Password: n.Password})
-	}
-	rt, err := transport.NewWithContext(ctx, reg, auth, base, []string{"repository:" + gun + ":pull"})
-	if err != nil {
-		return failing{err}
-	}
-	return rt
-}
-
-type failing struct{ err error }
-
-func (f failing) RoundTrip(*http.Request) (*http.Response, error) { return nil, f.err }

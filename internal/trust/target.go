@@ -32,6 +32,12 @@ type Snapshot struct {
 	// expiry of the metadata it rests on. Never use a Snapshot after Expires.
 	Checked time.Time
 	Expires time.Time
+	// Refreshed is when the trust server last gave a fresh timestamp.
+	// Unreachable says why it gave none this time ("" when it did): the
+	// Snapshot rests on cached metadata, for at most the rule's
+	// max_staleness after Refreshed.
+	Refreshed   time.Time
+	Unreachable string
 }
 
 // Resolve returns the target of tag, or a *RefusalError.

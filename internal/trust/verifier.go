@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/url"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,6 +23,7 @@ import (
 	"github.com/theupdateframework/notary/tuf/signed"
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cache"
+	"github.com/trustproxy/trustproxy/internal/egress"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -52,9 +51,9 @@ type Verifier struct {
 const maxSnapshots = 10000
 
 type upstream struct {
-	index int
-	cfg   config.Upstream
-	rt    http.RoundTripper // nil when no Notary server is configured
+	index  int
+	cfg    config.Upstream
+	client *egress.Client // nil when no Notary server is configured
 }
 
 type cached struct {
@@ -107,12 +106,14 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	}
 	for i, u := range cfg.Upstreams {
 		up := &upstream{index: i, cfg: u}
-		if u.Notary.URL != "" {
-			if pu, err := url.Parse(u.Notary.URL); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
-				return nil, fmt.Errorf("upstreams[%d].notary.url %q is not an http(s) URL", i, u.Notary.URL)
-			}
-			if up.rt, err = newTransport(u.Notary, v.limits.UpstreamTimeout); err != nil {
-				return nil, fmt.Errorf("upstreams[%d]: %w", i, err)
+		if n := u.Notary; n.URL != "" {
+			up.client, err = egress.New(egress.Endpoint{
+				Field: fmt.Sprintf("upstreams[%d].notary", i), URL: n.URL, CAFile: n.CAFile,
+				Username: n.Username, Password: n.Password, TokenRealms: n.TokenRealms,
+				Timeout: v.limits.UpstreamTimeout,
+			})
+			if err != nil {
+				return nil, err
 			}
 		}
 		v.upstreams[u.Name] = up
@@ -184,7 +185,7 @@ func (v *Verifier) lookup(gun string) (*rule, *upstream, *RefusalError) {
 		return nil, nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
 			Detail: fmt.Sprintf("no upstream is named %q; add it to upstreams with its notary.url", host)}
 	}
-	if up.rt == nil {
+	if up.client == nil {
 		return nil, nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
 			Detail: fmt.Sprintf("upstream %s has no Notary server; set upstreams[%d].notary.url, or use mode: audit in the rule for this repository", host, up.index)}
 	}
@@ -200,12 +201,18 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *rule, up *upstrea
 	if rerr != nil {
 		result = string(rerr.Reason)
 	}
+	if rerr == nil && snap.Unreachable != "" {
+		result = "unreachable" // served from cache: the trust server gave no fresh timestamp
+	}
 	v.refreshes.WithLabelValues(result).Inc()
 	v.seconds.Observe(time.Since(start).Seconds())
 	if rerr != nil {
 		return nil, rerr
 	}
 	until := earliest(snap.Checked.Add(v.ttl), snap.Expires)
+	if snap.Unreachable != "" {
+		until = earliest(until, snap.Refreshed.Add(r.MaxStaleness))
+	}
 	v.snaps.Add(gun, cached{snap: snap, until: until})
 	return snap, nil
 }
@@ -216,19 +223,20 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 	refuse := func(reason Reason, detail string, err error) *RefusalError {
 		return &RefusalError{GUN: gun, Reason: reason, Detail: detail, Err: err}
 	}
-	store, err := v.meta.For(gun)
-	if err != nil {
-		return nil, refuse(NoTrustData, "not a repository name trust data can be kept for", err)
-	}
-	pin := trustpinning.TrustPinConfig{Certs: v.pinning.Certs, CA: v.pinning.CA, DisableTOFU: !r.TOFU}
-	if removed, err := store.RepinRoot(pinStamp(v.pinning, gun, r.TOFU)); err != nil {
-		return nil, refuse(InvalidMetadata, "the trust metadata cache cannot be updated; check data_dir", err)
-	} else if removed {
-		v.log.Warn("trust pinning changed, fetching the root again", "gun", gun)
+	store := v.meta.For(gun, pinStamp(v.pinning, gun, r.TOFU))
+	// The delegations the last trusted snapshot listed may not vanish.
+	var prev []data.RoleName
+	switch b, err := store.GetSized(data.CanonicalSnapshotRole.String(), storage.NoSizeLimit); {
+	case err == nil:
+		if prev, err = snapshotRoles(b); err != nil {
+			return nil, refuse(InvalidMetadata, "the cached snapshot cannot be read; inspect it, delete it if it is damaged, and retry", err)
+		}
+	case !errors.As(err, new(storage.ErrMetaNotFound)):
+		return nil, refuse(InvalidMetadata, cacheDetail, err)
 	}
 	guard := &guardedCache{MetadataStore: store}
 	hs, err := storage.NewNotaryServerStore(strings.TrimSuffix(up.cfg.Notary.URL, "/"), data.GUN(gun),
-		authTransport(ctx, up.rt, up.cfg.Notary, gun))
+		&deadlineTransport{base: up.client.RoundTripper("repository:" + gun + ":pull"), timeout: v.limits.UpstreamTimeout})
 	if err != nil {
 		return nil, refuse(NoTrustServer, fmt.Sprintf("upstreams[%d].notary.url is not usable", up.index), err)
 	}
@@ -239,18 +247,18 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 				"hint", "pin it in trust.pinning.certs or trust.pinning.ca")
 		}
 	}
-	repo, _, err := client.LoadTUFRepo(client.TUFLoadOptions{
+	repo, invalid, err := client.LoadTUFRepo(client.TUFLoadOptions{
 		GUN:          data.GUN(gun),
-		TrustPinning: pin,
+		TrustPinning: trustpinning.TrustPinConfig{Certs: v.pinning.Certs, CA: v.pinning.CA, DisableTOFU: !r.TOFU},
 		Cache:        guard,
 		RemoteStore:  remote,
 	})
-	limitErr, unreachable := remote.state()
+	limitErr, stale := remote.state()
 	switch cerr := guard.failure(); {
 	case errors.As(cerr, new(*cache.RollbackError)):
 		return nil, refuse(Rollback, "the trust server offered metadata older than the version this proxy has already stored; investigate the server", cerr)
 	case cerr != nil:
-		return nil, refuse(InvalidMetadata, "the cached trust metadata cannot be used; inspect the file named below, delete it if it is damaged, and retry", cerr)
+		return nil, refuse(InvalidMetadata, cacheDetail, cerr)
 	case limitErr != nil:
 		return nil, refuse(InvalidMetadata, "the trust server sent more metadata than allowed; raise the named limit only if the repository really needs it", limitErr)
 	case err != nil:
@@ -258,12 +266,45 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 		if reason == TrustUnavailable && cachedTimestampExpired(store) {
 			reason, detail = Expired, fmt.Sprintf("the cached trust data has expired and the trust server cannot be reached to renew it; check upstreams[%d].notary and the network", up.index)
 		}
-		return nil, refuse(reason, detail, err)
+		return nil, refuse(reason, detail, cause(err))
 	}
-	if unreachable != nil {
-		v.log.Warn("notary unreachable, using cached metadata", "gun", gun, "expires", repo.Timestamp.Signed.Expires, "err", unreachable)
+	now := time.Now()
+	refreshed := now
+	if stale != nil {
+		// notary used its cached timestamp: the server gave no fresh one.
+		if refreshed, err = store.Refreshed(); err != nil {
+			return nil, refuse(InvalidMetadata, cacheDetail, err)
+		}
+		if age := now.Sub(refreshed); refreshed.IsZero() || age > r.MaxStaleness {
+			return nil, refuse(TrustUnavailable, fmt.Sprintf("the trust server has given no fresh timestamp since %s (max_staleness %s), though the cached one has not expired; check upstreams[%d].notary and the network",
+				formatTime(refreshed), r.MaxStaleness, up.index), cause(stale))
+		}
+		v.log.Warn("notary unreachable, using cached metadata", "gun", gun, "refreshed", refreshed,
+			"refused_after", refreshed.Add(r.MaxStaleness), "expires", repo.Timestamp.Signed.Expires, "err", cause(stale))
+	} else if err := store.MarkRefreshed(now); err != nil {
+		return nil, refuse(InvalidMetadata, cacheDetail, err)
 	}
-	return judge(repo, gun, r, time.Now()), nil
+	if rerr := checkRoles(gun, prev, repo, invalid, r.roles, now); rerr != nil {
+		return nil, rerr
+	}
+	snap := judge(repo, gun, r, now)
+	snap.Refreshed = refreshed
+	if stale != nil {
+		snap.Unreachable = cause(stale).Error()
+	}
+	return snap, nil
+}
+
+// cacheDetail is the refusal detail of a trust metadata cache that cannot be
+// read or written: the pull fails closed, since notary would carry on
+// without its version floors.
+const cacheDetail = "the trust metadata cache under data_dir cannot be read or written; fix the file named below (delete it if it is damaged) and retry"
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.UTC().Format(time.RFC3339)
 }
 
 // classify maps a notary update error to a reason and what to do about it.
@@ -278,6 +319,10 @@ func classify(err error, upstreamIndex int) (Reason, string) {
 	case errors.As(err, new(client.ErrRepositoryNotExist)), errors.As(err, new(client.ErrRepoNotInitialized)),
 		errors.As(err, new(storage.ErrMetaNotFound)):
 		return NoTrustData, "the trust server has no trust data for this repository; sign it (docker trust sign, notary publish), or use mode: audit in its rule"
+	case errors.As(cause(err), new(*egress.RealmError)):
+		return TrustUnavailable, "the trust server's auth challenge names a token realm that is not allowed, so nothing was sent there, and no valid cached trust data exists"
+	case errors.As(cause(err), new(*egress.RateLimitError)):
+		return TrustUnavailable, "the trust server is rate limiting this proxy and no valid cached trust data exists; retry later"
 	case isNetworkError(err), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.As(err, new(net.Error)):
 		return TrustUnavailable, fmt.Sprintf("the trust server could not be reached and no valid cached trust data exists; check upstreams[%d].notary (url, ca_file, credentials) and the network", upstreamIndex)
 	default:
@@ -336,8 +381,10 @@ func pinStamp(p config.Pinning, gun string, tofu bool) string {
 	return fmt.Sprintf("tofu %t\n%s\n", tofu, strings.Join(pinsFor(p, gun), "\n"))
 }
 
-// guardedCache records the errors of the monotonic store that notary's client
-// logs and ignores: a refused (rollback) write and a corrupt entry.
+// guardedCache records the errors of the cache that notary's client logs
+// and ignores, so that the update fails closed on them: every failed write
+// (a refused rollback among them), and every failed read but a missing
+// entry or one larger than notary asked for (both mean "fetch it").
 type guardedCache struct {
 	storage.MetadataStore
 	mu  sync.Mutex
@@ -345,7 +392,7 @@ type guardedCache struct {
 }
 
 func (g *guardedCache) record(err error) error {
-	if errors.As(err, new(*cache.RollbackError)) || errors.As(err, new(*cache.CorruptError)) {
+	if err != nil {
 		g.mu.Lock()
 		if g.err == nil {
 			g.err = err
@@ -357,7 +404,18 @@ func (g *guardedCache) record(err error) error {
 
 func (g *guardedCache) GetSized(name string, size int64) ([]byte, error) {
 	b, err := g.MetadataStore.GetSized(name, size)
+	if errors.As(err, new(storage.ErrMetaNotFound)) || errors.As(err, new(storage.ErrMaliciousServer)) {
+		return b, err
+	}
 	return b, g.record(err)
+}
+
+func (g *guardedCache) Remove(name string) error {
+	return g.record(g.MetadataStore.Remove(name))
+}
+
+func (g *guardedCache) RemoveAll() error {
+	return g.record(g.MetadataStore.RemoveAll())
 }
 
 func (g *guardedCache) Set(name string, blob []byte) error {

@@ -55,6 +55,9 @@ func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *testenv.LogBuffe
 	if o.rule.Mode == "" {
 		o.rule.Mode = config.Enforce
 	}
+	if o.rule.MaxStaleness == 0 {
+		o.rule.MaxStaleness = 24 * time.Hour
+	}
 	limits := config.Default().Limits
 	if o.limits.UpstreamTimeout != 0 {
 		limits.UpstreamTimeout = o.limits.UpstreamTimeout
@@ -238,20 +241,17 @@ func TestReleasesWinsOverTargets(t *testing.T) {
 		t.Fatalf("Resolve(v1) = %+v, %v; want releases' %s", got, err, targetDigest(rel))
 	}
 
-	// An expired targets/releases is skipped by notary: the tag falls
-	// through to targets (documented in doc.go).
+	// notary skips an expired targets/releases and would resolve the tag
+	// through targets; trustproxy refuses the repository instead (doc.go).
 	s := f.swizzle()
 	must(t, s.ExpireMetadata("targets/releases"))
 	must(t, s.UpdateSnapshotHashes("targets/releases"))
 	must(t, s.UpdateTimestampHash())
 	v2, _ := newVerifier(t, f, tofu())
 	snap, err = v2.Snapshot(t.Context(), testGUN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err = snap.Resolve("v1")
-	if err != nil || got.Digest != targetDigest(tgt) || got.Role != "targets" {
-		t.Fatalf("with expired releases Resolve(v1) = %+v, %v; want targets' %s", got, err, targetDigest(tgt))
+	r := wantReason(t, err, Expired)
+	if !strings.Contains(r.Detail, "targets/releases expired") || snap != nil {
+		t.Fatalf("with expired releases: %v, snapshot %v; want a refusal naming targets/releases (targets holds %s)", r, snap, targetDigest(tgt))
 	}
 }
 
@@ -585,7 +585,7 @@ func TestCorruptCacheFailsClosed(t *testing.T) {
 	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
-	must(t, writeFile(dir+"/trust/"+testGUN+"/metadata/timestamp.json", []byte("{garbage")))
+	must(t, writeFile(cacheFile(t, dir, "timestamp"), []byte("{garbage")))
 	v2, logs := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
 	_, err := v2.Snapshot(context.Background(), testGUN)
 	wantReason(t, err, InvalidMetadata)

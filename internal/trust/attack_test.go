@@ -1,0 +1,299 @@
+package trust
+
+// Attacks by a hostile Notary server (it holds the snapshot and timestamp
+// keys, as notary-server does) and faults of the trust cache. Each test
+// failed before the check it exercises existed.
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/theupdateframework/notary/tuf/data"
+	"github.com/theupdateframework/notary/tuf/testutils"
+	"github.com/trustproxy/trustproxy/config"
+)
+
+// rolledBack is a repository whose tag v1 the owner once signed in targets
+// (old) and now signs in targets/releases (current).
+func rolledBack(t *testing.T) (f *fixture, old, current data.FileMeta) {
+	f = newFixture(t)
+	f.delegate("targets/releases")
+	old = f.tag("targets", "v1", []byte("old manifest the owner signed long ago"))
+	current = f.tag("targets/releases", "v1", []byte("current manifest"))
+	f.publish()
+	return f, old, current
+}
+
+func resolveV1(t *testing.T, v *Verifier) (Target, error) {
+	t.Helper()
+	snap, err := v.Snapshot(t.Context(), testGUN)
+	if err != nil {
+		return Target{}, err
+	}
+	return snap.Resolve("v1")
+}
+
+// TestRoleRemovalRefused (TUF 5.5.5): with only its snapshot and timestamp
+// keys, the server publishes a snapshot that leaves targets/releases out.
+// notary skips the role and v1 would resolve through targets to the old
+// digest; the repository is refused instead.
+func TestRoleRemovalRefused(t *testing.T) {
+	f, old, current := rolledBack(t)
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond})
+	if got, err := resolveV1(t, v); err != nil || got.Digest != targetDigest(current) {
+		t.Fatalf("before the attack v1 = %+v, %v", got, err)
+	}
+
+	s := f.swizzle()
+	must(t, s.MutateSnapshot(func(sn *data.Snapshot) { delete(sn.Meta, "targets/releases") }))
+	must(t, s.OffsetMetadataVersion(data.CanonicalSnapshotRole, 1))
+	must(t, s.UpdateTimestampHash())
+	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1))
+
+	got, err := resolveV1(t, v)
+	if err == nil {
+		t.Fatalf("v1 resolved to %s (old digest %s) after the server removed targets/releases", got.Digest, targetDigest(old))
+	}
+	r := wantReason(t, err, Rollback)
+	if !strings.Contains(r.Detail, "leaves out targets/releases") {
+		t.Errorf("refusal %q does not name the removed role", r.Detail)
+	}
+	// A fresh verifier, which never saw the old snapshot, refuses too: the
+	// rule searches targets/releases and targets still delegates it.
+	v2, _ := newVerifier(t, f, tofu())
+	_, err = resolveV1(t, v2)
+	wantReason(t, err, InvalidMetadata)
+}
+
+// TestInvalidDelegationRefused: the snapshot lists targets/releases, but the
+// version it names does not verify. notary skips it; trustproxy refuses.
+func TestInvalidDelegationRefused(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		swizzl func(s *testutils.MetadataSwizzler) error
+	}{
+		{"bad signatures", func(s *testutils.MetadataSwizzler) error { return s.InvalidateMetadataSignatures("targets/releases") }},
+		{"signed by another key", func(s *testutils.MetadataSwizzler) error { return s.SignMetadataWithInvalidKey("targets/releases") }},
+		{"threshold raised", func(s *testutils.MetadataSwizzler) error {
+			return s.MutateTargets(func(tg *data.Targets) { tg.Delegations.Roles[0].Threshold = 2 })
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f, old, current := rolledBack(t)
+			v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond})
+			if got, err := resolveV1(t, v); err != nil || got.Digest != targetDigest(current) {
+				t.Fatalf("before the attack v1 = %+v, %v", got, err)
+			}
+			s := f.swizzle()
+			must(t, tt.swizzl(s))
+			must(t, s.UpdateSnapshotHashes())
+			must(t, s.UpdateTimestampHash())
+			for _, v := range []*Verifier{v, func() *Verifier { v, _ := newVerifier(t, f, tofu()); return v }()} {
+				got, err := resolveV1(t, v)
+				if err == nil {
+					t.Fatalf("v1 resolved to %s (old digest %s)", got.Digest, targetDigest(old))
+				}
+				wantReason(t, err, InvalidMetadata)
+			}
+		})
+	}
+}
+
+// TestOwnerRemovedDelegationAccepted: when the owner removes the delegation
+// (signing targets with the targets key), tags resolve through targets.
+func TestOwnerRemovedDelegationAccepted(t *testing.T) {
+	f, old, _ := rolledBack(t)
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond})
+	if _, err := resolveV1(t, v); err != nil {
+		t.Fatal(err)
+	}
+	must(t, f.repo.DeleteDelegation("targets/releases"))
+	f.publish()
+	if got, err := resolveV1(t, v); err != nil || got.Digest != targetDigest(old) || got.Role != "targets" {
+		t.Fatalf("after the owner removed targets/releases v1 = %+v, %v; want targets' %s", got, err, targetDigest(old))
+	}
+}
+
+// TestFreezeCountsAsUnreachable: a server that stops giving a timestamp
+// (404, errors) leaves trustproxy on its cache: that is "unreachable" in
+// the snapshot, the log and the metric, and refused after max_staleness,
+// though the cached timestamp is valid for days.
+func TestFreezeCountsAsUnreachable(t *testing.T) {
+	for _, status := range []int{http.StatusNotFound, http.StatusInternalServerError, http.StatusFound} {
+		t.Run(fmt.Sprint(status), func(t *testing.T) {
+			f := newFixture(t)
+			f.tag("targets", "v1", []byte("v1"))
+			f.publish()
+			dir := t.TempDir()
+			v, logs := newVerifier(t, f, opts{rule: config.Rule{TOFU: true, MaxStaleness: 2 * time.Second}, dataDir: dir, ttl: time.Nanosecond})
+			if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+				t.Fatal(err)
+			}
+			var frozen atomic.Bool
+			frozen.Store(true)
+			f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+				if role != "timestamp" || !frozen.Load() {
+					return false
+				}
+				w.Header().Set("Location", "/elsewhere")
+				w.WriteHeader(status)
+				return true
+			})
+			snap, err := v.Snapshot(t.Context(), testGUN)
+			if err != nil {
+				t.Fatalf("within max_staleness: %v", err)
+			}
+			if snap.Unreachable == "" || snap.Refreshed.IsZero() || time.Since(snap.Refreshed) > time.Minute {
+				t.Errorf("snapshot Unreachable %q Refreshed %v: want the reason and the last fresh time", snap.Unreachable, snap.Refreshed)
+			}
+			if n := testutil.ToFloat64(v.refreshes.WithLabelValues("unreachable")); n != 1 {
+				t.Errorf("trustproxy_trust_refresh_total{result=unreachable} = %v, want 1", n)
+			}
+			if !strings.Contains(logs.String(), "notary unreachable, using cached metadata") {
+				t.Errorf("no warning logged:\n%s", logs)
+			}
+			time.Sleep(2100 * time.Millisecond)
+			_, err = v.Snapshot(t.Context(), testGUN)
+			r := wantReason(t, err, TrustUnavailable)
+			if !strings.Contains(r.Detail, "max_staleness") {
+				t.Errorf("refusal %q does not name max_staleness", r.Detail)
+			}
+			// A restart keeps the record of the last fresh timestamp.
+			v2, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true, MaxStaleness: 2 * time.Second}, dataDir: dir})
+			_, err = v2.Snapshot(t.Context(), testGUN)
+			wantReason(t, err, TrustUnavailable)
+			// The server answers again: served.
+			frozen.Store(false)
+			if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+				t.Fatalf("after the server answered again: %v", err)
+			}
+		})
+	}
+}
+
+// TestPinningChangeKeepsRootFloor: the root was rotated to v2 (its old key
+// retired); the operator then changes the pinning and restarts, pinning
+// both root certificates. A server holding the retired key hands back root
+// v1 with fresh, higher-versioned metadata signed under it: refused, since
+// the proxy has seen root v2.
+func TestPinningChangeKeepsRootFloor(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	oldMeta, oldRootID := testutils.CopyRepoMetadata(f.meta), f.rootID()
+	dir := t.TempDir()
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir, ttl: time.Nanosecond})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+
+	newRoot, err := testutils.CreateKey(f.cs, f.gun, data.CanonicalRootRole, data.ECDSAKey)
+	must(t, err)
+	must(t, f.repo.ReplaceBaseKeys(data.CanonicalRootRole, newRoot))
+	f.publish()
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatalf("after the root rotation: %v", err)
+	}
+
+	// The retired root's world, every other role pushed past the floors.
+	s := testutils.NewMetadataSwizzler(f.gun, oldMeta, f.cs)
+	must(t, s.OffsetMetadataVersion(data.CanonicalTargetsRole, 10))
+	must(t, s.UpdateSnapshotHashes(data.CanonicalTargetsRole))
+	must(t, s.OffsetMetadataVersion(data.CanonicalSnapshotRole, 10))
+	must(t, s.UpdateTimestampHash())
+	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 10))
+	f.srv.serveFrom(s.MetadataCache)
+
+	pins := config.Pinning{Certs: map[string][]string{testGUN: {oldRootID, f.rootID()}}}
+	v2, _ := newVerifier(t, f, opts{dataDir: dir, pinning: pins})
+	_, err = v2.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, Rollback)
+}
+
+// TestFailedCacheWriteFailsClosed: when the cache cannot store what the
+// server sent, notary only logs it and no version floor is kept; the pull
+// is refused instead.
+func TestFailedCacheWriteFailsClosed(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	dir := t.TempDir()
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir, ttl: time.Nanosecond})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+	// A directory where the timestamp file belongs: no write can replace it.
+	ts := cacheFile(t, dir, "timestamp")
+	must(t, os.Remove(ts))
+	must(t, os.MkdirAll(filepath.Join(ts, "x"), 0o700))
+	s := f.swizzle()
+	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1))
+	_, err := v.Snapshot(t.Context(), testGUN)
+	r := wantReason(t, err, InvalidMetadata)
+	if !strings.Contains(r.Error(), "timestamp") {
+		t.Errorf("refusal %q does not name the file", r.Error())
+	}
+}
+
+// TestNothingWrittenForUnknownRepository: repositories without trust data
+// (whatever their names spell) leave nothing in the trust cache.
+func TestNothingWrittenForUnknownRepository(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	dir := t.TempDir()
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{Repositories: "**", TOFU: true}, dataDir: dir})
+	for _, gun := range []string{"example.com/library/app/pinning", "example.com/library/app/metadata/timestamp.json",
+		"example.com/library/app/metadata/targets", "example.com/made-up"} {
+		_, err := v.Snapshot(t.Context(), gun)
+		if reason(t, err) != NoTrustData {
+			t.Errorf("%s: %v, want no_trust_data", gun, err)
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "trust")); len(entries) != 0 {
+		t.Fatalf("the trust cache holds %d entries for repositories without trust data", len(entries))
+	}
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNotaryRealmRefused: a Notary server whose challenge names a token
+// realm off the allow-list gets nothing sent to that realm.
+func TestNotaryRealmRefused(t *testing.T) {
+	var conns atomic.Int64
+	capture := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"token":"t"}`)
+	}))
+	capture.Config.ConnState = func(net.Conn, http.ConnState) { conns.Add(1) }
+	capture.Start()
+	t.Cleanup(capture.Close)
+	_, port, _ := net.SplitHostPort(capture.Listener.Addr().String())
+
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://localhost:`+port+`/token",service="notary"`)
+		w.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Notary{Username: "reader", Password: "s3cret"}})
+	_, err := v.Snapshot(t.Context(), testGUN)
+	r := wantReason(t, err, TrustUnavailable)
+	if !strings.Contains(r.Error(), "token_realms") {
+		t.Errorf("refusal %q does not say how to allow a realm", r.Error())
+	}
+	if n := conns.Load(); n != 0 {
+		t.Fatalf("the unlisted realm saw %d connection events", n)
+	}
+}
