@@ -43,6 +43,9 @@ func check(ctx context.Context, cfg *config.Config, image string, stdout io.Writ
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
+	if snap != nil {
+		out["trust_data"] = trustData(snap)
+	}
 	if err != nil {
 		out["verdict"] = "refused"
 		out["message"] = err.Error()
@@ -59,4 +62,15 @@ func check(ctx context.Context, cfg *config.Config, image string, stdout io.Writ
 	out["signers"] = target.Signers
 	out["mode"] = strings.ToLower(string(snap.Mode))
 	return enc.Encode(out)
+}
+
+// trustData describes how fresh the trust data behind a verdict is.
+func trustData(s *trust.Snapshot) map[string]any {
+	m := map[string]any{"refreshed": s.Refreshed.UTC(), "expires": s.Expires.UTC()}
+	if s.Unreachable != "" {
+		m["trust_server"] = "unreachable: " + s.Unreachable
+	} else {
+		m["trust_server"] = "ok"
+	}
+	return m
 }

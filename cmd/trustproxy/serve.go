@@ -48,9 +48,12 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*http.Ser
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// Reset at each request; /v2/ responses extend it per write
+		// (proxy's timedWriter), so only a client that stops reading hits it.
+		WriteTimeout:   cfg.Limits.ClientWriteTimeout,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -16,18 +16,18 @@ func (s *Server) serveUnverifiedManifest(w http.ResponseWriter, r *http.Request,
 	limit := s.cfg.Limits.ManifestBytes
 	body, err := req.upstream.fetchManifest(ctx, req.repo, req.ref, limit)
 	if errors.Is(err, errTooLarge) {
-		return &upstreamError{codeUnavailable, fmt.Errorf("manifest %s from %s is over limits.manifest_bytes (%d)", req.ref, req.upstream.cfg.Name, limit)}
+		return &upstreamError{code: codeUnavailable, err: fmt.Errorf("manifest %s from %s is over limits.manifest_bytes (%d)", req.ref, req.upstream.cfg.Name, limit)}
 	}
 	if err != nil {
 		return err
 	}
 	dgst := digest.FromBytes(body)
 	if req.dgst != "" && dgst != req.dgst {
-		return &upstreamError{codeUnavailable, fmt.Errorf("upstream %s sent a manifest that hashes to %s, not %s", req.upstream.cfg.Name, dgst, req.dgst)}
+		return &upstreamError{code: codeUnavailable, err: fmt.Errorf("upstream %s sent a manifest that hashes to %s, not %s", req.upstream.cfg.Name, dgst, req.dgst)}
 	}
 	m, err := parseManifest(dgst, body)
 	if err != nil {
-		return &upstreamError{codeUnavailable, fmt.Errorf("manifest %s from %s: %w", req.ref, req.upstream.cfg.Name, err)}
+		return &upstreamError{code: codeUnavailable, err: fmt.Errorf("manifest %s from %s: %w", req.ref, req.upstream.cfg.Name, err)}
 	}
 	ms, err := s.manifestService(ctx, req.gun)
 	if err == nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
 
@@ -134,11 +135,16 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 // runFill downloads the blob into spool and storage. It returns nil only when
 // the blob verified and was committed.
 func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Descriptor, f *fill, spool *os.File) (err error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	// The timer bounds the wait for response headers, then each gap between
-	// reads of the body.
-	idle := time.AfterFunc(s.cfg.Limits.UpstreamTimeout, cancel)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	lim := s.cfg.Limits
+	// The idle timer bounds the wait for response headers, then each gap
+	// between reads of the body; the deadline bounds the whole download, so
+	// an upstream trickling bytes just inside the idle timeout cannot hold
+	// it open.
+	idle := time.AfterFunc(lim.UpstreamTimeout, func() {
+		cancel(errors.New("the upstream made no progress within limits.upstream_timeout (headers) or limits.blob_idle_timeout (body)"))
+	})
 	defer idle.Stop()
 	defer func() {
 		result := "ok"
@@ -153,15 +159,23 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 
 	resp, err := req.upstream.get(ctx, req.repo, "blobs", req.dgst.String(), nil, "")
 	if err != nil {
+		if c := context.Cause(ctx); c != nil {
+			return &upstreamError{code: codeUnavailable, err: fmt.Errorf("blob %s from %s: %w", req.dgst, req.upstream.cfg.Name, c)}
+		}
 		return err
 	}
 	defer resp.Body.Close()
-	idle.Reset(s.cfg.Limits.BlobIdleTimeout)
+	idle.Reset(lim.BlobIdleTimeout)
 
 	size := desc.Size
 	if size < 0 {
 		size = resp.ContentLength
 	}
+	budget := fillBudget(size, lim)
+	deadline := time.AfterFunc(budget, func() {
+		cancel(fmt.Errorf("the download took longer than its deadline of %s (limits.upstream_timeout + size / limits.min_transfer_rate)", budget))
+	})
+	defer deadline.Stop()
 	mismatch := func(detail string) error {
 		return &trust.RefusalError{GUN: req.gun, Ref: req.dgst.String(), Reason: trust.DigestMismatch, Detail: detail}
 	}
@@ -186,7 +200,7 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 	for {
 		k, rerr := resp.Body.Read(buf)
 		if k > 0 {
-			idle.Reset(s.cfg.Limits.BlobIdleTimeout)
+			idle.Reset(lim.BlobIdleTimeout)
 			n += int64(k)
 			if size >= 0 && n > size {
 				return mismatch(fmt.Sprintf("the upstream sent more than the %d bytes the verified manifest says", size))
@@ -204,7 +218,10 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 			break
 		}
 		if rerr != nil {
-			return &upstreamError{codeUnavailable, fmt.Errorf("read blob %s from %s after %d bytes: %w", req.dgst, req.upstream.cfg.Name, n, rerr)}
+			if c := context.Cause(ctx); c != nil {
+				rerr = c
+			}
+			return &upstreamError{code: codeUnavailable, err: fmt.Errorf("read blob %s from %s after %d bytes: %w", req.dgst, req.upstream.cfg.Name, n, rerr)}
 		}
 	}
 	got := digest.NewDigest(digest.SHA256, h)
@@ -216,6 +233,19 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 	}
 	committed = true
 	return nil
+}
+
+// maxUnknownSize is the size a blob of unknown length (audit mode, no
+// Content-Length) is given for its deadline.
+const maxUnknownSize = 10 << 30
+
+// fillBudget is the overall deadline of a download of size bytes (-1:
+// unknown), counted from the upstream's answer.
+func fillBudget(size int64, lim config.Limits) time.Duration {
+	if size < 0 {
+		size = maxUnknownSize
+	}
+	return lim.UpstreamTimeout + time.Duration(float64(size)/float64(lim.MinTransferRate)*float64(time.Second))
 }
 
 func (f *fill) start(size int64) {

@@ -3,6 +3,8 @@ package proxy
 import (
 	"errors"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/trustproxy/trustproxy/internal/trust"
@@ -23,6 +25,7 @@ const (
 	codeDenied
 	codeUnsupported
 	codePaginationInvalid
+	codeTooManyRequests
 )
 
 func (c errorCode) registry() errcode.ErrorCode {
@@ -47,14 +50,17 @@ func (c errorCode) registry() errcode.ErrorCode {
 		return errcode.ErrorCodeUnsupported
 	case codePaginationInvalid:
 		return errcode.ErrorCodePaginationNumberInvalid
+	case codeTooManyRequests:
+		return errcode.ErrorCodeTooManyRequests
 	}
 	return errcode.ErrorCodeUnknown
 }
 
 // An upstreamError is a failure to get content from an upstream registry.
 type upstreamError struct {
-	code errorCode // codeManifestUnknown, codeBlobUnknown or codeUnavailable
-	err  error
+	code       errorCode // codeManifestUnknown, codeBlobUnknown, codeUnavailable or codeTooManyRequests
+	retryAfter time.Duration
+	err        error
 }
 
 func (e *upstreamError) Error() string { return e.err.Error() }
@@ -74,6 +80,9 @@ func writeError(w http.ResponseWriter, err error) {
 		}
 	} else if u, ok := errors.AsType[*upstreamError](err); ok {
 		e = u.code.registry().WithMessage(u.Error())
+		if u.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(u.retryAfter.Round(time.Second)/time.Second)))
+		}
 	} else {
 		e = errcode.ErrorCodeUnknown.WithMessage(err.Error())
 	}

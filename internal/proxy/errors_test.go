@@ -37,8 +37,8 @@ func TestWriteErrorGolden(t *testing.T) {
 		{"unknown route", &requestError{codeNotFound, "unknown registry API route"}},
 		{"unknown upstream", &requestError{codeNameUnknown, `upstream "127.0.0.1:6379" (ns parameter) is not configured`}},
 		{"catalog", &requestError{codeUnsupported, "the catalog is not served: trustproxy lists no repositories"}},
-		{"upstream down", &upstreamError{codeUnavailable, errors.New("upstream docker.io unreachable: connection refused")}},
-		{"upstream lacks blob", &upstreamError{codeBlobUnknown, errors.New("upstream docker.io answered 404 Not Found")}},
+		{"upstream down", &upstreamError{code: codeUnavailable, err: errors.New("upstream docker.io unreachable: connection refused")}},
+		{"upstream lacks blob", &upstreamError{code: codeBlobUnknown, err: errors.New("upstream docker.io answered 404 Not Found")}},
 		{"other", errors.New("store manifest: disk full")},
 	}
 	var got strings.Builder

@@ -41,10 +41,11 @@ type Server struct {
 	metrics   *metrics
 	spoolDir  string
 
-	manifests singleflight.Group       // one upstream manifest fetch per repository and digest
-	trees     *lru.Cache[string, tree] // verified reference trees, by GUN@digest
-	fillMu    sync.Mutex
-	fills     map[string]*fill // blob downloads under way, by GUN@digest
+	manifests   singleflight.Group            // one upstream manifest fetch per repository and digest
+	trees       *lru.Cache[string, tree]      // verified reference trees, by GUN@digest
+	failedTrees *lru.Cache[string, time.Time] // trees that failed to build, by GUN@digest: not tried before then
+	fillMu      sync.Mutex
+	fills       map[string]*fill // blob downloads under way, by GUN@digest
 }
 
 // maxTrees bounds the verified reference trees kept in memory.
@@ -66,6 +67,10 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 	if err != nil {
 		return nil, err
 	}
+	failedTrees, err := lru.New[string, time.Time](maxFailedTrees)
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
@@ -74,13 +79,14 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 	return &Server{
 		cfg: cfg, store: store, verify: v, upstreams: ups,
 		log: log, decisions: log.With("log", "decision"), metrics: m,
-		spoolDir: spool, trees: trees, fills: map[string]*fill{},
+		spoolDir: spool, trees: trees, failedTrees: failedTrees, fills: map[string]*fill{},
 	}, nil
 }
 
 // ServeHTTP routes /v2/ requests. Only GET and HEAD are served; the catalog
-// is not.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// is not. Each write to the client is bounded by limits.client_write_timeout.
+func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	w := newTimedWriter(rw, s.cfg.Limits.ClientWriteTimeout)
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {

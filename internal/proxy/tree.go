@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -20,10 +21,22 @@ type tree map[digest.Digest]v1.Descriptor
 // maxIndexDepth bounds nested indexes.
 const maxIndexDepth = 3
 
+// failedTreeTTL is how long a signed target whose tree could not be built
+// (its manifest missing upstream, or not verifying) is skipped by
+// authorize: anonymous requests for unknown digests must not turn into
+// upstream fetches of every such target, each time.
+const failedTreeTTL = 30 * time.Second
+
+// maxFailedTrees bounds the failures remembered.
+const maxFailedTrees = 4096
+
 // authorize says whether dgst is referenced by a manifest verified in req's
 // repository: some signed target of snap whose tree holds it. Trees already
 // built are searched first; the rest are built (fetching manifests that
-// storage lacks) until dgst is found.
+// storage lacks) until dgst is found. A target whose tree failed to build
+// is not tried again for failedTreeTTL, so authorizing costs at most one
+// upstream fetch per signed manifest per failedTreeTTL, however many
+// requests ask.
 func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapshot, dgst digest.Digest) (v1.Descriptor, bool) {
 	seen := map[digest.Digest]bool{}
 	var missing []trust.Target
@@ -42,9 +55,15 @@ func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapsh
 	}
 	slices.SortFunc(missing, func(a, b trust.Target) int { return cmp.Compare(a.Tag, b.Tag) })
 	for _, t := range missing {
+		key := req.gun + "@" + t.Digest.String()
+		if until, ok := s.failedTrees.Get(key); ok && time.Now().Before(until) {
+			continue
+		}
 		tr, err := s.tree(ctx, req, v1.Descriptor{Digest: t.Digest, Size: t.Size}, 0)
 		if err != nil {
-			s.log.Warn("cannot walk signed target", "repo", req.gun, "tag", t.Tag, "digest", t.Digest, "err", err)
+			s.failedTrees.Add(key, time.Now().Add(failedTreeTTL))
+			s.log.Warn("cannot walk signed target", "repo", req.gun, "tag", t.Tag, "digest", t.Digest, "err", err,
+				"retry_after", failedTreeTTL)
 			continue
 		}
 		if d, ok := tr[dgst]; ok {

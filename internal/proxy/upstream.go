@@ -2,25 +2,18 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/egress"
 )
 
 // manifestAccept is what trustproxy asks an upstream for: every manifest
@@ -42,7 +35,7 @@ type upstreams struct {
 func newUpstreams(cfg *config.Config) (*upstreams, error) {
 	u := &upstreams{byName: map[string]*upstream{}}
 	for i := range cfg.Upstreams {
-		up, err := newUpstream(cfg.Upstreams[i], cfg.Limits)
+		up, err := newUpstream(i, cfg.Upstreams[i], cfg.Limits)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d] (%s): %w", i, cfg.Upstreams[i].Name, err)
 		}
@@ -80,105 +73,36 @@ func (u *upstreams) pick(q url.Values, name string) (*upstream, string, error) {
 	return up, name, nil
 }
 
-// maxTransports bounds the per-repository transports kept; an evicted one is
-// made again (one more ping and token) when next needed.
-const maxTransports = 10000
-
-// upstream is one registry and the HTTP machinery to read from it.
+// upstream is one registry and the client that reads from it.
 type upstream struct {
+	index   int
 	cfg     config.Upstream
 	base    *url.URL
-	reg     name.Registry
-	auth    authn.Authenticator
-	rt      http.RoundTripper
+	client  *egress.Client
 	timeout time.Duration
-
-	transports *lru.Cache[string, http.RoundTripper] // by repository: tokens are scoped to one
 }
 
-func newUpstream(cfg config.Upstream, lim config.Limits) (*upstream, error) {
+func newUpstream(i int, cfg config.Upstream, lim config.Limits) (*upstream, error) {
 	base, err := url.Parse(strings.TrimSuffix(cfg.URL, "/"))
 	if err != nil {
 		return nil, fmt.Errorf("url: %w", err)
 	}
-	var opts []name.Option
-	if base.Scheme == "http" {
-		opts = append(opts, name.Insecure)
-	}
-	reg, err := name.NewRegistry(base.Host, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("url host: %w", err)
-	}
-	rt, err := baseTransport(cfg.CAFile, lim.UpstreamTimeout)
+	c, err := egress.New(egress.Endpoint{
+		Field: fmt.Sprintf("upstreams[%d]", i), URL: cfg.URL, CAFile: cfg.CAFile,
+		Username: cfg.Username, Password: cfg.Password,
+		TokenRealms: cfg.TokenRealms, RedirectHosts: cfg.RedirectHosts,
+		Timeout: lim.UpstreamTimeout,
+	})
 	if err != nil {
 		return nil, err
 	}
-	auth := authn.Anonymous
-	if cfg.Username != "" {
-		auth = &authn.Basic{Username: cfg.Username, Password: cfg.Password}
-	}
-	transports, err := lru.New[string, http.RoundTripper](maxTransports)
-	if err != nil {
-		return nil, err
-	}
-	return &upstream{cfg: cfg, base: base, reg: reg, auth: auth, rt: rt,
-		timeout: lim.UpstreamTimeout, transports: transports}, nil
+	return &upstream{index: i, cfg: cfg, base: base, client: c, timeout: lim.UpstreamTimeout}, nil
 }
 
-// baseTransport bounds every phase before the body: dial, TLS handshake and
-// response headers. Bodies are bounded by their callers.
-func baseTransport(caFile string, timeout time.Duration) (*http.Transport, error) {
-	tr := &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   timeout,
-		ResponseHeaderTimeout: timeout,
-		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConnsPerHost:   16,
-		ForceAttemptHTTP2:     true,
-	}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca_file %s: no PEM certificates", caFile)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	}
-	return tr, nil
-}
-
-// transport returns the authenticating transport for repo. The first call
-// for a repository pings the registry and learns its auth challenge; the
-// lock is not held meanwhile, so one slow upstream answer delays only its
-// own repository.
-func (u *upstream) transport(ctx context.Context, repo string) (http.RoundTripper, error) {
-	if t, ok := u.transports.Get(repo); ok {
-		return t, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, u.timeout)
-	defer cancel()
-	scope := u.reg.Repo(repo).Scope(transport.PullScope)
-	t, err := transport.NewWithContext(ctx, u.reg, u.auth, u.rt, []string{scope})
-	if err != nil {
-		return nil, &upstreamError{codeUnavailable, fmt.Errorf("upstream %s unreachable: %w", u.cfg.Name, err)}
-	}
-	if prev, ok, _ := u.transports.PeekOrAdd(repo, t); ok {
-		return prev, nil
-	}
-	return t, nil
-}
-
-// get sends GET <base>/v2/<repo>/<kind>/<ref>?<query>. A non-200 answer is
-// an *upstreamError. The caller closes the body.
+// get sends GET <base>/v2/<repo>/<kind>/<ref>?<query>, with a pull token
+// for repo when the registry asks for one. A non-200 answer is an
+// *upstreamError. The caller closes the body.
 func (u *upstream) get(ctx context.Context, repo, kind, ref string, query url.Values, accept string) (*http.Response, error) {
-	t, err := u.transport(ctx, repo)
-	if err != nil {
-		return nil, err
-	}
 	target := u.base.JoinPath("v2", repo, kind, ref)
 	target.RawQuery = query.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
@@ -188,10 +112,12 @@ func (u *upstream) get(ctx context.Context, repo, kind, ref string, query url.Va
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
-	client := &http.Client{Transport: t, CheckRedirect: limitRedirects}
-	resp, err := client.Do(req)
+	resp, err := u.client.Do(req, "repository:"+repo+":pull")
+	if rl, ok := errors.AsType[*egress.RateLimitError](err); ok {
+		return nil, &upstreamError{code: codeTooManyRequests, retryAfter: rl.RetryAfter(), err: rl}
+	}
 	if err != nil {
-		return nil, &upstreamError{codeUnavailable, fmt.Errorf("upstream %s unreachable: %w", u.cfg.Name, err)}
+		return nil, &upstreamError{code: codeUnavailable, err: fmt.Errorf("upstream %s unreachable: %w", u.cfg.Name, err)}
 	}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil
@@ -205,16 +131,7 @@ func (u *upstream) get(ctx context.Context, repo, kind, ref string, query url.Va
 			code = codeBlobUnknown
 		}
 	}
-	return nil, &upstreamError{code, fmt.Errorf("upstream %s answered %s for %s/%s/%s", u.cfg.Name, resp.Status, repo, kind, ref)}
-}
-
-// limitRedirects follows at most five redirects (blob storage uses one).
-// net/http drops the Authorization header when a redirect leaves the host.
-func limitRedirects(req *http.Request, via []*http.Request) error {
-	if len(via) >= 5 {
-		return errors.New("stopped after 5 redirects")
-	}
-	return nil
+	return nil, &upstreamError{code: code, err: fmt.Errorf("upstream %s answered %s for %s/%s/%s", u.cfg.Name, resp.Status, repo, kind, ref)}
 }
 
 // fetchManifest reads the manifest ref (tag or digest) of repo from the
@@ -232,7 +149,7 @@ func (u *upstream) fetchManifest(ctx context.Context, repo, ref string, limit in
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, &upstreamError{codeUnavailable, fmt.Errorf("read manifest %s from %s: %w", ref, u.cfg.Name, err)}
+		return nil, &upstreamError{code: codeUnavailable, err: fmt.Errorf("read manifest %s from %s: %w", ref, u.cfg.Name, err)}
 	}
 	if int64(len(body)) > limit {
 		return nil, errTooLarge
@@ -258,7 +175,7 @@ func (u *upstream) tags(ctx context.Context, repo string) ([]string, error) {
 		Tags []string `json:"tags"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTagsBody)).Decode(&list); err != nil {
-		return nil, &upstreamError{codeUnavailable, fmt.Errorf("read tags of %s from %s: %w", repo, u.cfg.Name, err)}
+		return nil, &upstreamError{code: codeUnavailable, err: fmt.Errorf("read tags of %s from %s: %w", repo, u.cfg.Name, err)}
 	}
 	return list.Tags, nil
 }

@@ -11,7 +11,8 @@
 // client.NewRepository's reads: it needs no CryptoService, runs once per
 // refresh, and yields the verified tuf.Repo whose roles and signatures the
 // policy reads directly. Its cache is internal/cache's monotonic store, and
-// its remote is notary's HTTPStore wrapped to bound every response
+// its remote is notary's HTTPStore over an internal/egress client (which
+// decides where credentials and token requests may go), wrapped to bound every response
 // (limits.*_bytes), the versioned roots walked (limits.max_root_rotations),
 // the delegation roles fetched (limits.max_delegations) and the time taken
 // (twice limits.upstream_timeout) in one update.
@@ -23,11 +24,14 @@
 //   - The first of those roles that holds the tag decides. If its signers do
 //     not satisfy the rule the tag is refused (untrusted_signer); it does not
 //     fall through to a later role.
-//   - notary skips a delegation that is expired or under its signature
-//     threshold, with only a warning. Such a role holds nothing here, so its
-//     tags fall through: with the default roles, a tag in an expired
-//     targets/releases resolves through targets if targets has it, and is
-//     not signed otherwise.
+//   - notary skips, with only a warning, a delegation that the snapshot does
+//     not list, or that is expired or under its signature threshold, and
+//     resolves tags through the roles that remain. trustproxy never does:
+//     when a role the rule searches, or a delegation the previous trusted
+//     snapshot listed, is missing while its parent still delegates it, the
+//     whole repository is refused (rollback when the new snapshot dropped a
+//     role the old one listed: TUF 5.5.5; expired; or invalid_metadata).
+//     Only the parent's signer can remove a delegation (checkRoles).
 //   - A tag counts only if the role's metadata carries a valid signature by
 //     one of the role's keys that is one of the rule's signers, matched by
 //     public key (the certificate's key, for x509 delegation keys) or by
@@ -36,12 +40,20 @@
 //
 // notary trusts a cached root without asking the trust pinning again, so a
 // change of the operator's pinning would never reach a GUN already cached.
-// Each update therefore compares the pinning that applies to the GUN with the
-// one its cached root was accepted under, and drops the cached root when they
-// differ (cache.GUNStore.RepinRoot); the other roles keep their version floors.
+// The cache is therefore opened with the pinning that applies to the GUN now
+// and does not hand notary a root accepted under other pinning: the root is
+// fetched and checked again, and the cached one stays its version floor, so
+// a pinning change never lets an older root back in.
+//
+// notary ignores cache errors (it logs them): a failed write would leave no
+// version floor. Every cache error but "not cached" fails the update.
 //
 // A Snapshot is reused until min(refresh TTL, earliest expiry of the root,
 // timestamp, snapshot, targets and the allowed delegations). When the Notary
-// server is unreachable, notary falls back to the cached metadata while the
-// cached timestamp is valid; that is logged as a warning.
+// server gives no fresh timestamp (unreachable, slow, 404, 5xx), notary falls
+// back to the cached one while it is valid. trustproxy counts that as
+// unreachable (a warning, trust_refresh_total{result="unreachable"},
+// Snapshot.Unreachable) and refuses the repository once the last fresh
+// timestamp is older than the rule's max_staleness, whatever the cached
+// timestamp's own expiry.
 package trust
