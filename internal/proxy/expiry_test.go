@@ -64,14 +64,22 @@ func newSignedInProcess(t *testing.T) *signedInProcess {
 // start runs trustproxy in front of w with a fresh data directory.
 func (w *signedInProcess) start(t *testing.T, refreshTTL time.Duration) *instance {
 	t.Helper()
-	return start(t, fmt.Sprintf(`data_dir: %s
-upstreams: [{name: docker.io, url: %s, notary: {url: %s}}]
+	return start(t, w.config(t, refreshTTL, "", ""))
+}
+
+// config is the YAML of a trustproxy in front of w: upstream holds further
+// keys of the upstream (flow style, e.g. "username: u, "), extra further
+// top-level sections.
+func (w *signedInProcess) config(t *testing.T, refreshTTL time.Duration, upstream, extra string) string {
+	t.Helper()
+	return fmt.Sprintf(`data_dir: %s
+upstreams: [{name: docker.io, url: %s, %snotary: {url: %s}}]
 trust:
   refresh_ttl: %s
   pinning: {certs: {%s: [%s]}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, t.TempDir(), w.reg.URL(), w.notary.URL, refreshTTL, gun, w.repo.RootCertID(), w.key))
+%s`, t.TempDir(), w.reg.URL(), upstream, w.notary.URL, refreshTTL, gun, w.repo.RootCertID(), w.key, extra)
 }
 
 func TestExpiredTimestampRefused(t *testing.T) {

@@ -1,0 +1,408 @@
+package proxy_test
+
+// Attacks by a hostile upstream or anonymous client, end to end through
+// trustproxy. Each test failed on the code before the check it exercises.
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/trustproxy/trustproxy/internal/testenv"
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// signImage pushes img as library/app:tag and signs it in targets/releases.
+func (w *signedInProcess) signImage(t *testing.T, tag string, img v1.Image) v1.Hash {
+	t.Helper()
+	d := w.reg.Push(t, "library/app", tag, img)
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.repo.AddTarget(testenv.Releases, tag, digest.Digest(d.String()), int64(len(raw))); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.repo.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func firstLayer(t *testing.T, img v1.Image) v1.Hash {
+	t.Helper()
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// wantError asserts a registry error with code and a message holding want.
+func wantError(t *testing.T, status int, body []byte, wantStatus int, code, want string) {
+	t.Helper()
+	if status != wantStatus || !strings.Contains(string(body), `"code":"`+code+`"`) || !strings.Contains(string(body), want) {
+		t.Fatalf("got %d %s, want %d %s naming %q", status, body, wantStatus, code, want)
+	}
+}
+
+// TestPlantedNamesKeepTheRollbackFloor (attack 2): before library/app is
+// ever pulled, an anonymous client asks for repository names that a
+// path-joined trust cache maps onto library/app's files. Nothing is
+// written for them; library/app is then served, and a full replay of its
+// older trust metadata is refused.
+func TestPlantedNamesKeepTheRollbackFloor(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	old := w.Notary.Record(t, gun)
+	v2 := w.pushSigned(t, "library/app", "v2", "v2")
+	dataDir := t.TempDir()
+	p := start(t, strings.Replace(w.config(t, dataDir, ""), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
+
+	for _, name := range []string{
+		"library/app/pinning",
+		"library/app/metadata/timestamp.json",
+		"library/app/metadata/snapshot.json",
+		"library/app/metadata/targets.json",
+		"library/app/metadata/targets/releases.json",
+		"library/app/metadata/root.json",
+	} {
+		status, _, body := p.get(t, http.MethodGet, "/v2/"+name+"/manifests/v1")
+		wantDenied(t, status, body, trust.NoTrustData)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dataDir, "trust")); len(entries) != 0 {
+		t.Fatalf("requests for repositories without trust data left %d entries in the trust cache", len(entries))
+	}
+	if got := p.mustPull(t, "library/app:v2"); got != v2 {
+		t.Fatalf("served %s, want %s", got, v2)
+	}
+	w.Notary.Replay(gun, old)
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, trust.Rollback)
+}
+
+// capture is a server on 127.0.0.1 that records what reaches it; it is
+// also reachable as localhost:<port>, a name that resolves to loopback.
+type capture struct {
+	*httptest.Server
+	conns atomic.Int64
+	mu    sync.Mutex
+	auth  []string
+}
+
+func newCapture(t *testing.T, h http.HandlerFunc) *capture {
+	c := &capture{}
+	c.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		c.auth = append(c.auth, r.Header.Get("Authorization"))
+		c.mu.Unlock()
+		h(w, r)
+	}))
+	c.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			c.conns.Add(1)
+		}
+	}
+	c.Start()
+	t.Cleanup(c.Close)
+	return c
+}
+
+func (c *capture) port() string {
+	_, p, _ := net.SplitHostPort(c.Listener.Addr().String())
+	return p
+}
+
+func (c *capture) authHeaders() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.auth...)
+}
+
+// bearerUpstream makes w's registry ask for a bearer token from realm, and
+// accept only the token "good".
+func bearerUpstream(w *signedInProcess, realm string) {
+	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get("Authorization") == "Bearer good" {
+			return false
+		}
+		rw.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="registry.test"`)
+		rw.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+}
+
+// TestUnlistedTokenRealmGetsNoCredentials (attack 3): an upstream whose
+// challenge names a realm of its choosing (here a name that resolves to
+// loopback, which go-containerregistry accepts) receives nothing there: the
+// pull is refused with a reason, and the realm sees no connection.
+func TestUnlistedTokenRealmGetsNoCredentials(t *testing.T) {
+	w := newSignedInProcess(t)
+	must(t, w.repo.Publish())
+	stolen := newCapture(t, func(rw http.ResponseWriter, r *http.Request) { fmt.Fprint(rw, `{"token":"good"}`) })
+	bearerUpstream(w, "http://localhost:"+stolen.port()+"/token")
+	p := start(t, w.config(t, time.Minute, "username: mirror, password: s3cret, ", ""))
+
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantError(t, status, body, http.StatusServiceUnavailable, "UNAVAILABLE", "upstreams[0].token_realms")
+	if n := stolen.conns.Load(); n != 0 {
+		t.Fatalf("the unlisted realm received %d connections (credentials %q)", n, stolen.authHeaders())
+	}
+}
+
+// TestListedTokenRealmOnPrivateAddress: a realm on the allow-list gets the
+// credentials, even on a private IP literal (which go-containerregistry
+// refuses outright), and the pull works.
+func TestListedTokenRealmOnPrivateAddress(t *testing.T) {
+	w := newSignedInProcess(t)
+	must(t, w.repo.Publish())
+	tokens := newCapture(t, func(rw http.ResponseWriter, r *http.Request) {
+		if u, pw, ok := r.BasicAuth(); !ok || u != "mirror" || pw != "s3cret" {
+			rw.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(rw, `{"token":"good","expires_in":300}`)
+	})
+	bearerUpstream(w, tokens.URL+"/token")
+	p := start(t, w.config(t, time.Minute, "username: mirror, password: s3cret, token_realms: ["+tokens.URL+"], ", ""))
+	if got := p.mustPull(t, "library/app:v1"); got != w.signed {
+		t.Fatalf("served %s", got)
+	}
+}
+
+// TestRedirectToLoopbackRefused (attack 7): a blob redirect to a host that
+// resolves to a non-public address is not followed; the client is told
+// why, never what that address answered. Listed in redirect_hosts, the
+// redirect is followed without credentials.
+func TestRedirectToLoopbackRefused(t *testing.T) {
+	w := newSignedInProcess(t)
+	img := testenv.Image(t, "redirected", 1, 64<<10)
+	w.signImage(t, "r", img)
+	layer := firstLayer(t, img)
+	// "localhost:<registry port>" is the registry under another name: the
+	// internal service an attacker would aim at.
+	_, regPort, _ := net.SplitHostPort(w.reg.Host())
+	var leaked atomic.Int64
+	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		if strings.HasPrefix(r.Host, "localhost:") {
+			if r.Header.Get("Authorization") != "" {
+				leaked.Add(1)
+			}
+			return false
+		}
+		if u, pw, ok := r.BasicAuth(); !ok || u != "mirror" || pw != "s3cret" {
+			rw.Header().Set("WWW-Authenticate", `Basic realm="registry"`)
+			rw.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+		if strings.HasSuffix(r.URL.Path, "/blobs/"+layer.String()) {
+			http.Redirect(rw, r, "http://localhost:"+regPort+r.URL.Path, http.StatusTemporaryRedirect)
+			return true
+		}
+		return false
+	})
+	before := w.reg.Requests(http.MethodGet, "/blobs/"+layer.String())
+
+	p := start(t, w.config(t, time.Minute, "username: mirror, password: s3cret, ", ""))
+	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/r"); status != 200 {
+		t.Fatalf("manifest: %d", status)
+	}
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String())
+	wantError(t, status, body, http.StatusServiceUnavailable, "UNAVAILABLE", "redirect_hosts")
+	if n := w.reg.Requests(http.MethodGet, "/blobs/"+layer.String()) - before; n != 1 {
+		t.Fatalf("%d blob GETs reached the registry, want 1 (the redirect not followed)", n)
+	}
+
+	p2 := start(t, w.config(t, time.Minute, "username: mirror, password: s3cret, redirect_hosts: [localhost:"+regPort+"], ", ""))
+	if got := p2.mustPull(t, "library/app:r"); got.String() == "" {
+		t.Fatal("no digest")
+	}
+	if n := leaked.Load(); n != 0 {
+		t.Fatalf("credentials followed the redirect to another host %d times", n)
+	}
+}
+
+// TestRateLimitedUpstreamNotHammered (attack 7): a 429 with Retry-After is
+// respected: clients are told to retry, the upstream is not asked again
+// within the window, and verified content in storage is served meanwhile.
+func TestRateLimitedUpstreamNotHammered(t *testing.T) {
+	w := newSignedInProcess(t)
+	cold := testenv.Image(t, "cold", 1, 1024)
+	coldDigest := w.signImage(t, "cold", cold)
+	p := start(t, w.config(t, time.Minute, "", ""))
+	p.mustPull(t, "library/app:v1") // warm
+
+	var limited atomic.Int64
+	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		limited.Add(1)
+		rw.Header().Set("Retry-After", "30")
+		rw.WriteHeader(http.StatusTooManyRequests)
+		return true
+	})
+	for range 10 {
+		status, h, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/cold")
+		wantError(t, status, body, http.StatusTooManyRequests, "TOOMANYREQUESTS", "429")
+		if ra, err := strconv.Atoi(h.Get("Retry-After")); err != nil || ra < 25 || ra > 30 {
+			t.Fatalf("Retry-After %q, want about 30", h.Get("Retry-After"))
+		}
+	}
+	if n := limited.Load(); n != 1 {
+		t.Fatalf("the rate-limited upstream was asked %d times, want 1", n)
+	}
+	if got := p.mustPull(t, "library/app:v1"); got != w.signed {
+		t.Fatalf("warm image served as %s while rate limited", got)
+	}
+	if n := w.reg.ManifestGets(coldDigest); n != 1 {
+		t.Fatalf("the cold manifest was asked for %d times, want once (answered 429)", n)
+	}
+}
+
+// TestTricklingUpstreamBounded (attack 7): an upstream that sends a byte
+// just inside the idle timeout cannot hold a fill open: the fill has an
+// overall deadline from its size.
+func TestTricklingUpstreamBounded(t *testing.T) {
+	w := newSignedInProcess(t)
+	img := testenv.Image(t, "trickle", 1, 64<<10)
+	w.signImage(t, "t", img)
+	layer := firstLayer(t, img)
+	layers, _ := img.Layers()
+	size := mustSize(t, layers[0])
+	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/blobs/"+layer.String()) {
+			return false
+		}
+		rw.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		rw.WriteHeader(http.StatusOK)
+		for stop := time.Now().Add(20 * time.Second); r.Context().Err() == nil && time.Now().Before(stop); {
+			if _, err := rw.Write([]byte{0}); err != nil {
+				return true
+			}
+			rw.(http.Flusher).Flush()
+			time.Sleep(300 * time.Millisecond)
+		}
+		return true
+	})
+	p := start(t, w.config(t, time.Minute, "", `limits:
+  upstream_timeout: 1s
+  blob_idle_timeout: 1s
+  min_transfer_rate: 1048576
+`))
+	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/t"); status != 200 {
+		t.Fatalf("manifest: %d", status)
+	}
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, p.srv.URL+"/v2/library/app/blobs/"+layer.String(), nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the trickled fill was still open after 15s (deadline about 1.1s)")
+	}
+	t.Logf("fill ended after %v", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(p.logs.String(), "deadline") {
+		t.Errorf("the log does not say the fill hit its deadline:\n%s", p.logs)
+	}
+}
+
+// TestClientsThatNeverReadAreDisconnected (attack 7): clients that request
+// a large blob and never read do not hold connections and goroutines.
+func TestClientsThatNeverReadAreDisconnected(t *testing.T) {
+	w := newSignedInProcess(t)
+	img := testenv.Image(t, "large", 1, 32<<20)
+	w.signImage(t, "large", img)
+	layer := firstLayer(t, img)
+	p := start(t, w.config(t, time.Minute, "", "limits:\n  client_write_timeout: 1s\n"))
+	p.mustPull(t, "library/app:large") // in storage now
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	const clients = 50
+	conns := make([]*net.TCPConn, 0, clients)
+	for range clients {
+		c, err := net.Dial("tcp", p.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := c.(*net.TCPConn)
+		_ = tc.SetReadBuffer(4096)
+		t.Cleanup(func() { tc.Close() })
+		fmt.Fprintf(tc, "GET /v2/library/app/blobs/%s HTTP/1.1\r\nHost: %s\r\n\r\n", layer, p.host)
+		conns = append(conns, tc)
+	}
+	time.Sleep(500 * time.Millisecond)
+	t.Logf("goroutines %d with %d stalled clients (base %d)", runtime.NumGoroutine(), clients, base)
+	deadline := time.Now().Add(15 * time.Second)
+	for runtime.NumGoroutine() > base+5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines 15s after %d clients stopped reading (base %d): their handlers are stuck", runtime.NumGoroutine(), clients, base)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The connections are closed (their serving goroutines are gone); what
+	// the kernel buffered for them drains or is reset on its own.
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// TestUnknownDigestsDoNotMultiplyUpstreamFetches (attack 6): a repository
+// has 30 signed tags whose manifests the upstream lacks. Requests for made
+// up blob digests cost at most one upstream fetch per signed target, not
+// one per target per request.
+func TestUnknownDigestsDoNotMultiplyUpstreamFetches(t *testing.T) {
+	w := newSignedInProcess(t)
+	for i := range 30 {
+		sum := sha256.Sum256([]byte(fmt.Sprint("never pushed ", i)))
+		d := digest.NewDigestFromBytes(digest.SHA256, sum[:])
+		if err := w.repo.AddTarget(testenv.Releases, fmt.Sprint("gone-", i), d, 500); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.repo.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, w.config(t, time.Minute, "", ""))
+	before := w.reg.Requests(http.MethodGet, "")
+	for i := range 10 {
+		sum := sha256.Sum256([]byte(fmt.Sprint("made up ", i)))
+		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+digest.NewDigestFromBytes(digest.SHA256, sum[:]).String())
+		wantDenied(t, status, body, trust.NotReferenced)
+	}
+	if n := w.reg.Requests(http.MethodGet, "") - before; n > 31 {
+		t.Fatalf("10 requests for unknown digests made %d upstream GETs, want at most 31 (one per signed target)", n)
+	}
+}
