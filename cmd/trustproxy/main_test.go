@@ -4,13 +4,21 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/trustproxy/trustproxy/internal/testenv"
+	"github.com/trustproxy/trustproxy/internal/trustserver"
 )
 
 func TestDemoServesSignedRefusesUnsigned(t *testing.T) {
@@ -100,5 +108,80 @@ func TestUsageErrors(t *testing.T) {
 	t.Chdir(t.TempDir())
 	if err := run(t.Context(), []string{"serve", "--config", "missing.yaml"}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "missing.yaml") {
 		t.Errorf("serve with a missing config file: %v", err)
+	}
+}
+
+// TestCheckShowsUnreachableTrustServer: when the Notary server stops giving
+// a fresh timestamp, check says so, and refuses after max_staleness.
+func TestCheckShowsUnreachableTrustServer(t *testing.T) {
+	ts := trustserver.New()
+	repo, err := ts.NewRepo("docker.io/library/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, err := trustserver.NewSigner("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.AddDelegation("targets/releases", alice); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.AddTarget("targets/releases", "v1", digest.FromString("manifest"), 8); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Publish(); err != nil {
+		t.Fatal(err)
+	}
+	var frozen atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if frozen.Load() && strings.HasSuffix(r.URL.Path, "/timestamp.json") {
+			http.NotFound(w, r)
+			return
+		}
+		ts.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "alice.pem"), alice.PublicKeyPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := func(staleness string) string {
+		p := filepath.Join(dir, "trustproxy-"+staleness+".yaml")
+		yaml := fmt.Sprintf(`data_dir: data
+upstreams: [{name: docker.io, url: "http://127.0.0.1:9", notary: {url: %q}}]
+trust:
+  refresh_ttl: 1ns
+  max_staleness: %s
+  pinning: {certs: {docker.io/library/app: [%s]}}
+  signers: [{name: alice, public_key: alice.pem}]
+  rules: [{repositories: "docker.io/**", signers: [alice]}]
+`, srv.URL, staleness, repo.RootCertID())
+		if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	check := func(cfg string) (map[string]any, error) {
+		var out bytes.Buffer
+		err := run(t.Context(), []string{"check", "--config", cfg, "docker.io/library/app:v1"}, &out, io.Discard)
+		var v map[string]any
+		if jerr := json.Unmarshal(out.Bytes(), &v); jerr != nil {
+			t.Fatalf("check output %q: %v", out.String(), jerr)
+		}
+		return v, err
+	}
+	v, err := check(config("1h"))
+	if err != nil || v["verdict"] != "served" || v["trust_data"].(map[string]any)["trust_server"] != "ok" {
+		t.Fatalf("check with the server answering: %v %v", v, err)
+	}
+	frozen.Store(true)
+	v, err = check(config("1h"))
+	if err != nil || v["verdict"] != "served" || !strings.HasPrefix(fmt.Sprint(v["trust_data"].(map[string]any)["trust_server"]), "unreachable: ") {
+		t.Fatalf("check with the server frozen, within max_staleness: %v %v", v, err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	v, err = check(config("5ms"))
+	if err != exitError(1) || v["verdict"] != "refused" || v["reason"] != "trust_unavailable" || !strings.Contains(fmt.Sprint(v["message"]), "max_staleness") {
+		t.Fatalf("check with the server frozen past max_staleness: %v %v", v, err)
 	}
 }

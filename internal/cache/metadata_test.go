@@ -326,3 +326,19 @@ func TestRacingWritersKeepHighestVersion(t *testing.T) {
 		t.Errorf("stored version %d after racing writers, want %d", v, 49*4+3)
 	}
 }
+
+// FuzzEscapeRole: role names come from signed metadata; their file names
+// never hold a separator or a dot, and two names never share one.
+func FuzzEscapeRole(f *testing.F) {
+	f.Add("targets/releases", "targets%2Freleases")
+	f.Add("..", "%2E%2E")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		ea, eb := escapeRole(a), escapeRole(b)
+		if strings.ContainsAny(ea, "/.\\\x00") {
+			t.Fatalf("escapeRole(%q) = %q", a, ea)
+		}
+		if a != b && ea == eb {
+			t.Fatalf("escapeRole(%q) == escapeRole(%q) == %q", a, b, ea)
+		}
+	})
+}

@@ -351,3 +351,17 @@ func FuzzParseChallenges(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRetryAfter: whatever a server writes in Retry-After, the pause is
+// between a second and MaxRetryAfter (or the default).
+func FuzzRetryAfter(f *testing.F) {
+	for _, s := range []string{"", "2", "-1", "99999999999999999999", "Wed, 02 Dec 2026 00:00:00 GMT", "soon"} {
+		f.Add(s)
+	}
+	now := time.Now()
+	f.Fuzz(func(t *testing.T, v string) {
+		if d := retryAfter(v, now); d < time.Second || d > MaxRetryAfter {
+			t.Fatalf("retryAfter(%q) = %v", v, d)
+		}
+	})
+}

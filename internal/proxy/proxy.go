@@ -121,6 +121,9 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	case kindTags:
 		err = s.serveTags(w, r, req)
 	}
+	if u, ok := errors.AsType[*upstreamError](err); ok {
+		s.log.Warn("upstream request failed", "repo", req.gun, "ref", req.ref, "err", u)
+	}
 	if err != nil {
 		writeError(w, err)
 	}

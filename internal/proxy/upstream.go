@@ -117,7 +117,11 @@ func (u *upstream) get(ctx context.Context, repo, kind, ref string, query url.Va
 		return nil, &upstreamError{code: codeTooManyRequests, retryAfter: rl.RetryAfter(), err: rl}
 	}
 	if err != nil {
-		return nil, &upstreamError{code: codeUnavailable, err: fmt.Errorf("upstream %s unreachable: %w", u.cfg.Name, err)}
+		what := "unreachable"
+		if errors.As(err, new(*egress.RealmError)) || errors.As(err, new(*egress.AddressError)) || errors.As(err, new(*egress.RedirectError)) {
+			what = "refused" // the upstream asked for something trustproxy does not do
+		}
+		return nil, &upstreamError{code: codeUnavailable, err: fmt.Errorf("upstream %s %s: %w", u.cfg.Name, what, err)}
 	}
 	if resp.StatusCode == http.StatusOK {
 		return resp, nil

@@ -297,3 +297,19 @@ func TestNotaryRealmRefused(t *testing.T) {
 		t.Fatalf("the unlisted realm saw %d connection events", n)
 	}
 }
+
+// FuzzSnapshotRoles: the cached snapshot is read before each update; any
+// bytes give an error or delegation names, never a panic or other roles.
+func FuzzSnapshotRoles(f *testing.F) {
+	f.Add([]byte(`{"signed":{"meta":{"root":{},"targets":{},"targets/releases":{"length":1}}}}`))
+	f.Add([]byte(`{"signed":{"meta":null}}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		roles, err := snapshotRoles(b)
+		for _, r := range roles {
+			if err != nil || !data.IsDelegation(r) {
+				t.Fatalf("snapshotRoles(%q) = %v, %v", b, roles, err)
+			}
+		}
+	})
+}
