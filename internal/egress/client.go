@@ -149,14 +149,31 @@ func (c *Client) Do(req *http.Request, scope string) (*http.Response, error) {
 	hc := &http.Client{Transport: c.RoundTripper(scope), CheckRedirect: c.checkRedirect}
 	resp, err := hc.Do(req)
 	if err != nil {
-		// Our own errors say what happened; net/http's *url.Error would repeat the URL.
-		for _, target := range []any{new(*RealmError), new(*RateLimitError), new(*AddressError), new(*RedirectError)} {
-			if errors.As(err, target) {
-				return nil, errors.Unwrap(err)
-			}
-		}
+		return nil, ownError(err)
 	}
-	return resp, err
+	return resp, nil
+}
+
+// ownError returns the error of this package inside err, which says what
+// happened better than the *url.Error and *net.OpError around it; else err.
+func ownError(err error) error {
+	var (
+		realm    *RealmError
+		limit    *RateLimitError
+		addr     *AddressError
+		redirect *RedirectError
+	)
+	switch {
+	case errors.As(err, &realm):
+		return realm
+	case errors.As(err, &limit):
+		return limit
+	case errors.As(err, &addr):
+		return addr
+	case errors.As(err, &redirect):
+		return redirect
+	}
+	return err
 }
 
 // RoundTripper returns a RoundTripper that authenticates requests to the
@@ -281,7 +298,11 @@ func (c *Client) authenticate(ctx context.Context, resp *http.Response, scope st
 		c.mu.Lock()
 		c.scheme, c.realm, c.service = "bearer", realm, bearer.params["service"]
 		c.mu.Unlock()
-		c.tokens.Remove(scope) // refused: get a new one
+		// The token this request carried was refused: get a new one. One
+		// another request fetched meanwhile is used as it is.
+		if t, ok := c.tokens.Get(scope); ok && resp.Request != nil && resp.Request.Header.Get("Authorization") == "Bearer "+t.value {
+			c.tokens.Remove(scope)
+		}
 		if _, err := c.token(ctx, scope); err != nil {
 			return false, err
 		}
