@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,15 +41,15 @@ func TestDemoServesSignedRefusesUnsigned(t *testing.T) {
 	}
 }
 
-func TestServeEmbeddedDefaultRefusesWithHowTo(t *testing.T) {
+// startServe runs `trustproxy serve` on the embedded default, on a free
+// port in a fresh working directory, and returns its address.
+func startServe(t *testing.T) (addr string, logs *testenv.LogBuffer, cancel context.CancelFunc, done chan error) {
 	t.Chdir(t.TempDir())
 	t.Setenv("TRUSTPROXY_LISTEN", "127.0.0.1:0")
 	ctx, cancel := context.WithCancel(t.Context())
-	logs := &testenv.LogBuffer{}
-	done := make(chan error, 1)
+	logs = &testenv.LogBuffer{}
+	done = make(chan error, 1)
 	go func() { done <- run(ctx, []string{"serve"}, io.Discard, logs) }()
-
-	var addr string
 	for deadline := time.Now().Add(10 * time.Second); addr == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		for _, line := range strings.Split(logs.String(), "\n") {
 			var m map[string]any
@@ -59,6 +62,11 @@ func TestServeEmbeddedDefaultRefusesWithHowTo(t *testing.T) {
 		cancel()
 		t.Fatalf("serve did not start:\n%s", logs.String())
 	}
+	return addr, logs, cancel, done
+}
+
+func TestServeEmbeddedDefaultRefusesWithHowTo(t *testing.T) {
+	addr, logs, cancel, done := startServe(t)
 	resp, err := http.Get("http://" + addr + "/v2/library/alpine/manifests/3")
 	if err != nil {
 		t.Fatal(err)
@@ -183,5 +191,39 @@ trust:
 	v, err = check(config("5ms"))
 	if err != exitError(1) || v["verdict"] != "refused" || v["reason"] != "trust_unavailable" || !strings.Contains(fmt.Sprint(v["message"]), "max_staleness") {
 		t.Fatalf("check with the server frozen past max_staleness: %v %v", v, err)
+	}
+}
+
+// TestSlowHeadersClosed: clients that send their request headers a byte at a
+// time (slowloris) are disconnected at the header timeout, not kept.
+func TestSlowHeadersClosed(t *testing.T) {
+	addr, _, cancel, _ := startServe(t)
+	defer cancel()
+	const clients = 50
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range clients {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer c.Close()
+			_, _ = io.WriteString(c, "GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+			for range 30 { // one header byte a second, never the blank line
+				if _, err := c.Write([]byte("X")); err != nil {
+					return // closed by the server
+				}
+				_ = c.SetReadDeadline(time.Now().Add(time.Second))
+				if _, err := c.Read(make([]byte, 512)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+					return // the server answered 408 or closed
+				}
+			}
+			t.Errorf("a connection sending headers slowly was still open after %v", time.Since(start))
+		})
+	}
+	wg.Wait()
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("slow connections closed after %v, want about the 10s header timeout", d)
 	}
 }

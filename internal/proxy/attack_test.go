@@ -406,3 +406,91 @@ func TestUnknownDigestsDoNotMultiplyUpstreamFetches(t *testing.T) {
 		t.Fatalf("10 requests for unknown digests made %d upstream GETs, want at most 31 (one per signed target)", n)
 	}
 }
+
+// TestBlobsStayInTheirRepository: a layer verified in one repository is not
+// served through another signed repository, nor through one without trust
+// data, even once it is in storage.
+func TestBlobsStayInTheirRepository(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.initRepo(t, "docker.io/library/other", w.alice)
+	appImg := testenv.Image(t, "app", 1, 4096)
+	w.Registry.Push(t, "library/app", "v1", appImg)
+	w.Notary.SignImage(t, gun, "v1", appImg, testenv.Releases)
+	w.pushSigned(t, "library/other", "v1", "other")
+	w.Registry.Push(t, "library/plain", "v1", appImg) // the same layer, in a repository without trust data
+	p := w.start(t, "")
+	p.mustPull(t, "library/app:v1")
+	p.mustPull(t, "library/other:v1")
+	layer := firstLayer(t, appImg)
+
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/other/blobs/"+layer.String())
+	wantDenied(t, status, body, trust.NotReferenced)
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/plain/blobs/"+layer.String())
+	wantDenied(t, status, body, trust.NoTrustData)
+	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String()); status != 200 {
+		t.Fatalf("the layer in its own repository: %d", status)
+	}
+}
+
+// TestManyColdPullsBoundedMemory: 20 clients pulling one cold 32 MiB blob
+// at once are fed from one upstream fetch through a spool file: the heap
+// grows by less than the blob, so neither it nor the clients are buffered.
+func TestManyColdPullsBoundedMemory(t *testing.T) {
+	w := newSignedInProcess(t)
+	img := testenv.Image(t, "heavy", 1, 32<<20)
+	w.signImage(t, "heavy", img)
+	layer := firstLayer(t, img)
+	p := start(t, w.config(t, time.Minute, "", ""))
+	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/heavy"); status != 200 {
+		t.Fatalf("manifest: %d", status)
+	}
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapInuse
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			var m runtime.MemStats
+			runtime.ReadMemStats(&m)
+			if m.HeapInuse > peak.Load() {
+				peak.Store(m.HeapInuse)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			resp, err := http.Get(p.srv.URL + "/v2/library/app/blobs/" + layer.String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			h := sha256.New()
+			if _, err := io.Copy(h, resp.Body); err != nil || "sha256:"+fmt.Sprintf("%x", h.Sum(nil)) != layer.String() {
+				t.Errorf("blob: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	if n := w.reg.BlobGets(layer); n != 1 {
+		t.Errorf("upstream GETs of the blob: %d, want 1", n)
+	}
+	grew := int64(peak.Load()) - int64(base)
+	t.Logf("heap in use grew by %d MiB at most while 20 clients pulled a cold 32 MiB blob", grew>>20)
+	if grew > 24<<20 {
+		t.Fatalf("heap grew by %d MiB: the blob or the clients are buffered in memory", grew>>20)
+	}
+}
