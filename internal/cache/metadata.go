@@ -24,7 +24,7 @@ import (
 // Keys are never path-joined from names: a GUN's state lives in
 // <dir>/<hex sha256 of the GUN>/, and each role in that directory is one
 // file named by escapeRole(role) + ".json", an escaping with no path
-// separators or dots. So no repository name or delegation name can reach
+// separators or dots (a name too long for that: "~" and its SHA-256). So no repository name or delegation name can reach
 // into another GUN's state or another role's file, whatever it spells
 // (library/app/metadata/timestamp.json, targets/../root, ...). Beside the
 // roles: "gun" (the name, for people), "pinning" (the trust pinning the
@@ -145,7 +145,9 @@ func Version(b []byte) (int, error) {
 	return *m.Signed.Version, nil
 }
 
-// maxRoleFile bounds an escaped role name, well inside file name limits.
+// maxRoleFile bounds an escaped role name, well inside file name limits;
+// a longer one (notary allows 255 characters, and escaping triples some)
+// is stored as "~" and its SHA-256, which escapeRole never writes.
 const maxRoleFile = 200
 
 // escapeRole makes a role name into a file name: letters other than a-z,
@@ -164,12 +166,15 @@ func escapeRole(name string) string {
 	return b.String()
 }
 
-// File returns the path of role name's file, or an error for a name too
-// long to store.
+// File returns the path of role name's file; an empty name is an error.
 func (s *GUNStore) File(name string) (string, error) {
+	if name == "" {
+		return "", errors.New("empty role name")
+	}
 	e := escapeRole(name)
-	if name == "" || len(e) > maxRoleFile {
-		return "", fmt.Errorf("role name %.40q… cannot be stored: empty or longer than %d bytes escaped", name, maxRoleFile)
+	if len(e) > maxRoleFile {
+		sum := sha256.Sum256([]byte(name))
+		e = "~" + hex.EncodeToString(sum[:])
 	}
 	return filepath.Join(s.dir, e+".json"), nil
 }
@@ -337,7 +342,8 @@ func (s *GUNStore) Refreshed() (time.Time, error) {
 }
 
 // MarkRefreshed records t as when the trust server last gave a fresh
-// timestamp. It never moves the record back.
+// timestamp. The last record wins, so a clock that jumped ahead and back
+// does not keep staleness from counting.
 func (s *GUNStore) MarkRefreshed(t time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -346,9 +352,6 @@ func (s *GUNStore) MarkRefreshed(t time.Time) error {
 		return err
 	}
 	defer unlock()
-	if prev, err := s.Refreshed(); err == nil && !t.After(prev) {
-		return nil
-	}
 	return writeAtomic(filepath.Join(s.dir, "refreshed"), []byte(t.UTC().Format(time.RFC3339Nano)))
 }
 

@@ -244,14 +244,18 @@ func TestPinningChangeKeepsRootFloor(t *testing.T) {
 	}
 }
 
-func TestRefreshedNeverMovesBack(t *testing.T) {
+func TestRefreshedRecordsTheLast(t *testing.T) {
 	m, _ := NewMetadataStore(t.TempDir(), nil)
 	s := m.For("docker.io/library/app", "")
 	now := time.Now().Truncate(time.Millisecond)
+	must(t, s.MarkRefreshed(now.Add(time.Hour))) // a clock that ran ahead
 	must(t, s.MarkRefreshed(now))
-	must(t, s.MarkRefreshed(now.Add(-time.Hour)))
 	if got, err := s.Refreshed(); err != nil || !got.Equal(now) {
 		t.Fatalf("Refreshed = %v, %v; want %v", got, err, now)
+	}
+	must(t, os.WriteFile(filepath.Join(s.Location(), "refreshed"), []byte("yesterday"), 0o600))
+	if _, err := s.Refreshed(); !errors.As(err, new(*CorruptError)) {
+		t.Fatalf("Refreshed of a damaged record: %v, want *CorruptError", err)
 	}
 }
 
@@ -267,6 +271,29 @@ func TestEscapeRole(t *testing.T) {
 			t.Errorf("escapeRole(%q) = escapeRole(%q) = %q", role, prev, e)
 		}
 		seen[e] = role
+	}
+}
+
+// TestLongRoleNames: role names as long as notary allows are stored, each
+// in a file of its own.
+func TestLongRoleNames(t *testing.T) {
+	m, _ := NewMetadataStore(t.TempDir(), nil)
+	s := m.For("docker.io/library/app", "")
+	a := "targets/releases/" + strings.Repeat("a", 238)
+	b := "targets/releases/" + strings.Repeat("a", 237) + "b"
+	must(t, s.Set(a, meta(4)))
+	must(t, s.Set(b, meta(7)))
+	for role, want := range map[string]int{a: 4, b: 7} {
+		got, err := s.GetSized(role, storage.NoSizeLimit)
+		if v, _ := Version(got); err != nil || v != want {
+			t.Errorf("%s…: version %d, %v; want %d", role[:30], v, err, want)
+		}
+		if p := file(t, s, role); len(filepath.Base(p)) > 255 || strings.ContainsAny(filepath.Base(p), "/") {
+			t.Errorf("file name %q", filepath.Base(p))
+		}
+	}
+	if _, err := s.File(""); err == nil {
+		t.Error("an empty role name has a file")
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/net/http/httpproxy"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -72,6 +73,7 @@ type Client struct {
 	realm   string
 	service string
 	limited map[string]time.Time // origin -> no requests before
+	timeout time.Duration        // a token request, body included
 
 	tokens *lru.Cache[string, token] // by scope
 	fetch  singleflight.Group
@@ -96,6 +98,7 @@ func New(e Endpoint) (*Client, error) {
 		realms:     map[string]bool{originOf(base): true},
 		redirectOK: map[string]bool{},
 		limited:    map[string]time.Time{},
+		timeout:    e.Timeout,
 	}
 	for _, r := range e.TokenRealms {
 		u, err := url.Parse(r)
@@ -127,8 +130,11 @@ func New(e Endpoint) (*Client, error) {
 	}
 	step := min(10*time.Second, e.Timeout)
 	dialer := &net.Dialer{Timeout: step, KeepAlive: 30 * time.Second, ControlContext: checkAddress}
+	// The proxy environment (HTTPS_PROXY, NO_PROXY, ...) is read here, per
+	// client, rather than once per process as http.ProxyFromEnvironment does.
+	proxy := httpproxy.FromEnvironment().ProxyFunc()
 	c.transport = &http.Transport{
-		Proxy:                  http.ProxyFromEnvironment,
+		Proxy:                  func(r *http.Request) (*url.URL, error) { return proxy(r.URL) },
 		DialContext:            dialer.DialContext,
 		TLSClientConfig:        tlsConf,
 		TLSHandshakeTimeout:    step,
@@ -243,12 +249,14 @@ func (c *Client) send(req *http.Request, scope string) (*http.Response, error) {
 	}
 	if !c.realms[o] && !c.redirectOK[strings.ToLower(r.URL.Host)] && !c.redirectOK[strings.ToLower(r.URL.Hostname())] {
 		g := &guard{field: c.field, host: r.URL.Hostname()}
-		r = r.WithContext(context.WithValue(r.Context(), guardKey{}, g))
 		if p, err := c.transport.Proxy(r); err == nil && p != nil {
-			// The dial goes to the proxy, so check the name here instead.
+			// The dial goes to the proxy (which may well be private), so
+			// check the name here; the proxy resolves it again.
 			if err := g.resolve(r.Context()); err != nil {
 				return nil, err
 			}
+		} else {
+			r = r.WithContext(context.WithValue(r.Context(), guardKey{}, g))
 		}
 	}
 	return c.transport.RoundTrip(r)
@@ -334,20 +342,31 @@ func (c *Client) checkRealm(realm string) error {
 }
 
 // token returns the bearer token of scope, asking the realm once however
-// many requests need it at the same time.
+// many requests need it at the same time. The request, body included, is
+// bounded by the endpoint's timeout; a caller whose context ends stops
+// waiting for it.
 func (c *Client) token(ctx context.Context, scope string) (string, error) {
 	if t, ok := c.tokens.Get(scope); ok && time.Now().Before(t.until) {
 		return t.value, nil
 	}
-	v, err, _ := c.fetch.Do(scope, func() (any, error) {
-		return c.fetchToken(context.WithoutCancel(ctx), scope)
+	ch := c.fetch.DoChan(scope, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+		defer cancel()
+		t, err := c.fetchToken(ctx, scope)
+		if err == nil {
+			c.tokens.Add(scope, t)
+		}
+		return t, err
 	})
-	if err != nil {
-		return "", err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return "", res.Err
+		}
+		return res.Val.(token).value, nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("%s: waiting for a token: %w", c.field, context.Cause(ctx))
 	}
-	t := v.(token)
-	c.tokens.Add(scope, t)
-	return t.value, nil
 }
 
 func (c *Client) fetchToken(ctx context.Context, scope string) (token, error) {

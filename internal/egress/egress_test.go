@@ -1,6 +1,7 @@
 package egress
 
 import (
+	"context"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -364,4 +365,77 @@ func FuzzRetryAfter(f *testing.F) {
 			t.Fatalf("retryAfter(%q) = %v", v, d)
 		}
 	})
+}
+
+// TestTokenFetchBounded: a token realm (the registry's own origin, always
+// allowed) that sends headers and never finishes the body holds no request
+// beyond its context, and the fetch itself ends at the endpoint's timeout.
+func TestTokenFetchBounded(t *testing.T) {
+	release := make(chan struct{})
+	var reg *server
+	reg = newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			w.WriteHeader(http.StatusOK)
+			fmt.Fprint(w, `{"tok`)
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+reg.URL+`/token",service="r"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}, false)
+	t.Cleanup(func() { close(release) })
+	c := newClient(t, Endpoint{URL: reg.URL, Username: "u", Password: "p", Timeout: time.Second})
+	call := func(timeout time.Duration) chan error {
+		done := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, reg.URL+"/v2/library/app/manifests/v1", nil)
+			resp, err := c.Do(req, "repository:library/app:pull")
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+		return done
+	}
+	for i, ch := range []chan error{call(300 * time.Millisecond), call(300 * time.Millisecond), call(time.Minute)} {
+		select {
+		case err := <-ch:
+			if err == nil {
+				t.Errorf("call %d succeeded without a token", i)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("call %d still blocked after 5s (its context or the 1s endpoint timeout should have ended it)", i)
+		}
+	}
+}
+
+// TestRedirectThroughProxy: behind an HTTP proxy (here on loopback, as a
+// private proxy usually is) the dial reaches the proxy, so the redirect
+// target is checked by name instead: a public target goes through, a
+// private one is refused before anything is sent.
+func TestRedirectThroughProxy(t *testing.T) {
+	proxy := newServer(t, func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "via proxy") }, false)
+	t.Setenv("HTTP_PROXY", proxy.URL)
+	t.Setenv("NO_PROXY", "")
+	for target, public := range map[string]bool{"http://93.184.215.14/blob": true, "http://10.1.2.3/blob": false} {
+		reg := newServer(t, func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, target, http.StatusFound) }, false)
+		c := newClient(t, Endpoint{URL: reg.URL}) // 127.0.0.1: never proxied
+		before := proxy.conns.Load()
+		resp, err := get(t, c, reg.URL+"/v2/library/app/blobs/sha256:abc")
+		var ae *AddressError
+		switch {
+		case public && (err != nil || resp.StatusCode != 200):
+			t.Errorf("redirect to public %s through the proxy: %v", target, err)
+		case !public && !errors.As(err, &ae):
+			t.Errorf("redirect to private %s through the proxy: %v, want an *AddressError", target, err)
+		case !public && proxy.conns.Load() != before:
+			t.Errorf("the proxy was asked for private %s", target)
+		}
+	}
 }

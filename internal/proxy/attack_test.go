@@ -494,3 +494,25 @@ func TestManyColdPullsBoundedMemory(t *testing.T) {
 		t.Fatalf("heap grew by %d MiB: the blob or the clients are buffered in memory", grew>>20)
 	}
 }
+
+// TestUnreachableUpstreamSaysRetry: while the manifests that could refer to
+// a blob cannot be fetched (the upstream failing), the client is told to
+// retry, not that the blob is unreferenced.
+func TestUnreachableUpstreamSaysRetry(t *testing.T) {
+	w := newSignedInProcess(t)
+	must(t, w.repo.Publish())
+	img := testenv.Image(t, "v1", 1, 1024) // the image newSignedInProcess signed as v1
+	layer := firstLayer(t, img)
+	p := start(t, w.config(t, time.Minute, "", ""))
+	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		rw.WriteHeader(http.StatusServiceUnavailable)
+		return true
+	})
+	for range 3 {
+		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String())
+		wantError(t, status, body, http.StatusServiceUnavailable, "UNAVAILABLE", "retry")
+	}
+	if n := w.reg.Requests(http.MethodGet, "/manifests/"+w.signed.String()); n != 1 {
+		t.Fatalf("the failing upstream was asked for the manifest %d times, want 1", n)
+	}
+}

@@ -32,9 +32,11 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 	}
 	desc := v1.Descriptor{Digest: req.dgst, Size: -1}
 	if snap != nil {
-		d, ok := s.authorize(ctx, req, snap, req.dgst)
+		d, ok, err := s.authorize(ctx, req, snap, req.dgst)
 		if ok {
 			desc = d
+		} else if err != nil {
+			return err
 		} else if err := s.refuse(ctx, req, &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotReferenced,
 			Detail: "no verified manifest of this repository refers to this blob; pull a signed tag"}); err != nil {
 			return err

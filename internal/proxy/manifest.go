@@ -78,8 +78,10 @@ func (s *Server) verifiedManifest(ctx context.Context, req *request) (*verifiedM
 	} else if ts := snap.ByDigest(req.dgst); len(ts) > 0 {
 		target = &ts[0]
 		want.Size = ts[0].Size
-	} else if d, ok := s.authorize(ctx, req, snap, req.dgst); ok && isManifestType(d.MediaType) {
+	} else if d, ok, err := s.authorize(ctx, req, snap, req.dgst); ok && isManifestType(d.MediaType) {
 		want.Size = d.Size
+	} else if err != nil {
+		return nil, nil, "", err
 	} else {
 		return nil, nil, "", &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotSigned,
 			Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}

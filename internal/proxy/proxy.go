@@ -41,9 +41,9 @@ type Server struct {
 	metrics   *metrics
 	spoolDir  string
 
-	manifests   singleflight.Group            // one upstream manifest fetch per repository and digest
-	trees       *lru.Cache[string, tree]      // verified reference trees, by GUN@digest
-	failedTrees *lru.Cache[string, time.Time] // trees that failed to build, by GUN@digest: not tried before then
+	manifests   singleflight.Group             // one upstream manifest fetch per repository and digest
+	trees       *lru.Cache[string, tree]       // verified reference trees, by GUN@digest
+	failedTrees *lru.Cache[string, failedTree] // trees that failed to build, by GUN@digest
 	fillMu      sync.Mutex
 	fills       map[string]*fill // blob downloads under way, by GUN@digest
 }
@@ -67,7 +67,7 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 	if err != nil {
 		return nil, err
 	}
-	failedTrees, err := lru.New[string, time.Time](maxFailedTrees)
+	failedTrees, err := lru.New[string, failedTree](maxFailedTrees)
 	if err != nil {
 		return nil, err
 	}

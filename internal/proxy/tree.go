@@ -3,6 +3,7 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -30,14 +31,25 @@ const failedTreeTTL = 30 * time.Second
 // maxFailedTrees bounds the failures remembered.
 const maxFailedTrees = 4096
 
+// failedTree is a target whose tree could not be built, and until when it
+// is not tried again. transient holds the failure when it may pass (the
+// upstream unreachable or rate limiting) rather than last (the manifest
+// missing upstream, or not verifying).
+type failedTree struct {
+	until     time.Time
+	transient *upstreamError
+}
+
 // authorize says whether dgst is referenced by a manifest verified in req's
 // repository: some signed target of snap whose tree holds it. Trees already
 // built are searched first; the rest are built (fetching manifests that
 // storage lacks) until dgst is found. A target whose tree failed to build
 // is not tried again for failedTreeTTL, so authorizing costs at most one
 // upstream fetch per signed manifest per failedTreeTTL, however many
-// requests ask.
-func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapshot, dgst digest.Digest) (v1.Descriptor, bool) {
+// requests ask. When dgst is not found but a target could not be walked
+// for a reason that may pass, that failure is returned: the client is told
+// to retry rather than that the digest is not referenced.
+func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapshot, dgst digest.Digest) (v1.Descriptor, bool, error) {
 	seen := map[digest.Digest]bool{}
 	var missing []trust.Target
 	for _, t := range snap.Targets {
@@ -47,30 +59,41 @@ func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapsh
 		seen[t.Digest] = true
 		if tr, ok := s.trees.Get(req.gun + "@" + t.Digest.String()); ok {
 			if d, ok := tr[dgst]; ok {
-				return d, true
+				return d, true, nil
 			}
 			continue
 		}
 		missing = append(missing, t)
 	}
 	slices.SortFunc(missing, func(a, b trust.Target) int { return cmp.Compare(a.Tag, b.Tag) })
+	var transient *upstreamError
 	for _, t := range missing {
 		key := req.gun + "@" + t.Digest.String()
-		if until, ok := s.failedTrees.Get(key); ok && time.Now().Before(until) {
+		if f, ok := s.failedTrees.Get(key); ok && time.Now().Before(f.until) {
+			transient = cmp.Or(transient, f.transient)
 			continue
 		}
 		tr, err := s.tree(ctx, req, v1.Descriptor{Digest: t.Digest, Size: t.Size}, 0)
 		if err != nil {
-			s.failedTrees.Add(key, time.Now().Add(failedTreeTTL))
+			f := failedTree{until: time.Now().Add(failedTreeTTL)}
+			if u, ok := errors.AsType[*upstreamError](err); ok && (u.code == codeUnavailable || u.code == codeTooManyRequests) {
+				f.transient = u
+				transient = cmp.Or(transient, u)
+			}
+			s.failedTrees.Add(key, f)
 			s.log.Warn("cannot walk signed target", "repo", req.gun, "tag", t.Tag, "digest", t.Digest, "err", err,
 				"retry_after", failedTreeTTL)
 			continue
 		}
 		if d, ok := tr[dgst]; ok {
-			return d, true
+			return d, true, nil
 		}
 	}
-	return v1.Descriptor{}, false
+	if transient != nil {
+		return v1.Descriptor{}, false, &upstreamError{code: transient.code, retryAfter: transient.retryAfter,
+			err: fmt.Errorf("cannot tell whether a signed manifest refers to %s, as some cannot be fetched now; retry: %w", dgst, transient.err)}
+	}
+	return v1.Descriptor{}, false, nil
 }
 
 // tree returns the reference tree of the manifest root, building and caching

@@ -5,6 +5,7 @@ package trust
 // failed before the check it exercises existed.
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -312,4 +313,73 @@ func FuzzSnapshotRoles(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLongDelegationNameStored: any delegate may add a child role whose
+// name is as long as notary allows; storing it must not refuse the
+// repository.
+func TestLongDelegationNameStored(t *testing.T) {
+	f, _, current := rolledBack(t)
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond})
+	if _, err := resolveV1(t, v); err != nil {
+		t.Fatal(err)
+	}
+	long := "targets/releases/" + strings.Repeat("a", 238)
+	if !data.IsDelegation(data.RoleName(long)) {
+		t.Fatalf("notary does not accept %s", long)
+	}
+	f.delegate(long)
+	f.tag(long, "other", []byte("x"))
+	f.publish()
+	if got, err := resolveV1(t, v); err != nil || got.Digest != targetDigest(current) {
+		t.Fatalf("with a %d-character delegation: v1 = %+v, %v", len(long), got, err)
+	}
+}
+
+// TestStuckTokenRealmBounded: the Notary server's own origin (always an
+// allowed realm) answers token requests with headers and never a body. The
+// update ends within its bounds, and once the server behaves again the
+// repository is served: nothing stays stuck.
+func TestStuckTokenRealmBounded(t *testing.T) {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	var hostile atomic.Bool
+	hostile.Store(true)
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		switch {
+		case role == "" && r.URL.Path == "/v2/token" && !hostile.Load():
+			fmt.Fprint(w, `{"token":"t"}`)
+		case role == "" && r.URL.Path == "/v2/token":
+			w.WriteHeader(http.StatusOK)
+			fmt.Fprint(w, `{"tok`)
+			w.(http.Flusher).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		case role == "" || strings.HasPrefix(r.Header.Get("Authorization"), "Bearer "):
+			return false
+		default:
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+f.srv.URL+`/v2/token",service="notary"`)
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+		return true
+	})
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond,
+		limits: config.Limits{UpstreamTimeout: time.Second}, notary: config.Notary{Username: "u", Password: "p"}})
+	start := time.Now()
+	_, err := v.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, TrustUnavailable)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("the update took %v with a 1s upstream timeout", d)
+	}
+	hostile.Store(false)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := v.Snapshot(ctx, testGUN); err != nil {
+		t.Fatalf("after the server behaved again: %v", err)
+	}
 }

@@ -32,7 +32,7 @@ type notaryServer struct {
 	hits     map[string]int
 	user     string // when set, every request needs basic auth user:pass
 	pass     string
-	override func(w http.ResponseWriter, r *http.Request, name string) bool // true: handled
+	override func(w http.ResponseWriter, r *http.Request, name string) bool // true: handled; name "" for paths outside the read API
 }
 
 func newNotaryServer(t *testing.T, gun string) *notaryServer {
@@ -59,6 +59,15 @@ func (s *notaryServer) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	prefix := "/v2/" + s.gun + "/_trust/tuf/"
 	name, ok := strings.CutPrefix(r.URL.Path, prefix)
+	if s.mu.Lock(); !ok && s.override != nil {
+		override := s.override
+		s.mu.Unlock()
+		if override(w, r, "") { // another path, such as a token service's
+			return
+		}
+	} else {
+		s.mu.Unlock()
+	}
 	if !ok || r.Method != http.MethodGet || !strings.HasSuffix(name, ".json") {
 		http.NotFound(w, r)
 		return
