@@ -402,7 +402,9 @@ func TestUnknownDigestsDoNotMultiplyUpstreamFetches(t *testing.T) {
 		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+digest.NewDigestFromBytes(digest.SHA256, sum[:]).String())
 		wantDenied(t, status, body, trust.NotReferenced)
 	}
-	if n := w.reg.Requests(http.MethodGet, "") - before; n > 31 {
+	n := w.reg.Requests(http.MethodGet, "") - before
+	t.Logf("10 requests for unknown digests made %d upstream GETs (30 signed targets missing upstream)", n)
+	if n > 31 {
 		t.Fatalf("10 requests for unknown digests made %d upstream GETs, want at most 31 (one per signed target)", n)
 	}
 }
