@@ -75,7 +75,6 @@ func (u *upstreams) pick(q url.Values, name string) (*upstream, string, error) {
 
 // upstream is one registry and the client that reads from it.
 type upstream struct {
-	index   int
 	cfg     config.Upstream
 	base    *url.URL
 	client  *egress.Client
@@ -96,7 +95,7 @@ func newUpstream(i int, cfg config.Upstream, lim config.Limits) (*upstream, erro
 	if err != nil {
 		return nil, err
 	}
-	return &upstream{index: i, cfg: cfg, base: base, client: c, timeout: lim.UpstreamTimeout}, nil
+	return &upstream{cfg: cfg, base: base, client: c, timeout: lim.UpstreamTimeout}, nil
 }
 
 // get sends GET <base>/v2/<repo>/<kind>/<ref>?<query>, with a pull token
