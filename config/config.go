@@ -114,6 +114,10 @@ type Trust struct {
 	// before the repository is refused, even if the data has not expired.
 	// Default 24h; a rule may set its own.
 	MaxStaleness time.Duration `yaml:"max_staleness"`
+	// RefusalTTL is how long a refusal of a whole repository (no trust
+	// data, unreachable or invalid) is remembered before the Notary server
+	// is asked again; never longer than RefreshTTL. Default 10s.
+	RefusalTTL time.Duration `yaml:"refusal_ttl"`
 }
 
 // Pinning says which root keys are trusted, as notary's trustpinning does.

@@ -228,6 +228,7 @@ func (c *Config) setDefaults() {
 
 	orDefault(&c.Trust.RefreshTTL, time.Minute)
 	orDefault(&c.Trust.MaxStaleness, 24*time.Hour)
+	orDefault(&c.Trust.RefusalTTL, 10*time.Second)
 	if len(c.Trust.Rules) == 0 {
 		c.Trust.Rules = []Rule{{Repositories: "**"}}
 	}

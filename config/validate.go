@@ -225,6 +225,9 @@ func (c *Config) validateTrust(p *problems) {
 	if t.RefreshTTL <= 0 {
 		p.addf("trust.refresh_ttl", "must be positive, e.g. 1m")
 	}
+	if t.RefusalTTL <= 0 {
+		p.addf("trust.refusal_ttl", "must be positive, e.g. 10s")
+	}
 	if t.MaxStaleness <= 0 {
 		p.addf("trust.max_staleness", "must be positive, e.g. 24h")
 	}

@@ -349,23 +349,32 @@ func (c *Client) token(ctx context.Context, scope string) (string, error) {
 	if t, ok := c.tokens.Get(scope); ok && time.Now().Before(t.until) {
 		return t.value, nil
 	}
-	ch := c.fetch.DoChan(scope, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
-		defer cancel()
-		t, err := c.fetchToken(ctx, scope)
-		if err == nil {
-			c.tokens.Add(scope, t)
+	for retried := false; ; retried = true {
+		ch := c.fetch.DoChan(scope, func() (any, error) {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.timeout)
+			defer cancel()
+			t, err := c.fetchToken(ctx, scope)
+			if err == nil {
+				c.tokens.Add(scope, t)
+			}
+			return t, err
+		})
+		select {
+		case res := <-ch:
+			// A failed fetch shared with others may have begun long before
+			// this caller asked (and timed out as it joined): it is tried
+			// once more, so no caller inherits an old fetch's failure.
+			if res.Err != nil && res.Shared && !retried {
+				c.fetch.Forget(scope)
+				continue
+			}
+			if res.Err != nil {
+				return "", res.Err
+			}
+			return res.Val.(token).value, nil
+		case <-ctx.Done():
+			return "", fmt.Errorf("%s: waiting for a token: %w", c.field, context.Cause(ctx))
 		}
-		return t, err
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return "", res.Err
-		}
-		return res.Val.(token).value, nil
-	case <-ctx.Done():
-		return "", fmt.Errorf("%s: waiting for a token: %w", c.field, context.Cause(ctx))
 	}
 }
 

@@ -40,7 +40,9 @@ type Verifier struct {
 
 	group      singleflight.Group
 	snaps      *lru.Cache[string, cached]
-	tofuWarned sync.Map // GUN -> struct{}
+	refusals   *lru.Cache[string, refused] // recent repository refusals, by GUN
+	refusalTTL time.Duration
+	tofuWarned *lru.Cache[string, struct{}]
 
 	refreshes *prometheus.CounterVec
 	seconds   prometheus.Histogram
@@ -58,6 +60,14 @@ type upstream struct {
 
 type cached struct {
 	snap  *Snapshot
+	until time.Time
+}
+
+// refused is a repository refusal remembered until until, so that a flood
+// of requests for made-up or unsigned repositories asks the Notary server
+// once per name per trust.refusal_ttl, not once per request.
+type refused struct {
+	err   *RefusalError
 	until time.Time
 }
 
@@ -85,6 +95,14 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	if err != nil {
 		return nil, err
 	}
+	refusals, err := lru.New[string, refused](maxSnapshots)
+	if err != nil {
+		return nil, err
+	}
+	tofuWarned, err := lru.New[string, struct{}](maxSnapshots)
+	if err != nil {
+		return nil, err
+	}
 	v := &Verifier{
 		policy:    p,
 		pinning:   cfg.Trust.Pinning,
@@ -94,6 +112,10 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		ttl:       cfg.Trust.RefreshTTL,
 		log:       log,
 		snaps:     snaps,
+		refusals:  refusals,
+		// Never longer than verified data would be reused.
+		refusalTTL: min(cfg.Trust.RefusalTTL, cfg.Trust.RefreshTTL),
+		tofuWarned: tofuWarned,
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_trust_refresh_total",
 			Help: "Trust metadata refreshes from the Notary server, by result (ok or the refusal reason).",
@@ -152,6 +174,9 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string) (*Snapshot, error) 
 		v.log.Debug("trust cache hit", "gun", gun, "checked", c.snap.Checked, "expires", c.snap.Expires)
 		return c.snap, nil
 	}
+	if f, ok := v.refusals.Get(gun); ok && time.Now().Before(f.until) {
+		return nil, f.err
+	}
 	// The refresh outlives a caller that gives up: others may be waiting on it,
 	// and each of its requests is bounded by limits.upstream_timeout.
 	ch := v.group.DoChan(gun, func() (any, error) {
@@ -207,8 +232,10 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *rule, up *upstrea
 	v.refreshes.WithLabelValues(result).Inc()
 	v.seconds.Observe(time.Since(start).Seconds())
 	if rerr != nil {
+		v.refusals.Add(gun, refused{err: rerr, until: time.Now().Add(v.refusalTTL)})
 		return nil, rerr
 	}
+	v.refusals.Remove(gun)
 	until := earliest(snap.Checked.Add(v.ttl), snap.Expires)
 	if snap.Unreachable != "" {
 		until = earliest(until, snap.Refreshed.Add(r.MaxStaleness))
@@ -242,7 +269,7 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 	}
 	remote := newBoundedRemote(hs, v.limits)
 	if r.TOFU && len(pinsFor(v.pinning, gun)) == 0 {
-		if _, warned := v.tofuWarned.LoadOrStore(gun, struct{}{}); !warned {
+		if warned, _ := v.tofuWarned.ContainsOrAdd(gun, struct{}{}); !warned {
 			v.log.Warn("trusting root on first use", "gun", gun,
 				"hint", "pin it in trust.pinning.certs or trust.pinning.ca")
 		}
