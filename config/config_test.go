@@ -28,6 +28,7 @@ func defaults() *Config {
 			Rules:        []Rule{{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour}},
 			RefreshTTL:   time.Minute,
 			MaxStaleness: 24 * time.Hour,
+			RefusalTTL:   10 * time.Second,
 		},
 		Limits: Limits{
 			ManifestBytes:      4 << 20,
@@ -608,6 +609,7 @@ func TestExample(t *testing.T) {
 			},
 			RefreshTTL:   5 * time.Minute,
 			MaxStaleness: 24 * time.Hour,
+			RefusalTTL:   10 * time.Second,
 		},
 		Limits: defaults().Limits,
 		Log:    Log{Level: "info"},

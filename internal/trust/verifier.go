@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/notary"
 	"github.com/theupdateframework/notary/client"
@@ -395,11 +397,22 @@ func pinsFor(p config.Pinning, gun string) []string {
 	}
 	for prefix, file := range p.CA {
 		if strings.HasPrefix(gun, prefix) {
-			pins = append(pins, "ca "+prefix+" "+file)
+			pins = append(pins, "ca "+prefix+" "+file+" "+fileDigest(file))
 		}
 	}
 	slices.Sort(pins)
 	return pins
+}
+
+// fileDigest is the sha256 of the file at path, so that a root accepted
+// under a CA file is checked again when the file's content changes (a CA
+// replaced in place), or why it cannot be read.
+func fileDigest(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	return digest.FromBytes(b).String()
 }
 
 // pinStamp describes what decides gun's root: its pins and whether trust on

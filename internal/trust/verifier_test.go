@@ -3,12 +3,20 @@ package trust
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"github.com/theupdateframework/notary/tuf/utils"
 	"log/slog"
+	"math/big"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -665,4 +673,71 @@ func TestSlowUpdateBounded(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("update took %v with a 300ms request timeout", d)
 	}
+}
+
+// TestCAFileReplacedInPlaceRechecksRoot: a root accepted under a CA file is
+// checked again when the file's content changes, though its path does not.
+func TestCAFileReplacedInPlaceRechecksRoot(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	dir := t.TempDir()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, issueRoot(t, f), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pins := config.Pinning{CA: map[string]string{"example.com/": ca}}
+	v, _ := newVerifier(t, f, opts{dataDir: dir, pinning: pins})
+	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		t.Fatalf("root issued by the pinned CA: %v", err)
+	}
+
+	// The operator replaces the CA file with one that did not issue the
+	// root, and restarts: the cached root is refused.
+	if err := os.WriteFile(ca, pemCert(f.delegate("targets/other")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v2, _ := newVerifier(t, f, opts{dataDir: dir, pinning: pins})
+	_, err := v2.Snapshot(t.Context(), testGUN)
+	wantReason(t, err, NotPinned)
+}
+
+// issueRoot rotates f's root to a certificate that a new CA issued for a
+// new root key, publishes it, and returns the CA certificate as PEM.
+func issueRoot(t *testing.T, f *fixture) []byte {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Add(-time.Hour)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: now, NotAfter: now.AddDate(1, 0, 0), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	pub, err := f.cs.Create(data.CanonicalRootRole, f.gun, data.ECDSAKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootPub, err := x509.ParsePKIXPublicKey(pub.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: f.gun.String()},
+		NotBefore: now, NotAfter: now.AddDate(1, 0, 0), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning, x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, rootPub, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	if err := f.repo.ReplaceBaseKeys(data.CanonicalRootRole, utils.CertToKey(cert)); err != nil {
+		t.Fatal(err)
+	}
+	f.publish()
+	return pemCert(caCert)
 }
