@@ -117,14 +117,15 @@ func (s *Server) manifest(ctx context.Context, req *request, want v1.Descriptor)
 		return nil, "", err
 	}
 	if stored, err := ms.Get(ctx, want.Digest); err == nil {
-		_, body, err := stored.Payload()
-		if err == nil && (want.Size < 0 || int64(len(body)) == want.Size) {
-			m, err := parseManifest(want.Digest, body)
-			if err == nil {
-				return m, "cache", nil
-			}
+		m, err := storedManifest(stored, want)
+		if err == nil {
+			return m, "cache", nil
 		}
-		s.log.Warn("stored manifest unusable, fetching again", "repo", req.gun, "digest", want.Digest)
+		// Storage may be a bucket others can write: its bytes are checked
+		// like the upstream's, and never served unless they verify.
+		s.metrics.unusable.WithLabelValues("manifest").Inc()
+		s.log.Error("stored manifest unusable, fetching it again from the upstream; inspect the storage, which may have been altered",
+			"repo", req.gun, "digest", want.Digest, "err", err)
 	}
 	v, err, _ := s.manifests.Do(req.gun+"@"+want.Digest.String(), func() (any, error) {
 		return s.fetchManifest(context.WithoutCancel(ctx), req, ms, want)
@@ -133,6 +134,22 @@ func (s *Server) manifest(ctx context.Context, req *request, want v1.Descriptor)
 		return nil, "", err
 	}
 	return v.(*verifiedManifest), "upstream", nil
+}
+
+// storedManifest checks a manifest read from storage as if the upstream had
+// sent it: its bytes must hash to want's digest and have want's size.
+func storedManifest(stored distribution.Manifest, want v1.Descriptor) (*verifiedManifest, error) {
+	_, body, err := stored.Payload()
+	if err != nil {
+		return nil, err
+	}
+	if got := digest.FromBytes(body); got != want.Digest {
+		return nil, fmt.Errorf("the stored manifest hashes to %s, not to its digest", got)
+	}
+	if want.Size >= 0 && int64(len(body)) != want.Size {
+		return nil, fmt.Errorf("the stored manifest is %d bytes, the signed target says %d", len(body), want.Size)
+	}
+	return parseManifest(want.Digest, body)
 }
 
 func (s *Server) fetchManifest(ctx context.Context, req *request, ms distribution.ManifestService, want v1.Descriptor) (*verifiedManifest, error) {

@@ -7,6 +7,7 @@ type metrics struct {
 	decisions *prometheus.CounterVec // trustproxy_decisions_total{verdict,reason}
 	upstream  *prometheus.CounterVec // trustproxy_upstream_fetches_total{kind,result}
 	served    *prometheus.CounterVec // trustproxy_served_total{kind,source}
+	unusable  *prometheus.CounterVec // trustproxy_storage_unusable_total{kind}
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -23,8 +24,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "trustproxy_served_total",
 			Help: "Manifests and blobs served, by kind and source (cache or upstream).",
 		}, []string{"kind", "source"}),
+		unusable: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_storage_unusable_total",
+			Help: "Content read from storage that did not verify (altered or damaged) and was fetched again, by kind.",
+		}, []string{"kind"}),
 	}
-	for _, c := range []prometheus.Collector{m.decisions, m.upstream, m.served} {
+	for _, c := range []prometheus.Collector{m.decisions, m.upstream, m.served, m.unusable} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -1,9 +1,12 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -456,5 +459,44 @@ func TestAuditModeServesAndLogsWhatItWouldRefuse(t *testing.T) {
 	if status, _, body := p.get(t, http.MethodGet, "/v2/library/app/tags/list"); status != 200 ||
 		strings.TrimSpace(string(body)) != `{"name":"library/app","tags":["v1","v2"]}` {
 		t.Fatalf("tags/list in audit mode: %d %s", status, body)
+	}
+}
+
+// Storage may be a bucket that others can write: a stored manifest whose
+// bytes were altered is never served. It is fetched again from the
+// upstream and checked against the signed digest; with the upstream gone,
+// the pull fails.
+func TestAlteredStoredManifestNotServed(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "v1")
+	p := w.start(t, "")
+	p.mustPull(t, "library/app:v1")
+
+	// Same length, still a valid manifest: one hex digit of its config digest changed.
+	file := filepath.Join(p.dataDir, "storage", "docker", "registry", "v2", "blobs", "sha256", signed.Hex[:2], signed.Hex, "data")
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, []byte(`"sha256:`)) + len(`"sha256:`)
+	altered := bytes.Clone(b)
+	altered[i] = "01"[b[i]&1^1]
+	if err := os.WriteFile(file, altered, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	path := "/v2/library/app/manifests/v1"
+	status, h, body := p.get(t, http.MethodGet, path)
+	if status != 200 || h.Get("Docker-Content-Digest") != signed.String() || !bytes.Equal(body, b) {
+		t.Fatalf("GET %s after the stored manifest was altered: %d %s, body altered %t", path, status, h.Get("Docker-Content-Digest"), bytes.Equal(body, altered))
+	}
+	if !strings.Contains(p.logs.String(), "stored manifest unusable") {
+		t.Fatalf("no log line about the altered manifest")
+	}
+	w.Registry.Stop()
+	status, _, body = p.get(t, http.MethodGet, path)
+	if status == 200 {
+		t.Fatalf("served an altered stored manifest with the upstream gone: %s", body)
 	}
 }
