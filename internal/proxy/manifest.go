@@ -49,9 +49,6 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *requ
 		}
 		return s.serveUnverifiedManifest(w, r, req) // audit mode
 	}
-	if !m.index {
-		s.imageTree(req, m)
-	}
 	s.decide(ctx, req, "served", "verified", "", target)
 	s.metrics.served.WithLabelValues("manifest", source).Inc()
 	writeManifest(w, r, m)
@@ -108,8 +105,9 @@ func writeManifest(w http.ResponseWriter, r *http.Request, m *verifiedManifest) 
 }
 
 // manifest returns the manifest want, from storage or else from the
-// upstream by digest. Upstream bytes must hash to want.Digest and, when
-// want.Size is known, have exactly that length; only then are they stored.
+// upstream by digest, and records its children in the index. Stored and
+// upstream bytes alike must hash to want.Digest and, when want.Size is
+// known, have exactly that length; only then are upstream bytes stored.
 // Concurrent requests for one manifest share one upstream fetch.
 func (s *Server) manifest(ctx context.Context, req *request, want v1.Descriptor) (*verifiedManifest, string, error) {
 	ms, err := s.manifestService(ctx, req.gun)
@@ -119,6 +117,7 @@ func (s *Server) manifest(ctx context.Context, req *request, want v1.Descriptor)
 	if stored, err := ms.Get(ctx, want.Digest); err == nil {
 		m, err := storedManifest(stored, want)
 		if err == nil {
+			s.index.record(m.digest, m.refs)
 			return m, "cache", nil
 		}
 		// Storage may be a bucket others can write: its bytes are checked
@@ -133,7 +132,9 @@ func (s *Server) manifest(ctx context.Context, req *request, want v1.Descriptor)
 	if err != nil {
 		return nil, "", err
 	}
-	return v.(*verifiedManifest), "upstream", nil
+	m := v.(*verifiedManifest)
+	s.index.record(m.digest, m.refs)
+	return m, "upstream", nil
 }
 
 // storedManifest checks a manifest read from storage as if the upstream had

@@ -41,15 +41,13 @@ type Server struct {
 	metrics   *metrics
 	spoolDir  string
 
-	manifests   singleflight.Group             // one upstream manifest fetch per repository and digest
-	trees       *lru.Cache[string, tree]       // verified reference trees, by GUN@digest
-	failedTrees *lru.Cache[string, failedTree] // trees that failed to build, by GUN@digest
-	fillMu      sync.Mutex
-	fills       map[string]*fill // blob downloads under way, by GUN@digest
+	manifests     singleflight.Group               // one upstream manifest fetch per repository and digest
+	index         refIndex                         // what verified manifests refer to
+	recorded      *lru.Cache[string, recorded]     // repositories whose signed targets are all in index, by GUN
+	failedTargets *lru.Cache[string, failedTarget] // targets that could not be recorded, by GUN@digest
+	fillMu        sync.Mutex
+	fills         map[string]*fill // blob downloads under way, by GUN@digest
 }
-
-// maxTrees bounds the verified reference trees kept in memory.
-const maxTrees = 4096
 
 // New returns the registry read API for cfg's upstreams over store. Every
 // route to content asks v first. Metrics are registered on reg.
@@ -63,11 +61,11 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 		return nil, fmt.Errorf("spool directory: %w", err)
 	}
 	removeStaleSpool(spool, max(time.Hour, 2*cfg.Limits.BlobIdleTimeout), log)
-	trees, err := lru.New[string, tree](maxTrees)
+	rec, err := lru.New[string, recorded](maxFailedTargets)
 	if err != nil {
 		return nil, err
 	}
-	failedTrees, err := lru.New[string, failedTree](maxFailedTrees)
+	failed, err := lru.New[string, failedTarget](maxFailedTargets)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +77,7 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 	return &Server{
 		cfg: cfg, store: store, verify: v, upstreams: ups,
 		log: log, decisions: log.With("log", "decision"), metrics: m,
-		spoolDir: spool, trees: trees, failedTrees: failedTrees, fills: map[string]*fill{},
+		spoolDir: spool, index: newMemIndex(), recorded: rec, failedTargets: failed, fills: map[string]*fill{},
 	}, nil
 }
 

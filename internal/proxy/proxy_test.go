@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
@@ -498,5 +499,37 @@ func TestAlteredStoredManifestNotServed(t *testing.T) {
 	status, _, body = p.get(t, http.MethodGet, path)
 	if status == 200 {
 		t.Fatalf("served an altered stored manifest with the upstream gone: %s", body)
+	}
+}
+
+// TestIndexRebuiltFromStorageAfterRestart: what verified manifests refer
+// to is recorded from storage by a new process, without asking the
+// upstream: a layer of a signed index's platform image is served by
+// digest, a made-up digest refused, and the upstream registry sees nothing.
+func TestIndexRebuiltFromStorageAfterRestart(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	amd := testenv.ImageFor(t, "multi", "linux/amd64", 1, 4096)
+	arm := testenv.ImageFor(t, "multi", "linux/arm64/v8", 1, 4096)
+	idx := testenv.Index(t, amd, arm)
+	w.Registry.PushIndex(t, "library/app", "multi", idx)
+	w.Notary.SignImage(t, gun, "multi", idx, testenv.Releases)
+	dataDir := t.TempDir()
+	first := start(t, w.config(t, dataDir, ""))
+	for _, child := range []string{mustDigest(t, amd), mustDigest(t, arm)} {
+		first.mustPull(t, "library/app@"+child)
+	}
+
+	before := w.Registry.Requests("", "")
+	second := start(t, w.config(t, dataDir, ""))
+	layer := firstLayer(t, arm)
+	if status, h, _ := second.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String()); status != 200 || h.Get("Docker-Content-Digest") != layer.String() {
+		t.Fatalf("GET the arm64 layer after a restart: %d", status)
+	}
+	madeUp := digest.FromString("made up")
+	status, _, body := second.get(t, http.MethodGet, "/v2/library/app/blobs/"+madeUp.String())
+	wantDenied(t, status, body, trust.NotReferenced)
+	if n := w.Registry.Requests("", "") - before; n != 0 {
+		t.Fatalf("the restarted proxy sent %d requests to the upstream registry, want 0", n)
 	}
 }
