@@ -2,9 +2,6 @@ package config
 
 import (
 	"fmt"
-	"maps"
-	"slices"
-	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -28,35 +25,6 @@ type Config struct {
 	Trust     Trust      `yaml:"trust"`
 	Limits    Limits     `yaml:"limits"`
 	Log       Log        `yaml:"log"`
-}
-
-// Redacted returns a copy of c for printing and logging in which every
-// password, and every secret parameter of the storage driver, reads
-// "REDACTED". Only what it changes is copied: treat the result as read-only.
-func (c *Config) Redacted() *Config {
-	r := *c
-	hide := func(s *string) {
-		if *s != "" {
-			*s = "REDACTED"
-		}
-	}
-	r.Upstreams = slices.Clone(c.Upstreams)
-	for i := range r.Upstreams {
-		hide(&r.Upstreams[i].Password)
-		hide(&r.Upstreams[i].Notary.Password)
-	}
-	r.Storage = maps.Clone(c.Storage)
-	for driver, params := range r.Storage {
-		params = maps.Clone(params)
-		for k := range params {
-			switch strings.ToLower(k) {
-			case "accesskey", "secretkey", "sessiontoken", "accountkey", "credentials", "password":
-				params[k] = "REDACTED"
-			}
-		}
-		r.Storage[driver] = params
-	}
-	return &r
 }
 
 // TLS names the certificate and key files of the listener.
@@ -103,8 +71,8 @@ type Notary struct {
 type Trust struct {
 	Pinning Pinning  `yaml:"pinning"`
 	Signers []Signer `yaml:"signers"`
-	// Rules are matched in order against the GUN; the first match decides.
-	// A GUN no rule matches is refused.
+	// Rules are matched in order against the GUN; the first match decides
+	// (RuleFor). A GUN no rule matches is refused.
 	Rules []Rule `yaml:"rules"`
 	// RefreshTTL bounds how long verified trust data is used before the
 	// Notary server is asked again. Default 1m.
@@ -139,9 +107,10 @@ type Signer struct {
 	// `notary key list` shows it).
 	KeyIDs []string `yaml:"key_ids"`
 
-	// PEM is the key or certificate read from PublicKey by Load: its first
-	// PEM block, checked to parse with crypto/x509. Nil without PublicKey.
-	PEM []byte `yaml:"-"`
+	// Keys are the PKIX DER public keys of every PEM block of PublicKey
+	// (the key itself, or a certificate's), as Load read them. Nil without
+	// PublicKey.
+	Keys [][]byte `yaml:"-"`
 }
 
 // Mode says what a rule does with an image that fails verification.
@@ -196,6 +165,17 @@ type Rule struct {
 	TOFU bool `yaml:"tofu"`
 	// MaxStaleness overrides Trust.MaxStaleness for this rule's GUNs.
 	MaxStaleness time.Duration `yaml:"max_staleness"`
+
+	// Index is the rule's position in Trust.Rules, set by Load: which rule
+	// decided, in logs.
+	Index int `yaml:"-"`
+	// TrustedSigners are the entries of Trust.Signers that Signers names, in
+	// that order, set by Load.
+	TrustedSigners []*Signer `yaml:"-"`
+
+	// pattern is Repositories compiled by Load; a Rule not from Load matches
+	// nothing.
+	pattern pattern
 }
 
 // Limits bounds every input from the network.

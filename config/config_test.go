@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,12 +11,18 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
+
+// ignorePattern leaves out of comparisons the compiled pattern of a Rule,
+// which TestMatch checks.
+var ignorePattern = cmpopts.IgnoreUnexported(Rule{})
 
 // defaults is the configuration that an empty file gives.
 func defaults() *Config {
@@ -47,10 +54,11 @@ func defaults() *Config {
 	}
 }
 
-// pems is a self-signed ECDSA CA certificate with its key, in PEM.
-type pems struct{ cert, key, pub []byte }
+// pems is a self-signed ECDSA CA certificate with its key, in PEM, and its
+// public key in PKIX DER (spki).
+type pems struct{ cert, key, pub, spki []byte }
 
-func newCert(t *testing.T) pems {
+func newCert(t testing.TB) pems {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -82,7 +90,8 @@ func newCert(t *testing.T) pems {
 		cert: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		key:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: priv}),
 		// As `docker trust key generate alice` writes alice.pub.
-		pub: pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Headers: map[string]string{"role": "alice"}, Bytes: pub}),
+		pub:  pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Headers: map[string]string{"role": "alice"}, Bytes: pub}),
+		spki: pub,
 	}
 }
 
@@ -129,7 +138,7 @@ func TestDefaults(t *testing.T) {
 			want: func(c *Config) {
 				c.Trust.Rules = []Rule{
 					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour},
-					{Repositories: "**", Roles: []string{"targets"}, Mode: Audit, MaxStaleness: 24 * time.Hour},
+					{Repositories: "**", Roles: []string{"targets"}, Mode: Audit, MaxStaleness: 24 * time.Hour, Index: 1},
 				}
 			},
 		},
@@ -149,17 +158,22 @@ func TestDefaults(t *testing.T) {
 			if tt.want != nil {
 				tt.want(want)
 			}
-			if diff := cmp.Diff(want, got); diff != "" {
+			if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
 				t.Errorf("Load(%q) mismatch (-want +got):\n%s", tt.yaml, diff)
 			}
 		})
 	}
 }
 
-func TestDefault(t *testing.T) {
-	c := Default()
-	if diff := cmp.Diff(defaults(), c); diff != "" {
-		t.Errorf("Default() differs from the defaults Load fills (-want +got):\n%s", diff)
+// TestEmbeddedDefault checks the embedded default.yaml, which an empty file
+// gives: it must be safe, since it is what runs without a configuration.
+func TestEmbeddedDefault(t *testing.T) {
+	c, err := Load(bytes.NewReader(defaultYAML), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(defaults(), c, ignorePattern); diff != "" {
+		t.Errorf("default.yaml differs from the defaults Load fills (-want +got):\n%s", diff)
 	}
 	for i, u := range c.Upstreams {
 		if u.Notary.URL != "" {
@@ -239,7 +253,7 @@ func TestEnv(t *testing.T) {
 			}
 			want := defaults()
 			tt.want(want)
-			if diff := cmp.Diff(want, got); diff != "" {
+			if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
 				t.Errorf("mismatch (-want +got):\n%s", diff)
 			}
 		})
@@ -341,6 +355,18 @@ func TestErrors(t *testing.T) {
 			files: map[string][]byte{"alice.pub": pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte("junk")})},
 			want:  []string{"trust.signers[0].public_key: "},
 		},
+		{
+			name:  "second signer PEM block is private",
+			yaml:  "trust:\n  signers:\n    - name: alice\n      public_key: alice.pem\n",
+			files: map[string][]byte{"alice.pem": append(append([]byte{}, ca.pub...), ca.key...)},
+			want:  []string{"trust.signers[0].public_key: ", "holds a PRIVATE KEY (PEM block 2)"},
+		},
+		{
+			name:  "second signer certificate does not parse",
+			yaml:  "trust:\n  signers:\n    - name: alice\n      public_key: alice.pem\n",
+			files: map[string][]byte{"alice.pem": append(append([]byte{}, ca.cert...), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("junk")})...)},
+			want:  []string{"trust.signers[0].public_key: ", "PEM block 2: parse CERTIFICATE"},
+		},
 		{name: "signer without key", yaml: "trust:\n  signers:\n    - name: alice\n", want: []string{"trust.signers[0]: set public_key, key_ids or both"}},
 		{name: "signer without name", yaml: "trust:\n  signers:\n    - key_ids: [" + strings.Repeat("a", 64) + "]\n", want: []string{"trust.signers[0].name: required"}},
 		{
@@ -402,6 +428,45 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// TestLoadCompilesTrust: Load reads every key of a signer's file, resolves
+// each rule's signers and reports what it cannot compile by field.
+func TestLoadCompilesTrust(t *testing.T) {
+	dir := t.TempDir()
+	alice, bob := newCert(t), newCert(t)
+	writeFiles(t, dir, map[string][]byte{
+		"keys.pem": append(append([]byte{}, alice.pub...), bob.cert...),
+		"bad.pem":  alice.key,
+	})
+	good := "trust:\n  signers:\n    - name: team\n      public_key: " + filepath.Join(dir, "keys.pem") + "\n" +
+		"  rules:\n    - repositories: docker.io/**\n      signers: [team]\n"
+	c, err := Load(strings.NewReader(good), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([][]byte{alice.spki, bob.spki}, c.Trust.Signers[0].Keys); diff != "" {
+		t.Errorf("signer keys (-want +got):\n%s", diff)
+	}
+	if r := c.Trust.RuleFor("docker.io/library/alpine"); r == nil || len(r.TrustedSigners) != 1 || r.TrustedSigners[0] != &c.Trust.Signers[0] {
+		t.Errorf("RuleFor(docker.io/library/alpine) = %+v, want trust.rules[0] trusting trust.signers[0]", r)
+	}
+
+	bad := "trust:\n  signers:\n    - name: team\n      public_key: " + filepath.Join(dir, "bad.pem") + "\n" +
+		"  rules:\n    - repositories: docker.io/**/app\n      signers: [team, nobody]\n"
+	_, err = Load(strings.NewReader(bad), nil)
+	if err == nil {
+		t.Fatal("Load succeeded, want errors")
+	}
+	for _, w := range []string{
+		"trust.signers[0].public_key: " + filepath.Join(dir, "bad.pem") + " holds a PRIVATE KEY",
+		`trust.rules[0].repositories: bad pattern "docker.io/**/app": ** may only stand alone`,
+		`trust.rules[0].signers[1]: no signer named "nobody" in trust.signers`,
+	} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error does not contain %q:\n%v", w, err)
+		}
+	}
+}
+
 func TestErrorsHidePasswords(t *testing.T) {
 	yaml := `
 upstreams:
@@ -422,33 +487,6 @@ storage:
 	}
 	if strings.Contains(err.Error(), "hunter2") {
 		t.Errorf("error shows a password:\n%v", err)
-	}
-}
-
-func TestRedacted(t *testing.T) {
-	c := defaults()
-	c.Upstreams = []Upstream{
-		{Name: "a.example", Username: "u", Password: "p1", Notary: Notary{Username: "n", Password: "p2"}},
-		{Name: "b.example"},
-	}
-	c.Storage = map[string]map[string]any{"s3": {"bucket": "b", "accesskey": "AK", "secretkey": "SK"}}
-	orig := *c
-	orig.Upstreams = append([]Upstream(nil), c.Upstreams...)
-
-	want := defaults()
-	want.Upstreams = []Upstream{
-		{Name: "a.example", Username: "u", Password: "REDACTED", Notary: Notary{Username: "n", Password: "REDACTED"}},
-		{Name: "b.example"},
-	}
-	want.Storage = map[string]map[string]any{"s3": {"bucket": "b", "accesskey": "REDACTED", "secretkey": "REDACTED"}}
-	if diff := cmp.Diff(want, c.Redacted()); diff != "" {
-		t.Errorf("Redacted() mismatch (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff(&orig, c); diff != "" {
-		t.Errorf("Redacted() changed its receiver (-before +after):\n%s", diff)
-	}
-	if c.Storage["s3"]["secretkey"] != "SK" {
-		t.Errorf("Redacted() changed the storage secret of its receiver")
 	}
 }
 
@@ -490,38 +528,48 @@ func TestMatch(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.pattern+" "+tt.gun, func(t *testing.T) {
-			got, err := match(tt.pattern, tt.gun)
-			if got != tt.want || (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("match(%q, %q) = %v, %v; want %v, error with %q", tt.pattern, tt.gun, got, err, tt.want, tt.wantErr)
+			p, err := compilePattern(tt.pattern)
+			if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("compilePattern(%q) = %v, want an error with %q", tt.pattern, err, tt.wantErr)
 			}
-			if m := (Rule{Repositories: tt.pattern}).Matches(tt.gun); m != tt.want {
-				t.Errorf("Rule.Matches(%q) = %v, want %v", tt.gun, m, tt.want)
+			if err != nil {
+				return
+			}
+			if r := (&Rule{Repositories: tt.pattern, pattern: p}); r.Matches(tt.gun) != tt.want {
+				t.Errorf("%q: Matches(%q) = %v, want %v", tt.pattern, tt.gun, !tt.want, tt.want)
 			}
 		})
+	}
+	if (&Rule{Repositories: "**"}).Matches("docker.io/library/alpine") {
+		t.Error("a Rule not compiled by Load matches")
 	}
 }
 
 func TestRuleFor(t *testing.T) {
-	c := &Config{Trust: Trust{Rules: []Rule{
-		{Repositories: "docker.io/library/*", Mode: Enforce},
-		{Repositories: "docker.io/**", Mode: Audit},
-	}}}
+	c, err := Load(strings.NewReader("trust:\n  rules:\n    - repositories: docker.io/library/*\n    - repositories: docker.io/**\n      mode: audit\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
-		gun    string
-		want   Rule
-		wantOK bool
+		gun  string
+		want *Rule
 	}{
-		{"docker.io/library/alpine", c.Trust.Rules[0], true},
-		{"docker.io/myorg/app", c.Trust.Rules[1], true},
-		{"quay.io/myorg/app", Rule{}, false},
+		{"docker.io/library/alpine", &c.Trust.Rules[0]},
+		{"docker.io/myorg/app", &c.Trust.Rules[1]},
+		{"docker.io/library/alpine/extra", &c.Trust.Rules[1]},
+		{"quay.io/myorg/app", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.gun, func(t *testing.T) {
-			got, ok := c.RuleFor(tt.gun)
-			if diff := cmp.Diff(tt.want, got); diff != "" || ok != tt.wantOK {
-				t.Errorf("RuleFor(%q) = _, %v, want %v; rule (-want +got):\n%s", tt.gun, ok, tt.wantOK, diff)
+			if got := c.Trust.RuleFor(tt.gun); got != tt.want {
+				t.Errorf("RuleFor(%q) = %p, want %p (rules at %p, %p)", tt.gun, got, tt.want, &c.Trust.Rules[0], &c.Trust.Rules[1])
 			}
 		})
+	}
+	for i, r := range c.Trust.Rules {
+		if r.Index != i {
+			t.Errorf("trust.rules[%d].Index = %d", i, r.Index)
+		}
 	}
 }
 
@@ -598,14 +646,14 @@ func TestExample(t *testing.T) {
 				CA:    map[string]string{"registry.example.com:5443/": path("certs/root-ca.pem")},
 			},
 			Signers: []Signer{
-				{Name: "alice", PublicKey: path("keys/alice.pub"), PEM: alice.pub},
+				{Name: "alice", PublicKey: path("keys/alice.pub"), Keys: [][]byte{alice.spki}},
 				{Name: "release-ci", KeyIDs: []string{"3c5e7b9d1f3a8f1a4c6e0b2d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a"}},
-				{Name: "bob", PublicKey: path("keys/bob.crt"), PEM: bob.cert, KeyIDs: []string{"5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a8f1a4c6e0b2d3f"}},
+				{Name: "bob", PublicKey: path("keys/bob.crt"), Keys: [][]byte{bob.spki}, KeyIDs: []string{"5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a8f1a4c6e0b2d3f"}},
 			},
 			Rules: []Rule{
 				{Repositories: "registry.example.com:5443/**", Signers: []string{"release-ci", "bob"}, Roles: []string{"targets/releases"}, Mode: Enforce, MaxStaleness: 24 * time.Hour},
-				{Repositories: "docker.io/library/*", Signers: []string{"alice"}, Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 6 * time.Hour},
-				{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Audit, TOFU: true, MaxStaleness: 24 * time.Hour},
+				{Repositories: "docker.io/library/*", Signers: []string{"alice"}, Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 6 * time.Hour, Index: 1},
+				{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Audit, TOFU: true, MaxStaleness: 24 * time.Hour, Index: 2},
 			},
 			RefreshTTL:   5 * time.Minute,
 			MaxStaleness: 24 * time.Hour,
@@ -614,7 +662,17 @@ func TestExample(t *testing.T) {
 		Limits: defaults().Limits,
 		Log:    Log{Level: "info"},
 	}
-	if diff := cmp.Diff(want, got); diff != "" {
+	s := want.Trust.Signers
+	want.Trust.Rules[0].TrustedSigners = []*Signer{&s[1], &s[2]}
+	want.Trust.Rules[1].TrustedSigners = []*Signer{&s[0]}
+	if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
 		t.Errorf("LoadFile(example) mismatch (-want +got):\n%s", diff)
+	}
+	for i, r := range got.Trust.Rules {
+		for j, s := range r.TrustedSigners {
+			if k := slices.IndexFunc(got.Trust.Signers, func(x Signer) bool { return x.Name == r.Signers[j] }); s != &got.Trust.Signers[k] {
+				t.Errorf("trust.rules[%d].TrustedSigners[%d] does not point into Trust.Signers", i, j)
+			}
+		}
 	}
 }

@@ -4,8 +4,12 @@
 //
 // Load decides whether a configuration is well formed: keys known, files
 // present and parseable as PEM, patterns, names and key IDs well formed,
-// limits positive. It leaves what the settings mean to others: internal/trust
-// compiles Trust into a policy, internal/proxy builds storage from Storage and
-// clients from Upstreams. Rule.Matches and Config.RuleFor are the one
-// definition of how a rule's pattern matches a GUN.
+// limits positive. It is the only place configuration is validated, and it
+// compiles Trust once, so that nothing is parsed per request: each signer's
+// public keys (every PEM block of its file, as PKIX DER), each rule's
+// repositories pattern, and each rule's signers resolved into pointers to
+// Trust.Signers. Trust.RuleFor is the one way to find the rule for a GUN.
+// Load leaves what the settings mean to others: internal/trust judges trust
+// data by the rule its caller found, internal/proxy builds storage from
+// Storage and clients from Upstreams.
 package config

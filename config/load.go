@@ -67,18 +67,6 @@ func LoadFile(path string, env []string) (*Config, error) {
 	return c, nil
 }
 
-// Default returns the embedded default configuration (config/default.yaml),
-// with defaults filled. It names no Notary server, so in its enforce mode every
-// pull is refused until one is configured. Default panics if the embedded file
-// does not validate, which the package tests rule out.
-func Default() *Config {
-	c, err := Load(bytes.NewReader(defaultYAML), nil)
-	if err != nil {
-		panic("config: embedded default.yaml: " + err.Error())
-	}
-	return c
-}
-
 // load is Load, resolving relative paths of the file against dir unless dir
 // is empty.
 func load(r io.Reader, env []string, dir string) (*Config, error) {

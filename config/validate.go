@@ -24,9 +24,10 @@ func (p *problems) addf(field, format string, args ...any) {
 	*p = append(*p, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
 }
 
-// validate checks c, after defaults are filled, and reads each signer's
-// public key into its PEM field. It returns every problem found, joined.
-// No error message contains a password.
+// validate checks c, after defaults are filled, and compiles its trust
+// section: it reads each signer's public keys into Keys, compiles each
+// rule's pattern and resolves its signers into TrustedSigners. It returns
+// every problem found, joined. No error message contains a password.
 func (c *Config) validate() error {
 	var p problems
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil {
@@ -172,26 +173,27 @@ func (c *Config) validateTrust(p *problems) {
 		}
 	}
 
-	signers := make(map[string]bool)
+	signers := make(map[string]*Signer)
 	for i := range t.Signers {
 		s := &t.Signers[i]
 		f := fmt.Sprintf("trust.signers[%d]", i)
 		switch {
 		case s.Name == "":
 			p.addf(f+".name", "required")
-		case signers[s.Name]:
+		case signers[s.Name] != nil:
 			p.addf(f+".name", "%q is used by another signer; names must be unique", s.Name)
+		default:
+			signers[s.Name] = s
 		}
-		signers[s.Name] = true
 		if s.PublicKey == "" && len(s.KeyIDs) == 0 {
 			p.addf(f, "set public_key, key_ids or both")
 		}
 		if s.PublicKey != "" {
-			b, err := readPublicKey(s.PublicKey)
+			keys, err := readPublicKeys(s.PublicKey)
 			if err != nil {
 				p.addf(f+".public_key", "%v", err)
 			}
-			s.PEM = b
+			s.Keys = keys
 		}
 		for j, id := range s.KeyIDs {
 			if !isKeyID(id) {
@@ -200,15 +202,23 @@ func (c *Config) validateTrust(p *problems) {
 		}
 	}
 
-	for i, r := range t.Rules {
+	for i := range t.Rules {
+		r := &t.Rules[i]
+		r.Index = i
 		f := fmt.Sprintf("trust.rules[%d]", i)
-		if _, err := match(r.Repositories, ""); err != nil {
+		pat, err := compilePattern(r.Repositories)
+		if err != nil {
 			p.addf(f+".repositories", "%v", err)
 		}
+		r.pattern = pat
+		r.TrustedSigners = nil
 		for j, name := range r.Signers {
-			if name == "" || !signers[name] {
+			s := signers[name]
+			if s == nil {
 				p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "no signer named %q in trust.signers; add it there or fix the name", name)
+				continue
 			}
+			r.TrustedSigners = append(r.TrustedSigners, s)
 		}
 		for j, role := range r.Roles {
 			if role != "targets" && (!strings.HasPrefix(role, "targets/") || role == "targets/") {
@@ -412,27 +422,49 @@ func checkCAFile(path string) error {
 	return nil
 }
 
-// readPublicKey returns the first PEM block of the file at path, checked to be
-// a PKIX public key or an x509 certificate.
-func readPublicKey(path string) ([]byte, error) {
+// readPublicKeys returns the PKIX DER public key of every PEM block of the
+// file at path, each a PUBLIC KEY or a CERTIFICATE. Any other block, or none,
+// is an error.
+func readPublicKeys(path string) ([][]byte, error) {
 	b, err := readFile(path)
 	if err != nil {
 		return nil, err
 	}
-	block, _ := pem.Decode(b)
-	if block == nil {
-		return nil, fmt.Errorf("%s holds no PEM block; want a PUBLIC KEY or CERTIFICATE", path)
+	return parsePublicKeys(path, b)
+}
+
+// parsePublicKeys is readPublicKeys on b, the content of the file name.
+func parsePublicKeys(name string, b []byte) ([][]byte, error) {
+	var keys [][]byte
+	for n := 1; ; n++ {
+		var block *pem.Block
+		if block, b = pem.Decode(b); block == nil {
+			break
+		}
+		var pub any
+		var err error
+		switch block.Type {
+		case "PUBLIC KEY":
+			pub, err = x509.ParsePKIXPublicKey(block.Bytes)
+		case "CERTIFICATE":
+			var cert *x509.Certificate
+			if cert, err = x509.ParseCertificate(block.Bytes); err == nil {
+				pub = cert.PublicKey
+			}
+		default:
+			return nil, fmt.Errorf("%s holds a %s (PEM block %d); want the signer's PUBLIC KEY or CERTIFICATE", name, block.Type, n)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: PEM block %d: parse %s: %w", name, n, block.Type, err)
+		}
+		der, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			return nil, fmt.Errorf("%s: PEM block %d: %s: %w", name, n, block.Type, err)
+		}
+		keys = append(keys, der)
 	}
-	switch block.Type {
-	case "PUBLIC KEY":
-		_, err = x509.ParsePKIXPublicKey(block.Bytes)
-	case "CERTIFICATE":
-		_, err = x509.ParseCertificate(block.Bytes)
-	default:
-		return nil, fmt.Errorf("%s holds a %s; want the signer's PUBLIC KEY or CERTIFICATE", path, block.Type)
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s holds no PEM block; want a PUBLIC KEY or CERTIFICATE", name)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return pem.EncodeToMemory(block), nil
+	return keys, nil
 }

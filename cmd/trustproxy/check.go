@@ -33,7 +33,8 @@ func check(ctx context.Context, cfg *config.Config, image string, stdout io.Writ
 		return fmt.Errorf("trust: %w", err)
 	}
 	out := map[string]any{"repository": gun, "tag": tag}
-	snap, err := v.Snapshot(ctx, gun)
+	rule := cfg.Trust.RuleFor(gun)
+	snap, err := v.Snapshot(ctx, gun, rule)
 	var target trust.Target
 	if err == nil {
 		target, err = snap.Resolve(tag)
@@ -60,7 +61,7 @@ func check(ctx context.Context, cfg *config.Config, image string, stdout io.Writ
 	out["size"] = target.Size
 	out["role"] = target.Role
 	out["signers"] = target.Signers
-	out["mode"] = strings.ToLower(string(snap.Mode))
+	out["mode"] = strings.ToLower(string(rule.Mode))
 	return enc.Encode(out)
 }
 

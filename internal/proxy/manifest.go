@@ -59,7 +59,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *requ
 // signed target it is (nil for a child of a signed index) and where it came
 // from (cache or upstream).
 func (s *Server) verifiedManifest(ctx context.Context, req *request) (*verifiedManifest, *trust.Target, string, error) {
-	snap, err := s.verify.Snapshot(ctx, req.gun)
+	snap, err := s.verify.Snapshot(ctx, req.gun, s.cfg.Trust.RuleFor(req.gun))
 	if err != nil {
 		return nil, nil, "", err
 	}

@@ -24,8 +24,7 @@ import (
 // Verifier gives the verified view of a repository's trust data. Its errors
 // are *trust.RefusalError.
 type Verifier interface {
-	Snapshot(ctx context.Context, gun string) (*trust.Snapshot, error)
-	Mode(gun string) config.Mode
+	Snapshot(ctx context.Context, gun string, r *config.Rule) (*trust.Snapshot, error)
 }
 
 var _ Verifier = (*trust.Verifier)(nil)
@@ -140,11 +139,19 @@ func (s *Server) repository(ctx context.Context, gun string) (distribution.Repos
 // mode a refusal is logged and nil, nil is returned: the caller serves
 // without trust.
 func (s *Server) snapshot(ctx context.Context, req *request) (*trust.Snapshot, error) {
-	snap, err := s.verify.Snapshot(ctx, req.gun)
+	snap, err := s.verify.Snapshot(ctx, req.gun, s.cfg.Trust.RuleFor(req.gun))
 	if err == nil {
 		return snap, nil
 	}
 	return nil, s.refuse(ctx, req, err)
+}
+
+// mode is the mode of the rule for gun: enforce when no rule matches.
+func (s *Server) mode(gun string) config.Mode {
+	if r := s.cfg.Trust.RuleFor(gun); r != nil {
+		return r.Mode
+	}
+	return config.Enforce
 }
 
 // refuse turns err about req into what the client gets: in audit mode it
@@ -158,7 +165,7 @@ func (s *Server) refuse(ctx context.Context, req *request, err error) error {
 		r = r.WithRef(req.ref)
 	}
 	verdict := "denied"
-	if s.verify.Mode(req.gun) == config.Audit {
+	if s.mode(req.gun) == config.Audit {
 		verdict = "audit"
 	}
 	s.decide(ctx, req, verdict, string(r.Reason), r.Error(), nil)

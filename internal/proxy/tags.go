@@ -24,7 +24,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request, req *request)
 	}
 	var tags []string
 	switch {
-	case s.verify.Mode(req.gun) == config.Audit:
+	case s.mode(req.gun) == config.Audit:
 		if tags, err = req.upstream.tags(r.Context(), req.repo); err != nil {
 			return err
 		}

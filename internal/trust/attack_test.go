@@ -34,9 +34,9 @@ func rolledBack(t *testing.T) (f *fixture, old, current data.FileMeta) {
 	return f, old, current
 }
 
-func resolveV1(t *testing.T, v *Verifier) (Target, error) {
+func resolveV1(t *testing.T, v *testVerifier) (Target, error) {
 	t.Helper()
-	snap, err := v.Snapshot(t.Context(), testGUN)
+	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
 		return Target{}, err
 	}
@@ -98,7 +98,7 @@ func TestInvalidDelegationRefused(t *testing.T) {
 			must(t, tt.swizzl(s))
 			must(t, s.UpdateSnapshotHashes())
 			must(t, s.UpdateTimestampHash())
-			for _, v := range []*Verifier{v, func() *Verifier { v, _ := newVerifier(t, f, tofu()); return v }()} {
+			for _, v := range []*testVerifier{v, func() *testVerifier { v, _ := newVerifier(t, f, tofu()); return v }()} {
 				got, err := resolveV1(t, v)
 				if err == nil {
 					t.Fatalf("v1 resolved to %s (old digest %s)", got.Digest, targetDigest(old))
@@ -136,7 +136,7 @@ func TestFreezeCountsAsUnreachable(t *testing.T) {
 			f.publish()
 			dir := t.TempDir()
 			v, logs := newVerifier(t, f, opts{rule: config.Rule{TOFU: true, MaxStaleness: 2 * time.Second}, dataDir: dir, ttl: time.Nanosecond})
-			if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+			if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 				t.Fatal(err)
 			}
 			var frozen atomic.Bool
@@ -149,32 +149,32 @@ func TestFreezeCountsAsUnreachable(t *testing.T) {
 				w.WriteHeader(status)
 				return true
 			})
-			snap, err := v.Snapshot(t.Context(), testGUN)
+			snap, err := v.snapshot(t.Context(), testGUN)
 			if err != nil {
 				t.Fatalf("within max_staleness: %v", err)
 			}
 			if snap.Unreachable == "" || snap.Refreshed.IsZero() || time.Since(snap.Refreshed) > time.Minute {
 				t.Errorf("snapshot Unreachable %q Refreshed %v: want the reason and the last fresh time", snap.Unreachable, snap.Refreshed)
 			}
-			if n := testutil.ToFloat64(v.refreshes.WithLabelValues("unreachable")); n != 1 {
+			if n := testutil.ToFloat64(v.v.refreshes.WithLabelValues("unreachable")); n != 1 {
 				t.Errorf("trustproxy_trust_refresh_total{result=unreachable} = %v, want 1", n)
 			}
 			if !strings.Contains(logs.String(), "notary unreachable, using cached metadata") {
 				t.Errorf("no warning logged:\n%s", logs)
 			}
 			time.Sleep(2100 * time.Millisecond)
-			_, err = v.Snapshot(t.Context(), testGUN)
+			_, err = v.snapshot(t.Context(), testGUN)
 			r := wantReason(t, err, TrustUnavailable)
 			if !strings.Contains(r.Detail, "max_staleness") {
 				t.Errorf("refusal %q does not name max_staleness", r.Detail)
 			}
 			// A restart keeps the record of the last fresh timestamp.
 			v2, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true, MaxStaleness: 2 * time.Second}, dataDir: dir})
-			_, err = v2.Snapshot(t.Context(), testGUN)
+			_, err = v2.snapshot(t.Context(), testGUN)
 			wantReason(t, err, TrustUnavailable)
 			// The server answers again: served.
 			frozen.Store(false)
-			if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+			if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 				t.Fatalf("after the server answered again: %v", err)
 			}
 		})
@@ -193,7 +193,7 @@ func TestPinningChangeKeepsRootFloor(t *testing.T) {
 	oldMeta, oldRootID := testutils.CopyRepoMetadata(f.meta), f.rootID()
 	dir := t.TempDir()
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir, ttl: time.Nanosecond})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 
@@ -201,7 +201,7 @@ func TestPinningChangeKeepsRootFloor(t *testing.T) {
 	must(t, err)
 	must(t, f.repo.ReplaceBaseKeys(data.CanonicalRootRole, newRoot))
 	f.publish()
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatalf("after the root rotation: %v", err)
 	}
 
@@ -216,7 +216,7 @@ func TestPinningChangeKeepsRootFloor(t *testing.T) {
 
 	pins := config.Pinning{Certs: map[string][]string{testGUN: {oldRootID, f.rootID()}}}
 	v2, _ := newVerifier(t, f, opts{dataDir: dir, pinning: pins})
-	_, err = v2.Snapshot(t.Context(), testGUN)
+	_, err = v2.snapshot(t.Context(), testGUN)
 	wantReason(t, err, Rollback)
 }
 
@@ -229,7 +229,7 @@ func TestFailedCacheWriteFailsClosed(t *testing.T) {
 	f.publish()
 	dir := t.TempDir()
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir, ttl: time.Nanosecond})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 	// A directory where the timestamp file belongs: no write can replace it.
@@ -238,7 +238,7 @@ func TestFailedCacheWriteFailsClosed(t *testing.T) {
 	must(t, os.MkdirAll(filepath.Join(ts, "x"), 0o700))
 	s := f.swizzle()
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1))
-	_, err := v.Snapshot(t.Context(), testGUN)
+	_, err := v.snapshot(t.Context(), testGUN)
 	r := wantReason(t, err, InvalidMetadata)
 	if !strings.Contains(r.Error(), "timestamp") {
 		t.Errorf("refusal %q does not name the file", r.Error())
@@ -255,7 +255,7 @@ func TestNothingWrittenForUnknownRepository(t *testing.T) {
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{Repositories: "**", TOFU: true}, dataDir: dir})
 	for _, gun := range []string{"example.com/library/app/pinning", "example.com/library/app/metadata/timestamp.json",
 		"example.com/library/app/metadata/targets", "example.com/made-up"} {
-		_, err := v.Snapshot(t.Context(), gun)
+		_, err := v.snapshot(t.Context(), gun)
 		if reason(t, err) != NoTrustData {
 			t.Errorf("%s: %v, want no_trust_data", gun, err)
 		}
@@ -263,7 +263,7 @@ func TestNothingWrittenForUnknownRepository(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Join(dir, "trust")); len(entries) != 0 {
 		t.Fatalf("the trust cache holds %d entries for repositories without trust data", len(entries))
 	}
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -289,7 +289,7 @@ func TestNotaryRealmRefused(t *testing.T) {
 		return true
 	})
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Notary{Username: "reader", Password: "s3cret"}})
-	_, err := v.Snapshot(t.Context(), testGUN)
+	_, err := v.snapshot(t.Context(), testGUN)
 	r := wantReason(t, err, TrustUnavailable)
 	if !strings.Contains(r.Error(), "token_realms") {
 		t.Errorf("refusal %q does not say how to allow a realm", r.Error())
@@ -371,7 +371,7 @@ func TestStuckTokenRealmBounded(t *testing.T) {
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond,
 		limits: config.Limits{UpstreamTimeout: time.Second}, notary: config.Notary{Username: "u", Password: "p"}})
 	start := time.Now()
-	_, err := v.Snapshot(t.Context(), testGUN)
+	_, err := v.snapshot(t.Context(), testGUN)
 	wantReason(t, err, TrustUnavailable)
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("the update took %v with a 1s upstream timeout", d)
@@ -379,7 +379,7 @@ func TestStuckTokenRealmBounded(t *testing.T) {
 	hostile.Store(false)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	if _, err := v.Snapshot(ctx, testGUN); err != nil {
+	if _, err := v.snapshot(ctx, testGUN); err != nil {
 		t.Fatalf("after the server behaved again: %v", err)
 	}
 }

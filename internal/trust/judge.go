@@ -9,17 +9,18 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/theupdateframework/notary/tuf"
 	"github.com/theupdateframework/notary/tuf/data"
+	"github.com/trustproxy/trustproxy/config"
 )
 
 // judge builds the Snapshot of a verified repository under rule r. For each
 // tag the first of r's roles holding it decides (docker semantics); only
 // those exact roles count, and only roles notary loaded as valid (an expired
 // or under-signed delegation is absent, so its tags fall through).
-func judge(repo *tuf.Repo, gun string, r *rule, now time.Time) *Snapshot {
-	s := &Snapshot{GUN: gun, Mode: r.Mode, Targets: map[string]Target{}, Refused: map[string]*RefusalError{}, Checked: now}
+func judge(repo *tuf.Repo, gun string, r *config.Rule, now time.Time) *Snapshot {
+	s := &Snapshot{GUN: gun, Targets: map[string]Target{}, Refused: map[string]*RefusalError{}, Checked: now}
 	s.Expires = earliest(repo.Root.Signed.Expires, repo.Timestamp.Signed.Expires, repo.Snapshot.Signed.Expires)
 	seen := map[string]bool{}
-	for _, name := range r.roles {
+	for _, name := range r.Roles {
 		role := data.RoleName(name)
 		st := repo.Targets[role]
 		if st == nil {
@@ -36,7 +37,7 @@ func judge(repo *tuf.Repo, gun string, r *rule, now time.Time) *Snapshot {
 				signedBy = append(signedBy, k)
 			}
 		}
-		signers, accepted := r.accept(signedBy)
+		signers, accepted := accept(r, signedBy)
 		for tag, meta := range st.Signed.Targets {
 			if seen[tag] || !inPaths(tag) {
 				continue
@@ -77,17 +78,13 @@ func roleKeys(repo *tuf.Repo, role data.RoleName) (map[string]data.PublicKey, fu
 	return dr.Keys, dr.CheckPaths, true
 }
 
-func untrustedDetail(role string, signedBy []data.PublicKey, r *rule) string {
+func untrustedDetail(role string, signedBy []data.PublicKey, r *config.Rule) string {
 	ids := make([]string, 0, len(signedBy))
 	for _, k := range signedBy {
 		ids = append(ids, k.ID())
 	}
-	want := make([]string, 0, len(r.signers))
-	for _, s := range r.signers {
-		want = append(want, s.name)
-	}
 	return fmt.Sprintf("%s is signed by key(s) %s, but the rule for %s trusts only %s; sign with a trusted key, or add the signer to trust.signers and the rule",
-		role, strings.Join(ids, ", "), r.Repositories, strings.Join(want, ", "))
+		role, strings.Join(ids, ", "), r.Repositories, strings.Join(r.Signers, ", "))
 }
 
 func earliest(ts ...time.Time) time.Time {

@@ -5,29 +5,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"testing"
 
 	"github.com/theupdateframework/notary/tuf/data"
 	"github.com/trustproxy/trustproxy/config"
 )
-
-func TestCompileRejects(t *testing.T) {
-	tests := []struct {
-		name string
-		cfg  config.Trust
-	}{
-		{"unknown signer", config.Trust{Rules: []config.Rule{{Repositories: "**", Signers: []string{"nobody"}}}}},
-		{"signer without key", config.Trust{Signers: []config.Signer{{Name: "a"}}}},
-		{"signer with bad PEM", config.Trust{Signers: []config.Signer{{Name: "a", PEM: []byte("not pem")}}}},
-		{"signer with private key", config.Trust{Signers: []config.Signer{{Name: "a", PEM: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: []byte{1}})}}}},
-	}
-	for _, tt := range tests {
-		if _, err := compile(tt.cfg); err == nil {
-			t.Errorf("%s: compile succeeded", tt.name)
-		}
-	}
-}
 
 func TestSignerMatchesBareKey(t *testing.T) {
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -35,33 +17,42 @@ func TestSignerMatchesBareKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	der, _ := x509.MarshalPKIXPublicKey(&priv.PublicKey)
-	keys, err := parseSignerPEM(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &signer{name: "a", spki: keys, ids: map[string]bool{}}
-	if !s.matches(data.NewECDSAPublicKey(der)) {
-		t.Error("bare ECDSA TUF key does not match its own PEM")
+	s := &config.Signer{Name: "a", Keys: [][]byte{der}}
+	if !signerMatches(s, data.NewECDSAPublicKey(der)) {
+		t.Error("bare ECDSA TUF key does not match its own public key")
 	}
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	otherDER, _ := x509.MarshalPKIXPublicKey(&other.PublicKey)
-	if s.matches(data.NewECDSAPublicKey(otherDER)) {
+	if signerMatches(s, data.NewECDSAPublicKey(otherDER)) {
 		t.Error("another key matches")
 	}
 }
 
-func FuzzParseSignerPEM(f *testing.F) {
-	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+// TestAcceptUnresolvedSigner: a rule that names signers accepts nothing
+// unless they were resolved into TrustedSigners (by config.Load), never
+// any signature.
+func TestAcceptUnresolvedSigner(t *testing.T) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
 	der, _ := x509.MarshalPKIXPublicKey(&priv.PublicKey)
-	f.Add(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	f.Add([]byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"))
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		keys, err := parseSignerPEM(b)
-		if err == nil && len(keys) == 0 {
-			t.Fatal("no error and no keys")
+	k := data.NewECDSAPublicKey(der)
+	alice := &config.Signer{Name: "alice", Keys: [][]byte{der}}
+	tests := []struct {
+		name string
+		rule config.Rule
+		want bool
+	}{
+		{"no signers named", config.Rule{}, true},
+		{"signer resolved", config.Rule{Signers: []string{"alice"}, TrustedSigners: []*config.Signer{alice}}, true},
+		{"signer not resolved", config.Rule{Signers: []string{"alice"}}, false},
+	}
+	for _, tt := range tests {
+		if _, ok := accept(&tt.rule, []data.PublicKey{k}); ok != tt.want {
+			t.Errorf("%s: accept = %v, want %v", tt.name, ok, tt.want)
 		}
-	})
+	}
 }
 
 func FuzzKeySPKI(f *testing.F) {

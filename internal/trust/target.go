@@ -4,7 +4,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/trustproxy/trustproxy/config"
 )
 
 // Target is a tag that verified: the manifest digest and length its signed
@@ -22,8 +21,7 @@ type Target struct {
 // Snapshot is the verified view of one GUN at one moment: what its trust data
 // says, judged by the rule that matches it. It is immutable.
 type Snapshot struct {
-	GUN  string
-	Mode config.Mode
+	GUN string
 	// Targets are the tags that pass the rule, by tag.
 	Targets map[string]Target
 	// Refused are signed tags that fail the rule (e.g. untrusted signer), by tag.

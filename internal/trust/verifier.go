@@ -29,10 +29,9 @@ import (
 	"golang.org/x/sync/singleflight"
 )
 
-// Verifier gives the verified trust view of a GUN, following the rules of
-// one configuration. It is safe for concurrent use.
+// Verifier gives the verified trust view of a GUN, judged by the rule its
+// caller found for it in the same configuration. It is safe for concurrent use.
 type Verifier struct {
-	policy    *policy
 	pinning   config.Pinning
 	upstreams map[string]*upstream
 	meta      *cache.MetadataStore
@@ -73,8 +72,8 @@ type refused struct {
 	until time.Time
 }
 
-// New compiles cfg's trust policy and prepares a Notary client per upstream.
-// cfg is as config.Load returns it: validated, with defaults filled.
+// New prepares a Notary client per upstream of cfg. cfg is as config.Load
+// returns it: validated and compiled, with defaults filled.
 // Trust metadata is cached under <cfg.DataDir>/trust. Its metrics are
 // registered on reg (none when reg is nil); log may be nil.
 func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Verifier, error) {
@@ -82,10 +81,6 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "trust")
-	p, err := compile(cfg.Trust)
-	if err != nil {
-		return nil, err
-	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("data_dir is required: verified trust metadata and its rollback floor are kept there")
 	}
@@ -106,7 +101,6 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		return nil, err
 	}
 	v := &Verifier{
-		policy:    p,
 		pinning:   cfg.Trust.Pinning,
 		upstreams: map[string]*upstream{},
 		meta:      meta,
@@ -152,22 +146,17 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	return v, nil
 }
 
-// Mode returns the mode of the rule matching gun, or enforce when none does.
-func (v *Verifier) Mode(gun string) config.Mode {
-	if r := v.policy.ruleFor(gun); r != nil {
-		return r.Mode
-	}
-	return config.Enforce
-}
-
 // Snapshot returns the verified view of gun (e.g. docker.io/library/app),
 // fetched from the Notary server of the upstream named by gun's first path
-// component and judged by the first rule matching gun. A Snapshot is reused
-// until the refresh TTL or its metadata's expiry, whichever comes first, and
-// concurrent refreshes of one GUN share one fetch. Every error is a
-// *RefusalError about the whole repository (Ref "").
-func (v *Verifier) Snapshot(ctx context.Context, gun string) (*Snapshot, error) {
-	r, up, rerr := v.lookup(gun)
+// component and judged by r, the rule cfg.Trust.RuleFor(gun) gives for the
+// configuration New was given; a nil r (no rule matches) is refused with
+// NoRule. A Snapshot is reused until the refresh TTL or its metadata's
+// expiry, whichever comes first, and concurrent refreshes of one GUN share
+// one fetch: snapshots and refusals are kept by GUN, so the rule for a GUN
+// must not change while v is in use. Every error is a *RefusalError about
+// the whole repository (Ref "").
+func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*Snapshot, error) {
+	up, rerr := v.lookup(gun, r)
 	if rerr != nil {
 		return nil, rerr
 	}
@@ -200,28 +189,29 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string) (*Snapshot, error) 
 	}
 }
 
-func (v *Verifier) lookup(gun string) (*rule, *upstream, *RefusalError) {
-	r := v.policy.ruleFor(gun)
+// lookup returns the upstream whose Notary server holds gun's trust data,
+// or why gun is refused before any is asked.
+func (v *Verifier) lookup(gun string, r *config.Rule) (*upstream, *RefusalError) {
 	if r == nil {
-		return nil, nil, &RefusalError{GUN: gun, Reason: NoRule,
+		return nil, &RefusalError{GUN: gun, Reason: NoRule,
 			Detail: "no trust.rules entry matches this repository; add a rule whose repositories pattern matches it"}
 	}
 	host, _, _ := strings.Cut(gun, "/")
 	up, ok := v.upstreams[host]
 	if !ok {
-		return nil, nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
+		return nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
 			Detail: fmt.Sprintf("no upstream is named %q; add it to upstreams with its notary.url", host)}
 	}
 	if up.client == nil {
-		return nil, nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
+		return nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
 			Detail: fmt.Sprintf("upstream %s has no Notary server; set upstreams[%d].notary.url, or use mode: audit in the rule for this repository", host, up.index)}
 	}
-	return r, up, nil
+	return up, nil
 }
 
 // refresh fetches and verifies gun's trust data, records metrics and caches
 // the result.
-func (v *Verifier) refresh(ctx context.Context, gun string, r *rule, up *upstream) (*Snapshot, *RefusalError) {
+func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *upstream) (*Snapshot, *RefusalError) {
 	start := time.Now()
 	snap, rerr := v.update(ctx, gun, r, up)
 	result := "ok"
@@ -248,7 +238,7 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *rule, up *upstrea
 
 // update runs notary's TUF update for gun against the bounded remote and the
 // monotonic cache, then judges the result by r.
-func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream) (*Snapshot, *RefusalError) {
+func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *upstream) (*Snapshot, *RefusalError) {
 	refuse := func(reason Reason, detail string, err error) *RefusalError {
 		return &RefusalError{GUN: gun, Reason: reason, Detail: detail, Err: err}
 	}
@@ -313,7 +303,7 @@ func (v *Verifier) update(ctx context.Context, gun string, r *rule, up *upstream
 	} else if err := store.MarkRefreshed(now); err != nil {
 		return nil, refuse(InvalidMetadata, cacheDetail, err)
 	}
-	if rerr := checkRoles(gun, prev, repo, invalid, r.roles, now); rerr != nil {
+	if rerr := checkRoles(gun, prev, repo, invalid, r.Roles, now); rerr != nil {
 		return nil, rerr
 	}
 	snap := judge(repo, gun, r, now)

@@ -28,6 +28,7 @@ import (
 	"github.com/theupdateframework/notary/tuf/testutils"
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/testenv"
+	"gopkg.in/yaml.v3"
 )
 
 type opts struct {
@@ -41,7 +42,21 @@ type opts struct {
 	notary  config.Notary // credentials
 }
 
-func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *testenv.LogBuffer) {
+// testVerifier is a Verifier with the configuration it was made from.
+type testVerifier struct {
+	v   *Verifier
+	cfg *config.Config
+}
+
+// snapshot is Verifier.Snapshot with the rule found as the proxy finds it.
+func (tv *testVerifier) snapshot(ctx context.Context, gun string) (*Snapshot, error) {
+	return tv.v.Snapshot(ctx, gun, tv.cfg.Trust.RuleFor(gun))
+}
+
+// newVerifier makes a Verifier for f's Notary server from the configuration
+// o describes, written as YAML and read by config.Load as trustproxy reads
+// its own. Signer public keys are file names (keyFile).
+func newVerifier(t *testing.T, f *fixture, o opts) (*testVerifier, *testenv.LogBuffer) {
 	t.Helper()
 	if o.rule.Repositories == "" {
 		o.rule.Repositories = "example.com/**"
@@ -52,36 +67,75 @@ func newVerifier(t *testing.T, f *fixture, o opts) (*Verifier, *testenv.LogBuffe
 	if o.ttl == 0 {
 		o.ttl = time.Minute
 	}
-	up := config.Upstream{Name: "example.com"}
+	notary := map[string]any{}
 	if !o.noURL {
-		up.Notary = o.notary
-		up.Notary.URL = f.srv.URL
+		notary["url"] = f.srv.URL
+		if o.notary.Username != "" {
+			notary["username"], notary["password"] = o.notary.Username, o.notary.Password
+		}
 	}
-	if len(o.rule.Roles) == 0 {
-		o.rule.Roles = config.Default().Trust.Rules[0].Roles
+	rule := map[string]any{"repositories": o.rule.Repositories, "tofu": o.rule.TOFU}
+	if len(o.rule.Signers) > 0 {
+		rule["signers"] = o.rule.Signers
 	}
-	if o.rule.Mode == "" {
-		o.rule.Mode = config.Enforce
+	if len(o.rule.Roles) > 0 {
+		rule["roles"] = o.rule.Roles
 	}
-	if o.rule.MaxStaleness == 0 {
-		o.rule.MaxStaleness = 24 * time.Hour
+	if o.rule.Mode != "" {
+		rule["mode"] = string(o.rule.Mode)
 	}
-	limits := config.Default().Limits
+	if o.rule.MaxStaleness != 0 {
+		rule["max_staleness"] = o.rule.MaxStaleness.String()
+	}
+	var signers []map[string]any
+	for _, s := range o.signers {
+		m := map[string]any{"name": s.Name}
+		if s.PublicKey != "" {
+			m["public_key"] = s.PublicKey
+		}
+		if len(s.KeyIDs) > 0 {
+			m["key_ids"] = s.KeyIDs
+		}
+		signers = append(signers, m)
+	}
+	limits := map[string]any{}
 	if o.limits.UpstreamTimeout != 0 {
-		limits.UpstreamTimeout = o.limits.UpstreamTimeout
+		limits["upstream_timeout"] = o.limits.UpstreamTimeout.String()
 	}
-	cfg := &config.Config{
-		DataDir:   o.dataDir,
-		Upstreams: []config.Upstream{up},
-		Trust:     config.Trust{Rules: []config.Rule{o.rule}, Signers: o.signers, Pinning: o.pinning, RefreshTTL: o.ttl},
-		Limits:    limits,
+	doc, err := yaml.Marshal(map[string]any{
+		"data_dir":  o.dataDir,
+		"upstreams": []any{map[string]any{"name": "example.com", "url": "https://example.com", "notary": notary}},
+		"trust": map[string]any{
+			"rules":       []any{rule},
+			"signers":     signers,
+			"pinning":     map[string]any{"certs": o.pinning.Certs, "ca": o.pinning.CA},
+			"refresh_ttl": o.ttl.String(),
+		},
+		"limits": limits,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(bytes.NewReader(doc), nil)
+	if err != nil {
+		t.Fatalf("config:\n%s\n%v", doc, err)
 	}
 	logs := &testenv.LogBuffer{}
 	v, err := New(cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v, logs
+	return &testVerifier{v: v, cfg: cfg}, logs
+}
+
+// keyFile writes b to a new file and returns its name.
+func keyFile(t *testing.T, b []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func tofu() opts { return opts{rule: config.Rule{TOFU: true}} }
@@ -120,7 +174,7 @@ func TestSignedTagResolves(t *testing.T) {
 	f.publish()
 	v, _ := newVerifier(t, f, tofu())
 
-	snap, err := v.Snapshot(t.Context(), testGUN)
+	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,8 +187,8 @@ func TestSignedTagResolves(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Resolve(v1) (-want +got):\n%s", diff)
 	}
-	if snap.Mode != config.Enforce || snap.Checked.IsZero() || !snap.Expires.After(time.Now()) {
-		t.Errorf("snapshot mode %s checked %v expires %v", snap.Mode, snap.Checked, snap.Expires)
+	if snap.Checked.IsZero() || !snap.Expires.After(time.Now()) {
+		t.Errorf("snapshot checked %v expires %v", snap.Checked, snap.Expires)
 	}
 	if ts := f.repo.Timestamp.Signed.Expires; snap.Expires.After(ts) {
 		t.Errorf("Expires %v is after the timestamp's expiry %v", snap.Expires, ts)
@@ -165,20 +219,22 @@ func TestTrustedSigner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	other := newFixture(t).delegate("targets/releases")
 
 	tests := []struct {
 		name   string
 		signer config.Signer
 	}{
-		{"certificate PEM", config.Signer{Name: "alice", PEM: pemCert(alice)}},
-		{"public key PEM", config.Signer{Name: "alice", PEM: pubPEM(t, alice)}},
+		{"certificate PEM", config.Signer{Name: "alice", PublicKey: keyFile(t, pemCert(alice))}},
+		{"public key PEM", config.Signer{Name: "alice", PublicKey: keyFile(t, pubPEM(t, alice))}},
+		{"another key, then the certificate", config.Signer{Name: "alice", PublicKey: keyFile(t, append(pubPEM(t, other), pemCert(alice)...))}},
 		{"key ID over the certificate", config.Signer{Name: "alice", KeyIDs: []string{certKey.ID()}}},
-		{"key ID over the public key", config.Signer{Name: "alice", KeyIDs: []string{strings.ToUpper(bareID)}}},
+		{"key ID over the public key", config.Signer{Name: "alice", KeyIDs: []string{bareID}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true, Signers: []string{"alice"}}, signers: []config.Signer{tt.signer}})
-			snap, err := v.Snapshot(t.Context(), testGUN)
+			snap, err := v.snapshot(t.Context(), testGUN)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -202,9 +258,9 @@ func TestUntrustedSigner(t *testing.T) {
 	other := newFixture(t)
 	alice := other.delegate("targets/releases")
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true, Signers: []string{"alice"}},
-		signers: []config.Signer{{Name: "alice", PEM: pemCert(alice)}}})
+		signers: []config.Signer{{Name: "alice", PublicKey: keyFile(t, pemCert(alice))}}})
 
-	snap, err := v.Snapshot(t.Context(), testGUN)
+	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +280,7 @@ func TestOnlyDockerRolesCount(t *testing.T) {
 	f.tag("targets/evil", "v1", []byte("evil"))
 	f.publish()
 	v, _ := newVerifier(t, f, tofu())
-	snap, err := v.Snapshot(t.Context(), testGUN)
+	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +296,7 @@ func TestReleasesWinsOverTargets(t *testing.T) {
 	tgt := f.tag("targets", "v1", []byte("from targets"))
 	f.publish()
 	v, _ := newVerifier(t, f, tofu())
-	snap, err := v.Snapshot(t.Context(), testGUN)
+	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +312,7 @@ func TestReleasesWinsOverTargets(t *testing.T) {
 	must(t, s.UpdateSnapshotHashes("targets/releases"))
 	must(t, s.UpdateTimestampHash())
 	v2, _ := newVerifier(t, f, tofu())
-	snap, err = v2.Snapshot(t.Context(), testGUN)
+	snap, err = v2.snapshot(t.Context(), testGUN)
 	r := wantReason(t, err, Expired)
 	if !strings.Contains(r.Detail, "targets/releases expired") || snap != nil {
 		t.Fatalf("with expired releases: %v, snapshot %v; want a refusal naming targets/releases (targets holds %s)", r, snap, targetDigest(tgt))
@@ -271,7 +327,7 @@ func TestInvalidTargetMeta(t *testing.T) {
 	}
 	f.publish()
 	v, _ := newVerifier(t, f, tofu())
-	snap, err := v.Snapshot(t.Context(), testGUN)
+	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +410,7 @@ func TestRefusals(t *testing.T) {
 				o = tt.opts(f)
 			}
 			v, _ := newVerifier(t, f, o)
-			_, err := v.Snapshot(t.Context(), testGUN)
+			_, err := v.snapshot(t.Context(), testGUN)
 			r := wantReason(t, err, tt.want)
 			if tt.want == NoTrustServer && !strings.Contains(r.Error(), "upstreams[0].notary.url") {
 				t.Errorf("message %q should say to set upstreams[0].notary.url", r.Error())
@@ -368,7 +424,7 @@ func TestPinnedByCertID(t *testing.T) {
 	f.tag("targets", "v1", []byte("v1"))
 	f.publish()
 	v, _ := newVerifier(t, f, opts{pinning: config.Pinning{Certs: map[string][]string{testGUN: {f.rootID()}}}})
-	snap, err := v.Snapshot(t.Context(), testGUN)
+	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,17 +442,17 @@ func TestRollback(t *testing.T) {
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1)) // the server moves to timestamp v2
 	dir := t.TempDir()
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir, ttl: time.Nanosecond})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 
 	f.srv.serveFrom(old) // then offers the older, still valid timestamp v1
-	_, err := v.Snapshot(t.Context(), testGUN)
+	_, err := v.snapshot(t.Context(), testGUN)
 	wantReason(t, err, Rollback)
 
 	// A restart (a new Verifier on the same data_dir) keeps the floor.
 	v2, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
-	_, err = v2.Snapshot(t.Context(), testGUN)
+	_, err = v2.snapshot(t.Context(), testGUN)
 	wantReason(t, err, Rollback)
 }
 
@@ -405,11 +461,11 @@ func TestUnreachableServesCache(t *testing.T) {
 	meta := f.tag("targets", "v1", []byte("v1"))
 	f.publish()
 	v, logs := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 	f.srv.Close()
-	snap, err := v.Snapshot(t.Context(), testGUN)
+	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
 		t.Fatalf("with the server down and a valid cache: %v", err)
 	}
@@ -427,7 +483,7 @@ func TestCacheHit(t *testing.T) {
 	f.publish()
 	v, logs := newVerifier(t, f, tofu())
 	for range 3 {
-		if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+		if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -454,7 +510,7 @@ func TestConcurrentSnapshotsShareOneRefresh(t *testing.T) {
 	errs := make(chan error, 50)
 	for range 50 {
 		wg.Go(func() {
-			_, err := v.Snapshot(t.Context(), testGUN)
+			_, err := v.snapshot(t.Context(), testGUN)
 			errs <- err
 		})
 	}
@@ -502,7 +558,7 @@ func TestEndlessTimestamp(t *testing.T) {
 			})
 			v, _ := newVerifier(t, f, tofu())
 			start := time.Now()
-			_, err := v.Snapshot(t.Context(), testGUN)
+			_, err := v.snapshot(t.Context(), testGUN)
 			r := wantReason(t, err, InvalidMetadata)
 			if !errors.As(err, new(*LimitError)) {
 				t.Errorf("refusal %v does not carry a *LimitError", r)
@@ -530,7 +586,7 @@ func TestSlowServerTimesOut(t *testing.T) {
 	})
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, limits: config.Limits{UpstreamTimeout: 300 * time.Millisecond}})
 	start := time.Now()
-	_, err := v.Snapshot(t.Context(), testGUN)
+	_, err := v.snapshot(t.Context(), testGUN)
 	wantReason(t, err, TrustUnavailable)
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("took %v with a 300ms upstream timeout", d)
@@ -542,7 +598,7 @@ func TestRootRotationsCapped(t *testing.T) {
 	f.tag("targets", "v1", []byte("v1"))
 	f.publish()
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 
@@ -571,7 +627,7 @@ func TestRootRotationsCapped(t *testing.T) {
 		w.Write(b)
 		return true
 	})
-	_, err := v.Snapshot(t.Context(), testGUN)
+	_, err := v.snapshot(t.Context(), testGUN)
 	wantReason(t, err, InvalidMetadata)
 	var le *LimitError
 	if !errors.As(err, &le) || le.Field != "limits.max_root_rotations" {
@@ -590,25 +646,15 @@ func TestCorruptCacheFailsClosed(t *testing.T) {
 	f.publish()
 	dir := t.TempDir()
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 	must(t, writeFile(cacheFile(t, dir, "timestamp"), []byte("{garbage")))
 	v2, logs := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
-	_, err := v2.Snapshot(context.Background(), testGUN)
+	_, err := v2.snapshot(context.Background(), testGUN)
 	wantReason(t, err, InvalidMetadata)
 	if !strings.Contains(logs.String(), "corrupt trust metadata") {
 		t.Errorf("corrupt cache entry was not logged:\n%s", logs)
-	}
-}
-
-func TestMode(t *testing.T) {
-	f := newFixture(t)
-	v, _ := newVerifier(t, f, opts{rule: config.Rule{Repositories: "example.com/audit/*", Mode: config.Audit}})
-	for gun, want := range map[string]config.Mode{"example.com/audit/app": config.Audit, testGUN: config.Enforce} {
-		if got := v.Mode(gun); got != want {
-			t.Errorf("Mode(%s) = %s, want %s", gun, got, want)
-		}
 	}
 }
 
@@ -619,11 +665,11 @@ func TestBasicAuth(t *testing.T) {
 	f.srv.user, f.srv.pass = "reader", "s3cret"
 
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Notary{Username: "reader", Password: "s3cret"}})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatalf("with credentials: %v", err)
 	}
 	v, _ = newVerifier(t, f, tofu())
-	_, err := v.Snapshot(t.Context(), testGUN)
+	_, err := v.snapshot(t.Context(), testGUN)
 	wantReason(t, err, TrustUnavailable)
 }
 
@@ -635,7 +681,7 @@ func TestPinningChangeRechecksCachedRoot(t *testing.T) {
 	f.publish()
 	dir := t.TempDir()
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, dataDir: dir})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 
@@ -643,7 +689,7 @@ func TestPinningChangeRechecksCachedRoot(t *testing.T) {
 	// though a root is cached.
 	wrong := config.Pinning{Certs: map[string][]string{testGUN: {strings.Repeat("ab", 32)}}}
 	v2, logs := newVerifier(t, f, opts{dataDir: dir, pinning: wrong})
-	_, err := v2.Snapshot(t.Context(), testGUN)
+	_, err := v2.snapshot(t.Context(), testGUN)
 	wantReason(t, err, NotPinned)
 	if !strings.Contains(logs.String(), "trust pinning changed") {
 		t.Errorf("no warning about the pinning change:\n%s", logs.String())
@@ -651,7 +697,7 @@ func TestPinningChangeRechecksCachedRoot(t *testing.T) {
 
 	// Pinned to the real root: served again, and the other roles kept their floors.
 	v3, _ := newVerifier(t, f, opts{dataDir: dir, pinning: config.Pinning{Certs: map[string][]string{testGUN: {f.rootID()}}}})
-	if _, err := v3.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v3.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -668,7 +714,7 @@ func TestSlowUpdateBounded(t *testing.T) {
 	})
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, limits: config.Limits{UpstreamTimeout: 300 * time.Millisecond}})
 	start := time.Now()
-	_, err := v.Snapshot(t.Context(), testGUN)
+	_, err := v.snapshot(t.Context(), testGUN)
 	wantReason(t, err, TrustUnavailable)
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("update took %v with a 300ms request timeout", d)
@@ -688,7 +734,7 @@ func TestCAFileReplacedInPlaceRechecksRoot(t *testing.T) {
 	}
 	pins := config.Pinning{CA: map[string]string{"example.com/": ca}}
 	v, _ := newVerifier(t, f, opts{dataDir: dir, pinning: pins})
-	if _, err := v.Snapshot(t.Context(), testGUN); err != nil {
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatalf("root issued by the pinned CA: %v", err)
 	}
 
@@ -698,7 +744,7 @@ func TestCAFileReplacedInPlaceRechecksRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	v2, _ := newVerifier(t, f, opts{dataDir: dir, pinning: pins})
-	_, err := v2.Snapshot(t.Context(), testGUN)
+	_, err := v2.snapshot(t.Context(), testGUN)
 	wantReason(t, err, NotPinned)
 }
 
