@@ -3,75 +3,78 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"strings"
+	"time"
 
-	"github.com/distribution/reference"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustproxy/trustproxy/config"
-	"github.com/trustproxy/trustproxy/internal/trust"
+	"github.com/trustproxy/trustproxy/internal/proxy"
 )
 
-// check says whether image would be served: the signed digest and signers,
-// or the refusal. It exits 1 when refused.
+// checkReport is what `trustproxy check` prints: the decision a pull of the
+// image would get, the rule that decided, and the trust data behind it.
+type checkReport struct {
+	Repository string      `json:"repository"`
+	Ref        string      `json:"ref"`
+	Verdict    string      `json:"verdict"`
+	Reason     string      `json:"reason"`
+	Message    string      `json:"message,omitempty"`
+	Rule       *checkRule  `json:"rule"`
+	Digest     string      `json:"digest,omitempty"`
+	Size       int64       `json:"size,omitempty"`
+	Role       string      `json:"role,omitempty"`
+	Signers    []string    `json:"signers,omitempty"`
+	TrustData  *checkTrust `json:"trust_data,omitempty"`
+}
+
+type checkRule struct {
+	Index        int    `json:"index"`
+	Repositories string `json:"repositories"`
+	Mode         string `json:"mode"`
+}
+
+type checkTrust struct {
+	Refreshed   time.Time `json:"refreshed"`
+	Expires     time.Time `json:"expires"`
+	TrustServer string    `json:"trust_server"`
+}
+
+// check prints the decision on image, as serve would decide a pull of it.
+// It exits 1 when the image would be refused.
 func check(ctx context.Context, cfg *config.Config, image string, stdout io.Writer, log *slog.Logger) error {
-	named, err := reference.ParseNormalizedNamed(image)
+	p, err := proxy.Open(ctx, cfg, log, prometheus.NewRegistry())
 	if err != nil {
-		return fmt.Errorf("image %q: %w", image, err)
+		return err
 	}
-	tag := "latest"
-	if t, ok := named.(reference.Tagged); ok {
-		tag = t.Tag()
-	}
-	gun := reference.Domain(named) + "/" + reference.Path(named)
-	v, err := trust.New(cfg, log, prometheus.NewRegistry())
+	d, err := p.Check(ctx, image)
 	if err != nil {
-		return fmt.Errorf("trust: %w", err)
+		return err
 	}
-	out := map[string]any{"repository": gun, "tag": tag}
-	rule := cfg.Trust.RuleFor(gun)
-	snap, err := v.Snapshot(ctx, gun, rule)
-	var target trust.Target
-	if err == nil {
-		target, err = snap.Resolve(tag)
+	rep := checkReport{Repository: d.Repository, Ref: d.Ref, Verdict: string(d.Verdict), Reason: string(d.Reason), Message: d.Message}
+	if r := d.Rule; r != nil {
+		rep.Rule = &checkRule{Index: r.Index, Repositories: r.Repositories, Mode: string(r.Mode)}
 	}
-	if d, ok := named.(reference.Digested); ok && err == nil && target.Digest != d.Digest() {
-		err = fmt.Errorf("the signed digest of %s is %s, not %s", tag, target.Digest, d.Digest())
+	if d.Digest != "" {
+		rep.Digest, rep.Size = d.Digest.String(), max(d.Size, 0)
+	}
+	if t := d.Target; t != nil {
+		rep.Role, rep.Signers = t.Role, t.Signers
+	}
+	if s := d.Trust; s != nil {
+		rep.TrustData = &checkTrust{Refreshed: s.Refreshed.UTC(), Expires: s.Expires.UTC(), TrustServer: "ok"}
+		if s.Unreachable != "" {
+			rep.TrustData.TrustServer = "unreachable: " + s.Unreachable
+		}
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
-	if snap != nil {
-		out["trust_data"] = trustData(snap)
+	if err := enc.Encode(rep); err != nil {
+		return err
 	}
-	if err != nil {
-		out["verdict"] = "refused"
-		out["message"] = err.Error()
-		if r, ok := errors.AsType[*trust.RefusalError](err); ok {
-			out["reason"] = r.Reason
-		}
-		_ = enc.Encode(out)
+	if d.Verdict == proxy.Denied {
 		return exitError(1)
 	}
-	out["verdict"] = "served"
-	out["digest"] = target.Digest
-	out["size"] = target.Size
-	out["role"] = target.Role
-	out["signers"] = target.Signers
-	out["mode"] = strings.ToLower(string(rule.Mode))
-	return enc.Encode(out)
-}
-
-// trustData describes how fresh the trust data behind a verdict is.
-func trustData(s *trust.Snapshot) map[string]any {
-	m := map[string]any{"refreshed": s.Refreshed.UTC(), "expires": s.Expires.UTC()}
-	if s.Unreachable != "" {
-		m["trust_server"] = "unreachable: " + s.Unreachable
-	} else {
-		m["trust_server"] = "ok"
-	}
-	return m
+	return nil
 }

@@ -102,7 +102,7 @@ func TestCheckRefusedExitsOne(t *testing.T) {
 		t.Fatalf("check: %v, want exit status 1\n%s", err, out.String())
 	}
 	var v map[string]any
-	if err := json.Unmarshal(out.Bytes(), &v); err != nil || v["verdict"] != "refused" || v["reason"] != "no_trust_server" || v["repository"] != "docker.io/library/alpine" {
+	if err := json.Unmarshal(out.Bytes(), &v); err != nil || v["verdict"] != "denied" || v["reason"] != "no_trust_server" || v["repository"] != "docker.io/library/alpine" {
 		t.Fatalf("check output: %s", out.String())
 	}
 }
@@ -189,7 +189,7 @@ trust:
 	}
 	time.Sleep(10 * time.Millisecond)
 	v, err = check(config("5ms"))
-	if err != exitError(1) || v["verdict"] != "refused" || v["reason"] != "trust_unavailable" || !strings.Contains(fmt.Sprint(v["message"]), "max_staleness") {
+	if err != exitError(1) || v["verdict"] != "denied" || v["reason"] != "trust_unavailable" || !strings.Contains(fmt.Sprint(v["message"]), "max_staleness") {
 		t.Fatalf("check with the server frozen past max_staleness: %v %v", v, err)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -400,7 +401,7 @@ func TestUnknownDigestsDoNotMultiplyUpstreamFetches(t *testing.T) {
 	for i := range 10 {
 		sum := sha256.Sum256([]byte(fmt.Sprint("made up ", i)))
 		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+digest.NewDigestFromBytes(digest.SHA256, sum[:]).String())
-		wantDenied(t, status, body, trust.NotReferenced)
+		wantDenied(t, status, body, proxy.ReasonNotReferenced)
 	}
 	n := w.reg.Requests(http.MethodGet, "") - before
 	t.Logf("10 requests for unknown digests made %d upstream GETs (30 signed targets missing upstream)", n)
@@ -427,7 +428,7 @@ func TestBlobsStayInTheirRepository(t *testing.T) {
 	layer := firstLayer(t, appImg)
 
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/other/blobs/"+layer.String())
-	wantDenied(t, status, body, trust.NotReferenced)
+	wantDenied(t, status, body, proxy.ReasonNotReferenced)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/plain/blobs/"+layer.String())
 	wantDenied(t, status, body, trust.NoTrustData)
 	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String()); status != 200 {

@@ -26,22 +26,14 @@ import (
 // the upstream however many clients ask, and streamed while they arrive.
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request) error {
 	ctx := r.Context()
-	snap, err := s.snapshot(ctx, req)
+	d, err := s.decide(ctx, req)
 	if err != nil {
 		return err
 	}
-	desc := v1.Descriptor{Digest: req.dgst, Size: -1}
-	if snap != nil {
-		d, ok, err := s.authorize(ctx, req, snap, req.dgst)
-		if ok {
-			desc = d
-		} else if err != nil {
-			return err
-		} else if err := s.refuse(ctx, req, &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotReferenced,
-			Detail: "no verified manifest of this repository refers to this blob; pull a signed tag"}); err != nil {
-			return err
-		}
+	if err := d.Err(); err != nil {
+		return err
 	}
+	desc := d.desc
 	repo, err := s.repository(ctx, req.gun)
 	if err != nil {
 		return err
@@ -125,7 +117,7 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 		os.Remove(w.Name())
 		// Logged before the clients hear of it, so the log never lags a refusal.
 		if r, ok := errors.AsType[*trust.RefusalError](err); ok {
-			s.decide(context.Background(), req, "denied", string(r.Reason), r.Error(), nil)
+			s.logDecision(context.Background(), refusalDecision("blob", r))
 		} else if err != nil {
 			s.log.Warn("blob fetch failed", "repo", req.gun, "digest", req.dgst, "err", err)
 		}
@@ -179,7 +171,7 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 	})
 	defer deadline.Stop()
 	mismatch := func(detail string) error {
-		return &trust.RefusalError{GUN: req.gun, Ref: req.dgst.String(), Reason: trust.DigestMismatch, Detail: detail}
+		return &trust.RefusalError{GUN: req.gun, Ref: req.dgst.String(), Reason: ReasonDigestMismatch, Detail: detail}
 	}
 	if size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != size {
 		return mismatch(fmt.Sprintf("the upstream announced %d bytes, the verified manifest says %d", resp.ContentLength, size))

@@ -41,50 +41,19 @@ type verifiedManifest struct {
 // resolved through the signed targets only, never through the upstream's
 // tag; a digest must be a signed target or the child of a verified index.
 func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *request) error {
-	ctx := r.Context()
-	m, target, source, err := s.verifiedManifest(ctx, req)
+	d, err := s.decide(r.Context(), req)
 	if err != nil {
-		if err := s.refuse(ctx, req, err); err != nil {
-			return err
-		}
-		return s.serveUnverifiedManifest(w, r, req) // audit mode
+		return err
 	}
-	s.decide(ctx, req, "served", "verified", "", target)
-	s.metrics.served.WithLabelValues("manifest", source).Inc()
-	writeManifest(w, r, m)
+	switch d.Verdict {
+	case Denied:
+		return d.Err()
+	case Audited:
+		return s.serveUnverifiedManifest(w, r, req)
+	}
+	s.metrics.served.WithLabelValues("manifest", d.source).Inc()
+	writeManifest(w, r, d.manifest)
 	return nil
-}
-
-// verifiedManifest returns the manifest req names, verified, with the
-// signed target it is (nil for a child of a signed index) and where it came
-// from (cache or upstream).
-func (s *Server) verifiedManifest(ctx context.Context, req *request) (*verifiedManifest, *trust.Target, string, error) {
-	snap, err := s.verify.Snapshot(ctx, req.gun, s.cfg.Trust.RuleFor(req.gun))
-	if err != nil {
-		return nil, nil, "", err
-	}
-	var target *trust.Target
-	want := v1.Descriptor{Digest: req.dgst, Size: -1}
-	if req.dgst == "" {
-		t, err := snap.Resolve(req.ref)
-		if err != nil {
-			return nil, nil, "", err
-		}
-		target = &t
-		want = v1.Descriptor{Digest: t.Digest, Size: t.Size}
-	} else if ts := snap.ByDigest(req.dgst); len(ts) > 0 {
-		target = &ts[0]
-		want.Size = ts[0].Size
-	} else if d, ok, err := s.authorize(ctx, req, snap, req.dgst); ok && isManifestType(d.MediaType) {
-		want.Size = d.Size
-	} else if err != nil {
-		return nil, nil, "", err
-	} else {
-		return nil, nil, "", &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotSigned,
-			Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}
-	}
-	m, source, err := s.manifest(ctx, req, want)
-	return m, target, source, err
 }
 
 // writeManifest writes m's verified bytes with its verified media type.
@@ -156,7 +125,7 @@ func storedManifest(stored distribution.Manifest, want v1.Descriptor) (*verified
 func (s *Server) fetchManifest(ctx context.Context, req *request, ms distribution.ManifestService, want v1.Descriptor) (*verifiedManifest, error) {
 	limit := s.cfg.Limits.ManifestBytes
 	if want.Size > limit {
-		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.InvalidManifest,
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: ReasonInvalidManifest,
 			Detail: fmt.Sprintf("the signed manifest is %d bytes, over limits.manifest_bytes (%d)", want.Size, limit)}
 	}
 	if want.Size >= 0 {
@@ -165,7 +134,7 @@ func (s *Server) fetchManifest(ctx context.Context, req *request, ms distributio
 	body, err := req.upstream.fetchManifest(ctx, req.repo, want.Digest.String(), limit)
 	if errors.Is(err, errTooLarge) {
 		s.metrics.upstream.WithLabelValues("manifest", "mismatch").Inc()
-		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.DigestMismatch,
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: ReasonDigestMismatch,
 			Detail: fmt.Sprintf("the upstream sent more than the %d bytes the signed target allows", limit)}
 	}
 	if err != nil {
@@ -175,15 +144,15 @@ func (s *Server) fetchManifest(ctx context.Context, req *request, ms distributio
 	if got := digest.FromBytes(body); got != want.Digest || (want.Size >= 0 && int64(len(body)) != want.Size) {
 		s.metrics.upstream.WithLabelValues("manifest", "mismatch").Inc()
 		s.log.Warn("upstream manifest does not match its signed digest", "repo", req.gun, "want", want.Digest, "got", got, "size", len(body))
-		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.DigestMismatch,
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: ReasonDigestMismatch,
 			Detail: fmt.Sprintf("the upstream's manifest hashes to %s (%d bytes), not to the signed digest; nothing was cached", got, len(body))}
 	}
 	m, err := parseManifest(want.Digest, body)
 	if err != nil {
-		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.InvalidManifest, Detail: err.Error()}
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: ReasonInvalidManifest, Detail: err.Error()}
 	}
 	if err := storeManifest(ctx, ms, m); err != nil {
-		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: trust.InvalidManifest, Detail: err.Error()}
+		return nil, &trust.RefusalError{GUN: req.gun, Ref: want.Digest.String(), Reason: ReasonInvalidManifest, Detail: err.Error()}
 	}
 	s.metrics.upstream.WithLabelValues("manifest", "ok").Inc()
 	return m, nil

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -85,24 +87,17 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	w := newTimedWriter(rw, s.cfg.Limits.ClientWriteTimeout)
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		s.refuseWrite(w, r)
+		return
+	}
 	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			writeError(w, &trust.RefusalError{Reason: reasonReadOnly, Detail: "trustproxy is a read-only mirror; push to the upstream registry"})
-			return
-		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte("{}"))
 		return
 	}
 	if r.URL.Path == "/v2/_catalog" {
 		writeError(w, &requestError{codeUnsupported, "the catalog is not served: trustproxy lists no repositories"})
-		return
-	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		s.metrics.decisions.WithLabelValues("denied", "read_only").Inc()
-		s.log.Info("write refused", "method", r.Method, "path", r.URL.Path)
-		writeError(w, &trust.RefusalError{GUN: r.URL.Path, Reason: reasonReadOnly,
-			Detail: "trustproxy is a read-only mirror; push to the upstream registry"})
 		return
 	}
 	req, err := s.parse(r)
@@ -135,75 +130,39 @@ func (s *Server) repository(ctx context.Context, gun string) (distribution.Repos
 	return s.store.Repository(ctx, named)
 }
 
-// snapshot returns the verified trust view of req's repository. In audit
-// mode a refusal is logged and nil, nil is returned: the caller serves
-// without trust.
-func (s *Server) snapshot(ctx context.Context, req *request) (*trust.Snapshot, error) {
-	snap, err := s.verify.Snapshot(ctx, req.gun, s.cfg.Trust.RuleFor(req.gun))
-	if err == nil {
-		return snap, nil
-	}
-	return nil, s.refuse(ctx, req, err)
+// refuseWrite refuses a push or delete. The refusal names the repository
+// the path is about, when it names one.
+func (s *Server) refuseWrite(w http.ResponseWriter, r *http.Request) {
+	refusal := &trust.RefusalError{GUN: s.writeTarget(r), Reason: ReasonReadOnly,
+		Detail: "trustproxy is a read-only mirror; push to the upstream registry"}
+	d := refusalDecision("write", refusal)
+	d.Ref = r.Method
+	s.logDecision(r.Context(), d)
+	writeError(w, refusal)
 }
 
-// mode is the mode of the rule for gun: enforce when no rule matches.
-func (s *Server) mode(gun string) config.Mode {
-	if r := s.cfg.Trust.RuleFor(gun); r != nil {
-		return r.Mode
-	}
-	return config.Enforce
-}
-
-// refuse turns err about req into what the client gets: in audit mode it
-// is logged and swallowed (nil), in enforce mode it is logged and returned.
-func (s *Server) refuse(ctx context.Context, req *request, err error) error {
-	r, ok := errors.AsType[*trust.RefusalError](err)
+// writeTarget is the GUN a write request's path names, or "" when it
+// names none: the path up to its manifests, blobs or tags segment.
+func (s *Server) writeTarget(r *http.Request) string {
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
 	if !ok {
-		return err
+		return ""
 	}
-	if r.Ref == "" && req.ref != "" {
-		r = r.WithRef(req.ref)
+	segs := strings.Split(rest, "/")
+	i := slices.IndexFunc(segs, func(seg string) bool { return seg == "manifests" || seg == "blobs" || seg == "tags" })
+	if i <= 0 {
+		return ""
 	}
-	verdict := "denied"
-	if s.mode(req.gun) == config.Audit {
-		verdict = "audit"
+	up, repo, err := s.upstreams.pick(r.URL.Query(), strings.Join(segs[:i], "/"))
+	if err != nil {
+		return ""
 	}
-	s.decide(ctx, req, verdict, string(r.Reason), r.Error(), nil)
-	if verdict == "audit" {
-		return nil
+	gun := up.cfg.Name + "/" + repo
+	if _, err := reference.WithName(gun); err != nil {
+		return ""
 	}
-	return r
+	return gun
 }
-
-// decide writes one decision line and counts it.
-func (s *Server) decide(ctx context.Context, req *request, verdict, reason, msg string, t *trust.Target) {
-	s.metrics.decisions.WithLabelValues(verdict, reason).Inc()
-	attrs := []slog.Attr{
-		slog.String("repo", req.gun), slog.String("ref", req.ref),
-		slog.String("verdict", verdict), slog.String("reason", reason),
-	}
-	switch {
-	case t != nil:
-		attrs = append(attrs, slog.String("digest", t.Digest.String()), slog.String("role", t.Role), slog.Any("signers", t.Signers))
-	case req.dgst != "":
-		attrs = append(attrs, slog.String("digest", req.dgst.String()))
-	}
-	if msg != "" {
-		attrs = append(attrs, slog.String("message", msg))
-	}
-	kind := "manifest"
-	switch req.kind {
-	case kindBlob:
-		kind = "blob"
-	case kindTags:
-		kind = "tags"
-	}
-	attrs = append(attrs, slog.String("kind", kind))
-	s.decisions.LogAttrs(ctx, slog.LevelInfo, "decision", attrs...)
-}
-
-// reasonReadOnly refuses writes: trustproxy serves, it does not host pushes.
-const reasonReadOnly trust.Reason = "read_only"
 
 // removeStaleSpool deletes spool files left by a process that stopped
 // mid-fill. A live fill writes at least once per blob_idle_timeout, so a

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -171,7 +172,7 @@ func TestUnsignedDigestAndUnreferencedBlobRefused(t *testing.T) {
 			}
 			continue
 		}
-		wantDenied(t, status, body, trust.NotReferenced)
+		wantDenied(t, status, body, proxy.ReasonNotReferenced)
 	}
 	if n := w.Registry.BlobGets(ld); n != 0 {
 		t.Fatalf("unreferenced blob fetched upstream %d times", n)
@@ -186,7 +187,7 @@ func TestUpstreamBytesMismatchRefusedAndNotCached(t *testing.T) {
 
 	w.Registry.SetFault(w.Registry.CorruptBody(testenv.GetPath("/manifests/" + signed.String())))
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.DigestMismatch)
+	wantDenied(t, status, body, proxy.ReasonDigestMismatch)
 	if blobs := p.storedBlobs(t); len(blobs) != 0 {
 		t.Fatalf("a mismatching manifest was stored: %v", blobs)
 	}
@@ -205,7 +206,7 @@ func TestUpstreamBytesMismatchRefusedAndNotCached(t *testing.T) {
 	if slices.Contains(w2.storedBlobs(t), ld.String()) {
 		t.Fatal("the corrupted layer was stored")
 	}
-	w2.wantDecision(t, gun, ld.String(), "denied", trust.DigestMismatch)
+	w2.wantDecision(t, gun, ld.String(), "denied", proxy.ReasonDigestMismatch)
 	w2.wantDecision(t, gun, "v1", "served", "verified") // the manifest itself was fine
 	w.Registry.SetFault(nil)
 	if _, err := w2.pull(t, "library/app:v1"); err != nil {
@@ -528,8 +529,35 @@ func TestIndexRebuiltFromStorageAfterRestart(t *testing.T) {
 	}
 	madeUp := digest.FromString("made up")
 	status, _, body := second.get(t, http.MethodGet, "/v2/library/app/blobs/"+madeUp.String())
-	wantDenied(t, status, body, trust.NotReferenced)
+	wantDenied(t, status, body, proxy.ReasonNotReferenced)
 	if n := w.Registry.Requests("", "") - before; n != 0 {
 		t.Fatalf("the restarted proxy sent %d requests to the upstream registry, want 0", n)
+	}
+}
+
+// A write is refused with a message that names the repository, whatever
+// spelling of it the path uses, and is logged as a decision.
+func TestWritesRefusedNamingTheRepository(t *testing.T) {
+	w := newWorld(t)
+	p := w.start(t, "")
+	for _, c := range []struct{ method, path, repo string }{
+		{http.MethodPut, "/v2/app/manifests/v1", gun},
+		{http.MethodPost, "/v2/library/app/blobs/uploads/", gun},
+		{http.MethodDelete, "/v2/docker.io/library/app/manifests/sha256:" + strings.Repeat("a", 64), gun},
+		{http.MethodPatch, "/v2/library/other/blobs/uploads/1234?ns=docker.io", "docker.io/library/other"},
+		{http.MethodPost, "/v2/", ""},
+	} {
+		status, _, body := p.get(t, c.method, c.path)
+		wantDenied(t, status, body, proxy.ReasonReadOnly)
+		want := c.repo + " refused (read_only)"
+		if c.repo == "" {
+			want = "\"refused (read_only)"
+		}
+		if !strings.Contains(string(body), want) || strings.Contains(string(body), "/v2/") {
+			t.Errorf("%s %s: %s, want a message naming %q", c.method, c.path, body, c.repo)
+		}
+	}
+	if n := p.decisions(t, "denied", string(proxy.ReasonReadOnly)); n != 5 {
+		t.Fatalf("%v read_only decisions counted, want 5", n)
 	}
 }

@@ -19,6 +19,16 @@ const (
 	kindTags
 )
 
+func (k kind) String() string {
+	switch k {
+	case kindBlob:
+		return "blob"
+	case kindTags:
+		return "tags"
+	}
+	return "manifest"
+}
+
 // request is a parsed and validated /v2/<name>/... request.
 type request struct {
 	kind     kind
@@ -27,6 +37,7 @@ type request struct {
 	gun      string // upstream name + "/" + repo, as Docker Content Trust names it
 	ref      string // tag or digest (manifests), digest (blobs)
 	dgst     digest.Digest
+	check    bool // trustproxy check: decide without fetching the manifest
 }
 
 // A requestError is a request that cannot name any content: 400 or 404.

@@ -7,8 +7,6 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
-
-	"github.com/trustproxy/trustproxy/config"
 )
 
 // maxTagsPage bounds one page of tags/list.
@@ -18,18 +16,20 @@ const maxTagsPage = 1000
 // paginated with n and last as the distribution spec says. A rule in audit
 // mode lists the upstream's tags (its first maxTagsPage), as it serves them.
 func (s *Server) serveTags(w http.ResponseWriter, r *http.Request, req *request) error {
-	snap, err := s.snapshot(r.Context(), req)
+	d, err := s.decide(r.Context(), req)
 	if err != nil {
 		return err
 	}
+	if err := d.Err(); err != nil {
+		return err
+	}
 	var tags []string
-	switch {
-	case s.mode(req.gun) == config.Audit:
+	if d.upstream {
 		if tags, err = req.upstream.tags(r.Context(), req.repo); err != nil {
 			return err
 		}
-	case snap != nil:
-		for tag := range snap.Targets {
+	} else {
+		for tag := range d.Trust.Targets {
 			tags = append(tags, tag)
 		}
 	}

@@ -5,6 +5,8 @@ import (
 )
 
 // Reason is the kind of a refusal. Operators grep logs and metrics for it.
+// These are trust's reasons; the proxy adds its own (what the content, not
+// the trust data, gave away).
 type Reason string
 
 const (
@@ -18,12 +20,9 @@ const (
 	Rollback         Reason = "rollback"          // the server offered older metadata than already seen
 	TrustUnavailable Reason = "trust_unavailable" // the Notary server is unreachable and nothing usable is cached
 	NoRule           Reason = "no_rule"           // no rule matches the GUN
-	DigestMismatch   Reason = "digest_mismatch"   // the upstream's bytes do not match the signed digest or size
-	InvalidManifest  Reason = "invalid_manifest"  // the signed manifest is malformed or ambiguous
-	NotReferenced    Reason = "not_referenced"    // a blob or digest no verified manifest of the repository refers to
 )
 
-// A RefusalError says why trust refused GUN:Ref. Its message is written for a
+// A RefusalError says why GUN:Ref is refused. Its message is written for a
 // person: it names the reason and what to do about it.
 type RefusalError struct {
 	GUN    string
@@ -42,7 +41,10 @@ func (e *RefusalError) Error() string {
 		}
 		name += sep + e.Ref
 	}
-	msg := fmt.Sprintf("%s refused (%s): %s", name, e.Reason, e.Detail)
+	msg := fmt.Sprintf("refused (%s): %s", e.Reason, e.Detail)
+	if name != "" {
+		msg = name + " " + msg
+	}
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()
 	}
