@@ -93,7 +93,9 @@ func (s *Server) lookupUnder(snap *trust.Snapshot, dgst digest.Digest, depth int
 	}
 	for _, p := range s.index.parents(dgst) {
 		if len(snap.ByDigest(p)) == 0 {
-			if _, ok := s.lookupUnder(snap, p, depth+1); !ok {
+			// p must be a manifest where it is listed, not a layer whose
+			// bytes happen to be recorded as a manifest elsewhere.
+			if d, ok := s.lookupUnder(snap, p, depth+1); !ok || !isManifestType(d.MediaType) {
 				continue
 			}
 		}
