@@ -48,6 +48,14 @@ func FuzzParseRequest(f *testing.F) {
 
 func checkParsed(t *testing.T, s *Server, r *http.Request) {
 	t.Helper()
+	// A write's refusal names the repository its path is about: a valid
+	// name of a configured upstream, or none.
+	if gun := s.writeTarget(r); gun != "" {
+		up, _, _ := strings.Cut(gun, "/")
+		if _, err := reference.WithName(gun); err != nil || s.upstreams.byName[up] == nil {
+			t.Fatalf("writeTarget(%q) = %q", r.URL, gun)
+		}
+	}
 	req, err := s.parse(r)
 	if err != nil {
 		if req != nil {
