@@ -519,3 +519,26 @@ func TestUnreachableUpstreamSaysRetry(t *testing.T) {
 		t.Fatalf("the failing upstream was asked for the manifest %d times, want 1", n)
 	}
 }
+
+// TestManyMissingTargetsFetchedOncePerPass: a repository with more signed
+// targets missing upstream than any per-target memory holds (old tags whose
+// manifests were garbage-collected) costs one upstream fetch per target per
+// pass, not per request.
+func TestManyMissingTargetsFetchedOncePerPass(t *testing.T) {
+	const missing = 4200
+	w := newSignedInProcess(t)
+	for i := range missing {
+		d := digest.FromString(fmt.Sprint("never pushed ", i))
+		must(t, w.repo.AddTarget(testenv.Releases, fmt.Sprintf("gone-%05d", i), d, 500))
+	}
+	must(t, w.repo.Publish())
+	p := start(t, w.config(t, time.Minute, "", ""))
+	before := w.reg.Requests(http.MethodGet, "")
+	for i := range 3 {
+		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+digest.FromString(fmt.Sprint("made up ", i)).String())
+		wantDenied(t, status, body, proxy.ReasonNotReferenced)
+	}
+	if n := w.reg.Requests(http.MethodGet, "") - before; n > missing+1 {
+		t.Fatalf("3 anonymous requests made %d upstream GETs, want at most %d (one per signed target per pass)", n, missing+1)
+	}
+}

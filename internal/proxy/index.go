@@ -4,7 +4,9 @@ import (
 	"slices"
 	"sync"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/distribution/distribution/v3/manifest/manifestlist"
+	"github.com/distribution/distribution/v3/manifest/schema2"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
@@ -16,8 +18,8 @@ import (
 // repository's trust view decides which parents count.
 //
 // The shape is two maps that a shared store holds as they are: refs, a
-// manifest digest to its children's descriptors, and parents, a child
-// digest to the set of manifests that list it.
+// manifest digest to its children's descriptors (digest, size, media type),
+// and parents, a child digest to the set of manifests that list it.
 type refIndex interface {
 	// record stores the children of the verified manifest m.
 	record(m digest.Digest, children []v1.Descriptor)
@@ -30,46 +32,60 @@ type refIndex interface {
 	generation() uint64
 }
 
-// memIndex is the in-process refIndex. It keeps the children of at most
-// maxIndexed manifests; parents holds only what those refer to, so it is
-// bounded with them. An evicted manifest is recorded again from storage
-// the next time it is needed.
+// memIndex is the in-process refIndex. It holds at most maxIndexed
+// manifests and maxIndexedChildren children in all, forgetting the least
+// recently used manifest first; parents holds only what those refer to,
+// so it is bounded with them. A forgotten manifest is recorded again from
+// storage the next time it is needed.
 type memIndex struct {
-	refs *lru.Cache[digest.Digest, []v1.Descriptor]
-
-	mu  sync.Mutex
-	par map[digest.Digest][]digest.Digest
-	gen uint64 // bumped when a manifest is evicted: what was complete may no longer be
+	mu        sync.Mutex
+	refs      *simplelru.LRU[digest.Digest, []v1.Descriptor]
+	par       map[digest.Digest][]digest.Digest
+	nchildren int    // held in refs, in all
+	gen       uint64 // bumped when a manifest is forgotten
 }
 
-// maxIndexed bounds the manifests whose children are held in memory.
-const maxIndexed = 16384
+const (
+	// maxIndexed bounds the manifests whose children are held in memory.
+	maxIndexed = 16384
+	// maxIndexedChildren bounds the children held in memory, in all: a
+	// manifest may list up to maxManifestRefs.
+	maxIndexedChildren = 1 << 18
+)
 
 func newMemIndex() *memIndex {
 	x := &memIndex{par: map[digest.Digest][]digest.Digest{}}
-	x.refs, _ = lru.NewWithEvict(maxIndexed, x.evicted)
+	x.refs, _ = simplelru.NewLRU(maxIndexed, x.forget)
 	return x
 }
 
 func (x *memIndex) record(m digest.Digest, children []v1.Descriptor) {
+	kept := make([]v1.Descriptor, len(children))
+	for i, c := range children {
+		kept[i] = v1.Descriptor{Digest: c.Digest, Size: c.Size, MediaType: internMediaType(c.MediaType)}
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	if x.refs.Contains(m) {
 		return
 	}
-	x.mu.Lock()
-	for _, c := range children {
+	for x.nchildren+len(kept) > maxIndexedChildren && x.refs.Len() > 0 {
+		x.refs.RemoveOldest()
+	}
+	for _, c := range kept {
 		if !slices.Contains(x.par[c.Digest], m) {
 			x.par[c.Digest] = append(x.par[c.Digest], m)
 		}
 	}
-	x.mu.Unlock()
-	x.refs.Add(m, children)
+	x.nchildren += len(kept)
+	x.refs.Add(m, kept)
 }
 
-// evicted drops m from the parents of its children.
-func (x *memIndex) evicted(m digest.Digest, children []v1.Descriptor) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
+// forget drops m from the parents of its children. The LRU calls it, with
+// x.mu held, when m is evicted.
+func (x *memIndex) forget(m digest.Digest, children []v1.Descriptor) {
 	x.gen++
+	x.nchildren -= len(children)
 	for _, c := range children {
 		p := slices.DeleteFunc(x.par[c.Digest], func(d digest.Digest) bool { return d == m })
 		if len(p) == 0 {
@@ -81,6 +97,8 @@ func (x *memIndex) evicted(m digest.Digest, children []v1.Descriptor) {
 }
 
 func (x *memIndex) children(m digest.Digest) ([]v1.Descriptor, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	return x.refs.Get(m)
 }
 
@@ -95,3 +113,25 @@ func (x *memIndex) generation() uint64 {
 	defer x.mu.Unlock()
 	return x.gen
 }
+
+// internMediaType returns a media type manifests usually list as the one
+// shared string, so that recorded children do not each hold a copy.
+func internMediaType(mt string) string {
+	if c, ok := commonMediaTypes[mt]; ok {
+		return c
+	}
+	return mt
+}
+
+var commonMediaTypes = func() map[string]string {
+	m := map[string]string{}
+	for _, t := range []string{
+		v1.MediaTypeImageManifest, v1.MediaTypeImageIndex, v1.MediaTypeImageConfig,
+		v1.MediaTypeImageLayer, v1.MediaTypeImageLayerGzip, v1.MediaTypeImageLayerZstd,
+		schema2.MediaTypeManifest, manifestlist.MediaTypeManifestList, schema2.MediaTypeImageConfig,
+		schema2.MediaTypeLayer, schema2.MediaTypeForeignLayer,
+	} {
+		m[t] = t
+	}
+	return m
+}()

@@ -171,6 +171,10 @@ func isManifestType(mt string) bool {
 	return ok
 }
 
+// maxManifestRefs bounds the descriptors a manifest may list: images have
+// at most a few hundred layers, indexes a few dozen platforms.
+const maxManifestRefs = 4096
+
 // parseManifest reads what a verified manifest refers to. It refuses
 // documents that could be read as two types (CVE-2021-41190): an index with
 // layers or config, an image with manifests, or a mediaType that disagrees.
@@ -215,6 +219,9 @@ func parseManifest(dgst digest.Digest, body []byte) (*verifiedManifest, error) {
 			return nil, errors.New("image manifest has no config")
 		}
 		m.refs = append([]v1.Descriptor{*doc.Config}, doc.Layers...)
+	}
+	if len(m.refs) > maxManifestRefs {
+		return nil, fmt.Errorf("manifest lists %d descriptors, more than the %d trustproxy accepts", len(m.refs), maxManifestRefs)
 	}
 	for _, d := range m.refs {
 		if err := d.Digest.Validate(); err != nil || d.Digest.Algorithm() != digest.SHA256 {

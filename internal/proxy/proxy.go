@@ -42,12 +42,11 @@ type Server struct {
 	metrics   *metrics
 	spoolDir  string
 
-	manifests     singleflight.Group               // one upstream manifest fetch per repository and digest
-	index         refIndex                         // what verified manifests refer to
-	recorded      *lru.Cache[string, recorded]     // repositories whose signed targets are all in index, by GUN
-	failedTargets *lru.Cache[string, failedTarget] // targets that could not be recorded, by GUN@digest
-	fillMu        sync.Mutex
-	fills         map[string]*fill // blob downloads under way, by GUN@digest
+	manifests singleflight.Group           // one upstream manifest fetch per repository and digest
+	index     refIndex                     // what verified manifests refer to
+	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
+	fillMu    sync.Mutex
+	fills     map[string]*fill // blob downloads under way, by GUN@digest
 }
 
 // New returns the registry read API for cfg's upstreams over store. Every
@@ -62,11 +61,7 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 		return nil, fmt.Errorf("spool directory: %w", err)
 	}
 	removeStaleSpool(spool, max(time.Hour, 2*cfg.Limits.BlobIdleTimeout), log)
-	rec, err := lru.New[string, recorded](maxFailedTargets)
-	if err != nil {
-		return nil, err
-	}
-	failed, err := lru.New[string, failedTarget](maxFailedTargets)
+	rec, err := lru.New[string, recorded](maxRecorded)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +73,7 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 	return &Server{
 		cfg: cfg, store: store, verify: v, upstreams: ups,
 		log: log, decisions: log.With("log", "decision"), metrics: m,
-		spoolDir: spool, index: newMemIndex(), recorded: rec, failedTargets: failed, fills: map[string]*fill{},
+		spoolDir: spool, index: newMemIndex(), recorded: rec, fills: map[string]*fill{},
 	}, nil
 }
 

@@ -59,6 +59,7 @@ func judge(repo *tuf.Repo, gun string, r *config.Rule, now time.Time) *Snapshot 
 				Role: name, Signers: signers}
 		}
 	}
+	s.index()
 	return s
 }
 

@@ -1,6 +1,8 @@
 package trust
 
 import (
+	"cmp"
+	"slices"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -36,6 +38,8 @@ type Snapshot struct {
 	// max_staleness after Refreshed.
 	Refreshed   time.Time
 	Unreachable string
+
+	byDigest map[digest.Digest][]Target // Targets by manifest digest, in byDigestOrder
 }
 
 // Resolve returns the target of tag, or a *RefusalError.
@@ -50,13 +54,40 @@ func (s *Snapshot) Resolve(tag string) (Target, error) {
 		Detail: "no signed target of that name in the roles the rule allows; sign it (docker trust sign / notary addhash) or pull a signed tag"}
 }
 
-// ByDigest returns the targets whose manifest digest is d.
+// ByDigest returns the targets whose manifest digest is d, targets/releases
+// first, then by tag.
 func (s *Snapshot) ByDigest(d digest.Digest) []Target {
+	if s.byDigest != nil {
+		return s.byDigest[d]
+	}
 	var out []Target
 	for _, t := range s.Targets {
 		if t.Digest == d {
 			out = append(out, t)
 		}
 	}
+	slices.SortFunc(out, byDigestOrder)
 	return out
+}
+
+// index fills byDigest from Targets; judge calls it once.
+func (s *Snapshot) index() {
+	s.byDigest = map[digest.Digest][]Target{}
+	for _, t := range s.Targets {
+		s.byDigest[t.Digest] = append(s.byDigest[t.Digest], t)
+	}
+	for _, ts := range s.byDigest {
+		slices.SortFunc(ts, byDigestOrder)
+	}
+}
+
+func byDigestOrder(a, b Target) int {
+	rel := func(t Target) bool { return t.Role == "targets/releases" }
+	if rel(a) != rel(b) {
+		if rel(a) {
+			return -1
+		}
+		return 1
+	}
+	return cmp.Or(cmp.Compare(a.Role, b.Role), cmp.Compare(a.Tag, b.Tag))
 }
