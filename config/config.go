@@ -205,6 +205,10 @@ type Limits struct {
 	// ClientWriteTimeout bounds each write to a client: one that stops
 	// reading is disconnected after it. Default 60s.
 	ClientWriteTimeout time.Duration `yaml:"client_write_timeout"`
+	// ShutdownTimeout bounds how long a stopping trustproxy lets requests
+	// in flight finish; then their connections are closed and blob
+	// downloads still running are cancelled. Default 30s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
 
 // Log configures the JSON logs.

@@ -49,6 +49,7 @@ func defaults() *Config {
 			BlobIdleTimeout:    60 * time.Second,
 			MinTransferRate:    256 << 10,
 			ClientWriteTimeout: 60 * time.Second,
+			ShutdownTimeout:    30 * time.Second,
 		},
 		Log: Log{Level: "info"},
 	}
@@ -322,6 +323,7 @@ func TestErrors(t *testing.T) {
 		{name: "max staleness zero", yaml: "trust:\n  max_staleness: -1s\n", want: []string{"trust.max_staleness: must be positive"}},
 		{name: "rule max staleness negative", yaml: rule("    - repositories: '**'\n      max_staleness: -1h\n"), want: []string{"trust.rules[0].max_staleness: must be positive"}},
 		{name: "min transfer rate negative", yaml: "limits:\n  min_transfer_rate: -1\n", want: []string{"limits.min_transfer_rate: must be positive"}},
+		{name: "shutdown timeout negative", yaml: "limits:\n  shutdown_timeout: -1s\n", want: []string{"limits.shutdown_timeout: must be positive"}},
 		{name: "notary url without host", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https:///path\n", want: []string{"upstreams[0].notary.url: ", "no host"}},
 		{name: "notary ca without url", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      ca_file: ca.pem\n", want: []string{"upstreams[0].notary.url: required"}},
 		{name: "missing ca file", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    ca_file: certs/ca.pem\n", want: []string{"upstreams[0].ca_file: file ", "certs/ca.pem does not exist"}},

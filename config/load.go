@@ -241,6 +241,7 @@ func (c *Config) setDefaults() {
 	orDefault(&l.BlobIdleTimeout, 60*time.Second)
 	orDefault(&l.MinTransferRate, 256<<10)
 	orDefault(&l.ClientWriteTimeout, 60*time.Second)
+	orDefault(&l.ShutdownTimeout, 30*time.Second)
 
 	orDefault(&c.Log.Level, "info")
 }

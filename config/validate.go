@@ -281,6 +281,7 @@ func (c *Config) validateLimits(p *problems) {
 		{"blob_idle_timeout", int64(l.BlobIdleTimeout)},
 		{"min_transfer_rate", l.MinTransferRate},
 		{"client_write_timeout", int64(l.ClientWriteTimeout)},
+		{"shutdown_timeout", int64(l.ShutdownTimeout)},
 	} {
 		if v.n <= 0 {
 			p.addf("limits."+v.name, "must be positive; leave it out for the default")
