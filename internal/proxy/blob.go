@@ -91,6 +91,9 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 	key := req.gun + "@" + req.dgst.String()
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
+	if s.closing {
+		return nil, nil, &requestError{codeUnavailable, closingDetail}
+	}
 	if f, ok := s.fills[key]; ok {
 		spool, err := os.Open(f.path)
 		return f, spool, err
@@ -108,7 +111,7 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 	f := &fill{dgst: req.dgst, path: w.Name(), size: desc.Size}
 	f.cond = sync.NewCond(&f.mu)
 	s.fills[key] = f
-	go func() {
+	s.running.Go(func() {
 		err := s.runFill(req, blobs, desc, f, w)
 		s.fillMu.Lock()
 		delete(s.fills, key)
@@ -122,14 +125,14 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 			s.log.Warn("blob fetch failed", "repo", req.gun, "digest", req.dgst, "err", err)
 		}
 		f.finish(err)
-	}()
+	})
 	return f, spool, nil
 }
 
 // runFill downloads the blob into spool and storage. It returns nil only when
-// the blob verified and was committed.
+// the blob verified and was committed. Close cancels it.
 func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Descriptor, f *fill, spool *os.File) (err error) {
-	ctx, cancel := context.WithCancelCause(context.Background())
+	ctx, cancel := context.WithCancelCause(s.fillCtx)
 	defer cancel(nil)
 	lim := s.cfg.Limits
 	// The idle timer bounds the wait for response headers, then each gap

@@ -47,6 +47,10 @@ type Server struct {
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
 	fillMu    sync.Mutex
 	fills     map[string]*fill // blob downloads under way, by GUN@digest
+	closing   bool             // Close was called: no fill starts or is joined
+	fillCtx   context.Context  // the parent of every fill's context (fills outlive requests); Close cancels it
+	stopFills context.CancelCauseFunc
+	running   sync.WaitGroup // the fill goroutines
 }
 
 // New returns the registry read API for cfg's upstreams over store. Every
@@ -70,11 +74,45 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 		return nil, err
 	}
 	log = log.With("component", "proxy")
+	fillCtx, stopFills := context.WithCancelCause(context.Background())
 	return &Server{
 		cfg: cfg, store: store, verify: v, upstreams: ups,
 		log: log, decisions: log.With("log", "decision"), metrics: m,
 		spoolDir: spool, index: newMemIndex(), recorded: rec, fills: map[string]*fill{},
+		fillCtx: fillCtx, stopFills: stopFills,
 	}, nil
+}
+
+// closingDetail is what a request that needs a blob fill is told once Close
+// has begun, and the cause of the fills it cancels.
+const closingDetail = "trustproxy is shutting down"
+
+// Close stops the blob fills: from its call on, a request that would start
+// or join one gets 503 UNAVAILABLE; every running fill is cancelled (its
+// upload cancelled, nothing partial committed, its spool file removed) and
+// Close waits for them to end, or for ctx, whose error it then returns.
+// Requests that need no fill are still served: stop the http.Server first
+// (Shutdown), so that no request is cut off by Close while it could finish.
+func (s *Server) Close(ctx context.Context) error {
+	s.fillMu.Lock()
+	s.closing = true
+	n := len(s.fills)
+	s.fillMu.Unlock()
+	s.stopFills(errors.New(closingDetail))
+	done := make(chan struct{})
+	go func() {
+		s.running.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		if n > 0 {
+			s.log.Info("blob fills cancelled", "fills", n)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("blob fills still running after cancellation: %w", context.Cause(ctx))
+	}
 }
 
 // ServeHTTP routes /v2/ requests. Only GET and HEAD are served; the catalog

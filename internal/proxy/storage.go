@@ -2,49 +2,63 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
-	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/storage"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustproxy/trustproxy/config"
-	"github.com/trustproxy/trustproxy/internal/trust"
 
 	// The drivers every build has; cmd/trustproxy links the cloud ones.
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 )
 
-// NewStorage opens distribution storage as cfg describes it: one driver name
-// with its parameters (config validation ensured exactly one).
-func NewStorage(ctx context.Context, cfg map[string]map[string]any) (distribution.Namespace, error) {
+// newDriver opens the distribution storage driver cfg names, with its
+// parameters (config validation ensured exactly one).
+func newDriver(ctx context.Context, cfg map[string]map[string]any) (storagedriver.StorageDriver, error) {
 	for name, params := range cfg {
 		d, err := factory.Create(ctx, name, params)
 		if err != nil {
 			return nil, fmt.Errorf("storage driver %s: %w", name, err)
 		}
-		ns, err := storage.NewRegistry(ctx, d)
-		if err != nil {
-			return nil, fmt.Errorf("storage: %w", err)
-		}
-		return ns, nil
+		return d, nil
 	}
-	return nil, fmt.Errorf("storage: no driver configured")
+	return nil, errors.New("storage: no driver configured")
 }
 
-// Open wires a Server from cfg alone: its trust.Verifier and its storage,
-// with metrics on reg. It is what `trustproxy serve` runs.
-func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
-	v, err := trust.New(cfg, log, reg)
-	if err != nil {
-		return nil, fmt.Errorf("trust: %w", err)
+// repositoriesRoot is where distribution keeps repositories, and under
+// each its _uploads; PurgeUploads walks it.
+const repositoriesRoot = "/docker/registry/v2/repositories"
+
+// staleUploadAge is the age past which an upload belongs to no live fill.
+// distribution dates an upload by its startedat file, written when the fill
+// began, not by its last write (as spool files are dated), so the bound is
+// the longest a fill may run: its deadline for a blob of unknown size.
+// Another process sharing the storage may be filling younger ones.
+func staleUploadAge(lim config.Limits) time.Duration {
+	return max(2*lim.BlobIdleTimeout, fillBudget(-1, lim))
+}
+
+// purgeUploads deletes the uploads under d started more than age ago. A
+// fill writes through a distribution blob writer, which cancels its upload
+// when the fill fails or is cancelled; only a process killed mid-fill leaves
+// one behind. Failures are logged: the uploads stay until the next start.
+func purgeUploads(ctx context.Context, d storagedriver.StorageDriver, age time.Duration, log *slog.Logger) {
+	if _, err := d.Stat(ctx, repositoriesRoot); err != nil {
+		if !errors.As(err, &storagedriver.PathNotFoundError{}) {
+			log.Warn("cannot purge stale uploads", "err", err)
+		}
+		return // new storage: nothing to purge
 	}
-	store, err := NewStorage(ctx, cfg.Storage)
-	if err != nil {
-		return nil, err
+	deleted, errs := storage.PurgeUploads(ctx, d, time.Now().Add(-age), true)
+	if len(errs) > 0 {
+		log.Warn("cannot purge every stale upload", "removed", len(deleted), "err", errors.Join(errs...))
+		return
 	}
-	return New(cfg, store, v, log, reg)
+	log.Info("stale uploads purged", "removed", len(deleted), "older_than", age)
 }

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
@@ -90,6 +92,7 @@ trust:
 
 // instance is one trustproxy under test.
 type instance struct {
+	proxy   *proxy.Server
 	srv     *httptest.Server
 	host    string
 	logs    *testenv.LogBuffer
@@ -111,6 +114,13 @@ func start(t *testing.T, cfg string) *instance {
 	if err != nil {
 		t.Fatalf("proxy.Open: %v", err)
 	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := p.Close(ctx); err != nil {
+			t.Errorf("proxy.Close: %v", err)
+		}
+	})
 	srv := httptest.NewServer(p)
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {
@@ -118,7 +128,7 @@ func start(t *testing.T, cfg string) *instance {
 			t.Logf("trustproxy log:\n%s", logs.String())
 		}
 	})
-	return &instance{srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), logs: logs, metrics: reg, dataDir: c.DataDir}
+	return &instance{proxy: p, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), logs: logs, metrics: reg, dataDir: c.DataDir}
 }
 
 // startFor starts trustproxy in front of w with a fresh data directory.

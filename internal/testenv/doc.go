@@ -11,6 +11,8 @@
 //     front counts requests, can Replay a Recording of older metadata and can be SetDown.
 //   - Notary.Init, AddDelegation, Sign: publish trust data with the notary CLI, straight to
 //     notary-server, with keys from NewKey.
+//   - Throttle: a TCP relay on 127.0.0.1 that passes a server's answers at a bounded rate,
+//     so that a blob takes seconds to arrive.
 //
 // It needs the Debian packages notary (notary, notary-server) installed:
 //
