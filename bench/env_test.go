@@ -165,10 +165,10 @@ var impls = []impl{
 }
 
 // startTrustproxy wires trustproxy as cmd/trustproxy does (config.Load,
-// trust.New, proxy.NewStorage, proxy.New) with filesystem storage in a fresh
-// directory, the root pinned, the signer trusted in targets/releases and
-// trust data cached for an hour. Decision lines are formatted as in
-// production (JSON, info) and discarded, as distribution's logrus output is.
+// proxy.Open) with filesystem storage in a fresh directory, the root
+// pinned, the signer trusted in targets/releases and trust data cached for
+// an hour. Decision lines are formatted as in production (JSON, info) and
+// discarded, as distribution's logrus output is.
 func startTrustproxy(tb testing.TB, w *world) *instance {
 	tb.Helper()
 	dir, err := os.MkdirTemp("", "bench-trustproxy-")

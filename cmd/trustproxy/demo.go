@@ -43,11 +43,13 @@ func runDemo(ctx context.Context, listen, dir string, exit bool, stdout io.Write
 		return err
 	}
 	defer lf.Close()
-	srv, addr, err := start(ctx, cfg, newLogger(lf, "info"))
+	log := newLogger(lf, "info")
+	srv, err := start(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
+	defer func() { _ = srv.stop(cfg.Limits.ShutdownTimeout, log) }()
+	addr := srv.addr
 
 	fmt.Fprintf(stdout, "trustproxy demo: upstream registry %s, notary server %s\n", d.Upstream, d.Notary)
 	fmt.Fprintf(stdout, "trustproxy listening on %s, config %s, log %s\n\n", addr, d.ConfigFile, logFile)

@@ -29,8 +29,11 @@ import (
 var version = "dev"
 
 func main() {
+	// SIGTERM or SIGINT ends ctx: serve stops gracefully (limits.shutdown_timeout).
+	// A second one during that stop kills the process at once.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, stop)
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "trustproxy:", err)
 		var exit exitError

@@ -17,28 +17,48 @@ import (
 	"github.com/trustproxy/trustproxy/internal/proxy"
 )
 
-// serve runs trustproxy until ctx ends.
+// serve runs trustproxy until ctx ends (SIGTERM or SIGINT, see main) or its
+// listener fails, whose error it returns. On ctx's end it stops as
+// server.stop says.
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	srv, addr, err := start(ctx, cfg, log)
+	s, err := start(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	log.Info("trustproxy serving", "addr", addr, "upstreams", len(cfg.Upstreams), "version", buildVersion())
-	<-ctx.Done()
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return srv.Shutdown(shutdown)
+	log.Info("trustproxy serving", "addr", s.addr, "upstreams", len(cfg.Upstreams), "version", buildVersion())
+	select {
+	case err := <-s.failed:
+		_ = s.http.Close()
+		closeCtx, cancel := context.WithTimeout(context.Background(), fillStopTimeout)
+		defer cancel()
+		return errors.Join(err, s.proxy.Close(closeCtx))
+	case <-ctx.Done():
+	}
+	log.Info("trustproxy stopping", "shutdown_timeout", cfg.Limits.ShutdownTimeout)
+	return s.stop(cfg.Limits.ShutdownTimeout, log)
 }
 
-// start wires trustproxy from cfg and starts serving. It returns the
-// server, to shut down, and the address it listens on.
-func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*http.Server, string, error) {
+// fillStopTimeout bounds the wait for cancelled blob fills to end (their
+// uploads cancelled, spool files removed) once the requests are done.
+const fillStopTimeout = 10 * time.Second
+
+// server is a running trustproxy: its HTTP server, the proxy behind it, the
+// address it listens on, and the listener's failure, if it fails.
+type server struct {
+	http   *http.Server
+	proxy  *proxy.Server
+	addr   string
+	failed <-chan error // receives the error Serve returned, other than ErrServerClosed
+}
+
+// start wires trustproxy from cfg and starts serving.
+func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, error) {
 	warnings(cfg, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p, err := proxy.Open(ctx, cfg, log, reg)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", p)
@@ -57,8 +77,10 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*http.Ser
 	}
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		return nil, "", fmt.Errorf("listen: %w (set listen: in the config, or TRUSTPROXY_LISTEN)", err)
+		_ = p.Close(ctx)
+		return nil, fmt.Errorf("listen: %w (set listen: in the config, or TRUSTPROXY_LISTEN)", err)
 	}
+	failed := make(chan error, 1)
 	go func() {
 		var err error
 		if cfg.TLS.CertFile != "" {
@@ -66,11 +88,36 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*http.Ser
 		} else {
 			err = srv.Serve(l)
 		}
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("server stopped", "err", err)
+		if errors.Is(err, http.ErrServerClosed) {
+			return
 		}
+		_ = l.Close() // ServeTLS returns without closing it when the certificate does not load
+		if cfg.TLS.CertFile != "" {
+			err = fmt.Errorf("serve https on %s: %w (check tls.cert_file %s and tls.key_file %s)",
+				l.Addr(), err, cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		} else {
+			err = fmt.Errorf("serve on %s: %w", l.Addr(), err)
+		}
+		failed <- err
 	}()
-	return srv, l.Addr().String(), nil
+	return &server{http: srv, proxy: p, addr: l.Addr().String(), failed: failed}, nil
+}
+
+// stop stops s gracefully: the listener closes at once, requests in flight
+// get up to timeout to finish (and blob fills go on meanwhile, so that the
+// requests streaming them can), then connections still open are closed and
+// the fills still running are cancelled. Nothing partial is stored. A
+// request cut off is logged, not an error: the stop was asked for.
+func (s *server) stop(timeout time.Duration, log *slog.Logger) error {
+	shutdown, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := s.http.Shutdown(shutdown); err != nil {
+		log.Warn("requests still running at limits.shutdown_timeout: their connections are closed", "shutdown_timeout", timeout, "err", err)
+		_ = s.http.Close()
+	}
+	closeCtx, cancelClose := context.WithTimeout(context.Background(), fillStopTimeout)
+	defer cancelClose()
+	return s.proxy.Close(closeCtx)
 }
 
 // warnings logs what an operator should know about cfg at start.
