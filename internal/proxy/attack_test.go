@@ -542,3 +542,47 @@ func TestManyMissingTargetsFetchedOncePerPass(t *testing.T) {
 		t.Fatalf("3 anonymous requests made %d upstream GETs, want at most %d (one per signed target per pass)", n, missing+1)
 	}
 }
+
+// TestAuditHeadStartsNoDownload: under an audit rule a blob's length is not
+// known from a verified manifest. A HEAD for it asks the upstream's HEAD; it
+// does not start a download the upstream could make as long as it likes.
+func TestAuditHeadStartsNoDownload(t *testing.T) {
+	w := newSignedInProcess(t)
+	must(t, w.repo.Publish())
+	var gets, heads atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/blobs/") {
+			_, _ = rw.Write([]byte("{}"))
+			return
+		}
+		if r.Method == http.MethodHead {
+			heads.Add(1)
+			rw.Header().Set("Content-Length", "12345")
+			return
+		}
+		gets.Add(1)
+		chunk := make([]byte, 1<<20)
+		for range 200 { // chunked, no Content-Length
+			if _, err := rw.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(up.Close)
+	cfg := fmt.Sprintf(`data_dir: %s
+upstreams: [{name: docker.io, url: %s, notary: {url: %s}}]
+trust:
+  refresh_ttl: 1m
+  pinning: {certs: {%s: [%s]}}
+  signers: [{name: alice, public_key: %s}]
+  rules: [{repositories: "docker.io/**", signers: [alice], mode: audit}]
+`, t.TempDir(), up.URL, w.notary.URL, gun, w.repo.RootCertID(), w.key)
+	p := start(t, cfg)
+	status, h, _ := p.get(t, http.MethodHead, "/v2/library/nodata/blobs/"+digest.FromString("anything").String())
+	if status != http.StatusOK || h.Get("Content-Length") != "12345" {
+		t.Fatalf("HEAD under audit: %d, Content-Length %q", status, h.Get("Content-Length"))
+	}
+	if gets.Load() != 0 || heads.Load() != 1 {
+		t.Fatalf("a HEAD sent %d GETs and %d HEADs upstream, want 0 and 1", gets.Load(), heads.Load())
+	}
+}

@@ -40,10 +40,18 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 	}
 	blobs := repo.Blobs(ctx)
 	if _, err := blobs.Stat(ctx, req.dgst); err == nil {
-		s.metrics.served.WithLabelValues("blob", "cache").Inc()
+		s.settleBlob(ctx, d, "cache", nil)
 		return blobs.ServeBlob(ctx, w, r, req.dgst)
 	}
-	if r.Method == http.MethodHead && desc.Size >= 0 {
+	if r.Method == http.MethodHead {
+		// A HEAD starts no download: the length is the verified
+		// manifest's, or (audit mode) the upstream's.
+		if desc.Size < 0 {
+			if desc.Size, err = req.upstream.blobSize(ctx, req.repo, req.dgst); err != nil {
+				return err
+			}
+		}
+		s.settleBlob(ctx, d, "upstream", nil)
 		writeBlobHeaders(w, req.dgst, desc.Size)
 		return nil
 	}
@@ -52,9 +60,45 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 		return err
 	}
 	defer spool.Close()
-	s.metrics.served.WithLabelValues("blob", "upstream").Inc()
-	return f.serve(w, r, spool)
+	err = f.serve(w, r, spool)
+	s.settleBlob(ctx, d, "upstream", err)
+	if _, ok := errors.AsType[*abortedError](err); ok {
+		// The client has a partial body: abort the connection so that it
+		// can never take it for a complete one.
+		panic(http.ErrAbortHandler)
+	}
+	if err == errClientGone {
+		return nil
+	}
+	return err
 }
+
+// errClientGone is a client that left before its blob was sent.
+var errClientGone = errors.New("the client went away")
+
+// settleBlob logs and counts the decision on a blob once it is known how
+// the serving ended: served, or refused by what the fill found (a digest
+// mismatch). Blobs the decision refused or audited are logged by decide.
+func (s *Server) settleBlob(ctx context.Context, d *Decision, source string, err error) {
+	if d.Verdict != Served {
+		return
+	}
+	if r, ok := errors.AsType[*trust.RefusalError](err); ok {
+		d.Verdict, d.Reason, d.Message, d.refusal = Denied, r.Reason, r.Error(), r
+	} else if err != nil {
+		return // not a verdict: the upstream failed, or the client left early; logged as such
+	} else {
+		s.metrics.served.WithLabelValues("blob", source).Inc()
+	}
+	s.logDecision(ctx, d)
+}
+
+// abortedError is a fill that failed after its client got headers and
+// part of the body.
+type abortedError struct{ err error }
+
+func (e *abortedError) Error() string { return e.err.Error() }
+func (e *abortedError) Unwrap() error { return e.err }
 
 func writeBlobHeaders(w http.ResponseWriter, dgst digest.Digest, size int64) {
 	h := w.Header()
@@ -118,10 +162,8 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 		s.fillMu.Unlock()
 		w.Close()
 		os.Remove(w.Name())
-		// Logged before the clients hear of it, so the log never lags a refusal.
-		if r, ok := errors.AsType[*trust.RefusalError](err); ok {
-			s.logDecision(context.Background(), refusalDecision("blob", r))
-		} else if err != nil {
+		// Each client's request logs its own decision on the outcome.
+		if err != nil {
 			s.log.Warn("blob fetch failed", "repo", req.gun, "digest", req.dgst, "err", err)
 		}
 		f.finish(err)
@@ -202,6 +244,9 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 			if size >= 0 && n > size {
 				return mismatch(fmt.Sprintf("the upstream sent more than the %d bytes the verified manifest says", size))
 			}
+			if n > maxUnknownSize {
+				return fmt.Errorf("the upstream sent more than %d bytes for a blob of unknown length", int64(maxUnknownSize))
+			}
 			h.Write(buf[:k])
 			if _, err := bw.Write(buf[:k]); err != nil {
 				return fmt.Errorf("write blob to storage: %w", err)
@@ -232,8 +277,8 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 	return nil
 }
 
-// maxUnknownSize is the size a blob of unknown length (audit mode, no
-// Content-Length) is given for its deadline.
+// maxUnknownSize is the most a blob of unknown length (audit mode, no
+// Content-Length) may be, and the size its deadline is set for.
 const maxUnknownSize = 10 << 30
 
 // fillBudget is the overall deadline of a download of size bytes (-1:
@@ -280,9 +325,9 @@ func (f *fill) readable() int64 {
 }
 
 // serve streams the fill to one client from its spool fd. Headers go out as
-// soon as the upstream answers. If the fill fails after that, the connection
-// is aborted, so the client sees a truncated response, never a complete
-// wrong one.
+// soon as the upstream answers. If the fill fails after that, serve returns
+// an *abortedError: the caller aborts the connection, so the client sees a
+// truncated response, never a complete wrong one.
 func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) error {
 	ctx := r.Context()
 	stop := context.AfterFunc(ctx, func() {
@@ -319,16 +364,19 @@ func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) err
 		avail, done, verified := f.readable(), f.done, f.verified
 		f.mu.Unlock()
 		if ctx.Err() != nil {
-			return nil
+			return errClientGone
 		}
 		if done && !verified {
-			panic(http.ErrAbortHandler)
+			f.mu.Lock()
+			ferr := f.err
+			f.mu.Unlock()
+			return &abortedError{ferr}
 		}
 		if avail > pos {
 			k, err := io.Copy(w, io.NewSectionReader(spool, pos, avail-pos))
 			pos += k
 			if err != nil {
-				return nil // the client went away; the fill goes on
+				return errClientGone // the fill goes on
 			}
 			if flusher != nil {
 				flusher.Flush()

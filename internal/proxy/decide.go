@@ -74,7 +74,8 @@ func (d *Decision) Err() error {
 // rule, takes the repository's trust view, resolves the tag or places the
 // digest under a signed target, verifies a manifest's bytes, and applies
 // the rule's mode. Manifests, blobs, tags/list and `trustproxy check` all
-// ask it; the decision is logged and counted here. An error that is not a
+// ask it; the decision is logged and counted here (a served blob once its
+// bytes have verified: settleBlob). An error that is not a
 // verdict (the upstream unreachable, storage failing) is returned as is:
 // the client is told to retry.
 func (s *Server) decide(ctx context.Context, req *request) (*Decision, error) {
@@ -99,7 +100,9 @@ func (s *Server) decide(ctx context.Context, req *request) (*Decision, error) {
 		// Audit mode lists the upstream's tags, as it serves them.
 		d.upstream = req.kind == kindTags && d.audit()
 	}
-	s.logDecision(ctx, d)
+	if req.kind != kindBlob || d.Verdict != Served {
+		s.logDecision(ctx, d) // a served blob is logged when its serving ends (settleBlob)
+	}
 	return d, nil
 }
 
@@ -190,8 +193,7 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 }
 
 // refusalDecision is a Denied decision the proxy reaches outside decide,
-// on a request no rule can let through: a write, or content that failed
-// its digest while it streamed.
+// on a request no rule can let through: a write.
 func refusalDecision(kind string, r *trust.RefusalError) *Decision {
 	d := &Decision{Repository: r.GUN, Ref: r.Ref, Kind: kind, Verdict: Denied, Reason: r.Reason, Message: r.Error(), refusal: r}
 	if dg, err := digest.Parse(r.Ref); err == nil {

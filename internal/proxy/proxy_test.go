@@ -208,6 +208,11 @@ func TestUpstreamBytesMismatchRefusedAndNotCached(t *testing.T) {
 	}
 	w2.wantDecision(t, gun, ld.String(), "denied", proxy.ReasonDigestMismatch)
 	w2.wantDecision(t, gun, "v1", "served", "verified") // the manifest itself was fine
+	for _, line := range w2.logs.Lines() {
+		if strings.Contains(line, `"msg":"decision"`) && strings.Contains(line, `"ref":"`+ld.String()+`"`) && strings.Contains(line, `"verdict":"served"`) {
+			t.Fatalf("the refused layer was also logged as served: %s", line)
+		}
+	}
 	w.Registry.SetFault(nil)
 	if _, err := w2.pull(t, "library/app:v1"); err != nil {
 		t.Fatalf("pull after the upstream recovered: %v", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/opencontainers/go-digest"
 	"io"
 	"net/http"
 	"net/url"
@@ -102,9 +103,28 @@ func newUpstream(i int, cfg config.Upstream, lim config.Limits) (*upstream, erro
 // for repo when the registry asks for one. A non-200 answer is an
 // *upstreamError. The caller closes the body.
 func (u *upstream) get(ctx context.Context, repo, kind, ref string, query url.Values, accept string) (*http.Response, error) {
+	return u.do(ctx, http.MethodGet, repo, kind, ref, query, accept)
+}
+
+// blobSize asks the upstream for the length of blob dgst of repo (HEAD).
+func (u *upstream) blobSize(ctx context.Context, repo string, dgst digest.Digest) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.timeout)
+	defer cancel()
+	resp, err := u.do(ctx, http.MethodHead, repo, "blobs", dgst.String(), nil, "")
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	if resp.ContentLength < 0 {
+		return 0, &upstreamError{code: codeUnavailable, err: fmt.Errorf("upstream %s gave no length for blob %s", u.cfg.Name, dgst)}
+	}
+	return resp.ContentLength, nil
+}
+
+func (u *upstream) do(ctx context.Context, method, repo, kind, ref string, query url.Values, accept string) (*http.Response, error) {
 	target := u.base.JoinPath("v2", repo, kind, ref)
 	target.RawQuery = query.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, method, target.String(), nil)
 	if err != nil {
 		return nil, err
 	}

@@ -187,23 +187,29 @@ func wantDenied(t *testing.T, status int, body []byte, reason trust.Reason) {
 	}
 }
 
-// decision returns the last decision line about repo and ref.
+// decision returns the last decision line about repo and ref. A blob's
+// decision is logged when its serving ends, which may be just after the
+// client has its last byte: decision waits a little for it.
 func (p *instance) decision(t *testing.T, repo, ref string) map[string]any {
 	t.Helper()
-	var last map[string]any
-	for _, line := range p.logs.Lines() {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != "decision" {
-			continue
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var last map[string]any
+		for _, line := range p.logs.Lines() {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != "decision" {
+				continue
+			}
+			if m["repo"] == repo && m["ref"] == ref {
+				last = m
+			}
 		}
-		if m["repo"] == repo && m["ref"] == ref {
-			last = m
+		if last != nil {
+			return last
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no decision logged for %s %s", repo, ref)
 		}
 	}
-	if last == nil {
-		t.Fatalf("no decision logged for %s %s", repo, ref)
-	}
-	return last
 }
 
 // wantDecision asserts the last decision about repo and ref.
