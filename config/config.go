@@ -23,6 +23,7 @@ type Config struct {
 	// when a request names no other (by ns parameter or path prefix).
 	Upstreams []Upstream `yaml:"upstreams"`
 	Trust     Trust      `yaml:"trust"`
+	Scan      Scan       `yaml:"scan"`
 	Limits    Limits     `yaml:"limits"`
 	Log       Log        `yaml:"log"`
 }
@@ -165,6 +166,9 @@ type Rule struct {
 	TOFU bool `yaml:"tofu"`
 	// MaxStaleness overrides Trust.MaxStaleness for this rule's GUNs.
 	MaxStaleness time.Duration `yaml:"max_staleness"`
+	// Scan is the vulnerability scan policy of the rule's images; nil: no
+	// scan gate.
+	Scan *ScanPolicy `yaml:"scan"`
 
 	// Index is the rule's position in Trust.Rules, set by Load: which rule
 	// decided, in logs.
@@ -177,6 +181,80 @@ type Rule struct {
 	// nothing.
 	pattern pattern
 }
+
+// Scan configures the vulnerability scan gate: the scanners, how they
+// reach trustproxy, and how CI posts reports. A rule's scan section says
+// what passes.
+type Scan struct {
+	// RegistryURL is trustproxy's registry URL as the scanners reach it,
+	// e.g. https://trustproxy.internal:5000: a scan request tells the
+	// scanner to pull the image from there.
+	RegistryURL string `yaml:"registry_url"`
+	// Scanners are Harbor scanner adapters (API v1.2): Trivy's, Clair's,
+	// Anchore's... Each image is sent to those whose metadata says they
+	// consume its manifest type.
+	Scanners []Scanner `yaml:"scanners"`
+	// ReportTokenFile holds the bearer token that CI sends to post reports
+	// to POST /admin/scan/reports/<digest>. Without it that endpoint is off.
+	ReportTokenFile string `yaml:"report_token_file"`
+	// CredentialTTL is how long the pull credential of a scan request is
+	// valid. Default 15m.
+	CredentialTTL time.Duration `yaml:"credential_ttl"`
+	// Timeout bounds one scan, from the request to its report. Default 10m.
+	Timeout time.Duration `yaml:"timeout"`
+
+	// ReportToken is ReportTokenFile's content, read by Load.
+	ReportToken string `yaml:"-"`
+}
+
+// Scanner is one Harbor scanner adapter.
+type Scanner struct {
+	Name string `yaml:"name"`
+	// URL is the adapter's base URL, without /api/v1.
+	URL    string `yaml:"url"`
+	CAFile string `yaml:"ca_file"`
+	// AuthorizationFile holds the Authorization header value trustproxy
+	// sends to the adapter (e.g. "Bearer <token>"), when it wants one.
+	AuthorizationFile string `yaml:"authorization_file"`
+
+	// Authorization is AuthorizationFile's content, read by Load.
+	Authorization string `yaml:"-"`
+}
+
+// ScanPolicy says which scan reports let a rule's images through.
+type ScanPolicy struct {
+	// Severity is the lowest severity that blocks: critical (default),
+	// high, medium, low, negligible or unknown.
+	Severity string `yaml:"severity"`
+	// Allowlist excuses vulnerabilities by ID until each entry expires.
+	Allowlist []AllowedVulnerability `yaml:"allowlist"`
+	// MaxReportAge is how old a report may be; an older one is treated as
+	// missing and a new scan is started. Default 168h.
+	MaxReportAge time.Duration `yaml:"max_report_age"`
+	// Missing is what no report (or one too old) means: block, wait
+	// (default: start a scan and hold the request up to Wait) or allow.
+	Missing string `yaml:"missing"`
+	// Wait bounds how long a request waits for a scan under missing: wait.
+	// Default 30s.
+	Wait time.Duration `yaml:"wait"`
+}
+
+// AllowedVulnerability excuses one vulnerability ID until Expires.
+type AllowedVulnerability struct {
+	ID string `yaml:"id"`
+	// Expires is a date (2027-01-31, meaning its start, UTC) or a time
+	// (RFC 3339); required.
+	Expires time.Time `yaml:"expires"`
+	// Reason says why, for the next reader; required.
+	Reason string `yaml:"reason"`
+}
+
+// The values of ScanPolicy.Missing.
+const (
+	MissingBlock = "block"
+	MissingWait  = "wait"
+	MissingAllow = "allow"
+)
 
 // Limits bounds every input from the network.
 type Limits struct {

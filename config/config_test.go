@@ -37,6 +37,7 @@ func defaults() *Config {
 			MaxStaleness: 24 * time.Hour,
 			RefusalTTL:   10 * time.Second,
 		},
+		Scan: Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
 		Limits: Limits{
 			ManifestBytes:      4 << 20,
 			RootBytes:          512000,
@@ -323,6 +324,31 @@ func TestErrors(t *testing.T) {
 		{name: "max staleness zero", yaml: "trust:\n  max_staleness: -1s\n", want: []string{"trust.max_staleness: must be positive"}},
 		{name: "rule max staleness negative", yaml: rule("    - repositories: '**'\n      max_staleness: -1h\n"), want: []string{"trust.rules[0].max_staleness: must be positive"}},
 		{name: "min transfer rate negative", yaml: "limits:\n  min_transfer_rate: -1\n", want: []string{"limits.min_transfer_rate: must be positive"}},
+		{
+			name: "scan policy without scanners",
+			yaml: rule("    - repositories: '**'\n      scan: {severity: high}\n"),
+			want: []string{"scan: a rule has a scan policy, but no scanner", "trust.rules[0].scan.missing: wait needs a scanner"},
+		},
+		{
+			name: "bad scan policy",
+			yaml: "scan:\n  registry_url: http://127.0.0.1:5000\n  scanners: [{name: trivy, url: http://trivy:8080}]\n" +
+				rule("    - repositories: '**'\n      scan: {severity: severe, missing: later, wait: -1s, allowlist: [{id: CVE-2024-3094}]}\n"),
+			want: []string{`trust.rules[0].scan.severity: "severe": want one of unknown, negligible, low, medium, high, critical`,
+				`trust.rules[0].scan.missing: "later"`, "trust.rules[0].scan.wait: must be positive",
+				"trust.rules[0].scan.allowlist[0].expires: required", "trust.rules[0].scan.allowlist[0].reason: required"},
+		},
+		{
+			name: "scanners without registry url",
+			yaml: "scan:\n  scanners: [{name: trivy, url: http://trivy:8080}, {name: trivy, url: 'trivy:8080'}]\n",
+			want: []string{"scan.registry_url: required with scanners", `scan.scanners[1].name: "trivy" is used`, "scan.scanners[1].url: "},
+		},
+		{
+			name:  "short report token",
+			yaml:  "scan:\n  report_token_file: token\n",
+			files: map[string][]byte{"token": []byte("secret\n")},
+			want:  []string{"scan.report_token_file: the token is 6 characters"},
+		},
+		{name: "missing report token file", yaml: "scan:\n  report_token_file: token\n", want: []string{"scan.report_token_file: file ", "does not exist"}},
 		{name: "shutdown timeout negative", yaml: "limits:\n  shutdown_timeout: -1s\n", want: []string{"limits.shutdown_timeout: must be positive"}},
 		{name: "notary url without host", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https:///path\n", want: []string{"upstreams[0].notary.url: ", "no host"}},
 		{name: "notary ca without url", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      ca_file: ca.pem\n", want: []string{"upstreams[0].notary.url: required"}},
@@ -608,14 +634,17 @@ func TestExample(t *testing.T) {
 	dir := t.TempDir()
 	tlsPair, registryCA, notaryCA, rootCA, alice, bob := newCert(t), newCert(t), newCert(t), newCert(t), newCert(t), newCert(t)
 	writeFiles(t, dir, map[string][]byte{
-		"trustproxy.yaml":       example,
-		"certs/tls.crt":         tlsPair.cert,
-		"certs/tls.key":         tlsPair.key,
-		"certs/registry-ca.pem": registryCA.cert,
-		"certs/notary-ca.pem":   notaryCA.cert,
-		"certs/root-ca.pem":     rootCA.cert,
-		"keys/alice.pub":        alice.pub,
-		"keys/bob.crt":          bob.cert,
+		"trustproxy.yaml":             example,
+		"certs/tls.crt":               tlsPair.cert,
+		"certs/tls.key":               tlsPair.key,
+		"certs/registry-ca.pem":       registryCA.cert,
+		"certs/notary-ca.pem":         notaryCA.cert,
+		"certs/root-ca.pem":           rootCA.cert,
+		"keys/alice.pub":              alice.pub,
+		"keys/bob.crt":                bob.cert,
+		"certs/trivy-ca.pem":          registryCA.cert,
+		"secrets/trivy-authorization": []byte("Bearer trivy-adapter-token\n"),
+		"secrets/ci-report-token":     []byte("0123456789abcdef0123456789abcdef\n"),
 	})
 	got, err := LoadFile(filepath.Join(dir, "trustproxy.yaml"), nil)
 	if err != nil {
@@ -653,13 +682,23 @@ func TestExample(t *testing.T) {
 				{Name: "bob", PublicKey: path("keys/bob.crt"), Keys: [][]byte{bob.spki}, KeyIDs: []string{"5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a8f1a4c6e0b2d3f"}},
 			},
 			Rules: []Rule{
-				{Repositories: "registry.example.com:5443/**", Signers: []string{"release-ci", "bob"}, Roles: []string{"targets/releases"}, Mode: Enforce, MaxStaleness: 24 * time.Hour},
+				{Repositories: "registry.example.com:5443/**", Signers: []string{"release-ci", "bob"}, Roles: []string{"targets/releases"}, Mode: Enforce, MaxStaleness: 24 * time.Hour,
+					Scan: &ScanPolicy{Severity: "high", MaxReportAge: 72 * time.Hour, Missing: MissingWait, Wait: 30 * time.Second,
+						Allowlist: []AllowedVulnerability{{ID: "CVE-2024-3094", Expires: time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC),
+							Reason: "xz-utils is not installed at run time; rebuild tracked in OPS-1234"}}}},
 				{Repositories: "docker.io/library/*", Signers: []string{"alice"}, Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 6 * time.Hour, Index: 1},
 				{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Audit, TOFU: true, MaxStaleness: 24 * time.Hour, Index: 2},
 			},
 			RefreshTTL:   5 * time.Minute,
 			MaxStaleness: 24 * time.Hour,
 			RefusalTTL:   10 * time.Second,
+		},
+		Scan: Scan{
+			RegistryURL: "https://trustproxy.example.internal:5000",
+			Scanners: []Scanner{{Name: "trivy", URL: "https://trivy-adapter.example.internal:8443", CAFile: path("certs/trivy-ca.pem"),
+				AuthorizationFile: path("secrets/trivy-authorization"), Authorization: "Bearer trivy-adapter-token"}},
+			ReportTokenFile: path("secrets/ci-report-token"), ReportToken: "0123456789abcdef0123456789abcdef",
+			CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute,
 		},
 		Limits: defaults().Limits,
 		Log:    Log{Level: "info"},

@@ -142,6 +142,11 @@ func (c *Config) resolve(dir string) {
 	for i := range c.Trust.Signers {
 		abs(&c.Trust.Signers[i].PublicKey)
 	}
+	abs(&c.Scan.ReportTokenFile)
+	for i := range c.Scan.Scanners {
+		abs(&c.Scan.Scanners[i].CAFile)
+		abs(&c.Scan.Scanners[i].AuthorizationFile)
+	}
 	if root, ok := c.Storage["filesystem"]["rootdirectory"].(string); ok {
 		abs(&root)
 		c.Storage["filesystem"]["rootdirectory"] = root
@@ -227,7 +232,15 @@ func (c *Config) setDefaults() {
 		}
 		orDefault(&r.Mode, Enforce)
 		orDefault(&r.MaxStaleness, c.Trust.MaxStaleness)
+		if sp := r.Scan; sp != nil {
+			orDefault(&sp.Severity, "critical")
+			orDefault(&sp.MaxReportAge, 7*24*time.Hour)
+			orDefault(&sp.Missing, MissingWait)
+			orDefault(&sp.Wait, 30*time.Second)
+		}
 	}
+	orDefault(&c.Scan.CredentialTTL, 15*time.Minute)
+	orDefault(&c.Scan.Timeout, 10*time.Minute)
 
 	l := &c.Limits
 	orDefault(&l.ManifestBytes, 4<<20)

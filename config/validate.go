@@ -39,6 +39,7 @@ func (c *Config) validate() error {
 	c.validateStorage(&p)
 	c.validateUpstreams(&p)
 	c.validateTrust(&p)
+	c.validateScan(&p)
 	c.validateLimits(&p)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -241,6 +242,124 @@ func (c *Config) validateTrust(p *problems) {
 	if t.MaxStaleness <= 0 {
 		p.addf("trust.max_staleness", "must be positive, e.g. 24h")
 	}
+}
+
+// severities are the values of ScanPolicy.Severity, lowest first.
+var severities = []string{"unknown", "negligible", "low", "medium", "high", "critical"}
+
+// validateScan checks the scan section and every rule's scan policy, and
+// reads the token files.
+func (c *Config) validateScan(p *problems) {
+	sc := &c.Scan
+	gated := slices.ContainsFunc(c.Trust.Rules, func(r Rule) bool { return r.Scan != nil })
+	if sc.RegistryURL != "" {
+		if err := checkURL(sc.RegistryURL); err != nil {
+			p.addf("scan.registry_url", "%v", err)
+		}
+	}
+	names := map[string]bool{}
+	for i := range sc.Scanners {
+		s := &sc.Scanners[i]
+		f := fmt.Sprintf("scan.scanners[%d]", i)
+		switch {
+		case s.Name == "":
+			p.addf(f+".name", "required")
+		case names[s.Name]:
+			p.addf(f+".name", "%q is used by another scanner; names must be unique", s.Name)
+		}
+		names[s.Name] = true
+		if err := checkURL(s.URL); err != nil {
+			p.addf(f+".url", "%v", err)
+		}
+		if s.CAFile != "" {
+			if err := checkCAFile(s.CAFile); err != nil {
+				p.addf(f+".ca_file", "%v", err)
+			}
+		}
+		if s.AuthorizationFile != "" {
+			v, err := readSecret(s.AuthorizationFile)
+			if err != nil {
+				p.addf(f+".authorization_file", "%v", err)
+			}
+			s.Authorization = v
+		}
+	}
+	if len(sc.Scanners) > 0 && sc.RegistryURL == "" {
+		p.addf("scan.registry_url", "required with scanners: the URL at which the scanners reach trustproxy to pull what they scan")
+	}
+	sc.ReportToken = ""
+	if sc.ReportTokenFile != "" {
+		v, err := readSecret(sc.ReportTokenFile)
+		switch {
+		case err != nil:
+			p.addf("scan.report_token_file", "%v", err)
+		case len(v) < 16:
+			p.addf("scan.report_token_file", "the token is %d characters; use at least 16 random ones", len(v))
+		}
+		sc.ReportToken = v
+	}
+	if gated && len(sc.Scanners) == 0 && sc.ReportTokenFile == "" {
+		p.addf("scan", "a rule has a scan policy, but no scanner is configured and no report_token_file lets CI post reports: nothing could ever pass")
+	}
+	if sc.CredentialTTL <= 0 {
+		p.addf("scan.credential_ttl", "must be positive, e.g. 15m")
+	}
+	if sc.Timeout <= 0 {
+		p.addf("scan.timeout", "must be positive, e.g. 10m")
+	}
+	for i, r := range c.Trust.Rules {
+		sp := r.Scan
+		if sp == nil {
+			continue
+		}
+		f := fmt.Sprintf("trust.rules[%d].scan", i)
+		if !slices.Contains(severities, sp.Severity) {
+			p.addf(f+".severity", "%q: want one of %s", sp.Severity, strings.Join(severities, ", "))
+		}
+		switch sp.Missing {
+		case MissingBlock, MissingWait, MissingAllow:
+		default:
+			p.addf(f+".missing", "%q: want %s, %s or %s", sp.Missing, MissingBlock, MissingWait, MissingAllow)
+		}
+		if sp.MaxReportAge <= 0 {
+			p.addf(f+".max_report_age", "must be positive, e.g. 168h")
+		}
+		if sp.Wait <= 0 {
+			p.addf(f+".wait", "must be positive, e.g. 30s")
+		}
+		if sp.Missing == MissingWait && len(sc.Scanners) == 0 {
+			p.addf(f+".missing", "wait needs a scanner in scan.scanners to start scans; use block to wait for reports from CI")
+		}
+		for j, a := range sp.Allowlist {
+			g := fmt.Sprintf("%s.allowlist[%d]", f, j)
+			if strings.TrimSpace(a.ID) == "" {
+				p.addf(g+".id", "required, e.g. CVE-2024-3094")
+			}
+			if a.Expires.IsZero() {
+				p.addf(g+".expires", "required: a date such as 2027-01-31; an excuse must end")
+			}
+			if strings.TrimSpace(a.Reason) == "" {
+				p.addf(g+".reason", "required: say why the vulnerability is excused")
+			}
+		}
+	}
+}
+
+// readSecret reads a token file: its content without surrounding white
+// space, which must not be empty.
+func readSecret(path string) (string, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return "", err
+	}
+	v := strings.TrimSpace(string(b))
+	if v == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	if strings.ContainsAny(v, "\r\n") {
+		return "", fmt.Errorf("%s holds more than one line", path)
+	}
+	return v, nil
 }
 
 // checkRealms checks a token_realms list: each entry an origin,
