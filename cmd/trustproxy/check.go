@@ -27,6 +27,15 @@ type checkReport struct {
 	Role       string      `json:"role,omitempty"`
 	Signers    []string    `json:"signers,omitempty"`
 	TrustData  *checkTrust `json:"trust_data,omitempty"`
+	Scan       *checkScan  `json:"scan,omitempty"`
+}
+
+type checkScan struct {
+	Passed   bool      `json:"passed"`
+	Detail   string    `json:"detail,omitempty"`
+	Source   string    `json:"source,omitempty"`
+	Received time.Time `json:"received,omitzero"`
+	Found    int       `json:"vulnerabilities"`
 }
 
 type checkRule struct {
@@ -43,12 +52,12 @@ type checkTrust struct {
 
 // check prints the decision on image, as serve would decide a pull of it.
 // It exits 1 when the image would be refused.
-func check(ctx context.Context, cfg *config.Config, image string, stdout io.Writer, log *slog.Logger) error {
+func check(ctx context.Context, cfg *config.Config, image string, rescan bool, stdout io.Writer, log *slog.Logger) error {
 	p, err := proxy.Open(ctx, cfg, log, prometheus.NewRegistry())
 	if err != nil {
 		return err
 	}
-	d, err := p.Check(ctx, image)
+	d, err := p.Check(ctx, image, rescan)
 	if err != nil {
 		return err
 	}
@@ -66,6 +75,12 @@ func check(ctx context.Context, cfg *config.Config, image string, stdout io.Writ
 		rep.TrustData = &checkTrust{Refreshed: s.Refreshed.UTC(), Expires: s.Expires.UTC(), TrustServer: "ok"}
 		if s.Unreachable != "" {
 			rep.TrustData.TrustServer = "unreachable: " + s.Unreachable
+		}
+	}
+	if v := d.Scan; v != nil {
+		rep.Scan = &checkScan{Passed: v.Pass, Detail: v.Detail, Source: v.Source, Received: v.Received}
+		if v.Report != nil {
+			rep.Scan.Found = len(v.Report.Vulnerabilities)
 		}
 	}
 	enc := json.NewEncoder(stdout)

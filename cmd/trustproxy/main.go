@@ -3,7 +3,7 @@
 //
 //	trustproxy serve [--config FILE]   run the proxy (embedded default without --config)
 //	trustproxy demo [--listen ADDR]    self-contained demo: a signed pull served, an unsigned one refused
-//	trustproxy check [--config FILE] IMAGE   say whether IMAGE would be served, and why
+//	trustproxy check [--config FILE] [--scan] IMAGE   say whether IMAGE would be served, and why
 //	trustproxy version
 package main
 
@@ -53,7 +53,9 @@ const usage = `usage:
   trustproxy serve [--config FILE]          run the proxy (the embedded default without --config)
   trustproxy demo [--listen ADDR] [--dir DIR] [--exit]
                                             self-contained demo: a signed pull served, an unsigned one refused
-  trustproxy check [--config FILE] IMAGE    say whether IMAGE (e.g. docker.io/library/alpine:3) would be served
+  trustproxy check [--config FILE] [--scan] IMAGE
+                                           say whether IMAGE (e.g. docker.io/library/alpine:3) would be served;
+                                           --scan scans it now
   trustproxy version`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -91,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "check":
 		fs := flag.NewFlagSet("check", flag.ContinueOnError)
 		file := fs.String("config", "", "YAML configuration `file` (default: the embedded default)")
+		rescan := fs.Bool("scan", false, "scan the image now (its rule's scanners) and decide on that report")
 		if err := fs.Parse(args); err != nil {
 			return exitError(2)
 		}
@@ -102,7 +105,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return check(ctx, cfg, fs.Arg(0), stdout, newLogger(stderr, cfg.Log.Level))
+		return check(ctx, cfg, fs.Arg(0), *rescan, stdout, newLogger(stderr, cfg.Log.Level))
 	case "version", "--version":
 		fmt.Fprintln(stdout, "trustproxy", buildVersion())
 		return nil

@@ -227,3 +227,25 @@ func TestSlowHeadersClosed(t *testing.T) {
 		t.Errorf("slow connections closed after %v, want about the 10s header timeout", d)
 	}
 }
+
+// TestServeKeepsRegistryPathsAsSent: paths with empty, "." or ".."
+// segments reach the registry API as sent and are refused there (400),
+// not cleaned and redirected by a request multiplexer.
+func TestServeKeepsRegistryPathsAsSent(t *testing.T) {
+	addr, _, cancel, done := startServe(t)
+	for _, path := range []string{"/v2/library//alpine/manifests/3", "/v2/library/x/../alpine/manifests/3"} {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+		resp, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("GET %s: %d, want 400", path, resp.StatusCode)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+}

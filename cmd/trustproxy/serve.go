@@ -61,12 +61,10 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v2/", p)
-	mux.Handle("/v2", p)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           p.Handler(mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		// Reset at each request; /v2/ responses extend it per write
 		// (proxy's timedWriter), so only a client that stops reading hits it.

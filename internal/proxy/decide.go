@@ -9,6 +9,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
 
@@ -54,6 +55,9 @@ type Decision struct {
 	// Trust is the repository's verified trust view; nil when the whole
 	// repository was refused.
 	Trust *trust.Snapshot
+	// Scan is the scan gate's verdict on a manifest; nil when its rule has
+	// no scan policy or the gate was not reached.
+	Scan *scan.Verdict
 
 	refusal  *trust.RefusalError
 	desc     v1.Descriptor     // the blob or manifest as verified; Size -1 when unknown
@@ -151,15 +155,15 @@ func (s *Server) verifyRequest(ctx context.Context, req *request, d *Decision) e
 			Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}
 	}
 	d.Digest, d.Size, d.desc = want.Digest, want.Size, want
-	if req.check {
-		return nil
+	if req.check && (d.Rule.Scan == nil || s.gate == nil) {
+		return nil // check needs the manifest only for the scan gate
 	}
 	m, source, err := s.manifest(ctx, req, want)
 	if err != nil {
 		return err
 	}
 	d.manifest, d.source = m, source
-	return nil
+	return s.scanStep(ctx, req, d, m)
 }
 
 // logDecision writes d's decision line and counts it. Served blobs are
@@ -185,6 +189,18 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 	}
 	if d.Trust != nil {
 		attrs = append(attrs, slog.Time("trust_expires", d.Trust.Expires))
+	}
+	if v := d.Scan; v != nil {
+		attrs = append(attrs, slog.Bool("scan_passed", v.Pass))
+		if v.Source != "" {
+			attrs = append(attrs, slog.String("scan_source", v.Source), slog.Time("scan_received", v.Received))
+		}
+		if v.Detail != "" && v.Pass {
+			attrs = append(attrs, slog.String("scan_detail", v.Detail))
+		}
+	}
+	if d.Verdict == Audited {
+		attrs = append(attrs, slog.Bool("would_deny", true))
 	}
 	if d.Message != "" {
 		attrs = append(attrs, slog.String("message", d.Message))

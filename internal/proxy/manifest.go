@@ -49,7 +49,10 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *requ
 	case Denied:
 		return d.Err()
 	case Audited:
-		return s.serveUnverifiedManifest(w, r, req)
+		if d.manifest == nil {
+			return s.serveUnverifiedManifest(w, r, req)
+		}
+		// Verified, then refused by the scan gate: the verified bytes.
 	}
 	s.metrics.served.WithLabelValues("manifest", d.source).Inc()
 	writeManifest(w, r, d.manifest)

@@ -2,13 +2,22 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/cache"
+	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
 
@@ -30,5 +39,45 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, fmt.Errorf("trust: %w", err)
 	}
-	return New(cfg, store, v, log, reg)
+	gate, err := newGate(cfg, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	return New(cfg, store, v, gate, log, reg)
+}
+
+// newGate builds the scan gate when the configuration has one: a rule with
+// a scan policy, a scanner, or a token for posted reports.
+func newGate(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*scan.Gate, error) {
+	sc := cfg.Scan
+	if !slices.ContainsFunc(cfg.Trust.Rules, func(r config.Rule) bool { return r.Scan != nil }) && len(sc.Scanners) == 0 && sc.ReportToken == "" {
+		return nil, nil
+	}
+	store, err := cache.NewReportStore(filepath.Join(cfg.DataDir, "scan"))
+	if err != nil {
+		return nil, err
+	}
+	return scan.NewGate(sc, store, scan.NewCredentials(), scannerClient, log, reg)
+}
+
+// scannerClient is the HTTP client of one scanner adapter: its CA file if
+// it names one, no redirects, each call bounded by a minute.
+func scannerClient(s config.Scanner) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if s.CAFile != "" {
+		pem, err := os.ReadFile(s.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", s.CAFile)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{
+		Transport:     tr,
+		Timeout:       time.Minute,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}, nil
 }

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
 
@@ -36,6 +37,7 @@ type Server struct {
 	cfg       *config.Config
 	store     distribution.Namespace
 	verify    Verifier
+	gate      *scan.Gate // nil: no scan gate configured
 	upstreams *upstreams
 	log       *slog.Logger
 	decisions *slog.Logger
@@ -55,7 +57,7 @@ type Server struct {
 
 // New returns the registry read API for cfg's upstreams over store. Every
 // route to content asks v first. Metrics are registered on reg.
-func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+func New(cfg *config.Config, store distribution.Namespace, v Verifier, gate *scan.Gate, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
 	ups, err := newUpstreams(cfg)
 	if err != nil {
 		return nil, err
@@ -76,7 +78,7 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, log *slog
 	log = log.With("component", "proxy")
 	fillCtx, stopFills := context.WithCancelCause(context.Background())
 	return &Server{
-		cfg: cfg, store: store, verify: v, upstreams: ups,
+		cfg: cfg, store: store, verify: v, gate: gate, upstreams: ups,
 		log: log, decisions: log.With("log", "decision"), metrics: m,
 		spoolDir: spool, index: newMemIndex(), recorded: rec, fills: map[string]*fill{},
 		fillCtx: fillCtx, stopFills: stopFills,
@@ -134,6 +136,9 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, err := s.parse(r)
+	if err == nil {
+		err = s.checkGrant(r, req)
+	}
 	if err != nil {
 		writeError(w, err)
 		return

@@ -8,6 +8,8 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/trustproxy/trustproxy/internal/scan"
 )
 
 // kind is what a /v2/ request asks for.
@@ -37,7 +39,9 @@ type request struct {
 	gun      string // upstream name + "/" + repo, as Docker Content Trust names it
 	ref      string // tag or digest (manifests), digest (blobs)
 	dgst     digest.Digest
-	check    bool // trustproxy check: decide without fetching the manifest
+	check    bool        // trustproxy check: decide without fetching the manifest unless the scan gate needs it
+	grant    *scan.Grant // a scanner's pull credential, checked to cover this request
+	rescan   bool        // trustproxy check --scan: scan the manifest now, before the gate decides
 }
 
 // A requestError is a request that cannot name any content: 400 or 404.

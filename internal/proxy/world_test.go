@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -103,9 +104,22 @@ type instance struct {
 // start runs trustproxy with the YAML configuration cfg.
 func start(t *testing.T, cfg string) *instance {
 	t.Helper()
-	c, err := config.Load(strings.NewReader(cfg), nil)
+	return startAt(t, func(string) string { return cfg })
+}
+
+// startAt runs trustproxy with the configuration that cfg returns for the
+// URL trustproxy will serve at (what scan.registry_url names). The admin
+// API is served too.
+func startAt(t *testing.T, cfg func(url string) string) *instance {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("config: %v\n%s", err, cfg)
+		t.Fatal(err)
+	}
+	url := "http://" + l.Addr().String()
+	c, err := config.Load(strings.NewReader(cfg(url)), nil)
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, cfg(url))
 	}
 	logs := &testenv.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -121,7 +135,10 @@ func start(t *testing.T, cfg string) *instance {
 			t.Errorf("proxy.Close: %v", err)
 		}
 	})
-	srv := httptest.NewServer(p)
+	srv := httptest.NewUnstartedServer(p.Handler(p))
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {
 		if t.Failed() {

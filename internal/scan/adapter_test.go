@@ -466,7 +466,7 @@ func TestAdapterProtocolErrors(t *testing.T) {
 			name: "report as plain JSON",
 			handler: func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Content-Type", "application/json; charset=utf-8")
-				fmt.Fprint(w, `{"vulnerabilities":[{"id":"CVE-1","severity":"Low"}]}`)
+				fmt.Fprint(w, `{"scanner":{"name":"x"},"vulnerabilities":[{"id":"CVE-1","severity":"Low"}]}`)
 			},
 			call: reportCall,
 		},

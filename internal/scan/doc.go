@@ -1,6 +1,13 @@
 // Package scan gates images on vulnerability scans through the Harbor
 // Pluggable Scanner Adapter API v1.2 (github.com/goharbor/pluggable-scanner-spec).
 //
+// The Gate decides whether a manifest passes a rule's scan policy: a fresh
+// report (kept by digest in a cache.ReportStore) finding nothing the policy
+// blocks. Without one it starts a scan, one per digest however many ask,
+// on every configured adapter that consumes the manifest's media type, and
+// the policy says what the request gets meanwhile (block, wait, allow).
+// Reports posted by CI are accepted through Gate.Accept.
+//
 // An Adapter is the client of one scanner adapter: Metadata says what it
 // scans (Metadata.ReportType picks the report to ask for), Scan submits a
 // scan request and Report polls for its result. ParseReport reads a

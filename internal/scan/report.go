@@ -84,6 +84,10 @@ func ParseReport(b []byte) (*Report, error) {
 		}
 		v.Severity = sev.String()
 	}
+	if r.Scanner.Name == "" && r.GeneratedAt.IsZero() {
+		// An empty object would otherwise pass as a clean report.
+		return nil, errors.New("not a vulnerability report: it names neither its scanner nor when it was generated")
+	}
 	return &r, nil
 }
 

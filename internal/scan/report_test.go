@@ -60,12 +60,12 @@ func TestParseReport(t *testing.T) {
 		wantErr string  // substring; "" for success
 	}{
 		{name: "clean trivy", body: string(readTestdata(t, "trivy-report-clean.json"))},
-		{name: "empty object", body: `{}`, want: &Report{}},
-		{name: "leading space", body: " \n{}", want: &Report{}},
+		{name: "empty object", body: `{}`, wantErr: "names neither its scanner"},
+		{name: "leading space", body: " \n{\"scanner\":{\"name\":\"t\"}}", want: &Report{Scanner: ScannerInfo{Name: "t"}}},
 		{
 			name: "severities normalized",
-			body: `{"severity":"HIGH","vulnerabilities":[{"id":"CVE-1","severity":"high"}]}`,
-			want: &Report{Severity: "High", Vulnerabilities: []Vulnerability{{ID: "CVE-1", Severity: "High"}}},
+			body: `{"scanner":{"name":"t"},"severity":"HIGH","vulnerabilities":[{"id":"CVE-1","severity":"high"}]}`,
+			want: &Report{Scanner: ScannerInfo{Name: "t"}, Severity: "High", Vulnerabilities: []Vulnerability{{ID: "CVE-1", Severity: "High"}}},
 		},
 		{name: "null", body: `null`, wantErr: "not a JSON object"},
 		{name: "array", body: `[{"id":"CVE-1"}]`, wantErr: "not a JSON object"},

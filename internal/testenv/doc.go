@@ -1,5 +1,5 @@
 // Package testenv starts real components on 127.0.0.1 for trustproxy's tests, and stops
-// them with t.Cleanup. Nothing in it is a mock.
+// them with t.Cleanup. Nothing in it is a mock of trustproxy's own code.
 //
 //   - NewRegistry: a distribution v3 registry (registry/handlers with the filesystem driver in a temporary folder)
 //     in-process behind an httptest server, as the upstream. It counts requests, can be
@@ -11,6 +11,10 @@
 //     front counts requests, can Replay a Recording of older metadata and can be SetDown.
 //   - Notary.Init, AddDelegation, Sign: publish trust data with the notary CLI, straight to
 //     notary-server, with keys from NewKey.
+//   - StartScanner: a Harbor scanner adapter (API v1.2) with canned reports, the one
+//     fake: a real scanner needs its vulnerability database. Like Trivy's adapter it
+//     pulls the manifest and config it scans from the scan request's registry, with the
+//     request's authorization, and fails the scan when that pull fails.
 //   - Throttle: a TCP relay on 127.0.0.1 that passes a server's answers at a bounded rate,
 //     so that a blob takes seconds to arrive.
 //
