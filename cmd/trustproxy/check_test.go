@@ -2,17 +2,24 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/opencontainers/go-digest"
 
+	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 )
 
@@ -86,5 +93,79 @@ trust:
 	}
 	if diff := cmp.Diff(string(want), got.String()); diff != "" {
 		t.Errorf("check output (-want +got):\n%s", diff)
+	}
+}
+
+// TestCheckScan: check --scan has the image scanned now (the scanner pulls
+// it from the running serve, which shares the data directory) and decides
+// on that report.
+func TestCheckScan(t *testing.T) {
+	env := testenv.New(t)
+	alice := testenv.NewKey(t, "alice")
+	scanner := testenv.StartScanner(t)
+	const gun = "docker.io/library/app"
+	root := env.Notary.Init(t, gun)
+	env.Notary.AddDelegation(t, gun, testenv.Releases, alice)
+	vulnerable, clean := testenv.Image(t, "check scan v1", 1, 1024), testenv.Image(t, "check scan v2", 1, 1024)
+	d1 := env.Registry.Push(t, "library/app", "v1", vulnerable)
+	env.Registry.Push(t, "library/app", "v2", clean)
+	env.Notary.SignImage(t, gun, "v1", vulnerable, testenv.Releases)
+	env.Notary.SignImage(t, gun, "v2", clean, testenv.Releases)
+	scanner.SetReport(digest.Digest(d1.String()), []scan.Vulnerability{{ID: "CVE-2024-3094", Package: "xz-utils", Version: "5.6.0", Severity: "Critical"}})
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "trustproxy.yaml")
+	yaml := fmt.Sprintf(`listen: %s
+data_dir: %s
+upstreams: [{name: docker.io, url: %q, notary: {url: %q, ca_file: %q}}]
+trust:
+  pinning: {certs: {%s: [%s]}}
+  signers: [{name: alice, public_key: %q}]
+  rules: [{repositories: "docker.io/**", signers: [alice], scan: {missing: block}}]
+scan:
+  registry_url: http://%s
+  scanners: [{name: test-adapter, url: %s}]
+`, addr, filepath.Join(dir, "data"), env.Registry.URL(), env.Notary.URL(), env.Notary.CAFile(), gun, root, alice.CertFile, addr, scanner.URL())
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve", "--config", cfg}, io.Discard, io.Discard) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve did not start")
+		}
+	}
+	check := func(image string) (map[string]any, error) {
+		var out bytes.Buffer
+		err := run(t.Context(), []string{"check", "--config", cfg, "--scan", image}, &out, io.Discard)
+		var v map[string]any
+		if jerr := json.Unmarshal(out.Bytes(), &v); jerr != nil {
+			t.Fatalf("check output %q: %v (%v)", out.String(), jerr, err)
+		}
+		return v, err
+	}
+	v, err := check("library/app:v1")
+	scanOut, _ := v["scan"].(map[string]any)
+	if err != exitError(1) || v["reason"] != "vulnerable" || scanOut["passed"] != false ||
+		!strings.Contains(fmt.Sprint(v["message"]), "CVE-2024-3094 Critical in xz-utils 5.6.0") {
+		t.Fatalf("check --scan of the vulnerable image: %v %v", v, err)
+	}
+	v, err = check("library/app:v2")
+	scanOut, _ = v["scan"].(map[string]any)
+	if err != nil || v["verdict"] != "served" || scanOut["passed"] != true || scanOut["source"] != "test-adapter" {
+		t.Fatalf("check --scan of the clean image: %v %v", v, err)
 	}
 }

@@ -53,11 +53,20 @@ func newGate(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*
 	if !slices.ContainsFunc(cfg.Trust.Rules, func(r config.Rule) bool { return r.Scan != nil }) && len(sc.Scanners) == 0 && sc.ReportToken == "" {
 		return nil, nil
 	}
-	store, err := cache.NewReportStore(filepath.Join(cfg.DataDir, "scan"))
+	dir := filepath.Join(cfg.DataDir, "scan")
+	store, err := cache.NewReportStore(dir)
 	if err != nil {
 		return nil, err
 	}
-	return scan.NewGate(sc, store, scan.NewCredentials(), scannerClient, log, reg)
+	key, err := scan.LoadKey(filepath.Join(dir, "credential.key"))
+	if err != nil {
+		return nil, err
+	}
+	creds, err := scan.NewCredentials(key)
+	if err != nil {
+		return nil, err
+	}
+	return scan.NewGate(sc, store, creds, scannerClient, log, reg)
 }
 
 // scannerClient is the HTTP client of one scanner adapter: its CA file if

@@ -361,3 +361,46 @@ func TestScanDockerFirstPullRefused(t *testing.T) {
 		t.Fatalf("%d scans of the clean image", n)
 	}
 }
+
+// Concurrent first pulls of one image share one scan.
+func TestScanConcurrentPullsOneScan(t *testing.T) {
+	w := newScanWorld(t)
+	signed := w.signedImage(t, "v1")
+	w.scanner.SetDelay(300 * time.Millisecond)
+	p := w.start(t, "{missing: wait, wait: 20s}", "")
+	errs := make(chan error, 10)
+	for range 10 {
+		go func() { _, err := p.pull(t, "library/app:v1"); errs <- err }()
+	}
+	for range 10 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := w.scanner.ScanRequests(signed); n != 1 {
+		t.Fatalf("10 concurrent pulls made %d scans, want 1", n)
+	}
+}
+
+// A scan goes to the scanners whose metadata says they consume the
+// manifest's media type, and only to them.
+func TestScanOnlyScannersThatConsumeTheType(t *testing.T) {
+	w := newScanWorld(t)
+	signed := w.signedImage(t, "v1") // a docker schema2 manifest
+	ociOnly := testenv.StartScanner(t)
+	ociOnly.SetConsumes("application/vnd.oci.image.manifest.v1+json")
+	ociOnly.SetReport(signed, []scan.Vulnerability{xz})
+	dataDir := t.TempDir()
+	p := startAt(t, func(url string) string {
+		cfg := w.config(t, dataDir, fmt.Sprintf("scan:\n  registry_url: %s\n  scanners: [{name: oci-only, url: %s}, {name: test-adapter, url: %s}]\n",
+			url, ociOnly.URL(), w.scanner.URL()))
+		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: {missing: wait, wait: 20s}\n", 1)
+	})
+	p.mustPull(t, "library/app:v1")
+	if ociOnly.ScanRequests(signed) != 0 || w.scanner.ScanRequests(signed) != 1 {
+		t.Fatalf("scan requests: oci-only %d, test-adapter %d; want 0 and 1", ociOnly.ScanRequests(signed), w.scanner.ScanRequests(signed))
+	}
+	if d := p.decision(t, gun, "v1"); d["scan_source"] != "test-adapter" {
+		t.Fatalf("decision %v", d)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strings"
 	"time"
 
@@ -37,12 +39,47 @@ const credentialPrefix = "tpscan."
 // maxCredential bounds the Authorization value examined.
 const maxCredential = 4096
 
-// NewCredentials returns Credentials under a fresh random key: credentials
-// minted by another process do not pass.
-func NewCredentials() *Credentials {
-	key := make([]byte, 32)
-	_, _ = rand.Read(key)
-	return &Credentials{key: key, now: time.Now}
+// NewCredentials returns Credentials under key, which must be at least 32
+// bytes: credentials minted under another key do not pass.
+func NewCredentials(key []byte) (*Credentials, error) {
+	if len(key) < 32 {
+		return nil, fmt.Errorf("the scan credential key is %d bytes, want at least 32", len(key))
+	}
+	return &Credentials{key: key, now: time.Now}, nil
+}
+
+// LoadKey returns the credential key kept in the file at path, creating it
+// (32 random bytes, mode 0600) when it does not exist: processes that share
+// a data directory (serve, and check --scan) share their credentials.
+func LoadKey(path string) ([]byte, error) {
+	key, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		key = make([]byte, 32)
+		_, _ = rand.Read(key)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			return LoadKey(path) // another process made it first
+		}
+		if err != nil {
+			return nil, fmt.Errorf("scan credential key: %w", err)
+		}
+		_, werr := f.Write(key)
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			os.Remove(path)
+			return nil, fmt.Errorf("scan credential key: %w", werr)
+		}
+		return key, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("scan credential key: %w", err)
+	}
+	if len(key) < 32 {
+		return nil, fmt.Errorf("scan credential key %s is %d bytes, want 32: delete it to make a new one", path, len(key))
+	}
+	return key, nil
 }
 
 // Mint returns the Authorization header value of g.

@@ -1,6 +1,8 @@
 package scan
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,7 +11,7 @@ import (
 )
 
 func TestCredentials(t *testing.T) {
-	c := NewCredentials()
+	c := newTestCredentials(t)
 	now := time.Now()
 	c.now = func() time.Time { return now }
 	g := Grant{Repository: "docker.io/library/app", Digest: digest.FromString("m"), Expires: now.Add(time.Minute)}
@@ -27,7 +29,7 @@ func TestCredentials(t *testing.T) {
 	forged := "Bearer " + credentialPrefix + "A" + payload[1:] // one byte of the grant changed
 	for name, bad := range map[string]string{
 		"forged":          forged,
-		"another process": NewCredentials().Mint(g),
+		"another key":     newTestCredentials(t).Mint(g),
 		"no signature":    "Bearer " + credentialPrefix + strings.Split(payload, ".")[0],
 		"too long":        v + strings.Repeat("A", maxCredential),
 	} {
@@ -41,8 +43,42 @@ func TestCredentials(t *testing.T) {
 	}
 }
 
+func newTestCredentials(t testing.TB) *Credentials {
+	key, err := LoadKey(filepath.Join(t.TempDir(), "key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCredentials(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// The key file is made once and read back by every process that shares it.
+func TestLoadKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "key")
+	a, err := LoadKey(path)
+	if err != nil || len(a) != 32 {
+		t.Fatalf("LoadKey: %d bytes, %v", len(a), err)
+	}
+	b, err := LoadKey(path)
+	if err != nil || string(a) != string(b) {
+		t.Fatalf("LoadKey again: a different key (%v)", err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v", fi.Mode())
+	}
+	if err := os.WriteFile(path, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKey(path); err == nil {
+		t.Fatal("a short key was accepted")
+	}
+}
+
 func FuzzCheckCredential(f *testing.F) {
-	c := NewCredentials()
+	c := newTestCredentials(f)
 	f.Add(c.Mint(Grant{Repository: "docker.io/library/app", Digest: digest.FromString("m"), Expires: time.Now().Add(time.Hour)}))
 	f.Add("Bearer tpscan.e30.AAAA")
 	f.Fuzz(func(t *testing.T, s string) {
