@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -402,5 +403,28 @@ func TestScanOnlyScannersThatConsumeTheType(t *testing.T) {
 	}
 	if d := p.decision(t, gun, "v1"); d["scan_source"] != "test-adapter" {
 		t.Fatalf("decision %v", d)
+	}
+}
+
+// A scanner that cannot pull what it scans from trustproxy (here:
+// registry_url names nothing) fails the scan, and the image is refused.
+func TestScanFailsWhenScannerCannotPull(t *testing.T) {
+	w := newScanWorld(t)
+	w.signedImage(t, "v1")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := "http://" + l.Addr().String()
+	l.Close()
+	dataDir := t.TempDir()
+	p := startAt(t, func(string) string {
+		cfg := w.config(t, dataDir, fmt.Sprintf("scan:\n  registry_url: %s\n  scanners: [{name: test-adapter, url: %s}]\n", nowhere, w.scanner.URL()))
+		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: {missing: wait, wait: 20s}\n", 1)
+	})
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, scan.ReasonUnavailable)
+	if !strings.Contains(string(body), "pull ") {
+		t.Fatalf("refusal %s does not say the scanner's pull failed", body)
 	}
 }
