@@ -28,10 +28,10 @@ func TestCredentials(t *testing.T) {
 	payload := strings.TrimPrefix(v, "Bearer "+credentialPrefix)
 	forged := "Bearer " + credentialPrefix + "A" + payload[1:] // one byte of the grant changed
 	for name, bad := range map[string]string{
-		"forged":          forged,
-		"another key":     newTestCredentials(t).Mint(g),
-		"no signature":    "Bearer " + credentialPrefix + strings.Split(payload, ".")[0],
-		"too long":        v + strings.Repeat("A", maxCredential),
+		"forged":       forged,
+		"another key":  newTestCredentials(t).Mint(g),
+		"no signature": "Bearer " + credentialPrefix + strings.Split(payload, ".")[0],
+		"too long":     v + strings.Repeat("A", maxCredential),
 	} {
 		if _, ok, err := c.Check(bad); !ok || err == nil {
 			t.Errorf("%s: ok %v err %v, want a refused scan credential", name, ok, err)
