@@ -24,6 +24,7 @@ type Config struct {
 	Upstreams []Upstream `yaml:"upstreams"`
 	Trust     Trust      `yaml:"trust"`
 	Scan      Scan       `yaml:"scan"`
+	Redis     Redis      `yaml:"redis"`
 	Limits    Limits     `yaml:"limits"`
 	Log       Log        `yaml:"log"`
 }
@@ -255,6 +256,36 @@ const (
 	MissingWait  = "wait"
 	MissingAllow = "allow"
 )
+
+// Redis is the shared state of several replicas. Without addrs everything
+// stays in the process, as for a single replica.
+type Redis struct {
+	// Addrs are host:port addresses: one for a single node, the Sentinels
+	// with MasterName, or the seed nodes of a Cluster.
+	Addrs      []string `yaml:"addrs"`
+	MasterName string   `yaml:"master_name"`
+	// Username (an ACL user) and PasswordFile (its password, or the
+	// requirepass password without a username).
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	DB           int    `yaml:"db"`
+	// TLS, when CAFile is set: the CA that issued the servers' certificates.
+	TLS RedisTLS `yaml:"tls"`
+	// KeyPrefix starts every key trustproxy writes. Default "trustproxy:".
+	KeyPrefix string `yaml:"key_prefix"`
+
+	// Password is PasswordFile's content, read by Load.
+	Password string `yaml:"-"`
+}
+
+// RedisTLS turns on TLS to Redis.
+type RedisTLS struct {
+	CAFile     string `yaml:"ca_file"`
+	ServerName string `yaml:"server_name"` // default: the host of each address
+}
+
+// Enabled says whether a Redis is configured.
+func (r *Redis) Enabled() bool { return len(r.Addrs) > 0 }
 
 // Limits bounds every input from the network.
 type Limits struct {

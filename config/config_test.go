@@ -37,7 +37,8 @@ func defaults() *Config {
 			MaxStaleness: 24 * time.Hour,
 			RefusalTTL:   10 * time.Second,
 		},
-		Scan: Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
+		Scan:  Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
+		Redis: Redis{KeyPrefix: "trustproxy:"},
 		Limits: Limits{
 			ManifestBytes:      4 << 20,
 			RootBytes:          512000,
@@ -349,6 +350,12 @@ func TestErrors(t *testing.T) {
 			want:  []string{"scan.report_token_file: the token is 6 characters"},
 		},
 		{name: "missing report token file", yaml: "scan:\n  report_token_file: token\n", want: []string{"scan.report_token_file: file ", "does not exist"}},
+		{
+			name: "bad redis",
+			yaml: "redis:\n  addrs: [redis.internal, 'r:x']\n  db: -1\n  key_prefix: '{tp}'\n  password_file: nope\n",
+			want: []string{"redis.addrs[0]: ", "redis.addrs[1]: port \"x\"", "redis.db: must be 0 or more", "redis.key_prefix: ", "redis.password_file: file "},
+		},
+		{name: "redis settings without addrs", yaml: "redis:\n  master_name: mymaster\n", want: []string{"redis.addrs: required"}},
 		{name: "shutdown timeout negative", yaml: "limits:\n  shutdown_timeout: -1s\n", want: []string{"limits.shutdown_timeout: must be positive"}},
 		{name: "notary url without host", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https:///path\n", want: []string{"upstreams[0].notary.url: ", "no host"}},
 		{name: "notary ca without url", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      ca_file: ca.pem\n", want: []string{"upstreams[0].notary.url: required"}},
@@ -700,6 +707,7 @@ func TestExample(t *testing.T) {
 			ReportTokenFile: path("secrets/ci-report-token"), ReportToken: "0123456789abcdef0123456789abcdef",
 			CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute,
 		},
+		Redis:  defaults().Redis,
 		Limits: defaults().Limits,
 		Log:    Log{Level: "info"},
 	}

@@ -143,6 +143,8 @@ func (c *Config) resolve(dir string) {
 		abs(&c.Trust.Signers[i].PublicKey)
 	}
 	abs(&c.Scan.ReportTokenFile)
+	abs(&c.Redis.PasswordFile)
+	abs(&c.Redis.TLS.CAFile)
 	for i := range c.Scan.Scanners {
 		abs(&c.Scan.Scanners[i].CAFile)
 		abs(&c.Scan.Scanners[i].AuthorizationFile)
@@ -239,6 +241,7 @@ func (c *Config) setDefaults() {
 			orDefault(&sp.Wait, 30*time.Second)
 		}
 	}
+	orDefault(&c.Redis.KeyPrefix, "trustproxy:")
 	orDefault(&c.Scan.CredentialTTL, 15*time.Minute)
 	orDefault(&c.Scan.Timeout, 10*time.Minute)
 

@@ -40,6 +40,7 @@ func (c *Config) validate() error {
 	c.validateUpstreams(&p)
 	c.validateTrust(&p)
 	c.validateScan(&p)
+	c.validateRedis(&p)
 	c.validateLimits(&p)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -342,6 +343,40 @@ func (c *Config) validateScan(p *problems) {
 				p.addf(g+".reason", "required: say why the vulnerability is excused")
 			}
 		}
+	}
+}
+
+// validateRedis checks the redis section and reads its password file.
+func (c *Config) validateRedis(p *problems) {
+	r := &c.Redis
+	for i, a := range r.Addrs {
+		if _, port, err := net.SplitHostPort(a); err != nil {
+			p.addf(fmt.Sprintf("redis.addrs[%d]", i), "%v; want host:port, e.g. redis.internal:6379", err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			p.addf(fmt.Sprintf("redis.addrs[%d]", i), "port %q is not a number from 0 to 65535", port)
+		}
+	}
+	if !r.Enabled() && (r.MasterName != "" || r.Username != "" || r.PasswordFile != "" || r.TLS.CAFile != "") {
+		p.addf("redis.addrs", "required when other redis settings are given")
+	}
+	if r.DB < 0 {
+		p.addf("redis.db", "must be 0 or more")
+	}
+	r.Password = ""
+	if r.PasswordFile != "" {
+		v, err := readSecret(r.PasswordFile)
+		if err != nil {
+			p.addf("redis.password_file", "%v", err)
+		}
+		r.Password = v
+	}
+	if r.TLS.CAFile != "" {
+		if err := checkCAFile(r.TLS.CAFile); err != nil {
+			p.addf("redis.tls.ca_file", "%v", err)
+		}
+	}
+	if strings.ContainsAny(r.KeyPrefix, "{} ") {
+		p.addf("redis.key_prefix", "%q: braces and spaces are not allowed (trustproxy adds its own hash tags)", r.KeyPrefix)
 	}
 }
 

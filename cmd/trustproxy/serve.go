@@ -63,6 +63,8 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	// Ready, also when degraded: it still serves what it can verify.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(p.Ready() + "\n")) })
 	srv := &http.Server{
 		Handler:           p.Handler(mux),
 		ReadHeaderTimeout: 10 * time.Second,

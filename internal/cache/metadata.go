@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/theupdateframework/notary"
 	"github.com/theupdateframework/notary/storage"
 )
@@ -35,9 +36,18 @@ import (
 // metadata its trust server returned and that verified: a request for a
 // repository without trust data leaves nothing behind.
 type MetadataStore struct {
-	dir   string
-	log   *slog.Logger
-	locks [64]sync.Mutex // writers in this process, striped by GUN
+	dir    string
+	log    *slog.Logger
+	locks  [64]sync.Mutex // writers in this process, striped by GUN
+	shared *sharedFloor   // nil: no Redis, the disk floor alone
+}
+
+// Share makes rdb the shared floor of every GUN, under keys starting with
+// prefix: each role is read as the newer of the disk's and Redis's, and a
+// write that would lower Redis's version is refused. onChange, if not nil,
+// hears when Redis becomes unreachable (true) and reachable again (false).
+func (m *MetadataStore) Share(rdb redis.UniversalClient, prefix string, onChange func(degraded bool)) {
+	m.shared = &sharedFloor{rdb: rdb, prefix: prefix, log: m.log, onChange: onChange}
 }
 
 // NewMetadataStore returns the store rooted at dir, creating dir if needed.
@@ -87,6 +97,7 @@ func (m *MetadataStore) For(gun, pinning string) *GUNStore {
 		pinning: pinning,
 		mu:      &m.locks[sum[0]%byte(len(m.locks))],
 		log:     m.log.With("gun", gun),
+		shared:  m.shared,
 	}
 }
 
@@ -101,6 +112,7 @@ type GUNStore struct {
 	pinning string
 	mu      *sync.Mutex
 	log     *slog.Logger
+	shared  *sharedFloor
 }
 
 var _ storage.MetadataStore = (*GUNStore)(nil)
@@ -112,6 +124,10 @@ type RollbackError struct {
 }
 
 func (e *RollbackError) Error() string {
+	if strings.HasPrefix(e.Path, "redis ") {
+		return fmt.Sprintf("refusing to replace version %d of %s, the newest any replica has seen, with older version %d (if the repository was re-created on purpose, delete that key and each replica's directory of it)",
+			e.Stored, strings.TrimPrefix(e.Path, "redis "), e.Offered)
+	}
 	return fmt.Sprintf("refusing to replace version %d of %s with older version %d (if the repository was re-created on purpose, delete %s to forget its trust state)",
 		e.Stored, e.Path, e.Offered, filepath.Dir(e.Path))
 }
@@ -197,10 +213,40 @@ func (s *GUNStore) GetSized(name string, size int64) ([]byte, error) {
 			if err == nil {
 				s.log.Warn("trust pinning changed: the cached root is checked again against the new pinning, and stays the version floor")
 			}
-			return nil, storage.ErrMetaNotFound{Resource: name}
+			return s.newerShared(name, size, nil, storage.ErrMetaNotFound{Resource: name})
 		}
 	}
-	return s.read(name, size)
+	b, err := s.read(name, size)
+	return s.newerShared(name, size, b, err)
+}
+
+// newerShared returns the shared metadata of role name when it is newer
+// than what the disk gave (b, err), else b, err: the floor is the highest
+// version any replica has stored. A shared root counts only under the
+// pinning that applies now, and shared metadata that does not parse or is
+// over size is ignored (notary verifies what it is handed).
+func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]byte, error) {
+	if s.shared == nil || (err != nil && !errors.As(err, new(storage.ErrMetaNotFound))) {
+		return b, err
+	}
+	sb, pinning := s.shared.get(s.gun, name)
+	if sb == nil || (name == "root" && pinning != s.pinning) {
+		return b, err
+	}
+	if size == storage.NoSizeLimit {
+		size = notary.MaxDownloadSize
+	}
+	sv, serr := Version(sb)
+	if serr != nil || int64(len(sb)) > size {
+		s.log.Warn("shared trust metadata on redis does not parse or is too large; ignored", "role", name, "err", serr)
+		return b, err
+	}
+	if err == nil {
+		if v, _ := Version(b); v >= sv {
+			return b, nil
+		}
+	}
+	return sb, nil
 }
 
 func (s *GUNStore) read(name string, size int64) ([]byte, error) {
@@ -259,6 +305,7 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 	}
 	defer unlock()
 	paths := make(map[string]string, len(metas))
+	versions := make(map[string]int, len(metas))
 	for name, blob := range metas {
 		p, err := s.File(name)
 		if err != nil {
@@ -269,6 +316,7 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 		if err != nil {
 			return &CorruptError{Path: p + " (offered)", Err: err}
 		}
+		versions[name] = offered
 		// The floor is whatever is stored, the root too when its pinning changed.
 		stored, err := s.read(name, storage.NoSizeLimit)
 		if errors.As(err, new(storage.ErrMetaNotFound)) {
@@ -279,6 +327,11 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 		}
 		if v, _ := Version(stored); offered < v {
 			return &RollbackError{Path: p, Stored: v, Offered: offered}
+		}
+	}
+	if s.shared != nil {
+		if err := s.shared.set(s.gun, s.pinning, metas, versions); err != nil {
+			return err
 		}
 	}
 	for name, blob := range metas {

@@ -8,6 +8,7 @@ type metrics struct {
 	upstream  *prometheus.CounterVec // trustproxy_upstream_fetches_total{kind,result}
 	served    *prometheus.CounterVec // trustproxy_served_total{kind,source}
 	unusable  *prometheus.CounterVec // trustproxy_storage_unusable_total{kind}
+	degraded  prometheus.Gauge       // trustproxy_redis_degraded
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -28,8 +29,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "trustproxy_storage_unusable_total",
 			Help: "Content read from storage that did not verify (altered or damaged) and was fetched again, by kind.",
 		}, []string{"kind"}),
+		degraded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trustproxy_redis_degraded",
+			Help: "1 while Redis is configured but unreachable: this replica keeps to its own trust floor.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.decisions, m.upstream, m.served, m.unusable} {
+	for _, c := range []prometheus.Collector{m.decisions, m.upstream, m.served, m.unusable, m.degraded} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

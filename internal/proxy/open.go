@@ -43,7 +43,23 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, err
 	}
-	return New(cfg, store, v, gate, log, reg)
+	s, err := New(cfg, store, v, gate, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Redis.Enabled() {
+		rdb, err := cache.NewRedis(cfg.Redis)
+		if err != nil {
+			return nil, err
+		}
+		s.redis = rdb
+		v.ShareFloor(rdb, cfg.Redis.KeyPrefix, s.setDegraded)
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			s.setDegraded(true)
+			s.log.Warn("redis unreachable at start: serving with this replica's own trust floor until it answers", "err", err)
+		}
+	}
+	return s, nil
 }
 
 // newGate builds the scan gate when the configuration has one: a rule with

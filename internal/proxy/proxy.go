@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"sync/atomic"
+
 	"context"
 	"errors"
 	"fmt"
+	"github.com/redis/go-redis/v9"
 	"log/slog"
 	"net/http"
 	"os"
@@ -37,7 +40,9 @@ type Server struct {
 	cfg       *config.Config
 	store     distribution.Namespace
 	verify    Verifier
-	gate      *scan.Gate // nil: no scan gate configured
+	gate      *scan.Gate            // nil: no scan gate configured
+	redis     redis.UniversalClient // nil: no shared state
+	degraded  atomic.Bool           // redis is configured but unreachable
 	upstreams *upstreams
 	log       *slog.Logger
 	decisions *slog.Logger
@@ -83,6 +88,25 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, gate *sca
 		spoolDir: spool, index: newMemIndex(), recorded: rec, fills: map[string]*fill{},
 		fillCtx: fillCtx, stopFills: stopFills,
 	}, nil
+}
+
+// setDegraded records whether the shared state on Redis is unreachable.
+func (s *Server) setDegraded(down bool) {
+	s.degraded.Store(down)
+	v := 0.0
+	if down {
+		v = 1
+	}
+	s.metrics.degraded.Set(v)
+}
+
+// Ready says whether the Server serves with everything it was configured
+// with: "ok", or what it is doing without (it still serves).
+func (s *Server) Ready() string {
+	if s.redis != nil && s.degraded.Load() {
+		return "degraded: redis unreachable; serving with this replica's own trust floor"
+	}
+	return "ok"
 }
 
 // closingDetail is what a request that needs a blob fill is told once Close

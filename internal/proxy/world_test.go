@@ -275,3 +275,19 @@ func (p *instance) storedBlobs(t *testing.T) []string {
 	})
 	return out
 }
+
+// gauge reads the gauge name (no labels).
+func (p *instance) gauge(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := p.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
+}

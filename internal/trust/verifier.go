@@ -15,6 +15,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/theupdateframework/notary"
@@ -144,6 +145,13 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		}
 	}
 	return v, nil
+}
+
+// ShareFloor keeps the trust metadata floor on Redis as well, shared by
+// every replica (cache.MetadataStore.Share). Call it before the first
+// Snapshot.
+func (v *Verifier) ShareFloor(rdb redis.UniversalClient, prefix string, onChange func(degraded bool)) {
+	v.meta.Share(rdb, prefix, onChange)
 }
 
 // Snapshot returns the verified view of gun (e.g. docker.io/library/app),

@@ -1,0 +1,167 @@
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/trustproxy/trustproxy/config"
+)
+
+// NewRedis returns the client of cfg: a single node, Sentinels (with
+// MasterName) or a Cluster, as go-redis's UniversalClient chooses from it.
+func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
+	opts := &redis.UniversalOptions{
+		Addrs:        cfg.Addrs,
+		MasterName:   cfg.MasterName,
+		Username:     cfg.Username,
+		Password:     cfg.Password,
+		DB:           cfg.DB,
+		DialTimeout:  2 * time.Second,
+		ReadTimeout:  2 * time.Second,
+		WriteTimeout: 2 * time.Second,
+		MaxRetries:   1,
+	}
+	if cfg.TLS.CAFile != "" {
+		pem, err := os.ReadFile(cfg.TLS.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis.tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("redis.tls.ca_file: %s holds no PEM certificate", cfg.TLS.CAFile)
+		}
+		opts.TLSConfig = &tls.Config{RootCAs: pool, ServerName: cfg.TLS.ServerName, MinVersion: tls.VersionTLS12}
+		if opts.TLSConfig.ServerName == "" && len(cfg.Addrs) > 0 {
+			opts.TLSConfig.ServerName, _, _ = net.SplitHostPort(cfg.Addrs[0])
+		}
+	}
+	return redis.NewUniversalClient(opts), nil
+}
+
+// sharedFloor keeps, on Redis, the newest version of every trust role that
+// any replica has stored, with its metadata: a replica reads it as its
+// cache, so notary refuses what is older (a rollback or freeze attack seen
+// by one replica is refused by all), and writes through a compare-and-set
+// that refuses to lower a version, atomically per GUN.
+//
+// When Redis cannot be reached the replica goes on with its own on-disk
+// floor (degraded, logged and counted); what it stores meanwhile reaches
+// Redis with its next write, and only ever raises the shared floor.
+type sharedFloor struct {
+	rdb      redis.UniversalClient
+	prefix   string
+	log      *slog.Logger
+	degraded atomic.Bool
+	retryAt  atomic.Int64 // unix nanoseconds: while degraded, Redis is not asked before then
+	onChange func(degraded bool)
+}
+
+// redisRetry is how long a replica keeps to its own floor after Redis
+// failed, before asking it again: requests do not each wait on a dead Redis.
+const redisRetry = 5 * time.Second
+
+// skip says whether Redis is down and not to be asked yet.
+func (f *sharedFloor) skip() bool {
+	return f.degraded.Load() && time.Now().UnixNano() < f.retryAt.Load()
+}
+
+// setIfNotOlder stores every role unless one of them is older than what
+// is stored; then it returns that role's index (1-based) and the stored
+// version, and stores nothing. Keys share one hash tag: one Cluster slot.
+var setIfNotOlder = redis.NewScript(`
+for i, k in ipairs(KEYS) do
+  local v = redis.call('HGET', k, 'version')
+  if v and tonumber(v) > tonumber(ARGV[3*i-2]) then
+    return {i, tonumber(v)}
+  end
+end
+for i, k in ipairs(KEYS) do
+  redis.call('HSET', k, 'version', ARGV[3*i-2], 'blob', ARGV[3*i-1], 'pinning', ARGV[3*i])
+end
+return {0, 0}
+`)
+
+// key is the Redis key of role name of gun.
+func (f *sharedFloor) key(gun, name string) string {
+	sum := sha256.Sum256([]byte(gun))
+	return f.prefix + "tuf:{" + hex.EncodeToString(sum[:16]) + "}:" + escapeRole(name)
+}
+
+// get returns the shared metadata of role name of gun and the pinning it
+// was accepted under, or nil when Redis has none or cannot be reached.
+func (f *sharedFloor) get(gun, name string) ([]byte, string) {
+	if f.skip() {
+		return nil, ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	m, err := f.rdb.HGetAll(ctx, f.key(gun, name)).Result()
+	if f.failed(err) || len(m) == 0 {
+		return nil, ""
+	}
+	return []byte(m["blob"]), m["pinning"]
+}
+
+// set stores metas (role → metadata, versions parsed) under gun's pinning.
+// It returns a *RollbackError when a role is older on Redis; nil when
+// stored, or when Redis cannot be reached (the disk floor stands alone).
+func (f *sharedFloor) set(gun, pinning string, metas map[string][]byte, versions map[string]int) error {
+	var keys []string
+	var names []string
+	var args []any
+	for name, blob := range metas {
+		keys = append(keys, f.key(gun, name))
+		names = append(names, name)
+		p := ""
+		if name == "root" {
+			p = pinning
+		}
+		args = append(args, strconv.Itoa(versions[name]), blob, p)
+	}
+	if f.skip() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	res, err := setIfNotOlder.Run(ctx, f.rdb, keys, args...).Int64Slice()
+	if f.failed(err) {
+		return nil
+	}
+	if len(res) == 2 && res[0] > 0 {
+		i := res[0] - 1
+		return &RollbackError{Path: "redis " + keys[i] + " (" + gun + " " + names[i] + ")", Stored: int(res[1]), Offered: versions[names[i]]}
+	}
+	return nil
+}
+
+// failed records whether Redis answered: nil and redis.Nil are answers.
+func (f *sharedFloor) failed(err error) bool {
+	down := err != nil && !errors.Is(err, redis.Nil)
+	if down {
+		f.retryAt.Store(time.Now().Add(redisRetry).UnixNano())
+	}
+	if was := f.degraded.Swap(down); was != down {
+		if down {
+			f.log.Warn("redis unreachable: each replica keeps to its own trust floor until it is back", "err", err)
+		} else {
+			f.log.Info("redis reachable again: the shared trust floor is used")
+		}
+		if f.onChange != nil {
+			f.onChange(down)
+		}
+	}
+	return down
+}

@@ -1,0 +1,114 @@
+package proxy_test
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/trustproxy/trustproxy/internal/testenv"
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// replica starts a trustproxy in front of w with its own data directory,
+// the shared storage directory and the Redis at addr (with password, if
+// not ""). Trust data is checked again on every request (refresh_ttl 1ns),
+// so that every pull goes through the trust floor.
+func (w *world) replica(t *testing.T, dataDir, storage, addr, password string) *instance {
+	t.Helper()
+	extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s]}\n", storage, addr)
+	if password != "" {
+		file := t.TempDir() + "/redis-password"
+		if err := os.WriteFile(file, []byte(password+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		extra = fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s], password_file: %s}\n", storage, addr, file)
+	}
+	return start(t, strings.Replace(w.config(t, dataDir, extra), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
+}
+
+// TestRollbackRefusedAcrossReplicas: replica A has seen the newest trust
+// metadata; the Notary server then serves older, still unexpired metadata.
+// Replicas B and C, which never saw the newer version themselves, refuse
+// it: the floor is shared on Redis. They still do after all three restart.
+func TestRollbackRefusedAcrossReplicas(t *testing.T) {
+	w := newWorld(t)
+	redis := testenv.StartRedis(t, "replica-secret")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	old := w.Notary.Record(t, gun)
+	w.pushSigned(t, "library/app", "v2", "v2")
+	storage := t.TempDir()
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	a := w.replica(t, dirs[0], storage, redis.Addr(), "replica-secret")
+	a.mustPull(t, "library/app:v2")
+
+	w.Notary.Replay(gun, old)
+	for round := range 2 {
+		for i, dir := range dirs[1:] {
+			r := w.replica(t, dir, storage, redis.Addr(), "replica-secret")
+			status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+			if status != http.StatusForbidden {
+				t.Fatalf("round %d, replica %c: the replayed older metadata was accepted: %d %s", round, 'B'+i, status, body)
+			}
+			wantDenied(t, status, body, trust.Rollback)
+		}
+	}
+	// Without Redis, a fresh replica has no floor and would accept it: what the shared floor prevents.
+	lone := start(t, w.config(t, t.TempDir(), ""))
+	if status, _, _ := lone.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != http.StatusOK {
+		t.Fatalf("a replica without the shared floor: %d (the test no longer shows what Redis adds)", status)
+	}
+}
+
+// TestRedisDownServesFromOwnFloor: Redis stops during traffic; signed pulls
+// keep working on every replica, unsigned ones stay refused, /readyz says
+// degraded and the gauge says so. Redis comes back (empty): the replicas
+// use it again and no signed pull is refused.
+func TestRedisDownServesFromOwnFloor(t *testing.T) {
+	w := newWorld(t)
+	redis := testenv.StartRedis(t, "")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "unsigned", 1, 1024))
+	storage := t.TempDir()
+	replicas := []*instance{
+		w.replica(t, t.TempDir(), storage, redis.Addr(), ""),
+		w.replica(t, t.TempDir(), storage, redis.Addr(), ""),
+	}
+	pullAll := func(when string) {
+		t.Helper()
+		for i, r := range replicas {
+			if _, err := r.pull(t, "library/app:v1"); err != nil {
+				t.Fatalf("%s, replica %d: signed pull: %v", when, i, err)
+			}
+			status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v2")
+			wantDenied(t, status, body, trust.NotSigned)
+		}
+	}
+	pullAll("redis up")
+	redis.Stop()
+	pullAll("redis down")
+	for i, r := range replicas {
+		if got := r.proxy.Ready(); !strings.HasPrefix(got, "degraded") {
+			t.Fatalf("replica %d ready %q with redis down", i, got)
+		}
+		if g := r.gauge(t, "trustproxy_redis_degraded"); g != 1 {
+			t.Fatalf("replica %d trustproxy_redis_degraded = %v", i, g)
+		}
+	}
+	redis.Start()
+	back := time.Now()
+	for deadline := back.Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		pullAll("redis back")
+		if replicas[0].proxy.Ready() == "ok" && replicas[1].proxy.Ready() == "ok" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still degraded 15s after redis came back: %q", replicas[0].proxy.Ready())
+		}
+	}
+	t.Logf("both replicas on the shared floor again %s after redis came back", time.Since(back).Round(time.Millisecond))
+}

@@ -1,0 +1,115 @@
+package testenv
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Redis is a redis-server subprocess on 127.0.0.1, without persistence.
+type Redis struct {
+	t        testing.TB
+	bin      string
+	dir      string
+	addr     string
+	password string
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+}
+
+// StartRedis starts /usr/bin/redis-server (Debian's redis-server package)
+// on a free port; with password, it requires it (requirepass). It is
+// stopped at t.Cleanup.
+func StartRedis(t testing.TB, password string) *Redis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not found (install it: apt-get install -y redis-server): %v", err)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), addr: addr, password: password}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Addr is host:port.
+func (r *Redis) Addr() string { return r.addr }
+
+// Start starts the server (again) on its address, and waits until it
+// answers PING.
+func (r *Redis) Start() {
+	r.t.Helper()
+	_, port, _ := net.SplitHostPort(r.addr)
+	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir, "--protected-mode", "no"}
+	if r.password != "" {
+		args = append(args, "--requirepass", r.password)
+	}
+	cmd := exec.Command(r.bin, args...)
+	log, err := os.Create(filepath.Join(r.dir, "redis.log"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		r.t.Fatalf("start redis-server: %v", err)
+	}
+	r.mu.Lock()
+	r.cmd = cmd
+	r.mu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if err := r.ping(); err == nil {
+			return
+		} else if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
+			r.t.Fatalf("redis-server on %s does not answer: %v\n%s", r.addr, err, b)
+		}
+	}
+}
+
+// Stop kills the server; its data is gone.
+func (r *Redis) Stop() {
+	r.mu.Lock()
+	cmd := r.cmd
+	r.cmd = nil
+	r.mu.Unlock()
+	if cmd != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+}
+
+// ping speaks just enough RESP for PING (with AUTH first when a password
+// is set).
+func (r *Redis) ping() error {
+	c, err := net.DialTimeout("tcp", r.addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	rd := bufio.NewReader(c)
+	if r.password != "" {
+		fmt.Fprintf(c, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(r.password), r.password)
+		if line, err := rd.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
+			return fmt.Errorf("AUTH: %q %v", line, err)
+		}
+	}
+	fmt.Fprint(c, "*1\r\n$4\r\nPING\r\n")
+	line, err := rd.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "+PONG" {
+		return fmt.Errorf("PING: %q %v", line, err)
+	}
+	return nil
+}
