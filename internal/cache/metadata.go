@@ -44,10 +44,10 @@ type MetadataStore struct {
 
 // Share makes rdb the shared floor of every GUN, under keys starting with
 // prefix: each role is read as the newer of the disk's and Redis's, and a
-// write that would lower Redis's version is refused. onChange, if not nil,
-// hears when Redis becomes unreachable (true) and reachable again (false).
-func (m *MetadataStore) Share(rdb redis.UniversalClient, prefix string, onChange func(degraded bool)) {
-	m.shared = &sharedFloor{rdb: rdb, prefix: prefix, log: m.log, onChange: onChange}
+// write that would lower Redis's version is refused. health says when to
+// leave Redis alone.
+func (m *MetadataStore) Share(rdb redis.UniversalClient, prefix string, health *RedisHealth) {
+	m.shared = &sharedFloor{rdb: rdb, prefix: prefix, health: health, log: m.log}
 }
 
 // NewMetadataStore returns the store rooted at dir, creating dir if needed.

@@ -51,6 +51,54 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 	return redis.NewUniversalClient(opts), nil
 }
 
+// RedisHealth tracks whether Redis answers, for everything that keeps
+// state there. After a failure Redis is not asked again for redisRetry:
+// requests meanwhile go on with the replica's own state instead of each
+// waiting on a dead Redis.
+type RedisHealth struct {
+	degraded atomic.Bool
+	retryAt  atomic.Int64 // unix nanoseconds
+	log      *slog.Logger
+	onChange func(degraded bool)
+}
+
+// NewRedisHealth returns a RedisHealth that logs changes to log and tells
+// onChange (if not nil) when Redis goes (true) and comes back (false).
+func NewRedisHealth(log *slog.Logger, onChange func(degraded bool)) *RedisHealth {
+	return &RedisHealth{log: log, onChange: onChange}
+}
+
+// redisRetry is how long Redis is left alone after it failed.
+const redisRetry = 5 * time.Second
+
+// Skip says whether Redis is down and not to be asked yet.
+func (h *RedisHealth) Skip() bool {
+	return h.degraded.Load() && time.Now().UnixNano() < h.retryAt.Load()
+}
+
+// Failed records the outcome of a Redis call and says whether it failed:
+// nil and redis.Nil are answers.
+func (h *RedisHealth) Failed(err error) bool {
+	down := err != nil && !errors.Is(err, redis.Nil)
+	if down {
+		h.retryAt.Store(time.Now().Add(redisRetry).UnixNano())
+	}
+	if was := h.degraded.Swap(down); was != down {
+		if down {
+			h.log.Warn("redis unreachable: this replica keeps to its own state until it is back", "err", err, "retry_every", redisRetry)
+		} else {
+			h.log.Info("redis reachable again: shared state is used")
+		}
+		if h.onChange != nil {
+			h.onChange(down)
+		}
+	}
+	return down
+}
+
+// Degraded says whether Redis was unreachable when last asked.
+func (h *RedisHealth) Degraded() bool { return h.degraded.Load() }
+
 // sharedFloor keeps, on Redis, the newest version of every trust role that
 // any replica has stored, with its metadata: a replica reads it as its
 // cache, so notary refuses what is older (a rollback or freeze attack seen
@@ -61,21 +109,10 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 // floor (degraded, logged and counted); what it stores meanwhile reaches
 // Redis with its next write, and only ever raises the shared floor.
 type sharedFloor struct {
-	rdb      redis.UniversalClient
-	prefix   string
-	log      *slog.Logger
-	degraded atomic.Bool
-	retryAt  atomic.Int64 // unix nanoseconds: while degraded, Redis is not asked before then
-	onChange func(degraded bool)
-}
-
-// redisRetry is how long a replica keeps to its own floor after Redis
-// failed, before asking it again: requests do not each wait on a dead Redis.
-const redisRetry = 5 * time.Second
-
-// skip says whether Redis is down and not to be asked yet.
-func (f *sharedFloor) skip() bool {
-	return f.degraded.Load() && time.Now().UnixNano() < f.retryAt.Load()
+	rdb    redis.UniversalClient
+	prefix string
+	health *RedisHealth
+	log    *slog.Logger
 }
 
 // setIfNotOlder stores every role unless one of them is older than what
@@ -103,13 +140,13 @@ func (f *sharedFloor) key(gun, name string) string {
 // get returns the shared metadata of role name of gun and the pinning it
 // was accepted under, or nil when Redis has none or cannot be reached.
 func (f *sharedFloor) get(gun, name string) ([]byte, string) {
-	if f.skip() {
+	if f.health.Skip() {
 		return nil, ""
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	m, err := f.rdb.HGetAll(ctx, f.key(gun, name)).Result()
-	if f.failed(err) || len(m) == 0 {
+	if f.health.Failed(err) || len(m) == 0 {
 		return nil, ""
 	}
 	return []byte(m["blob"]), m["pinning"]
@@ -131,13 +168,13 @@ func (f *sharedFloor) set(gun, pinning string, metas map[string][]byte, versions
 		}
 		args = append(args, strconv.Itoa(versions[name]), blob, p)
 	}
-	if f.skip() {
+	if f.health.Skip() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	res, err := setIfNotOlder.Run(ctx, f.rdb, keys, args...).Int64Slice()
-	if f.failed(err) {
+	if f.health.Failed(err) {
 		return nil
 	}
 	if len(res) == 2 && res[0] > 0 {
@@ -145,23 +182,4 @@ func (f *sharedFloor) set(gun, pinning string, metas map[string][]byte, versions
 		return &RollbackError{Path: "redis " + keys[i] + " (" + gun + " " + names[i] + ")", Stored: int(res[1]), Offered: versions[names[i]]}
 	}
 	return nil
-}
-
-// failed records whether Redis answered: nil and redis.Nil are answers.
-func (f *sharedFloor) failed(err error) bool {
-	down := err != nil && !errors.Is(err, redis.Nil)
-	if down {
-		f.retryAt.Store(time.Now().Add(redisRetry).UnixNano())
-	}
-	if was := f.degraded.Swap(down); was != down {
-		if down {
-			f.log.Warn("redis unreachable: each replica keeps to its own trust floor until it is back", "err", err)
-		} else {
-			f.log.Info("redis reachable again: the shared trust floor is used")
-		}
-		if f.onChange != nil {
-			f.onChange(down)
-		}
-	}
-	return down
 }

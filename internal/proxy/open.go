@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage"
+	rediscache "github.com/distribution/distribution/v3/registry/storage/cache/redis"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cache"
@@ -22,16 +24,29 @@ import (
 )
 
 // Open wires the Server that `trustproxy serve` runs from cfg alone, in this
-// order: the storage driver; a purge of the uploads that fills of stopped
-// processes left in it; the trust.Verifier; the Server over both. Metrics
-// are registered on reg. Close the Server when done.
+// order: the Redis client when shared state is configured; the storage
+// driver; a purge of the uploads that fills of stopped processes left in
+// it; distribution's storage over it (with its Redis blob descriptor cache);
+// the trust.Verifier (its floor shared on Redis); the scan gate; the Server
+// (its reference index shared on Redis). Metrics are registered on reg.
+// Close the Server when done.
 func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	var rdb redis.UniversalClient
+	var opts []storage.RegistryOption
+	if cfg.Redis.Enabled() {
+		var err error
+		if rdb, err = cache.NewRedis(cfg.Redis); err != nil {
+			return nil, err
+		}
+		// distribution's keys carry no prefix: give trustproxy its own Redis database.
+		opts = append(opts, storage.BlobDescriptorCacheProvider(rediscache.NewRedisBlobDescriptorCacheProvider(rdb)))
+	}
 	driver, err := newDriver(ctx, cfg.Storage)
 	if err != nil {
 		return nil, err
 	}
 	purgeUploads(ctx, driver, staleUploadAge(cfg.Limits), log.With("component", "proxy"))
-	store, err := storage.NewRegistry(ctx, driver)
+	store, err := storage.NewRegistry(ctx, driver, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
@@ -47,17 +62,11 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Redis.Enabled() {
-		rdb, err := cache.NewRedis(cfg.Redis)
-		if err != nil {
-			return nil, err
-		}
-		s.redis = rdb
-		v.ShareFloor(rdb, cfg.Redis.KeyPrefix, s.setDegraded)
-		if err := rdb.Ping(ctx).Err(); err != nil {
-			s.setDegraded(true)
-			s.log.Warn("redis unreachable at start: serving with this replica's own trust floor until it answers", "err", err)
-		}
+	if rdb != nil {
+		s.redis, s.health = rdb, cache.NewRedisHealth(s.log, s.setDegraded)
+		v.ShareFloor(rdb, cfg.Redis.KeyPrefix, s.health)
+		s.index = &sharedIndex{memIndex: newMemIndex(), rdb: rdb, prefix: cfg.Redis.KeyPrefix, health: s.health, log: s.log}
+		s.health.Failed(rdb.Ping(ctx).Err())
 	}
 	return s, nil
 }

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"sync/atomic"
-
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +21,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/cache"
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -42,7 +41,7 @@ type Server struct {
 	verify    Verifier
 	gate      *scan.Gate            // nil: no scan gate configured
 	redis     redis.UniversalClient // nil: no shared state
-	degraded  atomic.Bool           // redis is configured but unreachable
+	health    *cache.RedisHealth    // whether redis answers
 	upstreams *upstreams
 	log       *slog.Logger
 	decisions *slog.Logger
@@ -92,7 +91,6 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, gate *sca
 
 // setDegraded records whether the shared state on Redis is unreachable.
 func (s *Server) setDegraded(down bool) {
-	s.degraded.Store(down)
 	v := 0.0
 	if down {
 		v = 1
@@ -103,7 +101,7 @@ func (s *Server) setDegraded(down bool) {
 // Ready says whether the Server serves with everything it was configured
 // with: "ok", or what it is doing without (it still serves).
 func (s *Server) Ready() string {
-	if s.redis != nil && s.degraded.Load() {
+	if s.health != nil && s.health.Degraded() {
 		return "degraded: redis unreachable; serving with this replica's own trust floor"
 	}
 	return "ok"
@@ -130,6 +128,9 @@ func (s *Server) Close(ctx context.Context) error {
 		s.running.Wait()
 		close(done)
 	}()
+	if s.redis != nil {
+		defer s.redis.Close()
+	}
 	select {
 	case <-done:
 		if n > 0 {

@@ -150,8 +150,8 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 // ShareFloor keeps the trust metadata floor on Redis as well, shared by
 // every replica (cache.MetadataStore.Share). Call it before the first
 // Snapshot.
-func (v *Verifier) ShareFloor(rdb redis.UniversalClient, prefix string, onChange func(degraded bool)) {
-	v.meta.Share(rdb, prefix, onChange)
+func (v *Verifier) ShareFloor(rdb redis.UniversalClient, prefix string, health *cache.RedisHealth) {
+	v.meta.Share(rdb, prefix, health)
 }
 
 // Snapshot returns the verified view of gun (e.g. docker.io/library/app),
