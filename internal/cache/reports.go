@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -83,9 +84,14 @@ func (s *ReportStore) Put(r *StoredReport) error {
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(r)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // as received: escaping could push a report over its bound
+	if err := enc.Encode(r); err != nil {
 		return err
 	}
-	return writeAtomic(p, b)
+	if buf.Len() > maxStoredReport {
+		return fmt.Errorf("the scan report of %s is %d bytes stored, over %d", r.Digest, buf.Len(), maxStoredReport)
+	}
+	return writeAtomic(p, buf.Bytes())
 }

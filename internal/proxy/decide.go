@@ -134,6 +134,11 @@ func (s *Server) verifyRequest(ctx context.Context, req *request, d *Decision) e
 			return &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: ReasonNotReferenced,
 				Detail: "no verified manifest of this repository refers to this blob; pull a signed tag"}
 		}
+		if d.Rule.Scan != nil && (isManifestType(desc.MediaType) || len(snap.ByDigest(req.dgst)) > 0) {
+			// The scan gate is on the manifests route: a manifest is not served as a blob.
+			return &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: ReasonNotReferenced,
+				Detail: "a manifest is served from the manifests route only, where the scan gate applies"}
+		}
 		d.desc, d.Size = desc, desc.Size
 		return nil
 	}

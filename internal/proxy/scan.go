@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -85,13 +86,30 @@ func (s *Server) checkGrant(r *http.Request, req *request) error {
 		return refuse(only)
 	}
 	if req.dgst != g.Digest {
-		children, _ := s.index.children(g.Digest)
-		if req.dgst == "" || !slices.ContainsFunc(children, func(c v1.Descriptor) bool { return c.Digest == req.dgst }) {
+		if req.dgst == "" || !s.grantCovers(r.Context(), req, g) {
 			return refuse(only)
 		}
 	}
 	req.grant = &g
 	return nil
+}
+
+// grantCovers says whether req's digest is listed by the manifest g is
+// for: from the index, or else from the stored manifest (the index may have
+// forgotten it between the scanner's manifest pull and its layer pulls).
+func (s *Server) grantCovers(ctx context.Context, req *request, g scan.Grant) bool {
+	listed := func() bool {
+		children, _ := s.index.children(g.Digest)
+		return slices.ContainsFunc(children, func(c v1.Descriptor) bool { return c.Digest == req.dgst })
+	}
+	if listed() {
+		return true
+	}
+	if _, ok := s.index.children(g.Digest); ok {
+		return false
+	}
+	_ = s.record(ctx, req, v1.Descriptor{Digest: g.Digest, Size: -1}, 0, map[digest.Digest]bool{})
+	return listed()
 }
 
 // adminHandler serves the admin API: POST /admin/scan/reports/<digest>,
@@ -114,7 +132,8 @@ func (s *Server) adminHandler(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	got, isBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !isBearer || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+	gotSum, wantSum := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(token)) // equal lengths: nothing leaks by timing
+	if !isBearer || subtle.ConstantTimeCompare(gotSum[:], wantSum[:]) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="trustproxy admin"`)
 		fail(http.StatusUnauthorized, "a report must be posted with the bearer token of scan.report_token_file")
 		return

@@ -428,3 +428,60 @@ func TestScanFailsWhenScannerCannotPull(t *testing.T) {
 		t.Fatalf("refusal %s does not say the scanner's pull failed", body)
 	}
 }
+
+// A report too old to let an image through still refuses it when it found
+// what the policy blocks, even under missing: allow with the scanner down.
+func TestScanStaleFindingStillRefuses(t *testing.T) {
+	w := newScanWorld(t)
+	signed := w.signedImage(t, "v1")
+	w.scanner.SetReport(signed, []scan.Vulnerability{xz})
+	p := w.start(t, "{missing: allow, max_report_age: 1s}", "")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1") // served (allow) until the report is in
+		if status == http.StatusForbidden {
+			wantDenied(t, status, body, scan.ReasonVulnerable)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never refused")
+		}
+	}
+	w.scanner.SetFault(testenv.ScannerDown)
+	time.Sleep(1100 * time.Millisecond)
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, scan.ReasonVulnerable)
+	if !strings.Contains(string(body), "older than max_report_age") {
+		t.Fatalf("refusal %s", body)
+	}
+}
+
+// With two scanners, one of them down fails the scan: a report from the
+// other alone is not the report the policy asked for.
+func TestScanOneScannerDownFailsTheScan(t *testing.T) {
+	w := newScanWorld(t)
+	signed := w.signedImage(t, "v1")
+	finds := testenv.StartScanner(t)
+	finds.SetReport(signed, []scan.Vulnerability{xz})
+	finds.SetFault(testenv.ScannerDown)
+	dataDir := t.TempDir()
+	p := startAt(t, func(url string) string {
+		cfg := w.config(t, dataDir, fmt.Sprintf("scan:\n  registry_url: %s\n  scanners: [{name: finds, url: %s}, {name: test-adapter, url: %s}]\n",
+			url, finds.URL(), w.scanner.URL()))
+		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: {missing: wait, wait: 20s}\n", 1)
+	})
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, scan.ReasonUnavailable)
+}
+
+// Under a scan policy a manifest is not served through the blob route,
+// where the gate does not apply.
+func TestScanManifestNotServedAsBlob(t *testing.T) {
+	w := newScanWorld(t)
+	signed := w.signedImage(t, "v1")
+	w.scanner.SetReport(signed, []scan.Vulnerability{xz})
+	p := w.start(t, "{missing: wait, wait: 20s}", "")
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, scan.ReasonVulnerable)
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+signed.String())
+	wantDenied(t, status, body, proxy.ReasonNotReferenced)
+}

@@ -1,12 +1,14 @@
 package scan
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -58,13 +60,21 @@ type Gate struct {
 	log      *slog.Logger
 	now      func() time.Time
 
-	mu      sync.Mutex
-	running map[digest.Digest]*run
-	failed  *lru.Cache[digest.Digest, failure] // scans that failed, not started again for failedScanTTL
-	meta    map[string]*metadataEntry          // adapter metadata, by scanner name
+	mu        sync.Mutex
+	running   map[digest.Digest]*run
+	summaries *lru.Cache[summaryKey, *Report]    // parsed reports, by digest and time received
+	failed    *lru.Cache[digest.Digest, failure] // scans that failed, not started again for failedScanTTL
+	meta      map[string]*metadataEntry          // adapter metadata, by scanner name
 
 	scans *prometheus.CounterVec
 }
+
+// maxScans bounds the scans running at once: requests for more digests
+// are told the scan is pending, and start none.
+const maxScans = 8
+
+// errBusy is why no scan was started: maxScans are running.
+var errBusy = fmt.Errorf("%d scans are running, the most trustproxy runs at once; retry shortly", maxScans)
 
 // failedScanTTL is how long a failed scan is remembered: requests meanwhile
 // are refused with its reason instead of starting another.
@@ -97,8 +107,12 @@ func NewGate(cfg config.Scan, store *cache.ReportStore, creds *Credentials, hc f
 	if err != nil {
 		return nil, err
 	}
+	summaries, err := lru.New[summaryKey, *Report](1024)
+	if err != nil {
+		return nil, err
+	}
 	g := &Gate{cfg: cfg, store: store, creds: creds, log: log.With("component", "scan"), now: time.Now,
-		running: map[digest.Digest]*run{}, failed: failed, meta: map[string]*metadataEntry{},
+		running: map[digest.Digest]*run{}, failed: failed, summaries: summaries, meta: map[string]*metadataEntry{},
 		scans: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_scans_total",
 			Help: "Scans requested from scanner adapters, by scanner and result (ok, or why it failed).",
@@ -125,17 +139,24 @@ func (g *Gate) Credentials() *Credentials { return g.creds }
 // Check says whether s passes policy p: a fresh report finding nothing that
 // p blocks. Without one a scan is started, and p.Missing says what the
 // request gets meanwhile: refused (block), held up to p.Wait for the scan
-// (wait), or served (allow).
+// (wait), or served (allow). A report too old to let an image through
+// still refuses it when it finds what p blocks.
 func (g *Gate) Check(ctx context.Context, s Subject, p *config.ScanPolicy) Verdict {
 	threshold, err := ParseSeverity(p.Severity)
 	if err != nil {
 		threshold = SeverityCritical // config validated it; fail towards blocking
 	}
-	stored, why := g.fresh(s.Digest, p)
-	if stored != nil {
+	stored, stale, why := g.stored(s.Digest, p)
+	if stored != nil && !stale {
 		return g.judge(stored, threshold, p)
 	}
 	r, startErr := g.start(s)
+	if stored != nil {
+		if v := g.judge(stored, threshold, p); !v.Pass {
+			v.Detail += fmt.Sprintf(" (report of %s, older than max_report_age; %s)", stored.Received.UTC().Format(time.RFC3339), strings.TrimPrefix(scanNote(startErr), "; "))
+			return v
+		}
+	}
 	switch p.Missing {
 	case config.MissingAllow:
 		return Verdict{Pass: true, Detail: why + "; served as the policy allows (missing: allow)" + scanNote(startErr)}
@@ -143,14 +164,17 @@ func (g *Gate) Check(ctx context.Context, s Subject, p *config.ScanPolicy) Verdi
 		return Verdict{Reason: ReasonMissing, Detail: why + "; the policy refuses images without one (missing: block)" + scanNote(startErr)}
 	}
 	if r == nil {
-		return Verdict{Reason: ReasonUnavailable, Detail: "no scanner could scan this image: " + startErr.Error()}
+		if errors.Is(startErr, errBusy) {
+			return Verdict{Reason: ReasonPending, Detail: "scan pending: " + startErr.Error()}
+		}
+		return Verdict{Reason: ReasonUnavailable, Detail: "no scanner could scan this image: " + clientReason(startErr)}
 	}
 	wait := time.NewTimer(p.Wait)
 	defer wait.Stop()
 	select {
 	case <-r.done:
 		if r.err != nil {
-			return Verdict{Reason: ReasonUnavailable, Detail: "no scanner could scan this image: " + r.err.Error()}
+			return Verdict{Reason: ReasonUnavailable, Detail: "no scanner could scan this image: " + clientReason(r.err)}
 		}
 		return g.judge(r.report, threshold, p)
 	case <-wait.C:
@@ -162,31 +186,44 @@ func (g *Gate) Check(ctx context.Context, s Subject, p *config.ScanPolicy) Verdi
 // scanNote says whether a scan was started.
 func scanNote(err error) string {
 	if err != nil {
-		return " (no scan could be started: " + err.Error() + ")"
+		return " (no scan could be started: " + clientReason(err) + ")"
 	}
 	return "; a scan was started"
 }
 
-// fresh returns the stored report of d if it is younger than p allows, or
-// says why there is none.
-func (g *Gate) fresh(d digest.Digest, p *config.ScanPolicy) (*cache.StoredReport, string) {
+// clientReason is what a client is told of a scanner's failure: the
+// error, without anything that reads as a scan credential, and short. The
+// whole error is in the log.
+func clientReason(err error) string {
+	msg := credentialPattern.ReplaceAllString(err.Error(), credentialPrefix+"<redacted>")
+	if len(msg) > 300 {
+		msg = msg[:300] + "... (see trustproxy's log)"
+	}
+	return msg
+}
+
+var credentialPattern = regexp.MustCompile(regexp.QuoteMeta(credentialPrefix) + `[A-Za-z0-9_.\-]*`)
+
+// stored returns the stored report of d, whether it is older than p
+// allows, and (when there is no fresh one) why.
+func (g *Gate) stored(d digest.Digest, p *config.ScanPolicy) (*cache.StoredReport, bool, string) {
 	stored, err := g.store.Get(d)
 	switch {
 	case err != nil:
 		g.log.Error("cannot read a stored scan report; scanning again", "digest", d, "err", err)
-		return nil, "no usable scan report for this image"
+		return nil, false, "no usable scan report for this image"
 	case stored == nil:
-		return nil, "no scan report for this image"
+		return nil, false, "no scan report for this image"
 	case g.now().Sub(stored.Received) > p.MaxReportAge:
-		return nil, fmt.Sprintf("the scan report of this image is from %s, older than max_report_age (%s)",
+		return stored, true, fmt.Sprintf("the scan report of this image is from %s, older than max_report_age (%s)",
 			stored.Received.UTC().Format(time.RFC3339), p.MaxReportAge)
 	}
-	return stored, ""
+	return stored, false, ""
 }
 
 // judge applies p to a stored report.
 func (g *Gate) judge(stored *cache.StoredReport, threshold Severity, p *config.ScanPolicy) Verdict {
-	r, err := ParseReport(stored.Report)
+	r, err := g.summary(stored)
 	if err != nil {
 		g.log.Error("stored scan report does not read", "digest", stored.Digest, "err", err)
 		return Verdict{Reason: ReasonUnavailable, Detail: "the stored scan report does not read: " + err.Error()}
@@ -202,6 +239,31 @@ func (g *Gate) judge(stored *cache.StoredReport, threshold Severity, p *config.S
 		v.Pass, v.Reason, v.Detail = false, ReasonVulnerable, f.Describe(threshold)
 	}
 	return v
+}
+
+// summary returns the report of stored without descriptions and links,
+// parsed once per stored report (a scanner's report may be megabytes).
+func (g *Gate) summary(stored *cache.StoredReport) (*Report, error) {
+	key := summaryKey{stored.Digest, stored.Received.UnixNano()}
+	if r, ok := g.summaries.Get(key); ok {
+		return r, nil
+	}
+	r, err := ParseReport(stored.Report)
+	if err != nil {
+		return nil, err
+	}
+	for i := range r.Vulnerabilities {
+		r.Vulnerabilities[i].Description, r.Vulnerabilities[i].Links = "", nil
+	}
+	r.Vulnerabilities = slices.Clip(r.Vulnerabilities)
+	g.summaries.Add(key, r)
+	return r, nil
+}
+
+// summaryKey names one stored report.
+type summaryKey struct {
+	digest   digest.Digest
+	received int64
 }
 
 // Scan starts a scan of s (unless one is under way) and waits for it, up
@@ -223,7 +285,7 @@ func (g *Gate) Scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 // Prefetch starts a scan of s if it has no fresh report under p: a newly
 // verified manifest is scanned before a client asks for it again.
 func (g *Gate) Prefetch(s Subject, p *config.ScanPolicy) {
-	if stored, _ := g.fresh(s.Digest, p); stored == nil {
+	if stored, stale, _ := g.stored(s.Digest, p); stored == nil || stale {
 		g.start(s)
 	}
 }
@@ -243,12 +305,18 @@ func (g *Gate) start(s Subject) (*run, error) {
 	if f, ok := g.failed.Get(s.Digest); ok && g.now().Before(f.until) {
 		return nil, f.err
 	}
+	if len(g.running) >= maxScans {
+		return nil, errBusy
+	}
 	r := &run{done: make(chan struct{})}
 	g.running[s.Digest] = r
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), g.cfg.Timeout)
 		defer cancel()
 		r.report, r.err = g.scan(ctx, s)
+		if r.err != nil {
+			g.log.Warn("scan failed", "repo", s.Repository, "digest", s.Digest, "err", r.err, "retry_after", failedScanTTL)
+		}
 		g.mu.Lock()
 		delete(g.running, s.Digest)
 		if r.err != nil {
@@ -277,10 +345,12 @@ func (g *Gate) scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 			capable, reportTypes = append(capable, a), append(reportTypes, t)
 		}
 	}
+	if len(problems) > 0 {
+		// A scanner that cannot say what it scans might have scanned this:
+		// a report without it is not the report the policy asked for.
+		return nil, errors.New(strings.Join(problems, "; "))
+	}
 	if len(capable) == 0 {
-		if len(problems) > 0 {
-			return nil, errors.New(strings.Join(problems, "; "))
-		}
 		return nil, fmt.Errorf("no configured scanner consumes %s", s.MediaType)
 	}
 	merged := &Report{GeneratedAt: g.now().UTC(), Artifact: Artifact{Repository: s.Repository, Digest: s.Digest.String(), MimeType: s.MediaType}}
@@ -296,9 +366,15 @@ func (g *Gate) scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 		merged.Vulnerabilities = append(merged.Vulnerabilities, r.Vulnerabilities...)
 		sources = append(sources, a.Name())
 	}
-	b, err := json.Marshal(merged)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(merged); err != nil {
 		return nil, err
+	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	if len(b) > MaxReportBytes {
+		return nil, fmt.Errorf("the reports of %s come to %d bytes, over the %d-byte limit", strings.Join(sources, ", "), len(b), MaxReportBytes)
 	}
 	stored := &cache.StoredReport{Digest: s.Digest, Source: strings.Join(sources, "+"), Received: g.now().UTC(), Report: b}
 	if err := g.store.Put(stored); err != nil {
@@ -323,8 +399,8 @@ func (g *Gate) scanWith(ctx context.Context, a *Adapter, reportType string, s Su
 	for {
 		r, after, err := a.Report(ctx, id, reportType)
 		if err != nil || r != nil {
-			if r != nil && r.Artifact.Digest != "" && r.Artifact.Digest != s.Digest.String() {
-				return nil, fmt.Errorf("scanner %s reported on %s, not on %s", a.Name(), r.Artifact.Digest, s.Digest)
+			if r != nil && r.Artifact.Digest != s.Digest.String() {
+				return nil, fmt.Errorf("scanner %s reported on %q, not on %s", a.Name(), r.Artifact.Digest, s.Digest)
 			}
 			return r, err
 		}
