@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -122,6 +123,12 @@ func (s *server) stop(timeout time.Duration, log *slog.Logger) error {
 
 // warnings logs what an operator should know about cfg at start.
 func warnings(cfg *config.Config, log *slog.Logger) {
+	if u, err := url.Parse(cfg.Scan.RegistryURL); err == nil && u.Scheme == "http" {
+		if ip := net.ParseIP(u.Hostname()); ip == nil || !ip.IsLoopback() {
+			log.Warn("scan.registry_url is http://: the scanners' pull credentials cross the network in the clear; use https",
+				"registry_url", cfg.Scan.RegistryURL)
+		}
+	}
 	for i, u := range cfg.Upstreams {
 		if u.Notary.URL == "" {
 			log.Warn("upstream has no notary server: its pulls are refused in enforce mode; set upstreams[i].notary.url",
