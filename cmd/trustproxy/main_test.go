@@ -85,6 +85,15 @@ func TestServeEmbeddedDefaultRefusesWithHowTo(t *testing.T) {
 	if want := `trustproxy_decisions_total{reason="no_trust_server",verdict="denied"} 1`; !strings.Contains(string(metrics), want) {
 		t.Errorf("/metrics lacks %s", want)
 	}
+	resp, err = http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(ready)) != "ok" {
+		t.Errorf("/readyz: %d %q", resp.StatusCode, ready)
+	}
 	if !strings.Contains(logs.String(), "upstream has no notary server") {
 		t.Errorf("no start-up warning about the missing notary server:\n%s", logs.String())
 	}
