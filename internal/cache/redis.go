@@ -96,6 +96,13 @@ func (h *RedisHealth) Failed(err error) bool {
 	return down
 }
 
+// Watch makes onChange hear when Redis goes (true) and comes back (false),
+// and tells it the state now. Call it before the health is shared.
+func (h *RedisHealth) Watch(onChange func(degraded bool)) {
+	h.onChange = onChange
+	onChange(h.degraded.Load())
+}
+
 // Degraded says whether Redis was unreachable when last asked.
 func (h *RedisHealth) Degraded() bool { return h.degraded.Load() }
 

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/redis/go-redis/v9"
 )
 
 // A StoredReport is a vulnerability scan report of one manifest, as
@@ -27,7 +29,27 @@ type StoredReport struct {
 // its directory, so that a report is reused across repositories and
 // restarts until it ages out. Writes are atomic; the last one wins.
 type ReportStore struct {
-	dir string
+	dir    string
+	shared *sharedReports // nil: this directory alone
+}
+
+// sharedReports keeps reports on Redis too, so every replica reuses what
+// any of them received: <prefix>scan:report:<digest>, for sharedReportTTL.
+type sharedReports struct {
+	rdb    redis.UniversalClient
+	prefix string
+	health *RedisHealth
+}
+
+// sharedReportTTL bounds how long a report stays on Redis; policies age
+// reports out far sooner (max_report_age).
+const sharedReportTTL = 30 * 24 * time.Hour
+
+// Share keeps reports on rdb as well, under keys starting with prefix:
+// Get returns the newer of the disk's and Redis's, Put writes both. When
+// Redis cannot be reached (health), the directory stands alone.
+func (s *ReportStore) Share(rdb redis.UniversalClient, prefix string, health *RedisHealth) {
+	s.shared = &sharedReports{rdb: rdb, prefix: prefix, health: health}
 }
 
 // maxStoredReport bounds a stored report file: a report plus its envelope.
@@ -50,6 +72,34 @@ func (s *ReportStore) path(d digest.Digest) (string, error) {
 
 // Get returns the report stored for d, or nil when there is none.
 func (s *ReportStore) Get(d digest.Digest) (*StoredReport, error) {
+	r, err := s.getDisk(d)
+	if s.shared == nil || err != nil {
+		return r, err
+	}
+	if sr := s.shared.get(d); sr != nil && (r == nil || sr.Received.After(r.Received)) {
+		return sr, nil
+	}
+	return r, nil
+}
+
+func (s *sharedReports) get(d digest.Digest) *StoredReport {
+	if s.health.Skip() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	b, err := s.rdb.Get(ctx, s.prefix+"scan:report:"+d.String()).Bytes()
+	if s.health.Failed(err) || err != nil {
+		return nil
+	}
+	var r StoredReport
+	if len(b) > maxStoredReport || json.Unmarshal(b, &r) != nil || r.Digest != d {
+		return nil
+	}
+	return &r
+}
+
+func (s *ReportStore) getDisk(d digest.Digest) (*StoredReport, error) {
 	p, err := s.path(d)
 	if err != nil {
 		return nil, err
@@ -92,6 +142,11 @@ func (s *ReportStore) Put(r *StoredReport) error {
 	}
 	if buf.Len() > maxStoredReport {
 		return fmt.Errorf("the scan report of %s is %d bytes stored, over %d", r.Digest, buf.Len(), maxStoredReport)
+	}
+	if sh := s.shared; sh != nil && !sh.health.Skip() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		sh.health.Failed(sh.rdb.Set(ctx, sh.prefix+"scan:report:"+r.Digest.String(), buf.Bytes(), sharedReportTTL).Err())
 	}
 	return writeAtomic(p, buf.Bytes())
 }

@@ -54,7 +54,13 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, fmt.Errorf("trust: %w", err)
 	}
-	gate, err := newGate(cfg, log, reg)
+	var health *cache.RedisHealth
+	if rdb != nil {
+		health = cache.NewRedisHealth(log.With("component", "proxy"), nil)
+		health.Failed(rdb.Ping(ctx).Err())
+		v.ShareFloor(rdb, cfg.Redis.KeyPrefix, health)
+	}
+	gate, err := newGate(ctx, cfg, rdb, health, log, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -63,17 +69,17 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 		return nil, err
 	}
 	if rdb != nil {
-		s.redis, s.health = rdb, cache.NewRedisHealth(s.log, s.setDegraded)
-		v.ShareFloor(rdb, cfg.Redis.KeyPrefix, s.health)
-		s.index = &sharedIndex{memIndex: newMemIndex(), rdb: rdb, prefix: cfg.Redis.KeyPrefix, health: s.health, log: s.log}
-		s.health.Failed(rdb.Ping(ctx).Err())
+		s.redis, s.health = rdb, health
+		health.Watch(s.setDegraded)
+		s.index = &sharedIndex{memIndex: newMemIndex(), rdb: rdb, prefix: cfg.Redis.KeyPrefix, health: health, log: s.log}
 	}
 	return s, nil
 }
 
 // newGate builds the scan gate when the configuration has one: a rule with
-// a scan policy, a scanner, or a token for posted reports.
-func newGate(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*scan.Gate, error) {
+// a scan policy, a scanner, or a token for posted reports. With Redis, its
+// reports and its credential key are shared.
+func newGate(ctx context.Context, cfg *config.Config, rdb redis.UniversalClient, health *cache.RedisHealth, log *slog.Logger, reg prometheus.Registerer) (*scan.Gate, error) {
 	sc := cfg.Scan
 	if !slices.ContainsFunc(cfg.Trust.Rules, func(r config.Rule) bool { return r.Scan != nil }) && len(sc.Scanners) == 0 && sc.ReportToken == "" {
 		return nil, nil
@@ -86,6 +92,14 @@ func newGate(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*
 	key, err := scan.LoadKey(filepath.Join(dir, "credential.key"))
 	if err != nil {
 		return nil, err
+	}
+	if rdb != nil {
+		store.Share(rdb, cfg.Redis.KeyPrefix, health)
+		if shared, err := scan.SharedKey(ctx, rdb, cfg.Redis.KeyPrefix+"scan:credential-key", key); err == nil {
+			key = shared
+		} else {
+			log.Warn("cannot share the scan credential key on redis: scanners must pull from this replica", "err", err)
+		}
 	}
 	creds, err := scan.NewCredentials(key)
 	if err != nil {

@@ -112,3 +112,33 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 	}
 	t.Logf("both replicas on the shared floor again %s after redis came back", time.Since(back).Round(time.Millisecond))
 }
+
+// TestScanSharedAcrossReplicas: replica A starts a scan whose scanner
+// pulls from replica B (the load balancer's choice) with A's credential,
+// which B accepts: the credential key is shared. B then serves the image
+// on A's report, without a scan of its own.
+func TestScanSharedAcrossReplicas(t *testing.T) {
+	w := newScanWorld(t)
+	redis := testenv.StartRedis(t, "")
+	signed := w.signedImage(t, "v1")
+	storage := t.TempDir()
+	replica := func(registryURL func(own string) string) *instance {
+		dataDir := t.TempDir()
+		return startAt(t, func(url string) string {
+			cfg := w.config(t, dataDir, fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s]}\nscan:\n  registry_url: %s\n  scanners: [{name: test-adapter, url: %s}]\n",
+				storage, redis.Addr(), registryURL(url), w.scanner.URL()))
+			return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: {missing: wait, wait: 20s}\n", 1)
+		})
+	}
+	b := replica(func(own string) string { return own })
+	a := replica(func(string) string { return b.srv.URL })
+	a.mustPull(t, "library/app:v1")
+	pulls := w.scanner.Pulls()
+	if len(pulls) != 2 || pulls[0].Status != 200 || pulls[1].Status != 200 {
+		t.Fatalf("the scanner's pulls from replica B with replica A's credential: %+v", pulls)
+	}
+	b.mustPull(t, "library/app:v1")
+	if n := w.scanner.ScanRequests(signed); n != 1 {
+		t.Fatalf("%d scans for two replicas, want 1 (the report is shared)", n)
+	}
+}
