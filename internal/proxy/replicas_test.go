@@ -142,3 +142,66 @@ func TestScanSharedAcrossReplicas(t *testing.T) {
 		t.Fatalf("%d scans for two replicas, want 1 (the report is shared)", n)
 	}
 }
+
+// TestRevokedTagStopsOnEveryReplica: a tag its signer revokes stops being
+// served by every replica within trust.refresh_ttl.
+func TestRevokedTagStopsOnEveryReplica(t *testing.T) {
+	w := newWorld(t)
+	redis := testenv.StartRedis(t, "")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	storage := t.TempDir()
+	const ttl = 2 * time.Second
+	var replicas []*instance
+	for range 3 {
+		extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s]}\n", storage, redis.Addr())
+		replicas = append(replicas, start(t, strings.Replace(w.config(t, t.TempDir(), extra), "refresh_ttl: 1h", "refresh_ttl: "+ttl.String(), 1)))
+	}
+	for _, r := range replicas {
+		r.mustPull(t, "library/app:v1")
+	}
+	w.Notary.Unsign(t, gun, "v1", testenv.Releases)
+	revoked := time.Now()
+	time.Sleep(ttl + 100*time.Millisecond)
+	for i, r := range replicas {
+		status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+		if status != http.StatusForbidden {
+			t.Fatalf("replica %d still serves the revoked tag %s after revocation (refresh_ttl %s): %d %s", i, time.Since(revoked).Round(time.Millisecond), ttl, status, body)
+		}
+		wantDenied(t, status, body, trust.NotSigned)
+	}
+}
+
+// TestRedisOverTLSWithPassword: the shared floor works over TLS with a
+// password, and a replica without the CA cannot use that Redis (and says
+// so) but still serves.
+func TestRedisOverTLSWithPassword(t *testing.T) {
+	w := newWorld(t)
+	redis := testenv.StartRedisTLS(t, "tls-secret")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	old := w.Notary.Record(t, gun)
+	w.pushSigned(t, "library/app", "v2", "v2")
+	password := t.TempDir() + "/password"
+	if err := os.WriteFile(password, []byte("tls-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	replica := func(tlsCA string) *instance {
+		extra := fmt.Sprintf("redis: {addrs: [%s], password_file: %s%s}\n", redis.Addr(), password, tlsCA)
+		return start(t, strings.Replace(w.config(t, t.TempDir(), extra), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
+	}
+	a := replica(", tls: {ca_file: " + redis.CAFile() + "}")
+	a.mustPull(t, "library/app:v2")
+	if got := a.proxy.Ready(); got != "ok" {
+		t.Fatalf("replica over TLS: ready %q", got)
+	}
+	w.Notary.Replay(gun, old)
+	b := replica(", tls: {ca_file: " + redis.CAFile() + "}")
+	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, trust.Rollback)
+
+	plain := replica("") // speaks plain TCP to a TLS port
+	if got := plain.proxy.Ready(); !strings.HasPrefix(got, "degraded") {
+		t.Fatalf("a replica that cannot speak to redis: ready %q", got)
+	}
+}

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -20,6 +21,7 @@ type Redis struct {
 	dir      string
 	addr     string
 	password string
+	ca       *testCA // TLS, when not nil
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -44,6 +46,28 @@ func StartRedis(t testing.TB, password string) *Redis {
 	return r
 }
 
+// StartRedisTLS is StartRedis serving TLS only, with a certificate for
+// 127.0.0.1 from a CA of its own (CAFile).
+func StartRedisTLS(t testing.TB, password string) *Redis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not found (install it: apt-get install -y redis-server): %v", err)
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	r := &Redis{t: t, bin: bin, dir: dir, addr: addr, password: password, ca: newTestCA(t, dir)}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// CAFile is the CA of a TLS Redis's certificate.
+func (r *Redis) CAFile() string { return r.ca.CertFile }
+
 // Addr is host:port.
 func (r *Redis) Addr() string { return r.addr }
 
@@ -53,6 +77,10 @@ func (r *Redis) Start() {
 	r.t.Helper()
 	_, port, _ := net.SplitHostPort(r.addr)
 	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir, "--protected-mode", "no"}
+	if r.ca != nil {
+		args = append(args, "--port", "0", "--tls-port", port, "--tls-cert-file", r.ca.ServerCertFile,
+			"--tls-key-file", r.ca.ServerKeyFile, "--tls-ca-cert-file", r.ca.CertFile, "--tls-auth-clients", "no")
+	}
 	if r.password != "" {
 		args = append(args, "--requirepass", r.password)
 	}
@@ -93,7 +121,13 @@ func (r *Redis) Stop() {
 // ping speaks just enough RESP for PING (with AUTH first when a password
 // is set).
 func (r *Redis) ping() error {
-	c, err := net.DialTimeout("tcp", r.addr, time.Second)
+	var c net.Conn
+	var err error
+	if r.ca != nil {
+		c, err = tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", r.addr, &tls.Config{RootCAs: r.ca.Pool})
+	} else {
+		c, err = net.DialTimeout("tcp", r.addr, time.Second)
+	}
 	if err != nil {
 		return err
 	}
