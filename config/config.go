@@ -273,6 +273,12 @@ type Redis struct {
 	TLS RedisTLS `yaml:"tls"`
 	// KeyPrefix starts every key trustproxy writes. Default "trustproxy:".
 	KeyPrefix string `yaml:"key_prefix"`
+	// ReplicaURL is the URL at which the other replicas reach this one's
+	// listener, e.g. http://10.0.3.7:5000 (TRUSTPROXY_REPLICA_URL, from the
+	// pod's IP): a cold blob is then fetched once across replicas, the
+	// others streaming the fill from this one. Without it each replica
+	// fetches cold blobs itself.
+	ReplicaURL string `yaml:"replica_url"`
 
 	// Password is PasswordFile's content, read by Load.
 	Password string `yaml:"-"`

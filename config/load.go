@@ -38,6 +38,7 @@ var defaultYAML []byte
 //	TRUSTPROXY_UPSTREAM_USERNAME upstreams[0].username
 //	TRUSTPROXY_UPSTREAM_PASSWORD upstreams[0].password
 //	TRUSTPROXY_NOTARY_URL        upstreams[0].notary.url
+//	TRUSTPROXY_REPLICA_URL       redis.replica_url
 //	TRUSTPROXY_NOTARY_CA_FILE    upstreams[0].notary.ca_file
 //	TRUSTPROXY_NOTARY_USERNAME   upstreams[0].notary.username
 //	TRUSTPROXY_NOTARY_PASSWORD   upstreams[0].notary.password
@@ -190,6 +191,7 @@ func (c *Config) applyEnv(env []string) {
 		"TRUSTPROXY_NOTARY_CA_FILE":    &u.Notary.CAFile,
 		"TRUSTPROXY_NOTARY_USERNAME":   &u.Notary.Username,
 		"TRUSTPROXY_NOTARY_PASSWORD":   &u.Notary.Password,
+		"TRUSTPROXY_REPLICA_URL":       &c.Redis.ReplicaURL,
 	} {
 		if v, ok := vars[key]; ok {
 			*field = v

@@ -362,6 +362,14 @@ func (c *Config) validateRedis(p *problems) {
 	if r.DB < 0 {
 		p.addf("redis.db", "must be 0 or more")
 	}
+	if r.ReplicaURL != "" {
+		if err := checkURL(r.ReplicaURL); err != nil {
+			p.addf("redis.replica_url", "%v", err)
+		}
+		if !r.Enabled() {
+			p.addf("redis.replica_url", "needs redis.addrs: the replicas find each other's fills on Redis")
+		}
+	}
 	r.Password = ""
 	if r.PasswordFile != "" {
 		v, err := readSecret(r.PasswordFile)

@@ -55,7 +55,24 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 		writeBlobHeaders(w, req.dgst, desc.Size)
 		return nil
 	}
-	f, spool, err := s.joinFill(req, blobs, desc)
+	release, holder := s.fillLock(req)
+	if holder != "" {
+		err := s.peers.stream(ctx, w, r, holder, req.gun, req.dgst)
+		if !errors.Is(err, errNoPeerFill) {
+			s.settleBlob(ctx, d, "peer", err)
+			if _, ok := errors.AsType[*abortedError](err); ok {
+				panic(http.ErrAbortHandler)
+			}
+			return err
+		}
+		// The holder's fill has ended: the blob is in storage, or it failed.
+		if _, err := blobs.Stat(ctx, req.dgst); err == nil {
+			s.settleBlob(ctx, d, "cache", nil)
+			return blobs.ServeBlob(ctx, w, r, req.dgst)
+		}
+		s.log.Debug("no fill on the lock holder; fetching here", "repo", req.gun, "digest", req.dgst, "holder", holder, "err", err)
+	}
+	f, spool, err := s.joinFill(req, blobs, desc, release)
 	if err != nil {
 		return err
 	}
@@ -75,6 +92,26 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 
 // errClientGone is a client that left before its blob was sent.
 var errClientGone = errors.New("the client went away")
+
+// fillLock takes the cross-replica lock of req's blob when replicas share
+// Redis and no fill of this process has it: release when this replica is to
+// fill it, or the URL of the replica that holds it (never this one's).
+func (s *Server) fillLock(req *request) (release func(), holder string) {
+	if s.peers == nil {
+		return nil, ""
+	}
+	s.fillMu.Lock()
+	_, local := s.fills[req.gun+"@"+req.dgst.String()]
+	s.fillMu.Unlock()
+	if local {
+		return nil, ""
+	}
+	release, holder = s.peers.acquire(req.gun, req.dgst)
+	if holder == s.peers.self {
+		holder = "" // our own fill, just started or just ended: join or start one here
+	}
+	return release, holder
+}
 
 // settleBlob logs and counts the decision on a blob once it is known how
 // the serving ended: served, or refused by what the fill found (a digest
@@ -131,23 +168,30 @@ type fill struct {
 
 // joinFill returns the fill under way for req's blob, or starts one, with the
 // spool file opened for reading.
-func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.Descriptor) (*fill, *os.File, error) {
+func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.Descriptor, release func()) (*fill, *os.File, error) {
 	key := req.gun + "@" + req.dgst.String()
+	if release == nil {
+		release = func() {}
+	}
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
 	if s.closing {
+		release()
 		return nil, nil, &requestError{codeUnavailable, closingDetail}
 	}
 	if f, ok := s.fills[key]; ok {
+		release() // a fill of this process has it (and its lock)
 		spool, err := os.Open(f.path)
 		return f, spool, err
 	}
 	w, err := os.CreateTemp(s.spoolDir, "blob-*")
 	if err != nil {
+		release()
 		return nil, nil, fmt.Errorf("spool blob: %w", err)
 	}
 	spool, err := os.Open(w.Name())
 	if err != nil {
+		release()
 		w.Close()
 		os.Remove(w.Name())
 		return nil, nil, fmt.Errorf("spool blob: %w", err)
@@ -160,6 +204,7 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 		s.fillMu.Lock()
 		delete(s.fills, key)
 		s.fillMu.Unlock()
+		release() // after the commit: a replica that then finds no lock finds the blob
 		w.Close()
 		os.Remove(w.Name())
 		// Each client's request logs its own decision on the outcome.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage"
@@ -72,6 +74,17 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 		s.redis, s.health = rdb, health
 		health.Watch(s.setDegraded)
 		s.index = &sharedIndex{memIndex: newMemIndex(), rdb: rdb, prefix: cfg.Redis.KeyPrefix, health: health, log: s.log}
+		if u := strings.TrimSuffix(cfg.Redis.ReplicaURL, "/"); u != "" {
+			local := make([]byte, 32)
+			_, _ = rand.Read(local)
+			key, err := scan.SharedKey(ctx, rdb, cfg.Redis.KeyPrefix+"peer-key", local)
+			if err != nil {
+				s.log.Warn("cannot share the replicas' key on redis: this replica fetches cold blobs itself", "err", err)
+			} else {
+				s.peers = &peers{rdb: rdb, prefix: cfg.Redis.KeyPrefix, self: u, key: key, health: health, log: s.log,
+					client: &http.Client{Timeout: 0, Transport: peerTransport()}}
+			}
+		}
 	}
 	return s, nil
 }
@@ -106,6 +119,16 @@ func newGate(ctx context.Context, cfg *config.Config, rdb redis.UniversalClient,
 		return nil, err
 	}
 	return scan.NewGate(sc, store, creds, scannerClient, log, reg)
+}
+
+// peerTransport is the transport of requests to other replicas: they are
+// on the cluster network, never through a proxy; a peer that does not
+// answer within upstream-like bounds is not waited on.
+func peerTransport() *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
+	tr.ResponseHeaderTimeout = 30 * time.Second
+	return tr
 }
 
 // scannerClient is the HTTP client of one scanner adapter: its CA file if

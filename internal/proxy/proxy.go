@@ -42,6 +42,7 @@ type Server struct {
 	gate      *scan.Gate            // nil: no scan gate configured
 	redis     redis.UniversalClient // nil: no shared state
 	health    *cache.RedisHealth    // whether redis answers
+	peers     *peers                // nil: fills are not shared between replicas
 	upstreams *upstreams
 	log       *slog.Logger
 	decisions *slog.Logger

@@ -2,11 +2,14 @@ package proxy_test
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
@@ -203,5 +206,95 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 	plain := replica("") // speaks plain TCP to a TLS port
 	if got := plain.proxy.Ready(); !strings.HasPrefix(got, "degraded") {
 		t.Fatalf("a replica that cannot speak to redis: ready %q", got)
+	}
+}
+
+// TestColdBlobFetchedOnceAcrossReplicas: 30 concurrent requests for one
+// cold layer spread over three replicas: the upstream serves it once, every
+// client gets the right bytes, and every client gets its first bytes before
+// any client has the whole layer (the last bytes wait for the digest): the
+// replicas that do not hold the fill stream it from the one that does.
+func TestColdBlobFetchedOnceAcrossReplicas(t *testing.T) {
+	w := newWorld(t)
+	redis := testenv.StartRedis(t, "")
+	w.initRepo(t, gun, w.alice)
+	img := testenv.Image(t, "large", 1, 8<<20)
+	w.Registry.Push(t, "library/app", "v1", img)
+	w.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
+	layer := firstLayer(t, img)
+	slow := testenv.Throttle(t, strings.TrimPrefix(w.Registry.URL(), "http://"), 4<<20) // about 2s for the layer
+	storage := t.TempDir()
+	var replicas []*instance
+	for range 3 {
+		dataDir := t.TempDir()
+		replicas = append(replicas, startAt(t, func(url string) string {
+			extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s], replica_url: %s}\n", storage, redis.Addr(), url)
+			return strings.Replace(w.config(t, dataDir, extra), w.Registry.URL(), slow.URL(), 1)
+		}))
+	}
+	for _, r := range replicas {
+		if status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
+			t.Fatalf("manifest: %d %s", status, body)
+		}
+	}
+	type result struct {
+		replica      int
+		first, whole time.Duration
+		err          error
+	}
+	start := time.Now()
+	results := make(chan result, 30)
+	for i := range 30 {
+		go func() {
+			r := result{replica: i % 3}
+			resp, err := http.Get(replicas[r.replica].srv.URL + "/v2/library/app/blobs/" + layer.String())
+			if err != nil {
+				r.err = err
+				results <- r
+				return
+			}
+			defer resp.Body.Close()
+			h := digest.SHA256.Digester()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := resp.Body.Read(buf)
+				if n > 0 && r.first == 0 {
+					r.first = time.Since(start)
+				}
+				h.Hash().Write(buf[:n])
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					r.err = err
+					break
+				}
+			}
+			r.whole = time.Since(start)
+			if r.err == nil && (resp.StatusCode != 200 || h.Digest().String() != layer.String()) {
+				r.err = fmt.Errorf("status %d, body hashes to %s", resp.StatusCode, h.Digest())
+			}
+			results <- r
+		}()
+	}
+	var lastFirst, firstWhole time.Duration
+	firstWhole = time.Hour
+	perReplica := map[int]time.Duration{}
+	for range 30 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("replica %d: %v", r.replica, r.err)
+		}
+		lastFirst, firstWhole = max(lastFirst, r.first), min(firstWhole, r.whole)
+		if f, ok := perReplica[r.replica]; !ok || r.first < f {
+			perReplica[r.replica] = r.first
+		}
+	}
+	if n := w.Registry.BlobGets(layer); n != 1 {
+		t.Fatalf("the upstream served the layer %d times to 30 clients on 3 replicas, want 1", n)
+	}
+	t.Logf("first byte per replica %v; the last client's first byte at %s, the first whole layer at %s", perReplica, lastFirst, firstWhole)
+	if lastFirst >= firstWhole {
+		t.Fatalf("a client got its first byte at %s, after a client had the whole layer at %s: not streamed from the fill", lastFirst, firstWhole)
 	}
 }

@@ -172,6 +172,8 @@ func (s *Server) Handler(other http.Handler) http.Handler {
 			s.ServeHTTP(w, r)
 		case strings.HasPrefix(p, "/admin/"):
 			s.adminHandler(w, r)
+		case p == "/internal/fills":
+			s.servePeerFill(w, r)
 		default:
 			other.ServeHTTP(w, r)
 		}

@@ -1,0 +1,202 @@
+package proxy
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/opencontainers/go-digest"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/trustproxy/trustproxy/internal/cache"
+)
+
+// peers makes one upstream fetch per blob across replicas. A replica about
+// to fill a cold blob takes its lock on Redis; one that finds the lock
+// taken streams the fill in progress from the holder (its replica_url),
+// through /internal/fills/, authenticated by an HMAC under a key the
+// replicas share on Redis. The holder serves it as it serves its own
+// clients: the last bytes held back until the digest verifies, the
+// connection aborted if it does not. A holder that dies stops refreshing
+// its lock, which expires after fillLockTTL; the next request takes it.
+type peers struct {
+	rdb    redis.UniversalClient
+	prefix string
+	self   string // this replica's URL, as the others reach it
+	key    []byte
+	health *cache.RedisHealth
+	client *http.Client
+	log    *slog.Logger
+}
+
+const (
+	// fillLockTTL is how long a fill lock outlives its holder's last refresh.
+	fillLockTTL = 15 * time.Second
+	// peerTokenTTL bounds a peer request's token.
+	peerTokenTTL = time.Minute
+)
+
+// errNoPeerFill says the holder has no fill of that blob (any more).
+var errNoPeerFill = errors.New("the replica holding the fill lock has no such fill")
+
+func (p *peers) lockKey(gun string, d digest.Digest) string {
+	return p.prefix + "fill:" + gun + "@" + d.String()
+}
+
+// releaseIfOwner deletes a lock that still holds this owner's value.
+var releaseIfOwner = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`)
+
+// refreshIfOwner extends a lock that still holds this owner's value.
+var refreshIfOwner = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0`)
+
+// acquire tries to become the one replica that fills gun@d. It returns a
+// release func when this replica holds the lock (call it when the fill
+// ends), or the URL of the replica that holds it. With Redis unreachable it
+// returns neither: the replica fills on its own.
+func (p *peers) acquire(gun string, d digest.Digest) (release func(), holder string) {
+	if p.health.Skip() {
+		return nil, ""
+	}
+	key := p.lockKey(gun, d)
+	owner := p.self + " " + uuid.NewString()
+	ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+	defer cancel()
+	ok, err := p.rdb.SetNX(ctx, key, owner, fillLockTTL).Result()
+	if p.health.Failed(err) {
+		return nil, ""
+	}
+	if !ok {
+		v, err := p.rdb.Get(ctx, key).Result()
+		if p.health.Failed(err) || err != nil {
+			return nil, ""
+		}
+		holder, _, _ = strings.Cut(v, " ")
+		return nil, holder
+	}
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(fillLockTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+				p.health.Failed(refreshIfOwner.Run(ctx, p.rdb, []string{key}, owner, fillLockTTL.Milliseconds()).Err())
+				cancel()
+			}
+		}
+	}()
+	return func() {
+		close(stop)
+		ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+		defer cancel()
+		p.health.Failed(releaseIfOwner.Run(ctx, p.rdb, []string{key}, owner).Err())
+	}, ""
+}
+
+// token authenticates a request for the fill of gun@d until exp.
+func (p *peers) token(gun string, d digest.Digest, exp int64) string {
+	m := hmac.New(sha256.New, p.key)
+	fmt.Fprintf(m, "fill\n%s\n%s\n%d", gun, d, exp)
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// stream serves the blob gun@d that the replica at holder is filling, to
+// w. Nothing is written to w before the holder answers 200; errNoPeerFill
+// when it has no such fill. A stream cut short is an *abortedError: the
+// caller aborts the connection.
+func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, holder, gun string, d digest.Digest) error {
+	exp := time.Now().Add(peerTokenTTL).Unix()
+	u := holder + "/internal/fills?" + url.Values{"gun": {gun}, "digest": {d.String()}, "exp": {strconv.FormatInt(exp, 10)}}.Encode()
+	req, err := http.NewRequestWithContext(ctx, r.Method, u, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+p.token(gun, d, exp))
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errNoPeerFill, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%w: %s answered %s", errNoPeerFill, holder, resp.Status)
+	}
+	size, err := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
+	if err != nil {
+		size = -1
+	}
+	writeBlobHeaders(w, d, size)
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	// The holder holds back the last bytes until the digest verifies and
+	// aborts otherwise: a body shorter than announced is a failed fill.
+	n, err := io.Copy(flushWriter{w}, resp.Body)
+	if err != nil || (size >= 0 && n != size) {
+		return &abortedError{fmt.Errorf("the fill on %s ended after %d bytes: %v", holder, n, err)}
+	}
+	return nil
+}
+
+// flushWriter flushes after every write, so that a peer's bytes reach the
+// client as they arrive.
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f flushWriter) Write(b []byte) (int, error) {
+	n, err := f.w.Write(b)
+	if fl, ok := f.w.(http.Flusher); ok {
+		fl.Flush()
+	}
+	return n, err
+}
+
+// servePeerFill answers another replica's request for a fill in progress
+// here: GET /internal/fills?gun=&digest=&exp= with the peers' token.
+func (s *Server) servePeerFill(w http.ResponseWriter, r *http.Request) {
+	p := s.peers
+	q := r.URL.Query()
+	gun, exp := q.Get("gun"), q.Get("exp")
+	d, derr := digest.Parse(q.Get("digest"))
+	e, eerr := strconv.ParseInt(exp, 10, 64)
+	got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if p == nil || derr != nil || eerr != nil || time.Now().Unix() > e ||
+		!hmac.Equal([]byte(got), []byte(p.token(gun, d, e))) {
+		http.Error(w, "not a peer replica's request", http.StatusForbidden)
+		return
+	}
+	s.fillMu.Lock()
+	f, ok := s.fills[gun+"@"+d.String()]
+	var spool *os.File
+	var err error
+	if ok {
+		spool, err = os.Open(f.path)
+	}
+	s.fillMu.Unlock()
+	if !ok || err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	defer spool.Close()
+	if _, ok := errors.AsType[*abortedError](f.serve(w, r, spool)); ok {
+		panic(http.ErrAbortHandler)
+	}
+}
