@@ -60,7 +60,7 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if rdb != nil {
 		health = cache.NewRedisHealth(log.With("component", "proxy"), nil)
 		health.Failed(rdb.Ping(ctx).Err())
-		v.ShareFloor(rdb, cfg.Redis.KeyPrefix, health)
+		v.Share(rdb, cfg.Redis.KeyPrefix, health)
 	}
 	gate, err := newGate(ctx, cfg, rdb, health, log, reg)
 	if err != nil {

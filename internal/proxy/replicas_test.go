@@ -298,3 +298,29 @@ func TestColdBlobFetchedOnceAcrossReplicas(t *testing.T) {
 		t.Fatalf("a client got its first byte at %s, after a client had the whole layer at %s: not streamed from the fill", lastFirst, firstWhole)
 	}
 }
+
+// TestRefusalsSharedAcrossReplicas: requests for made-up repositories
+// spread over three replicas ask the Notary server about each name once
+// per refusal_ttl, not once per replica.
+func TestRefusalsSharedAcrossReplicas(t *testing.T) {
+	w := newWorld(t)
+	redis := testenv.StartRedis(t, "")
+	storage := t.TempDir()
+	var replicas []*instance
+	for range 3 {
+		extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s]}\n", storage, redis.Addr())
+		replicas = append(replicas, start(t, w.config(t, t.TempDir(), extra)))
+	}
+	asked := w.Notary.Requests("")
+	const names = 20
+	for i := range names * 3 {
+		path := fmt.Sprintf("/v2/made-up/repo-%d/manifests/latest", i%names)
+		status, _, body := replicas[i%3].get(t, http.MethodGet, path) // each name on each replica in turn
+		wantDenied(t, status, body, trust.NoTrustData)
+	}
+	got := w.Notary.Requests("") - asked
+	t.Logf("%d requests for %d made-up names over 3 replicas: %d Notary requests", names*3, names, got)
+	if got > names*2 {
+		t.Fatalf("%d Notary requests for %d made-up names over 3 replicas, want at most %d", got, names, names*2)
+	}
+}

@@ -44,6 +44,7 @@ type Verifier struct {
 	snaps      *lru.Cache[string, cached]
 	refusals   *lru.Cache[string, refused] // recent repository refusals, by GUN
 	refusalTTL time.Duration
+	shared     *sharedRefusals // nil: refusals stay in this process
 	tofuWarned *lru.Cache[string, struct{}]
 
 	refreshes *prometheus.CounterVec
@@ -147,11 +148,12 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	return v, nil
 }
 
-// ShareFloor keeps the trust metadata floor on Redis as well, shared by
-// every replica (cache.MetadataStore.Share). Call it before the first
-// Snapshot.
-func (v *Verifier) ShareFloor(rdb redis.UniversalClient, prefix string, health *cache.RedisHealth) {
+// Share keeps the trust metadata floor (cache.MetadataStore.Share) and the
+// repository refusals on Redis as well, shared by every replica. Call it
+// before the first Snapshot.
+func (v *Verifier) Share(rdb redis.UniversalClient, prefix string, health *cache.RedisHealth) {
 	v.meta.Share(rdb, prefix, health)
+	v.shared = &sharedRefusals{rdb: rdb, prefix: prefix, health: health}
 }
 
 // Snapshot returns the verified view of gun (e.g. docker.io/library/app),
@@ -175,6 +177,9 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*S
 	}
 	if f, ok := v.refusals.Get(gun); ok && time.Now().Before(f.until) {
 		return nil, f.err
+	}
+	if rerr := v.shared.get(gun); rerr != nil {
+		return nil, rerr
 	}
 	// The refresh outlives a caller that gives up: others may be waiting on it,
 	// and each of its requests is bounded by limits.upstream_timeout.
@@ -233,7 +238,11 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 	v.seconds.Observe(time.Since(start).Seconds())
 	if rerr != nil {
 		v.refusals.Add(gun, refused{err: rerr, until: time.Now().Add(v.refusalTTL)})
+		v.shared.put(gun, rerr, v.refusalTTL)
 		return nil, rerr
+	}
+	if _, had := v.refusals.Peek(gun); had {
+		v.shared.put(gun, nil, 0)
 	}
 	v.refusals.Remove(gun)
 	until := earliest(snap.Checked.Add(v.ttl), snap.Expires)
