@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,20 +40,10 @@ func TestSIGKILLedFillHolder(t *testing.T) {
 	slow := testenv.Throttle(t, env.Registry.Host(), 512<<10) // about 6s for the layer
 	storage := t.TempDir()
 
-	type replica struct {
-		url, dataDir string
-		cmd          *exec.Cmd
-	}
 	startReplica := func() *replica {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		r := &replica{url: "http://" + addr, dataDir: t.TempDir()}
-		cfgFile := filepath.Join(t.TempDir(), "trustproxy.yaml")
-		yaml := fmt.Sprintf(`listen: %s
+		dataDir := t.TempDir()
+		return startReplicaProcess(t, bin, dataDir, func(addr, url string) string {
+			return fmt.Sprintf(`listen: %s
 data_dir: %s
 storage: {filesystem: {rootdirectory: %s}}
 redis: {addrs: [%s], replica_url: %s}
@@ -64,27 +55,8 @@ trust:
   pinning: {certs: {%s: [%s]}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, r.dataDir, storage, redis.Addr(), r.url, slow.URL(), env.Notary.URL(), env.Notary.CAFile(), gun, root, alice.CertFile)
-		if err := os.WriteFile(cfgFile, []byte(yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		logs := &testenv.LogBuffer{}
-		r.cmd = exec.Command(bin, "serve", "--config", cfgFile)
-		r.cmd.Stderr = logs
-		if err := r.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { _ = r.cmd.Wait(); close(done) }()
-		t.Cleanup(func() {
-			_ = r.cmd.Process.Kill()
-			<-done
-			if t.Failed() {
-				t.Logf("log of %s:\n%s", r.url, logs)
-			}
+`, addr, dataDir, storage, redis.Addr(), url, slow.URL(), env.Notary.URL(), env.Notary.CAFile(), gun, root, alice.CertFile)
 		})
-		waitServing(t, logs)
-		return r
 	}
 	a, b := startReplica(), startReplica()
 	for _, r := range []*replica{a, b} {
@@ -149,5 +121,122 @@ trust:
 	}
 	if sum := sha256.Sum256(stored); "sha256:"+hex.EncodeToString(sum[:]) != layer.String() {
 		t.Fatal("a partial or wrong layer was stored")
+	}
+}
+
+// replica is a `trustproxy serve` process.
+type replica struct {
+	url, dataDir string
+	cmd          *exec.Cmd
+	done         chan struct{}
+}
+
+// startReplicaProcess runs bin serve with the configuration cfg returns
+// for a free address (host:port) and its URL, and waits until it serves.
+// It is killed at t.Cleanup.
+func startReplicaProcess(t *testing.T, bin, dataDir string, cfg func(addr, url string) string) *replica {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	r := &replica{url: "http://" + addr, dataDir: dataDir, done: make(chan struct{})}
+	cfgFile := filepath.Join(t.TempDir(), "trustproxy.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg(addr, r.url)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &testenv.LogBuffer{}
+	r.cmd = exec.Command(bin, "serve", "--config", cfgFile)
+	r.cmd.Stderr = logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = r.cmd.Wait(); close(r.done) }()
+	t.Cleanup(func() {
+		r.kill()
+		if t.Failed() {
+			t.Logf("log of %s:\n%s", r.url, logs)
+		}
+	})
+	waitServing(t, logs)
+	return r
+}
+
+// kill stops the process with SIGKILL and waits for it.
+func (r *replica) kill() {
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+// TestRollbackRefusedAcrossReplicaProcesses: three trustproxy processes
+// share one Redis and one storage directory. Replica A sees the newest
+// trust metadata; the Notary server then serves older, still unexpired
+// metadata: B and C, which never saw the newer version, refuse it, and so
+// do all three after they are restarted.
+func TestRollbackRefusedAcrossReplicaProcesses(t *testing.T) {
+	bin := buildTrustproxy(t)
+	env := testenv.New(t)
+	redis := testenv.StartRedis(t, "")
+	const gun, repo = "docker.io/library/app", "library/app"
+	alice := testenv.NewKey(t, "alice")
+	root := env.Notary.Init(t, gun)
+	env.Notary.AddDelegation(t, gun, testenv.Releases, alice)
+	v1 := testenv.Image(t, "rollback v1", 1, 1024)
+	env.Registry.Push(t, repo, "v1", v1)
+	env.Notary.SignImage(t, gun, "v1", v1, testenv.Releases)
+	old := env.Notary.Record(t, gun)
+	v2 := testenv.Image(t, "rollback v2", 1, 1024)
+	env.Registry.Push(t, repo, "v2", v2)
+	env.Notary.SignImage(t, gun, "v2", v2, testenv.Releases)
+	storage := t.TempDir()
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	start := func(dataDir string) *replica {
+		return startReplicaProcess(t, bin, dataDir, func(addr, url string) string {
+			return fmt.Sprintf(`listen: %s
+data_dir: %s
+storage: {filesystem: {rootdirectory: %s}}
+redis: {addrs: [%s], replica_url: %s}
+upstreams:
+  - name: docker.io
+    url: %s
+    notary: {url: %s, ca_file: %s}
+trust:
+  refresh_ttl: 1ms
+  pinning: {certs: {%s: [%s]}}
+  signers: [{name: alice, public_key: %s}]
+  rules: [{repositories: "docker.io/**", signers: [alice]}]
+`, addr, dataDir, storage, redis.Addr(), url, env.Registry.URL(), env.Notary.URL(), env.Notary.CAFile(), gun, root, alice.CertFile)
+		})
+	}
+	status := func(r *replica, ref string) (int, string) {
+		resp, err := http.Get(r.url + "/v2/" + repo + "/manifests/" + ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	replicas := []*replica{start(dirs[0]), start(dirs[1]), start(dirs[2])}
+	if code, body := status(replicas[0], "v2"); code != 200 {
+		t.Fatalf("replica A, the newest metadata: %d %s", code, body)
+	}
+	env.Notary.Replay(gun, old)
+	for round := range 2 {
+		for i, r := range replicas {
+			if round == 0 && i == 0 {
+				continue // A refuses on its own disk floor; B and C only through Redis
+			}
+			code, body := status(r, "v1")
+			if code != http.StatusForbidden || !strings.Contains(body, "(rollback)") {
+				t.Fatalf("round %d, replica %c: %d %s, want 403 rollback", round, 'A'+i, code, body)
+			}
+		}
+		for i, r := range replicas { // restart all three
+			r.kill()
+			replicas[i] = start(dirs[i])
+		}
 	}
 }
