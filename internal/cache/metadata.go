@@ -222,29 +222,39 @@ func (s *GUNStore) GetSized(name string, size int64) ([]byte, error) {
 
 // newerShared returns the shared metadata of role name when it is newer
 // than what the disk gave (b, err), else b, err: the floor is the highest
-// version any replica has stored. A shared root counts only under the
-// pinning that applies now, and shared metadata that does not parse or is
-// over size is ignored (notary verifies what it is handed).
+// version any replica has stored. A root is never taken from Redis: notary
+// trusts a cached root as given, so Redis's root is a version floor only
+// (the compare-and-set refuses to lower it), and a replica's root always
+// comes from its own disk or its Notary server, checked against its
+// pinning. Shared metadata that does not parse or is over size is ignored.
+// When the disk holds a newer version than Redis (written while Redis was
+// unreachable), it is pushed up: the shared floor never stays below a
+// replica's.
 func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]byte, error) {
 	if s.shared == nil || (err != nil && !errors.As(err, new(storage.ErrMetaNotFound))) {
 		return b, err
 	}
-	sb, pinning := s.shared.get(s.gun, name)
-	if sb == nil || (name == "root" && pinning != s.pinning) {
-		return b, err
-	}
-	if size == storage.NoSizeLimit {
-		size = notary.MaxDownloadSize
-	}
-	sv, serr := Version(sb)
-	if serr != nil || int64(len(sb)) > size {
-		s.log.Warn("shared trust metadata on redis does not parse or is too large; ignored", "role", name, "err", serr)
-		return b, err
+	sb, _ := s.shared.get(s.gun, name)
+	sv := -1
+	if sb != nil {
+		v, serr := Version(sb)
+		if serr != nil || int64(len(sb)) > size && size != storage.NoSizeLimit {
+			s.log.Warn("shared trust metadata on redis does not parse or is too large; ignored", "role", name, "err", serr)
+			sb = nil
+		} else {
+			sv = v
+		}
 	}
 	if err == nil {
-		if v, _ := Version(b); v >= sv {
+		if v, _ := Version(b); v > sv {
+			_ = s.shared.set(s.gun, s.pinning, map[string][]byte{name: b}, map[string]int{name: v})
+			return b, nil
+		} else if v == sv || name == "root" {
 			return b, nil
 		}
+	}
+	if sb == nil || name == "root" {
+		return b, err
 	}
 	return sb, nil
 }

@@ -57,7 +57,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 	}
 	release, holder := s.fillLock(req)
 	if holder != "" {
-		err := s.peers.stream(ctx, w, r, holder, req.gun, req.dgst)
+		err := s.peers.stream(ctx, w, r, holder, req.gun, req.dgst, desc.Size)
 		if !errors.Is(err, errNoPeerFill) {
 			s.settleBlob(ctx, d, "peer", err)
 			if _, ok := errors.AsType[*abortedError](err); ok {
@@ -173,25 +173,29 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 	if release == nil {
 		release = func() {}
 	}
+	// The lock is released on Redis after fillMu is: never a network call
+	// under the lock every blob request takes.
+	started := false
+	defer func() {
+		if !started {
+			release()
+		}
+	}()
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
 	if s.closing {
-		release()
 		return nil, nil, &requestError{codeUnavailable, closingDetail}
 	}
 	if f, ok := s.fills[key]; ok {
-		release() // a fill of this process has it (and its lock)
-		spool, err := os.Open(f.path)
+		spool, err := os.Open(f.path) // a fill of this process has it (and its own lock)
 		return f, spool, err
 	}
 	w, err := os.CreateTemp(s.spoolDir, "blob-*")
 	if err != nil {
-		release()
 		return nil, nil, fmt.Errorf("spool blob: %w", err)
 	}
 	spool, err := os.Open(w.Name())
 	if err != nil {
-		release()
 		w.Close()
 		os.Remove(w.Name())
 		return nil, nil, fmt.Errorf("spool blob: %w", err)
@@ -199,6 +203,7 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 	f := &fill{dgst: req.dgst, path: w.Name(), size: desc.Size}
 	f.cond = sync.NewCond(&f.mu)
 	s.fills[key] = f
+	started = true
 	s.running.Go(func() {
 		err := s.runFill(req, blobs, desc, f, w)
 		s.fillMu.Lock()

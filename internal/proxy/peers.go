@@ -121,9 +121,12 @@ func (p *peers) token(gun string, d digest.Digest, exp int64) string {
 
 // stream serves the blob gun@d that the replica at holder is filling, to
 // w. Nothing is written to w before the holder answers 200; errNoPeerFill
-// when it has no such fill. A stream cut short is an *abortedError: the
-// caller aborts the connection.
-func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, holder, gun string, d digest.Digest) error {
+// when it has no such fill. The bytes are checked here as the holder checks
+// its upstream's: the length must be size (the verified manifest's, when
+// known), and the last byte is held back until they hash to d. A stream
+// that ends short or wrong is an *abortedError: the caller aborts the
+// connection, so the client never holds a complete wrong blob.
+func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, holder, gun string, d digest.Digest, size int64) error {
 	exp := time.Now().Add(peerTokenTTL).Unix()
 	u := holder + "/internal/fills?" + url.Values{"gun": {gun}, "digest": {d.String()}, "exp": {strconv.FormatInt(exp, 10)}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, r.Method, u, nil)
@@ -139,22 +142,54 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%w: %s answered %s", errNoPeerFill, holder, resp.Status)
 	}
-	size, err := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
-	if err != nil {
-		size = -1
+	announced, err := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
+	if err != nil || (size >= 0 && announced != size) || announced <= 0 {
+		return fmt.Errorf("%w: %s announced %q bytes, the verified manifest says %d", errNoPeerFill, holder, resp.Header.Get("Content-Length"), size)
 	}
-	writeBlobHeaders(w, d, size)
+	writeBlobHeaders(w, d, announced)
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	// The holder holds back the last bytes until the digest verifies and
-	// aborts otherwise: a body shorter than announced is a failed fill.
-	n, err := io.Copy(flushWriter{w}, resp.Body)
-	if err != nil || (size >= 0 && n != size) {
-		return &abortedError{fmt.Errorf("the fill on %s ended after %d bytes: %v", holder, n, err)}
+	h := d.Algorithm().Digester()
+	hold := &holdBack{w: flushWriter{w}}
+	n, err := io.Copy(io.MultiWriter(h.Hash(), hold), io.LimitReader(resp.Body, announced+1))
+	if err != nil || n != announced || h.Digest() != d {
+		return &abortedError{fmt.Errorf("the fill on %s ended after %d of %d bytes, hashing to %s: %v", holder, n, announced, h.Digest(), err)}
 	}
-	return nil
+	return hold.release()
+}
+
+// holdBack writes everything but the last byte written to it, until
+// release: a client never has a whole blob before it is checked.
+type holdBack struct {
+	w       io.Writer
+	last    byte
+	pending bool
+}
+
+func (h *holdBack) Write(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	if h.pending {
+		if _, err := h.w.Write([]byte{h.last}); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := h.w.Write(b[:len(b)-1]); err != nil {
+		return 0, err
+	}
+	h.last, h.pending = b[len(b)-1], true
+	return len(b), nil
+}
+
+func (h *holdBack) release() error {
+	if !h.pending {
+		return nil
+	}
+	_, err := h.w.Write([]byte{h.last})
+	return err
 }
 
 // flushWriter flushes after every write, so that a peer's bytes reach the
@@ -196,7 +231,12 @@ func (s *Server) servePeerFill(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer spool.Close()
-	if _, ok := errors.AsType[*abortedError](f.serve(w, r, spool)); ok {
+	err = f.serve(w, r, spool)
+	if _, ok := errors.AsType[*abortedError](err); ok {
 		panic(http.ErrAbortHandler)
+	}
+	if err != nil && !errors.Is(err, errClientGone) {
+		// The fill failed before it started: no headers went out yet.
+		http.Error(w, "the fill failed: "+err.Error(), http.StatusBadGateway)
 	}
 }

@@ -1,15 +1,22 @@
 package proxy_test
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
@@ -322,5 +329,180 @@ func TestRefusalsSharedAcrossReplicas(t *testing.T) {
 	t.Logf("%d requests for %d made-up names over 3 replicas: %d Notary requests", names*3, names, got)
 	if got > names*2 {
 		t.Fatalf("%d Notary requests for %d made-up names over 3 replicas, want at most %d", got, names, names*2)
+	}
+}
+
+// upstreamFront is the upstream registry w, except that a GET of blob
+// waits delay and then, when onBlob is not nil, gets onBlob's answer.
+func upstreamFront(t *testing.T, w *world, blob string, delay time.Duration, onBlob http.HandlerFunc) *httptest.Server {
+	u, _ := url.Parse(w.Registry.URL())
+	rp := httputil.NewSingleHostReverseProxy(u)
+	s := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+blob) {
+			time.Sleep(delay)
+			if onBlob != nil {
+				onBlob(rw, r)
+				return
+			}
+		}
+		rp.ServeHTTP(rw, r)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// twoReplicas starts replicas a (its replica_url as urlA says) and b in
+// front of the upstream at up, sharing a Redis and a storage directory,
+// each having verified library/app:v1.
+func twoReplicas(t *testing.T, w *world, up string, urlA func(own string) string) (*instance, *instance) {
+	t.Helper()
+	redis := testenv.StartRedis(t, "")
+	storage := t.TempDir()
+	mk := func(ru func(string) string) *instance {
+		dataDir := t.TempDir()
+		return startAt(t, func(own string) string {
+			extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s], replica_url: %s}\n", storage, redis.Addr(), ru(own))
+			return strings.Replace(w.config(t, dataDir, extra), w.Registry.URL(), up, 1)
+		})
+	}
+	a := mk(urlA)
+	b := mk(func(own string) string { return own })
+	for _, r := range []*instance{a, b} {
+		if status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
+			t.Fatalf("manifest: %d %s", status, body)
+		}
+	}
+	return a, b
+}
+
+// signedLayer pushes and signs library/app:v1 with one layer of size bytes
+// and returns the layer's digest.
+func signedLayer(t *testing.T, w *world, seed string, size int64) v1.Hash {
+	t.Helper()
+	w.initRepo(t, gun, w.alice)
+	img := testenv.Image(t, seed, 1, size)
+	w.Registry.Push(t, "library/app", "v1", img)
+	w.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
+	return firstLayer(t, img)
+}
+
+// wantNoCompleteWrongBlob fetches layer from r and fails t if a whole
+// 200 response arrives whose body is not the layer.
+func wantNoCompleteWrongBlob(t *testing.T, r *instance, layer v1.Hash) {
+	t.Helper()
+	resp, err := http.Get(r.srv.URL + "/v2/library/app/blobs/" + layer.String())
+	if err != nil {
+		return
+	}
+	body, rerr := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == 200 && rerr == nil && digest.FromBytes(body).String() != layer.String() {
+		t.Fatalf("a complete 200 response of %d bytes that is not the layer", len(body))
+	}
+}
+
+// A holder whose fill fails before it starts (the upstream lies about the
+// length) must not make its peers answer an empty 200.
+func TestPeerOfAFailedFillAnswersNoEmptyBlob(t *testing.T) {
+	w := newWorld(t)
+	layer := signedLayer(t, w, "x", 1<<20)
+	up := upstreamFront(t, w, layer.String(), 1500*time.Millisecond, func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Length", "5")
+		_, _ = rw.Write([]byte("hello"))
+	})
+	a, b := twoReplicas(t, w, up.URL, func(own string) string { return own })
+	go func() { _, _, _ = a.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String()) }()
+	time.Sleep(300 * time.Millisecond)
+	wantNoCompleteWrongBlob(t, b, layer)
+}
+
+// What a peer sends is checked like an upstream's: bytes that are not the
+// layer (a wrong replica_url, or someone on the path between pods) are
+// never a complete response.
+func TestPeerBytesVerified(t *testing.T) {
+	w := newWorld(t)
+	layer := signedLayer(t, w, "y", 1<<20)
+	up := upstreamFront(t, w, layer.String(), 1500*time.Millisecond, nil)
+	liar := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		_, _ = rw.Write([]byte("attacker-chosen bytes, not the layer"))
+	}))
+	t.Cleanup(liar.Close)
+	a, b := twoReplicas(t, w, up.URL, func(string) string { return liar.URL })
+	go func() { _, _, _ = a.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String()) }()
+	time.Sleep(300 * time.Millisecond)
+	wantNoCompleteWrongBlob(t, b, layer)
+}
+
+// A replica that cannot reach the Notary server and has no cache of its own
+// does not deny the others, which can serve from their cached trust data.
+func TestFreshReplicaRefusalDoesNotDenyOthers(t *testing.T) {
+	w := newWorld(t)
+	redis := testenv.StartRedis(t, "")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	storage := t.TempDir()
+	a := w.replica(t, t.TempDir(), storage, redis.Addr(), "")
+	a.mustPull(t, "library/app:v1")
+	w.Notary.SetDown(true)
+	if status, _, body := a.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
+		t.Fatalf("A with the Notary server down: %d %s", status, body)
+	}
+	b := w.replica(t, t.TempDir(), storage, redis.Addr(), "")
+	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, trust.TrustUnavailable)
+	if status, _, body := a.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
+		t.Fatalf("A after B's refusal: %d %s", status, body)
+	}
+}
+
+// A root written to Redis is never a replica's trusted root: a replica
+// pointed at a hostile Notary server still refuses its root, whatever
+// Redis says.
+func TestRootOnRedisIsNotTrusted(t *testing.T) {
+	w := newWorld(t)
+	rs := testenv.StartRedis(t, "")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	storage := t.TempDir()
+	noSigners := func(cfg string) string { return strings.Replace(cfg, "      signers: [alice]\n", "", 1) }
+	shared := "storage: {filesystem: {rootdirectory: " + storage + "}}\nredis: {addrs: [" + rs.Addr() + "]}\n"
+	a := start(t, noSigners(w.config(t, t.TempDir(), shared)))
+	a.mustPull(t, "library/app:v1")
+
+	evil := newWorld(t)
+	evil.Notary.Init(t, gun)
+	img := testenv.Image(t, "evil", 1, 1024)
+	w.Registry.Push(t, "library/app", "evil", img)
+	evil.Notary.SignImage(t, gun, "evil", img, testenv.Targets)
+	hostile := func() string {
+		c := noSigners(w.config(t, t.TempDir(), shared))
+		c = strings.Replace(c, w.Notary.URL(), evil.Notary.URL(), 1)
+		return strings.Replace(c, w.Notary.CAFile(), evil.Notary.CAFile(), 1)
+	}
+	ctx := context.Background()
+	rdb := goredis.NewClient(&goredis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	keys, err := rdb.Keys(ctx, "*tuf:*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("keys %v %v", keys, err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: evil.Notary.CAPool()}}}
+	resp, err := hc.Get(evil.Notary.URL() + "/v2/" + gun + "/_trust/tuf/root.json")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the hostile root: %v %v", err, resp)
+	}
+	evilRoot, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, k := range keys {
+		if strings.HasSuffix(k, ":root") {
+			rdb.HSet(ctx, k, "blob", evilRoot, "version", "999")
+		} else {
+			rdb.Del(ctx, k)
+		}
+	}
+	b := start(t, hostile())
+	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/evil")
+	if status == http.StatusOK {
+		t.Fatalf("served a manifest signed under a root that is not the pinned one: %.200s", body)
 	}
 }

@@ -12,11 +12,14 @@ import (
 	"github.com/trustproxy/trustproxy/internal/cache"
 )
 
-// sharedRefusals keeps repository refusals on Redis for trust.refusal_ttl,
-// so a flood of requests for made-up or unsigned names spread over the
-// replicas asks the Notary server once per name per TTL, not once per
-// replica. Only refusals are shared: a refusal read from Redis can deny,
-// never admit. Verified trust views are not shared; each replica verifies
+// sharedRefusals keeps "no trust data" refusals on Redis for
+// trust.refusal_ttl, so a flood of requests for made-up or unsigned names
+// spread over the replicas asks the Notary server once per name per TTL,
+// not once per replica. Only that refusal is shared: it is what the Notary
+// server said, the same for every replica, where an unreachable server, a
+// replica's own cache or its pinning state are that replica's (one fresh
+// replica refusing as trust_unavailable must not deny the others their
+// cached trust data). A refusal read from Redis can deny, never admit. Verified trust views are not shared; each replica verifies
 // its own (one TUF refresh per repository per refresh_ttl), so that
 // nothing written to Redis can make a replica serve what it did not verify.
 type sharedRefusals struct {
@@ -47,7 +50,7 @@ func (s *sharedRefusals) get(gun string) *RefusalError {
 		return nil
 	}
 	var r sharedRefusal
-	if json.Unmarshal(b, &r) != nil || r.Reason == "" {
+	if json.Unmarshal(b, &r) != nil || r.Reason != NoTrustData {
 		return nil
 	}
 	return &RefusalError{GUN: gun, Reason: r.Reason, Detail: r.Detail + " (refused by another replica within trust.refusal_ttl)"}
@@ -55,7 +58,7 @@ func (s *sharedRefusals) get(gun string) *RefusalError {
 
 // put stores rerr for ttl; a nil rerr removes what is stored.
 func (s *sharedRefusals) put(gun string, rerr *RefusalError, ttl time.Duration) {
-	if s == nil || s.health.Skip() {
+	if s == nil || s.health.Skip() || (rerr != nil && rerr.Reason != NoTrustData) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
