@@ -32,23 +32,17 @@ type Redis struct {
 // stopped at t.Cleanup.
 func StartRedis(t testing.TB, password string) *Redis {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		t.Fatalf("redis-server not found (install it: apt-get install -y redis-server): %v", err)
-	}
-	addr, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &Redis{t: t, bin: bin, dir: t.TempDir(), addr: addr, password: password}
-	r.Start()
-	t.Cleanup(r.Stop)
-	return r
+	return startRedis(t, password, false)
 }
 
 // StartRedisTLS is StartRedis serving TLS only, with a certificate for
 // 127.0.0.1 from a CA of its own (CAFile).
 func StartRedisTLS(t testing.TB, password string) *Redis {
+	t.Helper()
+	return startRedis(t, password, true)
+}
+
+func startRedis(t testing.TB, password string, withTLS bool) *Redis {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -58,8 +52,10 @@ func StartRedisTLS(t testing.TB, password string) *Redis {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	r := &Redis{t: t, bin: bin, dir: dir, addr: addr, password: password, ca: newTestCA(t, dir)}
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), addr: addr, password: password}
+	if withTLS {
+		r.ca = newTestCA(t, r.dir)
+	}
 	r.Start()
 	t.Cleanup(r.Stop)
 	return r
