@@ -279,9 +279,18 @@ type Redis struct {
 	// others streaming the fill from this one. Without it each replica
 	// fetches cold blobs itself.
 	ReplicaURL string `yaml:"replica_url"`
+	// StateKeyFile holds a secret of at least 32 characters, the same for
+	// every replica (from the Secret, not from Redis): it signs the
+	// verified trust views the replicas share on Redis, so that a replica
+	// reuses another's verification within trust.refresh_ttl and nothing
+	// else written to Redis passes as one. Without it every replica
+	// verifies each repository itself.
+	StateKeyFile string `yaml:"state_key_file"`
 
 	// Password is PasswordFile's content, read by Load.
 	Password string `yaml:"-"`
+	// StateKey is StateKeyFile's content, read by Load.
+	StateKey string `yaml:"-"`
 }
 
 // RedisTLS turns on TLS to Redis.

@@ -355,6 +355,12 @@ func TestErrors(t *testing.T) {
 			yaml: "redis:\n  addrs: [redis.internal, 'r:x']\n  db: -1\n  key_prefix: '{tp}'\n  password_file: nope\n",
 			want: []string{"redis.addrs[0]: ", "redis.addrs[1]: port \"x\"", "redis.db: must be 0 or more", "redis.key_prefix: ", "redis.password_file: file "},
 		},
+		{
+			name:  "short redis state key",
+			yaml:  "redis:\n  addrs: [127.0.0.1:6379]\n  state_key_file: key\n",
+			files: map[string][]byte{"key": []byte("too short\n")},
+			want:  []string{"redis.state_key_file: the key is 9 characters"},
+		},
 		{name: "redis settings without addrs", yaml: "redis:\n  master_name: mymaster\n", want: []string{"redis.addrs: required"}},
 		{name: "shutdown timeout negative", yaml: "limits:\n  shutdown_timeout: -1s\n", want: []string{"limits.shutdown_timeout: must be positive"}},
 		{name: "notary url without host", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https:///path\n", want: []string{"upstreams[0].notary.url: ", "no host"}},

@@ -145,6 +145,7 @@ func (c *Config) resolve(dir string) {
 	}
 	abs(&c.Scan.ReportTokenFile)
 	abs(&c.Redis.PasswordFile)
+	abs(&c.Redis.StateKeyFile)
 	abs(&c.Redis.TLS.CAFile)
 	for i := range c.Scan.Scanners {
 		abs(&c.Scan.Scanners[i].CAFile)

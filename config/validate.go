@@ -383,6 +383,19 @@ func (c *Config) validateRedis(p *problems) {
 			p.addf("redis.tls.ca_file", "%v", err)
 		}
 	}
+	r.StateKey = ""
+	if r.StateKeyFile != "" {
+		v, err := readSecret(r.StateKeyFile)
+		switch {
+		case err != nil:
+			p.addf("redis.state_key_file", "%v", err)
+		case len(v) < 32:
+			p.addf("redis.state_key_file", "the key is %d characters; use at least 32 random ones", len(v))
+		case !r.Enabled():
+			p.addf("redis.state_key_file", "needs redis.addrs")
+		}
+		r.StateKey = v
+	}
 	if strings.ContainsAny(r.KeyPrefix, "{} ") {
 		p.addf("redis.key_prefix", "%q: braces and spaces are not allowed (trustproxy adds its own hash tags)", r.KeyPrefix)
 	}

@@ -131,12 +131,19 @@ func TestManifests(t *testing.T) {
 		t.Errorf("terminationGracePeriodSeconds %v is not longer than shutdown_timeout %s", g, shutdown)
 	}
 	// Every file the configuration names under the secrets mount is a key of the Secret.
-	for _, f := range []string{cfg.Upstreams[0].Notary.CAFile, cfg.Trust.Signers[0].PublicKey, cfg.Redis.PasswordFile, cfg.Scan.ReportTokenFile,
+	for _, f := range []string{cfg.Upstreams[0].Notary.CAFile, cfg.Trust.Signers[0].PublicKey, cfg.Redis.PasswordFile, cfg.Redis.StateKeyFile, cfg.Scan.ReportTokenFile,
 		cfg.Trust.Pinning.CA["docker.io/"]} {
 		key, ok := strings.CutPrefix(f, "/etc/trustproxy/secrets/")
 		if _, present := secret.StringData[key]; !ok || !present {
 			t.Errorf("the configuration names %s, which the Secret does not hold", f)
 		}
+	}
+	env := map[string]string{}
+	for _, e := range c.Env {
+		env[e.Name] = e.Value
+	}
+	if env["TRUSTPROXY_REPLICA_URL"] != "http://$(POD_IP):5000" {
+		t.Errorf("TRUSTPROXY_REPLICA_URL %q: want the pod's own address on the registry port", env["TRUSTPROXY_REPLICA_URL"])
 	}
 	for _, e := range c.Env {
 		if r := e.ValueFrom; r != nil && r.SecretKeyRef != nil {

@@ -60,7 +60,11 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if rdb != nil {
 		health = cache.NewRedisHealth(log.With("component", "proxy"), nil)
 		health.Failed(rdb.Ping(ctx).Err())
-		v.Share(rdb, cfg.Redis.KeyPrefix, health)
+		var stateKey []byte
+		if cfg.Redis.StateKey != "" {
+			stateKey = []byte(cfg.Redis.StateKey)
+		}
+		v.Share(rdb, cfg.Redis.KeyPrefix, health, stateKey)
 	}
 	gate, err := newGate(ctx, cfg, rdb, health, log, reg)
 	if err != nil {

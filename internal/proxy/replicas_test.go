@@ -506,3 +506,35 @@ func TestRootOnRedisIsNotTrusted(t *testing.T) {
 		t.Fatalf("served a manifest signed under a root that is not the pinned one: %.200s", body)
 	}
 }
+
+// TestVerdictsSharedWithStateKey: with a state key, a replica reuses the
+// trust view another verified (no Notary request of its own); a replica
+// with another key does not take it, and verifies itself.
+func TestVerdictsSharedWithStateKey(t *testing.T) {
+	w := newWorld(t)
+	redis := testenv.StartRedis(t, "")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	storage := t.TempDir()
+	replica := func(key string) *instance {
+		file := t.TempDir() + "/state-key"
+		if err := os.WriteFile(file, []byte(key+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s], state_key_file: %s}\n", storage, redis.Addr(), file)
+		return start(t, w.config(t, t.TempDir(), extra))
+	}
+	const key = "0123456789abcdef0123456789abcdef-state"
+	a, b := replica(key), replica(key)
+	a.mustPull(t, "library/app:v1")
+	asked := w.Notary.Requests("")
+	b.mustPull(t, "library/app:v1")
+	if n := w.Notary.Requests("") - asked; n != 0 {
+		t.Fatalf("replica B asked the Notary server %d times for a view A verified, want 0", n)
+	}
+	other := replica("another key, not the replicas' one, 32+ chars")
+	other.mustPull(t, "library/app:v1")
+	if n := w.Notary.Requests("") - asked; n == 0 {
+		t.Fatal("a replica with another state key took the shared view instead of verifying")
+	}
+}

@@ -2,6 +2,8 @@ package trust
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -44,7 +46,7 @@ type Verifier struct {
 	snaps      *lru.Cache[string, cached]
 	refusals   *lru.Cache[string, refused] // recent repository refusals, by GUN
 	refusalTTL time.Duration
-	shared     *sharedRefusals // nil: refusals stay in this process
+	shared     *sharedState // nil: refusals stay in this process
 	tofuWarned *lru.Cache[string, struct{}]
 
 	refreshes *prometheus.CounterVec
@@ -148,12 +150,13 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	return v, nil
 }
 
-// Share keeps the trust metadata floor (cache.MetadataStore.Share) and the
-// repository refusals on Redis as well, shared by every replica. Call it
-// before the first Snapshot.
-func (v *Verifier) Share(rdb redis.UniversalClient, prefix string, health *cache.RedisHealth) {
+// Share keeps the trust metadata floor (cache.MetadataStore.Share), "no
+// trust data" refusals and, with a state key, verified trust views signed
+// with it on Redis as well, shared by every replica. Call it before the
+// first Snapshot.
+func (v *Verifier) Share(rdb redis.UniversalClient, prefix string, health *cache.RedisHealth, stateKey []byte) {
 	v.meta.Share(rdb, prefix, health)
-	v.shared = &sharedRefusals{rdb: rdb, prefix: prefix, health: health}
+	v.shared = &sharedState{rdb: rdb, prefix: prefix, health: health, stateKey: stateKey}
 }
 
 // Snapshot returns the verified view of gun (e.g. docker.io/library/app),
@@ -180,6 +183,10 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*S
 	}
 	if rerr := v.shared.get(gun); rerr != nil {
 		return nil, rerr
+	}
+	if snap, until := v.shared.verdict(gun, v.policyStamp(gun, r)); snap != nil {
+		v.snaps.Add(gun, cached{snap: snap, until: until})
+		return snap, nil
 	}
 	// The refresh outlives a caller that gives up: others may be waiting on it,
 	// and each of its requests is bounded by limits.upstream_timeout.
@@ -250,6 +257,7 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 		until = earliest(until, snap.Refreshed.Add(r.MaxStaleness))
 	}
 	v.snaps.Add(gun, cached{snap: snap, until: until})
+	v.shared.putVerdict(snap, v.policyStamp(gun, r), until)
 	return snap, nil
 }
 
@@ -420,6 +428,22 @@ func fileDigest(path string) string {
 		return "unreadable: " + err.Error()
 	}
 	return digest.FromBytes(b).String()
+}
+
+// policyStamp names everything a verdict on gun depends on besides the
+// trust data: the rule's pattern, roles and signers (their keys), trust on
+// first use, max_staleness and the pins. A verdict is shared only between
+// replicas whose stamps agree (a rollout changing the policy shares none).
+func (v *Verifier) policyStamp(gun string, r *config.Rule) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%q\n%t\n%s\n%s\n", r.Repositories, r.Roles, r.TOFU, r.MaxStaleness, pinStamp(v.pinning, gun, r.TOFU))
+	for _, s := range r.TrustedSigners {
+		fmt.Fprintf(h, "signer %q %q\n", s.Name, s.KeyIDs)
+		for _, k := range s.Keys {
+			fmt.Fprintf(h, "key %x\n", k)
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // pinStamp describes what decides gun's root: its pins and whether trust on
