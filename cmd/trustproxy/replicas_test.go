@@ -240,3 +240,112 @@ trust:
 		}
 	}
 }
+
+// TestColdBlobFetchedOnceAcrossReplicaProcesses: three trustproxy
+// processes share Redis and a storage directory; 30 concurrent requests
+// for one cold 8 MiB layer, spread over them: the upstream serves it once,
+// every client gets the layer, and every client gets its first bytes
+// before any client has the whole layer (the last bytes wait for the
+// digest): the replicas that do not hold the fill stream it from the one
+// that does.
+func TestColdBlobFetchedOnceAcrossReplicaProcesses(t *testing.T) {
+	bin := buildTrustproxy(t)
+	env := testenv.New(t)
+	redis := testenv.StartRedis(t, "")
+	const gun, repo = "docker.io/library/app", "library/app"
+	alice := testenv.NewKey(t, "alice")
+	root := env.Notary.Init(t, gun)
+	env.Notary.AddDelegation(t, gun, testenv.Releases, alice)
+	img := testenv.Image(t, "large", 1, 8<<20)
+	env.Registry.Push(t, repo, "v1", img)
+	env.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
+	layers, _ := img.Layers()
+	layer, _ := layers[0].Digest()
+	slow := testenv.Throttle(t, env.Registry.Host(), 4<<20) // about 2s for the layer
+	storage := t.TempDir()
+	var replicas []*replica
+	for range 3 {
+		dataDir := t.TempDir()
+		replicas = append(replicas, startReplicaProcess(t, bin, dataDir, func(addr, url string) string {
+			return fmt.Sprintf(`listen: %s
+data_dir: %s
+storage: {filesystem: {rootdirectory: %s}}
+redis: {addrs: [%s], replica_url: %s}
+upstreams:
+  - name: docker.io
+    url: %s
+    notary: {url: %s, ca_file: %s}
+trust:
+  pinning: {certs: {%s: [%s]}}
+  signers: [{name: alice, public_key: %s}]
+  rules: [{repositories: "docker.io/**", signers: [alice]}]
+`, addr, dataDir, storage, redis.Addr(), url, slow.URL(), env.Notary.URL(), env.Notary.CAFile(), gun, root, alice.CertFile)
+		}))
+	}
+	for _, r := range replicas {
+		resp, err := http.Get(r.url + "/v2/" + repo + "/manifests/v1")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("manifest from %s: %v %v", r.url, resp, err)
+		}
+		resp.Body.Close()
+	}
+	type result struct {
+		replica      int
+		first, whole time.Duration
+		err          error
+	}
+	start := time.Now()
+	results := make(chan result, 30)
+	for i := range 30 {
+		go func() {
+			r := result{replica: i % 3}
+			defer func() { results <- r }()
+			resp, err := http.Get(replicas[r.replica].url + "/v2/" + repo + "/blobs/" + layer.String())
+			if err != nil {
+				r.err = err
+				return
+			}
+			defer resp.Body.Close()
+			h := sha256.New()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := resp.Body.Read(buf)
+				if n > 0 && r.first == 0 {
+					r.first = time.Since(start)
+				}
+				h.Write(buf[:n])
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					r.err = err
+					return
+				}
+			}
+			r.whole = time.Since(start)
+			if sum := "sha256:" + hex.EncodeToString(h.Sum(nil)); resp.StatusCode != 200 || sum != layer.String() {
+				r.err = fmt.Errorf("status %d, body hashes to %s", resp.StatusCode, sum)
+			}
+		}()
+	}
+	lastFirst, firstWhole := time.Duration(0), time.Hour
+	perReplica := map[int]time.Duration{}
+	for range 30 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("replica %d: %v", r.replica, r.err)
+		}
+		lastFirst, firstWhole = max(lastFirst, r.first), min(firstWhole, r.whole)
+		if f, ok := perReplica[r.replica]; !ok || r.first < f {
+			perReplica[r.replica] = r.first
+		}
+	}
+	if n := env.Registry.BlobGets(layer); n != 1 {
+		t.Fatalf("the upstream served the layer %d times to 30 clients on 3 replicas, want 1", n)
+	}
+	t.Logf("upstream GETs of the layer: 1; first byte per replica %v; the last client's first byte at %s, the first whole layer at %s",
+		perReplica, lastFirst, firstWhole)
+	if lastFirst >= firstWhole {
+		t.Fatalf("a client got its first byte at %s, after a client had the whole layer at %s: not streamed from the fill", lastFirst, firstWhole)
+	}
+}

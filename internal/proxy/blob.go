@@ -56,7 +56,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 		return nil
 	}
 	release, holder := s.fillLock(req)
-	if holder != "" {
+	for wait := peerWait; holder != ""; {
 		err := s.peers.stream(ctx, w, r, holder, req.gun, req.dgst, desc.Size)
 		if !errors.Is(err, errNoPeerFill) {
 			s.settleBlob(ctx, d, "peer", err)
@@ -65,12 +65,26 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 			}
 			return err
 		}
-		// The holder's fill has ended: the blob is in storage, or it failed.
+		// The holder has no fill of it: it has ended (the blob is in
+		// storage, or it failed), or it has not begun yet (the holder took
+		// the lock a moment ago). A holder that does not answer at all is
+		// not waited for.
 		if _, err := blobs.Stat(ctx, req.dgst); err == nil {
 			s.settleBlob(ctx, d, "cache", nil)
 			return blobs.ServeBlob(ctx, w, r, req.dgst)
 		}
-		s.log.Debug("no fill on the lock holder; fetching here", "repo", req.gun, "digest", req.dgst, "holder", holder, "err", err)
+		if errors.Is(err, errPeerUnreachable) || wait <= 0 {
+			s.log.Debug("no fill on the lock holder; fetching here", "repo", req.gun, "digest", req.dgst, "holder", holder, "err", err)
+			release, holder = nil, ""
+			break
+		}
+		select {
+		case <-time.After(peerRetry):
+			wait -= peerRetry
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		release, holder = s.fillLock(req)
 	}
 	f, spool, err := s.joinFill(req, blobs, desc, release)
 	if err != nil {

@@ -48,8 +48,20 @@ const (
 	peerTokenTTL = time.Minute
 )
 
-// errNoPeerFill says the holder has no fill of that blob (any more).
-var errNoPeerFill = errors.New("the replica holding the fill lock has no such fill")
+// errNoPeerFill says the holder has no fill of that blob (not yet, or not
+// any more); errPeerUnreachable, which wraps it, that the holder did not
+// answer at all (it may have died).
+var (
+	errNoPeerFill      = errors.New("the replica holding the fill lock has no such fill")
+	errPeerUnreachable = fmt.Errorf("%w: it does not answer", errNoPeerFill)
+)
+
+// peerWait bounds how long a replica waits for a live holder's fill to
+// begin, asking again every peerRetry, before it fetches the blob itself.
+const (
+	peerWait  = 2 * time.Second
+	peerRetry = 50 * time.Millisecond
+)
 
 func (p *peers) lockKey(gun string, d digest.Digest) string {
 	return p.prefix + "fill:" + gun + "@" + d.String()
@@ -136,7 +148,7 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	req.Header.Set("Authorization", "Bearer "+p.token(gun, d, exp))
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errNoPeerFill, err)
+		return fmt.Errorf("%w: %v", errPeerUnreachable, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
