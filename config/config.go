@@ -296,7 +296,7 @@ type Redis struct {
 // RedisTLS turns on TLS to Redis.
 type RedisTLS struct {
 	CAFile     string `yaml:"ca_file"`
-	ServerName string `yaml:"server_name"` // default: the host of each address
+	ServerName string `yaml:"server_name"` // default: the host of the first address
 }
 
 // Enabled says whether a Redis is configured.

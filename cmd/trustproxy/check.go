@@ -57,6 +57,7 @@ func check(ctx context.Context, cfg *config.Config, image string, rescan bool, s
 	if err != nil {
 		return err
 	}
+	defer p.Close(context.WithoutCancel(ctx))
 	d, err := p.Check(ctx, image, rescan)
 	if err != nil {
 		return err

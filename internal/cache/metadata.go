@@ -47,7 +47,7 @@ type MetadataStore struct {
 // write that would lower Redis's version is refused. health says when to
 // leave Redis alone.
 func (m *MetadataStore) Share(rdb redis.UniversalClient, prefix string, health *RedisHealth) {
-	m.shared = &sharedFloor{rdb: rdb, prefix: prefix, health: health, log: m.log}
+	m.shared = &sharedFloor{rdb: rdb, prefix: prefix, health: health}
 }
 
 // NewMetadataStore returns the store rooted at dir, creating dir if needed.
@@ -234,7 +234,7 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 	if s.shared == nil || (err != nil && !errors.As(err, new(storage.ErrMetaNotFound))) {
 		return b, err
 	}
-	sb, _ := s.shared.get(s.gun, name)
+	sb := s.shared.get(s.gun, name)
 	sv := -1
 	if sb != nil {
 		v, serr := Version(sb)
@@ -247,7 +247,7 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 	}
 	if err == nil {
 		if v, _ := Version(b); v > sv {
-			_ = s.shared.set(s.gun, s.pinning, map[string][]byte{name: b}, map[string]int{name: v})
+			_ = s.shared.set(s.gun, map[string][]byte{name: b}, map[string]int{name: v})
 			return b, nil
 		} else if v == sv || name == "root" {
 			return b, nil
@@ -340,7 +340,7 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 		}
 	}
 	if s.shared != nil {
-		if err := s.shared.set(s.gun, s.pinning, metas, versions); err != nil {
+		if err := s.shared.set(s.gun, metas, versions); err != nil {
 			return err
 		}
 	}

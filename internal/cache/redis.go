@@ -51,6 +51,29 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 	return redis.NewUniversalClient(opts), nil
 }
 
+// RedisTimeout bounds one call to Redis.
+const RedisTimeout = 2 * time.Second
+
+// SharedSecret returns the secret every replica uses under key: the one
+// stored there on Redis, or, when there is none yet, local, which is
+// stored there first. A replica that starts while Redis is down keeps its
+// own.
+func SharedSecret(ctx context.Context, rdb redis.UniversalClient, key string, local []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, RedisTimeout)
+	defer cancel()
+	if err := rdb.SetNX(ctx, key, local, 0).Err(); err != nil {
+		return nil, err
+	}
+	b, err := rdb.Get(ctx, key).Bytes()
+	if err != nil {
+		return nil, err
+	}
+	if len(b) < 32 {
+		return nil, fmt.Errorf("the secret on redis at %s is %d bytes, want 32: delete it", key, len(b))
+	}
+	return b, nil
+}
+
 // RedisHealth tracks whether Redis answers, for everything that keeps
 // state there. After a failure Redis is not asked again for redisRetry:
 // requests meanwhile go on with the replica's own state instead of each
@@ -62,10 +85,9 @@ type RedisHealth struct {
 	onChange func(degraded bool)
 }
 
-// NewRedisHealth returns a RedisHealth that logs changes to log and tells
-// onChange (if not nil) when Redis goes (true) and comes back (false).
-func NewRedisHealth(log *slog.Logger, onChange func(degraded bool)) *RedisHealth {
-	return &RedisHealth{log: log, onChange: onChange}
+// NewRedisHealth returns a RedisHealth that logs changes to log.
+func NewRedisHealth(log *slog.Logger) *RedisHealth {
+	return &RedisHealth{log: log}
 }
 
 // redisRetry is how long Redis is left alone after it failed.
@@ -97,7 +119,7 @@ func (h *RedisHealth) Failed(err error) bool {
 }
 
 // Watch makes onChange hear when Redis goes (true) and comes back (false),
-// and tells it the state now. Call it before the health is shared.
+// and tells it the state now. Call it before requests are served.
 func (h *RedisHealth) Watch(onChange func(degraded bool)) {
 	h.onChange = onChange
 	onChange(h.degraded.Load())
@@ -119,7 +141,6 @@ type sharedFloor struct {
 	rdb    redis.UniversalClient
 	prefix string
 	health *RedisHealth
-	log    *slog.Logger
 }
 
 // setIfNotOlder stores every role unless one of them is older than what
@@ -128,12 +149,12 @@ type sharedFloor struct {
 var setIfNotOlder = redis.NewScript(`
 for i, k in ipairs(KEYS) do
   local v = redis.call('HGET', k, 'version')
-  if v and tonumber(v) > tonumber(ARGV[3*i-2]) then
+  if v and tonumber(v) > tonumber(ARGV[2*i-1]) then
     return {i, tonumber(v)}
   end
 end
 for i, k in ipairs(KEYS) do
-  redis.call('HSET', k, 'version', ARGV[3*i-2], 'blob', ARGV[3*i-1], 'pinning', ARGV[3*i])
+  redis.call('HSET', k, 'version', ARGV[2*i-1], 'blob', ARGV[2*i])
 end
 return {0, 0}
 `)
@@ -144,41 +165,37 @@ func (f *sharedFloor) key(gun, name string) string {
 	return f.prefix + "tuf:{" + hex.EncodeToString(sum[:16]) + "}:" + escapeRole(name)
 }
 
-// get returns the shared metadata of role name of gun and the pinning it
-// was accepted under, or nil when Redis has none or cannot be reached.
-func (f *sharedFloor) get(gun, name string) ([]byte, string) {
+// get returns the shared metadata of role name of gun, or nil when Redis
+// has none or cannot be reached.
+func (f *sharedFloor) get(gun, name string) []byte {
 	if f.health.Skip() {
-		return nil, ""
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
 	defer cancel()
 	m, err := f.rdb.HGetAll(ctx, f.key(gun, name)).Result()
 	if f.health.Failed(err) || len(m) == 0 {
-		return nil, ""
+		return nil
 	}
-	return []byte(m["blob"]), m["pinning"]
+	return []byte(m["blob"])
 }
 
-// set stores metas (role → metadata, versions parsed) under gun's pinning.
+// set stores metas (role → metadata, versions parsed) of gun.
 // It returns a *RollbackError when a role is older on Redis; nil when
 // stored, or when Redis cannot be reached (the disk floor stands alone).
-func (f *sharedFloor) set(gun, pinning string, metas map[string][]byte, versions map[string]int) error {
+func (f *sharedFloor) set(gun string, metas map[string][]byte, versions map[string]int) error {
 	var keys []string
 	var names []string
 	var args []any
 	for name, blob := range metas {
 		keys = append(keys, f.key(gun, name))
 		names = append(names, name)
-		p := ""
-		if name == "root" {
-			p = pinning
-		}
-		args = append(args, strconv.Itoa(versions[name]), blob, p)
+		args = append(args, strconv.Itoa(versions[name]), blob)
 	}
 	if f.health.Skip() {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
 	defer cancel()
 	res, err := setIfNotOlder.Run(ctx, f.rdb, keys, args...).Int64Slice()
 	if f.health.Failed(err) {

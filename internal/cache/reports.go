@@ -86,7 +86,7 @@ func (s *sharedReports) get(d digest.Digest) *StoredReport {
 	if s.health.Skip() {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
 	defer cancel()
 	b, err := s.rdb.Get(ctx, s.prefix+"scan:report:"+d.String()).Bytes()
 	if s.health.Failed(err) || err != nil {
@@ -144,7 +144,7 @@ func (s *ReportStore) Put(r *StoredReport) error {
 		return fmt.Errorf("the scan report of %s is %d bytes stored, over %d", r.Digest, buf.Len(), maxStoredReport)
 	}
 	if sh := s.shared; sh != nil && !sh.health.Skip() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
 		defer cancel()
 		sh.health.Failed(sh.rdb.Set(ctx, sh.prefix+"scan:report:"+r.Digest.String(), buf.Bytes(), sharedReportTTL).Err())
 	}

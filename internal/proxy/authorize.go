@@ -78,22 +78,29 @@ func (s *Server) authorize(ctx context.Context, req *request, snap *trust.Snapsh
 // lookup finds dgst in the index as a signed target of snap or under one.
 // Each recorded manifest is considered once, so the work is bounded by the
 // index, however its manifests list one another.
+// With a shared index, what this replica recorded itself is looked at
+// first: a warm replica answers without asking Redis.
 func (s *Server) lookup(snap *trust.Snapshot, dgst digest.Digest) (v1.Descriptor, bool) {
 	if ts := snap.ByDigest(dgst); len(ts) > 0 {
 		return v1.Descriptor{Digest: dgst, Size: ts[0].Size}, true
 	}
-	return s.lookupUnder(snap, dgst, 0, map[digest.Digest]int{})
+	if shared, ok := s.index.(*sharedIndex); ok {
+		if d, ok := lookupUnder(shared.memIndex, snap, dgst, 0, map[digest.Digest]int{}); ok {
+			return d, true
+		}
+	}
+	return lookupUnder(s.index, snap, dgst, 0, map[digest.Digest]int{})
 }
 
 // lookupUnder looks for a parent of dgst that is a signed target of snap,
 // or a manifest under one, at most maxIndexDepth levels up. tried holds the
 // manifests already tried, with the depth they were tried at: one tried
 // at a depth as low or lower failed then and fails now.
-func (s *Server) lookupUnder(snap *trust.Snapshot, dgst digest.Digest, depth int, tried map[digest.Digest]int) (v1.Descriptor, bool) {
+func lookupUnder(index refIndex, snap *trust.Snapshot, dgst digest.Digest, depth int, tried map[digest.Digest]int) (v1.Descriptor, bool) {
 	if depth > maxIndexDepth {
 		return v1.Descriptor{}, false
 	}
-	for _, p := range s.index.parents(dgst) {
+	for _, p := range index.parents(dgst) {
 		if len(snap.ByDigest(p)) == 0 {
 			if at, ok := tried[p]; ok && at <= depth+1 {
 				continue
@@ -101,11 +108,11 @@ func (s *Server) lookupUnder(snap *trust.Snapshot, dgst digest.Digest, depth int
 			tried[p] = depth + 1
 			// p must be a manifest where it is listed, not a layer whose
 			// bytes happen to be recorded as a manifest elsewhere.
-			if d, ok := s.lookupUnder(snap, p, depth+1, tried); !ok || !isManifestType(d.MediaType) {
+			if d, ok := lookupUnder(index, snap, p, depth+1, tried); !ok || !isManifestType(d.MediaType) {
 				continue
 			}
 		}
-		children, _ := s.index.children(p)
+		children, _ := index.children(p)
 		if i := slices.IndexFunc(children, func(c v1.Descriptor) bool { return c.Digest == dgst }); i >= 0 {
 			return children[i], true
 		}

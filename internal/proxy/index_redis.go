@@ -36,9 +36,6 @@ type sharedIndex struct {
 // written.
 const sharedIndexTTL = 30 * 24 * time.Hour
 
-// redisTimeout bounds one index operation on Redis.
-const redisTimeout = 2 * time.Second
-
 type sharedChild struct {
 	Digest    digest.Digest `json:"d"`
 	Size      int64         `json:"s"`
@@ -59,7 +56,7 @@ func (x *sharedIndex) record(m digest.Digest, children []v1.Descriptor) {
 	if x.health.Skip() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
 	_, err := x.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, x.prefix+"refs:"+m.String(), b, sharedIndexTTL)
@@ -82,7 +79,7 @@ func (x *sharedIndex) children(m digest.Digest) ([]v1.Descriptor, bool) {
 	if x.health.Skip() {
 		return nil, false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
 	b, err := x.rdb.Get(ctx, x.prefix+"refs:"+m.String()).Bytes()
 	if x.health.Failed(err) || err != nil {
@@ -109,7 +106,7 @@ func (x *sharedIndex) parents(d digest.Digest) []digest.Digest {
 	if x.health.Skip() {
 		return out
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
 	shared, err := x.rdb.SMembers(ctx, x.prefix+"parents:"+d.String()).Result()
 	if x.health.Failed(err) {

@@ -23,7 +23,7 @@ func TestSharedIndex(t *testing.T) {
 		}
 		t.Cleanup(func() { rdb.Close() })
 		log := slog.New(slog.DiscardHandler)
-		return &sharedIndex{memIndex: newMemIndex(), rdb: rdb, prefix: "test:", health: cache.NewRedisHealth(log, nil), log: log}
+		return &sharedIndex{memIndex: newMemIndex(), rdb: rdb, prefix: "test:", health: cache.NewRedisHealth(log), log: log}
 	}
 	a, b := newIndex(), newIndex()
 	m, layer := digest.FromString("manifest"), digest.FromString("layer")

@@ -58,7 +58,7 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	}
 	var health *cache.RedisHealth
 	if rdb != nil {
-		health = cache.NewRedisHealth(log.With("component", "proxy"), nil)
+		health = cache.NewRedisHealth(log.With("component", "proxy"))
 		health.Failed(rdb.Ping(ctx).Err())
 		var stateKey []byte
 		if cfg.Redis.StateKey != "" {
@@ -81,11 +81,11 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 		if u := strings.TrimSuffix(cfg.Redis.ReplicaURL, "/"); u != "" {
 			local := make([]byte, 32)
 			_, _ = rand.Read(local)
-			key, err := scan.SharedKey(ctx, rdb, cfg.Redis.KeyPrefix+"peer-key", local)
+			key, err := cache.SharedSecret(ctx, rdb, cfg.Redis.KeyPrefix+"peer-key", local)
 			if err != nil {
 				s.log.Warn("cannot share the replicas' key on redis: this replica fetches cold blobs itself", "err", err)
 			} else {
-				s.peers = &peers{rdb: rdb, prefix: cfg.Redis.KeyPrefix, self: u, key: key, health: health, log: s.log,
+				s.peers = &peers{rdb: rdb, prefix: cfg.Redis.KeyPrefix, self: u, key: key, health: health,
 					client: &http.Client{Timeout: 0, Transport: peerTransport()}}
 			}
 		}
@@ -112,7 +112,7 @@ func newGate(ctx context.Context, cfg *config.Config, rdb redis.UniversalClient,
 	}
 	if rdb != nil {
 		store.Share(rdb, cfg.Redis.KeyPrefix, health)
-		if shared, err := scan.SharedKey(ctx, rdb, cfg.Redis.KeyPrefix+"scan:credential-key", key); err == nil {
+		if shared, err := cache.SharedSecret(ctx, rdb, cfg.Redis.KeyPrefix+"scan:credential-key", key); err == nil {
 			key = shared
 		} else {
 			log.Warn("cannot share the scan credential key on redis: scanners must pull from this replica", "err", err)

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -38,7 +37,6 @@ type peers struct {
 	key    []byte
 	health *cache.RedisHealth
 	client *http.Client
-	log    *slog.Logger
 }
 
 const (
@@ -87,7 +85,7 @@ func (p *peers) acquire(gun string, d digest.Digest) (release func(), holder str
 	}
 	key := p.lockKey(gun, d)
 	owner := p.self + " " + uuid.NewString()
-	ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
 	ok, err := p.rdb.SetNX(ctx, key, owner, fillLockTTL).Result()
 	if p.health.Failed(err) {
@@ -110,7 +108,7 @@ func (p *peers) acquire(gun string, d digest.Digest) (release func(), holder str
 			case <-stop:
 				return
 			case <-t.C:
-				ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+				ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 				p.health.Failed(refreshIfOwner.Run(ctx, p.rdb, []string{key}, owner, fillLockTTL.Milliseconds()).Err())
 				cancel()
 			}
@@ -118,7 +116,7 @@ func (p *peers) acquire(gun string, d digest.Digest) (release func(), holder str
 	}()
 	return func() {
 		close(stop)
-		ctx, cancel := context.WithTimeout(context.Background(), redisTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 		defer cancel()
 		p.health.Failed(releaseIfOwner.Run(ctx, p.rdb, []string{key}, owner).Err())
 	}, ""

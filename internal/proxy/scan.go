@@ -98,18 +98,15 @@ func (s *Server) checkGrant(r *http.Request, req *request) error {
 // for: from the index, or else from the stored manifest (the index may have
 // forgotten it between the scanner's manifest pull and its layer pulls).
 func (s *Server) grantCovers(ctx context.Context, req *request, g scan.Grant) bool {
-	listed := func() bool {
-		children, _ := s.index.children(g.Digest)
+	listed := func(children []v1.Descriptor) bool {
 		return slices.ContainsFunc(children, func(c v1.Descriptor) bool { return c.Digest == req.dgst })
 	}
-	if listed() {
-		return true
-	}
-	if _, ok := s.index.children(g.Digest); ok {
-		return false
+	if children, ok := s.index.children(g.Digest); ok {
+		return listed(children)
 	}
 	_ = s.record(ctx, req, v1.Descriptor{Digest: g.Digest, Size: -1}, 0, map[digest.Digest]bool{})
-	return listed()
+	children, _ := s.index.children(g.Digest)
+	return listed(children)
 }
 
 // adminHandler serves the admin API: POST /admin/scan/reports/<digest>,

@@ -1,7 +1,6 @@
 package scan
 
 import (
-	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/redis/go-redis/v9"
 )
 
 // A Grant is what a scan credential allows: pulling one manifest of one
@@ -48,23 +46,6 @@ func NewCredentials(key []byte) (*Credentials, error) {
 		return nil, fmt.Errorf("the scan credential key is %d bytes, want at least 32", len(key))
 	}
 	return &Credentials{key: key, now: time.Now}, nil
-}
-
-// SharedKey returns the credential key every replica uses: the one stored
-// at key on Redis, or, when there is none yet, local, which is stored
-// there first. Replicas that start while Redis is down keep their own.
-func SharedKey(ctx context.Context, rdb redis.UniversalClient, key string, local []byte) ([]byte, error) {
-	if err := rdb.SetNX(ctx, key, local, 0).Err(); err != nil {
-		return nil, err
-	}
-	b, err := rdb.Get(ctx, key).Bytes()
-	if err != nil {
-		return nil, err
-	}
-	if len(b) < 32 {
-		return nil, fmt.Errorf("the scan credential key on redis (%s) is %d bytes, want 32: delete it", key, len(b))
-	}
-	return b, nil
 }
 
 // LoadKey returns the credential key kept in the file at path, creating it

@@ -51,7 +51,7 @@ func (s *sharedState) get(gun string) *RefusalError {
 	if s == nil || s.health.Skip() {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
 	b, err := s.rdb.Get(ctx, s.key(gun)).Bytes()
 	if s.health.Failed(err) || err != nil {
@@ -69,7 +69,7 @@ func (s *sharedState) put(gun string, rerr *RefusalError, ttl time.Duration) {
 	if s == nil || s.health.Skip() || (rerr != nil && rerr.Reason != NoTrustData) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
 	if rerr == nil {
 		s.health.Failed(s.rdb.Del(ctx, s.key(gun)).Err())
@@ -122,7 +122,7 @@ func (s *sharedState) putVerdict(snap *Snapshot, policy string, until time.Time)
 	mac := hmac.New(sha256.New, s.stateKey)
 	mac.Write(payload)
 	b := append(mac.Sum(nil), payload...)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
 	s.health.Failed(s.rdb.Set(ctx, s.verdictKey(snap.GUN, policy), b, ttl).Err())
 }
@@ -134,7 +134,7 @@ func (s *sharedState) verdict(gun, policy string) (*Snapshot, time.Time) {
 	if s == nil || s.stateKey == nil || s.health.Skip() {
 		return nil, time.Time{}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
 	b, err := s.rdb.Get(ctx, s.verdictKey(gun, policy)).Bytes()
 	if s.health.Failed(err) || err != nil || len(b) < sha256.Size {

@@ -181,16 +181,17 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*S
 	if f, ok := v.refusals.Get(gun); ok && time.Now().Before(f.until) {
 		return nil, f.err
 	}
-	if rerr := v.shared.get(gun); rerr != nil {
-		return nil, rerr
-	}
-	if snap, until := v.shared.verdict(gun, v.policyStamp(gun, r)); snap != nil {
-		v.snaps.Add(gun, cached{snap: snap, until: until})
-		return snap, nil
-	}
 	// The refresh outlives a caller that gives up: others may be waiting on it,
-	// and each of its requests is bounded by limits.upstream_timeout.
+	// and each of its requests is bounded by limits.upstream_timeout. What
+	// other replicas shared is asked once, inside it, however many wait.
 	ch := v.group.DoChan(gun, func() (any, error) {
+		if rerr := v.shared.get(gun); rerr != nil {
+			return nil, rerr
+		}
+		if snap, until := v.shared.verdict(gun, v.policyStamp(gun, r)); snap != nil {
+			v.snaps.Add(gun, cached{snap: snap, until: until})
+			return snap, nil
+		}
 		snap, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up)
 		if rerr != nil {
 			return nil, rerr
