@@ -63,6 +63,7 @@ type Gate struct {
 	mu        sync.Mutex
 	running   map[digest.Digest]*run
 	summaries *lru.Cache[summaryKey, *Report]    // parsed reports, by digest and time received
+	recents   *lru.Cache[digest.Digest, recent]  // stored reports' envelopes, read within recentTTL
 	failed    *lru.Cache[digest.Digest, failure] // scans that failed, not started again for failedScanTTL
 	meta      map[string]*metadataEntry          // adapter metadata, by scanner name
 
@@ -111,8 +112,12 @@ func NewGate(cfg config.Scan, store *cache.ReportStore, creds *Credentials, hc f
 	if err != nil {
 		return nil, err
 	}
+	recents, err := lru.New[digest.Digest, recent](4096)
+	if err != nil {
+		return nil, err
+	}
 	g := &Gate{cfg: cfg, store: store, creds: creds, log: log.With("component", "scan"), now: time.Now,
-		running: map[digest.Digest]*run{}, failed: failed, summaries: summaries, meta: map[string]*metadataEntry{},
+		running: map[digest.Digest]*run{}, failed: failed, summaries: summaries, recents: recents, meta: map[string]*metadataEntry{},
 		scans: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_scans_total",
 			Help: "Scans requested from scanner adapters, by scanner and result (ok, or why it failed).",
@@ -207,7 +212,7 @@ var credentialPattern = regexp.MustCompile(regexp.QuoteMeta(credentialPrefix) + 
 // stored returns the stored report of d, whether it is older than p
 // allows, and (when there is no fresh one) why.
 func (g *Gate) stored(d digest.Digest, p *config.ScanPolicy) (*cache.StoredReport, bool, string) {
-	stored, err := g.store.Get(d)
+	stored, err := g.recentReport(d)
 	switch {
 	case err != nil:
 		g.log.Error("cannot read a stored scan report; scanning again", "digest", d, "err", err)
@@ -219,6 +224,35 @@ func (g *Gate) stored(d digest.Digest, p *config.ScanPolicy) (*cache.StoredRepor
 			stored.Received.UTC().Format(time.RFC3339), p.MaxReportAge)
 	}
 	return stored, false, ""
+}
+
+// recentTTL is how long a stored report's envelope is reused without
+// reading the store again: pulls of one image in a row read a report of
+// megabytes once. A report stored meanwhile by another replica is seen
+// within it.
+const recentTTL = 2 * time.Second
+
+// recent is a stored report's envelope (Report left out: its summary is
+// cached) and when it was read.
+type recent struct {
+	stored *cache.StoredReport
+	at     time.Time
+}
+
+// recentReport returns the stored report of d, from the store at most
+// once per recentTTL.
+func (g *Gate) recentReport(d digest.Digest) (*cache.StoredReport, error) {
+	if r, ok := g.recents.Get(d); ok && g.now().Sub(r.at) < recentTTL {
+		return r.stored, nil
+	}
+	stored, err := g.store.Get(d)
+	if err != nil || stored == nil {
+		return stored, err
+	}
+	envelope := *stored
+	envelope.Report = nil
+	g.recents.Add(d, recent{stored: &envelope, at: g.now()})
+	return stored, nil
 }
 
 // judge applies p to a stored report.
@@ -247,6 +281,13 @@ func (g *Gate) summary(stored *cache.StoredReport) (*Report, error) {
 	key := summaryKey{stored.Digest, stored.Received.UnixNano()}
 	if r, ok := g.summaries.Get(key); ok {
 		return r, nil
+	}
+	if stored.Report == nil { // an envelope from recentReport whose summary was evicted
+		full, err := g.store.Get(stored.Digest)
+		if err != nil || full == nil {
+			return nil, fmt.Errorf("the stored scan report is gone: %v", err)
+		}
+		stored = full
 	}
 	r, err := ParseReport(stored.Report)
 	if err != nil {
@@ -380,6 +421,7 @@ func (g *Gate) scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 	if err := g.store.Put(stored); err != nil {
 		return nil, fmt.Errorf("store the scan report: %w", err)
 	}
+	g.recents.Remove(s.Digest)
 	g.log.Info("scanned", "repo", s.Repository, "digest", s.Digest, "scanners", stored.Source, "vulnerabilities", len(merged.Vulnerabilities))
 	return stored, nil
 }
@@ -443,6 +485,7 @@ func (g *Gate) Accept(d digest.Digest, body []byte) error {
 	if err := g.store.Put(&cache.StoredReport{Digest: d, Source: "ci", Received: g.now().UTC(), Report: body}); err != nil {
 		return err
 	}
+	g.recents.Remove(d)
 	g.failed.Remove(d)
 	g.log.Info("scan report posted", "digest", d, "vulnerabilities", len(r.Vulnerabilities))
 	return nil
