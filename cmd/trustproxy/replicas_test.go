@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/trustproxy/trustproxy/internal/testenv"
 )
 
@@ -24,40 +26,11 @@ import (
 // client gets a complete body; a retry on B gets the right layer (B fetches
 // it itself: the dead holder does not answer); nothing partial is stored.
 func TestSIGKILLedFillHolder(t *testing.T) {
-	bin := buildTrustproxy(t)
-	env := testenv.New(t)
-	redis := testenv.StartRedis(t, "")
-	const gun, repo = "docker.io/library/app", "library/app"
-	alice := testenv.NewKey(t, "alice")
-	root := env.Notary.Init(t, gun)
-	env.Notary.AddDelegation(t, gun, testenv.Releases, alice)
-	img := testenv.Image(t, "sigkill", 1, 3<<20)
-	env.Registry.Push(t, repo, "v1", img)
-	env.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
-	layers, _ := img.Layers()
-	layer, _ := layers[0].Digest()
-	size, _ := layers[0].Size()
-	slow := testenv.Throttle(t, env.Registry.Host(), 512<<10) // about 6s for the layer
-	storage := t.TempDir()
-
-	startReplica := func() *replica {
-		dataDir := t.TempDir()
-		return startReplicaProcess(t, bin, dataDir, func(addr, url string) string {
-			return fmt.Sprintf(`listen: %s
-data_dir: %s
-storage: {filesystem: {rootdirectory: %s}}
-redis: {addrs: [%s], replica_url: %s}
-upstreams:
-  - name: docker.io
-    url: %s
-    notary: {url: %s, ca_file: %s}
-trust:
-  pinning: {certs: {%s: [%s]}}
-  signers: [{name: alice, public_key: %s}]
-  rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, storage, redis.Addr(), url, slow.URL(), env.Notary.URL(), env.Notary.CAFile(), gun, root, alice.CertFile)
-		})
-	}
+	p := newProcesses(t)
+	layer, size := p.sign(t, "v1", "sigkill", 3<<20)
+	slow := testenv.Throttle(t, p.env.Registry.Host(), 512<<10) // about 6s for the layer
+	repo, storage := procRepo, p.storage
+	startReplica := func() *replica { return p.start(t, t.TempDir(), slow.URL(), "") }
 	a, b := startReplica(), startReplica()
 	for _, r := range []*replica{a, b} {
 		resp, err := http.Get(r.url + "/v2/" + repo + "/manifests/v1")
@@ -176,40 +149,13 @@ func (r *replica) kill() {
 // metadata: B and C, which never saw the newer version, refuse it, and so
 // do all three after they are restarted.
 func TestRollbackRefusedAcrossReplicaProcesses(t *testing.T) {
-	bin := buildTrustproxy(t)
-	env := testenv.New(t)
-	redis := testenv.StartRedis(t, "")
-	const gun, repo = "docker.io/library/app", "library/app"
-	alice := testenv.NewKey(t, "alice")
-	root := env.Notary.Init(t, gun)
-	env.Notary.AddDelegation(t, gun, testenv.Releases, alice)
-	v1 := testenv.Image(t, "rollback v1", 1, 1024)
-	env.Registry.Push(t, repo, "v1", v1)
-	env.Notary.SignImage(t, gun, "v1", v1, testenv.Releases)
+	p := newProcesses(t)
+	env, gun, repo := p.env, procGUN, procRepo
+	p.sign(t, "v1", "rollback v1", 1024)
 	old := env.Notary.Record(t, gun)
-	v2 := testenv.Image(t, "rollback v2", 1, 1024)
-	env.Registry.Push(t, repo, "v2", v2)
-	env.Notary.SignImage(t, gun, "v2", v2, testenv.Releases)
-	storage := t.TempDir()
+	p.sign(t, "v2", "rollback v2", 1024)
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
-	start := func(dataDir string) *replica {
-		return startReplicaProcess(t, bin, dataDir, func(addr, url string) string {
-			return fmt.Sprintf(`listen: %s
-data_dir: %s
-storage: {filesystem: {rootdirectory: %s}}
-redis: {addrs: [%s], replica_url: %s}
-upstreams:
-  - name: docker.io
-    url: %s
-    notary: {url: %s, ca_file: %s}
-trust:
-  refresh_ttl: 1ms
-  pinning: {certs: {%s: [%s]}}
-  signers: [{name: alice, public_key: %s}]
-  rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, storage, redis.Addr(), url, env.Registry.URL(), env.Notary.URL(), env.Notary.CAFile(), gun, root, alice.CertFile)
-		})
-	}
+	start := func(dataDir string) *replica { return p.start(t, dataDir, env.Registry.URL(), "  refresh_ttl: 1ms\n") }
 	status := func(r *replica, ref string) (int, string) {
 		resp, err := http.Get(r.url + "/v2/" + repo + "/manifests/" + ref)
 		if err != nil {
@@ -249,38 +195,13 @@ trust:
 // digest): the replicas that do not hold the fill stream it from the one
 // that does.
 func TestColdBlobFetchedOnceAcrossReplicaProcesses(t *testing.T) {
-	bin := buildTrustproxy(t)
-	env := testenv.New(t)
-	redis := testenv.StartRedis(t, "")
-	const gun, repo = "docker.io/library/app", "library/app"
-	alice := testenv.NewKey(t, "alice")
-	root := env.Notary.Init(t, gun)
-	env.Notary.AddDelegation(t, gun, testenv.Releases, alice)
-	img := testenv.Image(t, "large", 1, 8<<20)
-	env.Registry.Push(t, repo, "v1", img)
-	env.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
-	layers, _ := img.Layers()
-	layer, _ := layers[0].Digest()
+	p := newProcesses(t)
+	env, repo := p.env, procRepo
+	layer, _ := p.sign(t, "v1", "large", 8<<20)
 	slow := testenv.Throttle(t, env.Registry.Host(), 4<<20) // about 2s for the layer
-	storage := t.TempDir()
 	var replicas []*replica
 	for range 3 {
-		dataDir := t.TempDir()
-		replicas = append(replicas, startReplicaProcess(t, bin, dataDir, func(addr, url string) string {
-			return fmt.Sprintf(`listen: %s
-data_dir: %s
-storage: {filesystem: {rootdirectory: %s}}
-redis: {addrs: [%s], replica_url: %s}
-upstreams:
-  - name: docker.io
-    url: %s
-    notary: {url: %s, ca_file: %s}
-trust:
-  pinning: {certs: {%s: [%s]}}
-  signers: [{name: alice, public_key: %s}]
-  rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, storage, redis.Addr(), url, slow.URL(), env.Notary.URL(), env.Notary.CAFile(), gun, root, alice.CertFile)
-		}))
+		replicas = append(replicas, p.start(t, t.TempDir(), slow.URL(), ""))
 	}
 	for _, r := range replicas {
 		resp, err := http.Get(r.url + "/v2/" + repo + "/manifests/v1")
@@ -348,4 +269,61 @@ trust:
 	if lastFirst >= firstWhole {
 		t.Fatalf("a client got its first byte at %s, after a client had the whole layer at %s: not streamed from the fill", lastFirst, firstWhole)
 	}
+}
+
+// processes is library/app, signed by alice in targets/releases, on a real
+// registry and notary-server, and the Redis and storage directory that the
+// trustproxy processes started by start share.
+type processes struct {
+	bin     string
+	env     *testenv.Env
+	redis   *testenv.Redis
+	alice   *testenv.Key
+	root    string
+	storage string
+}
+
+const procGUN, procRepo = "docker.io/library/app", "library/app"
+
+func newProcesses(t *testing.T) *processes {
+	t.Helper()
+	p := &processes{bin: buildTrustproxy(t), env: testenv.New(t), redis: testenv.StartRedis(t, ""), alice: testenv.NewKey(t, "alice"), storage: t.TempDir()}
+	p.root = p.env.Notary.Init(t, procGUN)
+	p.env.Notary.AddDelegation(t, procGUN, testenv.Releases, p.alice)
+	return p
+}
+
+// sign pushes an image of one layer of size bytes as library/app:tag and
+// signs it; it returns the layer's digest and size.
+func (p *processes) sign(t *testing.T, tag, seed string, size int64) (v1.Hash, int64) {
+	t.Helper()
+	img := testenv.Image(t, seed, 1, size)
+	p.env.Registry.Push(t, procRepo, tag, img)
+	p.env.Notary.SignImage(t, procGUN, tag, img, testenv.Releases)
+	layers, _ := img.Layers()
+	d, _ := layers[0].Digest()
+	n, _ := layers[0].Size()
+	return d, n
+}
+
+// start runs a trustproxy process with data directory dataDir in front of
+// upstream (the registry's URL, or a relay's), sharing p's Redis and
+// storage; trustExtra is YAML for the trust section (indented two spaces).
+func (p *processes) start(t *testing.T, dataDir, upstream, trustExtra string) *replica {
+	t.Helper()
+	return startReplicaProcess(t, p.bin, dataDir, func(addr, url string) string {
+		return fmt.Sprintf(`listen: %s
+data_dir: %s
+storage: {filesystem: {rootdirectory: %s}}
+redis: {addrs: [%s], replica_url: %s}
+upstreams:
+  - name: docker.io
+    url: %s
+    notary: {url: %s, ca_file: %s}
+trust:
+%s  pinning: {certs: {%s: [%s]}}
+  signers: [{name: alice, public_key: %s}]
+  rules: [{repositories: "docker.io/**", signers: [alice]}]
+`, addr, dataDir, p.storage, p.redis.Addr(), url, upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
+	})
 }
