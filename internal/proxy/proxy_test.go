@@ -123,12 +123,7 @@ func TestTagMovedUpstreamServesSignedDigest(t *testing.T) {
 
 func TestMultiArchIndexAndChildrenServed(t *testing.T) {
 	w := newWorld(t)
-	w.initRepo(t, gun, w.alice)
-	amd := testenv.ImageFor(t, "multi", "linux/amd64", 1, 4096)
-	arm := testenv.ImageFor(t, "multi", "linux/arm64/v8", 1, 4096)
-	idx := testenv.Index(t, amd, arm)
-	signed := w.Registry.PushIndex(t, "library/app", "multi", idx)
-	w.Notary.SignImage(t, gun, "multi", idx, testenv.Releases)
+	signed, amd, arm := w.pushSignedIndex(t)
 	p := w.start(t, "")
 
 	r, err := name.ParseReference(p.host+"/library/app:multi", name.Insecure)
@@ -514,12 +509,7 @@ func TestAlteredStoredManifestNotServed(t *testing.T) {
 // digest, a made-up digest refused, and the upstream registry sees nothing.
 func TestIndexRebuiltFromStorageAfterRestart(t *testing.T) {
 	w := newWorld(t)
-	w.initRepo(t, gun, w.alice)
-	amd := testenv.ImageFor(t, "multi", "linux/amd64", 1, 4096)
-	arm := testenv.ImageFor(t, "multi", "linux/arm64/v8", 1, 4096)
-	idx := testenv.Index(t, amd, arm)
-	w.Registry.PushIndex(t, "library/app", "multi", idx)
-	w.Notary.SignImage(t, gun, "multi", idx, testenv.Releases)
+	_, amd, arm := w.pushSignedIndex(t)
 	dataDir := t.TempDir()
 	first := start(t, w.config(t, dataDir, ""))
 	for _, child := range []string{mustDigest(t, amd), mustDigest(t, arm)} {

@@ -22,19 +22,26 @@ import (
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
 
+// sharedYAML is the configuration replicas share: the storage directory,
+// and the Redis at addr with the further fields of the redis section.
+func sharedYAML(storage, addr string, redisFields ...string) string {
+	return fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {%s}\n", storage,
+		strings.Join(append([]string{"addrs: [" + addr + "]"}, redisFields...), ", "))
+}
+
 // replica starts a trustproxy in front of w with its own data directory,
 // the shared storage directory and the Redis at addr (with password, if
 // not ""). Trust data is checked again on every request (refresh_ttl 1ns),
 // so that every pull goes through the trust floor.
 func (w *world) replica(t *testing.T, dataDir, storage, addr, password string) *instance {
 	t.Helper()
-	extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s]}\n", storage, addr)
+	extra := sharedYAML(storage, addr)
 	if password != "" {
 		file := t.TempDir() + "/redis-password"
 		if err := os.WriteFile(file, []byte(password+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		extra = fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s], password_file: %s}\n", storage, addr, file)
+		extra = sharedYAML(storage, addr, "password_file: "+file)
 	}
 	return start(t, strings.Replace(w.config(t, dataDir, extra), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
 }
@@ -133,11 +140,9 @@ func TestScanSharedAcrossReplicas(t *testing.T) {
 	signed := w.signedImage(t, "v1")
 	storage := t.TempDir()
 	replica := func(registryURL func(own string) string) *instance {
-		dataDir := t.TempDir()
-		return startAt(t, func(url string) string {
-			cfg := w.config(t, dataDir, fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s]}\nscan:\n  registry_url: %s\n  scanners: [{name: test-adapter, url: %s}]\n",
-				storage, redis.Addr(), registryURL(url), w.scanner.URL()))
-			return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: {missing: wait, wait: 20s}\n", 1)
+		return w.startWith(t, "scan: {missing: wait, wait: 20s}", func(url string) string {
+			return sharedYAML(storage, redis.Addr()) +
+				scanners(registryURL(url), "test-adapter", w.scanner.URL())
 		})
 	}
 	b := replica(func(own string) string { return own })
@@ -164,7 +169,7 @@ func TestRevokedTagStopsOnEveryReplica(t *testing.T) {
 	const ttl = 2 * time.Second
 	var replicas []*instance
 	for range 3 {
-		extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s]}\n", storage, redis.Addr())
+		extra := sharedYAML(storage, redis.Addr())
 		replicas = append(replicas, start(t, strings.Replace(w.config(t, t.TempDir(), extra), "refresh_ttl: 1h", "refresh_ttl: "+ttl.String(), 1)))
 	}
 	for _, r := range replicas {
@@ -225,7 +230,7 @@ func TestRefusalsSharedAcrossReplicas(t *testing.T) {
 	storage := t.TempDir()
 	var replicas []*instance
 	for range 3 {
-		extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s]}\n", storage, redis.Addr())
+		extra := sharedYAML(storage, redis.Addr())
 		replicas = append(replicas, start(t, w.config(t, t.TempDir(), extra)))
 	}
 	asked := w.Notary.Requests("")
@@ -271,7 +276,7 @@ func twoReplicas(t *testing.T, w *world, up string, urlA func(own string) string
 	mk := func(ru func(string) string) *instance {
 		dataDir := t.TempDir()
 		return startAt(t, func(own string) string {
-			extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s], replica_url: %s}\n", storage, redis.Addr(), ru(own))
+			extra := sharedYAML(storage, redis.Addr(), "replica_url: "+ru(own))
 			return strings.Replace(w.config(t, dataDir, extra), w.Registry.URL(), up, 1)
 		})
 	}
@@ -431,7 +436,7 @@ func TestVerdictsSharedWithStateKey(t *testing.T) {
 		if err := os.WriteFile(file, []byte(key+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {addrs: [%s], state_key_file: %s}\n", storage, redis.Addr(), file)
+		extra := sharedYAML(storage, redis.Addr(), "state_key_file: "+file)
 		return start(t, w.config(t, t.TempDir(), extra))
 	}
 	const key = "0123456789abcdef0123456789abcdef-state"

@@ -44,17 +44,36 @@ func newScanWorld(t *testing.T) *scanWorld {
 // policy (YAML flow mapping), with extra top-level YAML.
 func (w *scanWorld) start(t *testing.T, policy, extra string) *instance {
 	t.Helper()
-	dataDir := t.TempDir()
-	return startAt(t, func(url string) string {
-		cfg := w.config(t, dataDir, fmt.Sprintf(`scan:
+	return w.startWith(t, "scan: "+policy, func(url string) string {
+		return fmt.Sprintf(`scan:
   registry_url: %s
   scanners: [{name: test-adapter, url: %s}]
   report_token_file: %s
   credential_ttl: %s
   timeout: 20s
-%s`, url, w.scanner.URL(), w.tokenFile, w.credentialTTL, extra))
-		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: "+policy+"\n", 1)
+%s`, url, w.scanner.URL(), w.tokenFile, w.credentialTTL, extra)
 	})
+}
+
+// startWith runs trustproxy in front of w with ruleLines added to its
+// docker.io rule (e.g. "scan: {missing: block}") and the top-level YAML
+// that extra returns for trustproxy's own URL (the scan section).
+func (w *scanWorld) startWith(t *testing.T, ruleLines string, extra func(url string) string) *instance {
+	t.Helper()
+	dataDir := t.TempDir()
+	return startAt(t, func(url string) string {
+		cfg := w.config(t, dataDir, extra(url))
+		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      "+strings.ReplaceAll(ruleLines, "\n", "\n      ")+"\n", 1)
+	})
+}
+
+// scanners is a scan section: registry_url, then the scanners by name and URL.
+func scanners(registryURL string, nameURL ...string) string {
+	var list []string
+	for i := 0; i+1 < len(nameURL); i += 2 {
+		list = append(list, fmt.Sprintf("{name: %s, url: %s}", nameURL[i], nameURL[i+1]))
+	}
+	return fmt.Sprintf("scan:\n  registry_url: %s\n  scanners: [%s]\n", registryURL, strings.Join(list, ", "))
 }
 
 // signedImage pushes and signs a fresh image as library/app:tag.
@@ -248,12 +267,7 @@ func TestScanCredentialOnlyForItsDigest(t *testing.T) {
 
 func TestScanMultiArchChildRefused(t *testing.T) {
 	w := newScanWorld(t)
-	w.initRepo(t, gun, w.alice)
-	amd := testenv.ImageFor(t, "multi", "linux/amd64", 1, 4096)
-	arm := testenv.ImageFor(t, "multi", "linux/arm64/v8", 1, 4096)
-	idx := testenv.Index(t, amd, arm)
-	w.Registry.PushIndex(t, "library/app", "multi", idx)
-	w.Notary.SignImage(t, gun, "multi", idx, testenv.Releases)
+	_, amd, arm := w.pushSignedIndex(t)
 	armDigest := digest.Digest(mustDigest(t, arm))
 	w.scanner.SetReport(armDigest, []scan.Vulnerability{xz})
 	p := w.start(t, "{missing: wait, wait: 20s}", "")
@@ -316,11 +330,7 @@ func TestScanAuditServesAndLogsWouldDeny(t *testing.T) {
 	w := newScanWorld(t)
 	signed := w.signedImage(t, "v1")
 	w.scanner.SetReport(signed, []scan.Vulnerability{xz})
-	dataDir := t.TempDir()
-	p := startAt(t, func(url string) string {
-		cfg := w.config(t, dataDir, fmt.Sprintf("scan:\n  registry_url: %s\n  scanners: [{name: test-adapter, url: %s}]\n", url, w.scanner.URL()))
-		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      mode: audit\n      scan: {missing: wait, wait: 20s}\n", 1)
-	})
+	p := w.startWith(t, "mode: audit\nscan: {missing: wait, wait: 20s}", func(url string) string { return scanners(url, "test-adapter", w.scanner.URL()) })
 	if got := p.mustPull(t, "library/app:v1"); got.String() != signed.String() {
 		t.Fatalf("audit mode served %s", got)
 	}
@@ -391,11 +401,8 @@ func TestScanOnlyScannersThatConsumeTheType(t *testing.T) {
 	ociOnly := testenv.StartScanner(t)
 	ociOnly.SetConsumes("application/vnd.oci.image.manifest.v1+json")
 	ociOnly.SetReport(signed, []scan.Vulnerability{xz})
-	dataDir := t.TempDir()
-	p := startAt(t, func(url string) string {
-		cfg := w.config(t, dataDir, fmt.Sprintf("scan:\n  registry_url: %s\n  scanners: [{name: oci-only, url: %s}, {name: test-adapter, url: %s}]\n",
-			url, ociOnly.URL(), w.scanner.URL()))
-		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: {missing: wait, wait: 20s}\n", 1)
+	p := w.startWith(t, "scan: {missing: wait, wait: 20s}", func(url string) string {
+		return scanners(url, "oci-only", ociOnly.URL(), "test-adapter", w.scanner.URL())
 	})
 	p.mustPull(t, "library/app:v1")
 	if ociOnly.ScanRequests(signed) != 0 || w.scanner.ScanRequests(signed) != 1 {
@@ -417,11 +424,7 @@ func TestScanFailsWhenScannerCannotPull(t *testing.T) {
 	}
 	nowhere := "http://" + l.Addr().String()
 	l.Close()
-	dataDir := t.TempDir()
-	p := startAt(t, func(string) string {
-		cfg := w.config(t, dataDir, fmt.Sprintf("scan:\n  registry_url: %s\n  scanners: [{name: test-adapter, url: %s}]\n", nowhere, w.scanner.URL()))
-		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: {missing: wait, wait: 20s}\n", 1)
-	})
+	p := w.startWith(t, "scan: {missing: wait, wait: 20s}", func(string) string { return scanners(nowhere, "test-adapter", w.scanner.URL()) })
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonUnavailable)
 	if !strings.Contains(string(body), "pull ") {
@@ -463,12 +466,7 @@ func TestScanOneScannerDownFailsTheScan(t *testing.T) {
 	finds := testenv.StartScanner(t)
 	finds.SetReport(signed, []scan.Vulnerability{xz})
 	finds.SetFault(testenv.ScannerDown)
-	dataDir := t.TempDir()
-	p := startAt(t, func(url string) string {
-		cfg := w.config(t, dataDir, fmt.Sprintf("scan:\n  registry_url: %s\n  scanners: [{name: finds, url: %s}, {name: test-adapter, url: %s}]\n",
-			url, finds.URL(), w.scanner.URL()))
-		return strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice]\n      scan: {missing: wait, wait: 20s}\n", 1)
-	})
+	p := w.startWith(t, "scan: {missing: wait, wait: 20s}", func(url string) string { return scanners(url, "finds", finds.URL(), "test-adapter", w.scanner.URL()) })
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonUnavailable)
 }

@@ -60,6 +60,20 @@ func (w *world) pushSigned(t *testing.T, repo, tag, seed string) v1.Hash {
 	return d
 }
 
+// pushSignedIndex pushes library/app:multi, an index of a linux/amd64 and a
+// linux/arm64/v8 image, and signs it in targets/releases (initializing the
+// repository's trust data).
+func (w *world) pushSignedIndex(t *testing.T) (signed v1.Hash, amd, arm v1.Image) {
+	t.Helper()
+	w.initRepo(t, gun, w.alice)
+	amd = testenv.ImageFor(t, "multi", "linux/amd64", 1, 4096)
+	arm = testenv.ImageFor(t, "multi", "linux/arm64/v8", 1, 4096)
+	idx := testenv.Index(t, amd, arm)
+	signed = w.Registry.PushIndex(t, "library/app", "multi", idx)
+	w.Notary.SignImage(t, gun, "multi", idx, testenv.Releases)
+	return signed, amd, arm
+}
+
 // config is the YAML of a trustproxy in front of w: the pinned roots, alice
 // as the one trusted signer, extra appended at the top level.
 func (w *world) config(t *testing.T, dataDir, extra string) string {
