@@ -27,6 +27,7 @@ type Config struct {
 	Redis     Redis      `yaml:"redis"`
 	Limits    Limits     `yaml:"limits"`
 	Log       Log        `yaml:"log"`
+	Debug     Debug      `yaml:"debug"`
 }
 
 // TLS names the certificate and key files of the listener.
@@ -333,6 +334,19 @@ type Limits struct {
 	// in flight finish; then their connections are closed and blob
 	// downloads still running are cancelled. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Debug is the profiling listener, off unless Listen is set.
+type Debug struct {
+	// Listen is the address serving net/http/pprof under /debug/pprof/,
+	// apart from the registry API. Keep it on loopback: profiles show
+	// request paths.
+	Listen string `yaml:"listen"`
+	// BlockProfileRate and MutexProfileFraction are passed to
+	// runtime.SetBlockProfileRate and runtime.SetMutexProfileFraction when
+	// Listen is set. Default 0: off.
+	BlockProfileRate     int `yaml:"block_profile_rate"`
+	MutexProfileFraction int `yaml:"mutex_profile_fraction"`
 }
 
 // Log configures the JSON logs.

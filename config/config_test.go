@@ -431,6 +431,7 @@ func TestErrors(t *testing.T) {
 		},
 		{name: "bad role", yaml: rule("    - repositories: '**'\n      roles: [targets/releases, releases]\n"), want: []string{`trust.rules[0].roles[1]: "releases" is not a targets role`}},
 		{name: "bare targets/ role", yaml: rule("    - repositories: '**'\n      roles: [targets/]\n"), want: []string{`trust.rules[0].roles[0]`}},
+		{name: "debug listen", yaml: "debug:\n  listen: localhost\n  block_profile_rate: -1\n", want: []string{"debug.listen: ", "debug: block_profile_rate"}},
 		{name: "negative refresh", yaml: "trust:\n  refresh_ttl: -1m\n", want: []string{"trust.refresh_ttl: must be positive"}},
 		{
 			name: "pinning certs",

@@ -42,6 +42,16 @@ func (c *Config) validate() error {
 	c.validateScan(&p)
 	c.validateRedis(&p)
 	c.validateLimits(&p)
+	if c.Debug.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Debug.Listen); err != nil {
+			p.addf("debug.listen", "%v; want host:port, e.g. 127.0.0.1:6060", err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			p.addf("debug.listen", "port %q is not a number from 0 to 65535", port)
+		}
+	}
+	if c.Debug.BlockProfileRate < 0 || c.Debug.MutexProfileFraction < 0 {
+		p.addf("debug", "block_profile_rate and mutex_profile_fraction must not be negative")
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

@@ -30,6 +30,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	select {
 	case err := <-s.failed:
 		_ = s.http.Close()
+		s.closeDebug()
 		closeCtx, cancel := context.WithTimeout(context.Background(), fillStopTimeout)
 		defer cancel()
 		return errors.Join(err, s.proxy.Close(closeCtx))
@@ -47,6 +48,7 @@ const fillStopTimeout = 10 * time.Second
 // address it listens on, and the listener's failure, if it fails.
 type server struct {
 	http   *http.Server
+	debug  *http.Server // nil without debug.listen
 	proxy  *proxy.Server
 	addr   string
 	failed <-chan error // receives the error Serve returned, other than ErrServerClosed
@@ -59,6 +61,11 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p, err := proxy.Open(ctx, cfg, log, reg)
 	if err != nil {
+		return nil, err
+	}
+	debug, err := startDebug(cfg.Debug, log)
+	if err != nil {
+		_ = p.Close(ctx)
 		return nil, err
 	}
 	mux := http.NewServeMux()
@@ -79,6 +86,9 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		_ = p.Close(ctx)
+		if debug != nil {
+			_ = debug.Close()
+		}
 		return nil, fmt.Errorf("listen: %w (set listen: in the config, or TRUSTPROXY_LISTEN)", err)
 	}
 	failed := make(chan error, 1)
@@ -101,7 +111,7 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 		}
 		failed <- err
 	}()
-	return &server{http: srv, proxy: p, addr: l.Addr().String(), failed: failed}, nil
+	return &server{http: srv, debug: debug, proxy: p, addr: l.Addr().String(), failed: failed}, nil
 }
 
 // stop stops s gracefully: the listener closes at once, requests in flight
@@ -116,9 +126,16 @@ func (s *server) stop(timeout time.Duration, log *slog.Logger) error {
 		log.Warn("requests still running at limits.shutdown_timeout: their connections are closed", "shutdown_timeout", timeout, "err", err)
 		_ = s.http.Close()
 	}
+	s.closeDebug()
 	closeCtx, cancelClose := context.WithTimeout(context.Background(), fillStopTimeout)
 	defer cancelClose()
 	return s.proxy.Close(closeCtx)
+}
+
+func (s *server) closeDebug() {
+	if s.debug != nil {
+		_ = s.debug.Close()
+	}
 }
 
 // warnings logs what an operator should know about cfg at start.
