@@ -65,21 +65,14 @@ func (b *boundedRemote) GetSized(name string, size int64) ([]byte, error) {
 		return nil, b.noteFetch(role, storage.NetworkError{Wrapped: fmt.Errorf("the trust server took longer than %d × limits.upstream_timeout (%s) for one update",
 			updateBudget, b.limits.UpstreamTimeout)})
 	}
-	capBytes, field := b.limits.TargetsBytes, "limits.targets_bytes"
+	capBytes, field := roleCap(b.limits, role)
 	b.mu.Lock()
 	switch {
-	case role == "root":
-		capBytes, field = b.limits.RootBytes, "limits.root_bytes"
 	case versionedRoot.MatchString(role):
-		capBytes, field = b.limits.RootBytes, "limits.root_bytes"
 		b.roots[role] = true
 		if len(b.roots) > b.limits.MaxRootRotations {
 			return nil, b.fail(&LimitError{What: "versioned roots in one update", Limit: int64(b.limits.MaxRootRotations), Field: "limits.max_root_rotations"})
 		}
-	case role == "timestamp":
-		capBytes, field = b.limits.TimestampBytes, "limits.timestamp_bytes"
-	case role == "snapshot":
-		capBytes, field = b.limits.SnapshotBytes, "limits.snapshot_bytes"
 	case strings.HasPrefix(role, "targets/"):
 		b.delegations[role] = true
 		if len(b.delegations) > b.limits.MaxDelegations {
@@ -104,6 +97,20 @@ func (b *boundedRemote) GetSized(name string, size int64) ([]byte, error) {
 		return nil, b.lock(&LimitError{What: role + " metadata size", Limit: capBytes, Field: field})
 	}
 	return raw, nil
+}
+
+// roleCap is the most bytes role's metadata may have, and the config
+// field that sets it.
+func roleCap(l config.Limits, role string) (int64, string) {
+	switch {
+	case role == "root", versionedRoot.MatchString(role):
+		return l.RootBytes, "limits.root_bytes"
+	case role == "timestamp":
+		return l.TimestampBytes, "limits.timestamp_bytes"
+	case role == "snapshot":
+		return l.SnapshotBytes, "limits.snapshot_bytes"
+	}
+	return l.TargetsBytes, "limits.targets_bytes"
 }
 
 // fail records e; b.mu is held and released.

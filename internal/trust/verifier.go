@@ -285,7 +285,7 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 	if err != nil {
 		return nil, refuse(NoTrustServer, fmt.Sprintf("upstreams[%d].notary.url is not usable", up.index), err)
 	}
-	remote := newBoundedRemote(hs, v.limits)
+	remote := newBoundedRemote(newPrefetchRemote(hs, v.limits), v.limits)
 	if r.TOFU && len(pinsFor(v.pinning, gun)) == 0 {
 		if warned, _ := v.tofuWarned.ContainsOrAdd(gun, struct{}{}); !warned {
 			v.log.Warn("trusting root on first use", "gun", gun,

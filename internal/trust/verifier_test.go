@@ -708,7 +708,12 @@ func TestSlowUpdateBounded(t *testing.T) {
 	f := newFixture(t)
 	f.tag("targets", "v1", []byte("v1"))
 	f.publish()
+	// One request at a time, as a server with one worker answers: the
+	// requests trustproxy sends at once queue up.
+	var one sync.Mutex
 	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		one.Lock()
+		defer one.Unlock()
 		time.Sleep(200 * time.Millisecond)
 		return false
 	})
