@@ -70,7 +70,7 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, err
 	}
-	s, err := New(cfg, store, v, gate, log, reg)
+	s, err := New(cfg, store, driver, v, gate, log, reg)
 	if err != nil {
 		return nil, err
 	}

@@ -232,7 +232,7 @@ func (s *Server) servePeerFill(w http.ResponseWriter, r *http.Request) {
 	f, ok := s.fills[gun+"@"+d.String()]
 	var spool *os.File
 	var err error
-	if ok {
+	if ok && f.path != "" {
 		spool, err = os.Open(f.path)
 	}
 	s.fillMu.Unlock()
@@ -240,7 +240,9 @@ func (s *Server) servePeerFill(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	defer spool.Close()
+	if spool != nil {
+		defer spool.Close()
+	}
 	err = f.serve(w, r, spool)
 	if _, ok := errors.AsType[*abortedError](err); ok {
 		panic(http.ErrAbortHandler)

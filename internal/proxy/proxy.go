@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/reference"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +39,7 @@ var _ Verifier = (*trust.Verifier)(nil)
 type Server struct {
 	cfg       *config.Config
 	store     distribution.Namespace
+	driver    storagedriver.StorageDriver // store's: stored blobs are read from it directly
 	verify    Verifier
 	gate      *scan.Gate            // nil: no scan gate configured
 	redis     redis.UniversalClient // nil: no shared state
@@ -54,6 +56,7 @@ type Server struct {
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
 	fillMu    sync.Mutex
 	fills     map[string]*fill // blob downloads under way, by GUN@digest
+	memFills  int64            // bytes of the fills held in memory (smallBlob)
 	closing   bool             // Close was called: no fill starts or is joined
 	fillCtx   context.Context  // the parent of every fill's context (fills outlive requests); Close cancels it
 	stopFills context.CancelCauseFunc
@@ -62,7 +65,7 @@ type Server struct {
 
 // New returns the registry read API for cfg's upstreams over store. Every
 // route to content asks v first. Metrics are registered on reg.
-func New(cfg *config.Config, store distribution.Namespace, v Verifier, gate *scan.Gate, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+func New(cfg *config.Config, store distribution.Namespace, driver storagedriver.StorageDriver, v Verifier, gate *scan.Gate, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
 	ups, err := newUpstreams(cfg)
 	if err != nil {
 		return nil, err
@@ -83,7 +86,7 @@ func New(cfg *config.Config, store distribution.Namespace, v Verifier, gate *sca
 	log = log.With("component", "proxy")
 	fillCtx, stopFills := context.WithCancelCause(context.Background())
 	return &Server{
-		cfg: cfg, store: store, verify: v, gate: gate, upstreams: ups,
+		cfg: cfg, store: store, driver: driver, verify: v, gate: gate, upstreams: ups,
 		log: log, decisions: log.With("log", "decision"), metrics: m,
 		spoolDir: spool, index: newMemIndex(), recorded: rec, fills: map[string]*fill{},
 		fillCtx: fillCtx, stopFills: stopFills,

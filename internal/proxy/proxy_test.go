@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -554,5 +556,86 @@ func TestWritesRefusedNamingTheRepository(t *testing.T) {
 	}
 	if n := p.decisions(t, "denied", string(proxy.ReasonReadOnly)); n != 5 {
 		t.Fatalf("%v read_only decisions counted, want 5", n)
+	}
+}
+
+// TestCorruptSpooledLayerRefusedAndNotCached: a layer too large to be held
+// in memory is spooled, its clients sent every byte but the last at once,
+// and only the storage commit's hash decides. A corrupted one of the same
+// length never reaches a client whole, is not stored, and is refused as a
+// digest mismatch; the next fill after the upstream recovers stores it.
+func TestCorruptSpooledLayerRefusedAndNotCached(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	img := testenv.Image(t, "spooled", 1, 4<<20)
+	w.Registry.Push(t, "library/app", "v1", img)
+	w.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	size := mustSize(t, layers[0])
+	p := w.start(t, "")
+	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
+		t.Fatalf("manifest: %d", status)
+	}
+	w.Registry.SetFault(w.Registry.CorruptBody(testenv.GetPath("/blobs/" + ld.String())))
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, p.srv.URL+"/v2/library/app/blobs/"+ld.String(), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, rerr := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if rerr == nil && int64(len(body)) == size {
+		t.Fatal("a corrupted layer reached the client whole")
+	}
+	if int64(len(body)) != size-1 {
+		t.Errorf("the client got %d bytes before the refusal, want all but the last (%d)", len(body), size-1)
+	}
+	if slices.Contains(p.storedBlobs(t), ld.String()) {
+		t.Fatal("the corrupted layer was stored")
+	}
+	p.wantDecision(t, gun, ld.String(), "denied", proxy.ReasonDigestMismatch)
+
+	w.Registry.SetFault(nil)
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())
+	if status != 200 || int64(len(body)) != size {
+		t.Fatalf("after the upstream recovered: %d, %d bytes", status, len(body))
+	}
+	if !slices.Contains(p.storedBlobs(t), ld.String()) {
+		t.Fatal("the good layer was not stored")
+	}
+}
+
+// TestStoredBlobRangeHeadAndETag: a stored blob is served from the storage
+// driver's file as distribution serves it: Range, HEAD, ETag and
+// If-None-Match, with its digest and length.
+func TestStoredBlobRangeHeadAndETag(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	img := testenv.Image(t, "stored", 1, 2<<20)
+	w.Registry.Push(t, "library/app", "v1", img)
+	w.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	p := w.start(t, "")
+	p.mustPull(t, "library/app:v1")
+	_, _, whole := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())
+	w.Registry.Stop() // from storage only, from here on
+	path := "/v2/library/app/blobs/" + ld.String()
+
+	status, h, body := p.get(t, http.MethodGet, path, "Range", "bytes=100-199")
+	if status != http.StatusPartialContent || !bytes.Equal(body, whole[100:200]) {
+		t.Errorf("Range: %d, %d bytes, equal: %v", status, len(body), bytes.Equal(body, whole[100:200]))
+	}
+	if got := h.Get("Content-Range"); got != fmt.Sprintf("bytes 100-199/%d", len(whole)) {
+		t.Errorf("Content-Range %q", got)
+	}
+	status, h, body = p.get(t, http.MethodHead, path)
+	if status != 200 || len(body) != 0 || h.Get("Content-Length") != strconv.Itoa(len(whole)) ||
+		h.Get("Docker-Content-Digest") != ld.String() || h.Get("ETag") != `"`+ld.String()+`"` {
+		t.Errorf("HEAD: %d, headers %v", status, h)
+	}
+	if status, _, _ := p.get(t, http.MethodGet, path, "If-None-Match", `"`+ld.String()+`"`); status != http.StatusNotModified {
+		t.Errorf("If-None-Match: %d, want 304", status)
 	}
 }
