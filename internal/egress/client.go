@@ -341,6 +341,23 @@ func (c *Client) checkRealm(realm string) error {
 	return nil
 }
 
+// Warm asks for the bearer token of scope in the background when the server
+// is known to want one and none is held, so that a request for scope made a
+// moment later goes out with it rather than being answered 401 first. It
+// sends nothing otherwise.
+func (c *Client) Warm(scope string) {
+	c.mu.Lock()
+	bearer := c.scheme == "bearer"
+	c.mu.Unlock()
+	if !bearer {
+		return
+	}
+	if t, ok := c.tokens.Get(scope); ok && time.Now().Before(t.until) {
+		return
+	}
+	go func() { _, _ = c.token(context.Background(), scope) }() // bounded by the endpoint's timeout
+}
+
 // token returns the bearer token of scope, asking the realm once however
 // many requests need it at the same time. The request, body included, is
 // bounded by the endpoint's timeout; a caller whose context ends stops

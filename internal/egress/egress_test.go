@@ -439,3 +439,41 @@ func TestRedirectThroughProxy(t *testing.T) {
 		}
 	}
 }
+
+// TestWarmFetchesTokenAhead: once the server is known to want bearer
+// tokens, Warm gets the token of a new scope in the background, and a
+// request for that scope goes out with it, never answered 401. Before the
+// scheme is known, and while a token is held, Warm sends nothing.
+func TestWarmFetchesTokenAhead(t *testing.T) {
+	var queries []string
+	tokens := tokenServer(t, &queries)
+	reg := newServer(t, registry(`Bearer realm="`+tokens.URL+`/token",service="registry.test"`, "Bearer tok"), false)
+	c := newClient(t, Endpoint{URL: reg.URL, Username: "user", Password: "pass", TokenRealms: []string{tokens.URL}})
+	c.Warm("repository:library/other:pull")
+	time.Sleep(50 * time.Millisecond)
+	if len(queries) != 0 {
+		t.Fatalf("Warm before any challenge asked for tokens: %v", queries)
+	}
+	if resp, err := get(t, c, reg.URL+"/v2/library/app/manifests/v1"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("got %v %v", resp, err)
+	}
+	c.Warm("repository:library/other:pull")
+	c.Warm("repository:library/app:pull") // held: nothing to do
+	deadline := time.Now().Add(5 * time.Second)
+	for c.tokens.Len() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	before := len(reg.authHeaders())
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, reg.URL+"/v2/library/other/manifests/v1", nil)
+	resp, err := c.Do(req, "repository:library/other:pull")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("got %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if sent := reg.authHeaders()[before:]; len(sent) != 1 || sent[0] != "Bearer tok" {
+		t.Errorf("the request after Warm went out as %q, want once with the token", sent)
+	}
+	if len(queries) != 2 {
+		t.Errorf("token requests: %v, want one per scope", queries)
+	}
+}

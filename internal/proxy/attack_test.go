@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -584,5 +585,50 @@ trust:
 	}
 	if gets.Load() != 0 || heads.Load() != 1 {
 		t.Fatalf("a HEAD sent %d GETs and %d HEADs upstream, want 0 and 1", gets.Load(), heads.Load())
+	}
+}
+
+// TestUpstreamTokenFetchedDuringTrustFetch: the upstream's token for a
+// repository whose trust data must be fetched is asked for while it is
+// fetched, so the manifest request after it goes out with the token and is
+// not answered 401 first (against Docker Hub, two round trips saved).
+func TestUpstreamTokenFetchedDuringTrustFetch(t *testing.T) {
+	w := newSignedInProcess(t)
+	must(t, w.repo.Publish())
+	img := testenv.Image(t, "v2", 1, 1024)
+	signed := w.reg.Push(t, "library/app", "v2", img) // signed later
+	tokens := newCapture(t, func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(rw, `{"token":"good","expires_in":1}`) // expires, with the trust data, within the test
+	})
+	var mu sync.Mutex
+	var unauthorized []string
+	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get("Authorization") == "Bearer good" {
+			return false
+		}
+		mu.Lock()
+		unauthorized = append(unauthorized, r.URL.Path)
+		mu.Unlock()
+		rw.Header().Set("WWW-Authenticate", `Bearer realm="`+tokens.URL+`/token",service="registry.test"`)
+		rw.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+	p := start(t, w.config(t, time.Second, "token_realms: ["+tokens.URL+"], ", ""))
+	p.mustPull(t, "library/app:v1") // trustproxy learns that the upstream wants tokens
+
+	raw, _ := img.RawManifest()
+	must(t, w.repo.AddTarget(testenv.Releases, "v2", digest.Digest(signed.String()), int64(len(raw))))
+	must(t, w.repo.Publish())
+	time.Sleep(1100 * time.Millisecond) // the trust data and the token are both stale now
+	mu.Lock()
+	unauthorized = nil
+	mu.Unlock()
+	if got := p.mustPull(t, "library/app:v2"); got != signed {
+		t.Fatalf("served %s", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if slices.Contains(unauthorized, "/v2/library/app/manifests/"+signed.String()) {
+		t.Errorf("the manifest request after the trust fetch was answered 401 first; requests without a token: %v", unauthorized)
 	}
 }

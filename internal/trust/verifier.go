@@ -210,6 +210,18 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*S
 	}
 }
 
+// Cached says whether Snapshot would answer for gun from memory, without
+// asking the Notary server: a verified view or a refusal of it is held and
+// still valid.
+func (v *Verifier) Cached(gun string) bool {
+	now := time.Now()
+	if c, ok := v.snaps.Peek(gun); ok && now.Before(c.until) {
+		return true
+	}
+	f, ok := v.refusals.Peek(gun)
+	return ok && now.Before(f.until)
+}
+
 // lookup returns the upstream whose Notary server holds gun's trust data,
 // or why gun is refused before any is asked.
 func (v *Verifier) lookup(gun string, r *config.Rule) (*upstream, *RefusalError) {
