@@ -37,16 +37,17 @@ type fill struct {
 	dgst digest.Digest
 	path string // the spool file, removed when the fill ends (readers keep their fd); "" for a small blob
 
-	mu       sync.Mutex
-	cond     *sync.Cond
-	size     int64 // expected length; -1 until known
-	started  bool  // the upstream answered 200
-	written  int64 // bytes received (spooled, or in mem)
-	received bool  // the whole body is spooled: written is its length
-	mem      []byte
-	done     bool
-	verified bool
-	err      error
+	mu        sync.Mutex
+	cond      *sync.Cond
+	size      int64 // expected length; -1 until known
+	started   bool  // the upstream answered 200
+	written   int64 // bytes received (spooled, or in mem)
+	announced int64 // written when waiting goroutines were last woken
+	received  bool  // the whole body is spooled: written is its length
+	mem       []byte
+	done      bool
+	verified  bool
+	err       error
 }
 
 // smallBlob is the largest blob held in memory rather than spooled; at most
@@ -386,12 +387,21 @@ func (f *fill) start(size int64) {
 	f.mu.Unlock()
 }
 
+// progress records that n bytes have landed. Waiting clients are woken
+// every sendBatch bytes and at the end, not at every read: with many
+// clients each wake-up costs a sendfile per client.
 func (f *fill) progress(n int64, received bool) {
 	f.mu.Lock()
 	f.written, f.received = n, received
-	f.cond.Broadcast()
+	if received || n-f.announced >= sendBatch || n == f.size {
+		f.announced = n
+		f.cond.Broadcast()
+	}
 	f.mu.Unlock()
 }
+
+// sendBatch is how many new bytes wake a fill's clients.
+const sendBatch = 256 << 10
 
 func (f *fill) finish(err error) {
 	f.mu.Lock()
