@@ -67,7 +67,7 @@ func (t *table) markdown(took time.Duration) string {
 	sc := t.scale
 	var b strings.Builder
 	bigMiB := float64(int64(sc.bigLayers)*sc.bigLayerSize) / (1 << 20)
-	fmt.Fprintf(&b, "Medians of %d; the ratio in parentheses is to the direct column (for warm pulls: direct's time over the column's, i.e. speed).\n\n", sc.reps)
+	fmt.Fprintf(&b, "Medians of %d samples (%d for the cold pull of one client); the ratio in parentheses is to the direct column (for warm pulls: direct's time over the column's, i.e. speed).\n\n", sc.reps, sc.coldReps)
 	b.WriteString("| measurement | direct | distribution proxy | trustproxy | target | met |\n|---|---|---|---|---|---|\n")
 
 	d := t.median("cold-big", direct)
@@ -79,6 +79,9 @@ func (t *table) markdown(took time.Duration) string {
 	tp = t.median("cold-small", trustproxy) / d
 	fmt.Fprintf(&b, "| %d small signed images, each its own repository, cold, sequential (per image) | %s | %s | %s | ≤ 2x | %s |\n", sc.small,
 		t.cell("cold-small", direct, msecs, d), t.cell("cold-small", distribution, msecs, d), t.cell("cold-small", trustproxy, msecs, d), yes(tp <= 2))
+
+	fmt.Fprintf(&b, "| the same, against an unverified pull by tag straight from the upstream (no trust data fetched) | %s | | %s (%.2fx) | | |\n",
+		t.cell("cold-small", plain, msecs, 0), t.cell("cold-small", trustproxy, msecs, 0), t.median("cold-small", trustproxy)/t.median("cold-small", plain))
 
 	d = t.median("warm", direct)
 	speed := func(impl string) string {
@@ -111,11 +114,35 @@ func (t *table) markdown(took time.Duration) string {
 	fmt.Fprintf(&b, "\nThe %d MiB layer's concurrent pulls through trustproxy: upstream bytes / image %s, total time %s. (distribution is not run there: it would fetch the layer once per client.)\n",
 		sc.hugeLayerSize>>20, times(t.median("huge-upstream", trustproxy)), secs(t.median("huge-time", trustproxy)))
 
+	if *beforeFlag != "" {
+		b.WriteString("\nThe same rows, medians, for the build given by -before (" + *beforeFlag + ") and this one, measured in this run:\n\n")
+		b.WriteString("| row | before | after | after / before |\n|---|---|---|---|\n")
+		for _, r := range []struct {
+			row, what string
+			f         func(float64) string
+		}{
+			{"cold-big", "cold pull, one client", secs},
+			{"cold-small", "cold small image (per image)", msecs},
+			{"warm", "warm pull", msecs},
+			{"tags", "manifest by tag", rate},
+			{"concurrent-time", "concurrent cold pulls: total time", secs},
+			{"concurrent-upstream", "concurrent cold pulls: upstream bytes / image", times},
+			{"rss-big", "peak RSS, concurrent", mib},
+			{"rss-huge", "peak RSS, concurrent, the one big layer", mib},
+		} {
+			bf, af := t.median(r.row, before), t.median(r.row, trustproxy)
+			if bf == 0 || af == 0 {
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %.2f |\n", r.what, r.f(bf), r.f(af), af/bf)
+		}
+	}
+
 	b.WriteString("\nRaw samples (seconds; per image for cold-small and per pull for warm; req/s for tags; MiB for rss; upstream bytes / image for *-upstream):\n\n```\n")
 	for _, row := range slices.Sorted(maps.Keys(t.samples)) {
-		for _, impl := range impls3 {
+		for _, impl := range append(columns(), plain) {
 			if s := t.samples[row][impl]; len(s) > 0 {
-				fmt.Fprintf(&b, "%-20s %-13s %v\n", row, impl, roundAll(s))
+				fmt.Fprintf(&b, "%-20s %-18s %v\n", row, impl, roundAll(s))
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -22,6 +23,7 @@ import (
 var (
 	tableOut   = flag.String("table", "", "run TestTable at full scale and write its markdown table here")
 	binFlag    = flag.String("trustproxy", "", "the trustproxy binary to measure (default: built from this tree)")
+	beforeFlag = flag.String("before", "", "another trustproxy binary, measured in the same run as the column trustproxy-before")
 	rowsFlag   = flag.String("rows", "", "with -table: the rows to run, comma-separated (default: all)")
 	profileDir = flag.String("profile", "", "with -table: write trustproxy's CPU and block profiles of the cold rows here")
 )
@@ -29,6 +31,7 @@ var (
 // scale is the size of every row of the table.
 type scale struct {
 	reps           int   // samples per cell; the table shows their median
+	coldReps       int   // samples per cell of the cold big pull, short and noisy
 	bigLayers      int   // layers of the big image
 	bigLayerSize   int64 // bytes per layer of the big image
 	small          int   // small signed images, one repository each
@@ -44,14 +47,14 @@ type scale struct {
 
 // full is the scale of the published table (docs/performance.md).
 var full = scale{
-	reps: 3, bigLayers: 4, bigLayerSize: 64 << 20, small: 200,
+	reps: 3, coldReps: 7, bigLayers: 4, bigLayerSize: 64 << 20, small: 200,
 	warmLayers: 3, warmLayerSize: 4 << 20, tagClients: 32, tagDuration: 2 * time.Second,
 	concurrent: 50, hugeLayerSize: 1 << 30, pullWorkers: 3, profileRepeats: 2,
 }
 
 // smoke runs every row at a size CI affords, to keep the harness working.
 var smoke = scale{
-	reps: 1, bigLayers: 2, bigLayerSize: 1 << 20, small: 5,
+	reps: 1, coldReps: 1, bigLayers: 2, bigLayerSize: 1 << 20, small: 5,
 	warmLayers: 2, warmLayerSize: 64 << 10, tagClients: 4, tagDuration: 200 * time.Millisecond,
 	concurrent: 5, hugeLayerSize: 4 << 20, pullWorkers: 3, profileRepeats: 1,
 }
@@ -110,8 +113,8 @@ func TestTable(t *testing.T) {
 // runColdBig: one client pulls the big image through a proxy with empty
 // storage (and, for trustproxy, no trust data yet).
 func runColdBig(t *testing.T, e *tableEnv, tab *table) {
-	for range e.sc.reps {
-		for _, im := range impls3 {
+	for range e.sc.coldReps {
+		for _, im := range columns() {
 			p := e.start(t, im, "")
 			d := timed(t, func() error { return e.pull(t.Context(), im, p, e.big, e.sc.pullWorkers) })
 			p.stop()
@@ -122,13 +125,21 @@ func runColdBig(t *testing.T, e *tableEnv, tab *table) {
 
 // runColdSmall: one client pulls every small image, one after the other,
 // each its own repository, through a proxy with empty storage.
+// Also recorded, as plain: the same pulls straight from the upstream by
+// tag, verifying nothing but digests (no trust data fetched).
 func runColdSmall(t *testing.T, e *tableEnv, tab *table) {
 	for range e.sc.reps {
-		for _, im := range impls3 {
-			p := e.start(t, im, "")
+		for _, im := range append(columns(), plain) {
+			p := e.start(t, cmp.Or(map[string]string{plain: direct}[im], im), "")
 			d := timed(t, func() error {
 				for _, s := range e.smalls {
-					if err := e.pull(t.Context(), im, p, s, e.sc.pullWorkers); err != nil {
+					var err error
+					if im == plain {
+						err = e.plainPull(t.Context(), p.url, s, e.sc.pullWorkers)
+					} else {
+						err = e.pull(t.Context(), im, p, s, e.sc.pullWorkers)
+					}
+					if err != nil {
 						return err
 					}
 				}
@@ -145,7 +156,7 @@ func runColdSmall(t *testing.T, e *tableEnv, tab *table) {
 // pull's cost is the proxy's.
 func runWarm(t *testing.T, e *tableEnv, tab *table) {
 	const pulls = 10
-	for _, im := range impls3 {
+	for _, im := range columns() {
 		p := e.start(t, im, "")
 		if err := e.plainPull(t.Context(), p.url, e.warm, e.sc.pullWorkers); err != nil {
 			t.Fatal(err)
@@ -168,7 +179,7 @@ func runWarm(t *testing.T, e *tableEnv, tab *table) {
 // runTags: tagClients clients GET the warm image's manifest by tag for
 // tagDuration; the figure is requests per second.
 func runTags(t *testing.T, e *tableEnv, tab *table) {
-	for _, im := range impls3 {
+	for _, im := range columns() {
 		p := e.start(t, im, "")
 		c := newClient(t)
 		if err := c.get(t.Context(), p.url, "/v2/"+e.warm.repo+"/manifests/"+e.warm.tag, accept, e.warm.manifest, nil); err != nil {
@@ -214,7 +225,7 @@ func runTags(t *testing.T, e *tableEnv, tab *table) {
 // upstream's bytes per image, and the proxy's peak RSS.
 func runConcurrent(t *testing.T, e *tableEnv, tab *table) {
 	for range e.sc.reps {
-		for _, im := range impls3 {
+		for _, im := range columns() {
 			p := e.start(t, im, "")
 			before := e.upstreamBlobBytes(e.big)
 			d := timed(t, func() error { return e.pullMany(t.Context(), im, p, e.big, e.sc.concurrent) })
@@ -233,7 +244,7 @@ func runConcurrent(t *testing.T, e *tableEnv, tab *table) {
 func runMemory(t *testing.T, e *tableEnv, tab *table) {
 	// distribution would fetch the layer once per client: 50 GiB from the
 	// upstream, minutes of the run; its memory is measured at rss-big.
-	for _, im := range []string{trustproxy} {
+	for _, im := range columns()[2:] {
 		p := e.start(t, im, "")
 		before := e.upstreamBlobBytes(e.huge)
 		d := timed(t, func() error { return e.pullMany(t.Context(), im, p, e.huge, e.sc.concurrent) })

@@ -47,7 +47,24 @@ const (
 	trustproxy   = "trustproxy"   // a plain client pulling by tag through trustproxy, which verifies
 )
 
-var impls3 = []string{direct, distribution, trustproxy}
+// before is trustproxy built from another tree (-before), measured in the
+// same run as a second trustproxy column.
+const before = "trustproxy-before"
+
+// columns are what is measured: the three ways, and before when asked for.
+func columns() []string {
+	if *beforeFlag != "" {
+		return []string{direct, distribution, trustproxy, before}
+	}
+	return []string{direct, distribution, trustproxy}
+}
+
+// isTrustproxy says whether impl is a trustproxy build.
+func isTrustproxy(impl string) bool { return impl == trustproxy || impl == before }
+
+// plain is an unverified pull by tag straight from the upstream: the floor
+// of the cold small images' row, shown beside it.
+const plain = "plain"
 
 // signedImage is one image on the upstream, signed in its repository's
 // targets/releases.
@@ -200,7 +217,7 @@ func (e *tableEnv) start(t *testing.T, impl, extra string) *proc {
 	addr := freeAddr(t)
 	p.url = "http://" + addr
 	switch impl {
-	case trustproxy:
+	case trustproxy, before:
 		var pins strings.Builder
 		for _, im := range e.images() {
 			fmt.Fprintf(&pins, "      %s: [%s]\n", im.gun, im.rootID)
@@ -227,7 +244,11 @@ trust:
 		if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p.cmd = exec.Command(e.bin, "serve", "--config", file)
+		bin := e.bin
+		if impl == before {
+			bin = *beforeFlag
+		}
+		p.cmd = exec.Command(bin, "serve", "--config", file)
 	case distribution:
 		b, _ := json.Marshal(distConfig{Listen: addr, Root: filepath.Join(dir, "storage"), Remote: e.upstream.URL()})
 		p.cmd = exec.Command(os.Args[0], "-test.run=^$")
@@ -357,7 +378,7 @@ func (e *tableEnv) images() []*signedImage {
 // distribution, a Docker Content Trust client resolves the tag with the
 // notary client library against the Notary server, then pulls by digest.
 func (e *tableEnv) pull(ctx context.Context, impl string, p *proc, im *signedImage, workers int) error {
-	if impl == trustproxy {
+	if isTrustproxy(impl) {
 		return e.plainPull(ctx, p.url, im, workers)
 	}
 	// Every pull is a client of its own, with its own cache, as on the

@@ -10,7 +10,9 @@
 //     TLS from a CA made in t.TempDir()), behind a TLS front whose URL clients use. The
 //     front counts requests, can Replay a Recording of older metadata and can be SetDown.
 //   - Notary.Init, AddDelegation, Sign: publish trust data with the notary CLI, straight to
-//     notary-server, with keys from NewKey.
+//     notary-server, with keys from NewKey. Notary.Publish does a whole repository (root,
+//     targets, a Releases delegation, its tags) with the notary client library in tens of
+//     milliseconds, for tests and benchmarks that need many.
 //   - StartScanner: a Harbor scanner adapter (API v1.2) with canned reports, the one
 //     fake: a real scanner needs its vulnerability database. Like Trivy's adapter it
 //     pulls the manifest and config it scans from the scan request's registry, with the

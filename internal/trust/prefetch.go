@@ -112,6 +112,23 @@ func (p *prefetchRemote) prefetch(role string) {
 // prefetchDelegations starts fetching the delegations a targets file lists,
 // up to limits.max_delegations in all.
 func (p *prefetchRemote) prefetchDelegations(raw []byte) {
+	for _, name := range delegationNames(raw) {
+		p.mu.Lock()
+		ok := p.delegations < p.limits.MaxDelegations
+		p.delegations++
+		p.mu.Unlock()
+		if !ok {
+			return
+		}
+		p.prefetch(name)
+	}
+}
+
+// delegationNames lists the delegated roles a targets file names, as
+// fetched and not yet verified: only names under targets/ that are not
+// themselves consistent names. A file that does not parse names none
+// (notary will say what is wrong with it).
+func delegationNames(raw []byte) []string {
 	var t struct {
 		Signed struct {
 			Delegations struct {
@@ -122,21 +139,15 @@ func (p *prefetchRemote) prefetchDelegations(raw []byte) {
 		} `json:"signed"`
 	}
 	if json.Unmarshal(raw, &t) != nil {
-		return // notary will say what is wrong with it
+		return nil
 	}
+	var names []string
 	for _, r := range t.Signed.Delegations.Roles {
-		if !strings.HasPrefix(r.Name, "targets/") || checksumTail.MatchString(r.Name) {
-			continue
+		if strings.HasPrefix(r.Name, "targets/") && !checksumTail.MatchString(r.Name) {
+			names = append(names, r.Name)
 		}
-		p.mu.Lock()
-		ok := p.delegations < p.limits.MaxDelegations
-		p.delegations++
-		p.mu.Unlock()
-		if !ok {
-			return
-		}
-		p.prefetch(r.Name)
 	}
+	return names
 }
 
 // take waits for role's prefetch, if one was started, and returns it when

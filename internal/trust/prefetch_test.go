@@ -81,3 +81,19 @@ func TestPrefetchedRoleUsedOnlyWhenItMatches(t *testing.T) {
 		t.Errorf("targets asked for %d times, %d of them by name; want the prefetch by name, then the file by checksum", f.srv.count("targets"), byName)
 	}
 }
+
+// FuzzDelegationNames: whatever a Notary server sends as targets, the
+// names prefetched are delegations under targets/, never a consistent
+// name, and parsing never panics.
+func FuzzDelegationNames(f *testing.F) {
+	f.Add([]byte(`{"signed":{"delegations":{"roles":[{"name":"targets/releases"},{"name":"targets/a.` + strings.Repeat("ab", 32) + `"},{"name":"root"}]}}}`))
+	f.Add([]byte(`{"signed":{"delegations":{"roles":null}}}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		for _, n := range delegationNames(raw) {
+			if !strings.HasPrefix(n, "targets/") || checksumTail.MatchString(n) {
+				t.Fatalf("prefetch of %q", n)
+			}
+		}
+	})
+}
