@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,16 +104,20 @@ type tableEnv struct {
 
 func newTableEnv(t *testing.T, sc scale) *tableEnv {
 	t.Helper()
-	e := &tableEnv{sc: sc, notary: testenv.StartNotary(t), upstream: testenv.NewRegistry(t), key: testenv.NewKey(t, "bench-release")}
-	e.base = t.TempDir()
-	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-		// Storage on tmpfs, as the upstream's page cache: the table
-		// measures the proxies, not the disk.
+	// Everything on tmpfs when there is one (the upstream's blobs, the
+	// proxies' storage and spool): the table measures the proxies, not a
+	// disk, nor the writeback of the images setup wrote.
+	// (At full scale only, with room for it: a container's /dev/shm may be
+	// 64 MiB.)
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &fs); err == nil && sc == full && int64(fs.Bavail)*fs.Bsize >= 8<<30 {
 		if dir, err := os.MkdirTemp("/dev/shm", "trustproxy-bench-"); err == nil {
-			e.base = dir
 			t.Cleanup(func() { os.RemoveAll(dir) })
+			t.Setenv("TMPDIR", dir)
 		}
 	}
+	e := &tableEnv{sc: sc, notary: testenv.StartNotary(t), upstream: testenv.NewRegistry(t), key: testenv.NewKey(t, "bench-release")}
+	e.base = t.TempDir()
 	var g errgroup.Group
 	g.Go(func() error {
 		if *binFlag != "" {
@@ -163,6 +168,7 @@ func newTableEnv(t *testing.T, sc scale) *tableEnv {
 	if err := g.Wait(); err != nil {
 		t.Fatal(err)
 	}
+	syscall.Sync() // what setup wrote is written back now, not while rows run
 	return e
 }
 
@@ -195,6 +201,7 @@ type proc struct {
 	debugURL string // trustproxy's pprof listener, when asked for
 	cmd      *exec.Cmd
 	done     chan struct{}
+	dir      string       // its storage, logs and the DCT clients' caches; removed by stop
 	dctDir   string       // where the DCT clients keep their trust caches, one per pull
 	dct      *http.Client // the DCT client's connections to the Notary server
 }
@@ -207,11 +214,12 @@ func (e *tableEnv) start(t *testing.T, impl, extra string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{impl: impl, dctDir: filepath.Join(dir, "dct"), done: make(chan struct{})}
+	p := &proc{impl: impl, dir: dir, dctDir: filepath.Join(dir, "dct"), done: make(chan struct{})}
 	p.dct = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.notary.CAPool()}, MaxIdleConnsPerHost: 64}}
 	if impl == direct {
 		p.url = e.upstream.URL()
 		close(p.done)
+		t.Cleanup(p.stop)
 		return p
 	}
 	addr := freeAddr(t)
@@ -263,12 +271,7 @@ trust:
 		t.Fatal(err)
 	}
 	go func() { _ = p.cmd.Wait(); log.Close(); close(p.done) }()
-	stop := func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		_ = os.RemoveAll(dir)
-	}
-	t.Cleanup(stop)
+	t.Cleanup(p.stop)
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		resp, err := http.Get(p.url + "/v2/")
 		if err == nil {
@@ -296,6 +299,7 @@ func (p *proc) stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
+	_ = os.RemoveAll(p.dir)
 }
 
 // peakRSS is the proxy process's peak resident set (VmHWM), in bytes.
