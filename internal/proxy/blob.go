@@ -105,8 +105,8 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 // serveStored serves a stored blob as distribution's BlobStore.ServeBlob
 // does (Range, HEAD, ETag, If-None-Match), reading the storage driver's file
 // itself: ServeBlob puts a 4 MiB buffer in front of every blob it opens
-// (fifty clients, 200 MiB), which also keeps net/http from sending a file
-// with sendfile. A driver whose reader cannot seek is served by ServeBlob.
+// (fifty clients, 200 MiB). A driver whose reader cannot seek is served by
+// ServeBlob.
 func (s *Server) serveStored(ctx context.Context, w http.ResponseWriter, r *http.Request, blobs distribution.BlobStore, desc v1.Descriptor) error {
 	if s.driver == nil {
 		return blobs.ServeBlob(ctx, w, r, desc.Digest)
