@@ -75,6 +75,11 @@ func (t *table) markdown(took time.Duration) string {
 	fmt.Fprintf(&b, "| cold pull, one client, %.0f MiB image (%d layers) | %s | %s | %s | ≤ 1.1x | %s |\n", bigMiB, sc.bigLayers,
 		t.cell("cold-big", direct, secs, d), t.cell("cold-big", distribution, secs, d), t.cell("cold-big", trustproxy, secs, d), yes(tp <= 1.1))
 
+	d = t.median("cold-remote", direct)
+	tp = t.median("cold-remote", trustproxy) / d
+	fmt.Fprintf(&b, "| the same, the upstream %d MiB/s per connection away (a remote registry) | %s | %s | %s | ≤ 1.1x | %s |\n", remoteRate>>20,
+		t.cell("cold-remote", direct, secs, d), t.cell("cold-remote", distribution, secs, d), t.cell("cold-remote", trustproxy, secs, d), yes(tp <= 1.1))
+
 	d = t.median("cold-small", direct)
 	tp = t.median("cold-small", trustproxy) / d
 	fmt.Fprintf(&b, "| %d small signed images, each its own repository, cold, sequential (per image) | %s | %s | %s | ≤ 2x | %s |\n", sc.small,
@@ -122,6 +127,7 @@ func (t *table) markdown(took time.Duration) string {
 			f         func(float64) string
 		}{
 			{"cold-big", "cold pull, one client", secs},
+			{"cold-remote", "cold pull, one client, remote upstream", secs},
 			{"cold-small", "cold small image (per image)", msecs},
 			{"warm", "warm pull", msecs},
 			{"tags", "manifest by tag", rate},

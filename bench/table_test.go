@@ -80,6 +80,7 @@ func TestTable(t *testing.T) {
 		run  func(*testing.T, *tableEnv, *table)
 	}{
 		{"cold-big", runColdBig},
+		{"cold-remote", runColdRemote},
 		{"cold-small", runColdSmall},
 		{"warm", runWarm},
 		{"tags", runTags},
@@ -119,6 +120,19 @@ func runColdBig(t *testing.T, e *tableEnv, tab *table) {
 			d := timed(t, func() error { return e.pull(t.Context(), im, p, e.big, e.sc.pullWorkers) })
 			p.stop()
 			tab.add("cold-big", im, d.Seconds())
+		}
+	}
+}
+
+// runColdRemote is runColdBig with the upstream behind a relay passing
+// remoteRate per connection: the network, not the machine, sets the pace.
+func runColdRemote(t *testing.T, e *tableEnv, tab *table) {
+	for range e.sc.reps {
+		for _, im := range columns() {
+			p := e.startAt(t, im, "", e.remote.URL())
+			d := timed(t, func() error { return e.pull(t.Context(), im, p, e.big, e.sc.pullWorkers) })
+			p.stop()
+			tab.add("cold-remote", im, d.Seconds())
 		}
 	}
 }

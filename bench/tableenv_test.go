@@ -94,8 +94,9 @@ type tableEnv struct {
 	notary   *testenv.Notary
 	upstream *testenv.Registry
 	key      *testenv.Key
-	bin      string // trustproxy
-	base     string // where proxies keep their storage
+	bin      string         // trustproxy
+	base     string         // where proxies keep their storage
+	remote   *testenv.Relay // the upstream at remoteRate per connection
 
 	big, warm, huge *signedImage
 	smalls          []*signedImage
@@ -118,6 +119,7 @@ func newTableEnv(t *testing.T, sc scale) *tableEnv {
 	}
 	e := &tableEnv{sc: sc, notary: testenv.StartNotary(t), upstream: testenv.NewRegistry(t), key: testenv.NewKey(t, "bench-release")}
 	e.base = t.TempDir()
+	e.remote = testenv.Throttle(t, e.upstream.Host(), remoteRate)
 	var g errgroup.Group
 	g.Go(func() error {
 		if *binFlag != "" {
@@ -194,6 +196,11 @@ func rawImage(t *testing.T, seed string, layers int, size int64) v1.Image {
 	return img
 }
 
+// remoteRate is what one connection to the remote upstream carries per
+// second: a registry some way off (Docker Hub gives a cloud machine about
+// this much per connection).
+const remoteRate = 64 << 20
+
 // proc is one running proxy (nothing to run for direct).
 type proc struct {
 	impl     string
@@ -209,6 +216,12 @@ type proc struct {
 // start runs a fresh proxy with empty storage; extra is YAML appended to
 // trustproxy's configuration.
 func (e *tableEnv) start(t *testing.T, impl, extra string) *proc {
+	return e.startAt(t, impl, extra, e.upstream.URL())
+}
+
+// startAt is start in front of the upstream at upstream (the registry's
+// URL, or a relay's).
+func (e *tableEnv) startAt(t *testing.T, impl, extra, upstream string) *proc {
 	t.Helper()
 	dir, err := os.MkdirTemp(e.base, impl+"-")
 	if err != nil {
@@ -217,7 +230,7 @@ func (e *tableEnv) start(t *testing.T, impl, extra string) *proc {
 	p := &proc{impl: impl, dir: dir, dctDir: filepath.Join(dir, "dct"), done: make(chan struct{})}
 	p.dct = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.notary.CAPool()}, MaxIdleConnsPerHost: 64}}
 	if impl == direct {
-		p.url = e.upstream.URL()
+		p.url = upstream
 		close(p.done)
 		t.Cleanup(p.stop)
 		return p
@@ -242,7 +255,7 @@ trust:
     certs:
 %s  signers: [{name: bench-release, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [bench-release]}]
-%s`, addr, dir, e.upstream.URL(), e.notary.ServerURL(), e.notary.CAFile(), pins.String(), e.key.CertFile, extra)
+%s`, addr, dir, upstream, e.notary.ServerURL(), e.notary.CAFile(), pins.String(), e.key.CertFile, extra)
 		if strings.Contains(extra, "debug:") {
 			daddr := freeAddr(t)
 			cfg = strings.Replace(cfg, "listen: 127.0.0.1:0", "listen: "+daddr, 1)
@@ -258,7 +271,7 @@ trust:
 		}
 		p.cmd = exec.Command(bin, "serve", "--config", file)
 	case distribution:
-		b, _ := json.Marshal(distConfig{Listen: addr, Root: filepath.Join(dir, "storage"), Remote: e.upstream.URL()})
+		b, _ := json.Marshal(distConfig{Listen: addr, Root: filepath.Join(dir, "storage"), Remote: upstream})
 		p.cmd = exec.Command(os.Args[0], "-test.run=^$")
 		p.cmd.Env = append(os.Environ(), distEnv+"="+string(b))
 	}
