@@ -6,11 +6,12 @@
 #   table.md        the table of medians and ratios, targets, raw samples
 #   log             the test's output
 #   prof/*.pprof    trustproxy's CPU and block profiles of the cold rows
-# It takes about 6 minutes on a 2-core machine and removes everything else it
+# It takes about 8 minutes on a 2-core machine and removes everything else it
 # made. notary-server (Debian's notary package) is installed when missing.
 #
 #	bash bench/run.sh                 from any directory, as root or a user
 #	ROWS=cold-big,cold-small bash bench/run.sh
+#	BEFORE=/path/to/older/trustproxy bash bench/run.sh    adds a before/after table
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
@@ -31,6 +32,7 @@ out=$(readlink -f "$out")
 rm -rf "$out/prof"
 args=(-table="$out/table.md" -profile="$out/prof")
 [[ -n ${ROWS:-} ]] && args+=(-rows="$ROWS")
+[[ -n ${BEFORE:-} ]] && args+=(-before="$(readlink -f "$BEFORE")")
 status=0
 go test -run='^TestTable$' -count=1 -timeout=20m -v ./bench -args "${args[@]}" >"$out/log" 2>&1 || status=$?
 if ((status != 0)); then
