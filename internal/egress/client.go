@@ -75,8 +75,9 @@ type Client struct {
 	limited map[string]time.Time // origin -> no requests before
 	timeout time.Duration        // a token request, body included
 
-	tokens *lru.Cache[string, token] // by scope
-	fetch  singleflight.Group
+	tokens  *lru.Cache[string, token] // by scope
+	fetch   singleflight.Group
+	warming chan struct{} // Warm's token requests under way
 }
 
 type token struct {
@@ -99,6 +100,7 @@ func New(e Endpoint) (*Client, error) {
 		redirectOK: map[string]bool{},
 		limited:    map[string]time.Time{},
 		timeout:    e.Timeout,
+		warming:    make(chan struct{}, maxWarming),
 	}
 	for _, r := range e.TokenRealms {
 		u, err := url.Parse(r)
@@ -345,18 +347,35 @@ func (c *Client) checkRealm(realm string) error {
 // is known to want one and none is held, so that a request for scope made a
 // moment later goes out with it rather than being answered 401 first. It
 // sends nothing otherwise.
+//
+// At most maxWarming run at once (more are dropped: the request itself will
+// ask), and none while the realm is rate limiting.
 func (c *Client) Warm(scope string) {
 	c.mu.Lock()
-	bearer := c.scheme == "bearer"
+	bearer, realm := c.scheme == "bearer", c.realm
 	c.mu.Unlock()
 	if !bearer {
+		return
+	}
+	if u, err := url.Parse(realm); err != nil || c.rateLimited(originOf(u)) != nil {
 		return
 	}
 	if t, ok := c.tokens.Get(scope); ok && time.Now().Before(t.until) {
 		return
 	}
-	go func() { _, _ = c.token(context.Background(), scope) }() // bounded by the endpoint's timeout
+	select {
+	case c.warming <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-c.warming }()
+		_, _ = c.token(context.Background(), scope) // bounded by the endpoint's timeout
+	}()
 }
+
+// maxWarming bounds the token requests Warm has under way at once.
+const maxWarming = 8
 
 // token returns the bearer token of scope, asking the realm once however
 // many requests need it at the same time. The request, body included, is

@@ -632,3 +632,51 @@ func TestUpstreamTokenFetchedDuringTrustFetch(t *testing.T) {
 		t.Errorf("the manifest request after the trust fetch was answered 401 first; requests without a token: %v", unauthorized)
 	}
 }
+
+// TestMadeUpRepositoriesGetNoTokenRequests: the upstream token is asked for
+// ahead only once the Notary server has shown trust data for the
+// repository: anonymous requests for made-up names, all refused, send the
+// upstream's token realm nothing.
+func TestMadeUpRepositoriesGetNoTokenRequests(t *testing.T) {
+	w := newSignedInProcess(t)
+	must(t, w.repo.Publish())
+	var mu sync.Mutex
+	var scopes []string
+	tokens := newCapture(t, func(rw http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		scopes = append(scopes, r.URL.Query().Get("scope"))
+		mu.Unlock()
+		fmt.Fprint(rw, `{"token":"good","expires_in":300}`)
+	})
+	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		if r.Header.Get("Authorization") == "Bearer good" {
+			return false
+		}
+		rw.Header().Set("WWW-Authenticate", `Bearer realm="`+tokens.URL+`/token",service="registry.test"`)
+		rw.WriteHeader(http.StatusUnauthorized)
+		return true
+	})
+	p := start(t, w.config(t, time.Second, "token_realms: ["+tokens.URL+"], ", ""))
+	p.mustPull(t, "library/app:v1")
+	mu.Lock()
+	scopes = nil
+	mu.Unlock()
+	for i := range 50 {
+		code, _, _ := p.get(t, http.MethodGet, fmt.Sprintf("/v2/library/nosuch%d/manifests/latest", i))
+		if code == http.StatusOK {
+			t.Fatalf("made-up repository served")
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // time for any token request to arrive
+	mu.Lock()
+	defer mu.Unlock()
+	n := 0
+	for _, s := range scopes {
+		if strings.Contains(s, "nosuch") {
+			n++
+		}
+	}
+	if n > 0 {
+		t.Errorf("50 anonymous requests for made-up repositories (all refused: no trust data) made %d token requests to the upstream's realm", n)
+	}
+}

@@ -117,11 +117,12 @@ func (d *Decision) audit() bool {
 
 // verifyRequest fills d with what verifies, or returns why not.
 func (s *Server) verifyRequest(ctx context.Context, req *request, d *Decision) error {
-	if req.kind == kindManifest && d.Rule != nil && !s.verify.Cached(req.gun) {
-		// The trust fetch takes round trips to the Notary server; the
-		// upstream's token for the repository, which the manifest fetch
-		// after it needs, does not depend on it.
-		req.upstream.client.Warm("repository:" + req.repo + ":pull")
+	if req.kind == kindManifest {
+		// Once the Notary server has shown the repository has trust data,
+		// the rest of the trust fetch takes round trips; the upstream's
+		// token, which the manifest fetch after it needs, is asked for
+		// meanwhile. A made-up name gets no token request.
+		ctx = trust.OnTrustData(ctx, func() { req.upstream.client.Warm("repository:" + req.repo + ":pull") })
 	}
 	snap, err := s.verify.Snapshot(ctx, req.gun, d.Rule)
 	if err != nil {

@@ -31,7 +31,6 @@ import (
 // are *trust.RefusalError.
 type Verifier interface {
 	Snapshot(ctx context.Context, gun string, r *config.Rule) (*trust.Snapshot, error)
-	Cached(gun string) bool
 }
 
 var _ Verifier = (*trust.Verifier)(nil)

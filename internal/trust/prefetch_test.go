@@ -1,13 +1,17 @@
 package trust
 
 import (
+	"fmt"
 	"net/http"
+	"path"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/theupdateframework/notary/tuf/data"
+
+	"github.com/trustproxy/trustproxy/config"
 )
 
 // TestFirstUpdateFetchesRolesTogether: the first update of a GUN asks for
@@ -82,18 +86,89 @@ func TestPrefetchedRoleUsedOnlyWhenItMatches(t *testing.T) {
 	}
 }
 
-// FuzzDelegationNames: whatever a Notary server sends as targets, the
-// names prefetched are delegations under targets/, never a consistent
-// name, and parsing never panics.
+// FuzzDelegationNames: whatever a Notary server sends as a parent's
+// targets, the names prefetched are clean delegations directly under that
+// parent, never a consistent name, and parsing never panics.
 func FuzzDelegationNames(f *testing.F) {
-	f.Add([]byte(`{"signed":{"delegations":{"roles":[{"name":"targets/releases"},{"name":"targets/a.` + strings.Repeat("ab", 32) + `"},{"name":"root"}]}}}`))
-	f.Add([]byte(`{"signed":{"delegations":{"roles":null}}}`))
-	f.Add([]byte(`[]`))
-	f.Fuzz(func(t *testing.T, raw []byte) {
-		for _, n := range delegationNames(raw) {
-			if !strings.HasPrefix(n, "targets/") || checksumTail.MatchString(n) {
-				t.Fatalf("prefetch of %q", n)
+	f.Add([]byte(`{"signed":{"delegations":{"roles":[{"name":"targets/releases"},{"name":"targets/a.`+strings.Repeat("ab", 32)+`"},{"name":"root"},{"name":"targets/../../escape"},{"name":"targets/releases/x"}]}}}`), "targets")
+	f.Add([]byte(`{"signed":{"delegations":{"roles":null}}}`), "targets/releases")
+	f.Add([]byte(`[]`), "targets")
+	f.Fuzz(func(t *testing.T, raw []byte, parent string) {
+		for _, n := range delegationNames(raw, parent) {
+			if !data.IsDelegation(data.RoleName(n)) || path.Dir(n) != parent || checksumTail.MatchString(n) {
+				t.Fatalf("prefetch of %q under %q", n, parent)
 			}
 		}
 	})
+}
+
+// TestRefusedRootPrefetchesNothing: a Notary server whose root is refused
+// (pinned to another certificate) gets the one request for root, however
+// many large delegations its targets would name: nothing is prefetched
+// before root has loaded.
+func TestRefusedRootPrefetchesNothing(t *testing.T) {
+	f := newFixture(t)
+	f.publish()
+	var names []string
+	for i := range 64 {
+		names = append(names, fmt.Sprintf(`{"name":"targets/d%d"}`, i))
+	}
+	targets := []byte(`{"signed":{"delegations":{"roles":[` + strings.Join(names, ",") + `]}}}`)
+	var mu sync.Mutex
+	var asked []string
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		mu.Lock()
+		asked = append(asked, role)
+		mu.Unlock()
+		if role == "targets" {
+			w.Write(targets)
+			return true
+		}
+		return false
+	})
+	v, _ := newVerifier(t, f, opts{pinning: config.Pinning{Certs: map[string][]string{testGUN: {strings.Repeat("ab", 32)}}}})
+	_, err := v.snapshot(t.Context(), testGUN)
+	wantReason(t, err, NotPinned)
+	time.Sleep(100 * time.Millisecond) // time for any prefetch to arrive
+	mu.Lock()
+	defer mu.Unlock()
+	if len(asked) != 1 || asked[0] != "root" {
+		t.Errorf("a refused root led to requests for %v, want root only", asked)
+	}
+}
+
+// TestSiblingDelegationsFetchedTogether: when notary asks for the first
+// delegation of a verified targets file, the others it lists are asked for
+// at the same time.
+func TestSiblingDelegationsFetchedTogether(t *testing.T) {
+	f := newFixture(t)
+	for _, r := range []string{"targets/a", "targets/b", "targets/c"} {
+		f.delegate(r)
+		f.tag(r, "v1", []byte("manifest v1"))
+	}
+	f.publish()
+	var mu sync.Mutex
+	inFlight, most, delegations := 0, 0, 0
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		if !strings.HasPrefix(role, "targets/") {
+			return false
+		}
+		mu.Lock()
+		inFlight++
+		delegations++
+		most = max(most, inFlight)
+		mu.Unlock()
+		time.Sleep(30 * time.Millisecond)
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		return false
+	})
+	v, _ := newVerifier(t, f, tofu())
+	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
+		t.Fatal(err)
+	}
+	if most < 3 || delegations != 3 {
+		t.Errorf("3 delegations: %d requests, at most %d at once; want 3, all at once", delegations, most)
+	}
 }

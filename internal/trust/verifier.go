@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -210,17 +211,17 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*S
 	}
 }
 
-// Cached says whether Snapshot would answer for gun from memory, without
-// asking the Notary server: a verified view or a refusal of it is held and
-// still valid.
-func (v *Verifier) Cached(gun string) bool {
-	now := time.Now()
-	if c, ok := v.snaps.Peek(gun); ok && now.Before(c.until) {
-		return true
-	}
-	f, ok := v.refusals.Peek(gun)
-	return ok && now.Before(f.until)
+// OnTrustData returns ctx carrying found, which a refresh of a GUN that
+// Snapshot runs for ctx calls, in the background, once the GUN's root has
+// loaded (the repository has trust data and its root is trusted), while the
+// rest of its trust data is still being fetched: the moment to prepare what
+// a verified request needs next. A GUN without trust data, or whose root is
+// refused, never calls it.
+func OnTrustData(ctx context.Context, found func()) context.Context {
+	return context.WithValue(ctx, trustDataKey{}, found)
 }
+
+type trustDataKey struct{}
 
 // lookup returns the upstream whose Notary server holds gun's trust data,
 // or why gun is refused before any is asked.
@@ -292,12 +293,18 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 		return nil, refuse(InvalidMetadata, cacheDetail, err)
 	}
 	guard := &guardedCache{MetadataStore: store}
-	hs, err := storage.NewNotaryServerStore(strings.TrimSuffix(up.cfg.Notary.URL, "/"), data.GUN(gun),
-		&deadlineTransport{base: up.client.RoundTripper("repository:" + gun + ":pull"), timeout: v.limits.UpstreamTimeout})
+	transport := &deadlineTransport{base: up.client.RoundTripper("repository:" + gun + ":pull"), timeout: v.limits.UpstreamTimeout}
+	server := func(rt http.RoundTripper) (storage.RemoteStore, error) {
+		return storage.NewNotaryServerStore(strings.TrimSuffix(up.cfg.Notary.URL, "/"), data.GUN(gun), rt)
+	}
+	hs, err := server(transport)
 	if err != nil {
 		return nil, refuse(NoTrustServer, fmt.Sprintf("upstreams[%d].notary.url is not usable", up.index), err)
 	}
-	remote := newBoundedRemote(newPrefetchRemote(hs, v.limits), v.limits)
+	ahead := newPrefetchRemote(hs, server, transport, v.limits)
+	ahead.found, _ = ctx.Value(trustDataKey{}).(func())
+	defer ahead.stop()
+	remote := newBoundedRemote(ahead, v.limits)
 	if r.TOFU && len(pinsFor(v.pinning, gun)) == 0 {
 		if warned, _ := v.tofuWarned.ContainsOrAdd(gun, struct{}{}); !warned {
 			v.log.Warn("trusting root on first use", "gun", gun,
