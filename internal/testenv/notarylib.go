@@ -3,7 +3,6 @@ package testenv
 import (
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"net/http"
 	"path/filepath"
 	"sync"
@@ -117,23 +116,9 @@ func (n *Notary) Publish(t testing.TB, gun string, key *Key, targets map[string]
 		}
 	}
 	n.serverWrite(t, gun, repo, s.rootID)
-
-	var root struct {
-		Signed struct {
-			Roles map[string]struct {
-				KeyIDs []string `json:"keyids"`
-			} `json:"roles"`
-		} `json:"signed"`
-	}
-	if err := json.Unmarshal(n.fetchMeta(t, gun, "root.json"), &root); err != nil {
-		t.Fatalf("root.json of %s: %v", gun, err)
-	}
-	ids := root.Signed.Roles["root"].KeyIDs
-	if len(ids) != 1 {
-		t.Fatalf("root.json of %s lists root keys %v, want one", gun, ids)
-	}
+	id := n.rootCertID(t, gun)
 	t.Logf("publish %s with the notary library, %d tags (%s)", gun, len(targets), time.Since(start).Round(time.Millisecond))
-	return ids[0]
+	return id
 }
 
 // serverWrite initializes repo (which asks notary-server for new timestamp and snapshot

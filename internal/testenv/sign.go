@@ -97,7 +97,12 @@ func (n *Notary) Init(t testing.TB, gun string) (rootCertID string) {
 	t.Helper()
 	n.run(t, gun, "init", gun, "--publish")
 	n.run(t, gun, "key", "rotate", gun, "snapshot", "--server-managed")
+	return n.rootCertID(t, gun)
+}
 
+// rootCertID is the one root certificate ID gun's root.json lists.
+func (n *Notary) rootCertID(t testing.TB, gun string) string {
+	t.Helper()
 	var root struct {
 		Signed struct {
 			Roles map[string]struct {
