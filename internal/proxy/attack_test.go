@@ -648,14 +648,7 @@ func TestMadeUpRepositoriesGetNoTokenRequests(t *testing.T) {
 		mu.Unlock()
 		fmt.Fprint(rw, `{"token":"good","expires_in":300}`)
 	})
-	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
-		if r.Header.Get("Authorization") == "Bearer good" {
-			return false
-		}
-		rw.Header().Set("WWW-Authenticate", `Bearer realm="`+tokens.URL+`/token",service="registry.test"`)
-		rw.WriteHeader(http.StatusUnauthorized)
-		return true
-	})
+	bearerUpstream(w, tokens.URL+"/token")
 	p := start(t, w.config(t, time.Second, "token_realms: ["+tokens.URL+"], ", ""))
 	p.mustPull(t, "library/app:v1")
 	mu.Lock()

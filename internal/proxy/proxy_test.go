@@ -222,12 +222,8 @@ func TestUpstreamBytesMismatchRefusedAndNotCached(t *testing.T) {
 func TestConcurrentColdPullsFetchBlobOnce(t *testing.T) {
 	w := newWorld(t)
 	w.initRepo(t, gun, w.alice)
-	img := testenv.Image(t, "big", 1, 32<<20)
-	w.Registry.Push(t, "library/app", "big", img)
-	w.Notary.SignImage(t, gun, "big", img, testenv.Releases)
+	ld, size := w.pushSignedLayer(t, "big", "big", 32<<20)
 	p := w.start(t, "")
-	layers, _ := img.Layers()
-	ld, _ := layers[0].Digest()
 	// Verify the manifest first; the layer stays cold.
 	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/big"); status != 200 {
 		t.Fatalf("manifest: %d", status)
@@ -240,7 +236,7 @@ func TestConcurrentColdPullsFetchBlobOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())
-			if status != 200 || int64(len(body)) != mustSize(t, layers[0]) {
+			if status != 200 || int64(len(body)) != size {
 				errs <- fmt.Errorf("status %d, %d bytes", status, len(body))
 			}
 		}()
@@ -391,11 +387,7 @@ func mustSize(t *testing.T, l interface{ Size() (int64, error) }) int64 {
 func TestPartialBlobNeverStoredAndFillOutlivesClient(t *testing.T) {
 	w := newWorld(t)
 	w.initRepo(t, gun, w.alice)
-	img := testenv.Image(t, "big", 1, 8<<20)
-	w.Registry.Push(t, "library/app", "big", img)
-	w.Notary.SignImage(t, gun, "big", img, testenv.Releases)
-	layers, _ := img.Layers()
-	ld, _ := layers[0].Digest()
+	ld, size := w.pushSignedLayer(t, "big", "big", 8<<20)
 	p := w.start(t, "")
 	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/big"); status != 200 {
 		t.Fatalf("manifest: %d", status)
@@ -405,7 +397,7 @@ func TestPartialBlobNeverStoredAndFillOutlivesClient(t *testing.T) {
 	// and nothing is stored.
 	w.Registry.SetFault(w.Registry.Truncate(testenv.GetPath("/blobs/" + ld.String())))
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())
-	if status == 200 && int64(len(body)) == mustSize(t, layers[0]) {
+	if status == 200 && int64(len(body)) == size {
 		t.Fatal("a truncated upstream blob reached the client whole")
 	}
 	if slices.Contains(p.storedBlobs(t), ld.String()) {
@@ -431,7 +423,7 @@ func TestPartialBlobNeverStoredAndFillOutlivesClient(t *testing.T) {
 	}
 	w.Registry.SetFault(nil)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())
-	if status != 200 || int64(len(body)) != mustSize(t, layers[0]) {
+	if status != 200 || int64(len(body)) != size {
 		t.Fatalf("after the fill: %d, %d bytes", status, len(body))
 	}
 	if n := w.Registry.BlobGets(ld) - gets; n != 1 {
@@ -567,12 +559,7 @@ func TestWritesRefusedNamingTheRepository(t *testing.T) {
 func TestCorruptSpooledLayerRefusedAndNotCached(t *testing.T) {
 	w := newWorld(t)
 	w.initRepo(t, gun, w.alice)
-	img := testenv.Image(t, "spooled", 1, 4<<20)
-	w.Registry.Push(t, "library/app", "v1", img)
-	w.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
-	layers, _ := img.Layers()
-	ld, _ := layers[0].Digest()
-	size := mustSize(t, layers[0])
+	ld, size := w.pushSignedLayer(t, "v1", "spooled", 4<<20)
 	p := w.start(t, "")
 	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
 		t.Fatalf("manifest: %d", status)
@@ -612,11 +599,7 @@ func TestCorruptSpooledLayerRefusedAndNotCached(t *testing.T) {
 func TestStoredBlobRangeHeadAndETag(t *testing.T) {
 	w := newWorld(t)
 	w.initRepo(t, gun, w.alice)
-	img := testenv.Image(t, "stored", 1, 2<<20)
-	w.Registry.Push(t, "library/app", "v1", img)
-	w.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
-	layers, _ := img.Layers()
-	ld, _ := layers[0].Digest()
+	ld, _ := w.pushSignedLayer(t, "v1", "stored", 2<<20)
 	p := w.start(t, "")
 	p.mustPull(t, "library/app:v1")
 	_, _, whole := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+ld.String())

@@ -60,6 +60,19 @@ func (w *world) pushSigned(t *testing.T, repo, tag, seed string) v1.Hash {
 	return d
 }
 
+// pushSignedLayer pushes library/app:tag, an image of one layer of size
+// bytes drawn from seed, signs it in targets/releases, and returns the
+// layer's digest and length.
+func (w *world) pushSignedLayer(t *testing.T, tag, seed string, size int64) (v1.Hash, int64) {
+	t.Helper()
+	img := testenv.Image(t, seed, 1, size)
+	w.Registry.Push(t, "library/app", tag, img)
+	w.Notary.SignImage(t, gun, tag, img, testenv.Releases)
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	return ld, mustSize(t, layers[0])
+}
+
 // pushSignedIndex pushes library/app:multi, an index of a linux/amd64 and a
 // linux/arm64/v8 image, and signs it in targets/releases (initializing the
 // repository's trust data).
