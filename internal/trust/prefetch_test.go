@@ -23,20 +23,7 @@ func TestFirstUpdateFetchesRolesTogether(t *testing.T) {
 	f.delegate("targets/releases")
 	f.tag("targets/releases", "v1", []byte("manifest v1"))
 	f.publish()
-	var mu sync.Mutex
-	inFlight, most, total := 0, 0, 0
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
-		mu.Lock()
-		inFlight++
-		total++
-		most = max(most, inFlight)
-		mu.Unlock()
-		time.Sleep(30 * time.Millisecond) // a server some way off
-		mu.Lock()
-		inFlight--
-		mu.Unlock()
-		return false
-	})
+	c := watchConcurrency(f, func(string) bool { return true })
 	v, _ := newVerifier(t, f, tofu())
 	snap, err := v.snapshot(t.Context(), testGUN)
 	if err != nil {
@@ -45,11 +32,8 @@ func TestFirstUpdateFetchesRolesTogether(t *testing.T) {
 	if _, err := snap.Resolve("v1"); err != nil {
 		t.Fatal(err)
 	}
-	if most < 3 {
-		t.Errorf("at most %d requests were in flight at once, want timestamp, snapshot and targets together", most)
-	}
-	if total != 5 {
-		t.Errorf("%d requests for root, timestamp, snapshot, targets and one delegation, want 5", total)
+	if most, total := c.result(); most < 3 || total != 5 {
+		t.Errorf("%d requests, at most %d at once; want 5 (root, timestamp, snapshot, targets, one delegation), timestamp, snapshot and targets together", total, most)
 	}
 }
 
@@ -147,28 +131,45 @@ func TestSiblingDelegationsFetchedTogether(t *testing.T) {
 		f.tag(r, "v1", []byte("manifest v1"))
 	}
 	f.publish()
-	var mu sync.Mutex
-	inFlight, most, delegations := 0, 0, 0
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
-		if !strings.HasPrefix(role, "targets/") {
-			return false
-		}
-		mu.Lock()
-		inFlight++
-		delegations++
-		most = max(most, inFlight)
-		mu.Unlock()
-		time.Sleep(30 * time.Millisecond)
-		mu.Lock()
-		inFlight--
-		mu.Unlock()
-		return false
-	})
+	c := watchConcurrency(f, func(role string) bool { return strings.HasPrefix(role, "targets/") })
 	v, _ := newVerifier(t, f, tofu())
 	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatal(err)
 	}
-	if most < 3 || delegations != 3 {
+	if most, delegations := c.result(); most < 3 || delegations != 3 {
 		t.Errorf("3 delegations: %d requests, at most %d at once; want 3, all at once", delegations, most)
 	}
+}
+
+// concurrency counts the requests for the roles it watches and the most in
+// flight at once; each is answered 30 ms late, as by a server some way off.
+type concurrency struct {
+	mu                    sync.Mutex
+	inFlight, most, total int
+}
+
+func watchConcurrency(f *fixture, watch func(role string) bool) *concurrency {
+	c := &concurrency{}
+	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+		if !watch(role) {
+			return false
+		}
+		c.mu.Lock()
+		c.inFlight++
+		c.total++
+		c.most = max(c.most, c.inFlight)
+		c.mu.Unlock()
+		time.Sleep(30 * time.Millisecond)
+		c.mu.Lock()
+		c.inFlight--
+		c.mu.Unlock()
+		return false
+	})
+	return c
+}
+
+func (c *concurrency) result() (most, total int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.most, c.total
 }
