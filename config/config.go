@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -281,17 +282,24 @@ type Redis struct {
 	// fetches cold blobs itself.
 	ReplicaURL string `yaml:"replica_url"`
 	// StateKeyFile holds a secret of at least 32 characters, the same for
-	// every replica (from the Secret, not from Redis): it signs the
-	// verified trust views the replicas share on Redis, so that a replica
-	// reuses another's verification within trust.refresh_ttl and nothing
-	// else written to Redis passes as one. Without it every replica
-	// verifies each repository itself.
+	// every replica (from the Secret, never from Redis); required with
+	// Redis. Redis is shared storage, not a trusted party: every entry that
+	// could lead to serving, or names a place to connect to, is sealed with
+	// a key derived from it, and the replicas' shared secrets (the peers'
+	// key, the scan credential key) are derived from it instead of being
+	// kept on Redis.
 	StateKeyFile string `yaml:"state_key_file"`
+	// PeerNetworks, when set, are the networks (CIDR) the other replicas'
+	// addresses lie in: a fill lock naming a replica_url that resolves
+	// elsewhere is not followed.
+	PeerNetworks []string `yaml:"peer_networks"`
 
 	// Password is PasswordFile's content, read by Load.
 	Password string `yaml:"-"`
 	// StateKey is StateKeyFile's content, read by Load.
 	StateKey string `yaml:"-"`
+	// Peers are PeerNetworks, parsed by Load.
+	Peers []netip.Prefix `yaml:"-"`
 }
 
 // RedisTLS turns on TLS to Redis.

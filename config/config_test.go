@@ -362,6 +362,13 @@ func TestErrors(t *testing.T) {
 			want:  []string{"redis.state_key_file: the key is 9 characters"},
 		},
 		{name: "redis settings without addrs", yaml: "redis:\n  master_name: mymaster\n", want: []string{"redis.addrs: required"}},
+		{name: "redis without state key", yaml: "redis:\n  addrs: [127.0.0.1:6379]\n", want: []string{"redis.state_key_file: required with redis"}},
+		{
+			name:  "bad peer networks",
+			yaml:  "redis:\n  addrs: [127.0.0.1:6379]\n  state_key_file: key\n  peer_networks: [10.0.0.0/8, 10.0.0.1]\n",
+			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef\n")},
+			want:  []string{"redis.peer_networks[1]: ", "redis.peer_networks: needs redis.replica_url"},
+		},
 		{name: "shutdown timeout negative", yaml: "limits:\n  shutdown_timeout: -1s\n", want: []string{"limits.shutdown_timeout: must be positive"}},
 		{name: "notary url without host", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https:///path\n", want: []string{"upstreams[0].notary.url: ", "no host"}},
 		{name: "notary ca without url", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      ca_file: ca.pem\n", want: []string{"upstreams[0].notary.url: required"}},

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"maps"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -394,7 +395,8 @@ func (c *Config) validateRedis(p *problems) {
 		}
 	}
 	r.StateKey = ""
-	if r.StateKeyFile != "" {
+	switch {
+	case r.StateKeyFile != "":
 		v, err := readSecret(r.StateKeyFile)
 		switch {
 		case err != nil:
@@ -405,6 +407,20 @@ func (c *Config) validateRedis(p *problems) {
 			p.addf("redis.state_key_file", "needs redis.addrs")
 		}
 		r.StateKey = v
+	case r.Enabled():
+		p.addf("redis.state_key_file", "required with redis: a file holding at least 32 random characters, the same on every replica and never stored on Redis (e.g. head -c 32 /dev/urandom | base64 > state-key); it seals what replicas share on Redis")
+	}
+	r.Peers = nil
+	for i, n := range r.PeerNetworks {
+		pfx, err := netip.ParsePrefix(n)
+		if err != nil {
+			p.addf(fmt.Sprintf("redis.peer_networks[%d]", i), "%v; want a network such as 10.0.0.0/8", err)
+			continue
+		}
+		r.Peers = append(r.Peers, pfx.Masked())
+	}
+	if len(r.PeerNetworks) > 0 && r.ReplicaURL == "" {
+		p.addf("redis.peer_networks", "needs redis.replica_url: without it no fill is shared between replicas")
 	}
 	if strings.ContainsAny(r.KeyPrefix, "{} ") {
 		p.addf("redis.key_prefix", "%q: braces and spaces are not allowed (trustproxy adds its own hash tags)", r.KeyPrefix)

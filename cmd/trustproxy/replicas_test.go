@@ -315,7 +315,7 @@ func (p *processes) start(t *testing.T, dataDir, upstream, trustExtra string) *r
 		return fmt.Sprintf(`listen: %s
 data_dir: %s
 storage: {filesystem: {rootdirectory: %s}}
-redis: {addrs: [%s], replica_url: %s}
+redis: {addrs: [%s], replica_url: %s, state_key_file: %s}
 upstreams:
   - name: docker.io
     url: %s
@@ -324,6 +324,6 @@ trust:
 %s  pinning: {certs: {%s: [%s]}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, p.storage, p.redis.Addr(), url, upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
+`, addr, dataDir, p.storage, p.redis.Addr(), url, testenv.StateKeyFile(t, testenv.StateKey), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
 	})
 }

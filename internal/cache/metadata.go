@@ -11,11 +11,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/theupdateframework/notary"
 	"github.com/theupdateframework/notary/storage"
 )
@@ -42,12 +42,11 @@ type MetadataStore struct {
 	shared *sharedFloor   // nil: no Redis, the disk floor alone
 }
 
-// Share makes rdb the shared floor of every GUN, under keys starting with
-// prefix: each role is read as the newer of the disk's and Redis's, and a
-// write that would lower Redis's version is refused. health says when to
-// leave Redis alone.
-func (m *MetadataStore) Share(rdb redis.UniversalClient, prefix string, health *RedisHealth) {
-	m.shared = &sharedFloor{rdb: rdb, prefix: prefix, health: health}
+// Share makes sh the shared floor of every GUN: each role is read as the
+// newer of the disk's and Redis's genuine entries, and a write that would
+// lower Redis's version is refused.
+func (m *MetadataStore) Share(sh *Shared) {
+	m.shared = &sharedFloor{sh}
 }
 
 // NewMetadataStore returns the store rooted at dir, creating dir if needed.
@@ -222,41 +221,74 @@ func (s *GUNStore) GetSized(name string, size int64) ([]byte, error) {
 
 // newerShared returns the shared metadata of role name when it is newer
 // than what the disk gave (b, err), else b, err: the floor is the highest
-// version any replica has stored. A root is never taken from Redis: notary
+// version any replica has stored. Only genuine entries count (sealed with
+// the state key), and only those stored under the keys that the disk's root
+// gives the role (its epoch). A root is never taken from Redis: notary
 // trusts a cached root as given, so Redis's root is a version floor only
 // (the compare-and-set refuses to lower it), and a replica's root always
 // comes from its own disk or its Notary server, checked against its
-// pinning. Shared metadata that does not parse or is over size is ignored.
-// When the disk holds a newer version than Redis (written while Redis was
-// unreachable), it is pushed up: the shared floor never stays below a
-// replica's.
+// pinning. Shared metadata over size is ignored. A newer shared entry is
+// kept on disk too, so that the replica never goes back below it whatever
+// Redis holds later. When the disk holds a newer version than Redis
+// (written while Redis was unreachable), it is pushed up: the shared floor
+// never stays below a replica's.
 func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]byte, error) {
 	if s.shared == nil || (err != nil && !errors.As(err, new(storage.ErrMetaNotFound))) {
 		return b, err
 	}
-	sb := s.shared.get(s.gun, name)
+	root, ok := s.diskRoot()
+	if !ok && name != "root" {
+		return b, err // no root of its own yet: nothing shared is usable
+	}
+	mine := root.entry(name, nil, 0)
+	e := s.shared.get(s.gun, name)
+	if e != nil && name != "root" && e.Epoch != mine.Epoch {
+		e = nil // stored under other keys for this role: another key generation
+	}
+	if e != nil && size != storage.NoSizeLimit && int64(len(e.blob)) > size {
+		s.log.Warn("shared trust metadata on redis is larger than notary asks for; ignored", "role", name, "bytes", len(e.blob), "limit", size)
+		e = nil
+	}
 	sv := -1
-	if sb != nil {
-		v, serr := Version(sb)
-		if serr != nil || int64(len(sb)) > size && size != storage.NoSizeLimit {
-			s.log.Warn("shared trust metadata on redis does not parse or is too large; ignored", "role", name, "err", serr)
-			sb = nil
-		} else {
-			sv = v
-		}
+	if e != nil {
+		sv = e.Version
 	}
 	if err == nil {
 		if v, _ := Version(b); v > sv {
-			_ = s.shared.set(s.gun, map[string][]byte{name: b}, map[string]int{name: v})
+			_ = s.shared.set(s.gun, map[string]*floorEntry{name: root.entry(name, b, v)})
 			return b, nil
 		} else if v == sv || name == "root" {
 			return b, nil
 		}
 	}
-	if sb == nil || name == "root" {
+	if e == nil || name == "root" {
 		return b, err
 	}
-	return sb, nil
+	s.keep(name, e)
+	return e.blob, nil
+}
+
+// keep stores a genuine shared entry newer than the disk's copy on disk.
+// Failing to is logged, not returned: the disk floor is then what it was.
+func (s *GUNStore) keep(name string, e *floorEntry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	unlock, err := s.lock()
+	if err == nil {
+		defer unlock()
+		var p string
+		if p, err = s.File(name); err == nil {
+			if old, rerr := s.read(name, storage.NoSizeLimit); rerr == nil {
+				if v, _ := Version(old); v >= e.Version {
+					return
+				}
+			}
+			err = writeAtomic(p, e.blob)
+		}
+	}
+	if err != nil {
+		s.log.Warn("cannot keep the newer shared trust metadata on disk", "role", name, "err", err)
+	}
 }
 
 func (s *GUNStore) read(name string, size int64) ([]byte, error) {
@@ -303,9 +335,13 @@ func (s *GUNStore) Set(name string, blob []byte) error {
 	return s.SetMulti(map[string][]byte{name: blob})
 }
 
-// SetMulti stores every role, or none if any write would lower a version or
-// any stored or offered entry is corrupt. Storing the root also records the
-// pinning it was accepted under. The GUN's directory is made here.
+// SetMulti stores every role, or none if any write would lower a version
+// (below the stored metadata, or the floor RaiseFloor set) or any stored or
+// offered entry is corrupt. Storing the root also records the pinning it
+// was accepted under; a newer root that replaced the keys of the
+// timestamp and snapshot roles (or of targets) drops their stored
+// versions: TUF's fast-forward recovery (5.3.11). notary stores a root only
+// once it verified it. The GUN's directory is made here.
 func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -314,8 +350,24 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 		return err
 	}
 	defer unlock()
+	root, _ := s.diskRoot()
+	var rotated []string
+	if b, ok := metas["root"]; ok {
+		next, err := parseRoot(b)
+		if err != nil {
+			return &CorruptError{Path: filepath.Join(s.dir, "root.json") + " (offered)", Err: err}
+		}
+		if next.Signed.Version > root.Signed.Version {
+			rotated = root.rotatedIn(next)
+		}
+		root = next
+	}
+	floor, err := s.readFloor()
+	if err != nil {
+		return err
+	}
 	paths := make(map[string]string, len(metas))
-	versions := make(map[string]int, len(metas))
+	entries := make(map[string]*floorEntry, len(metas))
 	for name, blob := range metas {
 		p, err := s.File(name)
 		if err != nil {
@@ -326,7 +378,10 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 		if err != nil {
 			return &CorruptError{Path: p + " (offered)", Err: err}
 		}
-		versions[name] = offered
+		entries[name] = root.entry(name, blob, offered)
+		if f := floor[name]; offered < f {
+			return &RollbackError{Path: p, Stored: f, Offered: offered}
+		}
 		// The floor is whatever is stored, the root too when its pinning changed.
 		stored, err := s.read(name, storage.NoSizeLimit)
 		if errors.As(err, new(storage.ErrMetaNotFound)) {
@@ -340,7 +395,12 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 		}
 	}
 	if s.shared != nil {
-		if err := s.shared.set(s.gun, metas, versions); err != nil {
+		if err := s.shared.set(s.gun, entries); err != nil {
+			return err
+		}
+	}
+	if len(rotated) > 0 {
+		if err := s.dropRotated(rotated, floor); err != nil {
 			return err
 		}
 	}
@@ -353,6 +413,176 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 		return writeAtomic(filepath.Join(s.dir, "pinning"), []byte(s.pinning))
 	}
 	return nil
+}
+
+// dropRotated forgets the stored versions of roles whose keys a verified
+// newer root replaced: their new keys start their versions again.
+func (s *GUNStore) dropRotated(roles []string, floor map[string]int) error {
+	for _, name := range roles {
+		p, err := s.File(name)
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		delete(floor, name)
+	}
+	s.log.Info("a new root replaced these roles' keys: their stored versions are dropped, as TUF's fast-forward recovery asks", "roles", roles)
+	return s.writeFloor(floor)
+}
+
+// RaiseFloor raises the version floor of each role of versions (role →
+// version, as another replica verified them) for the writes that follow:
+// a replica that uses another's verification never accepts older metadata
+// afterwards. It refuses, raising nothing, with a *RollbackError when a
+// version is below what this replica has stored or seen: the view is
+// older than this replica's own.
+func (s *GUNStore) RaiseFloor(versions map[string]int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	floor, err := s.readFloor()
+	if err != nil {
+		return err
+	}
+	raised := false
+	for name, v := range versions {
+		p, err := s.File(name)
+		if err != nil {
+			return err
+		}
+		have := floor[name]
+		if stored, err := s.read(name, storage.NoSizeLimit); err == nil {
+			sv, _ := Version(stored)
+			have = max(have, sv)
+		} else if !errors.As(err, new(storage.ErrMetaNotFound)) {
+			return err
+		}
+		if v < have {
+			return &RollbackError{Path: p, Stored: have, Offered: v}
+		}
+		if v > floor[name] {
+			floor[name], raised = v, true
+		}
+	}
+	if !raised {
+		return nil
+	}
+	return s.writeFloor(floor)
+}
+
+// maxFloorFile bounds the floor file: a version per role.
+const maxFloorFile = 1 << 20
+
+// readFloor returns the floors RaiseFloor set (role → version).
+func (s *GUNStore) readFloor() (map[string]int, error) {
+	p := filepath.Join(s.dir, "floor")
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return map[string]int{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	floor := map[string]int{}
+	b, err := io.ReadAll(io.LimitReader(f, maxFloorFile+1))
+	if err == nil && len(b) > maxFloorFile {
+		err = errors.New("too large")
+	}
+	if err == nil {
+		err = json.Unmarshal(b, &floor)
+	}
+	if err != nil {
+		return nil, s.corrupt(p, err)
+	}
+	return floor, nil
+}
+
+func (s *GUNStore) writeFloor(floor map[string]int) error {
+	b, _ := json.Marshal(floor)
+	return writeAtomic(filepath.Join(s.dir, "floor"), b)
+}
+
+// rootKeys is what the floor needs of a root: its version and each
+// role's key IDs.
+type rootKeys struct {
+	Signed struct {
+		Version int `json:"version"`
+		Roles   map[string]struct {
+			KeyIDs []string `json:"keyids"`
+		} `json:"roles"`
+	} `json:"signed"`
+}
+
+func parseRoot(b []byte) (rootKeys, error) {
+	var r rootKeys
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, err
+	}
+	if r.Signed.Version < 1 {
+		return r, errors.New("no signed.version")
+	}
+	return r, nil
+}
+
+// diskRoot returns the root stored on disk, whatever pinning it was
+// accepted under: the root whose keys the stored versions belong to.
+func (s *GUNStore) diskRoot() (rootKeys, bool) {
+	b, err := s.read("root", storage.NoSizeLimit)
+	if err != nil {
+		return rootKeys{}, false
+	}
+	r, err := parseRoot(b)
+	return r, err == nil
+}
+
+// epochOf names the keys that role name's versions count under in r:
+// timestamp and snapshot share one (TUF drops both when either key
+// changes), targets has its own; the root and delegations have none (a
+// delegation's keys live in its parent, whose versions never restart).
+func (r rootKeys) epochOf(name string) string {
+	var roles []string
+	switch name {
+	case "timestamp", "snapshot":
+		roles = []string{"timestamp", "snapshot"}
+	case "targets":
+		roles = []string{"targets"}
+	default:
+		return ""
+	}
+	h := sha256.New()
+	for _, role := range roles {
+		ids := slices.Clone(r.Signed.Roles[role].KeyIDs)
+		slices.Sort(ids)
+		fmt.Fprintf(h, "%s %q\n", role, ids)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// rotatedIn lists the roles whose stored versions next, a newer root, no
+// longer binds: those whose keys it replaced.
+func (r rootKeys) rotatedIn(next rootKeys) []string {
+	var out []string
+	for _, name := range []string{"timestamp", "snapshot", "targets"} {
+		if r.Signed.Version > 0 && r.epochOf(name) != next.epochOf(name) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// entry is role name's floor entry for blob at version v, stored under r.
+func (r rootKeys) entry(name string, blob []byte, v int) *floorEntry {
+	if name == "root" {
+		return &floorEntry{Version: v, Root: v, blob: blob}
+	}
+	return &floorEntry{Version: v, Root: r.Signed.Version, Epoch: r.epochOf(name), blob: blob}
 }
 
 // lock makes the GUN's directory (with its "gun" file) and takes the

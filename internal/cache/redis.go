@@ -1,21 +1,23 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/theupdateframework/notary"
 
 	"github.com/trustproxy/trustproxy/config"
 )
@@ -53,26 +55,6 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 
 // RedisTimeout bounds one call to Redis.
 const RedisTimeout = 2 * time.Second
-
-// SharedSecret returns the secret every replica uses under key: the one
-// stored there on Redis, or, when there is none yet, local, which is
-// stored there first. A replica that starts while Redis is down keeps its
-// own.
-func SharedSecret(ctx context.Context, rdb redis.UniversalClient, key string, local []byte) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, RedisTimeout)
-	defer cancel()
-	if err := rdb.SetNX(ctx, key, local, 0).Err(); err != nil {
-		return nil, err
-	}
-	b, err := rdb.Get(ctx, key).Bytes()
-	if err != nil {
-		return nil, err
-	}
-	if len(b) < 32 {
-		return nil, fmt.Errorf("the secret on redis at %s is %d bytes, want 32: delete it", key, len(b))
-	}
-	return b, nil
-}
 
 // RedisHealth tracks whether Redis answers, for everything that keeps
 // state there. After a failure Redis is not asked again for redisRetry:
@@ -134,76 +116,161 @@ func (h *RedisHealth) Degraded() bool { return h.degraded.Load() }
 // by one replica is refused by all), and writes through a compare-and-set
 // that refuses to lower a version, atomically per GUN.
 //
+// Every entry is sealed (Shared): whoever can write Redis but lacks the
+// state key can neither plant metadata nor raise a version to lock a
+// repository out; such an entry is ignored and overwritten. An entry also
+// records the root it was stored under (its version, and the key IDs of
+// the role in it, the role's "epoch"): after a verified root rotation that
+// replaced a role's keys, entries of the old keys no longer bind (TUF
+// 5.3.11, fast-forward recovery).
+//
 // When Redis cannot be reached the replica goes on with its own on-disk
 // floor (degraded, logged and counted); what it stores meanwhile reaches
 // Redis with its next write, and only ever raises the shared floor.
 type sharedFloor struct {
-	rdb    redis.UniversalClient
-	prefix string
-	health *RedisHealth
+	*Shared
 }
 
-// setIfNotOlder stores every role unless one of them is older than what
-// is stored; then it returns that role's index (1-based) and the stored
-// version, and stores nothing. Keys share one hash tag: one Cluster slot.
-var setIfNotOlder = redis.NewScript(`
-for i, k in ipairs(KEYS) do
-  local v = redis.call('HGET', k, 'version')
-  if v and tonumber(v) > tonumber(ARGV[2*i-1]) then
-    return {i, tonumber(v)}
-  end
-end
-for i, k in ipairs(KEYS) do
-  redis.call('HSET', k, 'version', ARGV[2*i-1], 'blob', ARGV[2*i])
-end
-return {0, 0}
-`)
+// floorEntry is one role's entry on Redis: its sealed payload is the JSON
+// header, a newline, and the metadata.
+type floorEntry struct {
+	Version int    `json:"v"`
+	Root    int    `json:"root"`  // the version of the root it was stored under
+	Epoch   string `json:"epoch"` // the role's keys in that root (epochOf)
+	blob    []byte
+}
 
-// key is the Redis key of role name of gun.
+func (e *floorEntry) seal(s *Shared, key string) []byte {
+	h, _ := json.Marshal(e)
+	return s.Seal(KindFloor, key, append(append(h, '\n'), e.blob...))
+}
+
+// maxFloorEntry bounds an entry read: notary's own bound on metadata, and
+// the header.
+const maxFloorEntry = int(notary.MaxDownloadSize) + 1024
+
+// openFloor reads a sealed entry; nil when absent or not genuine.
+func (f *sharedFloor) openFloor(key string, b []byte) *floorEntry {
+	p, ok := f.Open(KindFloor, key, b)
+	if !ok {
+		return nil
+	}
+	return f.readFloor(key, p)
+}
+
+// readFloor reads the payload p of an entry; nil when it does not read.
+func (f *sharedFloor) readFloor(key string, p []byte) *floorEntry {
+	h, blob, found := bytes.Cut(p, []byte("\n"))
+	var e floorEntry
+	if !found || json.Unmarshal(h, &e) != nil {
+		f.Reject(KindFloor, key, "a sealed entry that does not read")
+		return nil
+	}
+	e.blob = blob
+	if v, err := Version(blob); err != nil || v != e.Version {
+		f.Reject(KindFloor, key, "a sealed entry whose metadata does not carry its version")
+		return nil
+	}
+	return &e
+}
+
+// key is the Redis key of role name of gun. The roles of one GUN share a
+// hash tag: one Cluster slot, so one transaction.
 func (f *sharedFloor) key(gun, name string) string {
 	sum := sha256.Sum256([]byte(gun))
-	return f.prefix + "tuf:{" + hex.EncodeToString(sum[:16]) + "}:" + escapeRole(name)
+	return f.Key("tuf:{" + hex.EncodeToString(sum[:16]) + "}:" + escapeRole(name))
 }
 
-// get returns the shared metadata of role name of gun, or nil when Redis
-// has none or cannot be reached.
-func (f *sharedFloor) get(gun, name string) []byte {
-	if f.health.Skip() {
+// get returns the shared entry of role name of gun, or nil when Redis has
+// none, cannot be reached, or holds one that is not genuine.
+func (f *sharedFloor) get(gun, name string) *floorEntry {
+	if f.Health.Skip() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
 	defer cancel()
-	m, err := f.rdb.HGetAll(ctx, f.key(gun, name)).Result()
-	if f.health.Failed(err) || len(m) == 0 {
+	key := f.key(gun, name)
+	b := f.Get(ctx, KindFloor, key, maxFloorEntry)
+	if b == nil {
 		return nil
 	}
-	return []byte(m["blob"])
+	return f.readFloor(key, b)
 }
 
-// set stores metas (role → metadata, versions parsed) of gun.
-// It returns a *RollbackError when a role is older on Redis; nil when
-// stored, or when Redis cannot be reached (the disk floor stands alone).
-func (f *sharedFloor) set(gun string, metas map[string][]byte, versions map[string]int) error {
-	var keys []string
-	var names []string
-	var args []any
-	for name, blob := range metas {
-		keys = append(keys, f.key(gun, name))
-		names = append(names, name)
-		args = append(args, strconv.Itoa(versions[name]), blob)
-	}
-	if f.health.Skip() {
+// casRetries bounds the attempts of a compare-and-set that other writers
+// keep interrupting.
+const casRetries = 5
+
+// set stores entries (role → entry) of gun unless one of them is older
+// than a genuine entry of the same epoch on Redis: then it returns a
+// *RollbackError and stores nothing. An entry of an older root's epoch is
+// replaced; one of a newer root's epoch (this replica has not seen the
+// rotation yet) is left as it is. Entries that are not genuine are
+// replaced. nil when stored, or when Redis cannot be reached (the disk
+// floor stands alone).
+func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
+	if f.Health.Skip() {
 		return nil
+	}
+	keys := make([]string, 0, len(entries))
+	names := make(map[string]string, len(entries))
+	for name := range entries {
+		k := f.key(gun, name)
+		keys = append(keys, k)
+		names[k] = name
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
 	defer cancel()
-	res, err := setIfNotOlder.Run(ctx, f.rdb, keys, args...).Int64Slice()
-	if f.health.Failed(err) {
+	var rollback error
+	txf := func(tx *redis.Tx) error {
+		rollback = nil
+		stored, err := tx.MGet(ctx, keys...).Result()
+		if err != nil {
+			return err
+		}
+		write := map[string][]byte{}
+		for i, k := range keys {
+			e := entries[names[k]]
+			var old *floorEntry
+			if s, ok := stored[i].(string); ok {
+				old = f.openFloor(k, []byte(s))
+			}
+			switch {
+			case old == nil:
+			case old.Epoch != e.Epoch && old.Root > e.Root:
+				continue // a rotation this replica has not seen yet: its entry stands
+			case old.Epoch != e.Epoch:
+			case old.Version > e.Version:
+				rollback = &RollbackError{Path: "redis " + k + " (" + gun + " " + names[k] + ")", Stored: old.Version, Offered: e.Version}
+				return nil
+			case old.Version == e.Version && bytes.Equal(old.blob, e.blob):
+				continue
+			}
+			write[k] = e.seal(f.Shared, k)
+		}
+		if len(write) == 0 {
+			return nil
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			for k, v := range write {
+				p.Set(ctx, k, v, 0)
+			}
+			return nil
+		})
+		return err
+	}
+	var err error
+	for range casRetries {
+		if err = f.Redis.Watch(ctx, txf, keys...); !errors.Is(err, redis.TxFailedErr) {
+			break
+		}
+	}
+	if errors.Is(err, redis.TxFailedErr) {
+		f.log.Warn("the shared trust floor kept changing under this write; this replica's own floor stands", "gun", gun)
 		return nil
 	}
-	if len(res) == 2 && res[0] > 0 {
-		i := res[0] - 1
-		return &RollbackError{Path: "redis " + keys[i] + " (" + gun + " " + names[i] + ")", Stored: int(res[1]), Offered: versions[names[i]]}
+	if f.Health.Failed(err) {
+		return nil
 	}
-	return nil
+	return rollback
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	"github.com/redis/go-redis/v9"
 )
 
 // A StoredReport is a vulnerability scan report of one manifest, as
@@ -30,26 +29,22 @@ type StoredReport struct {
 // restarts until it ages out. Writes are atomic; the last one wins.
 type ReportStore struct {
 	dir    string
-	shared *sharedReports // nil: this directory alone
-}
-
-// sharedReports keeps reports on Redis too, so every replica reuses what
-// any of them received: <prefix>scan:report:<digest>, for sharedReportTTL.
-type sharedReports struct {
-	rdb    redis.UniversalClient
-	prefix string
-	health *RedisHealth
+	shared *Shared // nil: this directory alone
 }
 
 // sharedReportTTL bounds how long a report stays on Redis; policies age
 // reports out far sooner (max_report_age).
 const sharedReportTTL = 30 * 24 * time.Hour
 
-// Share keeps reports on rdb as well, under keys starting with prefix:
-// Get returns the newer of the disk's and Redis's, Put writes both. When
-// Redis cannot be reached (health), the directory stands alone.
-func (s *ReportStore) Share(rdb redis.UniversalClient, prefix string, health *RedisHealth) {
-	s.shared = &sharedReports{rdb: rdb, prefix: prefix, health: health}
+// Share keeps reports on Redis as well, sealed, at <prefix>scan:report:<digest>
+// for sharedReportTTL, so every replica reuses what any of them received:
+// Put writes both, Get returns the newer genuine one. A report from Redis
+// newer than the disk's is kept on disk too, so a replica never goes back
+// to an older report for a digest, whatever Redis holds later (a Redis
+// writer restoring yesterday's clean report over today's failing one).
+// When Redis cannot be reached, the directory stands alone.
+func (s *ReportStore) Share(sh *Shared) {
+	s.shared = sh
 }
 
 // maxStoredReport bounds a stored report file: a report plus its envelope.
@@ -76,24 +71,35 @@ func (s *ReportStore) Get(d digest.Digest) (*StoredReport, error) {
 	if s.shared == nil || err != nil {
 		return r, err
 	}
-	if sr := s.shared.get(d); sr != nil && (r == nil || sr.Received.After(r.Received)) {
-		return sr, nil
+	sr := s.getShared(d)
+	if sr == nil || (r != nil && !sr.Received.After(r.Received)) {
+		return r, nil
 	}
-	return r, nil
+	p, err := s.path(d)
+	if err == nil {
+		var b []byte
+		if b, err = encodeReport(sr); err == nil {
+			err = writeAtomic(p, b)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("keep the shared scan report of %s: %w", d, err)
+	}
+	return sr, nil
 }
 
-func (s *sharedReports) get(d digest.Digest) *StoredReport {
-	if s.health.Skip() {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
-	defer cancel()
-	b, err := s.rdb.Get(ctx, s.prefix+"scan:report:"+d.String()).Bytes()
-	if s.health.Failed(err) || err != nil {
+func (s *ReportStore) sharedKey(d digest.Digest) string { return s.shared.Key("scan:report:" + d.String()) }
+
+// getShared returns the genuine report on Redis for d, or nil.
+func (s *ReportStore) getShared(d digest.Digest) *StoredReport {
+	key := s.sharedKey(d)
+	b := s.shared.Get(context.Background(), KindReport, key, maxStoredReport)
+	if b == nil {
 		return nil
 	}
 	var r StoredReport
 	if len(b) > maxStoredReport || json.Unmarshal(b, &r) != nil || r.Digest != d {
+		s.shared.Reject(KindReport, key, "a sealed report that does not read")
 		return nil
 	}
 	return &r
@@ -134,19 +140,29 @@ func (s *ReportStore) Put(r *StoredReport) error {
 	if err != nil {
 		return err
 	}
+	b, err := encodeReport(r)
+	if err != nil {
+		return err
+	}
+	if sh := s.shared; sh != nil && !sh.Health.Skip() {
+		ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
+		defer cancel()
+		key := s.sharedKey(r.Digest)
+		sh.Health.Failed(sh.Redis.Set(ctx, key, sh.Seal(KindReport, key, b), sharedReportTTL).Err())
+	}
+	return writeAtomic(p, b)
+}
+
+// encodeReport is r as stored, within maxStoredReport.
+func encodeReport(r *StoredReport) ([]byte, error) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false) // as received: escaping could push a report over its bound
 	if err := enc.Encode(r); err != nil {
-		return err
+		return nil, err
 	}
 	if buf.Len() > maxStoredReport {
-		return fmt.Errorf("the scan report of %s is %d bytes stored, over %d", r.Digest, buf.Len(), maxStoredReport)
+		return nil, fmt.Errorf("the scan report of %s is %d bytes stored, over %d", r.Digest, buf.Len(), maxStoredReport)
 	}
-	if sh := s.shared; sh != nil && !sh.health.Skip() {
-		ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
-		defer cancel()
-		sh.health.Failed(sh.rdb.Set(ctx, sh.prefix+"scan:report:"+r.Digest.String(), buf.Bytes(), sharedReportTTL).Err())
-	}
-	return writeAtomic(p, buf.Bytes())
+	return buf.Bytes(), nil
 }

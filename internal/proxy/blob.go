@@ -51,7 +51,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 		writeBlobHeaders(w, req.dgst, desc.Size)
 		return nil
 	}
-	release, holder := s.fillLock(req)
+	release, holder := s.fillLock(req, desc.Size)
 	for wait := peerWait; holder != ""; {
 		err := s.peers.stream(ctx, w, r, holder, req.gun, req.dgst, desc.Size)
 		if !errors.Is(err, errNoPeerFill) {
@@ -80,7 +80,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		release, holder = s.fillLock(req)
+		release, holder = s.fillLock(req, desc.Size)
 	}
 	f, spool, err := s.joinFill(req, blobs, desc, release)
 	if err != nil {
@@ -139,11 +139,14 @@ func blobDataPath(d digest.Digest) string {
 // errClientGone is a client that left before its blob was sent.
 var errClientGone = errors.New("the client went away")
 
-// fillLock takes the cross-replica lock of req's blob when replicas share
-// Redis and no fill of this process has it: release when this replica is to
-// fill it, or the URL of the replica that holds it (never this one's).
-func (s *Server) fillLock(req *request) (release func(), holder string) {
-	if s.peers == nil {
+// fillLock takes the cross-replica lock of req's blob, of size bytes (-1:
+// unknown), when replicas share Redis and no fill of this process has it:
+// release when this replica is to fill it, or the URL of the replica that
+// holds it (never this one's). A blob of unknown length (audit mode) is
+// filled here: a peer's stream is used only when the length to check it
+// against is known.
+func (s *Server) fillLock(req *request, size int64) (release func(), holder string) {
+	if s.peers == nil || size < 0 {
 		return nil, ""
 	}
 	s.fillMu.Lock()

@@ -21,26 +21,35 @@ import (
 // content hold wherever they were learnt).
 //
 // On Redis: <prefix>refs:<manifest digest> holds the children as JSON, and
-// <prefix>parents:<child digest> is the set of manifests that list it. Keys
-// expire after sharedIndexTTL unrecorded: what no replica needs anymore
-// goes.
+// <prefix>parents:<child digest> is the set of manifests that list it. Each
+// value and each set member is sealed with the state key for its key name
+// (cache.Shared): a record planted by whoever can write Redis, or one moved
+// from another key, is ignored, so it cannot make an unsigned manifest or
+// blob the "child" of a signed one. A genuine record replayed is a fact
+// still. Keys expire after sharedIndexTTL unrecorded: what no replica needs
+// anymore goes.
 type sharedIndex struct {
 	*memIndex
-	rdb    redis.UniversalClient
-	prefix string
-	health *cache.RedisHealth
-	log    *slog.Logger
+	*cache.Shared
+	log *slog.Logger
 }
 
 // sharedIndexTTL is how long a record stays on Redis after it was last
 // written.
 const sharedIndexTTL = 30 * 24 * time.Hour
 
+// maxSharedParents bounds the parents of one digest read from Redis: a
+// set someone grew without bound costs a bounded read.
+const maxSharedParents = 4096
+
 type sharedChild struct {
 	Digest    digest.Digest `json:"d"`
 	Size      int64         `json:"s"`
 	MediaType string        `json:"m,omitempty"`
 }
+
+func (x *sharedIndex) refsKey(m digest.Digest) string    { return x.Key("refs:" + m.String()) }
+func (x *sharedIndex) parentsKey(d digest.Digest) string { return x.Key("parents:" + d.String()) }
 
 func (x *sharedIndex) record(m digest.Digest, children []v1.Descriptor) {
 	_, known := x.memIndex.children(m)
@@ -53,46 +62,47 @@ func (x *sharedIndex) record(m digest.Digest, children []v1.Descriptor) {
 		kept[i] = sharedChild{Digest: c.Digest, Size: c.Size, MediaType: c.MediaType}
 	}
 	b, _ := json.Marshal(kept)
-	if x.health.Skip() {
+	if x.Health.Skip() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
-	_, err := x.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, x.prefix+"refs:"+m.String(), b, sharedIndexTTL)
+	_, err := x.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		k := x.refsKey(m)
+		p.Set(ctx, k, x.Seal(cache.KindRefs, k, b), sharedIndexTTL)
 		for _, c := range children {
-			k := x.prefix + "parents:" + c.Digest.String()
-			p.SAdd(ctx, k, m.String())
+			k := x.parentsKey(c.Digest)
+			p.SAdd(ctx, k, x.Seal(cache.KindParents, k, []byte(m.String())))
 			p.Expire(ctx, k, sharedIndexTTL)
 		}
 		return nil
 	})
-	if x.health.Failed(err) {
+	if x.Health.Failed(err) {
 		x.log.Debug("cannot record on redis; recorded in this replica only", "manifest", m, "err", err)
 	}
 }
+
+// maxSharedRefs bounds a refs record read from Redis.
+const maxSharedRefs = maxManifestRefs * 256
 
 func (x *sharedIndex) children(m digest.Digest) ([]v1.Descriptor, bool) {
 	if c, ok := x.memIndex.children(m); ok {
 		return c, true
 	}
-	if x.health.Skip() {
-		return nil, false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
-	defer cancel()
-	b, err := x.rdb.Get(ctx, x.prefix+"refs:"+m.String()).Bytes()
-	if x.health.Failed(err) || err != nil {
+	key := x.refsKey(m)
+	b := x.Get(context.Background(), cache.KindRefs, key, maxSharedRefs)
+	if b == nil {
 		return nil, false
 	}
 	var kept []sharedChild
 	if json.Unmarshal(b, &kept) != nil || len(kept) > maxManifestRefs {
-		x.log.Warn("unreadable reference record on redis; ignored", "manifest", m)
+		x.Reject(cache.KindRefs, key, "a sealed record that does not read")
 		return nil, false
 	}
 	out := make([]v1.Descriptor, 0, len(kept))
 	for _, c := range kept {
 		if c.Digest.Validate() != nil {
+			x.Reject(cache.KindRefs, key, "a sealed record with an invalid digest")
 			return nil, false
 		}
 		out = append(out, v1.Descriptor{Digest: c.Digest, Size: c.Size, MediaType: internMediaType(c.MediaType)})
@@ -103,17 +113,30 @@ func (x *sharedIndex) children(m digest.Digest) ([]v1.Descriptor, bool) {
 
 func (x *sharedIndex) parents(d digest.Digest) []digest.Digest {
 	out := x.memIndex.parents(d)
-	if x.health.Skip() {
+	if x.Health.Skip() {
 		return out
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
-	shared, err := x.rdb.SMembers(ctx, x.prefix+"parents:"+d.String()).Result()
-	if x.health.Failed(err) {
-		return out
+	key := x.parentsKey(d)
+	var members []string
+	for cursor, n := uint64(0), 0; ; {
+		page, next, err := x.Redis.SScan(ctx, key, cursor, "", 256).Result()
+		if x.Failed(cache.KindParents, key, err) {
+			return out
+		}
+		members = append(members, page...)
+		if n += len(page); next == 0 || n >= maxSharedParents {
+			break
+		}
+		cursor = next
 	}
-	for _, s := range shared {
-		p, err := digest.Parse(s)
+	for _, s := range members {
+		b, ok := x.Open(cache.KindParents, key, []byte(s))
+		if !ok {
+			continue
+		}
+		p, err := digest.Parse(string(b))
 		if err != nil {
 			continue
 		}

@@ -23,7 +23,11 @@ func TestSharedIndex(t *testing.T) {
 		}
 		t.Cleanup(func() { rdb.Close() })
 		log := slog.New(slog.DiscardHandler)
-		return &sharedIndex{memIndex: newMemIndex(), rdb: rdb, prefix: "test:", health: cache.NewRedisHealth(log), log: log}
+		sh, err := cache.NewShared(rdb, "test:", []byte(testenv.StateKey), cache.NewRedisHealth(log), log, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &sharedIndex{memIndex: newMemIndex(), Shared: sh, log: log}
 	}
 	a, b := newIndex(), newIndex()
 	m, layer := digest.FromString("manifest"), digest.FromString("layer")

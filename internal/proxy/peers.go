@@ -5,37 +5,52 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/opencontainers/go-digest"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cache"
 )
 
 // peers makes one upstream fetch per blob across replicas. A replica about
 // to fill a cold blob takes its lock on Redis; one that finds the lock
 // taken streams the fill in progress from the holder (its replica_url),
-// through /internal/fills/, authenticated by an HMAC under a key the
-// replicas share on Redis. The holder serves it as it serves its own
-// clients: the last bytes held back until the digest verifies, the
-// connection aborted if it does not. A holder that dies stops refreshing
-// its lock, which expires after fillLockTTL; the next request takes it.
+// through /internal/fills/, authenticated by an HMAC under the peers' key
+// (derived from the state key, never stored on Redis). The holder serves it
+// as it serves its own clients: the last bytes held back until the digest
+// verifies, the connection aborted if it does not. A holder that dies stops
+// refreshing its lock, which expires after fillLockTTL; the next request
+// takes it.
+//
+// The lock names a URL this replica will connect to, so it is sealed with
+// the state key, carries its own end (a replayed old lock names no one),
+// and the URL is dialled only inside redis.peer_networks when that is set.
+// A lock that is not genuine is ignored: the replica fills the blob itself.
+// A peer's stream is bounded as an upstream's is (response headers within
+// limits.upstream_timeout, each read within limits.blob_idle_timeout, the
+// whole within the size's deadline), and used only when the blob's length
+// is known from its verified manifest.
 type peers struct {
-	rdb    redis.UniversalClient
-	prefix string
+	*cache.Shared
 	self   string // this replica's URL, as the others reach it
 	key    []byte
-	health *cache.RedisHealth
+	limits config.Limits
 	client *http.Client
 }
 
@@ -61,46 +76,87 @@ const (
 	peerRetry = 50 * time.Millisecond
 )
 
-func (p *peers) lockKey(gun string, d digest.Digest) string {
-	return p.prefix + "fill:" + gun + "@" + d.String()
+// newPeers returns the peers of the replica at self, which reaches the
+// others only inside networks (all addresses when none).
+func newPeers(sh *cache.Shared, self string, networks []netip.Prefix, lim config.Limits) *peers {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil // on the cluster network, never through a proxy
+	tr.ResponseHeaderTimeout = lim.UpstreamTimeout
+	if len(networks) > 0 {
+		d := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, address string, _ syscall.RawConn) error {
+			host, _, _ := net.SplitHostPort(address)
+			ip, err := netip.ParseAddr(host)
+			if err != nil || !slices.ContainsFunc(networks, func(n netip.Prefix) bool { return n.Contains(ip.Unmap()) }) {
+				return fmt.Errorf("peer address %s is outside redis.peer_networks", address)
+			}
+			return nil
+		}}
+		tr.DialContext = d.DialContext
+	}
+	return &peers{Shared: sh, self: self, key: sh.Derive("trustproxy peer key"), limits: lim,
+		client: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
-// releaseIfOwner deletes a lock that still holds this owner's value.
-var releaseIfOwner = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0`)
+func (p *peers) lockKey(gun string, d digest.Digest) string {
+	return p.Key("fill:" + gun + "@" + d.String())
+}
 
-// refreshIfOwner extends a lock that still holds this owner's value.
-var refreshIfOwner = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0`)
+// fillLock is a lock's sealed value: who holds it, until when.
+type fillLock struct {
+	URL   string    `json:"url"`
+	Owner string    `json:"owner"`
+	Until time.Time `json:"until"`
+}
+
+func (p *peers) sealLock(key, owner string) string {
+	b, _ := json.Marshal(fillLock{URL: p.self, Owner: owner, Until: time.Now().Add(fillLockTTL)})
+	return string(p.Seal(cache.KindLock, key, b))
+}
+
+// replaceIfOwner replaces a lock that still holds this owner's value
+// (ARGV[1]) with ARGV[2] for ARGV[3] ms, or deletes it when ARGV[2] is "".
+var replaceIfOwner = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1`)
 
 // acquire tries to become the one replica that fills gun@d. It returns a
 // release func when this replica holds the lock (call it when the fill
-// ends), or the URL of the replica that holds it. With Redis unreachable it
-// returns neither: the replica fills on its own.
+// ends), or the URL of the replica that holds it. It returns neither when
+// Redis is unreachable or the lock there is not genuine or is over: the
+// replica fills on its own.
 func (p *peers) acquire(gun string, d digest.Digest) (release func(), holder string) {
-	if p.health.Skip() {
+	if p.Health.Skip() {
 		return nil, ""
 	}
 	key := p.lockKey(gun, d)
-	owner := p.self + " " + uuid.NewString()
+	owner := uuid.NewString()
+	cur := p.sealLock(key, owner)
 	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
-	ok, err := p.rdb.SetNX(ctx, key, owner, fillLockTTL).Result()
-	if p.health.Failed(err) {
+	ok, err := p.Redis.SetNX(ctx, key, cur, fillLockTTL).Result()
+	if p.Health.Failed(err) {
 		return nil, ""
 	}
 	if !ok {
-		v, err := p.rdb.Get(ctx, key).Result()
-		if p.health.Failed(err) || err != nil {
+		b := p.Get(ctx, cache.KindLock, key, 4096)
+		var l fillLock
+		if b == nil {
 			return nil, ""
 		}
-		holder, _, _ = strings.Cut(v, " ")
-		return nil, holder
+		if json.Unmarshal(b, &l) != nil || l.URL == "" {
+			p.Reject(cache.KindLock, key, "a sealed lock that does not read")
+			return nil, ""
+		}
+		if !time.Now().Before(l.Until) {
+			return nil, "" // over: its holder stopped refreshing it, or it is replayed
+		}
+		return nil, l.URL
 	}
-	stop := make(chan struct{})
+	stop, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(stopped)
 		t := time.NewTicker(fillLockTTL / 3)
 		defer t.Stop()
 		for {
@@ -108,17 +164,22 @@ func (p *peers) acquire(gun string, d digest.Digest) (release func(), holder str
 			case <-stop:
 				return
 			case <-t.C:
+				next := p.sealLock(key, owner)
 				ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
-				p.health.Failed(refreshIfOwner.Run(ctx, p.rdb, []string{key}, owner, fillLockTTL.Milliseconds()).Err())
+				n, err := replaceIfOwner.Run(ctx, p.Redis, []string{key}, cur, next, fillLockTTL.Milliseconds()).Int()
 				cancel()
+				if !p.Health.Failed(err) && n == 1 {
+					cur = next
+				}
 			}
 		}
 	}()
 	return func() {
 		close(stop)
+		<-stopped
 		ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 		defer cancel()
-		p.health.Failed(releaseIfOwner.Run(ctx, p.rdb, []string{key}, owner).Err())
+		p.Health.Failed(replaceIfOwner.Run(ctx, p.Redis, []string{key}, cur, "", 0).Err())
 	}, ""
 }
 
@@ -129,19 +190,31 @@ func (p *peers) token(gun string, d digest.Digest, exp int64) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-// stream serves the blob gun@d that the replica at holder is filling, to
-// w. Nothing is written to w before the holder answers 200; errNoPeerFill
-// when it has no such fill. The bytes are checked here as the holder checks
-// its upstream's: the length must be size (the verified manifest's, when
-// known), and the last byte is held back until they hash to d. A stream
-// that ends short or wrong is an *abortedError: the caller aborts the
+// stream serves the blob gun@d of size bytes (its verified manifest's)
+// that the replica at holder is filling, to w. Nothing is written to w
+// before the holder answers 200 with that length; errNoPeerFill when it
+// has no such fill, or announces another length. The bytes are checked here
+// as the holder checks its upstream's: the last byte is held back until
+// they hash to d, and the stream is bounded as an upstream fetch is (an
+// idle timeout between reads, a deadline for the whole). A stream that
+// ends short, wrong or late is an *abortedError: the caller aborts the
 // connection, so the client never holds a complete wrong blob.
 func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, holder, gun string, d digest.Digest, size int64) error {
+	if size < 0 {
+		return fmt.Errorf("%w: the blob's length is not known", errNoPeerFill)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	lim := p.limits
+	deadline := time.AfterFunc(fillBudget(size, lim), func() {
+		cancel(errors.New("the peer's stream took longer than its deadline (limits.upstream_timeout + size / limits.min_transfer_rate)"))
+	})
+	defer deadline.Stop()
 	exp := time.Now().Add(peerTokenTTL).Unix()
 	u := holder + "/internal/fills?" + url.Values{"gun": {gun}, "digest": {d.String()}, "exp": {strconv.FormatInt(exp, 10)}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, r.Method, u, nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", errPeerUnreachable, err)
 	}
 	req.Header.Set("Authorization", "Bearer "+p.token(gun, d, exp))
 	resp, err := p.client.Do(req)
@@ -152,22 +225,44 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%w: %s answered %s", errNoPeerFill, holder, resp.Status)
 	}
-	announced, err := strconv.ParseInt(resp.Header.Get("Content-Length"), 10, 64)
-	if err != nil || (size >= 0 && announced != size) || announced <= 0 {
-		return fmt.Errorf("%w: %s announced %q bytes, the verified manifest says %d", errNoPeerFill, holder, resp.Header.Get("Content-Length"), size)
+	if resp.ContentLength != size || size <= 0 {
+		return fmt.Errorf("%w: %s announced %d bytes, the verified manifest says %d", errNoPeerFill, holder, resp.ContentLength, size)
 	}
-	writeBlobHeaders(w, d, announced)
+	writeBlobHeaders(w, d, size)
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return nil
 	}
+	idle := time.AfterFunc(lim.BlobIdleTimeout, func() {
+		cancel(errors.New("the peer made no progress within limits.blob_idle_timeout"))
+	})
+	defer idle.Stop()
 	h := d.Algorithm().Digester()
 	hold := &holdBack{w: flushWriter{w}}
-	n, err := io.Copy(io.MultiWriter(h.Hash(), hold), io.LimitReader(resp.Body, announced+1))
-	if err != nil || n != announced || h.Digest() != d {
-		return &abortedError{fmt.Errorf("the fill on %s ended after %d of %d bytes, hashing to %s: %v", holder, n, announced, h.Digest(), err)}
+	body := &idleReader{r: io.LimitReader(resp.Body, size+1), idle: idle, timeout: lim.BlobIdleTimeout}
+	n, err := io.Copy(io.MultiWriter(h.Hash(), hold), body)
+	if c := context.Cause(ctx); err != nil && c != nil {
+		err = c
+	}
+	if err != nil || n != size || h.Digest() != d {
+		return &abortedError{fmt.Errorf("the fill on %s ended after %d of %d bytes, hashing to %s: %v", holder, n, size, h.Digest(), err)}
 	}
 	return hold.release()
+}
+
+// idleReader resets an idle timer at every read that gives bytes.
+type idleReader struct {
+	r       io.Reader
+	idle    *time.Timer
+	timeout time.Duration
+}
+
+func (i *idleReader) Read(b []byte) (int, error) {
+	n, err := i.r.Read(b)
+	if n > 0 {
+		i.idle.Reset(i.timeout)
+	}
+	return n, err
 }
 
 // holdBack writes everything but the last byte written to it, until

@@ -18,7 +18,6 @@ import (
 	"github.com/distribution/reference"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/trustproxy/trustproxy/config"
@@ -42,9 +41,8 @@ type Server struct {
 	driver    storagedriver.StorageDriver // store's: stored blobs are read from it directly
 	verify    Verifier
 	gate      *scan.Gate            // nil: no scan gate configured
-	redis     redis.UniversalClient // nil: no shared state
-	health    *cache.RedisHealth    // whether redis answers
-	peers     *peers                // nil: fills are not shared between replicas
+	shared    *cache.Shared // nil: no shared state
+	peers     *peers        // nil: fills are not shared between replicas
 	upstreams *upstreams
 	log       *slog.Logger
 	decisions *slog.Logger
@@ -105,7 +103,7 @@ func (s *Server) setDegraded(down bool) {
 // Ready says whether the Server serves with everything it was configured
 // with: "ok", or what it is doing without (it still serves).
 func (s *Server) Ready() string {
-	if s.health != nil && s.health.Degraded() {
+	if s.shared != nil && s.shared.Health.Degraded() {
 		return "degraded: redis unreachable; serving with this replica's own trust floor"
 	}
 	return "ok"
@@ -132,8 +130,8 @@ func (s *Server) Close(ctx context.Context) error {
 		s.running.Wait()
 		close(done)
 	}()
-	if s.redis != nil {
-		defer s.redis.Close()
+	if s.shared != nil {
+		defer s.shared.Redis.Close()
 	}
 	select {
 	case <-done:

@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,10 +24,15 @@ import (
 )
 
 // sharedYAML is the configuration replicas share: the storage directory,
-// and the Redis at addr with the further fields of the redis section.
-func sharedYAML(storage, addr string, redisFields ...string) string {
-	return fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {%s}\n", storage,
-		strings.Join(append([]string{"addrs: [" + addr + "]"}, redisFields...), ", "))
+// and the Redis at addr with the further fields of the redis section; the
+// deployment's state key (testenv.StateKey) unless they name another.
+func sharedYAML(t *testing.T, storage, addr string, redisFields ...string) string {
+	t.Helper()
+	fields := append([]string{"addrs: [" + addr + "]"}, redisFields...)
+	if !slices.ContainsFunc(fields, func(f string) bool { return strings.HasPrefix(f, "state_key_file:") }) {
+		fields = append(fields, "state_key_file: "+testenv.StateKeyFile(t, testenv.StateKey))
+	}
+	return fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {%s}\n", storage, strings.Join(fields, ", "))
 }
 
 // replica starts a trustproxy in front of w with its own data directory,
@@ -35,13 +41,13 @@ func sharedYAML(storage, addr string, redisFields ...string) string {
 // so that every pull goes through the trust floor.
 func (w *world) replica(t *testing.T, dataDir, storage, addr, password string) *instance {
 	t.Helper()
-	extra := sharedYAML(storage, addr)
+	extra := sharedYAML(t, storage, addr)
 	if password != "" {
 		file := t.TempDir() + "/redis-password"
 		if err := os.WriteFile(file, []byte(password+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		extra = sharedYAML(storage, addr, "password_file: "+file)
+		extra = sharedYAML(t, storage, addr, "password_file: "+file)
 	}
 	return start(t, strings.Replace(w.config(t, dataDir, extra), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
 }
@@ -141,7 +147,7 @@ func TestScanSharedAcrossReplicas(t *testing.T) {
 	storage := t.TempDir()
 	replica := func(registryURL func(own string) string) *instance {
 		return w.startWith(t, "scan: {missing: wait, wait: 20s}", func(url string) string {
-			return sharedYAML(storage, redis.Addr()) +
+			return sharedYAML(t, storage, redis.Addr()) +
 				scanners(registryURL(url), "test-adapter", w.scanner.URL())
 		})
 	}
@@ -169,7 +175,7 @@ func TestRevokedTagStopsOnEveryReplica(t *testing.T) {
 	const ttl = 2 * time.Second
 	var replicas []*instance
 	for range 3 {
-		extra := sharedYAML(storage, redis.Addr())
+		extra := sharedYAML(t, storage, redis.Addr())
 		replicas = append(replicas, start(t, strings.Replace(w.config(t, t.TempDir(), extra), "refresh_ttl: 1h", "refresh_ttl: "+ttl.String(), 1)))
 	}
 	for _, r := range replicas {
@@ -202,7 +208,7 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 		t.Fatal(err)
 	}
 	replica := func(tlsCA string) *instance {
-		extra := fmt.Sprintf("redis: {addrs: [%s], password_file: %s%s}\n", redis.Addr(), password, tlsCA)
+		extra := fmt.Sprintf("redis: {addrs: [%s], password_file: %s, state_key_file: %s%s}\n", redis.Addr(), password, testenv.StateKeyFile(t, testenv.StateKey), tlsCA)
 		return start(t, strings.Replace(w.config(t, t.TempDir(), extra), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
 	}
 	a := replica(", tls: {ca_file: " + redis.CAFile() + "}")
@@ -230,7 +236,7 @@ func TestRefusalsSharedAcrossReplicas(t *testing.T) {
 	storage := t.TempDir()
 	var replicas []*instance
 	for range 3 {
-		extra := sharedYAML(storage, redis.Addr())
+		extra := sharedYAML(t, storage, redis.Addr())
 		replicas = append(replicas, start(t, w.config(t, t.TempDir(), extra)))
 	}
 	asked := w.Notary.Requests("")
@@ -276,7 +282,7 @@ func twoReplicas(t *testing.T, w *world, up string, urlA func(own string) string
 	mk := func(ru func(string) string) *instance {
 		dataDir := t.TempDir()
 		return startAt(t, func(own string) string {
-			extra := sharedYAML(storage, redis.Addr(), "replica_url: "+ru(own))
+			extra := sharedYAML(t, storage, redis.Addr(), "replica_url: "+ru(own))
 			return strings.Replace(w.config(t, dataDir, extra), w.Registry.URL(), up, 1)
 		})
 	}
@@ -380,7 +386,7 @@ func TestRootOnRedisIsNotTrusted(t *testing.T) {
 	w.pushSigned(t, "library/app", "v1", "v1")
 	storage := t.TempDir()
 	noSigners := func(cfg string) string { return strings.Replace(cfg, "      signers: [alice]\n", "", 1) }
-	shared := "storage: {filesystem: {rootdirectory: " + storage + "}}\nredis: {addrs: [" + rs.Addr() + "]}\n"
+	shared := sharedYAML(t, storage, rs.Addr())
 	a := start(t, noSigners(w.config(t, t.TempDir(), shared)))
 	a.mustPull(t, "library/app:v1")
 
@@ -410,7 +416,7 @@ func TestRootOnRedisIsNotTrusted(t *testing.T) {
 	resp.Body.Close()
 	for _, k := range keys {
 		if strings.HasSuffix(k, ":root") {
-			rdb.HSet(ctx, k, "blob", evilRoot, "version", "999")
+			rdb.Set(ctx, k, evilRoot, 0)
 		} else {
 			rdb.Del(ctx, k)
 		}
@@ -436,7 +442,7 @@ func TestVerdictsSharedWithStateKey(t *testing.T) {
 		if err := os.WriteFile(file, []byte(key+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		extra := sharedYAML(storage, redis.Addr(), "state_key_file: "+file)
+		extra := sharedYAML(t, storage, redis.Addr(), "state_key_file: "+file)
 		return start(t, w.config(t, t.TempDir(), extra))
 	}
 	const key = "0123456789abcdef0123456789abcdef-state"

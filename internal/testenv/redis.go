@@ -143,3 +143,18 @@ func (r *Redis) ping() error {
 	}
 	return nil
 }
+
+// StateKey is the state key of the deployment tests run by default: every
+// replica sharing a Redis has the same one (redis.state_key_file).
+const StateKey = "test-deployment-state-key-0123456789abcdef"
+
+// StateKeyFile writes key to a file of its own and returns its path, for
+// redis.state_key_file.
+func StateKeyFile(t testing.TB, key string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "state-key")
+	if err := os.WriteFile(p, []byte(key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

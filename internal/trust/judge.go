@@ -17,7 +17,15 @@ import (
 // those exact roles count, and only roles notary loaded as valid (an expired
 // or under-signed delegation is absent, so its tags fall through).
 func judge(repo *tuf.Repo, gun string, r *config.Rule, now time.Time) *Snapshot {
-	s := &Snapshot{GUN: gun, Targets: map[string]Target{}, Refused: map[string]*RefusalError{}, Checked: now}
+	s := &Snapshot{GUN: gun, Targets: map[string]Target{}, Refused: map[string]*RefusalError{}, Checked: now,
+		Versions: map[string]int{
+			data.CanonicalRootRole.String():      repo.Root.Signed.Version,
+			data.CanonicalTimestampRole.String(): repo.Timestamp.Signed.Version,
+			data.CanonicalSnapshotRole.String():  repo.Snapshot.Signed.Version,
+		}}
+	for role, t := range repo.Targets {
+		s.Versions[role.String()] = t.Signed.Version
+	}
 	s.Expires = earliest(repo.Root.Signed.Expires, repo.Timestamp.Signed.Expires, repo.Snapshot.Signed.Expires)
 	seen := map[string]bool{}
 	for _, name := range r.Roles {

@@ -2,90 +2,99 @@ package trust
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/trustproxy/trustproxy/internal/cache"
 )
 
-// sharedState is what a replica's Verifier shares on Redis.
+// sharedState is what a replica's Verifier shares on Redis, every entry
+// sealed with the state key (cache.Shared): what is not sealed for its key
+// name is ignored.
 //
-// It keeps "no trust data" refusals on Redis for
-// trust.refusal_ttl, so a flood of requests for made-up or unsigned names
-// spread over the replicas asks the Notary server once per name per TTL,
-// not once per replica. Only that refusal is shared: it is what the Notary
-// server said, the same for every replica, where an unreachable server, a
-// replica's own cache or its pinning state are that replica's (one fresh
-// replica refusing as trust_unavailable must not deny the others their
-// cached trust data). A refusal read from Redis can deny, never admit.
+// It keeps "no trust data" refusals on Redis for trust.refusal_ttl, so a
+// flood of requests for made-up or unsigned names spread over the replicas
+// asks the Notary server once per name per TTL, not once per replica. Only
+// that refusal is shared: it is what the Notary server said, the same for
+// every replica, where an unreachable server, a replica's own cache or its
+// pinning state are that replica's (one fresh replica refusing as
+// trust_unavailable must not deny the others their cached trust data). A
+// refusal read from Redis can deny, never admit, and carries its own end: a
+// replayed one denies no longer than the TTL it was written for.
 //
-// With a state key (redis.state_key_file, from the Secret, never from
-// Redis) it also shares verified trust views, signed with it, for as long
-// as the replica that verified them would use them itself: a replica then
-// reuses another's verification. Without the key nothing written to Redis
-// can pass as a verification.
+// It also shares verified trust views, for as long as the replica that
+// verified them would use them itself: a replica then reuses another's
+// verification. A view carries the versions of the metadata it rests on; a
+// replica takes it only when none is below its own floor, and raises its
+// floor to them (a replayed older view is refused by every replica that
+// saw a newer one).
 type sharedState struct {
-	rdb      redis.UniversalClient
-	prefix   string
-	health   *cache.RedisHealth
-	stateKey []byte // signs shared verdicts; nil: verdicts are not shared
+	*cache.Shared
+	log func(msg string, args ...any)
 }
 
 type sharedRefusal struct {
-	Reason Reason `json:"reason"`
-	Detail string `json:"detail"`
+	GUN    string    `json:"gun"`
+	Reason Reason    `json:"reason"`
+	Detail string    `json:"detail"`
+	Until  time.Time `json:"until"`
 }
+
+// maxSharedEntry bounds what is read of a refusal or a view on Redis.
+const maxSharedEntry = 8 << 20
 
 func (s *sharedState) key(gun string) string {
 	sum := sha256.Sum256([]byte(gun))
-	return s.prefix + "refusal:" + hex.EncodeToString(sum[:16])
+	return s.Key("refusal:" + hex.EncodeToString(sum[:16]))
 }
 
 // get returns the refusal of gun another replica stored, or nil.
 func (s *sharedState) get(gun string) *RefusalError {
-	if s == nil || s.health.Skip() {
+	if s == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
-	defer cancel()
-	b, err := s.rdb.Get(ctx, s.key(gun)).Bytes()
-	if s.health.Failed(err) || err != nil {
+	key := s.key(gun)
+	b := s.Get(context.Background(), cache.KindRefusal, key, maxSharedEntry)
+	if b == nil {
 		return nil
 	}
 	var r sharedRefusal
-	if json.Unmarshal(b, &r) != nil || r.Reason != NoTrustData {
+	if json.Unmarshal(b, &r) != nil || r.GUN != gun || r.Reason != NoTrustData {
+		s.Reject(cache.KindRefusal, key, "a sealed refusal that does not read")
 		return nil
+	}
+	if !time.Now().Before(r.Until) {
+		return nil // its time is over: a replay of an old one
 	}
 	return &RefusalError{GUN: gun, Reason: r.Reason, Detail: r.Detail + " (refused by another replica within trust.refusal_ttl)"}
 }
 
 // put stores rerr for ttl; a nil rerr removes what is stored.
 func (s *sharedState) put(gun string, rerr *RefusalError, ttl time.Duration) {
-	if s == nil || s.health.Skip() || (rerr != nil && rerr.Reason != NoTrustData) {
+	if s == nil || s.Health.Skip() || (rerr != nil && rerr.Reason != NoTrustData) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
+	key := s.key(gun)
 	if rerr == nil {
-		s.health.Failed(s.rdb.Del(ctx, s.key(gun)).Err())
+		s.Health.Failed(s.Redis.Del(ctx, key).Err())
 		return
 	}
 	detail := rerr.Detail
 	if rerr.Err != nil {
 		detail += ": " + rerr.Err.Error()
 	}
-	b, _ := json.Marshal(sharedRefusal{Reason: rerr.Reason, Detail: detail})
-	s.health.Failed(s.rdb.Set(ctx, s.key(gun), b, ttl).Err())
+	b, _ := json.Marshal(sharedRefusal{GUN: gun, Reason: rerr.Reason, Detail: detail, Until: time.Now().Add(ttl)})
+	s.Health.Failed(s.Redis.Set(ctx, key, s.Seal(cache.KindRefusal, key, b), ttl).Err())
 }
 
 // sharedVerdict is a verified trust view as replicas share it: the
 // Snapshot's facts, the policy they were judged under, until when they may
-// be used, signed with the state key.
+// be used.
 type sharedVerdict struct {
 	Policy      string                   `json:"policy"` // policyStamp of the rule and pinning that judged it
 	Until       time.Time                `json:"until"`
@@ -96,22 +105,22 @@ type sharedVerdict struct {
 	Expires     time.Time                `json:"expires"`
 	Refreshed   time.Time                `json:"refreshed"`
 	Unreachable string                   `json:"unreachable,omitempty"`
+	Versions    map[string]int           `json:"versions"`
 }
 
 func (s *sharedState) verdictKey(gun, policy string) string {
 	sum := sha256.Sum256([]byte(gun + "\n" + policy))
-	return s.prefix + "verdict:" + hex.EncodeToString(sum[:16])
+	return s.Key("verdict:" + hex.EncodeToString(sum[:16]))
 }
 
-// putVerdict shares snap, judged under policy, until until. Nothing is
-// shared without a state key.
+// putVerdict shares snap, judged under policy, until until.
 func (s *sharedState) putVerdict(snap *Snapshot, policy string, until time.Time) {
 	ttl := time.Until(until)
-	if s == nil || s.stateKey == nil || ttl <= 0 || s.health.Skip() {
+	if s == nil || ttl <= 0 || s.Health.Skip() {
 		return
 	}
 	v := sharedVerdict{Policy: policy, Until: until, GUN: snap.GUN, Targets: snap.Targets, Refused: map[string]sharedRefusal{},
-		Checked: snap.Checked, Expires: snap.Expires, Refreshed: snap.Refreshed, Unreachable: snap.Unreachable}
+		Checked: snap.Checked, Expires: snap.Expires, Refreshed: snap.Refreshed, Unreachable: snap.Unreachable, Versions: snap.Versions}
 	for tag, r := range snap.Refused {
 		v.Refused[tag] = sharedRefusal{Reason: r.Reason, Detail: r.Detail}
 	}
@@ -119,36 +128,43 @@ func (s *sharedState) putVerdict(snap *Snapshot, policy string, until time.Time)
 	if err != nil {
 		return
 	}
-	mac := hmac.New(sha256.New, s.stateKey)
-	mac.Write(payload)
-	b := append(mac.Sum(nil), payload...)
 	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
-	s.health.Failed(s.rdb.Set(ctx, s.verdictKey(snap.GUN, policy), b, ttl).Err())
+	key := s.verdictKey(snap.GUN, policy)
+	s.Health.Failed(s.Redis.Set(ctx, key, s.Seal(cache.KindVerdict, key, payload), ttl).Err())
 }
 
 // verdict returns a view of gun that another replica verified under the
-// same policy, and until when it may be used; nil when there is none, or
-// when what Redis holds is not signed with the state key.
-func (s *sharedState) verdict(gun, policy string) (*Snapshot, time.Time) {
-	if s == nil || s.stateKey == nil || s.health.Skip() {
+// same policy, and until when it may be used; nil when there is none, when
+// what Redis holds is not genuine or is over, or when it rests on metadata
+// older than store's floor. Using it raises store's floor to its versions.
+func (s *sharedState) verdict(gun, policy string, store *cache.GUNStore) (*Snapshot, time.Time) {
+	if s == nil {
 		return nil, time.Time{}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
-	defer cancel()
-	b, err := s.rdb.Get(ctx, s.verdictKey(gun, policy)).Bytes()
-	if s.health.Failed(err) || err != nil || len(b) < sha256.Size {
+	key := s.verdictKey(gun, policy)
+	b := s.Get(context.Background(), cache.KindVerdict, key, maxSharedEntry)
+	if b == nil {
 		return nil, time.Time{}
 	}
-	mac := hmac.New(sha256.New, s.stateKey)
-	mac.Write(b[sha256.Size:])
 	var v sharedVerdict
-	if !hmac.Equal(mac.Sum(nil), b[:sha256.Size]) || json.Unmarshal(b[sha256.Size:], &v) != nil ||
-		v.GUN != gun || v.Policy != policy || !time.Now().Before(v.Until) || !time.Now().Before(v.Expires) {
+	if json.Unmarshal(b, &v) != nil || v.GUN != gun || v.Policy != policy || len(v.Versions) == 0 {
+		s.Reject(cache.KindVerdict, key, "a sealed view that does not read, or of another repository or policy")
+		return nil, time.Time{}
+	}
+	if now := time.Now(); !now.Before(v.Until) || !now.Before(v.Expires) {
+		return nil, time.Time{}
+	}
+	if err := store.RaiseFloor(v.Versions); err != nil {
+		if errors.As(err, new(*cache.RollbackError)) {
+			s.Reject(cache.KindVerdict, key, "a view older than what this replica has seen: "+err.Error())
+		} else {
+			s.log("cannot raise the trust floor to a shared view; verifying here", "gun", gun, "err", err)
+		}
 		return nil, time.Time{}
 	}
 	snap := &Snapshot{GUN: gun, Targets: v.Targets, Refused: map[string]*RefusalError{}, Checked: v.Checked,
-		Expires: v.Expires, Refreshed: v.Refreshed, Unreachable: v.Unreachable}
+		Expires: v.Expires, Refreshed: v.Refreshed, Unreachable: v.Unreachable, Versions: v.Versions}
 	if snap.Targets == nil {
 		snap.Targets = map[string]Target{}
 	}

@@ -38,6 +38,9 @@ type Snapshot struct {
 	// max_staleness after Refreshed.
 	Refreshed   time.Time
 	Unreachable string
+	// Versions are the versions of the metadata it rests on, by role: a
+	// replica that uses another's Snapshot raises its own floor to them.
+	Versions map[string]int
 
 	byDigest map[digest.Digest][]Target // Targets by manifest digest, in byDigestOrder
 }

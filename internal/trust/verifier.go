@@ -20,7 +20,6 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"github.com/theupdateframework/notary"
 	"github.com/theupdateframework/notary/client"
 	"github.com/theupdateframework/notary/storage"
@@ -152,12 +151,11 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 }
 
 // Share keeps the trust metadata floor (cache.MetadataStore.Share), "no
-// trust data" refusals and, with a state key, verified trust views signed
-// with it on Redis as well, shared by every replica. Call it before the
-// first Snapshot.
-func (v *Verifier) Share(rdb redis.UniversalClient, prefix string, health *cache.RedisHealth, stateKey []byte) {
-	v.meta.Share(rdb, prefix, health)
-	v.shared = &sharedState{rdb: rdb, prefix: prefix, health: health, stateKey: stateKey}
+// trust data" refusals and verified trust views on sh as well, shared by
+// every replica. Call it before the first Snapshot.
+func (v *Verifier) Share(sh *cache.Shared) {
+	v.meta.Share(sh)
+	v.shared = &sharedState{Shared: sh, log: v.log.Warn}
 }
 
 // Snapshot returns the verified view of gun (e.g. docker.io/library/app),
@@ -189,7 +187,9 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*S
 		if rerr := v.shared.get(gun); rerr != nil {
 			return nil, rerr
 		}
-		if snap, until := v.shared.verdict(gun, v.policyStamp(gun, r)); snap != nil {
+		store := v.meta.For(gun, pinStamp(v.pinning, gun, r.TOFU))
+		if snap, until := v.shared.verdict(gun, v.policyStamp(gun, r), store); snap != nil {
+			until = earliest(until, snap.Checked.Add(v.ttl)) // never longer than this replica's own refresh_ttl
 			v.snaps.Add(gun, cached{snap: snap, until: until})
 			return snap, nil
 		}

@@ -1,0 +1,191 @@
+package cache
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Shared is the Redis that replicas share, and what every part of
+// trustproxy that keeps state there needs to use it: the client, the key
+// prefix, whether Redis answers, and the keys derived from the state key
+// (redis.state_key_file, a Secret on every replica, never on Redis).
+//
+// Redis is shared storage, not a trusted party. Whoever can write it (a
+// leaked password, a neighbour on a shared Redis) cannot read the state
+// key, so every entry that could lead to serving, or that names a place to
+// connect to, is sealed: an HMAC under a key derived from the state key
+// for its kind, over the entry's full Redis key name and its payload. An
+// entry that is not sealed for that kind and key name (planted, altered,
+// moved from another key, written by a deployment with another state key)
+// is logged, counted in trustproxy_redis_rejected_total{kind} and treated
+// as absent. What a replay of genuine old entries can do is each kind's
+// own concern: a payload carries its own expiry or version where that
+// matters.
+type Shared struct {
+	Redis  redis.UniversalClient
+	Prefix string
+	Health *RedisHealth
+
+	stateKey []byte
+	macKeys  map[Kind][]byte
+	rejected *prometheus.CounterVec
+	log      *slog.Logger
+}
+
+// A Kind names what a sealed entry is, so that an entry of one kind is
+// never taken for another: each kind has its own MAC key.
+type Kind string
+
+// The kinds of entries replicas share on Redis.
+const (
+	KindFloor   Kind = "floor"   // trust metadata version floors (cache)
+	KindReport  Kind = "report"  // scan reports (cache)
+	KindRefs    Kind = "refs"    // what a verified manifest lists (proxy's reference index)
+	KindParents Kind = "parents" // which verified manifests list a digest (proxy's reference index)
+	KindLock    Kind = "lock"    // cold blob fill locks, naming the holder's URL (proxy)
+	KindRefusal Kind = "refusal" // "no trust data" refusals (trust)
+	KindVerdict Kind = "verdict" // verified trust views (trust)
+)
+
+var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict}
+
+// sealVersion is the first byte of every sealed entry.
+const sealVersion = 1
+
+// MinStateKey is the shortest state key accepted, in bytes.
+const MinStateKey = 32
+
+// NewShared returns the shared state on rdb under prefix, sealed with keys
+// derived from stateKey. Its rejection counter is registered on reg (none
+// when reg is nil).
+func NewShared(rdb redis.UniversalClient, prefix string, stateKey []byte, health *RedisHealth, log *slog.Logger, reg prometheus.Registerer) (*Shared, error) {
+	if len(stateKey) < MinStateKey {
+		return nil, fmt.Errorf("the state key is %d bytes, want at least %d", len(stateKey), MinStateKey)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Shared{Redis: rdb, Prefix: prefix, Health: health, stateKey: stateKey, macKeys: map[Kind][]byte{},
+		log: log.With("component", "redis"),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_redis_rejected_total",
+			Help: "Entries read from Redis and ignored, by kind: not sealed with this deployment's state key for that key name, or older than what this replica has seen.",
+		}, []string{"kind"}),
+	}
+	for _, k := range kinds {
+		s.macKeys[k] = s.Derive("trustproxy redis entry " + string(k))
+		s.rejected.WithLabelValues(string(k))
+	}
+	if reg != nil {
+		if err := reg.Register(s.rejected); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// Derive returns a 32-byte key for purpose, derived from the state key
+// (HKDF-SHA256): the replicas' shared secrets (the peers' key, the scan
+// credential key) are the same on every replica without being stored on
+// Redis. Distinct purposes give independent keys.
+func (s *Shared) Derive(purpose string) []byte {
+	k, err := hkdf.Key(sha256.New, s.stateKey, nil, purpose, 32)
+	if err != nil {
+		panic(err) // only for lengths HKDF cannot give
+	}
+	return k
+}
+
+// Key is the full Redis key name of name: the prefix and name.
+func (s *Shared) Key(name string) string { return s.Prefix + name }
+
+// Seal returns payload sealed as an entry of kind under the Redis key
+// named key (a full name, as Key gives it).
+func (s *Shared) Seal(kind Kind, key string, payload []byte) []byte {
+	out := make([]byte, 0, 1+sha256.Size+len(payload))
+	out = append(out, sealVersion)
+	out = s.mac(kind, key, payload, out)
+	return append(out, payload...)
+}
+
+func (s *Shared) mac(kind Kind, key string, payload, to []byte) []byte {
+	mk, ok := s.macKeys[kind]
+	if !ok {
+		panic("cache: unknown kind " + string(kind))
+	}
+	m := hmac.New(sha256.New, mk)
+	fmt.Fprintf(m, "%d:%s", len(key), key)
+	m.Write(payload)
+	return m.Sum(to)
+}
+
+// Open returns the payload of an entry of kind read from the Redis key
+// named key, if it was sealed for them under this state key. Otherwise it
+// logs and counts the rejection and returns false: the caller treats the
+// entry as absent. An empty entry (none read) is absent without a word.
+func (s *Shared) Open(kind Kind, key string, sealed []byte) ([]byte, bool) {
+	if len(sealed) == 0 {
+		return nil, false
+	}
+	if len(sealed) < 1+sha256.Size || sealed[0] != sealVersion {
+		s.Reject(kind, key, "not a sealed entry")
+		return nil, false
+	}
+	payload := sealed[1+sha256.Size:]
+	if !hmac.Equal(s.mac(kind, key, payload, nil), sealed[1:1+sha256.Size]) {
+		s.Reject(kind, key, "not sealed with this deployment's state key for this key name")
+		return nil, false
+	}
+	return payload, true
+}
+
+// Reject logs and counts an entry of kind at key that is ignored, and why.
+func (s *Shared) Reject(kind Kind, key, why string) {
+	s.rejected.WithLabelValues(string(kind)).Inc()
+	s.log.Warn("ignored an entry on redis: someone who can write to redis may be tampering with it, or another deployment shares the key prefix",
+		"kind", kind, "key", key, "reason", why)
+}
+
+// Get reads the sealed entry of kind at key, of at most limit bytes of
+// payload: nil when there is none, when Redis is down or skipped (Health),
+// or when it does not open or is larger.
+func (s *Shared) Get(ctx context.Context, kind Kind, key string, limit int) []byte {
+	if s.Health.Skip() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, RedisTimeout)
+	defer cancel()
+	// GETRANGE reads no more than the bound: what someone planted may be huge.
+	max := int64(limit + 1 + sha256.Size)
+	b, err := s.Redis.GetRange(ctx, key, 0, max).Bytes()
+	if s.Failed(kind, key, err) || len(b) == 0 {
+		return nil
+	}
+	if int64(len(b)) > max {
+		s.Reject(kind, key, fmt.Sprintf("larger than %d bytes", limit))
+		return nil
+	}
+	p, _ := s.Open(kind, key, b)
+	return p
+}
+
+// Failed records the outcome of a Redis call about the entry of kind at
+// key, as Health.Failed does, and says whether the call gave no entry: it
+// failed, or found the key holding another type (WRONGTYPE: Redis
+// answered, so it is not down, but someone put something else there).
+func (s *Shared) Failed(kind Kind, key string, err error) bool {
+	if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
+		s.Health.Failed(nil)
+		s.Reject(kind, key, "the key holds another type")
+		return true
+	}
+	return s.Health.Failed(err) || err != nil
+}
