@@ -40,7 +40,7 @@ type Server struct {
 	store     distribution.Namespace
 	driver    storagedriver.StorageDriver // store's: stored blobs are read from it directly
 	verify    Verifier
-	gate      *scan.Gate            // nil: no scan gate configured
+	gate      *scan.Gate    // nil: no scan gate configured
 	shared    *cache.Shared // nil: no shared state
 	peers     *peers        // nil: fills are not shared between replicas
 	upstreams *upstreams
