@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -368,4 +369,73 @@ func FuzzEscapeRole(f *testing.F) {
 			t.Fatalf("escapeRole(%q) == escapeRole(%q) == %q", a, b, ea)
 		}
 	})
+}
+
+// root is a root of version v whose timestamp, snapshot and targets keys
+// are ts, sn and tg.
+func root(v int, ts, sn, tg string) []byte {
+	return fmt.Appendf(nil, `{"signed":{"_type":"Root","version":%d,"roles":{"root":{"keyids":["r"]},"timestamp":{"keyids":[%q]},"snapshot":{"keyids":[%q]},"targets":{"keyids":[%q]}}},"signatures":[]}`, v, ts, sn, tg)
+}
+
+// TestRootRotationDropsReplacedRoles (TUF 5.3.11): a newer root that
+// replaced the timestamp or snapshot key drops both roles' stored versions,
+// and one that replaced the targets key drops targets'; a newer root that
+// keeps them, or the same root again, drops nothing.
+func TestRootRotationDropsReplacedRoles(t *testing.T) {
+	tests := []struct {
+		name        string
+		next        []byte
+		wantDropped []string
+	}{
+		{name: "timestamp key replaced", next: root(2, "ts2", "sn", "tg"), wantDropped: []string{"timestamp", "snapshot"}},
+		{name: "snapshot key replaced", next: root(2, "ts", "sn2", "tg"), wantDropped: []string{"timestamp", "snapshot"}},
+		{name: "targets key replaced", next: root(2, "ts", "sn", "tg2"), wantDropped: []string{"targets"}},
+		{name: "root key only", next: root(2, "ts", "sn", "tg")},
+		{name: "same root again", next: root(1, "ts2", "sn", "tg")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, _ := NewMetadataStore(t.TempDir(), nil)
+			s := m.For("example.com/a", "")
+			must(t, s.Set("root", root(1, "ts", "sn", "tg")))
+			must(t, s.SetMulti(map[string][]byte{"timestamp": meta(1000), "snapshot": meta(1000), "targets": meta(1000), "targets/releases": meta(1000)}))
+			must(t, s.RaiseFloor(map[string]int{"timestamp": 1001}))
+			if err := s.Set("root", tt.next); err != nil && !strings.Contains(tt.name, "same root") {
+				t.Fatal(err)
+			}
+			for _, role := range []string{"timestamp", "snapshot", "targets", "targets/releases"} {
+				err := s.Set(role, meta(1))
+				dropped := slices.Contains(tt.wantDropped, role)
+				if dropped && err != nil {
+					t.Errorf("%s: version 1 refused after its key was replaced: %v", role, err)
+				}
+				if !dropped && !errors.As(err, new(*RollbackError)) {
+					t.Errorf("%s: version 1 accepted (%v), though its key was not replaced", role, err)
+				}
+			}
+		})
+	}
+}
+
+// TestRaiseFloor: a floor raised from another replica's view refuses
+// older writes; a view older than what the store holds raises nothing.
+func TestRaiseFloor(t *testing.T) {
+	m, _ := NewMetadataStore(t.TempDir(), nil)
+	s := m.For("example.com/a", "")
+	must(t, s.Set("timestamp", meta(5)))
+	if err := s.RaiseFloor(map[string]int{"timestamp": 4, "snapshot": 9}); !errors.As(err, new(*RollbackError)) {
+		t.Fatalf("a view below the stored timestamp: %v, want *RollbackError", err)
+	}
+	must(t, s.Set("snapshot", meta(2))) // the refused view raised nothing
+	must(t, s.RaiseFloor(map[string]int{"timestamp": 7, "snapshot": 9}))
+	for role, v := range map[string]int{"timestamp": 6, "snapshot": 8} {
+		if err := s.Set(role, meta(v)); !errors.As(err, new(*RollbackError)) {
+			t.Errorf("%s v%d below the raised floor: %v, want *RollbackError", role, v, err)
+		}
+	}
+	must(t, s.Set("timestamp", meta(7)))
+	reopened, _ := NewMetadataStore(m.dir, nil)
+	if err := reopened.For("example.com/a", "").Set("snapshot", meta(8)); !errors.As(err, new(*RollbackError)) {
+		t.Errorf("the raised floor did not survive a restart: %v", err)
+	}
 }

@@ -576,3 +576,59 @@ func TestRedisReplayOfOldEntries(t *testing.T) {
 		}
 	})
 }
+
+// TestRedisWriterCopiesAnotherDeployment: a second deployment of the same
+// binary, with its own state key and a policy that trusts mallory, pulls
+// from the same upstream and Notary server; a Redis writer copies every
+// key it wrote (same names: the floors, the reference index, its views)
+// into this deployment's Redis. A fresh replica here ignores them all:
+// it verifies itself, serves what alice signed and refuses what only
+// mallory signed, by tag, by digest and by blob.
+func TestRedisWriterCopiesAnotherDeployment(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	const evilGUN = "docker.io/library/evil"
+	w.initRepo(t, evilGUN, w.mallory)
+	evilImg := testenv.Image(t, "evil", 1, 4096)
+	evil := w.Registry.Push(t, "library/evil", "v1", evilImg)
+	w.Notary.SignImage(t, evilGUN, "v1", evilImg, testenv.Releases)
+
+	rs, rs2 := testenv.StartRedis(t, ""), testenv.StartRedis(t, "")
+	trustsMallory := func(cfg string) string {
+		cfg = strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice, mallory]\n", 1)
+		return strings.Replace(cfg, "  rules:\n", "    - name: mallory\n      public_key: "+w.mallory.CertFile+"\n  rules:\n", 1)
+	}
+	other := start(t, trustsMallory(w.config(t, t.TempDir(), sharedYAML(t, t.TempDir(), rs2.Addr(),
+		"state_key_file: "+testenv.StateKeyFile(t, "another deployment's state key, 32+ chars")))))
+	other.mustPull(t, "library/app:v1")
+	other.mustPull(t, "library/evil:v1")
+
+	storage := t.TempDir()
+	a := w.replica(t, t.TempDir(), storage, rs.Addr(), "")
+	a.mustPull(t, "library/app:v1")
+	copied := newRedisWriter(t, rs2.Addr()).save("*")
+	newRedisWriter(t, rs.Addr()).restore(copied)
+	t.Logf("copied %d keys of the other deployment", len(copied))
+
+	b := w.replica(t, t.TempDir(), storage, rs.Addr(), "")
+	asked := w.Notary.Requests("")
+	b.mustPull(t, "library/app:v1")
+	if w.Notary.Requests("") == asked {
+		t.Error("the fresh replica verified nothing itself")
+	}
+	status, _, body := b.get(t, http.MethodGet, "/v2/library/evil/manifests/v1")
+	wantDenied(t, status, body, trust.UntrustedSigner)
+	for _, path := range []string{"/v2/library/evil/manifests/" + evil.String(), "/v2/library/evil/blobs/" + firstLayer(t, evilImg).String()} {
+		if status, _, _ := b.get(t, http.MethodGet, path); status == http.StatusOK {
+			t.Fatalf("GET %s served on the other deployment's entries", path)
+		}
+	}
+	var total float64
+	for _, kind := range []string{"floor", "refs", "parents", "verdict", "refusal"} {
+		total += b.rejected(t, kind) + a.rejected(t, kind)
+	}
+	if total == 0 {
+		t.Error("none of the other deployment's entries was counted as rejected")
+	}
+}
