@@ -112,6 +112,7 @@ type GUNStore struct {
 	mu      *sync.Mutex
 	log     *slog.Logger
 	shared  *sharedFloor
+	dropped bool // dropRotated ran; under mu
 }
 
 var _ storage.MetadataStore = (*GUNStore)(nil)
@@ -428,8 +429,17 @@ func (s *GUNStore) dropRotated(roles []string, floor map[string]int) error {
 		}
 		delete(floor, name)
 	}
+	s.dropped = true
 	s.log.Info("a new root replaced these roles' keys: their stored versions are dropped, as TUF's fast-forward recovery asks", "roles", roles)
 	return s.writeFloor(floor)
+}
+
+// DroppedRotated says whether a root stored through s replaced keys and
+// so dropped stored versions (SetMulti).
+func (s *GUNStore) DroppedRotated() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
 }
 
 // RaiseFloor raises the version floor of each role of versions (role →

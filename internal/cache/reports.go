@@ -88,7 +88,9 @@ func (s *ReportStore) Get(d digest.Digest) (*StoredReport, error) {
 	return sr, nil
 }
 
-func (s *ReportStore) sharedKey(d digest.Digest) string { return s.shared.Key("scan:report:" + d.String()) }
+func (s *ReportStore) sharedKey(d digest.Digest) string {
+	return s.shared.Key("scan:report:" + d.String())
+}
 
 // getShared returns the genuine report on Redis for d, or nil.
 func (s *ReportStore) getShared(d digest.Digest) *StoredReport {

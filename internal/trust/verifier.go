@@ -24,6 +24,7 @@ import (
 	"github.com/theupdateframework/notary/client"
 	"github.com/theupdateframework/notary/storage"
 	"github.com/theupdateframework/notary/trustpinning"
+	"github.com/theupdateframework/notary/tuf"
 	"github.com/theupdateframework/notary/tuf/data"
 	"github.com/theupdateframework/notary/tuf/signed"
 	"github.com/trustproxy/trustproxy/config"
@@ -292,31 +293,50 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 	case !errors.As(err, new(storage.ErrMetaNotFound)):
 		return nil, refuse(InvalidMetadata, cacheDetail, err)
 	}
-	guard := &guardedCache{MetadataStore: store}
 	transport := &deadlineTransport{base: up.client.RoundTripper("repository:" + gun + ":pull"), timeout: v.limits.UpstreamTimeout}
 	server := func(rt http.RoundTripper) (storage.RemoteStore, error) {
 		return storage.NewNotaryServerStore(strings.TrimSuffix(up.cfg.Notary.URL, "/"), data.GUN(gun), rt)
 	}
-	hs, err := server(transport)
-	if err != nil {
-		return nil, refuse(NoTrustServer, fmt.Sprintf("upstreams[%d].notary.url is not usable", up.index), err)
-	}
-	ahead := newPrefetchRemote(hs, server, transport, v.limits)
-	ahead.found, _ = ctx.Value(trustDataKey{}).(func())
-	defer ahead.stop()
-	remote := newBoundedRemote(ahead, v.limits)
 	if r.TOFU && len(pinsFor(v.pinning, gun)) == 0 {
 		if warned, _ := v.tofuWarned.ContainsOrAdd(gun, struct{}{}); !warned {
 			v.log.Warn("trusting root on first use", "gun", gun,
 				"hint", "pin it in trust.pinning.certs or trust.pinning.ca")
 		}
 	}
-	repo, invalid, err := client.LoadTUFRepo(client.TUFLoadOptions{
-		GUN:          data.GUN(gun),
-		TrustPinning: trustpinning.TrustPinConfig{Certs: v.pinning.Certs, CA: v.pinning.CA, DisableTOFU: !r.TOFU},
-		Cache:        guard,
-		RemoteStore:  remote,
-	})
+	var (
+		guard         *guardedCache
+		remote        *boundedRemote
+		repo, invalid *tuf.Repo
+		err           error
+	)
+	load := func() error {
+		guard = &guardedCache{MetadataStore: store}
+		hs, err := server(transport)
+		if err != nil {
+			return err
+		}
+		ahead := newPrefetchRemote(hs, server, transport, v.limits)
+		ahead.found, _ = ctx.Value(trustDataKey{}).(func())
+		defer ahead.stop()
+		remote = newBoundedRemote(ahead, v.limits)
+		repo, invalid, err = client.LoadTUFRepo(client.TUFLoadOptions{
+			GUN:          data.GUN(gun),
+			TrustPinning: trustpinning.TrustPinConfig{Certs: v.pinning.Certs, CA: v.pinning.CA, DisableTOFU: !r.TOFU},
+			Cache:        guard,
+			RemoteStore:  remote,
+		})
+		return nil
+	}
+	if lerr := load(); lerr != nil {
+		return nil, refuse(NoTrustServer, fmt.Sprintf("upstreams[%d].notary.url is not usable", up.index), lerr)
+	}
+	if err != nil && store.DroppedRotated() {
+		// notary keeps the versions it loaded before the new root in this
+		// update: the update that stored a root replacing the timestamp or
+		// snapshot key can only fail. Once more, from the cache without them.
+		v.log.Info("a new root replaced timestamp, snapshot or targets keys; updating again without their old versions", "gun", gun, "err", err)
+		_ = load()
+	}
 	limitErr, stale := remote.state()
 	switch cerr := guard.failure(); {
 	case errors.As(cerr, new(*cache.RollbackError)):
