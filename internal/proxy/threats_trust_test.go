@@ -471,6 +471,59 @@ func TestEndlessTimestampRefused(t *testing.T) {
 	}
 }
 
+// TestTricklingNotaryBounded (T17): the server sends timestamp.json one byte
+// every 200 ms, forever. A replica with nothing cached refuses
+// (trust_unavailable) within the update's deadline (2 × upstream_timeout)
+// and its goroutines return to what they were; a replica with valid cached
+// trust data serves from it within the same bound.
+func TestTricklingNotaryBounded(t *testing.T) {
+	w := newTUFWorld(t)
+	const limits = "limits: {upstream_timeout: 1s}\n"
+	warm := w.start(t, "", limits)
+	warm.mustPull(t, "library/app:v1")
+	w.setOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
+		if role != data.CanonicalTimestampRole.String() {
+			return false
+		}
+		for r.Context().Err() == nil {
+			if _, err := rw.Write([]byte(" ")); err != nil {
+				break
+			}
+			rw.(http.Flusher).Flush()
+			time.Sleep(200 * time.Millisecond)
+		}
+		return true
+	})
+
+	cold := w.start(t, "", limits)
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+	begin := time.Now()
+	status, body := cold.manifestV1(t)
+	took := time.Since(begin)
+	wantRefusal(t, status, body, trust.TrustUnavailable)
+	t.Logf("trickled timestamp, nothing cached: refused after %s", took.Round(time.Millisecond))
+	if took > 2*time.Second+3*time.Second {
+		t.Errorf("refused after %s: past the update's 2s deadline", took)
+	}
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine() > base+8; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines 10s after the refusal, %d before the request", runtime.NumGoroutine(), base)
+		}
+	}
+
+	begin = time.Now()
+	if status, body := warm.manifestV1(t); status != http.StatusOK {
+		t.Fatalf("trickled timestamp, valid cache: %d %s", status, body)
+	}
+	if took := time.Since(begin); took > 5*time.Second {
+		t.Errorf("served from the cache after %s: past the update's 2s deadline", took)
+	}
+	if !strings.Contains(warm.logs.String(), "notary unreachable, using cached metadata") {
+		t.Error("no warning that cached trust metadata was used")
+	}
+}
+
 // TestThresholdNotMetRefused (T18): root requires two signatures on
 // targets, or on snapshot, or targets requires two on targets/releases,
 // and each carries one valid signature (one key compromised, one not): a
