@@ -460,3 +460,111 @@ func TestCredentialsNeverLogged(t *testing.T) {
 	}
 	t.Logf("clients were told:\n%s", strings.Join(bodies, "\n"))
 }
+
+// TestCorruptManifestLeavesNothingShared (T3): two replicas share Redis and
+// storage; the upstream flips a byte of the signed manifest. Replica A
+// refuses it (digest_mismatch) and records nothing: neither A nor B,
+// asked for a layer it names, serves or fetches the layer, and nothing is
+// stored. Once the upstream is right again, both serve.
+func TestCorruptManifestLeavesNothingShared(t *testing.T) {
+	w := newTUFWorld(t)
+	redis := testenv.StartRedis(t, "")
+	storage := t.TempDir()
+	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(storage, redis.Addr()))) }
+	a, b := replica(), replica()
+	w.reg.SetFault(w.reg.CorruptBody(testenv.GetPath("/manifests/" + w.signed.String())))
+	status, body := a.manifestV1(t)
+	wantRefusal(t, status, body, proxy.ReasonDigestMismatch)
+	layer := firstLayer(t, w.img)
+	for name, p := range map[string]*instance{"A": a, "B": b} {
+		if status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String()); status == http.StatusOK {
+			t.Fatalf("replica %s served a layer of a manifest that did not verify: %.200s", name, body)
+		}
+	}
+	if n := w.reg.BlobGets(layer); n != 0 {
+		t.Fatalf("the layer was fetched %d times", n)
+	}
+	if blobs, _ := filepath.Glob(filepath.Join(storage, "docker", "registry", "v2", "blobs", "sha256", "*", "*", "data")); len(blobs) != 0 {
+		t.Fatalf("stored %v", blobs)
+	}
+	w.reg.SetFault(nil)
+	for _, p := range []*instance{a, b} {
+		if got := p.mustPull(t, "library/app:v1"); got != w.signed {
+			t.Fatalf("served %s", got)
+		}
+	}
+}
+
+// TestRedirectedBlobGetsNoCredentialsOrCookies (T27): the upstream wants
+// Basic credentials, sets a cookie, and redirects a layer (307) to a
+// storage host listed in redirect_hosts: the storage host gets neither
+// the credentials nor the cookie, and the layer is served. A redirect
+// loop is cut after a few hops and the client told why.
+func TestRedirectedBlobGetsNoCredentialsOrCookies(t *testing.T) {
+	w := newTUFWorld(t)
+	loopImg := testenv.Image(t, "redirect loop", 1, 1024)
+	w.signImage(t, testenv.Releases, "loop", loopImg)
+	w.publish(t)
+	layer, loopLayer := firstLayer(t, w.img), firstLayer(t, loopImg)
+	layers, err := w.img.Layers()
+	must(t, err)
+	rc, err := layers[0].Compressed()
+	must(t, err)
+	blob, err := io.ReadAll(rc)
+	must(t, err)
+	var hops atomic.Int64
+	var cookies atomic.Int64
+	storageHost := newCapture(t, func(rw http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Cookie") != "" {
+			cookies.Add(1)
+		}
+		if r.URL.Path == "/loop" {
+			hops.Add(1)
+			http.Redirect(rw, r, "/loop", http.StatusTemporaryRedirect)
+			return
+		}
+		_, _ = rw.Write(blob)
+	})
+	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		http.SetCookie(rw, &http.Cookie{Name: "session", Value: "upstream-session-secret"})
+		if u, pw, ok := r.BasicAuth(); !ok || u != "mirror" || pw != "s3cret" {
+			rw.Header().Set("WWW-Authenticate", `Basic realm="registry"`)
+			rw.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/blobs/"+layer.String()):
+			http.Redirect(rw, r, storageHost.URL+"/blob", http.StatusTemporaryRedirect)
+		case strings.HasSuffix(r.URL.Path, "/blobs/"+loopLayer.String()):
+			http.Redirect(rw, r, storageHost.URL+"/loop", http.StatusTemporaryRedirect)
+		default:
+			return false
+		}
+		return true
+	})
+	host := strings.TrimPrefix(storageHost.URL, "http://")
+	cfg := strings.Replace(w.config(t, t.TempDir(), "", ""), "notary: {url: "+w.srv.URL+"}",
+		"username: mirror, password: s3cret, redirect_hosts: ["+host+"], notary: {url: "+w.srv.URL+"}", 1)
+	p := start(t, cfg)
+	if got := p.mustPull(t, "library/app:v1"); got != w.signed {
+		t.Fatalf("served %s", got)
+	}
+	for _, auth := range storageHost.authHeaders() {
+		if auth != "" {
+			t.Fatalf("the storage host was sent Authorization %q", auth)
+		}
+	}
+	if n := cookies.Load(); n != 0 {
+		t.Fatalf("the storage host was sent the upstream's cookie %d times", n)
+	}
+
+	if status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/loop"); status != http.StatusOK {
+		t.Fatalf("manifest: %d %s", status, body)
+	}
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+loopLayer.String())
+	wantError(t, status, body, http.StatusServiceUnavailable, "UNAVAILABLE", "redirects")
+	t.Logf("a redirect loop: %d hops followed; the client was told %s", hops.Load(), body)
+	if n := hops.Load(); n > 10 {
+		t.Fatalf("%d hops of a redirect loop followed", n)
+	}
+}
