@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -86,6 +87,7 @@ func (b *boundedRemote) GetSized(name string, size int64) ([]byte, error) {
 		ask = size // notary knows the exact length from snapshot or timestamp
 	}
 	raw, err := b.RemoteStore.GetSized(name, ask)
+	err = bodyNetworkError(err)
 	b.noteFetch(role, err)
 	switch {
 	case errors.As(err, new(storage.ErrMaliciousServer)) && ask > capBytes:
@@ -148,6 +150,22 @@ func (b *boundedRemote) state() (limit *LimitError, stale error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.limitErr, b.stale
+}
+
+// bodyNetworkError makes a failure to read a response body (the request
+// timeout ending a trickled body, a connection cut mid-body) the
+// storage.NetworkError that notary's HTTPStore returns when the same
+// happens before the headers: notary then treats a slow or dying server
+// alike, falling back to a valid cached timestamp (doc.go: slow counts as
+// unreachable), where it would fail the update on the bare error.
+func bodyNetworkError(err error) error {
+	if err == nil || isNetworkError(err) {
+		return err
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.ErrUnexpectedEOF) || errors.As(err, new(net.Error)) {
+		return storage.NetworkError{Wrapped: err}
+	}
+	return err
 }
 
 func isNetworkError(err error) bool {
