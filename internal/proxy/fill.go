@@ -472,13 +472,19 @@ func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) err
 	if r.Method == http.MethodHead {
 		return nil
 	}
+	flusher, _ := w.(http.Flusher)
+	if spool != nil && flusher != nil {
+		// Headers now, not with the first body bytes: a client's response
+		// header timeout (containerd's is 30 s) must not depend on how long
+		// the upstream takes to send the body.
+		flusher.Flush()
+	}
 	if spool == nil {
 		if _, err := w.Write(mem); err != nil {
 			return errClientGone
 		}
 		return nil
 	}
-	flusher, _ := w.(http.Flusher)
 	var pos int64
 	var buf []byte
 	for {

@@ -233,12 +233,15 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if r.Method == http.MethodHead {
 		return nil
 	}
+	if fl, ok := w.(http.Flusher); ok {
+		fl.Flush() // the headers now, as for an upstream's fill
+	}
+	hold := &holdBack{w: flushWriter{w}}
 	idle := time.AfterFunc(lim.BlobIdleTimeout, func() {
 		cancel(errors.New("the peer made no progress within limits.blob_idle_timeout"))
 	})
 	defer idle.Stop()
 	h := d.Algorithm().Digester()
-	hold := &holdBack{w: flushWriter{w}}
 	body := &idleReader{r: io.LimitReader(resp.Body, size+1), idle: idle, timeout: lim.BlobIdleTimeout}
 	n, err := io.Copy(io.MultiWriter(h.Hash(), hold), body)
 	if c := context.Cause(ctx); err != nil && c != nil {

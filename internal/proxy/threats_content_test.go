@@ -284,9 +284,6 @@ func TestAmbiguousSignedManifestRefused(t *testing.T) {
 // timeout, 30 s in containerd, does not depend on how long the blob takes),
 // and then the whole, verified layer.
 func TestColdBlobHeadersBeforeBody(t *testing.T) {
-	t.Skip("flaw (T34): fill.serve calls w.WriteHeader(200) for a spooled blob but flushes only after the first body bytes, " +
-		"so a client gets no headers while the upstream holds the body back (the client waited 30 s here); " +
-		"fix in internal/proxy/fill.go: flush right after WriteHeader")
 	w := newTUFWorld(t)
 	img := testenv.Image(t, "cold layer", 1, 4<<20) // spooled: over the 1 MiB held in memory
 	w.signImage(t, testenv.Releases, "cold", img)
@@ -354,16 +351,11 @@ func TestColdBlobHeadersBeforeBody(t *testing.T) {
 func TestEvictedBlobRefetched(t *testing.T) {
 	for _, withRedis := range []bool{false, true} {
 		t.Run(map[bool]string{false: "storage only", true: "redis"}[withRedis], func(t *testing.T) {
-			if withRedis {
-				t.Skip("flaw (T36): with redis, distribution's Redis blob descriptor cache (open.go) still describes the removed layer; " +
-					"serveStored falls back to BlobStore.ServeBlob, which answers 200 with its Content-Length and no body, " +
-					"on every GET, without fetching it again (internal/proxy/blob.go, open.go)")
-			}
 			w := newTUFWorld(t)
 			storage := t.TempDir()
 			extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\n", storage)
 			if withRedis {
-				extra = sharedYAML(storage, testenv.StartRedis(t, "").Addr())
+				extra = sharedYAML(t, storage, testenv.StartRedis(t, "").Addr())
 			}
 			p := start(t, w.config(t, t.TempDir(), "", extra))
 			p.mustPull(t, "library/app:v1")
@@ -470,7 +462,7 @@ func TestCorruptManifestLeavesNothingShared(t *testing.T) {
 	w := newTUFWorld(t)
 	redis := testenv.StartRedis(t, "")
 	storage := t.TempDir()
-	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(storage, redis.Addr()))) }
+	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(t, storage, redis.Addr()))) }
 	a, b := replica(), replica()
 	w.reg.SetFault(w.reg.CorruptBody(testenv.GetPath("/manifests/" + w.signed.String())))
 	status, body := a.manifestV1(t)

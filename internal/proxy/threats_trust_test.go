@@ -117,7 +117,7 @@ func TestConcurrentReplicaWritesKeepHighestFloor(t *testing.T) {
 		return true
 	})
 	storage := t.TempDir()
-	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(storage, redis.Addr()))) }
+	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(t, storage, redis.Addr()))) }
 	replicas := []*instance{replica(), replica()}
 
 	var wg sync.WaitGroup
@@ -243,7 +243,7 @@ type rootRotationWorld struct {
 // certificates pins.
 func (w *rootRotationWorld) replica(t *testing.T, dataDir string, pins ...string) *instance {
 	t.Helper()
-	cfg := w.config(t, dataDir, sharedYAML(w.storage, w.redis.Addr()))
+	cfg := w.config(t, dataDir, sharedYAML(t, w.storage, w.redis.Addr()))
 	cfg = strings.Replace(cfg, "refresh_ttl: 1h", "refresh_ttl: 1ns", 1)
 	old := fmt.Sprintf("      %s: [%s]\n", gun, w.roots[gun])
 	return start(t, strings.Replace(cfg, old, fmt.Sprintf("      %s: [%s]\n", gun, strings.Join(pins, ", ")), 1))
