@@ -2,8 +2,10 @@ package proxy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -482,4 +484,178 @@ func TestScanManifestNotServedAsBlob(t *testing.T) {
 	wantDenied(t, status, body, scan.ReasonVulnerable)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+signed.String())
 	wantDenied(t, status, body, proxy.ReasonNotReferenced)
+}
+
+// oldImages pushes n images as library/old:v0... and signs them all in
+// one publish: old images nobody has scanned.
+func (w *scanWorld) oldImages(t *testing.T, n int) []digest.Digest {
+	t.Helper()
+	targets := map[string]testenv.Target{}
+	var out []digest.Digest
+	for i := range n {
+		img := testenv.Image(t, fmt.Sprintf("old %d", i), 1, 4096)
+		raw, err := img.RawManifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := w.Registry.Push(t, "library/old", fmt.Sprintf("v%d", i), img)
+		targets[fmt.Sprintf("v%d", i)] = testenv.Target{Digest: d, Size: int64(len(raw))}
+		out = append(out, digest.Digest(d.String()))
+	}
+	w.roots["docker.io/library/old"] = w.Notary.Publish(t, "docker.io/library/old", w.alice, targets)
+	return out
+}
+
+// answer is what an anonymous client got: a status, or the error that
+// ended its request (its context, when it gave up).
+type answer struct {
+	status int
+	body   string
+	err    error
+}
+
+// fetch GETs path from p under ctx, without failing t: for clients that run
+// beside the test and may give up.
+func fetch(ctx context.Context, p *instance, path string) answer {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.srv.URL+path, nil)
+	if err != nil {
+		return answer{err: err}
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		return answer{err: err}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return answer{status: resp.StatusCode, body: string(b)}
+}
+
+// anonymous requests library/old:v0... (one per digest of old) from p,
+// each until ctx ends; their answers arrive on the channel returned.
+func anonymous(ctx context.Context, p *instance, old []digest.Digest) chan answer {
+	answers := make(chan answer, len(old))
+	for i := range old {
+		go func() { answers <- fetch(ctx, p, fmt.Sprintf("/v2/library/old/manifests/v%d", i)) }()
+	}
+	return answers
+}
+
+// scansOf is how many scan requests the scanner accepted for each of ds.
+func (w *scanWorld) scansOf(ds []digest.Digest) map[digest.Digest]int {
+	out := map[digest.Digest]int{}
+	for _, d := range ds {
+		out[d] = w.scanner.ScanRequests(d)
+	}
+	return out
+}
+
+// startedSince lists the digests of ds whose scans the scanner accepted
+// since base was taken.
+func (w *scanWorld) startedSince(ds []digest.Digest, base map[digest.Digest]int) []digest.Digest {
+	var out []digest.Digest
+	for _, d := range ds {
+		if w.scanner.ScanRequests(d) > base[d] {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// queued reads trustproxy_scan_queue_length, or -1 when p has no such gauge.
+func (p *instance) queued(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := p.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "trustproxy_scan_queue_length" && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+// eventually polls cond until it holds, failing t after a minute: for the
+// state of clients running beside the test, not for timing.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+	}
+}
+
+// T48: anonymous requests for many old, unscanned images whose scans are
+// slow do not make a new image's request under missing: wait fail early.
+// When their clients have left, their scans yield their slots to it; when
+// their clients wait, it queues, and the first slot that frees goes to its
+// repository, which has no scan running, not to the old images' queue.
+func TestScanQueueFairUnderAnonymousLoad(t *testing.T) {
+	w := newScanWorld(t)
+	fresh := w.signedImage(t, "v1") // library/app: the new image, scanned at once
+	old := w.oldImages(t, 16)       // library/old: their scans end only when the test says
+	for _, d := range old {
+		w.scanner.Hold(d)
+	}
+	const policy = "{missing: wait, wait: 20s}"
+
+	// newImage asks for library/app:v1 and checks that it is served.
+	newImage := func(t *testing.T, p *instance, a answer, waited time.Duration) {
+		t.Helper()
+		if a.err != nil || a.status != http.StatusOK {
+			t.Fatalf("the new image under missing: wait, with 16 anonymous requests for old images before it: %d %s %v (after %s)",
+				a.status, a.body, a.err, waited.Round(time.Millisecond))
+		}
+		d := p.decision(t, gun, "v1")
+		if d["verdict"] != "served" || d["scan_passed"] != true || d["digest"] != fresh.String() {
+			t.Fatalf("decision %v", d)
+		}
+	}
+
+	t.Run("their clients left", func(t *testing.T) {
+		p := w.start(t, policy, "")
+		base := w.scansOf(old)
+		ctx, leave := context.WithCancel(t.Context())
+		answers := anonymous(ctx, p, old)
+		eventually(t, "8 old scans started, the other 8 requests queued or answered", func() bool {
+			return len(w.startedSince(old, base)) == 8 && (p.queued(t) == 8 || len(answers) == 8)
+		})
+		leave() // the 16 clients give up: nobody waits for the old scans any more
+		for range old {
+			<-answers
+		}
+		start := time.Now()
+		a := fetch(t.Context(), p, "/v2/library/app/manifests/v1")
+		waited := time.Since(start)
+		newImage(t, p, a, waited)
+		t.Logf("the new image waited %s; old scans started %d, new image's scans %d; queue after: %v",
+			waited.Round(time.Millisecond), len(w.startedSince(old, base)), w.scanner.ScanRequests(fresh), p.queued(t))
+	})
+
+	t.Run("their clients wait", func(t *testing.T) {
+		p := w.start(t, policy, "")
+		base := w.scansOf(old)
+		ctx, leave := context.WithCancel(t.Context())
+		defer leave()
+		answers := anonymous(ctx, p, old)
+		eventually(t, "8 old scans started, the other 8 requests queued or answered", func() bool {
+			return len(w.startedSince(old, base)) == 8 && (p.queued(t) == 8 || len(answers) == 8)
+		})
+		start := time.Now()
+		got := make(chan answer, 1)
+		go func() { got <- fetch(t.Context(), p, "/v2/library/app/manifests/v1") }()
+		eventually(t, "the new image's request queued or answered", func() bool { return p.queued(t) == 9 || len(got) == 1 })
+		queuedBehind := p.queued(t) - 1
+		// One old scan ends: its slot goes to the repository with the
+		// fewest scans running (library/app, none), not to the old images'
+		// queue, which came first.
+		w.scanner.Release(w.startedSince(old, base)[0])
+		a := <-got
+		waited := time.Since(start)
+		newImage(t, p, a, waited)
+		t.Logf("the new image waited %s, queued behind %v requests for old images; old scans started %d",
+			waited.Round(time.Millisecond), queuedBehind, len(w.startedSince(old, base)))
+	})
 }
