@@ -224,8 +224,10 @@ func TestScanScannerFaultsRefuseAndCacheNothing(t *testing.T) {
 }
 
 // The scanner's pull credential passes the trust check but skips the scan
-// gate for its digest, and for nothing else: another digest, the tag,
-// another repository, tags/list, and after its expiry it is refused.
+// gate for its digest, and for nothing else: another digest (v2, never
+// scanned), the tag, another repository, tags/list, and after its expiry
+// it is refused. (Once a report arrives that fails the policy it skips
+// nothing: TestScanCredentialRefusedAfterFailingReport.)
 func TestScanCredentialOnlyForItsDigest(t *testing.T) {
 	w := newScanWorld(t)
 	w.credentialTTL = "2s"
@@ -233,10 +235,8 @@ func TestScanCredentialOnlyForItsDigest(t *testing.T) {
 	other := w.signedImage(t, "v2")
 	w.initRepo(t, "docker.io/library/other", w.alice)
 	w.pushSigned(t, "library/other", "v1", "other")
-	w.scanner.SetReport(signed, []scan.Vulnerability{xz})
 	p := w.start(t, "{missing: wait, wait: 20s}", "")
-	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, scan.ReasonVulnerable)
+	p.mustPull(t, "library/app:v1") // scanned, clean
 	minted := time.Now()
 	pulls := w.scanner.Pulls()
 	if len(pulls) != 2 || pulls[0].Status != 200 || pulls[1].Status != 200 {
@@ -257,7 +257,7 @@ func TestScanCredentialOnlyForItsDigest(t *testing.T) {
 		wantDenied(t, status, body, proxy.ReasonScanCredential)
 	}
 	forged := auth[:len(auth)-2] + "AA"
-	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/"+signed.String(), "Authorization", forged)
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+signed.String(), "Authorization", forged)
 	wantDenied(t, status, body, proxy.ReasonScanCredential)
 	time.Sleep(time.Until(minted.Add(2100 * time.Millisecond)))
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/"+signed.String(), "Authorization", auth)
@@ -288,41 +288,24 @@ func TestScanReportPostedByCI(t *testing.T) {
 	p := w.start(t, "{missing: block}", "")
 	w.scanner.SetFault(testenv.ScannerDown) // only CI's report can let it through
 
-	report := func(d digest.Digest, vulns ...scan.Vulnerability) []byte {
-		b, _ := json.Marshal(scan.Report{GeneratedAt: time.Now(), Artifact: scan.Artifact{Repository: "library/app", Digest: d.String()},
-			Scanner: scan.ScannerInfo{Name: "ci"}, Severity: "Unknown", Vulnerabilities: vulns})
-		return b
-	}
-	post := func(token string, d string, body []byte) int {
-		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, p.srv.URL+"/admin/scan/reports/"+d, bytes.NewReader(body))
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
 	for name, c := range map[string]struct {
 		token string
 		body  []byte
 		want  int
 	}{
-		"no token":    {"", report(signed), http.StatusUnauthorized},
-		"wrong token": {"ci-token-0123456789abcdeX", report(signed), http.StatusUnauthorized},
+		"no token":    {"", ciReport(signed), http.StatusUnauthorized},
+		"wrong token": {"ci-token-0123456789abcdeX", ciReport(signed), http.StatusUnauthorized},
 		"malformed":   {w.token, []byte(`{"vulnerabilities": [{"id": 7}]}`), http.StatusBadRequest},
-		"mismatched":  {w.token, report(digest.FromString("another image")), http.StatusBadRequest},
+		"mismatched":  {w.token, ciReport(digest.FromString("another image")), http.StatusBadRequest},
 		"oversized":   {w.token, bytes.Repeat([]byte(" "), scan.MaxReportBytes+1), http.StatusRequestEntityTooLarge},
 	} {
-		if got := post(c.token, signed.String(), c.body); got != c.want {
+		if got := postReport(t, p, c.token, signed.String(), c.body); got != c.want {
 			t.Errorf("%s: %d, want %d", name, got, c.want)
 		}
 	}
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonMissing) // nothing refused was stored
-	if got := post(w.token, signed.String(), report(signed)); got != http.StatusCreated {
+	if got := postReport(t, p, w.token, signed.String(), ciReport(signed)); got != http.StatusCreated {
 		t.Fatalf("posting a clean report: %d", got)
 	}
 	p.mustPull(t, "library/app:v1")
@@ -484,6 +467,29 @@ func TestScanManifestNotServedAsBlob(t *testing.T) {
 	wantDenied(t, status, body, scan.ReasonVulnerable)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+signed.String())
 	wantDenied(t, status, body, proxy.ReasonNotReferenced)
+}
+
+// ciReport is a report as CI posts it for d, finding vulns.
+func ciReport(d digest.Digest, vulns ...scan.Vulnerability) []byte {
+	b, _ := json.Marshal(scan.Report{GeneratedAt: time.Now(), Artifact: scan.Artifact{Repository: "library/app", Digest: d.String()},
+		Scanner: scan.ScannerInfo{Name: "ci"}, Severity: "Unknown", Vulnerabilities: vulns})
+	return b
+}
+
+// postReport posts body as d's report to p's admin API with the bearer
+// token (none when ""), and returns the status.
+func postReport(t *testing.T, p *instance, token string, d string, body []byte) int {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, p.srv.URL+"/admin/scan/reports/"+d, bytes.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // oldImages pushes n images as library/old:v0... and signs them all in
@@ -658,4 +664,40 @@ func TestScanQueueFairUnderAnonymousLoad(t *testing.T) {
 		t.Logf("the new image waited %s, queued behind %v requests for old images; old scans started %d",
 			waited.Round(time.Millisecond), queuedBehind, len(w.startedSince(old, base)))
 	})
+}
+
+// T49: a scanner's pull credential stops skipping the scan gate once a
+// report that fails the policy arrives during its life (here from CI): its
+// pull is refused with the finding.
+func TestScanCredentialRefusedAfterFailingReport(t *testing.T) {
+	w := newScanWorld(t) // credentials live 1m
+	signed := w.signedImage(t, "v1")
+	p := w.start(t, "{missing: wait, wait: 20s}", "")
+	p.mustPull(t, "library/app:v1") // scanned, clean, served
+	pulls := w.scanner.Pulls()
+	if len(pulls) == 0 || !strings.HasPrefix(pulls[0].Authorization, "Bearer tpscan.") {
+		t.Fatalf("the adapter's pulls: %+v", pulls)
+	}
+	auth := pulls[0].Authorization
+	byDigest := "/v2/docker.io/library/app/manifests/" + signed.String()
+	if status, _, body := p.get(t, http.MethodGet, byDigest, "Authorization", auth); status != http.StatusOK {
+		t.Fatalf("the credential's own digest, during its life: %d %s", status, body)
+	}
+
+	if got := postReport(t, p, w.token, signed.String(), ciReport(signed, xz)); got != http.StatusCreated {
+		t.Fatalf("posting CI's report: %d", got)
+	}
+	status, _, body := p.get(t, http.MethodGet, byDigest, "Authorization", auth)
+	wantDenied(t, status, body, scan.ReasonVulnerable)
+	for _, want := range []string{"CVE-2024-3094 Critical in xz-utils 5.6.0, fixed in 5.6.1", "scan credential"} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("refusal %s does not say %q", body, want)
+		}
+	}
+	if d := p.decision(t, gun, signed.String()); d["verdict"] != "denied" || d["reason"] != scan.ReasonVulnerable ||
+		!strings.Contains(fmt.Sprint(d["message"]), "scan credential") {
+		t.Fatalf("decision %v", d)
+	}
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, scan.ReasonVulnerable)
 }

@@ -263,6 +263,38 @@ func (g *Gate) Check(ctx context.Context, s Subject, p *config.ScanPolicy) Verdi
 	return Verdict{Reason: ReasonPending, Detail: fmt.Sprintf("scan pending (waited %s); retry shortly", p.Wait)}
 }
 
+// CheckCredential is the verdict on a pull of gr's own manifest with its
+// scan credential, under p: the gate is skipped, as the scanner must pull
+// what it scans, unless a report that arrived after the credential was
+// minted fails p (its scan has ended, or CI found what p blocks
+// meanwhile). Then the credential skips nothing any more and the pull gets
+// that report's refusal.
+//
+// A credential is not instead valid only while its scan is in progress:
+// a scan is in progress in one process, but the scanner pulls from
+// whichever replica registry_url reaches (or from serve, beside check
+// --scan), and only reports are shared between them. The report stored
+// when the credential was minted does not end it: that is the report its
+// scan replaces (a stale one that refuses, say).
+func (g *Gate) CheckCredential(gr Grant, p *config.ScanPolicy) Verdict {
+	scanner := Verdict{Pass: true, Detail: "pulled by its scanner (scan credential)"}
+	stored, err := g.recentReport(gr.Digest)
+	switch {
+	case err != nil:
+		g.log.Error("cannot read a stored scan report to check a scan credential", "digest", gr.Digest, "err", err)
+		return Verdict{Reason: ReasonUnavailable, Detail: "the scan credential cannot be checked: the stored scan report does not read"}
+	case stored == nil, stored.Received.Equal(gr.Report):
+		return scanner
+	}
+	v := g.judge(stored, policyThreshold(p), p)
+	if v.Pass {
+		return scanner
+	}
+	v.Detail += fmt.Sprintf("; the scan credential no longer skips the scan gate: this report (%s, received %s) arrived after it was minted",
+		stored.Source, stored.Received.UTC().Format(time.RFC3339))
+	return v
+}
+
 // policyThreshold is the severity at which p blocks.
 func policyThreshold(p *config.ScanPolicy) Severity {
 	threshold, err := ParseSeverity(p.Severity)
@@ -764,7 +796,7 @@ func (g *Gate) scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 // scanWith runs one scan on a: the request, with a pull credential for
 // s, then the report, polled as the adapter's Refresh-After says.
 func (g *Gate) scanWith(ctx context.Context, a *Adapter, reportType string, s Subject) (*Report, error) {
-	auth := g.creds.Mint(Grant{Repository: s.Repository, Digest: s.Digest, Expires: g.now().Add(g.cfg.CredentialTTL)})
+	auth := g.creds.Mint(g.grant(s))
 	id, err := a.Scan(ctx, ScanRequest{
 		Registry:            Registry{URL: g.cfg.RegistryURL, Authorization: auth},
 		Artifact:            Artifact{Repository: s.Repository, Digest: s.Digest.String(), MimeType: s.MediaType},
@@ -787,6 +819,17 @@ func (g *Gate) scanWith(ctx context.Context, a *Adapter, reportType string, s Su
 			return nil, fmt.Errorf("scanner %s did not report within scan.timeout (%s)", a.Name(), g.cfg.Timeout)
 		}
 	}
+}
+
+// grant is what the pull credential of a scan of s allows: s, for
+// scan.credential_ttl, skipping the gate until a report other than the one
+// stored now arrives and fails the policy (CheckCredential).
+func (g *Gate) grant(s Subject) Grant {
+	gr := Grant{Repository: s.Repository, Digest: s.Digest, Expires: g.now().Add(g.cfg.CredentialTTL)}
+	if stored, err := g.recentReport(s.Digest); err == nil && stored != nil {
+		gr.Report = stored.Received
+	}
+	return gr
 }
 
 // metadata returns a's metadata, fetched at most every metadataTTL.

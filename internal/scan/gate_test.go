@@ -297,3 +297,54 @@ func TestScanQueueBounded(t *testing.T) {
 		t.Fatalf("%d scans started, want %d", n, maxScans)
 	}
 }
+
+// A scan credential skips the gate for its digest until a report that
+// arrived after it was minted fails the policy.
+func TestCheckCredential(t *testing.T) {
+	d := digest.FromString("image")
+	report := func(vulns ...Vulnerability) []byte {
+		b, _ := json.Marshal(Report{GeneratedAt: time.Now(), Artifact: Artifact{Digest: d.String()}, Scanner: ScannerInfo{Name: "ci"}, Vulnerabilities: vulns})
+		return b
+	}
+	clean, vulnerable := report(), report(Vulnerability{ID: "CVE-2024-3094", Package: "xz-utils", Version: "5.6.0", Severity: "Critical"})
+	p := &config.ScanPolicy{Severity: "high", Missing: config.MissingWait, MaxReportAge: time.Hour, Wait: time.Second}
+	tests := []struct {
+		name          string
+		before, after []byte // the reports posted before and after the credential was minted
+		pass          bool
+	}{
+		{name: "no report", pass: true},
+		{name: "minted beside a failing report (a rescan)", before: vulnerable, pass: true},
+		{name: "a clean report since", before: vulnerable, after: clean, pass: true},
+		{name: "a failing report since", before: clean, after: vulnerable},
+		{name: "a failing report since, none before", after: vulnerable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := testGate(t, nil)
+			now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+			g.now = func() time.Time { return now }
+			if tt.before != nil {
+				if err := g.Accept(d, tt.before); err != nil {
+					t.Fatal(err)
+				}
+			}
+			now = now.Add(time.Second)
+			gr := g.grant(Subject{Repository: "docker.io/library/app", Digest: d})
+			if tt.after != nil {
+				now = now.Add(time.Second)
+				if err := g.Accept(d, tt.after); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v := g.CheckCredential(gr, p)
+			if v.Pass != tt.pass {
+				t.Fatalf("verdict %+v, want pass %v", v, tt.pass)
+			}
+			if !v.Pass && (v.Reason != ReasonVulnerable || !strings.Contains(v.Detail, "CVE-2024-3094") ||
+				!strings.Contains(v.Detail, "the scan credential no longer skips the scan gate: this report (ci, received 2025-01-01T00:00:02Z) arrived after it was minted")) {
+				t.Fatalf("refusal %+v", v)
+			}
+		})
+	}
+}
