@@ -27,7 +27,9 @@ const ReasonScanCredential trust.Reason = "scan_credential"
 // a scan policy: an image manifest passes only when the gate says its scan
 // does. An index is not scanned itself; each platform manifest is, when it
 // is pulled, and their scans start when the index is first seen. The
-// scanner's own pull (its credential names this digest) skips the gate.
+// scanner's own pull (its credential names this digest) skips the gate
+// until a report that arrived after the credential was minted fails the
+// policy (scan.Gate.CheckCredential).
 func (s *Server) scanStep(ctx context.Context, req *request, d *Decision, m *verifiedManifest) error {
 	p := d.Rule.Scan
 	if p == nil || s.gate == nil {
@@ -45,7 +47,11 @@ func (s *Server) scanStep(ctx context.Context, req *request, d *Decision, m *ver
 		return nil
 	}
 	if g := req.grant; g != nil && g.Digest == m.digest {
-		d.Scan = &scan.Verdict{Pass: true, Detail: "pulled by its scanner (scan credential)"}
+		v := s.gate.CheckCredential(*g, p)
+		d.Scan = &v
+		if !v.Pass {
+			return &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.Reason(v.Reason), Detail: v.Detail}
+		}
 		return nil
 	}
 	subject := scan.Subject{Repository: req.gun, Digest: m.digest, MediaType: m.mediaType}

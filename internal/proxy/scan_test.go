@@ -2,8 +2,10 @@ package proxy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -222,8 +224,10 @@ func TestScanScannerFaultsRefuseAndCacheNothing(t *testing.T) {
 }
 
 // The scanner's pull credential passes the trust check but skips the scan
-// gate for its digest, and for nothing else: another digest, the tag,
-// another repository, tags/list, and after its expiry it is refused.
+// gate for its digest, and for nothing else: another digest (v2, never
+// scanned), the tag, another repository, tags/list, and after its expiry
+// it is refused. (Once a report arrives that fails the policy it skips
+// nothing: TestScanCredentialRefusedAfterFailingReport.)
 func TestScanCredentialOnlyForItsDigest(t *testing.T) {
 	w := newScanWorld(t)
 	w.credentialTTL = "2s"
@@ -231,10 +235,8 @@ func TestScanCredentialOnlyForItsDigest(t *testing.T) {
 	other := w.signedImage(t, "v2")
 	w.initRepo(t, "docker.io/library/other", w.alice)
 	w.pushSigned(t, "library/other", "v1", "other")
-	w.scanner.SetReport(signed, []scan.Vulnerability{xz})
 	p := w.start(t, "{missing: wait, wait: 20s}", "")
-	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, scan.ReasonVulnerable)
+	p.mustPull(t, "library/app:v1") // scanned, clean
 	minted := time.Now()
 	pulls := w.scanner.Pulls()
 	if len(pulls) != 2 || pulls[0].Status != 200 || pulls[1].Status != 200 {
@@ -255,7 +257,7 @@ func TestScanCredentialOnlyForItsDigest(t *testing.T) {
 		wantDenied(t, status, body, proxy.ReasonScanCredential)
 	}
 	forged := auth[:len(auth)-2] + "AA"
-	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/"+signed.String(), "Authorization", forged)
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+signed.String(), "Authorization", forged)
 	wantDenied(t, status, body, proxy.ReasonScanCredential)
 	time.Sleep(time.Until(minted.Add(2100 * time.Millisecond)))
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/"+signed.String(), "Authorization", auth)
@@ -286,41 +288,24 @@ func TestScanReportPostedByCI(t *testing.T) {
 	p := w.start(t, "{missing: block}", "")
 	w.scanner.SetFault(testenv.ScannerDown) // only CI's report can let it through
 
-	report := func(d digest.Digest, vulns ...scan.Vulnerability) []byte {
-		b, _ := json.Marshal(scan.Report{GeneratedAt: time.Now(), Artifact: scan.Artifact{Repository: "library/app", Digest: d.String()},
-			Scanner: scan.ScannerInfo{Name: "ci"}, Severity: "Unknown", Vulnerabilities: vulns})
-		return b
-	}
-	post := func(token string, d string, body []byte) int {
-		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, p.srv.URL+"/admin/scan/reports/"+d, bytes.NewReader(body))
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
 	for name, c := range map[string]struct {
 		token string
 		body  []byte
 		want  int
 	}{
-		"no token":    {"", report(signed), http.StatusUnauthorized},
-		"wrong token": {"ci-token-0123456789abcdeX", report(signed), http.StatusUnauthorized},
+		"no token":    {"", ciReport(signed), http.StatusUnauthorized},
+		"wrong token": {"ci-token-0123456789abcdeX", ciReport(signed), http.StatusUnauthorized},
 		"malformed":   {w.token, []byte(`{"vulnerabilities": [{"id": 7}]}`), http.StatusBadRequest},
-		"mismatched":  {w.token, report(digest.FromString("another image")), http.StatusBadRequest},
+		"mismatched":  {w.token, ciReport(digest.FromString("another image")), http.StatusBadRequest},
 		"oversized":   {w.token, bytes.Repeat([]byte(" "), scan.MaxReportBytes+1), http.StatusRequestEntityTooLarge},
 	} {
-		if got := post(c.token, signed.String(), c.body); got != c.want {
+		if got := postReport(t, p, c.token, signed.String(), c.body); got != c.want {
 			t.Errorf("%s: %d, want %d", name, got, c.want)
 		}
 	}
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonMissing) // nothing refused was stored
-	if got := post(w.token, signed.String(), report(signed)); got != http.StatusCreated {
+	if got := postReport(t, p, w.token, signed.String(), ciReport(signed)); got != http.StatusCreated {
 		t.Fatalf("posting a clean report: %d", got)
 	}
 	p.mustPull(t, "library/app:v1")
@@ -482,4 +467,237 @@ func TestScanManifestNotServedAsBlob(t *testing.T) {
 	wantDenied(t, status, body, scan.ReasonVulnerable)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+signed.String())
 	wantDenied(t, status, body, proxy.ReasonNotReferenced)
+}
+
+// ciReport is a report as CI posts it for d, finding vulns.
+func ciReport(d digest.Digest, vulns ...scan.Vulnerability) []byte {
+	b, _ := json.Marshal(scan.Report{GeneratedAt: time.Now(), Artifact: scan.Artifact{Repository: "library/app", Digest: d.String()},
+		Scanner: scan.ScannerInfo{Name: "ci"}, Severity: "Unknown", Vulnerabilities: vulns})
+	return b
+}
+
+// postReport posts body as d's report to p's admin API with the bearer
+// token (none when ""), and returns the status.
+func postReport(t *testing.T, p *instance, token string, d string, body []byte) int {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, p.srv.URL+"/admin/scan/reports/"+d, bytes.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// oldImages pushes n images as library/old:v0... and signs them all in
+// one publish: old images nobody has scanned.
+func (w *scanWorld) oldImages(t *testing.T, n int) []digest.Digest {
+	t.Helper()
+	targets := map[string]testenv.Target{}
+	var out []digest.Digest
+	for i := range n {
+		img := testenv.Image(t, fmt.Sprintf("old %d", i), 1, 4096)
+		raw, err := img.RawManifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := w.Registry.Push(t, "library/old", fmt.Sprintf("v%d", i), img)
+		targets[fmt.Sprintf("v%d", i)] = testenv.Target{Digest: d, Size: int64(len(raw))}
+		out = append(out, digest.Digest(d.String()))
+	}
+	w.roots["docker.io/library/old"] = w.Notary.Publish(t, "docker.io/library/old", w.alice, targets)
+	return out
+}
+
+// answer is what an anonymous client got: a status, or the error that
+// ended its request (its context, when it gave up).
+type answer struct {
+	status int
+	body   string
+	err    error
+}
+
+// fetch GETs path from p under ctx, without failing t: for clients that run
+// beside the test and may give up.
+func fetch(ctx context.Context, p *instance, path string) answer {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.srv.URL+path, nil)
+	if err != nil {
+		return answer{err: err}
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		return answer{err: err}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return answer{status: resp.StatusCode, body: string(b)}
+}
+
+// anonymous requests library/old:v0... (one per digest of old) from p,
+// each until ctx ends; their answers arrive on the channel returned.
+func anonymous(ctx context.Context, p *instance, old []digest.Digest) chan answer {
+	answers := make(chan answer, len(old))
+	for i := range old {
+		go func() { answers <- fetch(ctx, p, fmt.Sprintf("/v2/library/old/manifests/v%d", i)) }()
+	}
+	return answers
+}
+
+// scansOf is how many scan requests the scanner accepted for each of ds.
+func (w *scanWorld) scansOf(ds []digest.Digest) map[digest.Digest]int {
+	out := map[digest.Digest]int{}
+	for _, d := range ds {
+		out[d] = w.scanner.ScanRequests(d)
+	}
+	return out
+}
+
+// startedSince lists the digests of ds whose scans the scanner accepted
+// since base was taken.
+func (w *scanWorld) startedSince(ds []digest.Digest, base map[digest.Digest]int) []digest.Digest {
+	var out []digest.Digest
+	for _, d := range ds {
+		if w.scanner.ScanRequests(d) > base[d] {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// queued reads trustproxy_scan_queue_length, or -1 when p has no such gauge.
+func (p *instance) queued(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := p.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "trustproxy_scan_queue_length" && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+// eventually polls cond until it holds, failing t after a minute: for the
+// state of clients running beside the test, not for timing.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+	}
+}
+
+// T48: anonymous requests for many old, unscanned images whose scans are
+// slow do not make a new image's request under missing: wait fail early.
+// When their clients have left, their scans yield their slots to it; when
+// their clients wait, it queues, and the first slot that frees goes to its
+// repository, which has no scan running, not to the old images' queue.
+func TestScanQueueFairUnderAnonymousLoad(t *testing.T) {
+	w := newScanWorld(t)
+	fresh := w.signedImage(t, "v1") // library/app: the new image, scanned at once
+	old := w.oldImages(t, 16)       // library/old: their scans end only when the test says
+	for _, d := range old {
+		w.scanner.Hold(d)
+	}
+	const policy = "{missing: wait, wait: 20s}"
+
+	// newImage asks for library/app:v1 and checks that it is served.
+	newImage := func(t *testing.T, p *instance, a answer, waited time.Duration) {
+		t.Helper()
+		if a.err != nil || a.status != http.StatusOK {
+			t.Fatalf("the new image under missing: wait, with 16 anonymous requests for old images before it: %d %s %v (after %s)",
+				a.status, a.body, a.err, waited.Round(time.Millisecond))
+		}
+		d := p.decision(t, gun, "v1")
+		if d["verdict"] != "served" || d["scan_passed"] != true || d["digest"] != fresh.String() {
+			t.Fatalf("decision %v", d)
+		}
+	}
+
+	t.Run("their clients left", func(t *testing.T) {
+		p := w.start(t, policy, "")
+		base := w.scansOf(old)
+		ctx, leave := context.WithCancel(t.Context())
+		answers := anonymous(ctx, p, old)
+		eventually(t, "8 old scans started, the other 8 requests queued or answered", func() bool {
+			return len(w.startedSince(old, base)) == 8 && (p.queued(t) == 8 || len(answers) == 8)
+		})
+		leave() // the 16 clients give up: nobody waits for the old scans any more
+		for range old {
+			<-answers
+		}
+		start := time.Now()
+		a := fetch(t.Context(), p, "/v2/library/app/manifests/v1")
+		waited := time.Since(start)
+		newImage(t, p, a, waited)
+		t.Logf("the new image waited %s; old scans started %d, new image's scans %d; queue after: %v",
+			waited.Round(time.Millisecond), len(w.startedSince(old, base)), w.scanner.ScanRequests(fresh), p.queued(t))
+	})
+
+	t.Run("their clients wait", func(t *testing.T) {
+		p := w.start(t, policy, "")
+		base := w.scansOf(old)
+		ctx, leave := context.WithCancel(t.Context())
+		defer leave()
+		answers := anonymous(ctx, p, old)
+		eventually(t, "8 old scans started, the other 8 requests queued or answered", func() bool {
+			return len(w.startedSince(old, base)) == 8 && (p.queued(t) == 8 || len(answers) == 8)
+		})
+		start := time.Now()
+		got := make(chan answer, 1)
+		go func() { got <- fetch(t.Context(), p, "/v2/library/app/manifests/v1") }()
+		eventually(t, "the new image's request queued or answered", func() bool { return p.queued(t) == 9 || len(got) == 1 })
+		queuedBehind := p.queued(t) - 1
+		// One old scan ends: its slot goes to the repository with the
+		// fewest scans running (library/app, none), not to the old images'
+		// queue, which came first.
+		w.scanner.Release(w.startedSince(old, base)[0])
+		a := <-got
+		waited := time.Since(start)
+		newImage(t, p, a, waited)
+		t.Logf("the new image waited %s, queued behind %v requests for old images; old scans started %d",
+			waited.Round(time.Millisecond), queuedBehind, len(w.startedSince(old, base)))
+	})
+}
+
+// T49: a scanner's pull credential stops skipping the scan gate once a
+// report that fails the policy arrives during its life (here from CI): its
+// pull is refused with the finding.
+func TestScanCredentialRefusedAfterFailingReport(t *testing.T) {
+	w := newScanWorld(t) // credentials live 1m
+	signed := w.signedImage(t, "v1")
+	p := w.start(t, "{missing: wait, wait: 20s}", "")
+	p.mustPull(t, "library/app:v1") // scanned, clean, served
+	pulls := w.scanner.Pulls()
+	if len(pulls) == 0 || !strings.HasPrefix(pulls[0].Authorization, "Bearer tpscan.") {
+		t.Fatalf("the adapter's pulls: %+v", pulls)
+	}
+	auth := pulls[0].Authorization
+	byDigest := "/v2/docker.io/library/app/manifests/" + signed.String()
+	if status, _, body := p.get(t, http.MethodGet, byDigest, "Authorization", auth); status != http.StatusOK {
+		t.Fatalf("the credential's own digest, during its life: %d %s", status, body)
+	}
+
+	if got := postReport(t, p, w.token, signed.String(), ciReport(signed, xz)); got != http.StatusCreated {
+		t.Fatalf("posting CI's report: %d", got)
+	}
+	status, _, body := p.get(t, http.MethodGet, byDigest, "Authorization", auth)
+	wantDenied(t, status, body, scan.ReasonVulnerable)
+	for _, want := range []string{"CVE-2024-3094 Critical in xz-utils 5.6.0, fixed in 5.6.1", "scan credential"} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("refusal %s does not say %q", body, want)
+		}
+	}
+	if d := p.decision(t, gun, signed.String()); d["verdict"] != "denied" || d["reason"] != scan.ReasonVulnerable ||
+		!strings.Contains(fmt.Sprint(d["message"]), "scan credential") {
+		t.Fatalf("decision %v", d)
+	}
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, scan.ReasonVulnerable)
 }

@@ -19,11 +19,16 @@ import (
 // A Grant is what a scan credential allows: pulling one manifest of one
 // repository, and the blobs and platform manifests it refers to, until
 // Expires. It passes the trust check like any pull; only the scan gate is
-// skipped, for that digest.
+// skipped, for that digest, and only until a report that arrived after the
+// credential was minted fails the policy (Gate.CheckCredential).
 type Grant struct {
 	Repository string        `json:"repo"` // the GUN
 	Digest     digest.Digest `json:"digest"`
 	Expires    time.Time     `json:"exp"`
+	// Report is when the report of Digest that was stored when the
+	// credential was minted had been received; zero when there was none.
+	// Any other report arrived since.
+	Report time.Time `json:"report,omitzero"`
 }
 
 // Credentials mints and checks the pull credentials of scan requests: a

@@ -14,10 +14,10 @@ func TestCredentials(t *testing.T) {
 	c := newTestCredentials(t)
 	now := time.Now()
 	c.now = func() time.Time { return now }
-	g := Grant{Repository: "docker.io/library/app", Digest: digest.FromString("m"), Expires: now.Add(time.Minute)}
+	g := Grant{Repository: "docker.io/library/app", Digest: digest.FromString("m"), Expires: now.Add(time.Minute), Report: now.Add(-time.Hour).UTC()}
 	v := c.Mint(g)
 	got, ok, err := c.Check(v)
-	if !ok || err != nil || got.Repository != g.Repository || got.Digest != g.Digest {
+	if !ok || err != nil || got.Repository != g.Repository || got.Digest != g.Digest || !got.Report.Equal(g.Report) {
 		t.Fatalf("Check(Mint(g)) = %+v %v %v", got, ok, err)
 	}
 	for _, other := range []string{"", "Basic dXNlcjpwdw==", "Bearer some.jwt.token"} {

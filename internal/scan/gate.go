@@ -52,6 +52,28 @@ type Verdict struct {
 // policy, and has it scanned when it has no fresh report. Reports are kept
 // in a cache.ReportStore by digest; concurrent requests for one digest
 // share one scan.
+//
+// Scans take slots: at most maxScans run at once. A request that waits for
+// a scan (missing: wait, or check --scan) whose digest has none under way
+// queues for a slot, for up to its wait. It gets a free slot at once, or
+// else the slot of a running scan that nobody waits for any more (started
+// for a client under block or allow, a prefetch, or a waiter whose wait
+// ended or who left) once that scan has had it for yieldAfter: that scan
+// yields, trustproxy cancels it. A request that does not wait starts a
+// scan only in a free slot while nobody queues, and never queues. So a
+// scan nobody waits for runs only in a slot no waiter wants, and anonymous
+// requests for many old images cannot make a waiting request fail before
+// its wait is over: under such load it waits up to yieldAfter for a slot.
+//
+// The queue holds at most maxQueued images, one entry per digest, shared
+// by the requests waiting for it. A slot that frees goes to the queued
+// repository with the fewest scans running (round robin among equals, its
+// oldest entry first), so that one repository's many digests cannot keep
+// another repository out. When the queue is full, an image of a repository
+// with at least two fewer entries than the longest takes the place of that
+// repository's newest one, whose requests are told scan_pending; otherwise
+// the request is told scan_pending at once. An entry whose requests have
+// all stopped waiting leaves the queue.
 type Gate struct {
 	cfg      config.Scan
 	adapters []*Adapter
@@ -61,21 +83,52 @@ type Gate struct {
 	now      func() time.Time
 
 	mu        sync.Mutex
-	running   map[digest.Digest]*run
+	scans     map[digest.Digest]*run // running or queued, by digest: at most maxScans + maxQueued
+	running   map[string]int         // scans holding a slot, by repository
+	slots     int                    // scans holding a slot
+	queue     map[string][]*run      // queued scans by repository, oldest first
+	turns     []string               // repositories with queued scans, next turn first
+	queued    int                    // scans queued, at most maxQueued
+	wake      *time.Timer            // dispatches the queue when a scan nobody waits for may yield
+	wakeAt    time.Time
 	summaries *lru.Cache[summaryKey, *Report]    // parsed reports, by digest and time received
 	recents   *lru.Cache[digest.Digest, recent]  // stored reports' envelopes, read within recentTTL
 	failed    *lru.Cache[digest.Digest, failure] // scans that failed, not started again for failedScanTTL
 	meta      map[string]*metadataEntry          // adapter metadata, by scanner name
 
-	scans *prometheus.CounterVec
+	scansTotal  *prometheus.CounterVec
+	queueLength prometheus.Gauge
+	runningNow  prometheus.Gauge
+	slotEvents  *prometheus.CounterVec
 }
 
-// maxScans bounds the scans running at once: requests for more digests
-// are told the scan is pending, and start none.
-const maxScans = 8
+// Scan slots and the queue for them (see Gate).
+const (
+	maxScans  = 8  // scans running at once
+	maxQueued = 64 // images waiting for a slot
+	// yieldAfter is how long a scan keeps its slot before it may yield it.
+	// The adapter API has no cancel: a yielded scan may still run at the
+	// scanner. Without it, requests that leave at once would have the
+	// scanner start scan after scan, one per request; with it, each slot
+	// yields at most once per yieldAfter.
+	yieldAfter = 5 * time.Second
+)
 
-// errBusy is why no scan was started: maxScans are running.
-var errBusy = fmt.Errorf("%d scans are running, the most trustproxy runs at once; retry shortly", maxScans)
+// A slotError is why a request has no scan of its image under way: the
+// slots are taken. Such a request is told scan_pending.
+type slotError struct{ msg string }
+
+func (e *slotError) Error() string { return e.msg }
+
+var (
+	// errBusy: a request that does not wait found no free slot.
+	errBusy = &slotError{fmt.Sprintf("the %d scan slots are taken or waited for; retry shortly", maxScans)}
+	// errQueueFull: the queue is full and the request's repository has its share of it.
+	errQueueFull = &slotError{fmt.Sprintf("the scan queue is full (%d images wait for one of %d scan slots) and this repository has its share of it; retry shortly", maxQueued, maxScans)}
+	// errDisplaced: the queue was full and this image's place went to a
+	// repository with fewer images queued.
+	errDisplaced = &slotError{fmt.Sprintf("this image's place in the full scan queue (%d images) went to a repository with fewer images queued; retry shortly", maxQueued)}
+)
 
 // failedScanTTL is how long a failed scan is remembered: requests meanwhile
 // are refused with its reason instead of starting another.
@@ -94,11 +147,20 @@ type metadataEntry struct {
 	until time.Time
 }
 
-// run is a scan under way; done is closed when err and report are set.
+// run is a scan of s, queued or running; done is closed when it has ended
+// (report or err set), or left the queue (err set). Fields but done are
+// guarded by Gate.mu until done is closed.
 type run struct {
-	done   chan struct{}
-	report *cache.StoredReport
-	err    error
+	s       Subject
+	waiters int                // requests waiting for it
+	queued  bool               // waiting for a slot
+	ended   bool               // no longer in Gate.scans: finished, yielded or out of the queue
+	yielded bool               // cancelled to free its slot for a waiting request
+	started time.Time          // when it took its slot
+	cancel  context.CancelFunc // ends it, once running
+	done    chan struct{}
+	report  *cache.StoredReport
+	err     error
 }
 
 // NewGate returns the gate of cfg, keeping reports in store. Metrics go to
@@ -117,11 +179,24 @@ func NewGate(cfg config.Scan, store *cache.ReportStore, creds *Credentials, hc f
 		return nil, err
 	}
 	g := &Gate{cfg: cfg, store: store, creds: creds, log: log.With("component", "scan"), now: time.Now,
-		running: map[digest.Digest]*run{}, failed: failed, summaries: summaries, recents: recents, meta: map[string]*metadataEntry{},
-		scans: prometheus.NewCounterVec(prometheus.CounterOpts{
+		scans: map[digest.Digest]*run{}, running: map[string]int{}, queue: map[string][]*run{},
+		failed: failed, summaries: summaries, recents: recents, meta: map[string]*metadataEntry{},
+		scansTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_scans_total",
-			Help: "Scans requested from scanner adapters, by scanner and result (ok, or why it failed).",
+			Help: "Scans requested from scanner adapters, by scanner and result (ok, error, or yielded: cancelled for a waiting request).",
 		}, []string{"scanner", "result"}),
+		queueLength: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trustproxy_scan_queue_length",
+			Help: fmt.Sprintf("Images whose waiting requests queue for a scan slot (at most %d).", maxQueued),
+		}),
+		runningNow: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "trustproxy_scans_running",
+			Help: fmt.Sprintf("Scans holding a slot (at most %d).", maxScans),
+		}),
+		slotEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_scan_slot_events_total",
+			Help: "Scan slot events: queued (a waiting request found no slot), yielded (a scan nobody waited for was cancelled for a queued one), displaced (taken off the full queue for another repository), queue_full (refused), busy (a request that does not wait started no scan).",
+		}, []string{"event"}),
 	}
 	for _, s := range cfg.Scanners {
 		c, err := hc(s)
@@ -131,8 +206,10 @@ func NewGate(cfg config.Scan, store *cache.ReportStore, creds *Credentials, hc f
 		g.adapters = append(g.adapters, NewAdapter(s.Name, s.URL, s.Authorization, c))
 	}
 	if reg != nil {
-		if err := reg.Register(g.scans); err != nil {
-			return nil, err
+		for _, c := range []prometheus.Collector{g.scansTotal, g.queueLength, g.runningNow, g.slotEvents} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return g, nil
@@ -143,49 +220,97 @@ func (g *Gate) Credentials() *Credentials { return g.creds }
 
 // Check says whether s passes policy p: a fresh report finding nothing that
 // p blocks. Without one a scan is started, and p.Missing says what the
-// request gets meanwhile: refused (block), held up to p.Wait for the scan
-// (wait), or served (allow). A report too old to let an image through
-// still refuses it when it finds what p blocks.
+// request gets meanwhile: refused (block), held up to p.Wait for the scan,
+// queueing for a slot if need be (wait), or served (allow). A report too
+// old to let an image through still refuses it when it finds what p
+// blocks. A request that ends (ctx) stops waiting.
 func (g *Gate) Check(ctx context.Context, s Subject, p *config.ScanPolicy) Verdict {
-	threshold, err := ParseSeverity(p.Severity)
-	if err != nil {
-		threshold = SeverityCritical // config validated it; fail towards blocking
-	}
+	threshold := policyThreshold(p)
 	stored, stale, why := g.stored(s.Digest, p)
 	if stored != nil && !stale {
 		return g.judge(stored, threshold, p)
 	}
-	r, startErr := g.start(s)
 	if stored != nil {
 		if v := g.judge(stored, threshold, p); !v.Pass {
-			v.Detail += fmt.Sprintf(" (report of %s, older than max_report_age; %s)", stored.Received.UTC().Format(time.RFC3339), strings.TrimPrefix(scanNote(startErr), "; "))
+			v.Detail += fmt.Sprintf(" (report of %s, older than max_report_age; %s)", stored.Received.UTC().Format(time.RFC3339), strings.TrimPrefix(scanNote(g.kick(s)), "; "))
 			return v
 		}
 	}
 	switch p.Missing {
 	case config.MissingAllow:
-		return Verdict{Pass: true, Detail: why + "; served as the policy allows (missing: allow)" + scanNote(startErr)}
+		return Verdict{Pass: true, Detail: why + "; served as the policy allows (missing: allow)" + scanNote(g.kick(s))}
 	case config.MissingBlock:
-		return Verdict{Reason: ReasonMissing, Detail: why + "; the policy refuses images without one (missing: block)" + scanNote(startErr)}
+		return Verdict{Reason: ReasonMissing, Detail: why + "; the policy refuses images without one (missing: block)" + scanNote(g.kick(s))}
 	}
+	r, err := g.await(s)
 	if r == nil {
-		if errors.Is(startErr, errBusy) {
-			return Verdict{Reason: ReasonPending, Detail: "scan pending: " + startErr.Error()}
-		}
-		return Verdict{Reason: ReasonUnavailable, Detail: "no scanner could scan this image: " + clientReason(startErr)}
+		return unscanned(err)
 	}
 	wait := time.NewTimer(p.Wait)
 	defer wait.Stop()
 	select {
 	case <-r.done:
 		if r.err != nil {
-			return Verdict{Reason: ReasonUnavailable, Detail: "no scanner could scan this image: " + clientReason(r.err)}
+			return unscanned(r.err)
 		}
 		return g.judge(r.report, threshold, p)
 	case <-wait.C:
 	case <-ctx.Done():
 	}
+	if g.leave(r) {
+		return Verdict{Reason: ReasonPending, Detail: fmt.Sprintf("scan pending (waited %s, queued for one of the %d scan slots); retry shortly", p.Wait, maxScans)}
+	}
 	return Verdict{Reason: ReasonPending, Detail: fmt.Sprintf("scan pending (waited %s); retry shortly", p.Wait)}
+}
+
+// CheckCredential is the verdict on a pull of gr's own manifest with its
+// scan credential, under p: the gate is skipped, as the scanner must pull
+// what it scans, unless a report that arrived after the credential was
+// minted fails p (its scan has ended, or CI found what p blocks
+// meanwhile). Then the credential skips nothing any more and the pull gets
+// that report's refusal.
+//
+// A credential is not instead valid only while its scan is in progress:
+// a scan is in progress in one process, but the scanner pulls from
+// whichever replica registry_url reaches (or from serve, beside check
+// --scan), and only reports are shared between them. The report stored
+// when the credential was minted does not end it: that is the report its
+// scan replaces (a stale one that refuses, say).
+func (g *Gate) CheckCredential(gr Grant, p *config.ScanPolicy) Verdict {
+	scanner := Verdict{Pass: true, Detail: "pulled by its scanner (scan credential)"}
+	stored, err := g.recentReport(gr.Digest)
+	switch {
+	case err != nil:
+		g.log.Error("cannot read a stored scan report to check a scan credential", "digest", gr.Digest, "err", err)
+		return Verdict{Reason: ReasonUnavailable, Detail: "the scan credential cannot be checked: the stored scan report does not read"}
+	case stored == nil, stored.Received.Equal(gr.Report):
+		return scanner
+	}
+	v := g.judge(stored, policyThreshold(p), p)
+	if v.Pass {
+		return scanner
+	}
+	v.Detail += fmt.Sprintf("; the scan credential no longer skips the scan gate: this report (%s, received %s) arrived after it was minted",
+		stored.Source, stored.Received.UTC().Format(time.RFC3339))
+	return v
+}
+
+// policyThreshold is the severity at which p blocks.
+func policyThreshold(p *config.ScanPolicy) Severity {
+	threshold, err := ParseSeverity(p.Severity)
+	if err != nil {
+		return SeverityCritical // config validated it; fail towards blocking
+	}
+	return threshold
+}
+
+// unscanned is the verdict on an image whose scan did not report: no slot
+// (scan_pending) or no scanner could scan it (scan_unavailable).
+func unscanned(err error) Verdict {
+	if _, ok := errors.AsType[*slotError](err); ok {
+		return Verdict{Reason: ReasonPending, Detail: "scan pending: " + err.Error()}
+	}
+	return Verdict{Reason: ReasonUnavailable, Detail: "no scanner could scan this image: " + clientReason(err)}
 }
 
 // scanNote says whether a scan was started.
@@ -308,10 +433,10 @@ type summaryKey struct {
 }
 
 // Scan starts a scan of s (unless one is under way) and waits for it, up
-// to ctx: `trustproxy check --scan`.
+// to ctx, queueing for a slot if need be: `trustproxy check --scan`.
 func (g *Gate) Scan(ctx context.Context, s Subject) (*cache.StoredReport, error) {
 	g.failed.Remove(s.Digest)
-	r, err := g.start(s)
+	r, err := g.await(s)
 	if r == nil {
 		return nil, err
 	}
@@ -319,54 +444,292 @@ func (g *Gate) Scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 	case <-r.done:
 		return r.report, r.err
 	case <-ctx.Done():
+		g.leave(r)
 		return nil, ctx.Err()
 	}
 }
 
-// Prefetch starts a scan of s if it has no fresh report under p: a newly
-// verified manifest is scanned before a client asks for it again.
+// Prefetch starts a scan of s if it has no fresh report under p and a slot
+// is free: a newly verified manifest is scanned before a client asks for
+// it again.
 func (g *Gate) Prefetch(s Subject, p *config.ScanPolicy) {
 	if stored, stale, _ := g.stored(s.Digest, p); stored == nil || stale {
-		g.start(s)
+		_ = g.kick(s)
 	}
 }
 
-// start returns the scan of s under way, or starts one. It returns nil and
-// why when none can run: no scanner is configured, or the last scan of s
-// failed less than failedScanTTL ago.
-func (g *Gate) start(s Subject) (*run, error) {
+// errNoScanner is why no scan can run at all.
+var errNoScanner = errors.New("no scanner is configured (scan.scanners); post a report from CI")
+
+// kick starts a scan of s that nobody waits for (the request goes on
+// without it), unless one is under way or queued. It starts one only in a
+// free slot while nobody queues; it returns why it started none: no
+// scanner, the last scan of s failed less than failedScanTTL ago, or
+// errBusy.
+func (g *Gate) kick(s Subject) error {
 	if len(g.adapters) == 0 {
-		return nil, errors.New("no scanner is configured (scan.scanners); post a report from CI")
+		return errNoScanner
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if r, ok := g.running[s.Digest]; ok {
+	if _, ok := g.scans[s.Digest]; ok {
+		return nil
+	}
+	if f, ok := g.failed.Get(s.Digest); ok && g.now().Before(f.until) {
+		return f.err
+	}
+	if g.slots >= maxScans || g.queued > 0 {
+		g.slotEvents.WithLabelValues("busy").Inc()
+		return errBusy
+	}
+	r := &run{s: s, done: make(chan struct{})}
+	g.scans[s.Digest] = r
+	g.runLocked(r)
+	g.gaugesLocked()
+	return nil
+}
+
+// await returns the scan of s for a request that waits for it, counting
+// the request among its waiters: the scan under way or queued, or a new
+// one, which takes a free slot or the slot of a scan nobody waits for, or
+// else queues. The caller waits for r.done, or calls leave(r) when it stops
+// waiting first. r is nil when there is no scan to wait for, and err says
+// why: no scanner, the last scan of s failed less than failedScanTTL ago,
+// or the queue is full (a *slotError).
+func (g *Gate) await(s Subject) (*run, error) {
+	if len(g.adapters) == 0 {
+		return nil, errNoScanner
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if r, ok := g.scans[s.Digest]; ok {
+		r.waiters++
 		return r, nil
 	}
 	if f, ok := g.failed.Get(s.Digest); ok && g.now().Before(f.until) {
 		return nil, f.err
 	}
-	if len(g.running) >= maxScans {
-		return nil, errBusy
+	r := &run{s: s, waiters: 1, done: make(chan struct{})}
+	if err := g.enqueueLocked(r); err != nil {
+		return nil, err
 	}
-	r := &run{done: make(chan struct{})}
-	g.running[s.Digest] = r
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), g.cfg.Timeout)
-		defer cancel()
-		r.report, r.err = g.scan(ctx, s)
-		if r.err != nil {
-			g.log.Warn("scan failed", "repo", s.Repository, "digest", s.Digest, "err", r.err, "retry_after", failedScanTTL)
-		}
-		g.mu.Lock()
-		delete(g.running, s.Digest)
-		if r.err != nil {
-			g.failed.Add(s.Digest, failure{err: r.err, until: g.now().Add(failedScanTTL)})
-		}
-		g.mu.Unlock()
-		close(r.done)
-	}()
+	g.scans[s.Digest] = r
+	g.dispatchLocked()
+	if r.queued {
+		g.slotEvents.WithLabelValues("queued").Inc()
+	}
+	g.gaugesLocked()
 	return r, nil
+}
+
+// leave takes one waiting request off r, which it waited for in vain (its
+// wait ended, or its client left), and says whether r was still queued. A
+// queued scan nobody waits for leaves the queue; a running one goes on
+// until a waiting request wants its slot.
+func (g *Gate) leave(r *run) (queued bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if r.ended {
+		return false
+	}
+	queued = r.queued
+	if r.waiters--; r.waiters > 0 {
+		return queued
+	}
+	if r.queued {
+		g.dropLocked(r, errors.New("nobody waits for this scan any more"))
+	}
+	g.dispatchLocked()
+	g.gaugesLocked()
+	return queued
+}
+
+// enqueueLocked puts r in the queue. When the queue is full, r takes the
+// place of the newest entry of the repository with the most entries if
+// that has at least two more than r's repository; else r is refused.
+func (g *Gate) enqueueLocked(r *run) error {
+	repo := r.s.Repository
+	if g.queued >= maxQueued {
+		longest := ""
+		for _, o := range g.turns {
+			if len(g.queue[o]) > len(g.queue[longest]) {
+				longest = o
+			}
+		}
+		if len(g.queue[longest]) < len(g.queue[repo])+2 {
+			g.slotEvents.WithLabelValues("queue_full").Inc()
+			return errQueueFull
+		}
+		q := g.queue[longest]
+		victim := q[len(q)-1]
+		g.log.Info("scan queue full: an image of the repository with the most queued gives its place", "repo", victim.s.Repository,
+			"digest", victim.s.Digest, "queued", len(q), "for_repo", repo, "for_digest", r.s.Digest)
+		g.slotEvents.WithLabelValues("displaced").Inc()
+		g.dropLocked(victim, errDisplaced)
+	}
+	r.queued = true
+	if len(g.queue[repo]) == 0 {
+		g.turns = append(g.turns, repo)
+	}
+	g.queue[repo] = append(g.queue[repo], r)
+	g.queued++
+	return nil
+}
+
+// dropLocked takes r, queued, out of the queue and ends it with err.
+func (g *Gate) dropLocked(r *run, err error) {
+	repo := r.s.Repository
+	g.queue[repo] = slices.DeleteFunc(g.queue[repo], func(o *run) bool { return o == r })
+	if len(g.queue[repo]) == 0 {
+		delete(g.queue, repo)
+		g.turns = slices.DeleteFunc(g.turns, func(o string) bool { return o == repo })
+	}
+	g.queued--
+	delete(g.scans, r.s.Digest)
+	r.queued, r.ended, r.err = false, true, err
+	close(r.done)
+}
+
+// dispatchLocked gives slots to queued scans while any queue: free slots,
+// then the slots of running scans nobody waits for that have had theirs
+// for yieldAfter, which yield. The slot goes to the queued repository with
+// the fewest scans running, round robin among equals.
+func (g *Gate) dispatchLocked() {
+	for g.queued > 0 {
+		if g.slots >= maxScans {
+			idle, next := g.idleLocked()
+			if idle == nil {
+				if !next.IsZero() {
+					g.wakeLocked(next)
+				}
+				return
+			}
+			g.yieldLocked(idle)
+		}
+		turn := 0
+		for i, repo := range g.turns {
+			if g.running[repo] < g.running[g.turns[turn]] {
+				turn = i
+			}
+		}
+		repo := g.turns[turn]
+		q := g.queue[repo]
+		r := q[0]
+		g.turns = slices.Delete(g.turns, turn, turn+1)
+		if len(q) == 1 {
+			delete(g.queue, repo)
+		} else {
+			g.queue[repo] = q[1:]
+			g.turns = append(g.turns, repo)
+		}
+		g.queued--
+		g.runLocked(r)
+	}
+}
+
+// idleLocked returns, of the running scans nobody waits for that have had
+// their slot for yieldAfter, the one that took it last (the least work
+// lost if it yields); or nil, and when the next one will have had it (zero
+// if none will).
+func (g *Gate) idleLocked() (*run, time.Time) {
+	now := g.now()
+	var idle *run
+	var next time.Time
+	for _, r := range g.scans {
+		if r.queued || r.waiters > 0 {
+			continue
+		}
+		if at := r.started.Add(yieldAfter); at.After(now) {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+			continue
+		}
+		if idle == nil || r.started.After(idle.started) {
+			idle = r
+		}
+	}
+	return idle, next
+}
+
+// wakeLocked has the queue dispatched again at at, when a scan nobody
+// waits for will have had its slot for yieldAfter: one timer at a time.
+func (g *Gate) wakeLocked(at time.Time) {
+	if g.wake != nil {
+		if !g.wakeAt.After(at) {
+			return
+		}
+		g.wake.Stop()
+	}
+	var t *time.Timer
+	t = time.AfterFunc(at.Sub(g.now()), func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if g.wake == t {
+			g.wake = nil
+		}
+		g.dispatchLocked()
+		g.gaugesLocked()
+	})
+	g.wake, g.wakeAt = t, at
+}
+
+// yieldLocked cancels r, running and waited for by nobody, to free its slot.
+// The adapter API has no cancel: the scanner may finish it, unpolled.
+// Nothing is remembered of it: the next request for its digest starts
+// another.
+func (g *Gate) yieldLocked(r *run) {
+	g.log.Info("scan yields its slot to a waiting request: nobody waits for it", "repo", r.s.Repository, "digest", r.s.Digest,
+		"ran", g.now().Sub(r.started).Round(time.Millisecond))
+	g.slotEvents.WithLabelValues("yielded").Inc()
+	g.releaseLocked(r)
+	r.yielded = true
+	r.cancel()
+}
+
+// releaseLocked frees r's slot and forgets r.
+func (g *Gate) releaseLocked(r *run) {
+	g.slots--
+	if g.running[r.s.Repository]--; g.running[r.s.Repository] == 0 {
+		delete(g.running, r.s.Repository)
+	}
+	delete(g.scans, r.s.Digest)
+	r.ended = true
+}
+
+// runLocked gives r a slot and starts it. When it ends, its slot goes to
+// the queue, and a failure is remembered for failedScanTTL.
+func (g *Gate) runLocked(r *run) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.Timeout)
+	r.queued, r.started, r.cancel = false, g.now(), cancel
+	g.slots++
+	g.running[r.s.Repository]++
+	go func() {
+		defer cancel()
+		report, err := g.scan(ctx, r.s)
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		r.report, r.err = report, err
+		switch {
+		case r.yielded:
+			g.log.Debug("yielded scan ended", "repo", r.s.Repository, "digest", r.s.Digest, "err", err)
+		case err != nil:
+			g.log.Warn("scan failed", "repo", r.s.Repository, "digest", r.s.Digest, "err", err, "retry_after", failedScanTTL)
+			g.failed.Add(r.s.Digest, failure{err: err, until: g.now().Add(failedScanTTL)})
+			g.releaseLocked(r)
+		default:
+			g.releaseLocked(r)
+		}
+		close(r.done)
+		g.dispatchLocked()
+		g.gaugesLocked()
+	}()
+}
+
+// gaugesLocked sets the slot gauges.
+func (g *Gate) gaugesLocked() {
+	g.queueLength.Set(float64(g.queued))
+	g.runningNow.Set(float64(g.slots))
 }
 
 // scan has s scanned by every scanner that consumes its media type, and
@@ -399,10 +762,14 @@ func (g *Gate) scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 	for i, a := range capable {
 		r, err := g.scanWith(ctx, a, reportTypes[i], s)
 		if err != nil {
-			g.scans.WithLabelValues(a.Name(), "error").Inc()
+			result := "error"
+			if errors.Is(ctx.Err(), context.Canceled) {
+				result = "yielded"
+			}
+			g.scansTotal.WithLabelValues(a.Name(), result).Inc()
 			return nil, err
 		}
-		g.scans.WithLabelValues(a.Name(), "ok").Inc()
+		g.scansTotal.WithLabelValues(a.Name(), "ok").Inc()
 		merged.Scanner = r.Scanner
 		merged.Vulnerabilities = append(merged.Vulnerabilities, r.Vulnerabilities...)
 		sources = append(sources, a.Name())
@@ -429,7 +796,7 @@ func (g *Gate) scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 // scanWith runs one scan on a: the request, with a pull credential for
 // s, then the report, polled as the adapter's Refresh-After says.
 func (g *Gate) scanWith(ctx context.Context, a *Adapter, reportType string, s Subject) (*Report, error) {
-	auth := g.creds.Mint(Grant{Repository: s.Repository, Digest: s.Digest, Expires: g.now().Add(g.cfg.CredentialTTL)})
+	auth := g.creds.Mint(g.grant(s))
 	id, err := a.Scan(ctx, ScanRequest{
 		Registry:            Registry{URL: g.cfg.RegistryURL, Authorization: auth},
 		Artifact:            Artifact{Repository: s.Repository, Digest: s.Digest.String(), MimeType: s.MediaType},
@@ -452,6 +819,17 @@ func (g *Gate) scanWith(ctx context.Context, a *Adapter, reportType string, s Su
 			return nil, fmt.Errorf("scanner %s did not report within scan.timeout (%s)", a.Name(), g.cfg.Timeout)
 		}
 	}
+}
+
+// grant is what the pull credential of a scan of s allows: s, for
+// scan.credential_ttl, skipping the gate until a report other than the one
+// stored now arrives and fails the policy (CheckCredential).
+func (g *Gate) grant(s Subject) Grant {
+	gr := Grant{Repository: s.Repository, Digest: s.Digest, Expires: g.now().Add(g.cfg.CredentialTTL)}
+	if stored, err := g.recentReport(s.Digest); err == nil && stored != nil {
+		gr.Report = stored.Received
+	}
+	return gr
 }
 
 // metadata returns a's metadata, fetched at most every metadataTTL.

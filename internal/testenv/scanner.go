@@ -68,6 +68,7 @@ type Scanner struct {
 	mu       sync.Mutex
 	reports  map[digest.Digest][]scan.Vulnerability
 	delay    time.Duration
+	holds    map[digest.Digest]chan struct{}
 	fault    ScannerFault
 	consumes []string
 	produces []string
@@ -106,6 +107,7 @@ func StartScanner(t testing.TB) *Scanner {
 		produces: []string{scan.ReportV11, scan.ReportHarbor10},
 		scans:    map[digest.Digest]int{},
 		ids:      map[string]*scanJob{},
+		holds:    map[digest.Digest]chan struct{}{},
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/metadata", s.metadata)
@@ -150,6 +152,26 @@ func (s *Scanner) SetDelay(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.delay = d
+}
+
+// Hold makes the scans of manifest digest d wait after their pulls until Release(d) (or the adapter
+// stops): a slow scan whose end the test chooses. The delay applies after the hold.
+func (s *Scanner) Hold(d digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holds[d] == nil {
+		s.holds[d] = make(chan struct{})
+	}
+}
+
+// Release ends the hold of d: its scans, held now or started later, go on to report.
+func (s *Scanner) Release(d digest.Digest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h := s.holds[d]; h != nil {
+		close(h)
+		delete(s.holds, d)
+	}
 }
 
 // SetFault sets how the adapter misbehaves from now on; ScannerOK ends it.
@@ -289,16 +311,24 @@ func (s *Scanner) run(j *scanJob) {
 		j.failure = err.Error()
 		return
 	}
+	d := digest.Digest(j.req.Artifact.Digest)
 	s.mu.Lock()
-	delay := s.delay
+	delay, hold := s.delay, s.holds[d]
 	s.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-s.ctx.Done():
+			j.failure = "adapter stopped"
+			return
+		}
+	}
 	select {
 	case <-time.After(delay):
 	case <-s.ctx.Done():
 		j.failure = "adapter stopped"
 		return
 	}
-	d := digest.Digest(j.req.Artifact.Digest)
 	s.mu.Lock()
 	vulns := slices.Clone(s.reports[d])
 	s.mu.Unlock()
