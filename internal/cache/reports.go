@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -29,7 +30,8 @@ type StoredReport struct {
 // restarts until it ages out. Writes are atomic; the last one wins.
 type ReportStore struct {
 	dir    string
-	shared *Shared // nil: this directory alone
+	shared *Shared    // nil: this directory alone
+	mu     sync.Mutex // Put's read and write of one report
 }
 
 // sharedReportTTL bounds how long a report stays on Redis; policies age
@@ -136,15 +138,23 @@ func (s *ReportStore) getDisk(d digest.Digest) (*StoredReport, error) {
 	return &r, nil
 }
 
-// Put stores r, replacing what was stored for its digest.
-func (s *ReportStore) Put(r *StoredReport) error {
+// Put stores r unless a report received later is stored for its digest
+// (here or, shared, on Redis): the newest report wins, so a scan that
+// started before CI posted a report cannot replace CI's with its own. It
+// returns the report that stands.
+func (s *ReportStore) Put(r *StoredReport) (*StoredReport, error) {
 	p, err := s.path(r.Digest)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	b, err := encodeReport(r)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if have, err := s.Get(r.Digest); err == nil && have != nil && have.Received.After(r.Received) {
+		return have, nil
 	}
 	if sh := s.shared; sh != nil && !sh.Health.Skip() {
 		ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
@@ -152,7 +162,7 @@ func (s *ReportStore) Put(r *StoredReport) error {
 		key := s.sharedKey(r.Digest)
 		sh.Health.Failed(sh.Redis.Set(ctx, key, sh.Seal(KindReport, key, b), sharedReportTTL).Err())
 	}
-	return writeAtomic(p, b)
+	return r, writeAtomic(p, b)
 }
 
 // encodeReport is r as stored, within maxStoredReport.

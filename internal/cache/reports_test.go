@@ -22,8 +22,13 @@ func TestReportStore(t *testing.T) {
 		t.Fatalf("Get before Put: %v %v", r, err)
 	}
 	want := &StoredReport{Digest: d, Source: "trivy", Received: time.Now().UTC().Truncate(time.Second), Report: json.RawMessage(`{"vulnerabilities":[]}`)}
-	if err := s.Put(want); err != nil {
-		t.Fatal(err)
+	if stood, err := s.Put(want); err != nil || stood != want {
+		t.Fatal(stood, err)
+	}
+	// A report received earlier (a scan that started before it) does not replace it.
+	older := &StoredReport{Digest: d, Source: "scanner", Received: want.Received.Add(-time.Minute), Report: json.RawMessage(`{}`)}
+	if stood, err := s.Put(older); err != nil || stood.Source != "trivy" {
+		t.Fatalf("Put of an older report: %+v %v, want the stored one to stand", stood, err)
 	}
 	got, err := s.Get(d)
 	if err != nil || got.Source != "trivy" || !got.Received.Equal(want.Received) || string(got.Report) != string(want.Report) {

@@ -122,25 +122,11 @@ func (p *instance) rejected(t *testing.T, kind string) float64 {
 	return 0
 }
 
-// ciReport is a scan report as CI posts it, finding vulns in d.
-func ciReport(d digest.Digest, vulns ...scan.Vulnerability) []byte {
-	b, _ := json.Marshal(scan.Report{GeneratedAt: time.Now(), Artifact: scan.Artifact{Repository: "library/app", Digest: d.String()},
-		Scanner: scan.ScannerInfo{Name: "ci"}, Severity: "Unknown", Vulnerabilities: vulns})
-	return b
-}
-
-// postReport posts body as CI's report of d to p.
+// postReport posts body as CI's report of d to p, which must store it.
 func (w *scanWorld) postReport(t *testing.T, p *instance, d digest.Digest, body []byte) {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, p.srv.URL+"/admin/scan/reports/"+d.String(), bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+w.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("posting CI's report: %d", resp.StatusCode)
+	if got := postReport(t, p, w.token, d.String(), body); got != http.StatusCreated {
+		t.Fatalf("posting CI's report: %d", got)
 	}
 }
 

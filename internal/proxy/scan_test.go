@@ -701,3 +701,29 @@ func TestScanCredentialRefusedAfterFailingReport(t *testing.T) {
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonVulnerable)
 }
+
+// TestScanReportPostedDuringScanStands: CI posts a failing report while a
+// scanner's scan of the image runs; the scan then reports it clean. The
+// newer report, CI's, stands: the image stays refused.
+func TestScanReportPostedDuringScanStands(t *testing.T) {
+	w := newScanWorld(t)
+	signed := w.signedImage(t, "v1")
+	w.scanner.SetDelay(time.Second)
+	p := w.start(t, "{missing: wait, wait: 20s}", "")
+	done := make(chan int)
+	go func() {
+		status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+		done <- status
+	}()
+	for w.scanner.ScanRequests(signed) == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := postReport(t, p, w.token, signed.String(), ciReport(signed, xz)); got != http.StatusCreated {
+		t.Fatalf("posting CI's report: %d", got)
+	}
+	if status := <-done; status == http.StatusOK {
+		t.Fatal("the request that waited for the scan was served, though CI's newer report finds a critical CVE")
+	}
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, scan.ReasonVulnerable)
+}

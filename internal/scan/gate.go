@@ -736,6 +736,7 @@ func (g *Gate) gaugesLocked() {
 // stores the merged report. It fails when any of them fails: a report
 // is only as good as every scan the policy asked for.
 func (g *Gate) scan(ctx context.Context, s Subject) (*cache.StoredReport, error) {
+	started := g.now().UTC() // the report's time: one received meanwhile (CI's) is newer and stands
 	var capable []*Adapter
 	var reportTypes []string
 	var problems []string
@@ -784,12 +785,16 @@ func (g *Gate) scan(ctx context.Context, s Subject) (*cache.StoredReport, error)
 	if len(b) > MaxReportBytes {
 		return nil, fmt.Errorf("the reports of %s come to %d bytes, over the %d-byte limit", strings.Join(sources, ", "), len(b), MaxReportBytes)
 	}
-	stored := &cache.StoredReport{Digest: s.Digest, Source: strings.Join(sources, "+"), Received: g.now().UTC(), Report: b}
-	if err := g.store.Put(stored); err != nil {
+	scanned := &cache.StoredReport{Digest: s.Digest, Source: strings.Join(sources, "+"), Received: started, Report: b}
+	stored, err := g.store.Put(scanned)
+	if err != nil {
 		return nil, fmt.Errorf("store the scan report: %w", err)
 	}
 	g.recents.Remove(s.Digest)
-	g.log.Info("scanned", "repo", s.Repository, "digest", s.Digest, "scanners", stored.Source, "vulnerabilities", len(merged.Vulnerabilities))
+	g.log.Info("scanned", "repo", s.Repository, "digest", s.Digest, "scanners", scanned.Source, "vulnerabilities", len(merged.Vulnerabilities))
+	if stored != scanned {
+		g.log.Info("a report received during the scan is newer and stands", "digest", s.Digest, "source", stored.Source, "received", stored.Received)
+	}
 	return stored, nil
 }
 
@@ -860,7 +865,7 @@ func (g *Gate) Accept(d digest.Digest, body []byte) error {
 	if r.Artifact.Digest != d.String() {
 		return fmt.Errorf("the report is about %q, not %s", r.Artifact.Digest, d)
 	}
-	if err := g.store.Put(&cache.StoredReport{Digest: d, Source: "ci", Received: g.now().UTC(), Report: body}); err != nil {
+	if _, err := g.store.Put(&cache.StoredReport{Digest: d, Source: "ci", Received: g.now().UTC(), Report: body}); err != nil {
 		return err
 	}
 	g.recents.Remove(d)
