@@ -311,9 +311,9 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 	)
 	load := func() error {
 		guard = &guardedCache{MetadataStore: store}
-		hs, err := server(transport)
-		if err != nil {
-			return err
+		hs, serr := server(transport)
+		if serr != nil {
+			return serr
 		}
 		ahead := newPrefetchRemote(hs, server, transport, v.limits)
 		ahead.found, _ = ctx.Value(trustDataKey{}).(func())
