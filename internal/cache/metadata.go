@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/theupdateframework/notary"
@@ -112,7 +113,7 @@ type GUNStore struct {
 	mu      *sync.Mutex
 	log     *slog.Logger
 	shared  *sharedFloor
-	dropped bool // dropRotated ran; under mu
+	dropped atomic.Bool // dropRotated ran
 }
 
 var _ storage.MetadataStore = (*GUNStore)(nil)
@@ -272,8 +273,6 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 // keep stores a genuine shared entry newer than the disk's copy on disk.
 // Failing to is logged, not returned: the disk floor is then what it was.
 func (s *GUNStore) keep(name string, e *floorEntry) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	unlock, err := s.lock()
 	if err == nil {
 		defer unlock()
@@ -344,8 +343,6 @@ func (s *GUNStore) Set(name string, blob []byte) error {
 // versions: TUF's fast-forward recovery (5.3.11). notary stores a root only
 // once it verified it. The GUN's directory is made here.
 func (s *GUNStore) SetMulti(metas map[string][]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	unlock, err := s.lock()
 	if err != nil {
 		return err
@@ -429,18 +426,14 @@ func (s *GUNStore) dropRotated(roles []string, floor map[string]int) error {
 		}
 		delete(floor, name)
 	}
-	s.dropped = true
+	s.dropped.Store(true)
 	s.log.Info("a new root replaced these roles' keys: their stored versions are dropped, as TUF's fast-forward recovery asks", "roles", roles)
 	return s.writeFloor(floor)
 }
 
 // DroppedRotated says whether a root stored through s replaced keys and
 // so dropped stored versions (SetMulti).
-func (s *GUNStore) DroppedRotated() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.dropped
-}
+func (s *GUNStore) DroppedRotated() bool { return s.dropped.Load() }
 
 // RaiseFloor raises the version floor of each role of versions (role →
 // version, as another replica verified them) for the writes that follow:
@@ -449,8 +442,6 @@ func (s *GUNStore) DroppedRotated() bool {
 // version is below what this replica has stored or seen: the view is
 // older than this replica's own.
 func (s *GUNStore) RaiseFloor(versions map[string]int) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	unlock, err := s.lock()
 	if err != nil {
 		return err
@@ -595,9 +586,20 @@ func (r rootKeys) entry(name string, blob []byte, v int) *floorEntry {
 	return &floorEntry{Version: v, Root: r.Signed.Version, Epoch: r.epochOf(name), blob: blob}
 }
 
-// lock makes the GUN's directory (with its "gun" file) and takes the
-// cross-process lock that serializes its writers.
+// lock takes the GUN's write locks, this process's and the cross-process
+// one on its directory, which it makes (with its "gun" file) if need be.
+// The func it returns releases both.
 func (s *GUNStore) lock() (func(), error) {
+	s.mu.Lock()
+	unlock, err := s.lockDir()
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	return func() { unlock(); s.mu.Unlock() }, nil
+}
+
+func (s *GUNStore) lockDir() (func(), error) {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create trust metadata directory of %s: %w", s.gun, err)
 	}
@@ -648,8 +650,6 @@ func (s *GUNStore) Refreshed() (time.Time, error) {
 // timestamp. The last record wins, so a clock that jumped ahead and back
 // does not keep staleness from counting.
 func (s *GUNStore) MarkRefreshed(t time.Time) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	unlock, err := s.lock()
 	if err != nil {
 		return err
