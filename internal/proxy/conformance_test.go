@@ -13,11 +13,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
@@ -56,15 +52,15 @@ func TestOCIConformancePull(t *testing.T) {
 			}
 		}
 	}
-	for tag, img := range map[string]v1.Image{"v1": testenv.Image(t, "conformance v1", 2, 4096), "oci": ociImage(t, "linux", "amd64")} {
+	for tag, img := range map[string]v1.Image{"v1": testenv.Image(t, "conformance v1", 2, 4096), "oci": testenv.OCIImage(t, "linux", "amd64", 2048)} {
 		w.Registry.Push(t, repo, tag, img)
 		w.Notary.SignImage(t, "docker.io/"+repo, tag, img, testenv.Releases)
 		tags = append(tags, tag)
 		add(img)
 	}
-	amd, arm := ociImage(t, "linux", "amd64"), ociImage(t, "linux", "arm64")
+	amd, arm := testenv.OCIImage(t, "linux", "amd64", 2048), testenv.OCIImage(t, "linux", "arm64", 2048)
 	lamd, larm := testenv.ImageFor(t, "conformance list", "linux/amd64", 1, 2048), testenv.ImageFor(t, "conformance list", "linux/arm64/v8", 1, 2048)
-	for tag, idx := range map[string]v1.ImageIndex{"multi": ociIndex(t, amd, arm), "list": testenv.Index(t, lamd, larm)} {
+	for tag, idx := range map[string]v1.ImageIndex{"multi": testenv.OCIIndex(t, amd, arm), "list": testenv.Index(t, lamd, larm)} {
 		w.Registry.PushIndex(t, repo, tag, idx)
 		w.Notary.SignImage(t, "docker.io/"+repo, tag, idx, testenv.Releases)
 		tags = append(tags, tag)
@@ -200,40 +196,6 @@ func parseConformance(out string) conformanceResult {
 		}
 	}
 	return r
-}
-
-// ociImage is an OCI image of one random layer for goos/goarch.
-func ociImage(t *testing.T, goos, goarch string) v1.Image {
-	t.Helper()
-	base, err := mutate.ConfigFile(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON),
-		&v1.ConfigFile{OS: goos, Architecture: goarch, RootFS: v1.RootFS{Type: "layers"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	layer, err := random.Layer(2048, types.OCILayer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(base, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
-// ociIndex is an OCI index of images, each entry naming its platform.
-func ociIndex(t *testing.T, images ...v1.Image) v1.ImageIndex {
-	t.Helper()
-	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-	for _, img := range images {
-		cf, err := img.ConfigFile()
-		if err != nil {
-			t.Fatal(err)
-		}
-		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
-			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: cf.OS, Architecture: cf.Architecture}}})
-	}
-	return idx
 }
 
 // imageBlobs are the digests of img's config and layers.
