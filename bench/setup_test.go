@@ -29,7 +29,7 @@ func TestSetup(t *testing.T) {
 			}
 			want := http.StatusOK
 			if impl.name == "trustproxy" {
-				want = http.StatusForbidden
+				want = http.StatusNotFound // not_signed
 			}
 			if got := status(t, c, p.url+"/v2/"+repoName+"/manifests/unsigned"); got != want {
 				t.Errorf("unsigned tag: status %d, want %d", got, want)

@@ -402,7 +402,7 @@ func TestUnknownDigestsDoNotMultiplyUpstreamFetches(t *testing.T) {
 	for i := range 10 {
 		sum := sha256.Sum256([]byte(fmt.Sprint("made up ", i)))
 		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+digest.NewDigestFromBytes(digest.SHA256, sum[:]).String())
-		wantDenied(t, status, body, proxy.ReasonNotReferenced)
+		wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 	}
 	n := w.reg.Requests(http.MethodGet, "") - before
 	t.Logf("10 requests for unknown digests made %d upstream GETs (30 signed targets missing upstream)", n)
@@ -429,7 +429,7 @@ func TestBlobsStayInTheirRepository(t *testing.T) {
 	layer := firstLayer(t, appImg)
 
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/other/blobs/"+layer.String())
-	wantDenied(t, status, body, proxy.ReasonNotReferenced)
+	wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/plain/blobs/"+layer.String())
 	wantDenied(t, status, body, trust.NoTrustData)
 	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String()); status != 200 {
@@ -537,7 +537,7 @@ func TestManyMissingTargetsFetchedOncePerPass(t *testing.T) {
 	before := w.reg.Requests(http.MethodGet, "")
 	for i := range 3 {
 		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+digest.FromString(fmt.Sprint("made up ", i)).String())
-		wantDenied(t, status, body, proxy.ReasonNotReferenced)
+		wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 	}
 	if n := w.reg.Requests(http.MethodGet, "") - before; n > missing+1 {
 		t.Fatalf("3 anonymous requests made %d upstream GETs, want at most %d (one per signed target per pass)", n, missing+1)

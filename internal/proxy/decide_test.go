@@ -13,8 +13,9 @@ import (
 // TestDecisionMatrix: the verdict and reason of every request kind, over
 // each trust outcome, under an enforce rule, an audit rule and no rule, on
 // the real notary-server and registry. A served or audited request gets its
-// content; a denied one gets 403 with the reason; the decision log says the
-// same, naming the rule that decided.
+// content; a denied one gets 404 (a reference the verified trust view does
+// not hold) or 403 with the reason; the decision log says the same, naming
+// the rule that decided.
 func TestDecisionMatrix(t *testing.T) {
 	w := newWorld(t)
 	type repo struct {
@@ -51,21 +52,25 @@ func TestDecisionMatrix(t *testing.T) {
 	type want struct {
 		verdict string
 		reason  trust.Reason
+		status  int    // of a denied request
+		code    string // of a denied request
 	}
-	served, denied := want{"served", "verified"}, func(r trust.Reason) want { return want{"denied", r} }
-	audit := func(r trust.Reason) want { return want{"audit", r} }
+	served := want{verdict: "served", reason: "verified"}
+	denied := func(r trust.Reason) want { return want{"denied", r, http.StatusForbidden, "DENIED"} }
+	unknown := func(code string, r trust.Reason) want { return want{"denied", r, http.StatusNotFound, code} }
+	audit := func(r trust.Reason) want { return want{verdict: "audit", reason: r} }
 	for _, c := range []struct {
 		repo, request          string
 		enforce, audit, norule want
 	}{
 		{"good", "signed tag", served, served, denied(trust.NoRule)},
-		{"good", "unsigned tag", denied(trust.NotSigned), audit(trust.NotSigned), denied(trust.NoRule)},
-		{"good", "unsigned digest", denied(trust.NotSigned), audit(trust.NotSigned), denied(trust.NoRule)},
+		{"good", "unsigned tag", unknown("MANIFEST_UNKNOWN", trust.NotSigned), audit(trust.NotSigned), denied(trust.NoRule)},
+		{"good", "unsigned digest", unknown("MANIFEST_UNKNOWN", trust.NotSigned), audit(trust.NotSigned), denied(trust.NoRule)},
 		{"good", "layer of signed", served, served, denied(trust.NoRule)},
-		{"good", "unreferenced layer", denied(proxy.ReasonNotReferenced), audit(proxy.ReasonNotReferenced), denied(trust.NoRule)},
+		{"good", "unreferenced layer", unknown("BLOB_UNKNOWN", proxy.ReasonNotReferenced), audit(proxy.ReasonNotReferenced), denied(trust.NoRule)},
 		{"good", "tags", served, served, denied(trust.NoRule)},
 		{"rogue", "signed tag", denied(trust.UntrustedSigner), audit(trust.UntrustedSigner), denied(trust.NoRule)},
-		{"rogue", "layer of signed", denied(proxy.ReasonNotReferenced), audit(proxy.ReasonNotReferenced), denied(trust.NoRule)},
+		{"rogue", "layer of signed", unknown("BLOB_UNKNOWN", proxy.ReasonNotReferenced), audit(proxy.ReasonNotReferenced), denied(trust.NoRule)},
 		{"rogue", "tags", served, served, denied(trust.NoRule)},
 		{"nodata", "signed tag", denied(trust.NoTrustData), audit(trust.NoTrustData), denied(trust.NoRule)},
 		{"nodata", "layer of signed", denied(trust.NoTrustData), audit(trust.NoTrustData), denied(trust.NoRule)},
@@ -95,7 +100,7 @@ func TestDecisionMatrix(t *testing.T) {
 			status, _, body := p.get(t, http.MethodGet, "/v2/"+path+url)
 			name := path + " " + c.request
 			if want.verdict == "denied" {
-				wantDenied(t, status, body, want.reason)
+				wantRefused(t, status, body, want.status, want.code, want.reason)
 			} else if status != http.StatusOK {
 				t.Errorf("%s: %d %s, want 200 (%s)", name, status, body, want.verdict)
 				continue

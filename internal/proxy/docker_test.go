@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -133,5 +135,92 @@ func TestSkopeoCopy(t *testing.T) {
 	out, err := skopeo("v2")
 	if err == nil || !strings.Contains(out, "("+string(trust.NotSigned)+")") {
 		t.Fatalf("skopeo copy of the unsigned v2: err %v, output:\n%s", err, out)
+	}
+}
+
+// TestClientsShowRefusalReasons pulls by trustproxy's own address with
+// dockerd, containerd's ctr and skopeo, for each kind of refusal: a tag or
+// digest that the repository's verified trust view does not hold (404
+// MANIFEST_UNKNOWN), and a tag or repository that fails policy (403
+// DENIED). Every pull fails. dockerd and skopeo print trustproxy's message,
+// reason included; ctr 1.6 prints only the status ("not found", "403
+// Forbidden"): it resolves with HEAD and never reads an error body, so its
+// users find the reason in trustproxy's decision log. What each client
+// printed is logged; docs/ARCHITECTURE.md ("Refusals") quotes it.
+func TestClientsShowRefusalReasons(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Docker daemon")
+	}
+	if _, err := exec.LookPath("skopeo"); err != nil {
+		t.Fatal("skopeo not found: apt-get install skopeo")
+	}
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "clients-v1")
+	unsigned := w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "clients-v2", 1, 4096))
+	w.initRepo(t, "docker.io/library/rogue", w.mallory)
+	w.pushSigned(t, "library/rogue", "v1", "clients-rogue")
+	w.Registry.Push(t, "library/plain", "v1", testenv.Image(t, "clients-plain", 1, 4096))
+	p := w.start(t, "")
+	d := testenv.StartDockerd(t, "")
+	ctx := t.Context()
+
+	type refusal struct {
+		name, repo, ref string
+		status          int
+		reason          trust.Reason
+	}
+	refusals := []refusal{
+		{"unsigned tag", "library/app", "v2", http.StatusNotFound, trust.NotSigned},
+		{"unsigned digest", "library/app", unsigned.String(), http.StatusNotFound, trust.NotSigned},
+		{"untrusted signer", "library/rogue", "v1", http.StatusForbidden, trust.UntrustedSigner},
+		{"no trust data", "library/plain", "v1", http.StatusForbidden, trust.NoTrustData},
+	}
+	reason := func(r refusal) string { return "(" + string(r.reason) + ")" }
+	clients := []struct {
+		name string
+		pull func(ref string) (string, error)
+		want func(refusal) string // what its output must contain
+	}{
+		{"dockerd", func(ref string) (string, error) { return d.Pull(ctx, p.host+"/"+ref) }, reason},
+		{"ctr", func(ref string) (string, error) {
+			out, err := exec.CommandContext(ctx, "ctr", "-a", d.ContainerdAddress(), "-n", "trustproxy-test",
+				"images", "pull", "--plain-http", p.host+"/"+ref).CombinedOutput()
+			return string(out), err
+		}, func(r refusal) string {
+			if r.status == http.StatusNotFound {
+				return ": not found"
+			}
+			return "403 Forbidden"
+		}},
+		{"skopeo", func(ref string) (string, error) {
+			out, err := exec.CommandContext(ctx, "skopeo", "copy", "--src-tls-verify=false",
+				"docker://"+p.host+"/"+ref, "oci:"+filepath.Join(t.TempDir(), "layout")).CombinedOutput()
+			return string(out), err
+		}, reason},
+	}
+	for _, c := range clients {
+		if out, err := c.pull("library/app:v1"); err != nil {
+			t.Fatalf("%s pull library/app:v1: %v\n%s", c.name, err, out)
+		}
+		for _, r := range refusals {
+			ref := r.repo + ":" + r.ref
+			if strings.HasPrefix(r.ref, "sha256:") {
+				ref = r.repo + "@" + r.ref
+			}
+			out, err := c.pull(ref)
+			t.Logf("%s, %s (%d): %v\n%s", c.name, r.name, r.status, err, out)
+			if err == nil {
+				t.Errorf("%s pull %s (%s) succeeded", c.name, ref, r.name)
+			} else if want := c.want(r); !strings.Contains(out, want) {
+				t.Errorf("%s pull %s (%s): the output does not say %q", c.name, ref, r.name, want)
+			}
+			logged := r.reason
+			if c.name == "ctr" && strings.HasPrefix(r.ref, "sha256:") {
+				// containerd's resolver asks for blobs/<digest> once manifests/<digest> fails.
+				logged = proxy.ReasonNotReferenced
+			}
+			p.wantDecision(t, "docker.io/"+r.repo, r.ref, "denied", logged)
+		}
 	}
 }

@@ -66,13 +66,25 @@ type upstreamError struct {
 func (e *upstreamError) Error() string { return e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
-// writeError is the one place registry errors are written: refusals are 403
-// DENIED with the refusal's reason, request errors 400/404, upstream failures
-// 404 or 503. The message always says what happened.
+// writeError is the one place registry errors are written. A refusal names
+// its reason in the message; it is 404 MANIFEST_UNKNOWN (not_signed) or 404
+// BLOB_UNKNOWN (not_referenced) when the repository's trust view verified
+// and simply does not hold the reference, as the distribution spec answers
+// for content a registry does not have, and 403 DENIED when the reference,
+// its repository or its content fails a policy (docs/ARCHITECTURE.md,
+// "Refusals"). Request errors are 400/404, upstream failures 404, 429 or
+// 503. The message always says what happened.
 func writeError(w http.ResponseWriter, err error) {
 	var e errcode.Error
 	if r, ok := errors.AsType[*trust.RefusalError](err); ok {
-		e = errcode.ErrorCodeDenied.WithMessage(r.Error())
+		switch r.Reason {
+		case trust.NotSigned:
+			e = errcode.ErrorCodeManifestUnknown.WithMessage(r.Error())
+		case ReasonNotReferenced:
+			e = errcode.ErrorCodeBlobUnknown.WithMessage(r.Error())
+		default:
+			e = errcode.ErrorCodeDenied.WithMessage(r.Error())
+		}
 	} else if r, ok := errors.AsType[*requestError](err); ok {
 		e = r.code.registry().WithMessage(r.detail)
 		if r.code == codeNotFound {

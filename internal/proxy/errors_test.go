@@ -24,6 +24,10 @@ func TestWriteErrorGolden(t *testing.T) {
 		name string
 		err  error
 	}{
+		{"not signed", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "v2", Reason: trust.NotSigned,
+			Detail: "no signed target of that name in the roles the rule allows; sign it (docker trust sign / notary addhash) or pull a signed tag"}},
+		{"not referenced", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "sha256:" + strings.Repeat("c", 64), Reason: ReasonNotReferenced,
+			Detail: "no verified manifest of this repository refers to this blob; pull a signed tag"}},
 		{"untrusted signer", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "v1", Reason: trust.UntrustedSigner,
 			Detail: "targets/releases is signed by key(s) abc, but the rule for docker.io/** trusts only alice"}},
 		{"digest refusal with cause", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "sha256:" + strings.Repeat("a", 64),

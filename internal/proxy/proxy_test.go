@@ -102,7 +102,7 @@ func TestUntrustedSignerRefused(t *testing.T) {
 	p.wantDecision(t, "docker.io/library/rogue", "1", "denied", trust.UntrustedSigner)
 
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/evil")
-	wantDenied(t, status, body, trust.NotSigned)
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
 	p.mustPull(t, "library/app:good")
 }
 
@@ -117,7 +117,7 @@ func TestTagMovedUpstreamServesSignedDigest(t *testing.T) {
 		t.Fatalf("served %s, want signed %s (upstream tag points at %s)", got, signed, moved)
 	}
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+moved.String())
-	wantDenied(t, status, body, trust.NotSigned)
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
 	if n := w.Registry.ManifestGets(moved); n != 0 {
 		t.Fatalf("the moved manifest was fetched %d times", n)
 	}
@@ -156,7 +156,7 @@ func TestUnsignedDigestAndUnreferencedBlobRefused(t *testing.T) {
 	p := w.start(t, "")
 
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+otherDigest.String())
-	wantDenied(t, status, body, trust.NotSigned)
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
 	p.wantDecision(t, gun, otherDigest.String(), "denied", trust.NotSigned)
 
 	layers, _ := other.Layers()
@@ -164,12 +164,12 @@ func TestUnsignedDigestAndUnreferencedBlobRefused(t *testing.T) {
 	for _, method := range []string{http.MethodGet, http.MethodHead} {
 		status, _, body = p.get(t, method, "/v2/library/app/blobs/"+ld.String())
 		if method == http.MethodHead {
-			if status != http.StatusForbidden {
+			if status != http.StatusNotFound {
 				t.Fatalf("HEAD unreferenced blob: %d", status)
 			}
 			continue
 		}
-		wantDenied(t, status, body, proxy.ReasonNotReferenced)
+		wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 	}
 	if n := w.Registry.BlobGets(ld); n != 0 {
 		t.Fatalf("unreferenced blob fetched upstream %d times", n)
@@ -275,10 +275,10 @@ func TestRequestSpellingsAllChecked(t *testing.T) {
 		header             []string
 		want               int
 	}{
-		{"HEAD unsigned tag", "HEAD", "/v2/library/app/manifests/v2", nil, 403},
-		{"ns unsigned tag", "GET", "/v2/library/app/manifests/v2?ns=docker.io", nil, 403},
+		{"HEAD unsigned tag", "HEAD", "/v2/library/app/manifests/v2", nil, 404},
+		{"ns unsigned tag", "GET", "/v2/library/app/manifests/v2?ns=docker.io", nil, 404},
 		{"ns unknown upstream", "GET", "/v2/library/app/manifests/v1?ns=127.0.0.1:6379", nil, 404},
-		{"If-None-Match unsigned", "GET", "/v2/library/app/manifests/" + unsigned.String(), []string{"If-None-Match", `"` + unsigned.String() + `"`}, 403},
+		{"If-None-Match unsigned", "GET", "/v2/library/app/manifests/" + unsigned.String(), []string{"If-None-Match", `"` + unsigned.String() + `"`}, 404},
 		{"If-None-Match signed", "GET", "/v2/library/app/manifests/v1", []string{"If-None-Match", `"` + signed.String() + `"`}, 304},
 		{"encoded slash", "GET", "/v2/library%2Fapp/manifests/v2", nil, 400},
 		{"encoded letter", "GET", "/v2/library/%61pp/manifests/v2", nil, 400},
@@ -518,7 +518,7 @@ func TestIndexRebuiltFromStorageAfterRestart(t *testing.T) {
 	}
 	madeUp := digest.FromString("made up")
 	status, _, body := second.get(t, http.MethodGet, "/v2/library/app/blobs/"+madeUp.String())
-	wantDenied(t, status, body, proxy.ReasonNotReferenced)
+	wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 	if n := w.Registry.Requests("", "") - before; n != 0 {
 		t.Fatalf("the restarted proxy sent %d requests to the upstream registry, want 0", n)
 	}

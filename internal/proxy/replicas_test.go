@@ -108,7 +108,7 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 				t.Fatalf("%s, replica %d: signed pull: %v", when, i, err)
 			}
 			status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v2")
-			wantDenied(t, status, body, trust.NotSigned)
+			wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
 		}
 	}
 	pullAll("redis up")
@@ -186,10 +186,10 @@ func TestRevokedTagStopsOnEveryReplica(t *testing.T) {
 	time.Sleep(ttl + 100*time.Millisecond)
 	for i, r := range replicas {
 		status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-		if status != http.StatusForbidden {
+		if status != http.StatusNotFound {
 			t.Fatalf("replica %d still serves the revoked tag %s after revocation (refresh_ttl %s): %d %s", i, time.Since(revoked).Round(time.Millisecond), ttl, status, body)
 		}
-		wantDenied(t, status, body, trust.NotSigned)
+		wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
 	}
 }
 

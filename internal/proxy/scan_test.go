@@ -466,7 +466,7 @@ func TestScanManifestNotServedAsBlob(t *testing.T) {
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonVulnerable)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+signed.String())
-	wantDenied(t, status, body, proxy.ReasonNotReferenced)
+	wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 }
 
 // ciReport is a report as CI posts it for d, finding vulns.

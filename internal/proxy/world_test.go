@@ -217,8 +217,18 @@ func (p *instance) get(t *testing.T, method, path string, header ...string) (int
 	return resp.StatusCode, resp.Header, b
 }
 
-// wantDenied asserts a 403 DENIED registry error whose message names reason.
+// wantDenied asserts a 403 DENIED registry error whose message names reason:
+// a reference, repository or content that fails a policy.
 func wantDenied(t *testing.T, status int, body []byte, reason trust.Reason) {
+	t.Helper()
+	wantRefused(t, status, body, http.StatusForbidden, "DENIED", reason)
+}
+
+// wantRefused asserts a registry error of wantStatus and code whose message
+// names reason. A reference that a verified trust view does not hold is 404
+// MANIFEST_UNKNOWN (not_signed) or BLOB_UNKNOWN (not_referenced); other
+// refusals are 403 DENIED (wantDenied).
+func wantRefused(t *testing.T, status int, body []byte, wantStatus int, code string, reason trust.Reason) {
 	t.Helper()
 	var e struct {
 		Errors []struct{ Code, Message string } `json:"errors"`
@@ -226,8 +236,8 @@ func wantDenied(t *testing.T, status int, body []byte, reason trust.Reason) {
 	if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 {
 		t.Fatalf("status %d, body %q: not a registry error", status, body)
 	}
-	if status != http.StatusForbidden || e.Errors[0].Code != "DENIED" || !strings.Contains(e.Errors[0].Message, "("+string(reason)+")") {
-		t.Fatalf("got %d %s %q, want 403 DENIED naming %s", status, e.Errors[0].Code, e.Errors[0].Message, reason)
+	if status != wantStatus || e.Errors[0].Code != code || !strings.Contains(e.Errors[0].Message, "("+string(reason)+")") {
+		t.Fatalf("got %d %s %q, want %d %s naming %s", status, e.Errors[0].Code, e.Errors[0].Message, wantStatus, code, reason)
 	}
 }
 

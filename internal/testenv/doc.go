@@ -5,7 +5,8 @@
 //     in-process behind an httptest server, as the upstream. It counts requests, can be
 //     given a Fault (CorruptBody, Truncate, Delay) and can be stopped mid-test.
 //   - Image, ImageFor, Index: deterministic Docker schema2 images and manifest lists that
-//     dockerd can pull, made with go-containerregistry.
+//     dockerd can pull, made with go-containerregistry; OCIImage, OCIIndex: OCI images
+//     (one random layer) and image indexes.
 //   - StartNotary: /usr/bin/notary-server as a subprocess (memory storage, local signer,
 //     TLS from a CA made in t.TempDir()), behind a TLS front whose URL clients use. The
 //     front counts requests, can Replay a Recording of older metadata and can be SetDown.

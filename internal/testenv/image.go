@@ -4,6 +4,10 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/trustproxy/trustproxy/internal/sample"
 )
@@ -32,6 +36,43 @@ func Index(t testing.TB, images ...v1.Image) v1.ImageIndex {
 	idx, err := sample.Index(images...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return idx
+}
+
+// OCIImage returns an OCI image for goos/goarch with one random layer of
+// layerSize bytes (an OCI layer media type, an OCI config): unlike Image,
+// each call gives another digest.
+func OCIImage(t testing.TB, goos, goarch string, layerSize int64) v1.Image {
+	t.Helper()
+	base, err := mutate.ConfigFile(mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON),
+		&v1.ConfigFile{OS: goos, Architecture: goarch, RootFS: v1.RootFS{Type: "layers"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := random.Layer(layerSize, types.OCILayer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(base, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// OCIIndex returns an OCI image index of images, each entry naming the
+// platform its config names.
+func OCIIndex(t testing.TB, images ...v1.Image) v1.ImageIndex {
+	t.Helper()
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for _, img := range images {
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant}}})
 	}
 	return idx
 }
