@@ -1,0 +1,74 @@
+package proxy_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/trustproxy/trustproxy/internal/testenv"
+)
+
+// TestRedisWriterHugeParentsSetReadBounded: a Redis writer plants, under
+// <prefix>parents:<digest>, a set of a few huge members. maxSharedParents
+// bounds how many members a replica reads, not their size: one anonymous
+// request for that digest makes the replica read every byte of them (and
+// each concurrent request again), far beyond what genuine members (a
+// sealed digest, ~100 bytes) need.
+func TestRedisWriterHugeParentsSetReadBounded(t *testing.T) {
+	w := newWorld(t)
+	rs := testenv.StartRedis(t, "")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	a := w.replica(t, t.TempDir(), t.TempDir(), rs.Addr(), "")
+	a.mustPull(t, "library/app:v1")
+
+	attacker := newRedisWriter(t, rs.Addr())
+	target := digest.FromString("no signed manifest lists this")
+	const members, size = 8, 16 << 20
+	for i := range members {
+		m := strings.Repeat(string(rune('a'+i)), size)
+		if err := attacker.rdb.SAdd(context.Background(), "trustproxy:parents:"+target.String(), m).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	status, _, _ := a.get(t, http.MethodGet, "/v2/library/app/blobs/"+target.String())
+	runtime.ReadMemStats(&after)
+	if read := after.TotalAlloc - before.TotalAlloc; read > 16<<20 {
+		t.Fatalf("one request (%d) for a digest with a planted parents set of %d × %d MiB members allocated %d MiB", status, members, size>>20, read>>20)
+	}
+}
+
+// TestRedisWriterHugeFloorEntryReadBounded: the shared floor's
+// compare-and-set (sharedFloor.set) reads the entries it replaces with MGET,
+// without the GETRANGE bound that Shared.Get keeps: a Redis writer plants
+// a huge string at a role's key and the next verification of that
+// repository reads all of it.
+func TestRedisWriterHugeFloorEntryReadBounded(t *testing.T) {
+	w := newWorld(t)
+	rs := testenv.StartRedis(t, "")
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	attacker := newRedisWriter(t, rs.Addr())
+	sum := sha256.Sum256([]byte(gun))
+	const size = 64 << 20
+	for _, role := range []string{"root", "timestamp", "snapshot", "targets"} {
+		attacker.set("trustproxy:tuf:{"+hex.EncodeToString(sum[:16])+"}:"+role, bytes.Repeat([]byte{'x'}, size))
+	}
+	a := w.replica(t, t.TempDir(), t.TempDir(), rs.Addr(), "")
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	a.mustPull(t, "library/app:v1")
+	runtime.ReadMemStats(&after)
+	if read := after.TotalAlloc - before.TotalAlloc; read > 64<<20 {
+		t.Fatalf("one pull with 4 planted floor entries of %d MiB allocated %d MiB", size>>20, read>>20)
+	}
+}
