@@ -45,9 +45,10 @@ type MetadataStore struct {
 
 // Share makes sh the shared floor of every GUN: each role is read as the
 // newer of the disk's and Redis's genuine entries, and a write that would
-// lower Redis's version is refused.
-func (m *MetadataStore) Share(sh *Shared) {
-	m.shared = &sharedFloor{sh}
+// lower Redis's version is refused. An entry on Redis holding more than
+// limit bytes of metadata (the largest a role may be) is not read.
+func (m *MetadataStore) Share(sh *Shared, limit int64) {
+	m.shared = &sharedFloor{Shared: sh, limit: int(limit)}
 }
 
 // NewMetadataStore returns the store rooted at dir, creating dir if needed.
@@ -377,8 +378,8 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 			return &CorruptError{Path: p + " (offered)", Err: err}
 		}
 		entries[name] = root.entry(name, blob, offered)
-		if f := floor[name]; offered < f {
-			return &RollbackError{Path: p, Stored: f, Offered: offered}
+		if m, ok := floor[name]; ok && m.binds(root, name) && offered < m.V {
+			return &RollbackError{Path: p, Stored: m.V, Offered: offered}
 		}
 		// The floor is whatever is stored, the root too when its pinning changed.
 		stored, err := s.read(name, storage.NoSizeLimit)
@@ -415,7 +416,7 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 
 // dropRotated forgets the stored versions of roles whose keys a verified
 // newer root replaced: their new keys start their versions again.
-func (s *GUNStore) dropRotated(roles []string, floor map[string]int) error {
+func (s *GUNStore) dropRotated(roles []string, floor map[string]floorMark) error {
 	for _, name := range roles {
 		p, err := s.File(name)
 		if err != nil {
@@ -436,12 +437,15 @@ func (s *GUNStore) dropRotated(roles []string, floor map[string]int) error {
 func (s *GUNStore) DroppedRotated() bool { return s.dropped.Load() }
 
 // RaiseFloor raises the version floor of each role of versions (role →
-// version, as another replica verified them) for the writes that follow:
-// a replica that uses another's verification never accepts older metadata
-// afterwards. It refuses, raising nothing, with a *RollbackError when a
-// version is below what this replica has stored or seen: the view is
-// older than this replica's own.
-func (s *GUNStore) RaiseFloor(versions map[string]int) error {
+// version, as another replica verified them, under a root whose
+// timestamp, snapshot and targets roles had the key IDs keys) for the
+// writes that follow: a replica that uses another's verification never
+// accepts older metadata afterwards. A floor binds only while the root in
+// effect gives its role the same keys: after a verified rotation of them,
+// the new keys' versions start again. RaiseFloor refuses, raising nothing,
+// with a *RollbackError when a version is below what this replica has
+// stored or seen under the same keys: the view is older than its own.
+func (s *GUNStore) RaiseFloor(versions map[string]int, keys map[string][]string) error {
 	unlock, err := s.lock()
 	if err != nil {
 		return err
@@ -451,24 +455,40 @@ func (s *GUNStore) RaiseFloor(versions map[string]int) error {
 	if err != nil {
 		return err
 	}
+	var view rootKeys
+	view.Signed.Version = versions["root"]
+	view.Signed.Roles = map[string]roleKeys{}
+	for role, ids := range keys {
+		view.Signed.Roles[role] = roleKeys{ids}
+	}
+	disk, hasDisk := s.diskRoot()
 	raised := false
 	for name, v := range versions {
 		p, err := s.File(name)
 		if err != nil {
 			return err
 		}
-		have := floor[name]
-		if stored, err := s.read(name, storage.NoSizeLimit); err == nil {
-			sv, _ := Version(stored)
-			have = max(have, sv)
-		} else if !errors.As(err, new(storage.ErrMetaNotFound)) {
-			return err
+		mark := floorMark{V: v, Root: view.Signed.Version, Epoch: view.epochOf(name)}
+		have := 0
+		if m, ok := floor[name]; ok && m.binds(view, name) {
+			have = m.V
+		}
+		if hasDisk && disk.epochOf(name) == mark.Epoch && disk.Signed.Version <= mark.Root {
+			if stored, err := s.read(name, storage.NoSizeLimit); err == nil {
+				sv, _ := Version(stored)
+				have = max(have, sv)
+			} else if !errors.As(err, new(storage.ErrMetaNotFound)) {
+				return err
+			}
+		}
+		if hasDisk && name == "root" && disk.Signed.Version > v {
+			have = disk.Signed.Version
 		}
 		if v < have {
 			return &RollbackError{Path: p, Stored: have, Offered: v}
 		}
-		if v > floor[name] {
-			floor[name], raised = v, true
+		if m, ok := floor[name]; !ok || m.Epoch != mark.Epoch || v > m.V {
+			floor[name], raised = mark, true
 		}
 	}
 	if !raised {
@@ -477,21 +497,38 @@ func (s *GUNStore) RaiseFloor(versions map[string]int) error {
 	return s.writeFloor(floor)
 }
 
+// A floorMark is a version floor RaiseFloor set: the version, and the root
+// version and the role's keys (epochOf) it was verified under.
+type floorMark struct {
+	V     int    `json:"v"`
+	Root  int    `json:"root"`
+	Epoch string `json:"epoch,omitempty"`
+}
+
+// binds says whether m holds for role name under root r: when r gives the
+// role the keys m was verified under. A mark from a root newer than r binds
+// too, whatever its keys: r is older than what this replica once trusted,
+// so nothing verified under r may go below it. A mark under other keys of
+// an older root does not: those keys were rotated out.
+func (m floorMark) binds(r rootKeys, name string) bool {
+	return m.Epoch == r.epochOf(name) || m.Root > r.Signed.Version
+}
+
 // maxFloorFile bounds the floor file: a version per role.
 const maxFloorFile = 1 << 20
 
-// readFloor returns the floors RaiseFloor set (role → version).
-func (s *GUNStore) readFloor() (map[string]int, error) {
+// readFloor returns the floors RaiseFloor set, by role.
+func (s *GUNStore) readFloor() (map[string]floorMark, error) {
 	p := filepath.Join(s.dir, "floor")
 	f, err := os.Open(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return map[string]int{}, nil
+		return map[string]floorMark{}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	floor := map[string]int{}
+	floor := map[string]floorMark{}
 	b, err := io.ReadAll(io.LimitReader(f, maxFloorFile+1))
 	if err == nil && len(b) > maxFloorFile {
 		err = errors.New("too large")
@@ -505,7 +542,7 @@ func (s *GUNStore) readFloor() (map[string]int, error) {
 	return floor, nil
 }
 
-func (s *GUNStore) writeFloor(floor map[string]int) error {
+func (s *GUNStore) writeFloor(floor map[string]floorMark) error {
 	b, _ := json.Marshal(floor)
 	return writeAtomic(filepath.Join(s.dir, "floor"), b)
 }
@@ -514,11 +551,13 @@ func (s *GUNStore) writeFloor(floor map[string]int) error {
 // role's key IDs.
 type rootKeys struct {
 	Signed struct {
-		Version int `json:"version"`
-		Roles   map[string]struct {
-			KeyIDs []string `json:"keyids"`
-		} `json:"roles"`
+		Version int                 `json:"version"`
+		Roles   map[string]roleKeys `json:"roles"`
 	} `json:"signed"`
+}
+
+type roleKeys struct {
+	KeyIDs []string `json:"keyids"`
 }
 
 func parseRoot(b []byte) (rootKeys, error) {

@@ -399,7 +399,7 @@ func TestRootRotationDropsReplacedRoles(t *testing.T) {
 			s := m.For("example.com/a", "")
 			must(t, s.Set("root", root(1, "ts", "sn", "tg")))
 			must(t, s.SetMulti(map[string][]byte{"timestamp": meta(1000), "snapshot": meta(1000), "targets": meta(1000), "targets/releases": meta(1000)}))
-			must(t, s.RaiseFloor(map[string]int{"timestamp": 1001}))
+			must(t, s.RaiseFloor(map[string]int{"root": 1, "timestamp": 1001}, keys("ts", "sn", "tg")))
 			if err := s.Set("root", tt.next); err != nil && !strings.Contains(tt.name, "same root") {
 				t.Fatal(err)
 			}
@@ -417,17 +417,26 @@ func TestRootRotationDropsReplacedRoles(t *testing.T) {
 	}
 }
 
+// keys is a view's key IDs of the timestamp, snapshot and targets roles.
+func keys(ts, sn, tg string) map[string][]string {
+	return map[string][]string{"timestamp": {ts}, "snapshot": {sn}, "targets": {tg}}
+}
+
 // TestRaiseFloor: a floor raised from another replica's view refuses
-// older writes; a view older than what the store holds raises nothing.
+// older writes under the same keys; a view older than what the store holds
+// raises nothing; after a verified rotation of a role's keys the floor of
+// its old keys no longer binds, also on a replica that never had a root of
+// its own before the rotation.
 func TestRaiseFloor(t *testing.T) {
 	m, _ := NewMetadataStore(t.TempDir(), nil)
 	s := m.For("example.com/a", "")
+	must(t, s.Set("root", root(1, "ts", "sn", "tg")))
 	must(t, s.Set("timestamp", meta(5)))
-	if err := s.RaiseFloor(map[string]int{"timestamp": 4, "snapshot": 9}); !errors.As(err, new(*RollbackError)) {
+	if err := s.RaiseFloor(map[string]int{"root": 1, "timestamp": 4, "snapshot": 9}, keys("ts", "sn", "tg")); !errors.As(err, new(*RollbackError)) {
 		t.Fatalf("a view below the stored timestamp: %v, want *RollbackError", err)
 	}
 	must(t, s.Set("snapshot", meta(2))) // the refused view raised nothing
-	must(t, s.RaiseFloor(map[string]int{"timestamp": 7, "snapshot": 9}))
+	must(t, s.RaiseFloor(map[string]int{"root": 1, "timestamp": 7, "snapshot": 9}, keys("ts", "sn", "tg")))
 	for role, v := range map[string]int{"timestamp": 6, "snapshot": 8} {
 		if err := s.Set(role, meta(v)); !errors.As(err, new(*RollbackError)) {
 			t.Errorf("%s v%d below the raised floor: %v, want *RollbackError", role, v, err)
@@ -437,5 +446,24 @@ func TestRaiseFloor(t *testing.T) {
 	reopened, _ := NewMetadataStore(m.dir, nil)
 	if err := reopened.For("example.com/a", "").Set("snapshot", meta(8)); !errors.As(err, new(*RollbackError)) {
 		t.Errorf("the raised floor did not survive a restart: %v", err)
+	}
+
+	// A replica that took a view before a rotation, with no root of its own.
+	fresh := m.For("example.com/b", "")
+	must(t, fresh.RaiseFloor(map[string]int{"root": 1, "timestamp": 1001, "snapshot": 9}, keys("ts", "sn", "tg")))
+	must(t, fresh.Set("root", root(2, "ts2", "sn", "tg"))) // the owner rotated the timestamp key
+	must(t, fresh.Set("timestamp", meta(1)))
+	// A view from before the rotation is refused; the new keys' view is taken.
+	if err := fresh.RaiseFloor(map[string]int{"root": 1, "timestamp": 1001}, keys("ts", "sn", "tg")); !errors.As(err, new(*RollbackError)) {
+		t.Errorf("a view of the root before the rotation: %v, want *RollbackError", err)
+	}
+	must(t, fresh.RaiseFloor(map[string]int{"root": 2, "timestamp": 3}, keys("ts2", "sn", "tg")))
+	// Under the old root again (the server rolled the rotation back), the
+	// floor of the newer root binds whatever the keys.
+	old := m.For("example.com/c", "")
+	must(t, old.RaiseFloor(map[string]int{"root": 2, "timestamp": 3}, keys("ts2", "sn", "tg")))
+	must(t, old.Set("root", root(2, "ts2", "sn", "tg")))
+	if err := old.Set("timestamp", meta(2)); !errors.As(err, new(*RollbackError)) {
+		t.Errorf("timestamp below the floor of the same keys: %v", err)
 	}
 }

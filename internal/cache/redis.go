@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/theupdateframework/notary"
 
 	"github.com/trustproxy/trustproxy/config"
 )
@@ -129,6 +128,7 @@ func (h *RedisHealth) Degraded() bool { return h.degraded.Load() }
 // Redis with its next write, and only ever raises the shared floor.
 type sharedFloor struct {
 	*Shared
+	limit int // the largest metadata an entry may hold
 }
 
 // floorEntry is one role's entry on Redis: its sealed payload is the JSON
@@ -145,9 +145,8 @@ func (e *floorEntry) seal(s *Shared, key string) []byte {
 	return s.Seal(KindFloor, key, append(append(h, '\n'), e.blob...))
 }
 
-// maxFloorEntry bounds an entry read: notary's own bound on metadata, and
-// the header.
-const maxFloorEntry = int(notary.MaxDownloadSize) + 1024
+// floorHeader bounds the header of an entry, before its metadata.
+const floorHeader = 1024
 
 // openFloor reads a sealed entry; nil when absent or not genuine.
 func (f *sharedFloor) openFloor(key string, b []byte) *floorEntry {
@@ -190,7 +189,7 @@ func (f *sharedFloor) get(gun, name string) *floorEntry {
 	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
 	defer cancel()
 	key := f.key(gun, name)
-	b := f.Get(ctx, KindFloor, key, maxFloorEntry)
+	b := f.Get(ctx, KindFloor, key, f.limit+floorHeader)
 	if b == nil {
 		return nil
 	}
@@ -224,16 +223,16 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 	var rollback error
 	txf := func(tx *redis.Tx) error {
 		rollback = nil
-		stored, err := tx.MGet(ctx, keys...).Result()
-		if err != nil {
-			return err
-		}
 		write := map[string][]byte{}
-		for i, k := range keys {
+		for _, k := range keys {
 			e := entries[names[k]]
+			b, err := f.Read(ctx, tx, KindFloor, k, f.limit+floorHeader)
+			if err != nil {
+				return err
+			}
 			var old *floorEntry
-			if s, ok := stored[i].(string); ok {
-				old = f.openFloor(k, []byte(s))
+			if b != nil {
+				old = f.openFloor(k, b)
 			}
 			switch {
 			case old == nil:
@@ -251,7 +250,7 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		if len(write) == 0 {
 			return nil
 		}
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		_, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			for k, v := range write {
 				p.Set(ctx, k, v, 0)
 			}

@@ -6,8 +6,8 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"fmt"
+	"errors"
 	"log/slog"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -163,29 +163,96 @@ func (s *Shared) Get(ctx context.Context, kind Kind, key string, limit int) []by
 	}
 	ctx, cancel := context.WithTimeout(ctx, RedisTimeout)
 	defer cancel()
-	// GETRANGE reads no more than the bound: what someone planted may be huge.
-	max := int64(limit + 1 + sha256.Size)
-	b, err := s.Redis.GetRange(ctx, key, 0, max).Bytes()
-	if s.Failed(kind, key, err) || len(b) == 0 {
-		return nil
-	}
-	if int64(len(b)) > max {
-		s.Reject(kind, key, fmt.Sprintf("larger than %d bytes", limit))
+	b, err := s.Read(ctx, s.Redis, kind, key, limit)
+	if s.Health.Failed(err) || b == nil {
 		return nil
 	}
 	p, _ := s.Open(kind, key, b)
 	return p
 }
 
-// Failed records the outcome of a Redis call about the entry of kind at
-// key, as Health.Failed does, and says whether the call gave no entry: it
-// failed, or found the key holding another type (WRONGTYPE: Redis
-// answered, so it is not down, but someone put something else there).
-func (s *Shared) Failed(kind Kind, key string, err error) bool {
-	if err != nil && strings.HasPrefix(err.Error(), "WRONGTYPE") {
-		s.Health.Failed(nil)
-		s.Reject(kind, key, "the key holds another type")
-		return true
+// readBounded returns the string at KEYS[1] when it holds at most ARGV[1]
+// bytes; otherwise its length (-1: the key holds another type). It runs in
+// Redis, so an entry someone made huge is never sent to a replica.
+var readBounded = redis.NewScript(`
+local ok, n = pcall(redis.call, 'STRLEN', KEYS[1])
+if not ok then return -1 end
+if n == 0 then return false end
+if n > tonumber(ARGV[1]) then return n end
+return redis.call('GET', KEYS[1])`)
+
+// Read reads the sealed entry of kind at key through c (the client, or a
+// transaction watching key), of at most limit bytes of payload, without
+// opening it. It returns nil when there is none, and nil after counting a
+// rejection when the key holds something larger or of another type; an
+// error only when Redis failed.
+func (s *Shared) Read(ctx context.Context, c redis.Scripter, kind Kind, key string, limit int) ([]byte, error) {
+	v, err := readBounded.Run(ctx, c, []string{key}, limit+1+sha256.Size).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
 	}
-	return s.Health.Failed(err) || err != nil
+	if err != nil {
+		return nil, err
+	}
+	switch v := v.(type) {
+	case string:
+		return []byte(v), nil
+	case int64:
+		if v < 0 {
+			s.Reject(kind, key, "the key holds another type")
+		} else {
+			s.Reject(kind, key, fmt.Sprintf("%d bytes, over the %d bytes an entry of its kind may have", v, limit))
+		}
+	}
+	return nil, nil
+}
+
+// membersBounded returns at most ARGV[2] members of the set KEYS[1], each
+// of at most ARGV[1] bytes (longer ones are left out, and counted in the
+// last element); -1 when the key holds another type.
+var membersBounded = redis.NewScript(`
+local out, cursor, seen, long = {}, '0', 0, 0
+repeat
+  local ok, r = pcall(redis.call, 'SSCAN', KEYS[1], cursor, 'COUNT', 256)
+  if not ok then return -1 end
+  cursor = r[1]
+  for _, m in ipairs(r[2]) do
+    seen = seen + 1
+    if string.len(m) <= tonumber(ARGV[1]) then out[#out+1] = m else long = long + 1 end
+    if seen >= tonumber(ARGV[2]) then cursor = '0' break end
+  end
+until cursor == '0'
+out[#out+1] = long
+return out`)
+
+// Members returns the payloads of the sealed members of the set at key
+// that open as kind, reading at most max members of at most limit bytes of
+// payload each; members that do not open, or are larger, are counted as
+// rejected. nil when Redis is down or skipped.
+func (s *Shared) Members(ctx context.Context, kind Kind, key string, limit, max int) [][]byte {
+	if s.Health.Skip() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, RedisTimeout)
+	defer cancel()
+	v, err := membersBounded.Run(ctx, s.Redis, []string{key}, limit+1+sha256.Size, max).Result()
+	if s.Health.Failed(err) {
+		return nil
+	}
+	list, ok := v.([]any)
+	if !ok || len(list) == 0 {
+		s.Reject(kind, key, "the key holds another type")
+		return nil
+	}
+	if long, _ := list[len(list)-1].(int64); long > 0 {
+		s.Reject(kind, key, fmt.Sprintf("%d members over %d bytes", long, limit))
+	}
+	var out [][]byte
+	for _, m := range list[:len(list)-1] {
+		str, _ := m.(string)
+		if p, ok := s.Open(kind, key, []byte(str)); ok {
+			out = append(out, p)
+		}
+	}
+	return out
 }

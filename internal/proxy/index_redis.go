@@ -113,29 +113,7 @@ func (x *sharedIndex) children(m digest.Digest) ([]v1.Descriptor, bool) {
 
 func (x *sharedIndex) parents(d digest.Digest) []digest.Digest {
 	out := x.memIndex.parents(d)
-	if x.Health.Skip() {
-		return out
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
-	defer cancel()
-	key := x.parentsKey(d)
-	var members []string
-	for cursor, n := uint64(0), 0; ; {
-		page, next, err := x.Redis.SScan(ctx, key, cursor, "", 256).Result()
-		if x.Failed(cache.KindParents, key, err) {
-			return out
-		}
-		members = append(members, page...)
-		if n += len(page); next == 0 || n >= maxSharedParents {
-			break
-		}
-		cursor = next
-	}
-	for _, s := range members {
-		b, ok := x.Open(cache.KindParents, key, []byte(s))
-		if !ok {
-			continue
-		}
+	for _, b := range x.Members(context.Background(), cache.KindParents, x.parentsKey(d), len(digest.SHA256.FromString("").String()), maxSharedParents) {
 		p, err := digest.Parse(string(b))
 		if err != nil {
 			continue

@@ -26,6 +26,12 @@ func judge(repo *tuf.Repo, gun string, r *config.Rule, now time.Time) *Snapshot 
 	for role, t := range repo.Targets {
 		s.Versions[role.String()] = t.Signed.Version
 	}
+	s.Keys = map[string][]string{}
+	for _, role := range []data.RoleName{data.CanonicalTimestampRole, data.CanonicalSnapshotRole, data.CanonicalTargetsRole} {
+		if r := repo.Root.Signed.Roles[role]; r != nil {
+			s.Keys[role.String()] = r.KeyIDs
+		}
+	}
 	s.Expires = earliest(repo.Root.Signed.Expires, repo.Timestamp.Signed.Expires, repo.Snapshot.Signed.Expires)
 	seen := map[string]bool{}
 	for _, name := range r.Roles {

@@ -106,6 +106,7 @@ type sharedVerdict struct {
 	Refreshed   time.Time                `json:"refreshed"`
 	Unreachable string                   `json:"unreachable,omitempty"`
 	Versions    map[string]int           `json:"versions"`
+	Keys        map[string][]string      `json:"keys"`
 }
 
 func (s *sharedState) verdictKey(gun, policy string) string {
@@ -120,7 +121,7 @@ func (s *sharedState) putVerdict(snap *Snapshot, policy string, until time.Time)
 		return
 	}
 	v := sharedVerdict{Policy: policy, Until: until, GUN: snap.GUN, Targets: snap.Targets, Refused: map[string]sharedRefusal{},
-		Checked: snap.Checked, Expires: snap.Expires, Refreshed: snap.Refreshed, Unreachable: snap.Unreachable, Versions: snap.Versions}
+		Checked: snap.Checked, Expires: snap.Expires, Refreshed: snap.Refreshed, Unreachable: snap.Unreachable, Versions: snap.Versions, Keys: snap.Keys}
 	for tag, r := range snap.Refused {
 		v.Refused[tag] = sharedRefusal{Reason: r.Reason, Detail: r.Detail}
 	}
@@ -148,14 +149,14 @@ func (s *sharedState) verdict(gun, policy string, store *cache.GUNStore) (*Snaps
 		return nil, time.Time{}
 	}
 	var v sharedVerdict
-	if json.Unmarshal(b, &v) != nil || v.GUN != gun || v.Policy != policy || len(v.Versions) == 0 {
+	if json.Unmarshal(b, &v) != nil || v.GUN != gun || v.Policy != policy || len(v.Versions) == 0 || len(v.Keys) == 0 {
 		s.Reject(cache.KindVerdict, key, "a sealed view that does not read, or of another repository or policy")
 		return nil, time.Time{}
 	}
 	if now := time.Now(); !now.Before(v.Until) || !now.Before(v.Expires) {
 		return nil, time.Time{}
 	}
-	if err := store.RaiseFloor(v.Versions); err != nil {
+	if err := store.RaiseFloor(v.Versions, v.Keys); err != nil {
 		if errors.As(err, new(*cache.RollbackError)) {
 			s.Reject(cache.KindVerdict, key, "a view older than what this replica has seen: "+err.Error())
 		} else {
@@ -164,7 +165,7 @@ func (s *sharedState) verdict(gun, policy string, store *cache.GUNStore) (*Snaps
 		return nil, time.Time{}
 	}
 	snap := &Snapshot{GUN: gun, Targets: v.Targets, Refused: map[string]*RefusalError{}, Checked: v.Checked,
-		Expires: v.Expires, Refreshed: v.Refreshed, Unreachable: v.Unreachable, Versions: v.Versions}
+		Expires: v.Expires, Refreshed: v.Refreshed, Unreachable: v.Unreachable, Versions: v.Versions, Keys: v.Keys}
 	if snap.Targets == nil {
 		snap.Targets = map[string]Target{}
 	}

@@ -38,9 +38,12 @@ type Snapshot struct {
 	// max_staleness after Refreshed.
 	Refreshed   time.Time
 	Unreachable string
-	// Versions are the versions of the metadata it rests on, by role: a
-	// replica that uses another's Snapshot raises its own floor to them.
+	// Versions are the versions of the metadata it rests on, by role, and
+	// Keys the key IDs its root gives the timestamp, snapshot and targets
+	// roles: a replica that uses another's Snapshot raises its own floor to
+	// them (cache.GUNStore.RaiseFloor).
 	Versions map[string]int
+	Keys     map[string][]string
 
 	byDigest map[digest.Digest][]Target // Targets by manifest digest, in byDigestOrder
 }

@@ -155,7 +155,8 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 // trust data" refusals and verified trust views on sh as well, shared by
 // every replica. Call it before the first Snapshot.
 func (v *Verifier) Share(sh *cache.Shared) {
-	v.meta.Share(sh)
+	l := v.limits
+	v.meta.Share(sh, max(l.RootBytes, l.TimestampBytes, l.SnapshotBytes, l.TargetsBytes))
 	v.shared = &sharedState{Shared: sh, log: v.log.Warn}
 }
 

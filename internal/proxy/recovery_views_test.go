@@ -13,14 +13,13 @@ import (
 
 // TestSharedViewFloorSurvivesKeyRotation (T23 with shared views, T46): a
 // replica that took another's verified view has the view's versions as its
-// floor (data_dir/trust/<gun>/floor) but no root of its own. When the
-// timestamp key is rotated and the new key's timestamps start again at 1,
-// that replica cannot tell the rotation (no disk root to compare the new
-// root with), so its floor from the old key's epoch refuses every new
-// timestamp as a rollback: the repository is locked out on that replica
-// until the new key's versions pass the old ones. A Redis writer replays
-// the last pre-rotation view (within its life) to make every replica that
-// has not verified the repository itself take it.
+// floor (data_dir/trust/<gun>/floor), and no root of its own. The
+// timestamp key is rotated and the new key's timestamps start again at 1;
+// a Redis writer replays the last view from before the rotation (genuine,
+// within its life) so that a fresh replica takes it. Once that view is
+// over, the replica verifies itself and serves: the floor of the old keys
+// does not bind under the new root (before: refused as a rollback until the
+// new key's versions passed the old ones).
 func TestSharedViewFloorSurvivesKeyRotation(t *testing.T) {
 	w := newTUFWorld(t)
 	rs := testenv.StartRedis(t, "")

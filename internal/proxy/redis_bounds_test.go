@@ -16,11 +16,10 @@ import (
 )
 
 // TestRedisWriterHugeParentsSetReadBounded: a Redis writer plants, under
-// <prefix>parents:<digest>, a set of a few huge members. maxSharedParents
-// bounds how many members a replica reads, not their size: one anonymous
-// request for that digest makes the replica read every byte of them (and
-// each concurrent request again), far beyond what genuine members (a
-// sealed digest, ~100 bytes) need.
+// <prefix>parents:<digest>, a set of a few huge members. A replica reads
+// at most maxSharedParents members of at most the size of a sealed digest
+// (the filtering runs in Redis): one anonymous request for that digest
+// costs it no more than that, not the planted bytes (before: 512 MiB).
 func TestRedisWriterHugeParentsSetReadBounded(t *testing.T) {
 	w := newWorld(t)
 	rs := testenv.StartRedis(t, "")
@@ -47,11 +46,11 @@ func TestRedisWriterHugeParentsSetReadBounded(t *testing.T) {
 	}
 }
 
-// TestRedisWriterHugeFloorEntryReadBounded: the shared floor's
-// compare-and-set (sharedFloor.set) reads the entries it replaces with MGET,
-// without the GETRANGE bound that Shared.Get keeps: a Redis writer plants
-// a huge string at a role's key and the next verification of that
-// repository reads all of it.
+// TestRedisWriterHugeFloorEntryReadBounded: a Redis writer plants a huge
+// string at each role's floor key. Neither the read of the floor nor its
+// compare-and-set sends an entry larger than the largest metadata a role
+// may be to the replica (before: the compare-and-set read them whole, 783
+// MiB for one pull).
 func TestRedisWriterHugeFloorEntryReadBounded(t *testing.T) {
 	w := newWorld(t)
 	rs := testenv.StartRedis(t, "")
