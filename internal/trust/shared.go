@@ -43,8 +43,12 @@ type sharedRefusal struct {
 	Until  time.Time `json:"until"`
 }
 
-// maxSharedEntry bounds what is read of a refusal or a view on Redis.
-const maxSharedEntry = 8 << 20
+// What is read of a refusal or a view on Redis: a refusal is a reason and
+// a sentence or two; a view lists a repository's signed tags.
+const (
+	maxSharedRefusal = 16 << 10
+	maxSharedView    = 8 << 20
+)
 
 func (s *sharedState) key(gun string) string {
 	sum := sha256.Sum256([]byte(gun))
@@ -57,7 +61,7 @@ func (s *sharedState) get(gun string) *RefusalError {
 		return nil
 	}
 	key := s.key(gun)
-	b := s.Get(context.Background(), cache.KindRefusal, key, maxSharedEntry)
+	b := s.Get(context.Background(), cache.KindRefusal, key, maxSharedRefusal)
 	if b == nil {
 		return nil
 	}
@@ -87,6 +91,9 @@ func (s *sharedState) put(gun string, rerr *RefusalError, ttl time.Duration) {
 	detail := rerr.Detail
 	if rerr.Err != nil {
 		detail += ": " + rerr.Err.Error()
+	}
+	if len(detail) > maxSharedRefusal/4 {
+		detail = detail[:maxSharedRefusal/4] + "..."
 	}
 	b, _ := json.Marshal(sharedRefusal{GUN: gun, Reason: rerr.Reason, Detail: detail, Until: time.Now().Add(ttl)})
 	s.Health.Failed(s.Redis.Set(ctx, key, s.Seal(cache.KindRefusal, key, b), ttl).Err())
@@ -144,7 +151,7 @@ func (s *sharedState) verdict(gun, policy string, store *cache.GUNStore) (*Snaps
 		return nil, time.Time{}
 	}
 	key := s.verdictKey(gun, policy)
-	b := s.Get(context.Background(), cache.KindVerdict, key, maxSharedEntry)
+	b := s.Get(context.Background(), cache.KindVerdict, key, maxSharedView)
 	if b == nil {
 		return nil, time.Time{}
 	}
