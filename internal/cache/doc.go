@@ -1,6 +1,7 @@
-// Package cache holds trustproxy's shared state. Today that is the trust
-// metadata store: the notary storage.MetadataStore each GUN's TUF client
-// reads its cached metadata from and writes verified metadata to.
+// Package cache holds trustproxy's durable and shared state: the trust
+// metadata store (the notary storage.MetadataStore each GUN's TUF client
+// reads its cached metadata from and writes verified metadata to), the
+// scan report store, and the sealing of everything replicas share on Redis.
 //
 // This is the in-process, on-disk implementation under <data_dir>/trust. Its
 // job beyond notary's FileStore:
@@ -23,6 +24,15 @@
 //   - Every failure to read or write is returned: notary logs and ignores
 //     cache errors, so its caller (internal/trust) must fail closed on them.
 //
-// It decides nothing about trust. A Redis-backed store shared by several
-// replicas is meant to take its place behind the same contract.
+// With Redis (Shared), the floor, scan reports (ReportStore) and what other
+// packages share are kept there too, and Redis is treated as shared
+// storage, not a trusted party: every entry is sealed with a key derived
+// from the state key for its kind and Redis key name, and what does not
+// open is ignored and counted; a newer genuine entry is kept on disk, so a
+// replica never goes back when Redis is restored to an older copy; reads
+// are bounded in Redis itself. The replicas' shared secrets are derived
+// from the state key, never stored on Redis.
+//
+// It decides nothing about trust: it refuses to lower a version, and
+// ignores what it cannot authenticate.
 package cache

@@ -274,22 +274,27 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 // keep stores a genuine shared entry newer than the disk's copy on disk.
 // Failing to is logged, not returned: the disk floor is then what it was.
 func (s *GUNStore) keep(name string, e *floorEntry) {
-	unlock, err := s.lock()
-	if err == nil {
-		defer unlock()
-		var p string
-		if p, err = s.File(name); err == nil {
-			if old, rerr := s.read(name, storage.NoSizeLimit); rerr == nil {
-				if v, _ := Version(old); v >= e.Version {
-					return
-				}
-			}
-			err = writeAtomic(p, e.blob)
-		}
-	}
-	if err != nil {
+	if err := s.keepNewer(name, e); err != nil {
 		s.log.Warn("cannot keep the newer shared trust metadata on disk", "role", name, "err", err)
 	}
+}
+
+func (s *GUNStore) keepNewer(name string, e *floorEntry) error {
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	p, err := s.File(name)
+	if err != nil {
+		return err
+	}
+	if old, err := s.read(name, storage.NoSizeLimit); err == nil {
+		if v, _ := Version(old); v >= e.Version {
+			return nil
+		}
+	}
+	return writeAtomic(p, e.blob)
 }
 
 func (s *GUNStore) read(name string, size int64) ([]byte, error) {

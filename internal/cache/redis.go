@@ -183,17 +183,11 @@ func (f *sharedFloor) key(gun, name string) string {
 // get returns the shared entry of role name of gun, or nil when Redis has
 // none, cannot be reached, or holds one that is not genuine.
 func (f *sharedFloor) get(gun, name string) *floorEntry {
-	if f.Health.Skip() {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
-	defer cancel()
 	key := f.key(gun, name)
-	b := f.Get(ctx, KindFloor, key, f.limit+floorHeader)
-	if b == nil {
-		return nil
+	if b := f.Get(context.Background(), KindFloor, key, f.limit+floorHeader); b != nil {
+		return f.readFloor(key, b)
 	}
-	return f.readFloor(key, b)
+	return nil
 }
 
 // casRetries bounds the attempts of a compare-and-set that other writers
