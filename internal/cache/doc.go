@@ -3,7 +3,7 @@
 // reads its cached metadata from and writes verified metadata to), the
 // scan report store, and the sealing of everything replicas share on Redis.
 //
-// This is the in-process, on-disk implementation under <data_dir>/trust. Its
+// The metadata store lives on disk under <data_dir>/trust. Its
 // job beyond notary's FileStore:
 //
 //   - State is keyed by hash, never by path: each GUN has the directory
