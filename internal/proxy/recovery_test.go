@@ -26,9 +26,7 @@ import (
 // Without a rotation, a lower timestamp is still a rollback.
 func TestFastForwardRecoveryAfterTimestampKeyRotation(t *testing.T) {
 	w := newTUFWorld(t)
-	rs := testenv.StartRedis(t, "")
-	storage := t.TempDir()
-	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(t, storage, rs.Addr()))) }
+	replica, _ := w.replicas(t, time.Nanosecond)
 	a := replica()
 	a.mustPull(t, "library/app:v1")
 
@@ -68,9 +66,7 @@ func TestSnapshotRoleVersionsNeverDecrease(t *testing.T) {
 	old := w.meta[data.RoleName(testenv.Releases)]
 	w.signImage(t, testenv.Releases, "v2", testenv.Image(t, "tuf v2", 1, 1024))
 	w.publish(t)
-	rs := testenv.StartRedis(t, "")
-	storage := t.TempDir()
-	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(t, storage, rs.Addr()))) }
+	replica, _ := w.replicas(t, time.Nanosecond)
 	a := replica()
 	a.mustPull(t, "library/app:v2")
 
@@ -104,13 +100,8 @@ func TestSnapshotRoleVersionsNeverDecrease(t *testing.T) {
 // new key's versions passed the old ones).
 func TestSharedViewFloorSurvivesKeyRotation(t *testing.T) {
 	w := newTUFWorld(t)
-	rs := testenv.StartRedis(t, "")
-	storage := t.TempDir()
 	const ttl = 4 * time.Second
-	replica := func() *instance {
-		cfg := w.config(t, t.TempDir(), "", sharedYAML(t, storage, rs.Addr()))
-		return start(t, strings.Replace(cfg, "refresh_ttl: 1ns", "refresh_ttl: "+ttl.String(), 1))
-	}
+	replica, rs := w.replicas(t, ttl)
 	s := w.swizzle()
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1000))
 	a := replica()
@@ -141,4 +132,17 @@ func TestSharedViewFloorSurvivesKeyRotation(t *testing.T) {
 			t.Errorf("replica %c after the rotation, %s after it took a pre-rotation view: %v %v (%d %s)", 'A'+i, ttl, got, err, status, body)
 		}
 	}
+}
+
+// replicas returns a func that starts a replica in front of w with its own
+// data directory, all sharing one storage directory and one Redis (also
+// returned), trust data reused for refreshTTL.
+func (w *tufWorld) replicas(t *testing.T, refreshTTL time.Duration) (func() *instance, *testenv.Redis) {
+	t.Helper()
+	rs := testenv.StartRedis(t, "")
+	storage := t.TempDir()
+	return func() *instance {
+		cfg := w.config(t, t.TempDir(), "", sharedYAML(t, storage, rs.Addr()))
+		return start(t, strings.Replace(cfg, "refresh_ttl: 1ns", "refresh_ttl: "+refreshTTL.String(), 1))
+	}, rs
 }
