@@ -30,7 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustproxy/trustproxy/config"
-	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/wiring"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trustserver"
 )
@@ -192,7 +192,7 @@ trust:
 	}
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	reg := prometheus.NewRegistry()
-	p, err := proxy.Open(context.Background(), cfg, log, reg)
+	p, err := wiring.Open(context.Background(), cfg, log, reg)
 	if err != nil {
 		tb.Fatalf("proxy.Open: %v", err)
 	}

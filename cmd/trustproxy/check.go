@@ -11,6 +11,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/wiring"
 )
 
 // checkReport is what `trustproxy check` prints: the decision a pull of the
@@ -53,7 +54,7 @@ type checkTrust struct {
 // check prints the decision on image, as serve would decide a pull of it.
 // It exits 1 when the image would be refused.
 func check(ctx context.Context, cfg *config.Config, image string, rescan bool, stdout io.Writer, log *slog.Logger) error {
-	p, err := proxy.Open(ctx, cfg, log, prometheus.NewRegistry())
+	p, err := wiring.Open(ctx, cfg, log, prometheus.NewRegistry())
 	if err != nil {
 		return err
 	}

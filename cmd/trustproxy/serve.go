@@ -16,6 +16,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/wiring"
 )
 
 // serve runs trustproxy until ctx ends (SIGTERM or SIGINT, see main) or its
@@ -59,7 +60,7 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 	warnings(cfg, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	p, err := proxy.Open(ctx, cfg, log, reg)
+	p, err := wiring.Open(ctx, cfg, log, reg)
 	if err != nil {
 		return nil, err
 	}

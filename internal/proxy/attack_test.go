@@ -97,7 +97,7 @@ func TestPlantedNamesKeepTheRollbackFloor(t *testing.T) {
 		"library/app/metadata/root.json",
 	} {
 		status, _, body := p.get(t, http.MethodGet, "/v2/"+name+"/manifests/v1")
-		wantDenied(t, status, body, trust.NoTrustData)
+		wantDenied(t, status, body, proxy.Reason(trust.NoTrustData))
 	}
 	if entries, _ := os.ReadDir(filepath.Join(dataDir, "trust")); len(entries) != 0 {
 		t.Fatalf("requests for repositories without trust data left %d entries in the trust cache", len(entries))
@@ -107,7 +107,7 @@ func TestPlantedNamesKeepTheRollbackFloor(t *testing.T) {
 	}
 	w.Notary.Replay(gun, old)
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.Rollback)
+	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 }
 
 // capture is a server on 127.0.0.1 that records what reaches it; it is
@@ -431,7 +431,7 @@ func TestBlobsStayInTheirRepository(t *testing.T) {
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/other/blobs/"+layer.String())
 	wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/plain/blobs/"+layer.String())
-	wantDenied(t, status, body, trust.NoTrustData)
+	wantDenied(t, status, body, proxy.Reason(trust.NoTrustData))
 	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String()); status != 200 {
 		t.Fatalf("the layer in its own repository: %d", status)
 	}

@@ -2,38 +2,37 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
-
-	"github.com/distribution/reference"
-	"github.com/opencontainers/go-digest"
+	"net/http"
+	"net/url"
+	"strings"
 )
 
 // Check decides on image as a pull of it would be decided, without serving
-// it: a digest when the reference has one, else its tag (latest when it
-// names none). The manifest is fetched only when its rule has a scan
-// policy: otherwise the answer rests on the trust data and on what verified
-// manifests recorded (a platform manifest's index is recorded from
-// storage, or else fetched). With rescan, the manifest is scanned now, and
-// the gate decides on that report.
+// it. image is what a client would pull through trustproxy: a repository
+// name routed to its upstream exactly as a request path is (a configured
+// upstream's name as its first component selects it; else the first
+// upstream), then :tag (latest when none) or @digest. The manifest is
+// fetched only when its rule has a scan policy: otherwise the answer rests
+// on the trust data and on what verified manifests recorded. With rescan,
+// the manifest is scanned now, and the gate decides on that report. A
+// refusal is a Decision, not an error; an error is no decision.
 func (s *Server) Check(ctx context.Context, image string, rescan bool) (*Decision, error) {
-	named, err := reference.ParseNormalizedNamed(image)
+	name, ref := image, "latest"
+	if n, d, ok := strings.Cut(image, "@"); ok {
+		name, ref = n, d
+	} else if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
+		name, ref = image[:i], image[i+1:]
+	}
+	r := &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/v2/" + name + "/manifests/" + ref}}
+	req, err := s.parse(r)
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", image, err)
 	}
-	host, repo := reference.Domain(named), reference.Path(named)
-	up, ok := s.upstreams.byName[host]
-	if !ok {
-		return nil, fmt.Errorf("image %q: no upstream is named %s; add it to upstreams, or name the image with an upstream's name", image, host)
+	d, err := s.decide(ctx, req, decideOptions{check: true, rescan: rescan})
+	if _, refused := errors.AsType[*Refusal](err); refused {
+		return d, nil
 	}
-	req := &request{kind: kindManifest, upstream: up, repo: repo, gun: host + "/" + repo, ref: "latest", check: true, rescan: rescan}
-	switch r := named.(type) {
-	case reference.Digested:
-		if r.Digest().Algorithm() != digest.SHA256 {
-			return nil, fmt.Errorf("image %q: only sha256 digests are served", image)
-		}
-		req.ref, req.dgst = r.Digest().String(), r.Digest()
-	case reference.Tagged:
-		req.ref = r.Tag()
-	}
-	return s.decide(ctx, req)
+	return d, err
 }

@@ -9,6 +9,8 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/fill"
+	"github.com/trustproxy/trustproxy/internal/manifest"
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -22,27 +24,14 @@ const (
 	Audited Verdict = "audit"  // refused, but its rule is in audit mode: served unverified, the refusal logged
 )
 
-// The proxy's own refusal reasons, beside trust's: what the content, not
-// the trust data, gave away.
-const (
-	ReasonReadOnly        trust.Reason = "read_only"        // a write: trustproxy serves, it does not host pushes
-	ReasonDigestMismatch  trust.Reason = "digest_mismatch"  // the upstream's bytes do not match the signed digest or size
-	ReasonInvalidManifest trust.Reason = "invalid_manifest" // the signed manifest is malformed, ambiguous or over the limit
-	ReasonNotReferenced   trust.Reason = "not_referenced"   // no verified manifest of the repository refers to the blob
-)
-
-// reasonVerified is the reason of a Served decision.
-const reasonVerified trust.Reason = "verified"
-
-// A Decision is the verdict on one request for content, why, and the facts
-// behind it.
+// A Decision is the verdict on one request, why, and the facts behind it.
 type Decision struct {
-	Repository string // the GUN
-	Ref        string // the tag or digest asked for; "" for tags/list
-	Kind       string // manifest, blob or tags
+	Repository string // the GUN; "" for a write whose path names none
+	Ref        string // the tag or digest asked for; "" for tags/list; a write's method
+	Kind       string // manifest, blob, tags or write
 	Verdict    Verdict
-	Reason     trust.Reason // reasonVerified when served; else the refusal's
-	Message    string       // the refusal, for a person; "" when served
+	Reason     Reason // ReasonVerified when served; else the refusal's
+	Message    string // the refusal, for a person; "" when served
 	// Rule is the trust rule that decided; nil when none matches.
 	Rule *config.Rule
 	// Digest is the manifest or blob the request resolves to, when known,
@@ -54,96 +43,114 @@ type Decision struct {
 	Target *trust.Target
 	// Trust is the repository's verified trust view; nil when the whole
 	// repository was refused.
-	Trust *trust.Snapshot
+	Trust *trust.View
 	// Scan is the scan gate's verdict on a manifest; nil when its rule has
 	// no scan policy or the gate was not reached.
 	Scan *scan.Verdict
 
-	refusal  *trust.RefusalError
-	desc     v1.Descriptor     // the blob or manifest as verified; Size -1 when unknown
-	manifest *verifiedManifest // a Served manifest's verified bytes
-	source   string            // where manifest came from: cache or upstream
-	upstream bool              // audit mode: answer from the upstream, unverified
+	refusal  *Refusal
+	desc     v1.Descriptor      // the blob or manifest as verified; Size -1 when unknown
+	manifest *manifest.Manifest // a Served manifest's verified bytes
+	source   string             // where manifest came from: cache or upstream
+	upstream bool               // audit mode: answer from the upstream, unverified
 }
 
-// Err is the refusal a Denied decision sends the client; nil otherwise.
-func (d *Decision) Err() error {
-	if d.Verdict != Denied {
-		return nil
-	}
-	return d.refusal
+// decideOptions are what `trustproxy check` asks of a decision beyond what
+// a pull asks.
+type decideOptions struct {
+	check  bool // decide without fetching the manifest unless the scan gate needs it
+	rescan bool // scan the manifest now, before the gate decides
 }
 
-// decide is the one place a request for content is judged: it finds the
-// rule, takes the repository's trust view, resolves the tag or places the
-// digest under a signed target, verifies a manifest's bytes, and applies
-// the rule's mode. Manifests, blobs, tags/list and `trustproxy check` all
-// ask it; the decision is logged and counted here (a served blob once its
-// bytes have verified: settleBlob). An error that is not a
-// verdict (the upstream unreachable, storage failing) is returned as is:
-// the client is told to retry.
-func (s *Server) decide(ctx context.Context, req *request) (*Decision, error) {
-	d := &Decision{Repository: req.gun, Ref: req.ref, Kind: req.kind.String(), Digest: req.dgst, Size: -1,
+// decide is the one place a request is judged: every refusal a client or
+// `trustproxy check` is given is reached here, and logged and counted here
+// (a served blob once its bytes have verified: settleBlob). In order: a
+// write is refused; a scanner's pull credential must cover the request; the
+// rule is found and the repository's trust view taken; a tag is resolved,
+// or a digest placed under a signed target; a manifest's bytes are
+// verified; the scan gate has its say; the rule's mode applies.
+//
+// A Denied decision comes back with its *Refusal as the error, so that a
+// handler checks one error. Any other error is not a verdict (the upstream
+// unreachable, storage failing): there is no decision, and the client is
+// told to retry.
+func (s *Server) decide(ctx context.Context, req *request, opt decideOptions) (*Decision, error) {
+	d := &Decision{Repository: req.name.String(), Ref: req.ref, Kind: req.kind.String(), Digest: req.dgst, Size: -1,
 		desc: v1.Descriptor{Digest: req.dgst, Size: -1}}
-	d.Rule = s.cfg.Trust.RuleFor(req.gun)
-	err := s.verifyRequest(ctx, req, d)
-	r, refused := errors.AsType[*trust.RefusalError](err)
-	switch {
-	case err != nil && !refused:
+	if req.kind != kindWrite {
+		d.Rule = s.cfg.Trust.RuleFor(d.Repository)
+	}
+	err := s.judge(ctx, req, d, opt)
+	var refusal *Refusal
+	if r, ok := errors.AsType[*trust.RefusalError](err); ok {
+		refusal = refusalOf(r)
+	} else if r, ok := errors.AsType[*Refusal](err); ok {
+		refusal = r
+	} else if err != nil {
 		return nil, err
-	case refused:
-		if r.Ref == "" && req.ref != "" {
-			r = r.WithRef(req.ref)
+	}
+	if refusal != nil {
+		if refusal.Ref == "" && req.ref != "" && req.kind != kindWrite {
+			refusal.Ref = req.ref
 		}
-		d.refusal, d.Verdict, d.Reason, d.Message = r, Denied, r.Reason, r.Error()
-		if d.audit() {
+		d.deny(refusal)
+		if d.Rule != nil && d.Rule.Mode == config.Audit && reasons[refusal.Reason].auditable {
 			d.Verdict, d.upstream = Audited, true
 		}
-	default:
-		d.Verdict, d.Reason = Served, reasonVerified
+	} else {
+		d.Verdict, d.Reason = Served, ReasonVerified
 		// Audit mode lists the upstream's tags, as it serves them.
-		d.upstream = req.kind == kindTags && d.audit()
+		d.upstream = req.kind == kindTags && d.Rule.Mode == config.Audit
 	}
 	if req.kind != kindBlob || d.Verdict != Served {
 		s.logDecision(ctx, d) // a served blob is logged when its serving ends (settleBlob)
 	}
+	if d.Verdict == Denied {
+		return d, d.refusal
+	}
 	return d, nil
 }
 
-// audit says whether d's rule is in audit mode.
-func (d *Decision) audit() bool {
-	return d.Rule != nil && d.Rule.Mode == config.Audit
+// deny makes d a Denied decision for r.
+func (d *Decision) deny(r *Refusal) {
+	d.refusal, d.Verdict, d.Reason, d.Message = r, Denied, r.Reason, r.Error()
 }
 
-// verifyRequest fills d with what verifies, or returns why not.
-func (s *Server) verifyRequest(ctx context.Context, req *request, d *Decision) error {
+// judge fills d with what verifies, or returns why not.
+func (s *Server) judge(ctx context.Context, req *request, d *Decision, opt decideOptions) error {
+	if req.kind == kindWrite {
+		return &Refusal{GUN: d.Repository, Reason: ReasonReadOnly, Detail: "trustproxy is a read-only mirror; push to the upstream registry"}
+	}
+	if err := s.checkCredential(ctx, req); err != nil {
+		return err
+	}
 	if req.kind == kindManifest {
 		// Once the Notary server has shown the repository has trust data,
 		// the rest of the trust fetch takes round trips; the upstream's
 		// token, which the manifest fetch after it needs, is asked for
 		// meanwhile. A made-up name gets no token request.
-		ctx = trust.OnTrustData(ctx, func() { req.upstream.client.Warm("repository:" + req.repo + ":pull") })
+		ctx = trust.OnTrustData(ctx, func() { req.from.Warm("repository:" + req.name.Path() + ":pull") })
 	}
-	snap, err := s.verify.Snapshot(ctx, req.gun, d.Rule)
+	view, err := s.verify.View(ctx, req.name, d.Rule)
 	if err != nil {
 		return err
 	}
-	d.Trust = snap
+	d.Trust = view
 	switch req.kind {
 	case kindTags:
 		return nil
 	case kindBlob:
-		desc, ok, err := s.authorize(ctx, req, snap, req.dgst)
+		desc, ok, err := s.find(ctx, req, view, req.dgst)
 		if err != nil {
 			return err
 		}
 		if !ok {
-			return &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: ReasonNotReferenced,
+			return &Refusal{GUN: d.Repository, Ref: req.ref, Reason: ReasonNotReferenced,
 				Detail: "no verified manifest of this repository refers to this blob; pull a signed tag"}
 		}
-		if d.Rule.Scan != nil && (isManifestType(desc.MediaType) || len(snap.ByDigest(req.dgst)) > 0) {
+		if d.Rule.Scan != nil && (manifest.IsType(desc.MediaType) || len(view.ByDigest(req.dgst)) > 0) {
 			// The scan gate is on the manifests route: a manifest is not served as a blob.
-			return &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: ReasonNotReferenced,
+			return &Refusal{GUN: d.Repository, Ref: req.ref, Reason: ReasonNotReferenced,
 				Detail: "a manifest is served from the manifests route only, where the scan gate applies"}
 		}
 		d.desc, d.Size = desc, desc.Size
@@ -151,23 +158,23 @@ func (s *Server) verifyRequest(ctx context.Context, req *request, d *Decision) e
 	}
 	want := v1.Descriptor{Digest: req.dgst, Size: -1}
 	if req.dgst == "" {
-		t, err := snap.Resolve(req.ref)
+		t, err := view.Resolve(req.ref)
 		if err != nil {
 			return err
 		}
 		d.Target, want = &t, v1.Descriptor{Digest: t.Digest, Size: t.Size}
-	} else if ts := snap.ByDigest(req.dgst); len(ts) > 0 {
+	} else if ts := view.ByDigest(req.dgst); len(ts) > 0 {
 		d.Target, want.Size = &ts[0], ts[0].Size
-	} else if desc, ok, err := s.authorize(ctx, req, snap, req.dgst); ok && isManifestType(desc.MediaType) {
+	} else if desc, ok, err := s.find(ctx, req, view, req.dgst); ok && manifest.IsType(desc.MediaType) {
 		want.Size = desc.Size
 	} else if err != nil {
 		return err
 	} else {
-		return &trust.RefusalError{GUN: req.gun, Ref: req.ref, Reason: trust.NotSigned,
+		return &Refusal{GUN: d.Repository, Ref: req.ref, Reason: Reason(trust.NotSigned),
 			Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}
 	}
 	d.Digest, d.Size, d.desc = want.Digest, want.Size, want
-	if req.check && (d.Rule.Scan == nil || s.gate == nil) {
+	if opt.check && (d.Rule.Scan == nil || s.gate == nil) {
 		return nil // check needs the manifest only for the scan gate
 	}
 	m, source, err := s.manifest(ctx, req, want)
@@ -175,7 +182,31 @@ func (s *Server) verifyRequest(ctx context.Context, req *request, d *Decision) e
 		return err
 	}
 	d.manifest, d.source = m, source
-	return s.scanStep(ctx, req, d, m)
+	return s.scanStep(ctx, req, d, m, opt.rescan)
+}
+
+// settleBlob settles the decision on a blob once it is known how its
+// serving ended, and returns the error the client is to get: a fill that
+// found the bytes are not the blob turns a Served decision into Denied
+// (digest_mismatch), the one refusal reached after decide. A served blob is
+// counted. Blobs decide refused or audited were logged there; an error that
+// is no verdict (the upstream failed, the client left) is no decision.
+func (s *Server) settleBlob(ctx context.Context, d *Decision, source string, err error) error {
+	if d.Verdict != Served {
+		return err
+	}
+	if m, ok := errors.AsType[*fill.MismatchError](err); ok {
+		d.deny(&Refusal{GUN: d.Repository, Ref: d.Ref, Reason: ReasonDigestMismatch, Detail: m.Detail})
+		if _, aborted := errors.AsType[*fill.AbortedError](err); !aborted {
+			err = d.refusal // nothing was sent yet: the client gets the refusal
+		}
+	} else if err != nil {
+		return err
+	} else {
+		s.metrics.served.WithLabelValues("blob", source).Inc()
+	}
+	s.logDecision(ctx, d)
+	return err
 }
 
 // logDecision writes d's decision line and counts it. Served blobs are
@@ -218,14 +249,4 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 		attrs = append(attrs, slog.String("message", d.Message))
 	}
 	s.decisions.LogAttrs(ctx, level, "decision", attrs...)
-}
-
-// refusalDecision is a Denied decision the proxy reaches outside decide,
-// on a request no rule can let through: a write.
-func refusalDecision(kind string, r *trust.RefusalError) *Decision {
-	d := &Decision{Repository: r.GUN, Ref: r.Ref, Kind: kind, Verdict: Denied, Reason: r.Reason, Message: r.Error(), refusal: r}
-	if dg, err := digest.Parse(r.Ref); err == nil {
-		d.Digest = dg
-	}
-	return d
 }

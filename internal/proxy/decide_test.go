@@ -51,30 +51,30 @@ func TestDecisionMatrix(t *testing.T) {
 
 	type want struct {
 		verdict string
-		reason  trust.Reason
+		reason  proxy.Reason
 		status  int    // of a denied request
 		code    string // of a denied request
 	}
 	served := want{verdict: "served", reason: "verified"}
-	denied := func(r trust.Reason) want { return want{"denied", r, http.StatusForbidden, "DENIED"} }
-	unknown := func(code string, r trust.Reason) want { return want{"denied", r, http.StatusNotFound, code} }
-	audit := func(r trust.Reason) want { return want{verdict: "audit", reason: r} }
+	denied := func(r proxy.Reason) want { return want{"denied", r, http.StatusForbidden, "DENIED"} }
+	unknown := func(code string, r proxy.Reason) want { return want{"denied", r, http.StatusNotFound, code} }
+	audit := func(r proxy.Reason) want { return want{verdict: "audit", reason: r} }
 	for _, c := range []struct {
 		repo, request          string
 		enforce, audit, norule want
 	}{
-		{"good", "signed tag", served, served, denied(trust.NoRule)},
-		{"good", "unsigned tag", unknown("MANIFEST_UNKNOWN", trust.NotSigned), audit(trust.NotSigned), denied(trust.NoRule)},
-		{"good", "unsigned digest", unknown("MANIFEST_UNKNOWN", trust.NotSigned), audit(trust.NotSigned), denied(trust.NoRule)},
-		{"good", "layer of signed", served, served, denied(trust.NoRule)},
-		{"good", "unreferenced layer", unknown("BLOB_UNKNOWN", proxy.ReasonNotReferenced), audit(proxy.ReasonNotReferenced), denied(trust.NoRule)},
-		{"good", "tags", served, served, denied(trust.NoRule)},
-		{"rogue", "signed tag", denied(trust.UntrustedSigner), audit(trust.UntrustedSigner), denied(trust.NoRule)},
-		{"rogue", "layer of signed", unknown("BLOB_UNKNOWN", proxy.ReasonNotReferenced), audit(proxy.ReasonNotReferenced), denied(trust.NoRule)},
-		{"rogue", "tags", served, served, denied(trust.NoRule)},
-		{"nodata", "signed tag", denied(trust.NoTrustData), audit(trust.NoTrustData), denied(trust.NoRule)},
-		{"nodata", "layer of signed", denied(trust.NoTrustData), audit(trust.NoTrustData), denied(trust.NoRule)},
-		{"nodata", "tags", denied(trust.NoTrustData), audit(trust.NoTrustData), denied(trust.NoRule)},
+		{"good", "signed tag", served, served, denied(proxy.Reason(trust.NoRule))},
+		{"good", "unsigned tag", unknown("MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned)), audit(proxy.Reason(trust.NotSigned)), denied(proxy.Reason(trust.NoRule))},
+		{"good", "unsigned digest", unknown("MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned)), audit(proxy.Reason(trust.NotSigned)), denied(proxy.Reason(trust.NoRule))},
+		{"good", "layer of signed", served, served, denied(proxy.Reason(trust.NoRule))},
+		{"good", "unreferenced layer", unknown("BLOB_UNKNOWN", proxy.ReasonNotReferenced), audit(proxy.ReasonNotReferenced), denied(proxy.Reason(trust.NoRule))},
+		{"good", "tags", served, served, denied(proxy.Reason(trust.NoRule))},
+		{"rogue", "signed tag", denied(proxy.Reason(trust.UntrustedSigner)), audit(proxy.Reason(trust.UntrustedSigner)), denied(proxy.Reason(trust.NoRule))},
+		{"rogue", "layer of signed", unknown("BLOB_UNKNOWN", proxy.ReasonNotReferenced), audit(proxy.ReasonNotReferenced), denied(proxy.Reason(trust.NoRule))},
+		{"rogue", "tags", served, served, denied(proxy.Reason(trust.NoRule))},
+		{"nodata", "signed tag", denied(proxy.Reason(trust.NoTrustData)), audit(proxy.Reason(trust.NoTrustData)), denied(proxy.Reason(trust.NoRule))},
+		{"nodata", "layer of signed", denied(proxy.Reason(trust.NoTrustData)), audit(proxy.Reason(trust.NoTrustData)), denied(proxy.Reason(trust.NoRule))},
+		{"nodata", "tags", denied(proxy.Reason(trust.NoTrustData)), audit(proxy.Reason(trust.NoTrustData)), denied(proxy.Reason(trust.NoRule))},
 	} {
 		for ns, want := range map[string]want{"library": c.enforce, "audit": c.audit, "norule": c.norule} {
 			path := ns + "/" + c.repo

@@ -1,14 +1,16 @@
-// Package proxy is trustproxy's HTTP surface: the read-only registry API
-// (/v2/ ping, manifests, blobs, tags/list) in front of the configured
-// upstreams, and the pull-through path onto distribution storage.
+// Package proxy is trustproxy's HTTP face and its decision: whether a
+// request is served, denied or audited, and what the client is sent.
 //
-// Every route to content asks the trust Verifier first; nothing reaches
-// storage or an upstream before the request's repository, reference and
-// upstream are validated and the reference is known to be signed (or, for
-// blobs and child manifests, referenced by a verified manifest of that
-// repository). Manifests are fetched by their signed digest, checked against
-// the signed sha256 and length, and stored byte for byte. Blobs are fetched
-// once per digest however many clients ask, hashed while streaming, and
-// committed to storage only when the digest verifies. Refusals are written as
-// registry error bodies from one function, writeError.
+// It serves the read-only registry API (/v2/ ping, manifests, blobs,
+// tags/list) and the admin API for posted scan reports. Every request for
+// content, and every write, is judged by decide (decide.go), the one place
+// a refusal is reached, logged as a decision line and counted in
+// trustproxy_decisions_total; every reason a refusal can give, with the
+// registry error it is sent as, is in one table (reasons.go); every error
+// body is written by writeError (errors.go).
+//
+// It never parses manifests (internal/manifest), keeps the reference graph
+// (internal/refgraph), downloads blobs (internal/fill), talks to upstreams
+// (internal/upstream) or verifies trust data (internal/trust) itself, and
+// it does not open its parts: internal/wiring does, from the configuration.
 package proxy

@@ -44,7 +44,7 @@ func TestDockerPullThroughMirror(t *testing.T) {
 	if out, err := d.Pull(ctx, "app:v2"); err == nil {
 		t.Fatalf("docker pull app:v2 (unsigned) succeeded:\n%s", out)
 	}
-	p.wantDecision(t, gun, "v2", "denied", trust.NotSigned)
+	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
 
 	// Named by trustproxy's own address, the daemon shows trustproxy's reason.
 	out, err := d.Pull(ctx, p.host+"/library/app:v2")
@@ -109,7 +109,7 @@ func TestContainerdPullThroughHostsToml(t *testing.T) {
 	if _, err := ctr("docker.io/library/app:v2"); err == nil {
 		t.Fatal("ctr pull of the unsigned app:v2 succeeded")
 	}
-	p.wantDecision(t, gun, "v2", "denied", trust.NotSigned)
+	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
 }
 
 // TestSkopeoCopy copies through trustproxy with skopeo, a client that
@@ -168,13 +168,13 @@ func TestClientsShowRefusalReasons(t *testing.T) {
 	type refusal struct {
 		name, repo, ref string
 		status          int
-		reason          trust.Reason
+		reason          proxy.Reason
 	}
 	refusals := []refusal{
-		{"unsigned tag", "library/app", "v2", http.StatusNotFound, trust.NotSigned},
-		{"unsigned digest", "library/app", unsigned.String(), http.StatusNotFound, trust.NotSigned},
-		{"untrusted signer", "library/rogue", "v1", http.StatusForbidden, trust.UntrustedSigner},
-		{"no trust data", "library/plain", "v1", http.StatusForbidden, trust.NoTrustData},
+		{"unsigned tag", "library/app", "v2", http.StatusNotFound, proxy.Reason(trust.NotSigned)},
+		{"unsigned digest", "library/app", unsigned.String(), http.StatusNotFound, proxy.Reason(trust.NotSigned)},
+		{"untrusted signer", "library/rogue", "v1", http.StatusForbidden, proxy.Reason(trust.UntrustedSigner)},
+		{"no trust data", "library/plain", "v1", http.StatusForbidden, proxy.Reason(trust.NoTrustData)},
 	}
 	reason := func(r refusal) string { return "(" + string(r.reason) + ")" }
 	clients := []struct {

@@ -10,9 +10,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/trust"
+	"github.com/trustproxy/trustproxy/internal/upstream"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden")
@@ -24,26 +27,28 @@ func TestWriteErrorGolden(t *testing.T) {
 		name string
 		err  error
 	}{
-		{"not signed", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "v2", Reason: trust.NotSigned,
+		{"not signed", &Refusal{GUN: "docker.io/library/app", Ref: "v2", Reason: Reason(trust.NotSigned),
 			Detail: "no signed target of that name in the roles the rule allows; sign it (docker trust sign / notary addhash) or pull a signed tag"}},
-		{"not referenced", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "sha256:" + strings.Repeat("c", 64), Reason: ReasonNotReferenced,
+		{"not referenced", &Refusal{GUN: "docker.io/library/app", Ref: "sha256:" + strings.Repeat("c", 64), Reason: ReasonNotReferenced,
 			Detail: "no verified manifest of this repository refers to this blob; pull a signed tag"}},
-		{"untrusted signer", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "v1", Reason: trust.UntrustedSigner,
+		{"untrusted signer", &Refusal{GUN: "docker.io/library/app", Ref: "v1", Reason: Reason(trust.UntrustedSigner),
 			Detail: "targets/releases is signed by key(s) abc, but the rule for docker.io/** trusts only alice"}},
-		{"digest refusal with cause", &trust.RefusalError{GUN: "docker.io/library/app", Ref: "sha256:" + strings.Repeat("a", 64),
+		{"digest refusal with cause", &Refusal{GUN: "docker.io/library/app", Ref: "sha256:" + strings.Repeat("a", 64),
 			Reason: ReasonDigestMismatch, Detail: "the upstream's blob hashes to sha256:bb… (10 bytes); nothing was cached"}},
-		{"whole repository", &trust.RefusalError{GUN: "docker.io/library/app", Reason: trust.NoTrustData,
+		{"whole repository", &Refusal{GUN: "docker.io/library/app", Reason: Reason(trust.NoTrustData),
 			Detail: "the trust server has no trust data for this repository", Err: errors.New("404")}},
-		{"read only", &trust.RefusalError{GUN: "docker.io/library/app", Reason: ReasonReadOnly,
+		{"read only", &Refusal{GUN: "docker.io/library/app", Reason: ReasonReadOnly,
 			Detail: "trustproxy is a read-only mirror; push to the upstream registry"}},
-		{"bad name", &requestError{codeNameInvalid, `invalid repository name "App"`}},
-		{"bad digest", &requestError{codeDigestInvalid, `invalid digest "sha256:../x": only sha256 digests are served`}},
-		{"unknown route", &requestError{codeNotFound, "unknown registry API route"}},
-		{"unknown upstream", &requestError{codeNameUnknown, `upstream "127.0.0.1:6379" (ns parameter) is not configured`}},
-		{"catalog", &requestError{codeUnsupported, "the catalog is not served: trustproxy lists no repositories"}},
-		{"upstream down", &upstreamError{code: codeUnavailable, err: errors.New("upstream docker.io unreachable: connection refused")}},
-		{"upstream lacks blob", &upstreamError{code: codeBlobUnknown, err: errors.New("upstream docker.io answered 404 Not Found")}},
-		{"other", errors.New("store manifest: disk full")},
+		{"bad name", &requestError{errcode.ErrorCodeNameInvalid, `invalid repository name "App"`}},
+		{"bad digest", &requestError{errcode.ErrorCodeDigestInvalid, `invalid digest "sha256:../x": only sha256 digests are served`}},
+		{"unknown route", &requestError{errcode.ErrorCodeNameUnknown, "unknown registry API route"}},
+		{"unknown upstream", &requestError{errcode.ErrorCodeNameUnknown, `upstream "127.0.0.1:6379" (ns parameter) is not configured`}},
+		{"catalog", &requestError{errcode.ErrorCodeUnsupported, "the catalog is not served: trustproxy lists no repositories"}},
+		{"upstream down", upstream.Unavailable(errors.New("upstream docker.io unreachable: connection refused"))},
+		{"upstream lacks blob", &upstream.Error{Code: errcode.ErrorCodeBlobUnknown, Err: errors.New("upstream docker.io answered 404 Not Found")}},
+		{"storage", &storageError{errors.New("store manifest sha256:aa…: mkdir /var/lib/trustproxy/docker/registry/v2/blobs/sha256/aa: no space left on device")}},
+		{"shutting down", fill.ErrClosing},
+		{"other", errors.New("something unforeseen")},
 	}
 	var got strings.Builder
 	for _, e := range errs {

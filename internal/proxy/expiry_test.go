@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 	"github.com/trustproxy/trustproxy/internal/trustserver"
@@ -89,8 +90,8 @@ func TestExpiredTimestampRefused(t *testing.T) {
 	}
 	p := w.start(t, time.Minute)
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.Expired)
-	p.wantDecision(t, gun, "v1", "denied", trust.Expired)
+	wantDenied(t, status, body, proxy.Reason(trust.Expired))
+	p.wantDecision(t, gun, "v1", "denied", proxy.Reason(trust.Expired))
 	if n := w.reg.ManifestGets(w.signed); n != 0 {
 		t.Fatalf("manifest fetched %d times under expired trust data", n)
 	}
@@ -128,5 +129,5 @@ func TestNotaryDownServesCacheUntilExpiry(t *testing.T) {
 	// though the manifest and its blobs are in storage.
 	time.Sleep(time.Until(expires) + 100*time.Millisecond)
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.Expired)
+	wantDenied(t, status, body, proxy.Reason(trust.Expired))
 }

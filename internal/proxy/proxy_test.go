@@ -70,8 +70,8 @@ func TestUnsignedRepositoryRefused(t *testing.T) {
 	p := w.start(t, "")
 
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/plain/manifests/1")
-	wantDenied(t, status, body, trust.NoTrustData)
-	p.wantDecision(t, "docker.io/library/plain", "1", "denied", trust.NoTrustData)
+	wantDenied(t, status, body, proxy.Reason(trust.NoTrustData))
+	p.wantDecision(t, "docker.io/library/plain", "1", "denied", proxy.Reason(trust.NoTrustData))
 	if n := w.Registry.Requests(http.MethodGet, "/manifests/1"); n != 0 {
 		t.Fatalf("the upstream was asked for the manifest %d times before trust said no", n)
 	}
@@ -95,14 +95,14 @@ func TestUntrustedSignerRefused(t *testing.T) {
 	p := w.start(t, "")
 
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/rogue/manifests/1")
-	wantDenied(t, status, body, trust.UntrustedSigner)
+	wantDenied(t, status, body, proxy.Reason(trust.UntrustedSigner))
 	if !strings.Contains(string(body), "alice") {
 		t.Errorf("refusal does not name the signer the rule wants: %s", body)
 	}
-	p.wantDecision(t, "docker.io/library/rogue", "1", "denied", trust.UntrustedSigner)
+	p.wantDecision(t, "docker.io/library/rogue", "1", "denied", proxy.Reason(trust.UntrustedSigner))
 
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/evil")
-	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
 	p.mustPull(t, "library/app:good")
 }
 
@@ -117,7 +117,7 @@ func TestTagMovedUpstreamServesSignedDigest(t *testing.T) {
 		t.Fatalf("served %s, want signed %s (upstream tag points at %s)", got, signed, moved)
 	}
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+moved.String())
-	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
 	if n := w.Registry.ManifestGets(moved); n != 0 {
 		t.Fatalf("the moved manifest was fetched %d times", n)
 	}
@@ -156,8 +156,8 @@ func TestUnsignedDigestAndUnreferencedBlobRefused(t *testing.T) {
 	p := w.start(t, "")
 
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+otherDigest.String())
-	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
-	p.wantDecision(t, gun, otherDigest.String(), "denied", trust.NotSigned)
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
+	p.wantDecision(t, gun, otherDigest.String(), "denied", proxy.Reason(trust.NotSigned))
 
 	layers, _ := other.Layers()
 	ld, _ := layers[0].Digest()
@@ -344,8 +344,8 @@ func TestRollbackRefused(t *testing.T) {
 	w.Notary.Replay(gun, old)
 	p2 := start(t, strings.Replace(w.config(t, p.dataDir, ""), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
 	status, _, body := p2.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.Rollback)
-	p2.wantDecision(t, gun, "v1", "denied", trust.Rollback)
+	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
+	p2.wantDecision(t, gun, "v1", "denied", proxy.Reason(trust.Rollback))
 }
 
 func TestNotaryDownUsesCachedMetadata(t *testing.T) {
@@ -446,11 +446,11 @@ func TestAuditModeServesAndLogsWhatItWouldRefuse(t *testing.T) {
 	if got := p.mustPull(t, "library/app:v2"); got != unsigned {
 		t.Fatalf("audit mode served %s for the unsigned tag, want the upstream's %s", got, unsigned)
 	}
-	p.wantDecision(t, gun, "v2", "audit", trust.NotSigned)
+	p.wantDecision(t, gun, "v2", "audit", proxy.Reason(trust.NotSigned))
 	if got := p.mustPull(t, "library/plain:1"); got != plain {
 		t.Fatalf("audit mode served %s for a repository without trust data", got)
 	}
-	p.wantDecision(t, "docker.io/library/plain", "1", "audit", trust.NoTrustData)
+	p.wantDecision(t, "docker.io/library/plain", "1", "audit", proxy.Reason(trust.NoTrustData))
 	// tags/list shows what audit mode serves: the upstream's tags.
 	if status, _, body := p.get(t, http.MethodGet, "/v2/library/app/tags/list"); status != 200 ||
 		strings.TrimSpace(string(body)) != `{"name":"library/app","tags":["v1","v2"]}` {

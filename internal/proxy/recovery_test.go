@@ -14,6 +14,7 @@ import (
 	"github.com/theupdateframework/notary/tuf/data"
 	"github.com/theupdateframework/notary/tuf/testutils"
 
+	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -51,7 +52,7 @@ func TestFastForwardRecoveryAfterTimestampKeyRotation(t *testing.T) {
 	a.mustPull(t, "library/app:v1")
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, -3))
 	status, body := a.manifestV1(t)
-	wantDenied(t, status, body, trust.Rollback)
+	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 }
 
 // TestSnapshotRoleVersionsNeverDecrease (T8, TUF 5.5.5): the server, which
@@ -81,7 +82,7 @@ func TestSnapshotRoleVersionsNeverDecrease(t *testing.T) {
 		if status == http.StatusOK {
 			t.Fatalf("%s served under a snapshot that pins an older targets/releases", name)
 		}
-		wantDenied(t, status, body, trust.Rollback)
+		wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 	}
 	lone := w.start(t, "", "")
 	if status, _, _ := lone.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != http.StatusOK {

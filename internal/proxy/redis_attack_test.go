@@ -454,7 +454,7 @@ func TestRedisWriterDenialBounded(t *testing.T) {
 		return start(t, strings.Replace(cfg, "refresh_ttl: 1h", "refresh_ttl: "+ttl.String()+"\n  refusal_ttl: "+ttl.String(), 1))
 	}
 	status, _, body := replica().get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.NoTrustData)
+	wantDenied(t, status, body, proxy.Reason(trust.NoTrustData))
 	attacker := newRedisWriter(t, rs.Addr())
 	refusals := attacker.save("trustproxy:refusal:*")
 	if len(refusals) != 1 {
@@ -558,7 +558,7 @@ func TestRedisReplayOfOldEntries(t *testing.T) {
 				t.Fatalf("replica %c served the old digest again", 'B'-i)
 			}
 			status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-			wantDenied(t, status, body, trust.Rollback)
+			wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 		}
 	})
 }
@@ -604,7 +604,7 @@ func TestRedisWriterCopiesAnotherDeployment(t *testing.T) {
 		t.Error("the fresh replica verified nothing itself")
 	}
 	status, _, body := b.get(t, http.MethodGet, "/v2/library/evil/manifests/v1")
-	wantDenied(t, status, body, trust.UntrustedSigner)
+	wantDenied(t, status, body, proxy.Reason(trust.UntrustedSigner))
 	for _, path := range []string{"/v2/library/evil/manifests/" + evil.String(), "/v2/library/evil/blobs/" + firstLayer(t, evilImg).String()} {
 		if status, _, _ := b.get(t, http.MethodGet, path); status == http.StatusOK {
 			t.Fatalf("GET %s served on the other deployment's entries", path)

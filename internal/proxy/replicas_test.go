@@ -19,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -76,7 +77,7 @@ func TestRollbackRefusedAcrossReplicas(t *testing.T) {
 			if status != http.StatusForbidden {
 				t.Fatalf("round %d, replica %c: the replayed older metadata was accepted: %d %s", round, 'B'+i, status, body)
 			}
-			wantDenied(t, status, body, trust.Rollback)
+			wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 		}
 	}
 	// Without Redis, a fresh replica has no floor and would accept it: what the shared floor prevents.
@@ -108,7 +109,7 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 				t.Fatalf("%s, replica %d: signed pull: %v", when, i, err)
 			}
 			status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v2")
-			wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
+			wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
 		}
 	}
 	pullAll("redis up")
@@ -189,7 +190,7 @@ func TestRevokedTagStopsOnEveryReplica(t *testing.T) {
 		if status != http.StatusNotFound {
 			t.Fatalf("replica %d still serves the revoked tag %s after revocation (refresh_ttl %s): %d %s", i, time.Since(revoked).Round(time.Millisecond), ttl, status, body)
 		}
-		wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", trust.NotSigned)
+		wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
 	}
 }
 
@@ -219,7 +220,7 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 	w.Notary.Replay(gun, old)
 	b := replica(", tls: {ca_file: " + redis.CAFile() + "}")
 	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.Rollback)
+	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 
 	plain := replica("") // speaks plain TCP to a TLS port
 	if got := plain.proxy.Ready(); !strings.HasPrefix(got, "degraded") {
@@ -244,7 +245,7 @@ func TestRefusalsSharedAcrossReplicas(t *testing.T) {
 	for i := range names * 3 {
 		path := fmt.Sprintf("/v2/made-up/repo-%d/manifests/latest", i%names)
 		status, _, body := replicas[i%3].get(t, http.MethodGet, path) // each name on each replica in turn
-		wantDenied(t, status, body, trust.NoTrustData)
+		wantDenied(t, status, body, proxy.Reason(trust.NoTrustData))
 	}
 	got := w.Notary.Requests("") - asked
 	t.Logf("%d requests for %d made-up names over 3 replicas: %d Notary requests", names*3, names, got)
@@ -370,7 +371,7 @@ func TestFreshReplicaRefusalDoesNotDenyOthers(t *testing.T) {
 	}
 	b := w.replica(t, t.TempDir(), storage, redis.Addr(), "")
 	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantDenied(t, status, body, trust.TrustUnavailable)
+	wantDenied(t, status, body, proxy.Reason(trust.TrustUnavailable))
 	if status, _, body := a.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
 		t.Fatalf("A after B's refusal: %d %s", status, body)
 	}

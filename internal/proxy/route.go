@@ -1,15 +1,19 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
 	"strings"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/trustproxy/trustproxy/internal/gun"
 	"github.com/trustproxy/trustproxy/internal/scan"
+	"github.com/trustproxy/trustproxy/internal/upstream"
 )
 
 // kind is what a /v2/ request asks for.
@@ -19,6 +23,7 @@ const (
 	kindManifest kind = iota
 	kindBlob
 	kindTags
+	kindWrite // any request that is not a GET or HEAD
 )
 
 func (k kind) String() string {
@@ -27,89 +32,108 @@ func (k kind) String() string {
 		return "blob"
 	case kindTags:
 		return "tags"
+	case kindWrite:
+		return "write"
 	}
 	return "manifest"
 }
 
 // request is a parsed and validated /v2/<name>/... request.
 type request struct {
-	kind     kind
-	upstream *upstream
-	repo     string // repository path at the upstream, e.g. library/alpine
-	gun      string // upstream name + "/" + repo, as Docker Content Trust names it
-	ref      string // tag or digest (manifests), digest (blobs)
-	dgst     digest.Digest
-	check    bool        // trustproxy check: decide without fetching the manifest unless the scan gate needs it
-	grant    *scan.Grant // a scanner's pull credential, checked to cover this request
-	rescan   bool        // trustproxy check --scan: scan the manifest now, before the gate decides
+	kind kind
+	from *upstream.Registry // the upstream the name routes to
+	name gun.Name
+	ref  string // tag or digest (manifests), digest (blobs); the method of a write
+	dgst digest.Digest
+	// authorization is the request's Authorization header: a scanner's
+	// pull credential, when it is one (decide's first step checks it).
+	authorization string
+	grant         *scan.Grant // the credential, once it is checked to cover this request
 }
 
-// A requestError is a request that cannot name any content: 400 or 404.
-type requestError struct {
-	code   errorCode
-	detail string
-}
-
-func (e *requestError) Error() string { return e.detail }
-
-// parse validates r before anything is looked up: the path must be in
-// canonical form (no percent-encoding, empty, "." or ".." segments), the name
-// must follow the reference grammar, the digest must parse, and the upstream
-// (chosen by the ns parameter or a path prefix) must be configured.
+// parse validates a GET or HEAD r before anything is looked up: the path
+// must be in canonical form (no percent-encoding, empty, "." or ".."
+// segments) and name a read route, the name must follow the reference
+// grammar once routed to a configured upstream (by the ns parameter or a
+// path prefix), and a digest must parse.
 func (s *Server) parse(r *http.Request) (*request, error) {
 	if strings.Contains(r.URL.RawPath, "%") || strings.Contains(r.URL.Path, "%") {
-		return nil, &requestError{codeNameInvalid, "percent-encoded request paths are not accepted"}
+		return nil, &requestError{errcode.ErrorCodeNameInvalid, "percent-encoded request paths are not accepted"}
 	}
-	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
-	if !ok {
-		return nil, &requestError{codeNotFound, "not a registry API path"}
-	}
-	name, k, ref, err := splitPath(rest)
+	req, err := s.route(r)
 	if err != nil {
 		return nil, err
-	}
-	up, repo, err := s.upstreams.pick(r.URL.Query(), name)
-	if err != nil {
-		return nil, err
-	}
-	req := &request{kind: k, upstream: up, repo: repo, gun: up.cfg.Name + "/" + repo, ref: ref}
-	if _, err := reference.WithName(req.gun); err != nil {
-		return nil, &requestError{codeNameInvalid, fmt.Sprintf("invalid repository name %q: %v", repo, err)}
 	}
 	switch {
-	case k == kindBlob || strings.Contains(ref, ":"):
-		d, err := digest.Parse(ref)
+	case req.kind == kindBlob || strings.Contains(req.ref, ":"):
+		d, err := digest.Parse(req.ref)
 		if err != nil || d.Algorithm() != digest.SHA256 {
-			return nil, &requestError{codeDigestInvalid, fmt.Sprintf("invalid digest %q: only sha256 digests are served", ref)}
+			return nil, &requestError{errcode.ErrorCodeDigestInvalid, fmt.Sprintf("invalid digest %q: only sha256 digests are served", req.ref)}
 		}
 		req.dgst = d
-	case k == kindManifest:
-		if !tagPattern.MatchString(ref) {
-			return nil, &requestError{codeTagInvalid, fmt.Sprintf("invalid tag %q", ref)}
+	case req.kind == kindManifest:
+		if !tagPattern.MatchString(req.ref) {
+			return nil, &requestError{errcode.ErrorCodeTagInvalid, fmt.Sprintf("invalid tag %q", req.ref)}
 		}
 	}
+	req.authorization = r.Header.Get("Authorization")
 	return req, nil
 }
 
-// splitPath splits "<name>/manifests/<ref>", "<name>/blobs/<digest>" and
-// "<name>/tags/list".
-func splitPath(rest string) (name string, k kind, ref string, err error) {
+// writeRequest is the write r as decide judges it: about the repository
+// its path names, when it names one.
+func (s *Server) writeRequest(r *http.Request) *request {
+	req, err := s.route(r)
+	if err != nil {
+		req = &request{}
+	}
+	req.kind, req.ref, req.dgst = kindWrite, r.Method, ""
+	return req
+}
+
+// route splits r's path, the one path parser of every route, and routes
+// its name to an upstream: "<name>/manifests/<ref>", "<name>/blobs/<digest>",
+// "<name>/tags/list" and, for a write, "<name>/blobs/uploads/[<id>]".
+func (s *Server) route(r *http.Request) (*request, error) {
+	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
+	if !ok {
+		return nil, &requestError{errcode.ErrorCodeNameUnknown, "not a registry API path"}
+	}
 	segs := strings.Split(rest, "/")
-	for _, s := range segs {
+	n := len(segs)
+	read := r.Method == http.MethodGet || r.Method == http.MethodHead
+	upload := !read && n >= 4 && segs[n-3] == "blobs" && segs[n-2] == "uploads"
+	checked := segs
+	if upload {
+		checked = segs[:n-1] // the upload's id, or "" for a new upload
+	}
+	for _, s := range checked {
 		if s == "" || s == "." || s == ".." {
-			return "", 0, "", &requestError{codeNameInvalid, "request path has empty, \".\" or \"..\" segments"}
+			return nil, &requestError{errcode.ErrorCodeNameInvalid, "request path has empty, \".\" or \"..\" segments"}
 		}
 	}
-	n := len(segs)
+	var k kind
+	var name, ref string
 	switch {
+	case upload:
+		name, k = strings.Join(segs[:n-3], "/"), kindWrite
 	case n >= 3 && segs[n-2] == "manifests":
-		return strings.Join(segs[:n-2], "/"), kindManifest, segs[n-1], nil
+		name, k, ref = strings.Join(segs[:n-2], "/"), kindManifest, segs[n-1]
 	case n >= 3 && segs[n-2] == "blobs":
-		return strings.Join(segs[:n-2], "/"), kindBlob, segs[n-1], nil
+		name, k, ref = strings.Join(segs[:n-2], "/"), kindBlob, segs[n-1]
 	case n >= 3 && segs[n-2] == "tags" && segs[n-1] == "list":
-		return strings.Join(segs[:n-2], "/"), kindTags, "", nil
+		name, k = strings.Join(segs[:n-2], "/"), kindTags
+	default:
+		return nil, &requestError{errcode.ErrorCodeNameUnknown, "unknown registry API route"}
 	}
-	return "", 0, "", &requestError{codeNotFound, "unknown registry API route"}
+	from, repo, err := s.upstreams.Route(r.URL.Query(), name)
+	if nc, ok := errors.AsType[*upstream.NotConfiguredError](err); ok {
+		return nil, &requestError{errcode.ErrorCodeNameUnknown, nc.Error()}
+	}
+	if err != nil {
+		return nil, &requestError{errcode.ErrorCodeNameInvalid, err.Error()}
+	}
+	return &request{kind: k, from: from, name: repo, ref: ref}, nil
 }
 
 // tagPattern is the tag grammar of the distribution spec, anchored.

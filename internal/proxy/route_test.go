@@ -3,26 +3,26 @@ package proxy
 import (
 	"bufio"
 	"errors"
-	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/google/go-cmp/cmp"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/upstream"
 )
 
 // parseServer is a Server with only what parse reads: docker.io (the
 // default) and ghcr.io.
 func parseServer(t testing.TB) *Server {
 	t.Helper()
-	ups, err := newUpstreams(&config.Config{
+	ups, err := upstream.NewSet(&config.Config{
 		Upstreams: []config.Upstream{
 			{Name: "docker.io", URL: "https://registry-1.docker.io"},
 			{Name: "ghcr.io", URL: "https://ghcr.io"},
@@ -58,17 +58,11 @@ func parseOutcome(req *request, err error) outcome {
 		}
 		return outcome{Err: "not a *requestError: " + err.Error()}
 	}
-	return outcome{Req: &parsed{Kind: req.kind, Upstream: req.upstream.cfg.Name, Repo: req.repo, GUN: req.gun, Ref: req.ref, Digest: req.dgst}}
+	return outcome{Req: &parsed{Kind: req.kind, Upstream: req.from.Name(), Repo: req.name.Path(), GUN: req.name.String(), Ref: req.ref, Digest: req.dgst}}
 }
 
-// codeName names c in test diffs. codeNotFound has no registry code of its
-// own (writeError sends NAME_UNKNOWN), so it keeps its Go name.
-func codeName(c errorCode) string {
-	if c == codeNotFound {
-		return "codeNotFound"
-	}
-	return c.registry().String()
-}
+// codeName names c in test diffs.
+func codeName(c errcode.ErrorCode) string { return c.String() }
 
 const (
 	alpineDigest = "sha256:4bcff63911fcb4448bd4fdacec207030997caf25e9bea4045fa6c8c44de311d1"
@@ -91,7 +85,7 @@ func ok(k kind, upstream, repo, ref string, dgst digest.Digest) outcome {
 	return outcome{Req: &parsed{Kind: k, Upstream: upstream, Repo: repo, GUN: upstream + "/" + repo, Ref: ref, Digest: dgst}}
 }
 
-func refused(c errorCode) outcome { return outcome{Err: codeName(c)} }
+func refused(c errcode.ErrorCode) outcome { return outcome{Err: codeName(c)} }
 
 var (
 	longHex = strings.Repeat("a", 1<<20)
@@ -117,9 +111,9 @@ var parseTests = []parseTest{
 	{name: "ns wins over a path prefix", target: "/v2/ghcr.io/org/img/manifests/1?ns=docker.io",
 		want: ok(kindManifest, "docker.io", "ghcr.io/org/img", "1", "")},
 	{name: "ns not configured", target: "/v2/library/alpine/manifests/3?ns=127.0.0.1:6379",
-		want: refused(codeNameUnknown)},
+		want: refused(errcode.ErrorCodeNameUnknown)},
 	{name: "ns url not configured", target: "/v2/library/alpine/manifests/3?ns=" + url.QueryEscape("http://127.0.0.1:6379/"),
-		want: refused(codeNameUnknown)},
+		want: refused(errcode.ErrorCodeNameUnknown)},
 	{name: "empty ns is the default", target: "/v2/library/alpine/manifests/3?ns=",
 		want: ok(kindManifest, "docker.io", "library/alpine", "3", "")},
 	{name: "path prefix ghcr.io", target: "/v2/ghcr.io/org/img/manifests/1",
@@ -131,90 +125,90 @@ var parseTests = []parseTest{
 	{name: "manifest by digest", target: "/v2/library/alpine/manifests/" + alpineDigest,
 		want: ok(kindManifest, "docker.io", "library/alpine", alpineDigest, alpineDigest)},
 	{name: "manifest by sha512 digest", target: "/v2/library/alpine/manifests/" + sha512Digest,
-		want: refused(codeDigestInvalid)},
+		want: refused(errcode.ErrorCodeDigestInvalid)},
 	{name: "blob", target: "/v2/library/alpine/blobs/" + alpineDigest,
 		want: ok(kindBlob, "docker.io", "library/alpine", alpineDigest, alpineDigest)},
 	{name: "blob on ghcr.io", target: "/v2/ghcr.io/org/img/blobs/" + alpineDigest,
 		want: ok(kindBlob, "ghcr.io", "org/img", alpineDigest, alpineDigest)},
 	{name: "blob digest with dot segments", target: "/v2/library/alpine/blobs/sha256:../../x",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "blob digest with encoded dot segments", target: "/v2/library/alpine/blobs/sha256:..%2F..%2Fx",
 		url:  &url.URL{Path: "/v2/library/alpine/blobs/sha256:../../x", RawPath: "/v2/library/alpine/blobs/sha256:..%2F..%2Fx"},
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "blob digest with dots", target: "/v2/library/alpine/blobs/sha256:..",
-		want: refused(codeDigestInvalid)},
+		want: refused(errcode.ErrorCodeDigestInvalid)},
 	{name: "blob digest of 1 MB hex", target: "/v2/library/alpine/blobs/sha256:" + longHex,
-		want: refused(codeDigestInvalid)},
+		want: refused(errcode.ErrorCodeDigestInvalid)},
 	{name: "blob sha512 digest", target: "/v2/library/alpine/blobs/" + sha512Digest,
-		want: refused(codeDigestInvalid)},
+		want: refused(errcode.ErrorCodeDigestInvalid)},
 	{name: "blob uppercase hex", target: "/v2/library/alpine/blobs/" + strings.ToUpper(alpineDigest),
-		want: refused(codeDigestInvalid)},
+		want: refused(errcode.ErrorCodeDigestInvalid)},
 	{name: "blob by tag", target: "/v2/library/alpine/blobs/latest",
-		want: refused(codeDigestInvalid)},
+		want: refused(errcode.ErrorCodeDigestInvalid)},
 	{name: "uppercase name", target: "/v2/library/Alpine/manifests/3",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "name of 255 characters", target: "/v2/" + repo255 + "/manifests/3",
 		want: ok(kindManifest, "docker.io", repo255, "3", "")},
 	{name: "name over 255 characters", target: "/v2/" + repo256 + "/manifests/3",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "encoded dot dot", target: "/v2/library/%2e%2e/manifests/3",
 		url:  &url.URL{Path: "/v2/library/../manifests/3", RawPath: "/v2/library/%2e%2e/manifests/3"},
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "encoded slash", target: "/v2/library%2Falpine/manifests/3",
 		url:  &url.URL{Path: "/v2/library/alpine/manifests/3", RawPath: "/v2/library%2Falpine/manifests/3"},
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "needlessly encoded letter", target: "/v2/library/%61lpine/manifests/3",
 		url:  &url.URL{Path: "/v2/library/alpine/manifests/3", RawPath: "/v2/library/%61lpine/manifests/3"},
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "encoded percent", target: "/v2/library/alpine%25/manifests/3",
 		url:  &url.URL{Path: "/v2/library/alpine%/manifests/3"},
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "NUL byte", target: "/v2/library/alp%00ine/manifests/3",
 		url:  &url.URL{Path: "/v2/library/alp\x00ine/manifests/3"},
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "doubled slash", target: "/v2/library//alpine/manifests/3",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "trailing slash", target: "/v2/library/alpine/manifests/3/",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "dot segment", target: "/v2/library/./alpine/manifests/3",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "dot dot segment", target: "/v2/library/../alpine/manifests/3",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "dot dot escaping the prefix", target: "/v2/ghcr.io/../org/img/manifests/1",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "tag with invalid characters", target: "/v2/library/alpine/manifests/v1+build;$x=@y",
-		want: refused(codeTagInvalid)},
+		want: refused(errcode.ErrorCodeTagInvalid)},
 	// net/http keeps RawPath for characters it would escape itself, such as
 	// "(", so parse refuses them as encoded before looking at the tag.
 	{name: "tag with parentheses", target: "/v2/library/alpine/manifests/3$(id)",
 		url:  &url.URL{Path: "/v2/library/alpine/manifests/3$(id)", RawPath: "/v2/library/alpine/manifests/3$(id)"},
-		want: refused(codeTagInvalid)},
+		want: refused(errcode.ErrorCodeTagInvalid)},
 	{name: "tag starting with a dot", target: "/v2/library/alpine/manifests/.3",
-		want: refused(codeTagInvalid)},
+		want: refused(errcode.ErrorCodeTagInvalid)},
 	{name: "tag of 128 characters", target: "/v2/library/alpine/manifests/" + tag128,
 		want: ok(kindManifest, "docker.io", "library/alpine", tag128, "")},
 	{name: "tag of 129 characters", target: "/v2/library/alpine/manifests/" + tag129,
-		want: refused(codeTagInvalid)},
+		want: refused(errcode.ErrorCodeTagInvalid)},
 	{name: "tags list", target: "/v2/library/alpine/tags/list",
 		want: ok(kindTags, "docker.io", "library/alpine", "", "")},
 	{name: "tags list on ghcr.io", target: "/v2/org/img/tags/list?ns=ghcr.io&n=10",
 		want: ok(kindTags, "ghcr.io", "org/img", "", "")},
 	{name: "tags without list", target: "/v2/library/alpine/tags/all",
-		want: refused(codeNotFound)},
+		want: refused(errcode.ErrorCodeNameUnknown)},
 	{name: "unknown route", target: "/v2/library/alpine/foo/bar",
-		want: refused(codeNotFound)},
+		want: refused(errcode.ErrorCodeNameUnknown)},
 	{name: "manifests without name", target: "/v2/manifests/3",
-		want: refused(codeNotFound)},
+		want: refused(errcode.ErrorCodeNameUnknown)},
 	{name: "catalog", target: "/v2/_catalog",
-		want: refused(codeNotFound)},
+		want: refused(errcode.ErrorCodeNameUnknown)},
 	{name: "not under /v2/", target: "/v1/library/alpine/manifests/3",
-		want: refused(codeNotFound)},
+		want: refused(errcode.ErrorCodeNameUnknown)},
 	// ServeHTTP answers /v2/ (the ping) before parse; parse alone sees an
 	// empty name.
 	{name: "v2 root", target: "/v2/",
-		want: refused(codeNameInvalid)},
+		want: refused(errcode.ErrorCodeNameInvalid)},
 	{name: "v2 without slash", target: "/v2",
-		want: refused(codeNotFound)},
+		want: refused(errcode.ErrorCodeNameUnknown)},
 }
 
 func (tt parseTest) request() *http.Request {
@@ -269,11 +263,11 @@ func TestParseUnknownNSBuildsNoUpstream(t *testing.T) {
 		if req != nil {
 			t.Errorf("ns=%s: parsed %+v, want an error", ns, req)
 		}
-		if e, ok := errors.AsType[*requestError](err); !ok || e.code != codeNameUnknown {
+		if e, ok := errors.AsType[*requestError](err); !ok || e.code != errcode.ErrorCodeNameUnknown {
 			t.Errorf("ns=%s: error %v, want NAME_UNKNOWN", ns, err)
 		}
 	}
-	if diff := cmp.Diff([]string{"docker.io", "ghcr.io"}, slices.Sorted(maps.Keys(s.upstreams.byName))); diff != "" {
+	if diff := cmp.Diff([]string{"docker.io", "ghcr.io"}, s.upstreams.Names()); diff != "" {
 		t.Errorf("upstreams changed (-want +got):\n%s", diff)
 	}
 }

@@ -256,6 +256,13 @@ func TestScanCredentialOnlyForItsDigest(t *testing.T) {
 		status, _, body := p.get(t, http.MethodGet, path, "Authorization", auth)
 		wantDenied(t, status, body, proxy.ReasonScanCredential)
 	}
+	// Each refusal is a decision like any other: logged and counted.
+	p.wantDecision(t, "docker.io/library/app", other.String(), "denied", proxy.ReasonScanCredential)
+	p.wantDecision(t, "docker.io/library/other", "v1", "denied", proxy.ReasonScanCredential)
+	p.wantDecision(t, "docker.io/library/app", "", "denied", proxy.ReasonScanCredential)
+	if n := p.refusals(t, proxy.ReasonScanCredential); n != 5 {
+		t.Fatalf("trustproxy_decisions_total{verdict=denied,reason=scan_credential} = %v, want 5", n)
+	}
 	forged := auth[:len(auth)-2] + "AA"
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+signed.String(), "Authorization", forged)
 	wantDenied(t, status, body, proxy.ReasonScanCredential)

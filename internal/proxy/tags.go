@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 )
 
 // maxTagsPage bounds one page of tags/list.
@@ -16,16 +18,13 @@ const maxTagsPage = 1000
 // paginated with n and last as the distribution spec says. A rule in audit
 // mode lists the upstream's tags (its first maxTagsPage), as it serves them.
 func (s *Server) serveTags(w http.ResponseWriter, r *http.Request, req *request) error {
-	d, err := s.decide(r.Context(), req)
+	d, err := s.decide(r.Context(), req, decideOptions{})
 	if err != nil {
-		return err
-	}
-	if err := d.Err(); err != nil {
 		return err
 	}
 	var tags []string
 	if d.upstream {
-		if tags, err = req.upstream.tags(r.Context(), req.repo); err != nil {
+		if tags, err = req.from.Tags(r.Context(), req.name.Path(), maxTagsPage); err != nil {
 			return err
 		}
 	} else {
@@ -39,7 +38,7 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request, req *request)
 	if v := q.Get("n"); v != "" {
 		k, err := strconv.Atoi(v)
 		if err != nil || k < 0 {
-			return &requestError{codePaginationInvalid, fmt.Sprintf("invalid n %q", v)}
+			return &requestError{errcode.ErrorCodePaginationNumberInvalid, fmt.Sprintf("invalid n %q", v)}
 		}
 		n = min(k, maxTagsPage)
 	}
@@ -66,5 +65,5 @@ func (s *Server) serveTags(w http.ResponseWriter, r *http.Request, req *request)
 	return json.NewEncoder(w).Encode(struct {
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
-	}{req.repo, tags})
+	}{req.name.Path(), tags})
 }

@@ -37,10 +37,10 @@ import (
 // wantRefusal asserts the registry error of a refusal for reason: 404
 // MANIFEST_UNKNOWN for not_signed, 404 BLOB_UNKNOWN for not_referenced
 // (what the trust view does not hold is not there), else 403 DENIED.
-func wantRefusal(t *testing.T, status int, body []byte, reason trust.Reason) {
+func wantRefusal(t *testing.T, status int, body []byte, reason proxy.Reason) {
 	t.Helper()
 	switch reason {
-	case trust.NotSigned:
+	case proxy.Reason(trust.NotSigned):
 		wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", reason)
 	case proxy.ReasonNotReferenced:
 		wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", reason)
@@ -241,7 +241,7 @@ func (p *instance) manifestV1(t *testing.T) (int, []byte) {
 }
 
 // refusals reads trustproxy_decisions_total{verdict="denied",reason}.
-func (p *instance) refusals(t *testing.T, reason trust.Reason) float64 {
+func (p *instance) refusals(t *testing.T, reason proxy.Reason) float64 {
 	t.Helper()
 	return p.decisions(t, "denied", string(reason))
 }

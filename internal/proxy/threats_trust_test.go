@@ -19,6 +19,7 @@ import (
 	"github.com/theupdateframework/notary/tuf/data"
 	"github.com/theupdateframework/notary/tuf/testutils"
 
+	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -39,9 +40,9 @@ func TestUnsignedTagRefused(t *testing.T) {
 	before := asked()
 
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v2")
-	wantRefusal(t, status, body, trust.NotSigned)
-	p.wantDecision(t, gun, "v2", "denied", trust.NotSigned)
-	if n := p.refusals(t, trust.NotSigned); n != 1 {
+	wantRefusal(t, status, body, proxy.Reason(trust.NotSigned))
+	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
+	if n := p.refusals(t, proxy.Reason(trust.NotSigned)); n != 1 {
 		t.Fatalf("trustproxy_decisions_total{denied,not_signed} = %v, want 1", n)
 	}
 	if status, _, _ := p.get(t, http.MethodHead, "/v2/library/app/manifests/v2"); !refused(status) {
@@ -78,7 +79,7 @@ func TestOtherRepositoryTrustDataRefused(t *testing.T) {
 		if status == http.StatusOK {
 			t.Fatalf("%s: served library/app:v1 under library/other's trust data", name)
 		}
-		wantRefusal(t, status, body, trust.NotPinned)
+		wantRefusal(t, status, body, proxy.Reason(trust.NotPinned))
 	}
 	if n := w.Registry.Requests("", "") - before; n != 0 {
 		t.Fatalf("%d upstream requests under another repository's trust data", n)
@@ -155,7 +156,7 @@ func TestConcurrentReplicaWritesKeepHighestFloor(t *testing.T) {
 
 	only.Store(&lo)
 	status, body := replica().manifestV1(t)
-	wantRefusal(t, status, body, trust.Rollback)
+	wantRefusal(t, status, body, proxy.Reason(trust.Rollback))
 	only.Store(&hi)
 	if status, body := replica().manifestV1(t); status != http.StatusOK {
 		t.Fatalf("a new replica shown the highest timestamp: %d %s", status, body)
@@ -180,11 +181,11 @@ func TestExpiredTrustDataRefused(t *testing.T) {
 			}
 			p := w.start(t, "", "")
 			status, body := p.manifestV1(t)
-			wantRefusal(t, status, body, trust.Expired)
+			wantRefusal(t, status, body, proxy.Reason(trust.Expired))
 			if !strings.Contains(string(body), "expired") {
 				t.Errorf("refusal %s does not say the trust data expired", body)
 			}
-			if n := p.refusals(t, trust.Expired); n != 1 {
+			if n := p.refusals(t, proxy.Reason(trust.Expired)); n != 1 {
 				t.Errorf("trustproxy_decisions_total{denied,expired} = %v, want 1", n)
 			}
 			if n := w.reg.ManifestGets(w.signed); n != 0 {
@@ -221,7 +222,7 @@ func TestNotaryDownRefusedAfterMaxStaleness(t *testing.T) {
 	}
 	time.Sleep(time.Until(fresh.Add(staleness + 200*time.Millisecond)))
 	status, body := p.manifestV1(t)
-	wantRefusal(t, status, body, trust.TrustUnavailable)
+	wantRefusal(t, status, body, proxy.Reason(trust.TrustUnavailable))
 	if !strings.Contains(string(body), "max_staleness") {
 		t.Fatalf("refusal %s does not name max_staleness", body)
 	}
@@ -281,13 +282,13 @@ func TestRootRotationAcceptedAndShared(t *testing.T) {
 	}
 
 	status, _, body := w.replica(t, t.TempDir(), oldID).get(t, http.MethodGet, "/v2/library/app/manifests/v2")
-	wantRefusal(t, status, body, trust.NotPinned)
+	wantRefusal(t, status, body, proxy.Reason(trust.NotPinned))
 	if got := w.replica(t, t.TempDir(), oldID, newID).mustPull(t, "library/app:v2"); got != signed {
 		t.Fatalf("a new replica with the new root pinned too: served %s", got)
 	}
 	w.Notary.Replay(gun, before)
 	status, _, body = w.replica(t, t.TempDir(), oldID, newID).get(t, http.MethodGet, "/v2/library/app/manifests/v1")
-	wantRefusal(t, status, body, trust.Rollback)
+	wantRefusal(t, status, body, proxy.Reason(trust.Rollback))
 }
 
 // TestRootRotationWithoutOldKeyRefused (T14): both root certificates are
@@ -310,7 +311,7 @@ func TestRootRotationWithoutOldKeyRefused(t *testing.T) {
 	}))
 	bumpSnapshotAndTimestamp(t, s, data.CanonicalRootRole)
 	status, body := p.manifestV1(t)
-	wantRefusal(t, status, body, trust.NotPinned)
+	wantRefusal(t, status, body, proxy.Reason(trust.NotPinned))
 	t.Logf("refusal: %s", body)
 
 	must(t, w.repo.ReplaceBaseKeys(data.CanonicalRootRole, newRoot))
@@ -368,7 +369,7 @@ func TestManyRootRotationsRefused(t *testing.T) {
 			return true
 		})
 		status, body := p.manifestV1(t)
-		wantRefusal(t, status, body, trust.InvalidMetadata)
+		wantRefusal(t, status, body, proxy.Reason(trust.InvalidMetadata))
 		if !strings.Contains(string(body), "limits.max_root_rotations") {
 			t.Errorf("refusal %s does not name limits.max_root_rotations", body)
 		}
@@ -399,7 +400,7 @@ func TestManyRootRotationsRefused(t *testing.T) {
 		peak := watchHeap(t)
 		status, body := p.manifestV1(t)
 		grew := peak()
-		wantRefusal(t, status, body, trust.InvalidMetadata)
+		wantRefusal(t, status, body, proxy.Reason(trust.InvalidMetadata))
 		if !strings.Contains(string(body), "limits.root_bytes") {
 			t.Errorf("refusal %s does not name limits.root_bytes", body)
 		}
@@ -468,7 +469,7 @@ func TestEndlessTimestampRefused(t *testing.T) {
 	begin := time.Now()
 	status, body := p.manifestV1(t)
 	took := time.Since(begin)
-	wantRefusal(t, status, body, trust.InvalidMetadata)
+	wantRefusal(t, status, body, proxy.Reason(trust.InvalidMetadata))
 	if !strings.Contains(string(body), "limits.timestamp_bytes") {
 		t.Errorf("refusal %s does not name limits.timestamp_bytes", body)
 	}
@@ -508,7 +509,7 @@ func TestTricklingNotaryBounded(t *testing.T) {
 	begin := time.Now()
 	status, body := cold.manifestV1(t)
 	took := time.Since(begin)
-	wantRefusal(t, status, body, trust.TrustUnavailable)
+	wantRefusal(t, status, body, proxy.Reason(trust.TrustUnavailable))
 	t.Logf("trickled timestamp, nothing cached: refused after %s", took.Round(time.Millisecond))
 	if took > 2*time.Second+3*time.Second {
 		t.Errorf("refused after %s: past the update's 2s deadline", took)
@@ -548,7 +549,7 @@ func TestThresholdNotMetRefused(t *testing.T) {
 			bumpSnapshotAndTimestamp(t, s, changed)
 			p := w.start(t, "", "")
 			status, body := p.manifestV1(t)
-			wantRefusal(t, status, body, trust.InvalidMetadata)
+			wantRefusal(t, status, body, proxy.Reason(trust.InvalidMetadata))
 			if n := w.reg.ManifestGets(w.signed); n != 0 {
 				t.Fatalf("the manifest was fetched %d times", n)
 			}
@@ -577,7 +578,7 @@ func TestDuplicateSignaturesCountedOnce(t *testing.T) {
 	bumpSnapshotAndTimestamp(t, s, data.CanonicalRootRole, data.CanonicalTargetsRole)
 	p := w.start(t, "", "")
 	status, body := p.manifestV1(t)
-	wantRefusal(t, status, body, trust.InvalidMetadata)
+	wantRefusal(t, status, body, proxy.Reason(trust.InvalidMetadata))
 	if n := w.reg.ManifestGets(w.signed); n != 0 {
 		t.Fatalf("the manifest was fetched %d times", n)
 	}
@@ -605,7 +606,7 @@ func TestHashMismatchRefused(t *testing.T) {
 			})
 			p := w.start(t, "", "")
 			status, body := p.manifestV1(t)
-			wantRefusal(t, status, body, trust.InvalidMetadata)
+			wantRefusal(t, status, body, proxy.Reason(trust.InvalidMetadata))
 			if n := w.reg.ManifestGets(w.signed); n != 0 {
 				t.Fatalf("the manifest was fetched %d times", n)
 			}
@@ -632,7 +633,7 @@ func TestTagOnlyInOtherDelegationRefused(t *testing.T) {
 	for tag, d := range map[string]string{"in-a": a.String(), "in-x": x.String()} {
 		for _, ref := range []string{tag, d} {
 			status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+ref)
-			wantRefusal(t, status, body, trust.NotSigned)
+			wantRefusal(t, status, body, proxy.Reason(trust.NotSigned))
 		}
 	}
 	if n := w.reg.ManifestGets(a) + w.reg.ManifestGets(x); n != 0 {
@@ -660,7 +661,7 @@ func TestExpiredReleasesDoesNotFallThrough(t *testing.T) {
 	bumpSnapshotAndTimestamp(t, s, testenv.Releases)
 	p := w.start(t, "", "")
 	status, body := p.manifestV1(t)
-	wantRefusal(t, status, body, trust.Expired)
+	wantRefusal(t, status, body, proxy.Reason(trust.Expired))
 	if !strings.Contains(string(body), testenv.Releases) {
 		t.Errorf("refusal %s does not name %s", body, testenv.Releases)
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/sample"
 	"github.com/trustproxy/trustproxy/internal/testenv"
-	"github.com/trustproxy/trustproxy/internal/trust"
+	"github.com/trustproxy/trustproxy/internal/wiring"
 )
 
 // world is a real upstream registry and a real notary-server with two
@@ -151,7 +151,7 @@ func startAt(t *testing.T, cfg func(url string) string) *instance {
 	logs := &testenv.LogBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
-	p, err := proxy.Open(t.Context(), c, log, reg)
+	p, err := wiring.Open(t.Context(), c, log, reg)
 	if err != nil {
 		t.Fatalf("proxy.Open: %v", err)
 	}
@@ -219,7 +219,7 @@ func (p *instance) get(t *testing.T, method, path string, header ...string) (int
 
 // wantDenied asserts a 403 DENIED registry error whose message names reason:
 // a reference, repository or content that fails a policy.
-func wantDenied(t *testing.T, status int, body []byte, reason trust.Reason) {
+func wantDenied(t *testing.T, status int, body []byte, reason proxy.Reason) {
 	t.Helper()
 	wantRefused(t, status, body, http.StatusForbidden, "DENIED", reason)
 }
@@ -228,7 +228,7 @@ func wantDenied(t *testing.T, status int, body []byte, reason trust.Reason) {
 // names reason. A reference that a verified trust view does not hold is 404
 // MANIFEST_UNKNOWN (not_signed) or BLOB_UNKNOWN (not_referenced); other
 // refusals are 403 DENIED (wantDenied).
-func wantRefused(t *testing.T, status int, body []byte, wantStatus int, code string, reason trust.Reason) {
+func wantRefused(t *testing.T, status int, body []byte, wantStatus int, code string, reason proxy.Reason) {
 	t.Helper()
 	var e struct {
 		Errors []struct{ Code, Message string } `json:"errors"`
@@ -267,7 +267,7 @@ func (p *instance) decision(t *testing.T, repo, ref string) map[string]any {
 }
 
 // wantDecision asserts the last decision about repo and ref.
-func (p *instance) wantDecision(t *testing.T, repo, ref, verdict string, reason trust.Reason) {
+func (p *instance) wantDecision(t *testing.T, repo, ref, verdict string, reason proxy.Reason) {
 	t.Helper()
 	d := p.decision(t, repo, ref)
 	if d["verdict"] != verdict || d["reason"] != string(reason) {

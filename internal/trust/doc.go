@@ -4,7 +4,7 @@
 // It uses the notary client library for the TUF update workflow (root
 // pinning, rotation, thresholds, expiry, version floors) and adds what notary
 // leaves out: tighter size caps, a cap on root rotations, timeouts, the
-// docker rules for which roles count, the signer policy and a Snapshot with
+// docker rules for which roles count, the signer policy and a View with
 // reasons. It knows nothing of HTTP routes or registry storage. Rules and
 // signers arrive compiled and validated by config.Load; the caller finds the
 // rule for a GUN (config.Trust.RuleFor) and applies its mode, and trust
@@ -51,12 +51,12 @@
 // notary ignores cache errors (it logs them): a failed write would leave no
 // version floor. Every cache error but "not cached" fails the update.
 //
-// A Snapshot is reused until min(refresh TTL, earliest expiry of the root,
+// A View is reused until min(refresh TTL, earliest expiry of the root,
 // timestamp, snapshot, targets and the allowed delegations). When the Notary
 // server gives no fresh timestamp (unreachable, slow, 404, 5xx), notary falls
 // back to the cached one while it is valid. trustproxy counts that as
 // unreachable (a warning, trust_refresh_total{result="unreachable"},
-// Snapshot.Unreachable) and refuses the repository once the last fresh
+// View.Unreachable) and refuses the repository once the last fresh
 // timestamp is older than the rule's max_staleness, whatever the cached
 // timestamp's own expiry.
 package trust

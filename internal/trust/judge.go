@@ -12,12 +12,12 @@ import (
 	"github.com/trustproxy/trustproxy/config"
 )
 
-// judge builds the Snapshot of a verified repository under rule r. For each
+// judge builds the View of a verified repository under rule r. For each
 // tag the first of r's roles holding it decides (docker semantics); only
 // those exact roles count, and only roles notary loaded as valid (an expired
 // or under-signed delegation is absent, so its tags fall through).
-func judge(repo *tuf.Repo, gun string, r *config.Rule, now time.Time) *Snapshot {
-	s := &Snapshot{GUN: gun, Targets: map[string]Target{}, Refused: map[string]*RefusalError{}, Checked: now,
+func judge(repo *tuf.Repo, gun string, r *config.Rule, now time.Time) *View {
+	s := &View{GUN: gun, Targets: map[string]Target{}, Refused: map[string]*RefusalError{}, Checked: now,
 		Versions: map[string]int{
 			data.CanonicalRootRole.String():      repo.Root.Signed.Version,
 			data.CanonicalTimestampRole.String(): repo.Timestamp.Signed.Version,

@@ -100,7 +100,7 @@ func (s *sharedState) put(gun string, rerr *RefusalError, ttl time.Duration) {
 }
 
 // sharedVerdict is a verified trust view as replicas share it: the
-// Snapshot's facts, the policy they were judged under, until when they may
+// View's facts, the policy they were judged under, until when they may
 // be used.
 type sharedVerdict struct {
 	Policy      string                   `json:"policy"` // policyStamp of the rule and pinning that judged it
@@ -122,7 +122,7 @@ func (s *sharedState) verdictKey(gun, policy string) string {
 }
 
 // putVerdict shares snap, judged under policy, until until.
-func (s *sharedState) putVerdict(snap *Snapshot, policy string, until time.Time) {
+func (s *sharedState) putVerdict(snap *View, policy string, until time.Time) {
 	ttl := time.Until(until)
 	if s == nil || ttl <= 0 || s.Health.Skip() {
 		return
@@ -146,7 +146,7 @@ func (s *sharedState) putVerdict(snap *Snapshot, policy string, until time.Time)
 // same policy, and until when it may be used; nil when there is none, when
 // what Redis holds is not genuine or is over, or when it rests on metadata
 // older than store's floor. Using it raises store's floor to its versions.
-func (s *sharedState) verdict(gun, policy string, store *cache.GUNStore) (*Snapshot, time.Time) {
+func (s *sharedState) verdict(gun, policy string, store *cache.GUNStore) (*View, time.Time) {
 	if s == nil {
 		return nil, time.Time{}
 	}
@@ -171,7 +171,7 @@ func (s *sharedState) verdict(gun, policy string, store *cache.GUNStore) (*Snaps
 		}
 		return nil, time.Time{}
 	}
-	snap := &Snapshot{GUN: gun, Targets: v.Targets, Refused: map[string]*RefusalError{}, Checked: v.Checked,
+	snap := &View{GUN: gun, Targets: v.Targets, Refused: map[string]*RefusalError{}, Checked: v.Checked,
 		Expires: v.Expires, Refreshed: v.Refreshed, Unreachable: v.Unreachable, Versions: v.Versions, Keys: v.Keys}
 	if snap.Targets == nil {
 		snap.Targets = map[string]Target{}

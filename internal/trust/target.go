@@ -20,27 +20,27 @@ type Target struct {
 	Signers []string
 }
 
-// Snapshot is the verified view of one GUN at one moment: what its trust data
+// View is the verified view of one GUN at one moment: what its trust data
 // says, judged by the rule that matches it. It is immutable.
-type Snapshot struct {
+type View struct {
 	GUN string
 	// Targets are the tags that pass the rule, by tag.
 	Targets map[string]Target
 	// Refused are signed tags that fail the rule (e.g. untrusted signer), by tag.
 	Refused map[string]*RefusalError
 	// Checked is when the trust data was verified; Expires is the earliest
-	// expiry of the metadata it rests on. Never use a Snapshot after Expires.
+	// expiry of the metadata it rests on. Never use a View after Expires.
 	Checked time.Time
 	Expires time.Time
 	// Refreshed is when the trust server last gave a fresh timestamp.
 	// Unreachable says why it gave none this time ("" when it did): the
-	// Snapshot rests on cached metadata, for at most the rule's
+	// View rests on cached metadata, for at most the rule's
 	// max_staleness after Refreshed.
 	Refreshed   time.Time
 	Unreachable string
 	// Versions are the versions of the metadata it rests on, by role, and
 	// Keys the key IDs its root gives the timestamp, snapshot and targets
-	// roles: a replica that uses another's Snapshot raises its own floor to
+	// roles: a replica that uses another's View raises its own floor to
 	// them (cache.GUNStore.RaiseFloor).
 	Versions map[string]int
 	Keys     map[string][]string
@@ -49,7 +49,7 @@ type Snapshot struct {
 }
 
 // Resolve returns the target of tag, or a *RefusalError.
-func (s *Snapshot) Resolve(tag string) (Target, error) {
+func (s *View) Resolve(tag string) (Target, error) {
 	if t, ok := s.Targets[tag]; ok {
 		return t, nil
 	}
@@ -62,7 +62,7 @@ func (s *Snapshot) Resolve(tag string) (Target, error) {
 
 // ByDigest returns the targets whose manifest digest is d, targets/releases
 // first, then by tag.
-func (s *Snapshot) ByDigest(d digest.Digest) []Target {
+func (s *View) ByDigest(d digest.Digest) []Target {
 	if s.byDigest != nil {
 		return s.byDigest[d]
 	}
@@ -77,7 +77,7 @@ func (s *Snapshot) ByDigest(d digest.Digest) []Target {
 }
 
 // index fills byDigest from Targets; judge calls it once.
-func (s *Snapshot) index() {
+func (s *View) index() {
 	s.byDigest = map[digest.Digest][]Target{}
 	for _, t := range s.Targets {
 		s.byDigest[t.Digest] = append(s.byDigest[t.Digest], t)

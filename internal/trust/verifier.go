@@ -30,6 +30,7 @@ import (
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cache"
 	"github.com/trustproxy/trustproxy/internal/egress"
+	"github.com/trustproxy/trustproxy/internal/gun"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -65,7 +66,7 @@ type upstream struct {
 }
 
 type cached struct {
-	snap  *Snapshot
+	snap  *View
 	until time.Time
 }
 
@@ -153,24 +154,25 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 
 // Share keeps the trust metadata floor (cache.MetadataStore.Share), "no
 // trust data" refusals and verified trust views on sh as well, shared by
-// every replica. Call it before the first Snapshot.
+// every replica. Call it before the first View.
 func (v *Verifier) Share(sh *cache.Shared) {
 	l := v.limits
 	v.meta.Share(sh, max(l.RootBytes, l.TimestampBytes, l.SnapshotBytes, l.TargetsBytes))
 	v.shared = &sharedState{Shared: sh, log: v.log.Warn}
 }
 
-// Snapshot returns the verified view of gun (e.g. docker.io/library/app),
-// fetched from the Notary server of the upstream named by gun's first path
-// component and judged by r, the rule cfg.Trust.RuleFor(gun) gives for the
+// View returns the verified view of the repository name (GUN e.g.
+// docker.io/library/app), fetched from the Notary server of name's upstream
+// and judged by r, the rule cfg.Trust.RuleFor(gun) gives for the
 // configuration New was given; a nil r (no rule matches) is refused with
-// NoRule. A Snapshot is reused until the refresh TTL or its metadata's
+// NoRule. A View is reused until the refresh TTL or its metadata's
 // expiry, whichever comes first, and concurrent refreshes of one GUN share
 // one fetch: snapshots and refusals are kept by GUN, so the rule for a GUN
 // must not change while v is in use. Every error is a *RefusalError about
 // the whole repository (Ref "").
-func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*Snapshot, error) {
-	up, rerr := v.lookup(gun, r)
+func (v *Verifier) View(ctx context.Context, name gun.Name, r *config.Rule) (*View, error) {
+	gun := name.String()
+	up, rerr := v.lookup(name, r)
 	if rerr != nil {
 		return nil, rerr
 	}
@@ -206,7 +208,7 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*S
 		if res.Err != nil {
 			return nil, res.Err
 		}
-		return res.Val.(*Snapshot), nil
+		return res.Val.(*View), nil
 	case <-ctx.Done():
 		return nil, &RefusalError{GUN: gun, Reason: TrustUnavailable, Err: ctx.Err(),
 			Detail: "the request ended before the trust server answered; retry, or raise limits.upstream_timeout if the server is slow"}
@@ -214,7 +216,7 @@ func (v *Verifier) Snapshot(ctx context.Context, gun string, r *config.Rule) (*S
 }
 
 // OnTrustData returns ctx carrying found, which a refresh of a GUN that
-// Snapshot runs for ctx calls, in the background, once the GUN's root has
+// View runs for ctx calls, in the background, once the GUN's root has
 // loaded (the repository has trust data and its root is trusted), while the
 // rest of its trust data is still being fetched: the moment to prepare what
 // a verified request needs next. A GUN without trust data, or whose root is
@@ -225,14 +227,14 @@ func OnTrustData(ctx context.Context, found func()) context.Context {
 
 type trustDataKey struct{}
 
-// lookup returns the upstream whose Notary server holds gun's trust data,
-// or why gun is refused before any is asked.
-func (v *Verifier) lookup(gun string, r *config.Rule) (*upstream, *RefusalError) {
+// lookup returns the upstream whose Notary server holds name's trust data,
+// or why name is refused before any is asked.
+func (v *Verifier) lookup(name gun.Name, r *config.Rule) (*upstream, *RefusalError) {
+	gun, host := name.String(), name.Upstream()
 	if r == nil {
 		return nil, &RefusalError{GUN: gun, Reason: NoRule,
 			Detail: "no trust.rules entry matches this repository; add a rule whose repositories pattern matches it"}
 	}
-	host, _, _ := strings.Cut(gun, "/")
 	up, ok := v.upstreams[host]
 	if !ok {
 		return nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
@@ -247,7 +249,7 @@ func (v *Verifier) lookup(gun string, r *config.Rule) (*upstream, *RefusalError)
 
 // refresh fetches and verifies gun's trust data, records metrics and caches
 // the result.
-func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *upstream) (*Snapshot, *RefusalError) {
+func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *upstream) (*View, *RefusalError) {
 	start := time.Now()
 	snap, rerr := v.update(ctx, gun, r, up)
 	result := "ok"
@@ -279,7 +281,7 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 
 // update runs notary's TUF update for gun against the bounded remote and the
 // monotonic cache, then judges the result by r.
-func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *upstream) (*Snapshot, *RefusalError) {
+func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *upstream) (*View, *RefusalError) {
 	refuse := func(reason Reason, detail string, err error) *RefusalError {
 		return &RefusalError{GUN: gun, Reason: reason, Detail: detail, Err: err}
 	}

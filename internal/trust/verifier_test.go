@@ -27,6 +27,7 @@ import (
 	"github.com/theupdateframework/notary/tuf/testutils"
 	"github.com/theupdateframework/notary/tuf/utils"
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/gun"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"gopkg.in/yaml.v3"
 )
@@ -48,9 +49,14 @@ type testVerifier struct {
 	cfg *config.Config
 }
 
-// snapshot is Verifier.Snapshot with the rule found as the proxy finds it.
-func (tv *testVerifier) snapshot(ctx context.Context, gun string) (*Snapshot, error) {
-	return tv.v.Snapshot(ctx, gun, tv.cfg.Trust.RuleFor(gun))
+// snapshot is Verifier.View with the rule found as the proxy finds it.
+func (tv *testVerifier) snapshot(ctx context.Context, name string) (*View, error) {
+	host, path, _ := strings.Cut(name, "/")
+	n, err := gun.New(host, path)
+	if err != nil {
+		return nil, err
+	}
+	return tv.v.View(ctx, n, tv.cfg.Trust.RuleFor(name))
 }
 
 // newVerifier makes a Verifier for f's Notary server from the configuration

@@ -1,4 +1,4 @@
-package proxy
+package refgraph
 
 import (
 	"fmt"
@@ -8,32 +8,32 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/trustproxy/trustproxy/internal/trust"
+	"github.com/trustproxy/trustproxy/internal/manifest"
 )
 
 // The in-process index stays bounded: a forgotten manifest leaves no
 // parent behind, and the generation says something was forgotten.
 func TestMemIndexBounded(t *testing.T) {
-	x := newMemIndex()
+	x := NewMemory()
 	layer := digest.FromString("shared layer")
 	first := digest.FromString("manifest 0")
 	for i := range maxIndexed + 10 {
 		m := digest.FromString(fmt.Sprint("manifest ", i))
-		x.record(m, []v1.Descriptor{{Digest: layer}, {Digest: digest.FromString(fmt.Sprint("own layer ", i))}})
+		x.Record(m, []v1.Descriptor{{Digest: layer}, {Digest: digest.FromString(fmt.Sprint("own layer ", i))}})
 	}
-	if got := len(x.parents(layer)); got != maxIndexed {
+	if got := len(x.Parents(layer)); got != maxIndexed {
 		t.Fatalf("the shared layer has %d parents, want %d", got, maxIndexed)
 	}
-	if _, ok := x.children(first); ok {
+	if _, ok := x.Children(first); ok {
 		t.Fatal("the oldest manifest is still recorded")
 	}
-	if p := x.parents(digest.FromString("own layer 0")); len(p) != 0 {
+	if p := x.Parents(digest.FromString("own layer 0")); len(p) != 0 {
 		t.Fatalf("a forgotten manifest's layer still has parents %v", p)
 	}
 	if len(x.par) != maxIndexed+1 {
 		t.Fatalf("parents holds %d digests, want %d", len(x.par), maxIndexed+1)
 	}
-	if x.generation() == 0 {
+	if x.Generation() == 0 {
 		t.Fatal("forgetting did not change the generation")
 	}
 }
@@ -43,26 +43,26 @@ func TestMemIndexBounded(t *testing.T) {
 // manifest elsewhere (signed in another repository) lends its children
 // nothing here.
 func TestLookupOnlyThroughManifests(t *testing.T) {
-	s := &Server{index: newMemIndex()}
+	x := NewMemory()
 	signed := digest.FromString("signed image")
 	layer := digest.FromString("a layer that is also a manifest")
 	platform := digest.FromString("platform manifest")
 	hidden := digest.FromString("blob the layer-manifest lists")
 	good := digest.FromString("blob of the platform manifest")
-	s.index.record(signed, []v1.Descriptor{
+	x.Record(signed, []v1.Descriptor{
 		{Digest: layer, MediaType: v1.MediaTypeImageLayerGzip},
 		{Digest: platform, MediaType: v1.MediaTypeImageManifest},
 	})
-	s.index.record(layer, []v1.Descriptor{{Digest: hidden, MediaType: v1.MediaTypeImageLayer}})
-	s.index.record(platform, []v1.Descriptor{{Digest: good, MediaType: v1.MediaTypeImageLayer}})
-	snap := &trust.Snapshot{Targets: map[string]trust.Target{"v1": {Tag: "v1", Digest: signed}}}
-	if _, ok := s.lookup(snap, hidden); ok {
+	x.Record(layer, []v1.Descriptor{{Digest: hidden, MediaType: v1.MediaTypeImageLayer}})
+	x.Record(platform, []v1.Descriptor{{Digest: good, MediaType: v1.MediaTypeImageLayer}})
+	snap := signs(signed)
+	if _, ok := Find(x, snap, hidden); ok {
 		t.Error("a blob listed by a layer was placed under the signed target")
 	}
-	if _, ok := s.lookup(snap, good); !ok {
+	if _, ok := Find(x, snap, good); !ok {
 		t.Error("a blob of a platform manifest was not placed under the signed target")
 	}
-	if _, ok := s.lookup(snap, layer); !ok {
+	if _, ok := Find(x, snap, layer); !ok {
 		t.Error("the signed target's own layer was not placed under it")
 	}
 }
@@ -70,42 +70,54 @@ func TestLookupOnlyThroughManifests(t *testing.T) {
 // The index is bounded by the children it holds too: manifests listing
 // thousands of descriptors each evict the oldest.
 func TestMemIndexChildrenBudget(t *testing.T) {
-	x := newMemIndex()
-	for m := range 2 * maxIndexedChildren / maxManifestRefs {
-		children := make([]v1.Descriptor, maxManifestRefs)
+	x := NewMemory()
+	for m := range 2 * maxIndexedChildren / manifest.MaxRefs {
+		children := make([]v1.Descriptor, manifest.MaxRefs)
 		for i := range children {
 			children[i] = v1.Descriptor{Digest: digest.FromString(fmt.Sprint(m, "/", i)), MediaType: v1.MediaTypeImageLayerGzip}
 		}
-		x.record(digest.FromString(fmt.Sprint("manifest ", m)), children)
+		x.Record(digest.FromString(fmt.Sprint("manifest ", m)), children)
 	}
 	if x.nchildren > maxIndexedChildren || len(x.par) > maxIndexedChildren {
 		t.Fatalf("the index holds %d children and %d parent lists, want at most %d", x.nchildren, len(x.par), maxIndexedChildren)
 	}
-	if _, ok := x.children(digest.FromString("manifest 0")); ok {
+	if _, ok := x.Children(digest.FromString("manifest 0")); ok {
 		t.Fatal("the oldest manifest is still recorded")
 	}
 }
 
-// countingIndex counts the index calls a lookup or a recording pass makes.
+// signs is a trust view whose signed targets are ds.
+func signs(ds ...digest.Digest) Signed {
+	return func(d digest.Digest) (int64, bool) {
+		for _, s := range ds {
+			if s == d {
+				return 0, true
+			}
+		}
+		return 0, false
+	}
+}
+
+// countingIndex counts the graph calls a lookup or a recording pass makes.
 type countingIndex struct {
-	*memIndex
+	*Memory
 	parentCalls, childCalls atomic.Int64
 }
 
-func (c *countingIndex) parents(d digest.Digest) []digest.Digest {
+func (c *countingIndex) Parents(d digest.Digest) []digest.Digest {
 	c.parentCalls.Add(1)
-	return c.memIndex.parents(d)
+	return c.Memory.Parents(d)
 }
 
-func (c *countingIndex) children(m digest.Digest) ([]v1.Descriptor, bool) {
+func (c *countingIndex) Children(m digest.Digest) ([]v1.Descriptor, bool) {
 	c.childCalls.Add(1)
-	return c.memIndex.children(m)
+	return c.Memory.Children(m)
 }
 
 // lattice records, as another repository's signed targets could, n indexes
 // S listing n indexes R listing n indexes Q listing n image manifests P,
 // each P listing layer: 4n manifests with n^4 paths from S to the layer.
-func lattice(x refIndex, n int, layer digest.Digest) {
+func lattice(x Graph, n int, layer digest.Digest) {
 	level := func(name string, i int) digest.Digest { return digest.FromString(fmt.Sprint(name, i)) }
 	list := func(name string, mt string) []v1.Descriptor {
 		out := make([]v1.Descriptor, n)
@@ -115,10 +127,10 @@ func lattice(x refIndex, n int, layer digest.Digest) {
 		return out
 	}
 	for i := range n {
-		x.record(level("P", i), []v1.Descriptor{{Digest: level("config", i), MediaType: v1.MediaTypeImageConfig}, {Digest: layer, MediaType: v1.MediaTypeImageLayerGzip}})
-		x.record(level("Q", i), list("P", v1.MediaTypeImageManifest))
-		x.record(level("R", i), list("Q", v1.MediaTypeImageIndex))
-		x.record(level("S", i), list("R", v1.MediaTypeImageIndex))
+		x.Record(level("P", i), []v1.Descriptor{{Digest: level("config", i), MediaType: v1.MediaTypeImageConfig}, {Digest: layer, MediaType: v1.MediaTypeImageLayerGzip}})
+		x.Record(level("Q", i), list("P", v1.MediaTypeImageManifest))
+		x.Record(level("R", i), list("Q", v1.MediaTypeImageIndex))
+		x.Record(level("S", i), list("R", v1.MediaTypeImageIndex))
 	}
 }
 
@@ -127,19 +139,18 @@ func lattice(x refIndex, n int, layer digest.Digest) {
 // through it.
 func TestLookupWorkBoundedByIndexSize(t *testing.T) {
 	for _, n := range []int{10, 20, 40} {
-		x := &countingIndex{memIndex: newMemIndex()}
-		s := &Server{index: x}
+		x := &countingIndex{Memory: NewMemory()}
 		layer := digest.FromString("a popular layer")
 		lattice(x, n, layer)
-		victim := &trust.Snapshot{Targets: map[string]trust.Target{"v1": {Tag: "v1", Digest: digest.FromString("victim image")}}}
-		if _, ok := s.lookup(victim, layer); ok {
+		victim := signs(digest.FromString("victim image"))
+		if _, ok := Find(x, victim, layer); ok {
 			t.Fatal("placed under a target the victim does not sign")
 		}
 		if c := x.parentCalls.Load(); c > int64(2*4*n) {
 			t.Errorf("n=%d: one lookup made %d parents() calls for %d recorded manifests", n, c, 4*n)
 		}
-		signer := &trust.Snapshot{Targets: map[string]trust.Target{"s": {Tag: "s", Digest: digest.FromString("S3")}}}
-		if _, ok := s.lookup(signer, layer); !ok {
+		signer := signs(digest.FromString("S3"))
+		if _, ok := Find(x, signer, layer); !ok {
 			t.Fatalf("n=%d: the layer is not placed under a signed index three levels up", n)
 		}
 	}
@@ -148,12 +159,12 @@ func TestLookupWorkBoundedByIndexSize(t *testing.T) {
 // A recording pass reads and walks each manifest once.
 func TestRecordWorkBoundedByIndexSize(t *testing.T) {
 	const n = 30
-	x := &countingIndex{memIndex: newMemIndex()}
+	x := &countingIndex{Memory: NewMemory()}
 	lattice(x, n, digest.FromString("a popular layer"))
-	s := &Server{index: x}
 	seen := map[digest.Digest]bool{}
+	read := func(want v1.Descriptor) ([]v1.Descriptor, error) { return nil, fmt.Errorf("%s is not recorded", want.Digest) }
 	for i := range n {
-		if err := s.record(t.Context(), &request{gun: "docker.io/x/y"}, v1.Descriptor{Digest: digest.FromString(fmt.Sprint("S", i))}, 0, seen); err != nil {
+		if err := Record(x, v1.Descriptor{Digest: digest.FromString(fmt.Sprint("S", i))}, seen, read); err != nil {
 			t.Fatal(err)
 		}
 	}

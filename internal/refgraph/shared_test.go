@@ -1,4 +1,4 @@
-package proxy
+package refgraph
 
 import (
 	"log/slog"
@@ -16,7 +16,7 @@ import (
 // what it recorded itself.
 func TestSharedIndex(t *testing.T) {
 	r := testenv.StartRedis(t, "")
-	newIndex := func() *sharedIndex {
+	newIndex := func() *Shared {
 		rdb, err := cache.NewRedis(config.Redis{Addrs: []string{r.Addr()}})
 		if err != nil {
 			t.Fatal(err)
@@ -27,24 +27,24 @@ func TestSharedIndex(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &sharedIndex{memIndex: newMemIndex(), Shared: sh, log: log}
+		return NewShared(sh, log)
 	}
 	a, b := newIndex(), newIndex()
 	m, layer := digest.FromString("manifest"), digest.FromString("layer")
-	a.record(m, []v1.Descriptor{{Digest: layer, Size: 7, MediaType: v1.MediaTypeImageLayerGzip}})
-	if p := b.parents(layer); len(p) != 1 || p[0] != m {
+	a.Record(m, []v1.Descriptor{{Digest: layer, Size: 7, MediaType: v1.MediaTypeImageLayerGzip}})
+	if p := b.Parents(layer); len(p) != 1 || p[0] != m {
 		t.Fatalf("replica b: parents of the layer %v, want [%s]", p, m)
 	}
-	if c, ok := b.children(m); !ok || len(c) != 1 || c[0].Digest != layer || c[0].Size != 7 {
+	if c, ok := b.Children(m); !ok || len(c) != 1 || c[0].Digest != layer || c[0].Size != 7 {
 		t.Fatalf("replica b: children %v %v", c, ok)
 	}
 	r.Stop()
 	other := digest.FromString("manifest recorded while redis is down")
-	a.record(other, []v1.Descriptor{{Digest: layer}})
-	if p := a.parents(layer); len(p) != 2 {
+	a.Record(other, []v1.Descriptor{{Digest: layer}})
+	if p := a.Parents(layer); len(p) != 2 {
 		t.Fatalf("replica a with redis down: parents %v, want its own two", p)
 	}
-	if p := b.parents(layer); len(p) != 1 { // b learnt m from redis earlier and kept it
+	if p := b.Parents(layer); len(p) != 1 { // b learnt m from redis earlier and kept it
 		t.Fatalf("replica b with redis down: parents %v", p)
 	}
 }

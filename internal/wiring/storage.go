@@ -1,4 +1,4 @@
-package proxy
+package wiring
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/fill"
 
 	// The drivers every build has; cmd/trustproxy links the cloud ones.
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
@@ -41,7 +42,7 @@ const repositoriesRoot = "/docker/registry/v2/repositories"
 // the longest a fill may run: its deadline for a blob of unknown size.
 // Another process sharing the storage may be filling younger ones.
 func staleUploadAge(lim config.Limits) time.Duration {
-	return max(2*lim.BlobIdleTimeout, fillBudget(-1, lim))
+	return max(2*lim.BlobIdleTimeout, fill.Budget(-1, lim))
 }
 
 // purgeUploads deletes the uploads under d started more than age ago. A

@@ -1,4 +1,4 @@
-package proxy
+package fill
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/trustproxy/trustproxy/config"
-	"github.com/trustproxy/trustproxy/internal/trust"
+	"github.com/trustproxy/trustproxy/internal/upstream"
 )
 
 // A fill is one download of a blob from an upstream into storage, however
@@ -58,14 +58,15 @@ const (
 	memFillBudget = 32 << 20
 )
 
-// joinFill returns the fill under way for req's blob, or starts one, with
-// the spool file opened for reading (nil for a blob held in memory).
-func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.Descriptor, release func()) (*fill, *os.File, error) {
-	key := req.gun + "@" + req.dgst.String()
+// join returns the fill under way for b, or starts one, with the spool file
+// opened for reading (nil for a blob held in memory). release, when not
+// nil, releases this replica's cross-replica lock on b once the fill ends.
+func (fs *Fills) join(b Blob, release func()) (*fill, *os.File, error) {
+	key := b.Repository.At(b.Desc.Digest)
 	if release == nil {
 		release = func() {}
 	}
-	// The lock is released on Redis after fillMu is: never a network call
+	// The lock is released on Redis after fs.mu is: never a network call
 	// under the lock every blob request takes.
 	started := false
 	defer func() {
@@ -73,27 +74,28 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 			release()
 		}
 	}()
-	s.fillMu.Lock()
-	defer s.fillMu.Unlock()
-	if s.closing {
-		return nil, nil, &requestError{codeUnavailable, closingDetail}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.closing {
+		return nil, nil, ErrClosing
 	}
-	if f, ok := s.fills[key]; ok {
+	if f, ok := fs.fills[key]; ok {
 		if f.path == "" {
 			return f, nil, nil
 		}
 		spool, err := os.Open(f.path) // a fill of this process has it (and its own lock)
 		return f, spool, err
 	}
-	f := &fill{dgst: req.dgst, size: desc.Size}
+	desc := b.Desc
+	f := &fill{dgst: desc.Digest, size: desc.Size}
 	f.cond = sync.NewCond(&f.mu)
 	var w, spool *os.File
-	inMemory := desc.Size > 0 && desc.Size <= smallBlob && s.memFills+desc.Size <= memFillBudget
+	inMemory := desc.Size > 0 && desc.Size <= smallBlob && fs.memFills+desc.Size <= memFillBudget
 	if inMemory {
-		s.memFills += desc.Size
+		fs.memFills += desc.Size
 	} else {
 		var err error
-		if w, err = os.CreateTemp(s.spoolDir, "blob-*"); err != nil {
+		if w, err = os.CreateTemp(fs.spoolDir, "blob-*"); err != nil {
 			return nil, nil, fmt.Errorf("spool blob: %w", err)
 		}
 		if spool, err = os.Open(w.Name()); err != nil {
@@ -103,16 +105,16 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 		}
 		f.path = w.Name()
 	}
-	s.fills[key] = f
+	fs.fills[key] = f
 	started = true
-	s.running.Go(func() {
-		err := s.runFill(req, blobs, desc, f, w)
-		s.fillMu.Lock()
-		delete(s.fills, key)
+	fs.running.Go(func() {
+		err := fs.run(b, f, w)
+		fs.mu.Lock()
+		delete(fs.fills, key)
 		if inMemory {
-			s.memFills -= desc.Size
+			fs.memFills -= desc.Size
 		}
-		s.fillMu.Unlock()
+		fs.mu.Unlock()
 		release() // after the commit: a replica that then finds no lock finds the blob
 		if w != nil {
 			w.Close()
@@ -120,19 +122,20 @@ func (s *Server) joinFill(req *request, blobs distribution.BlobStore, desc v1.De
 		}
 		// Each client's request logs its own decision on the outcome.
 		if err != nil {
-			s.log.Warn("blob fetch failed", "repo", req.gun, "digest", req.dgst, "err", err)
+			fs.log.Warn("blob fetch failed", "repo", b.Repository.String(), "digest", desc.Digest, "err", err)
 		}
 		f.finish(err)
 	})
 	return f, spool, nil
 }
 
-// runFill downloads the blob into spool (nil: into f.mem) and storage. It
+// run downloads the blob into spool (nil: into f.mem) and storage. It
 // returns nil only when the blob verified and was committed. Close cancels it.
-func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Descriptor, f *fill, spool *os.File) (err error) {
-	ctx, cancel := context.WithCancelCause(s.fillCtx)
+func (fs *Fills) run(b Blob, f *fill, spool *os.File) (err error) {
+	ctx, cancel := context.WithCancelCause(fs.ctx)
 	defer cancel(nil)
-	lim := s.cfg.Limits
+	lim := fs.limits
+	desc, blobs, dgst := b.Desc, b.Store, b.Desc.Digest
 	// The idle timer bounds the wait for response headers, then each gap
 	// between reads of the body; the deadline bounds the whole download, so
 	// an upstream trickling bytes just inside the idle timeout cannot hold
@@ -145,17 +148,17 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 		result := "ok"
 		if err != nil {
 			result = "error"
-			if _, ok := errors.AsType[*trust.RefusalError](err); ok {
+			if _, ok := errors.AsType[*MismatchError](err); ok {
 				result = "mismatch"
 			}
 		}
-		s.metrics.upstream.WithLabelValues("blob", result).Inc()
+		fs.fetches.WithLabelValues("blob", result).Inc()
 	}()
 
-	resp, err := req.upstream.get(ctx, req.repo, "blobs", req.dgst.String(), nil, "")
+	resp, err := b.From.Get(ctx, b.Repository.Path(), "blobs", dgst.String(), nil, "")
 	if err != nil {
 		if c := context.Cause(ctx); c != nil {
-			return &upstreamError{code: codeUnavailable, err: fmt.Errorf("blob %s from %s: %w", req.dgst, req.upstream.cfg.Name, c)}
+			return upstream.Unavailable(fmt.Errorf("blob %s from %s: %w", dgst, b.From.Name(), c))
 		}
 		return err
 	}
@@ -166,20 +169,18 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 	if size < 0 {
 		size = resp.ContentLength
 	}
-	budget := fillBudget(size, lim)
+	budget := Budget(size, lim)
 	deadline := time.AfterFunc(budget, func() {
 		cancel(fmt.Errorf("the download took longer than its deadline of %s (limits.upstream_timeout + size / limits.min_transfer_rate)", budget))
 	})
 	defer deadline.Stop()
-	mismatch := func(detail string) error {
-		return &trust.RefusalError{GUN: req.gun, Ref: req.dgst.String(), Reason: ReasonDigestMismatch, Detail: detail}
-	}
+	mismatch := func(detail string) error { return &MismatchError{detail} }
 	if size >= 0 && resp.ContentLength >= 0 && resp.ContentLength != size {
 		return mismatch(fmt.Sprintf("the upstream announced %d bytes, the verified manifest says %d", resp.ContentLength, size))
 	}
-	body := &fillBody{r: resp.Body, ctx: ctx, idle: idle, timeout: lim.BlobIdleTimeout, size: size, req: req, mismatch: mismatch}
+	body := &fillBody{r: resp.Body, ctx: ctx, idle: idle, timeout: lim.BlobIdleTimeout, size: size, blob: b, mismatch: mismatch}
 	if spool == nil {
-		return s.fillSmall(ctx, blobs, desc, f, body)
+		return fillSmall(ctx, blobs, desc, f, body)
 	}
 
 	bw, err := blobs.Create(ctx)
@@ -213,11 +214,11 @@ func (s *Server) runFill(req *request, blobs distribution.BlobStore, desc v1.Des
 	// distribution's blob writer hashed every byte it was given, which are
 	// the bytes the clients were sent: Commit refuses a digest or length
 	// other than the one asked for, and then nothing is stored.
-	if _, err := bw.Commit(ctx, v1.Descriptor{Digest: req.dgst, Size: n, MediaType: desc.MediaType}); err != nil {
+	if _, err := bw.Commit(ctx, v1.Descriptor{Digest: dgst, Size: n, MediaType: desc.MediaType}); err != nil {
 		if errors.As(err, new(distribution.ErrBlobInvalidDigest)) || errors.Is(err, distribution.ErrBlobInvalidLength) {
 			return mismatch(fmt.Sprintf("the upstream's %d bytes do not hash to the digest asked for; nothing was cached", n))
 		}
-		return fmt.Errorf("commit blob %s: %w", req.dgst, err)
+		return fmt.Errorf("commit blob %s: %w", dgst, err)
 	}
 	committed = true
 	return nil
@@ -232,7 +233,7 @@ type fillBody struct {
 	timeout  time.Duration
 	size     int64 // -1: unknown
 	n        int64
-	req      *request
+	blob     Blob
 	mismatch func(string) error
 }
 
@@ -254,7 +255,7 @@ func (b *fillBody) read(p []byte) (int, error) {
 		if c := context.Cause(b.ctx); c != nil {
 			err = c
 		}
-		return k, &upstreamError{code: codeUnavailable, err: fmt.Errorf("read blob %s from %s after %d bytes: %w", b.req.dgst, b.req.upstream.cfg.Name, b.n, err)}
+		return k, upstream.Unavailable(fmt.Errorf("read blob %s from %s after %d bytes: %w", b.blob.Desc.Digest, b.blob.From.Name(), b.n, err))
 	}
 	return k, err
 }
@@ -338,7 +339,7 @@ func (f *fill) store(ctx context.Context, bw distribution.BlobWriter) error {
 
 // fillSmall reads a small blob into f.mem, checks its digest and stores it
 // with one write.
-func (s *Server) fillSmall(ctx context.Context, blobs distribution.BlobStore, desc v1.Descriptor, f *fill, body *fillBody) error {
+func fillSmall(ctx context.Context, blobs distribution.BlobStore, desc v1.Descriptor, f *fill, body *fillBody) error {
 	buf := make([]byte, desc.Size+1) // one byte more: a longer body is refused by read
 	var n int
 	for {
@@ -371,9 +372,9 @@ func (s *Server) fillSmall(ctx context.Context, blobs distribution.BlobStore, de
 // Content-Length) may be, and the size its deadline is set for.
 const maxUnknownSize = 10 << 30
 
-// fillBudget is the overall deadline of a download of size bytes (-1:
+// Budget is the overall deadline of a download of size bytes (-1:
 // unknown), counted from the upstream's answer.
-func fillBudget(size int64, lim config.Limits) time.Duration {
+func Budget(size int64, lim config.Limits) time.Duration {
 	if size < 0 {
 		size = maxUnknownSize
 	}
@@ -444,7 +445,7 @@ type writerOnly struct{ io.Writer }
 // serve streams the fill to one client: from spool, its own descriptor of
 // the spool file, or, for a small blob (spool nil), from memory once it
 // verified. Headers go out as soon as the upstream answers. If the fill
-// fails after that, serve returns an *abortedError: the caller aborts the
+// fails after that, serve returns an *AbortedError: the caller aborts the
 // connection, so the client sees a truncated response, never a complete
 // wrong one.
 func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) error {
@@ -467,7 +468,7 @@ func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) err
 		}
 		return ferr
 	}
-	writeBlobHeaders(w, f.dgst, size)
+	WriteHeaders(w, f.dgst, size)
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return nil
@@ -481,7 +482,7 @@ func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) err
 	}
 	if spool == nil {
 		if _, err := w.Write(mem); err != nil {
-			return errClientGone
+			return ErrClientGone
 		}
 		return nil
 	}
@@ -495,13 +496,13 @@ func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) err
 		avail, done, verified := f.readable(), f.done, f.verified
 		f.mu.Unlock()
 		if ctx.Err() != nil {
-			return errClientGone
+			return ErrClientGone
 		}
 		if done && !verified {
 			f.mu.Lock()
 			ferr := f.err
 			f.mu.Unlock()
-			return &abortedError{ferr}
+			return &AbortedError{ferr}
 		}
 		if avail > pos {
 			if buf == nil {
@@ -510,7 +511,7 @@ func (f *fill) serve(w http.ResponseWriter, r *http.Request, spool *os.File) err
 			k, err := io.CopyBuffer(writerOnly{w}, io.NewSectionReader(spool, pos, avail-pos), buf)
 			pos += k
 			if err != nil {
-				return errClientGone // the fill goes on
+				return ErrClientGone // the fill goes on
 			}
 			if flusher != nil {
 				flusher.Flush()

@@ -1,4 +1,4 @@
-package proxy
+package fill
 
 import (
 	"context"
@@ -69,13 +69,6 @@ var (
 	errPeerUnreachable = fmt.Errorf("%w: it does not answer", errNoPeerFill)
 )
 
-// peerWait bounds how long a replica waits for a live holder's fill to
-// begin, asking again every peerRetry, before it fetches the blob itself.
-const (
-	peerWait  = 2 * time.Second
-	peerRetry = 50 * time.Millisecond
-)
-
 // newPeers returns the peers of the replica at self, which reaches the
 // others only inside networks (all addresses when none).
 func newPeers(sh *cache.Shared, self string, networks []netip.Prefix, lim config.Limits) *peers {
@@ -97,9 +90,8 @@ func newPeers(sh *cache.Shared, self string, networks []netip.Prefix, lim config
 		client: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
-func (p *peers) lockKey(gun string, d digest.Digest) string {
-	return p.Key("fill:" + gun + "@" + d.String())
-}
+// lockKey is the Redis key of the lock of the fill of blob (gun.Name.At).
+func (p *peers) lockKey(blob string) string { return p.Key("fill:" + blob) }
 
 // fillLock is a lock's sealed value: who holds it, until when.
 type fillLock struct {
@@ -121,16 +113,16 @@ if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1`)
 
-// acquire tries to become the one replica that fills gun@d. It returns a
+// acquire tries to become the one replica that fills blob (gun.Name.At). It returns a
 // release func when this replica holds the lock (call it when the fill
 // ends), or the URL of the replica that holds it. It returns neither when
 // Redis is unreachable or the lock there is not genuine or is over: the
 // replica fills on its own.
-func (p *peers) acquire(gun string, d digest.Digest) (release func(), holder string) {
+func (p *peers) acquire(blob string) (release func(), holder string) {
 	if p.Health.Skip() {
 		return nil, ""
 	}
-	key := p.lockKey(gun, d)
+	key := p.lockKey(blob)
 	owner := uuid.NewString()
 	cur := p.sealLock(key, owner)
 	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
@@ -183,40 +175,40 @@ func (p *peers) acquire(gun string, d digest.Digest) (release func(), holder str
 	}, ""
 }
 
-// token authenticates a request for the fill of gun@d until exp.
-func (p *peers) token(gun string, d digest.Digest, exp int64) string {
+// token authenticates a request for the fill of blob until exp.
+func (p *peers) token(blob string, exp int64) string {
 	m := hmac.New(sha256.New, p.key)
-	fmt.Fprintf(m, "fill\n%s\n%s\n%d", gun, d, exp)
+	fmt.Fprintf(m, "fill\n%s\n%d", blob, exp)
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-// stream serves the blob gun@d of size bytes (its verified manifest's)
+// stream serves blob (gun.Name.At), of digest d and size bytes (its verified manifest's)
 // that the replica at holder is filling, to w. Nothing is written to w
 // before the holder answers 200 with that length; errNoPeerFill when it
 // has no such fill, or announces another length. The bytes are checked here
 // as the holder checks its upstream's: the last byte is held back until
 // they hash to d, and the stream is bounded as an upstream fetch is (an
 // idle timeout between reads, a deadline for the whole). A stream that
-// ends short, wrong or late is an *abortedError: the caller aborts the
+// ends short, wrong or late is an *AbortedError: the caller aborts the
 // connection, so the client never holds a complete wrong blob.
-func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, holder, gun string, d digest.Digest, size int64) error {
+func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, holder, blob string, d digest.Digest, size int64) error {
 	if size < 0 {
 		return fmt.Errorf("%w: the blob's length is not known", errNoPeerFill)
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	lim := p.limits
-	deadline := time.AfterFunc(fillBudget(size, lim), func() {
+	deadline := time.AfterFunc(Budget(size, lim), func() {
 		cancel(errors.New("the peer's stream took longer than its deadline (limits.upstream_timeout + size / limits.min_transfer_rate)"))
 	})
 	defer deadline.Stop()
 	exp := time.Now().Add(peerTokenTTL).Unix()
-	u := holder + "/internal/fills?" + url.Values{"gun": {gun}, "digest": {d.String()}, "exp": {strconv.FormatInt(exp, 10)}}.Encode()
+	u := holder + "/internal/fills?" + url.Values{"blob": {blob}, "exp": {strconv.FormatInt(exp, 10)}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, r.Method, u, nil)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errPeerUnreachable, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+p.token(gun, d, exp))
+	req.Header.Set("Authorization", "Bearer "+p.token(blob, exp))
 	resp, err := p.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errPeerUnreachable, err)
@@ -228,7 +220,7 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	if resp.ContentLength != size || size <= 0 {
 		return fmt.Errorf("%w: %s announced %d bytes, the verified manifest says %d", errNoPeerFill, holder, resp.ContentLength, size)
 	}
-	writeBlobHeaders(w, d, size)
+	WriteHeaders(w, d, size)
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return nil
@@ -248,7 +240,7 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		err = c
 	}
 	if err != nil || n != size || h.Digest() != d {
-		return &abortedError{fmt.Errorf("the fill on %s ended after %d of %d bytes, hashing to %s: %v", holder, n, size, h.Digest(), err)}
+		return &AbortedError{fmt.Errorf("the fill on %s ended after %d of %d bytes, hashing to %s: %v", holder, n, size, h.Digest(), err)}
 	}
 	return hold.release()
 }
@@ -312,28 +304,26 @@ func (f flushWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// servePeerFill answers another replica's request for a fill in progress
-// here: GET /internal/fills?gun=&digest=&exp= with the peers' token.
-func (s *Server) servePeerFill(w http.ResponseWriter, r *http.Request) {
-	p := s.peers
+// ServePeer answers another replica's request for a fill in progress
+// here: GET /internal/fills?blob=&exp= with the peers' token.
+func (fs *Fills) ServePeer(w http.ResponseWriter, r *http.Request) {
+	p := fs.peers
 	q := r.URL.Query()
-	gun, exp := q.Get("gun"), q.Get("exp")
-	d, derr := digest.Parse(q.Get("digest"))
+	blob, exp := q.Get("blob"), q.Get("exp")
 	e, eerr := strconv.ParseInt(exp, 10, 64)
 	got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if p == nil || derr != nil || eerr != nil || time.Now().Unix() > e ||
-		!hmac.Equal([]byte(got), []byte(p.token(gun, d, e))) {
+	if p == nil || eerr != nil || time.Now().Unix() > e || !hmac.Equal([]byte(got), []byte(p.token(blob, e))) {
 		http.Error(w, "not a peer replica's request", http.StatusForbidden)
 		return
 	}
-	s.fillMu.Lock()
-	f, ok := s.fills[gun+"@"+d.String()]
+	fs.mu.Lock()
+	f, ok := fs.fills[blob]
 	var spool *os.File
 	var err error
 	if ok && f.path != "" {
 		spool, err = os.Open(f.path)
 	}
-	s.fillMu.Unlock()
+	fs.mu.Unlock()
 	if !ok || err != nil {
 		http.NotFound(w, r)
 		return
@@ -342,10 +332,10 @@ func (s *Server) servePeerFill(w http.ResponseWriter, r *http.Request) {
 		defer spool.Close()
 	}
 	err = f.serve(w, r, spool)
-	if _, ok := errors.AsType[*abortedError](err); ok {
+	if _, ok := errors.AsType[*AbortedError](err); ok {
 		panic(http.ErrAbortHandler)
 	}
-	if err != nil && !errors.Is(err, errClientGone) {
+	if err != nil && !errors.Is(err, ErrClientGone) {
 		// The fill failed before it started: no headers went out yet.
 		http.Error(w, "the fill failed: "+err.Error(), http.StatusBadGateway)
 	}

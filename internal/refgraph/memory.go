@@ -1,4 +1,4 @@
-package proxy
+package refgraph
 
 import (
 	"slices"
@@ -11,33 +11,32 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// refIndex records what verified manifests refer to, so that "may this
-// digest be served?" is a lookup: its parents, then whether one of them is
-// a signed target (or inside one). Everything in it is a fact about
-// content, keyed by digest, true in every repository and forever; the
-// repository's trust view decides which parents count.
-//
-// The shape is two maps that a shared store holds as they are: refs, a
-// manifest digest to its children's descriptors (digest, size, media type),
-// and parents, a child digest to the set of manifests that list it.
-type refIndex interface {
-	// record stores the children of the verified manifest m.
-	record(m digest.Digest, children []v1.Descriptor)
-	// children returns what m refers to, and whether m is recorded.
-	children(m digest.Digest) ([]v1.Descriptor, bool)
-	// parents returns the recorded manifests that refer to d.
-	parents(d digest.Digest) []digest.Digest
-	// generation changes whenever a recorded manifest is forgotten, so
+// A Graph records what verified manifests list. Its shape is two maps that
+// a shared store holds as they are: refs, a manifest digest to its
+// children's descriptors (digest, size, media type), and parents, a child
+// digest to the set of manifests that list it.
+type Graph interface {
+	// Record stores the children of the verified manifest m.
+	Record(m digest.Digest, children []v1.Descriptor)
+	// Children returns what m lists, and whether m is recorded.
+	Children(m digest.Digest) ([]v1.Descriptor, bool)
+	// Parents returns the recorded manifests that list d.
+	Parents(d digest.Digest) []digest.Digest
+	// Generation changes whenever a recorded manifest is forgotten, so
 	// that what was known to be recorded is checked again.
-	generation() uint64
+	Generation() uint64
+	// Local is the part of the graph this process recorded itself, which
+	// Find looks at first (a warm replica answers without asking Redis);
+	// nil when the whole graph is local.
+	Local() Graph
 }
 
-// memIndex is the in-process refIndex. It holds at most maxIndexed
+// Memory is the in-process Graph. It holds at most maxIndexed
 // manifests and maxIndexedChildren children in all, forgetting the least
 // recently used manifest first; parents holds only what those refer to,
 // so it is bounded with them. A forgotten manifest is recorded again from
 // storage the next time it is needed.
-type memIndex struct {
+type Memory struct {
 	mu        sync.Mutex
 	refs      *simplelru.LRU[digest.Digest, []v1.Descriptor]
 	par       map[digest.Digest][]digest.Digest
@@ -49,17 +48,18 @@ const (
 	// maxIndexed bounds the manifests whose children are held in memory.
 	maxIndexed = 16384
 	// maxIndexedChildren bounds the children held in memory, in all: a
-	// manifest may list up to maxManifestRefs.
+	// manifest may list up to manifest.MaxRefs.
 	maxIndexedChildren = 1 << 18
 )
 
-func newMemIndex() *memIndex {
-	x := &memIndex{par: map[digest.Digest][]digest.Digest{}}
+// NewMemory returns an empty in-process Graph.
+func NewMemory() *Memory {
+	x := &Memory{par: map[digest.Digest][]digest.Digest{}}
 	x.refs, _ = simplelru.NewLRU(maxIndexed, x.forget)
 	return x
 }
 
-func (x *memIndex) record(m digest.Digest, children []v1.Descriptor) {
+func (x *Memory) Record(m digest.Digest, children []v1.Descriptor) {
 	kept := make([]v1.Descriptor, len(children))
 	for i, c := range children {
 		kept[i] = v1.Descriptor{Digest: c.Digest, Size: c.Size, MediaType: internMediaType(c.MediaType)}
@@ -83,7 +83,7 @@ func (x *memIndex) record(m digest.Digest, children []v1.Descriptor) {
 
 // forget drops m from the parents of its children. The LRU calls it, with
 // x.mu held, when m is evicted.
-func (x *memIndex) forget(m digest.Digest, children []v1.Descriptor) {
+func (x *Memory) forget(m digest.Digest, children []v1.Descriptor) {
 	x.gen++
 	x.nchildren -= len(children)
 	for _, c := range children {
@@ -96,23 +96,26 @@ func (x *memIndex) forget(m digest.Digest, children []v1.Descriptor) {
 	}
 }
 
-func (x *memIndex) children(m digest.Digest) ([]v1.Descriptor, bool) {
+func (x *Memory) Children(m digest.Digest) ([]v1.Descriptor, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return x.refs.Get(m)
 }
 
-func (x *memIndex) parents(d digest.Digest) []digest.Digest {
+func (x *Memory) Parents(d digest.Digest) []digest.Digest {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return slices.Clone(x.par[d])
 }
 
-func (x *memIndex) generation() uint64 {
+func (x *Memory) Generation() uint64 {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return x.gen
 }
+
+// Local is nil: the whole of a Memory is local.
+func (x *Memory) Local() Graph { return nil }
 
 // internMediaType returns a media type manifests usually list as the one
 // shared string, so that recorded children do not each hold a copy.

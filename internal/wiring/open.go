@@ -1,4 +1,4 @@
-package proxy
+package wiring
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage"
@@ -18,18 +17,20 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cache"
+	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/refgraph"
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
 
-// Open wires the Server that `trustproxy serve` runs from cfg alone, in this
+// Open wires the proxy that `trustproxy serve` runs from cfg alone, in this
 // order: the Redis client and the state key's sealing when shared state is
 // configured; the storage driver; a purge of the uploads that fills of
 // stopped processes left in it; distribution's storage over it; the
-// trust.Verifier (its floor shared on Redis); the scan gate; the Server
-// (its reference index and fill locks shared on Redis). Metrics are
-// registered on reg. Close the Server when done.
-func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+// trust.Verifier (its floor shared on Redis); the scan gate; the reference
+// graph (shared on Redis); the proxy.Server (its fill locks shared on
+// Redis). Metrics are registered on reg. Close the Server when done.
+func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*proxy.Server, error) {
 	var shared *cache.Shared
 	if cfg.Redis.Enabled() {
 		rdb, err := cache.NewRedis(cfg.Redis)
@@ -66,19 +67,11 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if err != nil {
 		return nil, err
 	}
-	s, err := New(cfg, store, driver, v, gate, log, reg)
-	if err != nil {
-		return nil, err
-	}
+	parts := proxy.Parts{Store: store, Driver: driver, Verify: v, Gate: gate, Shared: shared}
 	if shared != nil {
-		s.shared = shared
-		shared.Health.Watch(s.setDegraded)
-		s.index = &sharedIndex{memIndex: newMemIndex(), Shared: shared, log: s.log}
-		if u := strings.TrimSuffix(cfg.Redis.ReplicaURL, "/"); u != "" {
-			s.peers = newPeers(shared, u, cfg.Redis.Peers, cfg.Limits)
-		}
+		parts.Graph = refgraph.NewShared(shared, log.With("component", "proxy"))
 	}
-	return s, nil
+	return proxy.New(cfg, parts, log, reg)
 }
 
 // newGate builds the scan gate when the configuration has one: a rule with

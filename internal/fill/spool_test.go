@@ -1,4 +1,4 @@
-package proxy
+package fill
 
 import (
 	"errors"

@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/trustproxy/trustproxy/internal/refgraph"
+	"github.com/trustproxy/trustproxy/internal/trust"
+	"github.com/trustproxy/trustproxy/internal/upstream"
+)
+
+// recordRetry is how long after a recording pass that left some signed
+// target unrecorded (its manifest missing upstream, or not verifying) the
+// next pass for the same trust view may run: anonymous requests for
+// unknown digests must not turn into upstream fetches of every such
+// target, each time.
+const recordRetry = 30 * time.Second
+
+// maxRecorded bounds the repositories whose recording pass is remembered.
+const maxRecorded = 4096
+
+// recorded is the last recording pass of a repository's trust view, at
+// graph generation gen. When complete, every signed target was recorded
+// and a digest the graph cannot place under one of them is refused without
+// looking further; else no pass runs again for the view before until, and
+// transient holds a failure that may pass (the upstream unreachable or
+// rate limiting), which the client is told to retry.
+type recorded struct {
+	view      *trust.View
+	gen       uint64
+	complete  bool
+	until     time.Time
+	transient *upstream.Error
+}
+
+// find says whether dgst is listed in req's repository: it is a signed
+// target of view, or a manifest that one of them is, or lies under, lists
+// it. It returns dgst's descriptor as that manifest lists it.
+//
+// The answer is a lookup in the reference graph. Only when the lookup fails
+// and view's targets are not all recorded yet are they recorded: from
+// storage (after a restart), else from the upstream by their signed
+// digests. One such pass runs per trust view per recordRetry, so finding
+// costs at most one upstream fetch per signed manifest in that time,
+// however many requests ask. When dgst is not found but a target could not
+// be recorded for a reason that may pass, that failure is returned: the
+// client is told to retry rather than that the digest is not listed.
+func (s *Server) find(ctx context.Context, req *request, view *trust.View, dgst digest.Digest) (v1.Descriptor, bool, error) {
+	signed := func(d digest.Digest) (int64, bool) {
+		if ts := view.ByDigest(d); len(ts) > 0 {
+			return ts[0].Size, true
+		}
+		return 0, false
+	}
+	if d, ok := refgraph.Find(s.graph, signed, dgst); ok {
+		return d, true, nil
+	}
+	gen := s.graph.Generation()
+	gun := req.name.String()
+	last, ok := s.recorded.Get(gun)
+	if !ok || last.view != view || last.gen != gen || (!last.complete && time.Now().After(last.until)) {
+		last = s.recordTargets(ctx, req, view)
+		last.gen = gen
+		s.recorded.Add(gun, last)
+		if d, ok := refgraph.Find(s.graph, signed, dgst); ok {
+			return d, true, nil
+		}
+	}
+	if t := last.transient; t != nil {
+		return v1.Descriptor{}, false, &upstream.Error{Code: t.Code, RetryAfter: t.RetryAfter,
+			Err: fmt.Errorf("cannot tell whether a signed manifest refers to %s, as some cannot be fetched now; retry: %w", dgst, t.Err)}
+	}
+	return v1.Descriptor{}, false, nil
+}
+
+// recordTargets records the manifests of view's signed targets that the
+// graph lacks, each manifest once.
+func (s *Server) recordTargets(ctx context.Context, req *request, view *trust.View) recorded {
+	targets := slices.Collect(maps.Values(view.Targets))
+	slices.SortFunc(targets, func(a, b trust.Target) int { return cmp.Compare(a.Tag, b.Tag) })
+	pass := recorded{view: view, complete: true}
+	seen := map[digest.Digest]bool{}
+	failed := 0
+	for _, t := range targets {
+		err := s.record(ctx, req, v1.Descriptor{Digest: t.Digest, Size: t.Size}, seen)
+		if err == nil {
+			continue
+		}
+		pass.complete = false
+		if u, ok := errors.AsType[*upstream.Error](err); ok && u.Transient() {
+			pass.transient = cmp.Or(pass.transient, u)
+		}
+		if failed++; failed <= 3 {
+			s.log.Warn("cannot record what a signed target refers to", "repo", req.name.String(), "tag", t.Tag, "digest", t.Digest, "err", err,
+				"retry_after", recordRetry)
+		}
+	}
+	if failed > 3 {
+		s.log.Warn("cannot record what more signed targets refer to", "repo", req.name.String(), "count", failed-3, "retry_after", recordRetry)
+	}
+	pass.until = time.Now().Add(recordRetry)
+	return pass
+}
+
+// record makes sure the manifest want and, for an index, its platform
+// manifests are in the reference graph, reading those it lacks from storage
+// or the upstream (s.manifest, which records what it reads). seen holds the
+// manifests this pass has visited: each is read and walked once.
+func (s *Server) record(ctx context.Context, req *request, want v1.Descriptor, seen map[digest.Digest]bool) error {
+	return refgraph.Record(s.graph, want, seen, func(want v1.Descriptor) ([]v1.Descriptor, error) {
+		m, _, err := s.manifest(ctx, req, want)
+		if err != nil {
+			return nil, err
+		}
+		return m.Refs, nil
+	})
+}

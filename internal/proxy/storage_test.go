@@ -1,0 +1,66 @@
+package proxy_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/trustproxy/trustproxy/internal/testenv"
+)
+
+// A manifest that verified but could not be stored (disk full, a bucket
+// error) is no refusal: the client is told to retry with 503 UNAVAILABLE
+// naming storage, not refused as an invalid manifest, and the same pull
+// succeeds once storage works again. An audited pull of an unsigned tag
+// meets the same failure the same way. Storage is made to fail for real: a
+// file stands where distribution's filesystem driver must create the blob
+// directory, which no user, root included, can write through.
+func TestStorageFailureIsRetryable(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "storage v1")
+	w.Registry.Push(t, "library/app", "unsigned", testenv.Image(t, "storage unsigned", 1, 1024))
+	for _, mode := range []string{"enforce", "audit"} {
+		t.Run(mode, func(t *testing.T) {
+			dataDir := t.TempDir()
+			blocker := filepath.Join(dataDir, "storage", "docker", "registry", "v2", "blobs")
+			must(t, os.MkdirAll(filepath.Dir(blocker), 0o755))
+			must(t, os.WriteFile(blocker, []byte("not a directory"), 0o644))
+			cfg := strings.Replace(w.config(t, dataDir, ""),
+				"  rules:\n    - repositories: \"docker.io/**\"\n      signers: [alice]\n",
+				"  rules:\n    - repositories: \"docker.io/**\"\n      signers: [alice]\n      mode: "+mode+"\n", 1)
+			p := start(t, cfg)
+			refs := []string{"v1"}
+			if mode == "audit" {
+				refs = append(refs, "unsigned") // served unverified, and stored
+			}
+			for _, ref := range refs {
+				status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+ref)
+				var e struct {
+					Errors []struct{ Code, Message string } `json:"errors"`
+				}
+				if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 || status != http.StatusServiceUnavailable ||
+					e.Errors[0].Code != "UNAVAILABLE" || !strings.Contains(e.Errors[0].Message, "storage failed; retry") {
+					t.Fatalf("%s with storage failing: %d %s, want 503 UNAVAILABLE naming storage", ref, status, body)
+				}
+			}
+			if n := p.decisions(t, "denied", "invalid_manifest") + p.decisions(t, "audit", "invalid_manifest"); n != 0 {
+				t.Fatalf("%v invalid_manifest decisions for a storage failure", n)
+			}
+			if !strings.Contains(p.logs.String(), `"msg":"storage failed"`) {
+				t.Fatal("the storage failure is not logged for the operator")
+			}
+
+			must(t, os.Remove(blocker))
+			for _, ref := range refs {
+				if status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+ref); status != http.StatusOK {
+					t.Fatalf("%s once storage works: %d %s", ref, status, body)
+				}
+			}
+			p.mustPull(t, "library/app:v1")
+		})
+	}
+}
