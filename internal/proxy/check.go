@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,11 +20,13 @@ import (
 // the manifest is scanned now, and the gate decides on that report. A
 // refusal is a Decision, not an error; an error is no decision.
 func (s *Server) Check(ctx context.Context, image string, rescan bool) (*Decision, error) {
-	name, ref := image, "latest"
-	if n, d, ok := strings.Cut(image, "@"); ok {
-		name, ref = n, d
-	} else if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
-		name, ref = image[:i], image[i+1:]
+	name, ref, digested := strings.Cut(image, "@")
+	tag := ""
+	if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
+		name, tag = name[:i], name[i+1:]
+	}
+	if !digested { // name:tag@digest is the digest
+		ref = cmp.Or(tag, "latest")
 	}
 	r := &http.Request{Method: http.MethodGet, URL: &url.URL{Path: "/v2/" + name + "/manifests/" + ref}}
 	req, err := s.parse(r)
@@ -36,3 +39,4 @@ func (s *Server) Check(ctx context.Context, image string, rescan bool) (*Decisio
 	}
 	return d, err
 }
+

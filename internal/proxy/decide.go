@@ -80,7 +80,14 @@ func (s *Server) decide(ctx context.Context, req *request, opt decideOptions) (*
 	if req.kind != kindWrite {
 		d.Rule = s.cfg.Trust.RuleFor(d.Repository)
 	}
-	err := s.judge(ctx, req, d, opt)
+	return s.conclude(ctx, req, d, s.judge(ctx, req, d, opt))
+}
+
+// conclude turns judge's answer on req into d's verdict: served when it
+// found nothing wrong, denied for a refusal (a *Refusal or trust's
+// *trust.RefusalError), audited when the rule is in audit mode and the
+// reason is auditable (reasons); and logs and counts it.
+func (s *Server) conclude(ctx context.Context, req *request, d *Decision, err error) (*Decision, error) {
 	var refusal *Refusal
 	if r, ok := errors.AsType[*trust.RefusalError](err); ok {
 		refusal = refusalOf(r)
