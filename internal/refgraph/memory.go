@@ -31,8 +31,8 @@ type Graph interface {
 	Local() Graph
 }
 
-// Memory is the in-process Graph. It holds at most maxIndexed
-// manifests and maxIndexedChildren children in all, forgetting the least
+// Memory is the in-process Graph. It holds at most maxRecorded
+// manifests and maxRecordedChildren children in all, forgetting the least
 // recently used manifest first; parents holds only what those refer to,
 // so it is bounded with them. A forgotten manifest is recorded again from
 // storage the next time it is needed.
@@ -45,17 +45,17 @@ type Memory struct {
 }
 
 const (
-	// maxIndexed bounds the manifests whose children are held in memory.
-	maxIndexed = 16384
-	// maxIndexedChildren bounds the children held in memory, in all: a
+	// maxRecorded bounds the manifests whose children are held in memory.
+	maxRecorded = 16384
+	// maxRecordedChildren bounds the children held in memory, in all: a
 	// manifest may list up to manifest.MaxRefs.
-	maxIndexedChildren = 1 << 18
+	maxRecordedChildren = 1 << 18
 )
 
 // NewMemory returns an empty in-process Graph.
 func NewMemory() *Memory {
 	x := &Memory{par: map[digest.Digest][]digest.Digest{}}
-	x.refs, _ = simplelru.NewLRU(maxIndexed, x.forget)
+	x.refs, _ = simplelru.NewLRU(maxRecorded, x.forget)
 	return x
 }
 
@@ -69,7 +69,7 @@ func (x *Memory) Record(m digest.Digest, children []v1.Descriptor) {
 	if x.refs.Contains(m) {
 		return
 	}
-	for x.nchildren+len(kept) > maxIndexedChildren && x.refs.Len() > 0 {
+	for x.nchildren+len(kept) > maxRecordedChildren && x.refs.Len() > 0 {
 		x.refs.RemoveOldest()
 	}
 	for _, c := range kept {

@@ -11,18 +11,18 @@ import (
 	"github.com/trustproxy/trustproxy/internal/manifest"
 )
 
-// The in-process index stays bounded: a forgotten manifest leaves no
+// The in-process graph stays bounded: a forgotten manifest leaves no
 // parent behind, and the generation says something was forgotten.
-func TestMemIndexBounded(t *testing.T) {
+func TestMemoryBounded(t *testing.T) {
 	x := NewMemory()
 	layer := digest.FromString("shared layer")
 	first := digest.FromString("manifest 0")
-	for i := range maxIndexed + 10 {
+	for i := range maxRecorded + 10 {
 		m := digest.FromString(fmt.Sprint("manifest ", i))
 		x.Record(m, []v1.Descriptor{{Digest: layer}, {Digest: digest.FromString(fmt.Sprint("own layer ", i))}})
 	}
-	if got := len(x.Parents(layer)); got != maxIndexed {
-		t.Fatalf("the shared layer has %d parents, want %d", got, maxIndexed)
+	if got := len(x.Parents(layer)); got != maxRecorded {
+		t.Fatalf("the shared layer has %d parents, want %d", got, maxRecorded)
 	}
 	if _, ok := x.Children(first); ok {
 		t.Fatal("the oldest manifest is still recorded")
@@ -30,8 +30,8 @@ func TestMemIndexBounded(t *testing.T) {
 	if p := x.Parents(digest.FromString("own layer 0")); len(p) != 0 {
 		t.Fatalf("a forgotten manifest's layer still has parents %v", p)
 	}
-	if len(x.par) != maxIndexed+1 {
-		t.Fatalf("parents holds %d digests, want %d", len(x.par), maxIndexed+1)
+	if len(x.par) != maxRecorded+1 {
+		t.Fatalf("parents holds %d digests, want %d", len(x.par), maxRecorded+1)
 	}
 	if x.Generation() == 0 {
 		t.Fatal("forgetting did not change the generation")
@@ -67,19 +67,19 @@ func TestLookupOnlyThroughManifests(t *testing.T) {
 	}
 }
 
-// The index is bounded by the children it holds too: manifests listing
+// The graph is bounded by the children it holds too: manifests listing
 // thousands of descriptors each evict the oldest.
-func TestMemIndexChildrenBudget(t *testing.T) {
+func TestMemoryChildrenBudget(t *testing.T) {
 	x := NewMemory()
-	for m := range 2 * maxIndexedChildren / manifest.MaxRefs {
+	for m := range 2 * maxRecordedChildren / manifest.MaxRefs {
 		children := make([]v1.Descriptor, manifest.MaxRefs)
 		for i := range children {
 			children[i] = v1.Descriptor{Digest: digest.FromString(fmt.Sprint(m, "/", i)), MediaType: v1.MediaTypeImageLayerGzip}
 		}
 		x.Record(digest.FromString(fmt.Sprint("manifest ", m)), children)
 	}
-	if x.nchildren > maxIndexedChildren || len(x.par) > maxIndexedChildren {
-		t.Fatalf("the index holds %d children and %d parent lists, want at most %d", x.nchildren, len(x.par), maxIndexedChildren)
+	if x.nchildren > maxRecordedChildren || len(x.par) > maxRecordedChildren {
+		t.Fatalf("the graph holds %d children and %d parent lists, want at most %d", x.nchildren, len(x.par), maxRecordedChildren)
 	}
 	if _, ok := x.Children(digest.FromString("manifest 0")); ok {
 		t.Fatal("the oldest manifest is still recorded")
@@ -98,18 +98,18 @@ func signs(ds ...digest.Digest) Signed {
 	}
 }
 
-// countingIndex counts the graph calls a lookup or a recording pass makes.
-type countingIndex struct {
+// countingGraph counts the graph calls a lookup or a recording pass makes.
+type countingGraph struct {
 	*Memory
 	parentCalls, childCalls atomic.Int64
 }
 
-func (c *countingIndex) Parents(d digest.Digest) []digest.Digest {
+func (c *countingGraph) Parents(d digest.Digest) []digest.Digest {
 	c.parentCalls.Add(1)
 	return c.Memory.Parents(d)
 }
 
-func (c *countingIndex) Children(m digest.Digest) ([]v1.Descriptor, bool) {
+func (c *countingGraph) Children(m digest.Digest) ([]v1.Descriptor, bool) {
 	c.childCalls.Add(1)
 	return c.Memory.Children(m)
 }
@@ -137,9 +137,9 @@ func lattice(x Graph, n int, layer digest.Digest) {
 // One repository's manifests cannot make lookups elsewhere expensive: a
 // lookup considers each recorded manifest once, however many paths lead
 // through it.
-func TestLookupWorkBoundedByIndexSize(t *testing.T) {
+func TestFindWorkBoundedByGraphSize(t *testing.T) {
 	for _, n := range []int{10, 20, 40} {
-		x := &countingIndex{Memory: NewMemory()}
+		x := &countingGraph{Memory: NewMemory()}
 		layer := digest.FromString("a popular layer")
 		lattice(x, n, layer)
 		victim := signs(digest.FromString("victim image"))
@@ -157,12 +157,14 @@ func TestLookupWorkBoundedByIndexSize(t *testing.T) {
 }
 
 // A recording pass reads and walks each manifest once.
-func TestRecordWorkBoundedByIndexSize(t *testing.T) {
+func TestRecordWorkBoundedByGraphSize(t *testing.T) {
 	const n = 30
-	x := &countingIndex{Memory: NewMemory()}
+	x := &countingGraph{Memory: NewMemory()}
 	lattice(x, n, digest.FromString("a popular layer"))
 	seen := map[digest.Digest]bool{}
-	read := func(want v1.Descriptor) ([]v1.Descriptor, error) { return nil, fmt.Errorf("%s is not recorded", want.Digest) }
+	read := func(want v1.Descriptor) ([]v1.Descriptor, error) {
+		return nil, fmt.Errorf("%s is not recorded", want.Digest)
+	}
 	for i := range n {
 		if err := Record(x, v1.Descriptor{Digest: digest.FromString(fmt.Sprint("S", i))}, seen, read); err != nil {
 			t.Fatal(err)
