@@ -20,6 +20,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cache"
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 // The scan gate's refusal reasons.
@@ -268,10 +269,10 @@ func (g *Gate) CheckCredential(gr Grant, p *config.ScanPolicy) Verdict {
 }
 
 // policyThreshold is the severity at which p blocks.
-func policyThreshold(p *config.ScanPolicy) Severity {
-	threshold, err := ParseSeverity(p.Severity)
+func policyThreshold(p *config.ScanPolicy) severity.Level {
+	threshold, err := severity.Parse(p.Severity)
 	if err != nil {
-		return SeverityCritical // config validated it; fail towards blocking
+		return severity.Critical // config validated it; fail towards blocking
 	}
 	return threshold
 }
@@ -353,7 +354,7 @@ func (g *Gate) recentReport(d digest.Digest) (*cache.StoredReport, error) {
 }
 
 // judge applies p to a stored report.
-func (g *Gate) judge(stored *cache.StoredReport, threshold Severity, p *config.ScanPolicy) Verdict {
+func (g *Gate) judge(stored *cache.StoredReport, threshold severity.Level, p *config.ScanPolicy) Verdict {
 	r, err := g.summary(stored)
 	if err != nil {
 		g.log.Error("stored scan report does not read", "digest", stored.Digest, "err", err)
