@@ -18,6 +18,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 // ignorePattern leaves out of comparisons the compiled pattern of a Rule,
@@ -142,6 +144,22 @@ func TestDefaults(t *testing.T) {
 				c.Trust.Rules = []Rule{
 					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour},
 					{Repositories: "**", Roles: []string{"targets"}, Mode: Audit, MaxStaleness: 24 * time.Hour, Index: 1},
+				}
+			},
+		},
+		{
+			name: "scan policy defaults",
+			yaml: "scan:\n  registry_url: http://127.0.0.1:5000\n  scanners: [{name: trivy, url: http://trivy:8080}]\n" +
+				"trust:\n  rules:\n    - repositories: docker.io/**\n      scan: {}\n    - repositories: '**'\n      scan: {severity: '', missing: '', max_report_age: 1h}\n",
+			want: func(c *Config) {
+				c.Scan.RegistryURL = "http://127.0.0.1:5000"
+				c.Scan.Scanners = []Scanner{{Name: "trivy", URL: "http://trivy:8080"}}
+				policy := func(age time.Duration) *ScanPolicy {
+					return &ScanPolicy{Severity: severity.Critical, MaxReportAge: age, Missing: MissingWait, Wait: 30 * time.Second}
+				}
+				c.Trust.Rules = []Rule{
+					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Scan: policy(168 * time.Hour)},
+					{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Scan: policy(time.Hour), Index: 1},
 				}
 			},
 		},
@@ -333,10 +351,25 @@ func TestErrors(t *testing.T) {
 		{
 			name: "bad scan policy",
 			yaml: "scan:\n  registry_url: http://127.0.0.1:5000\n  scanners: [{name: trivy, url: http://trivy:8080}]\n" +
-				rule("    - repositories: '**'\n      scan: {severity: severe, missing: later, wait: -1s, allowlist: [{id: CVE-2024-3094}]}\n"),
-			want: []string{`trust.rules[0].scan.severity: "severe": want one of unknown, negligible, low, medium, high, critical`,
-				`trust.rules[0].scan.missing: "later"`, "trust.rules[0].scan.wait: must be positive",
+				rule("    - repositories: '**'\n      scan: {wait: -1s, allowlist: [{id: CVE-2024-3094}]}\n"),
+			want: []string{"trust.rules[0].scan.wait: must be positive",
 				"trust.rules[0].scan.allowlist[0].expires: required", "trust.rules[0].scan.allowlist[0].reason: required"},
+		},
+		{
+			name: "bad scan words",
+			yaml: rule("    - repositories: '**'\n      scan:\n        severity: severe\n        missing: later\n"),
+			want: []string{`line 5: severity "severe": want one of unknown, negligible, low, medium, high, critical`,
+				`line 6: missing "later": want block, wait or allow`},
+		},
+		{
+			name: "severity in the spec's case",
+			yaml: rule("    - repositories: '**'\n      scan: {severity: Critical}\n"),
+			want: []string{`line 4: severity "Critical": want one of unknown, negligible, low, medium, high, critical`},
+		},
+		{
+			name: "scan words not words",
+			yaml: rule("    - repositories: '**'\n      scan:\n        severity: [high]\n        missing: {wait: 1s}\n"),
+			want: []string{"line 5: severity: want one of unknown,", "line 6: missing: want block, wait or allow"},
 		},
 		{
 			name: "scanners without registry url",
@@ -645,6 +678,30 @@ func TestModeUnmarshalText(t *testing.T) {
 	}
 }
 
+func TestMissingUnmarshalText(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Missing
+		wantErr bool
+	}{
+		{"block", MissingBlock, false},
+		{"wait", MissingWait, false},
+		{"allow", MissingAllow, false},
+		{"", "", false}, // Load fills the default
+		{"Wait", MissingAllow, true},
+		{"later", MissingAllow, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			m := MissingAllow
+			err := m.UnmarshalText([]byte(tt.in))
+			if m != tt.want || (err != nil) != tt.wantErr {
+				t.Errorf("UnmarshalText(%q) = %q, %v; want %q, error %v", tt.in, m, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
 // TestExample loads config/trustproxy.yaml with the files it names laid out
 // beside it.
 func TestExample(t *testing.T) {
@@ -704,7 +761,7 @@ func TestExample(t *testing.T) {
 			},
 			Rules: []Rule{
 				{Repositories: "registry.example.com:5443/**", Signers: []string{"release-ci", "bob"}, Roles: []string{"targets/releases"}, Mode: Enforce, MaxStaleness: 24 * time.Hour,
-					Scan: &ScanPolicy{Severity: "high", MaxReportAge: 72 * time.Hour, Missing: MissingWait, Wait: 30 * time.Second,
+					Scan: &ScanPolicy{Severity: severity.High, MaxReportAge: 72 * time.Hour, Missing: MissingWait, Wait: 30 * time.Second,
 						Allowlist: []AllowedVulnerability{{ID: "CVE-2024-3094", Expires: time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC),
 							Reason: "xz-utils is not installed at run time; rebuild tracked in OPS-1234"}}}},
 				{Repositories: "docker.io/library/*", Signers: []string{"alice"}, Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 6 * time.Hour, Index: 1},

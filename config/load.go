@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 // defaultYAML is the configuration used when none is given.
@@ -238,7 +240,7 @@ func (c *Config) setDefaults() {
 		orDefault(&r.Mode, Enforce)
 		orDefault(&r.MaxStaleness, c.Trust.MaxStaleness)
 		if sp := r.Scan; sp != nil {
-			orDefault(&sp.Severity, "critical")
+			orDefault(&sp.Severity, severity.Critical)
 			orDefault(&sp.MaxReportAge, 7*24*time.Hour)
 			orDefault(&sp.Missing, MissingWait)
 			orDefault(&sp.Wait, 30*time.Second)

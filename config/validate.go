@@ -256,9 +256,6 @@ func (c *Config) validateTrust(p *problems) {
 	}
 }
 
-// severities are the values of ScanPolicy.Severity, lowest first.
-var severities = []string{"unknown", "negligible", "low", "medium", "high", "critical"}
-
 // validateScan checks the scan section and every rule's scan policy, and
 // reads the token files.
 func (c *Config) validateScan(p *problems) {
@@ -324,15 +321,8 @@ func (c *Config) validateScan(p *problems) {
 		if sp == nil {
 			continue
 		}
+		// Severity and Missing are typed: a bad word failed the decoding.
 		f := fmt.Sprintf("trust.rules[%d].scan", i)
-		if !slices.Contains(severities, sp.Severity) {
-			p.addf(f+".severity", "%q: want one of %s", sp.Severity, strings.Join(severities, ", "))
-		}
-		switch sp.Missing {
-		case MissingBlock, MissingWait, MissingAllow:
-		default:
-			p.addf(f+".missing", "%q: want %s, %s or %s", sp.Missing, MissingBlock, MissingWait, MissingAllow)
-		}
 		if sp.MaxReportAge <= 0 {
 			p.addf(f+".max_report_age", "must be positive, e.g. 168h")
 		}

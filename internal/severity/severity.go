@@ -58,10 +58,15 @@ func (l Level) MarshalText() ([]byte, error) {
 }
 
 // UnmarshalText sets l from one of the words the configuration documents,
-// the spec's in lower case (unknown, ..., critical), and rejects any other,
-// leaving l as it was.
+// the spec's in lower case (unknown, ..., critical), or from "" to the zero
+// Level, which a configuration leaves to its default. It rejects any other
+// word, leaving l as it was.
 func (l *Level) UnmarshalText(b []byte) error {
 	s := string(b)
+	if s == "" {
+		*l = 0
+		return nil
+	}
 	v, err := Parse(s)
 	if err != nil || s != strings.ToLower(s) {
 		return fmt.Errorf("severity %q: want one of %s", b, strings.ToLower(strings.Join(words[Unknown:], ", ")))

@@ -86,7 +86,7 @@ func TestUnmarshal(t *testing.T) {
 		{yaml: "unknown", want: Unknown},
 		{yaml: "High", want: Medium, wantErr: `line 1: severity "High": want one of unknown, negligible, low, medium, high, critical`},
 		{yaml: "severe", want: Medium, wantErr: `line 1: severity "severe": want one of unknown, negligible, low, medium, high, critical`},
-		{yaml: "''", want: Medium, wantErr: `severity "": want one of`},
+		{yaml: "''", want: 0},
 		{yaml: "[high]", want: Medium, wantErr: "line 1: severity: want one of unknown, negligible, low, medium, high, critical"},
 	}
 	for _, tt := range tests {
