@@ -103,6 +103,9 @@ type Pinning struct {
 	// CA maps a GUN prefix to a PEM file of CA certificates that must have
 	// issued the root certificate.
 	CA map[string]string `yaml:"ca"`
+
+	// compiled is Certs and CA compiled by Load, for For.
+	compiled pins
 }
 
 // Signer is a named key the operator trusts to sign tags.

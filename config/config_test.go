@@ -22,9 +22,10 @@ import (
 	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
-// ignorePattern leaves out of comparisons the compiled pattern of a Rule,
-// which TestMatch checks.
-var ignorePattern = cmpopts.IgnoreUnexported(Rule{})
+// ignoreCompiled leaves out of comparisons the compiled pattern of a Rule,
+// which TestMatch checks, and the compiled pins of a Pinning, which
+// TestPinningFor checks.
+var ignoreCompiled = cmpopts.IgnoreUnexported(Rule{}, Pinning{})
 
 // defaults is the configuration that an empty file gives.
 func defaults() *Config {
@@ -179,7 +180,7 @@ func TestDefaults(t *testing.T) {
 			if tt.want != nil {
 				tt.want(want)
 			}
-			if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
+			if diff := cmp.Diff(want, got, ignoreCompiled); diff != "" {
 				t.Errorf("Load(%q) mismatch (-want +got):\n%s", tt.yaml, diff)
 			}
 		})
@@ -193,7 +194,7 @@ func TestEmbeddedDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(defaults(), c, ignorePattern); diff != "" {
+	if diff := cmp.Diff(defaults(), c, ignoreCompiled); diff != "" {
 		t.Errorf("default.yaml differs from the defaults Load fills (-want +got):\n%s", diff)
 	}
 	for i, u := range c.Upstreams {
@@ -274,7 +275,7 @@ func TestEnv(t *testing.T) {
 			}
 			want := defaults()
 			tt.want(want)
-			if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
+			if diff := cmp.Diff(want, got, ignoreCompiled); diff != "" {
 				t.Errorf("mismatch (-want +got):\n%s", diff)
 			}
 		})
@@ -655,6 +656,50 @@ func TestRuleFor(t *testing.T) {
 	}
 }
 
+func TestPinningFor(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string][]byte{"a.pem": newCert(t).cert, "b.pem": newCert(t).cert, "c.pem": newCert(t).cert})
+	a, b, c := filepath.Join(dir, "a.pem"), filepath.Join(dir, "b.pem"), filepath.Join(dir, "c.pem")
+	id1, id2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
+	cfg, err := Load(strings.NewReader("trust:\n  pinning:\n    certs:\n"+
+		"      docker.io/library/alpine: ["+id2+", "+id1+"]\n      reg.example:5443/team/app: ["+id1+"]\n"+
+		"    ca:\n      reg.example:5443/: "+a+"\n      reg.example:5443/team/: "+b+"\n      docker.io/lib: "+c+"\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		gun  string
+		want Pins
+	}{
+		{"docker.io/library/alpine", Pins{CertIDs: []string{id1, id2}, CAs: []CAPin{{"docker.io/lib", c}}}},
+		{"docker.io/library/alpine2", Pins{CAs: []CAPin{{"docker.io/lib", c}}}},
+		{"docker.io/library", Pins{CAs: []CAPin{{"docker.io/lib", c}}}},
+		{"docker.io/li", Pins{}},
+		{"docker.io/myorg/app", Pins{}},
+		{"reg.example:5443/team/app", Pins{CertIDs: []string{id1}, CAs: []CAPin{{"reg.example:5443/", a}, {"reg.example:5443/team/", b}}}},
+		{"reg.example:5443/team/other", Pins{CAs: []CAPin{{"reg.example:5443/", a}, {"reg.example:5443/team/", b}}}},
+		{"reg.example:5443/other/app", Pins{CAs: []CAPin{{"reg.example:5443/", a}}}},
+		{"reg.example:5443", Pins{}},
+		{"reg.example:54430/x", Pins{}},
+		{"", Pins{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.gun, func(t *testing.T) {
+			got := cfg.Trust.Pinning.For(tt.gun)
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("For(%q) (-want +got):\n%s", tt.gun, diff)
+			}
+			if got.Pinned() != (len(tt.want.CertIDs)+len(tt.want.CAs) > 0) {
+				t.Errorf("For(%q).Pinned() = %v", tt.gun, got.Pinned())
+			}
+		})
+	}
+	notLoaded := Pinning{Certs: map[string][]string{"docker.io/library/alpine": {id1}}}
+	if got := notLoaded.For("docker.io/library/alpine"); got.Pinned() {
+		t.Errorf("a Pinning not compiled by Load pins %+v", got)
+	}
+}
+
 func TestModeUnmarshalText(t *testing.T) {
 	tests := []struct {
 		in      string
@@ -785,7 +830,7 @@ func TestExample(t *testing.T) {
 	s := want.Trust.Signers
 	want.Trust.Rules[0].TrustedSigners = []*Signer{&s[1], &s[2]}
 	want.Trust.Rules[1].TrustedSigners = []*Signer{&s[0]}
-	if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
+	if diff := cmp.Diff(want, got, ignoreCompiled); diff != "" {
 		t.Errorf("LoadFile(example) mismatch (-want +got):\n%s", diff)
 	}
 	for i, r := range got.Trust.Rules {

@@ -26,8 +26,9 @@ func (p *problems) addf(field, format string, args ...any) {
 }
 
 // validate checks c, after defaults are filled, and compiles its trust
-// section: it reads each signer's public keys into Keys, compiles each
-// rule's pattern and resolves its signers into TrustedSigners. It returns
+// section: it compiles the pinning, reads each signer's public keys into
+// Keys, compiles each rule's pattern and resolves its signers into
+// TrustedSigners. It returns
 // every problem found, joined. No error message contains a password.
 func (c *Config) validate() error {
 	var p problems
@@ -185,6 +186,7 @@ func (c *Config) validateTrust(p *problems) {
 			p.addf(f, "%v", err)
 		}
 	}
+	t.Pinning.compiled = compilePins(t.Pinning)
 
 	signers := make(map[string]*Signer)
 	for i := range t.Signers {
