@@ -46,32 +46,34 @@ type Upstream struct {
 	// Name is the registry host as it appears in Docker Content Trust GUNs
 	// (docker.io for Docker Hub): the GUN of repository R is Name/R.
 	Name string `yaml:"name"`
-	// URL is the registry's base URL, e.g. https://registry-1.docker.io.
-	URL      string `yaml:"url"`
-	CAFile   string `yaml:"ca_file"`
-	Username string `yaml:"username"`
-	Password string `yaml:"password"`
-	// TokenRealms are the origins (scheme://host[:port]) besides URL's own
-	// that may receive token requests, with the credentials: a challenge
-	// naming any other realm is refused. Docker Hub's is https://auth.docker.io.
-	TokenRealms []string `yaml:"token_realms"`
+	// Endpoint is the registry: URL is its base URL, e.g.
+	// https://registry-1.docker.io. Docker Hub's token realm is
+	// https://auth.docker.io.
+	Endpoint `yaml:",inline"`
 	// RedirectHosts are hosts (host or host:port) the registry may redirect
 	// to even though they resolve to loopback, private or link-local
 	// addresses, e.g. an internal object store. Any other redirect target
 	// must resolve to public addresses.
 	RedirectHosts []string `yaml:"redirect_hosts"`
-	Notary        Notary   `yaml:"notary"`
+	// Notary is the trust server of the registry. An empty URL means none
+	// is configured: every pull from that upstream is refused in enforce
+	// mode.
+	Notary Endpoint `yaml:"notary"`
 }
 
-// Notary is the trust server of an upstream. An empty URL means none is
-// configured: every pull from that upstream is refused in enforce mode.
-type Notary struct {
-	URL      string `yaml:"url"`
+// Endpoint is a server trustproxy connects to, a registry or a Notary
+// server, and what it may make trustproxy send: internal/egress makes the
+// client of one.
+type Endpoint struct {
+	// URL is the server's base URL: its origin receives the credentials.
+	URL string `yaml:"url"`
+	// CAFile is a PEM file of CA certificates trusted besides the system's.
 	CAFile   string `yaml:"ca_file"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
-	// TokenRealms are as for the upstream: origins besides URL's own that
-	// may receive token requests.
+	// TokenRealms are the origins (scheme://host[:port]) besides URL's own
+	// that may receive token requests, with the credentials: a challenge
+	// naming any other realm is refused.
 	TokenRealms []string `yaml:"token_realms"`
 }
 

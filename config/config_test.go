@@ -33,7 +33,7 @@ func defaults() *Config {
 		Listen:    "127.0.0.1:5000",
 		DataDir:   "./trustproxy-data",
 		Storage:   map[string]map[string]any{"filesystem": {"rootdirectory": "trustproxy-data/storage"}},
-		Upstreams: []Upstream{{Name: "docker.io", URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}},
+		Upstreams: []Upstream{{Name: "docker.io", Endpoint: Endpoint{URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}}},
 		Trust: Trust{
 			Rules:        []Rule{{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour}},
 			RefreshTTL:   time.Minute,
@@ -242,8 +242,9 @@ func TestEnv(t *testing.T) {
 				c.Storage["filesystem"]["rootdirectory"] = "/data/storage"
 				c.Log.Level = "debug"
 				c.Upstreams[0] = Upstream{
-					Name: "mirror.example.com", URL: "https://mirror.example.com", Username: "user", Password: "secret",
-					Notary: Notary{URL: "https://notary.example.com", CAFile: ca, Username: "nuser", Password: "nsecret"},
+					Name:     "mirror.example.com",
+					Endpoint: Endpoint{URL: "https://mirror.example.com", Username: "user", Password: "secret"},
+					Notary:   Endpoint{URL: "https://notary.example.com", CAFile: ca, Username: "nuser", Password: "nsecret"},
 				}
 			},
 		},
@@ -263,7 +264,7 @@ func TestEnv(t *testing.T) {
 			yaml: twoUpstreams,
 			env:  []string{"TRUSTPROXY_UPSTREAM_URL=http://127.0.0.1:5001"},
 			want: func(c *Config) {
-				c.Upstreams = []Upstream{{Name: "a.example", URL: "http://127.0.0.1:5001"}, {Name: "b.example", URL: "https://b.example"}}
+				c.Upstreams = []Upstream{{Name: "a.example", Endpoint: Endpoint{URL: "http://127.0.0.1:5001"}}, {Name: "b.example", Endpoint: Endpoint{URL: "https://b.example"}}}
 			},
 		},
 	}
@@ -508,6 +509,61 @@ func TestErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEndpointErrors: a registry and a Notary server are checked alike, by
+// one validator, each problem named by the field of its kind.
+func TestEndpointErrors(t *testing.T) {
+	tests := []struct {
+		name     string
+		endpoint string   // YAML lines of the endpoint, unindented
+		want     []string // after the endpoint's field path
+	}{
+		{name: "url scheme", endpoint: "url: ftp://x.example", want: []string{`.url: "ftp://x.example": want an https:// or http:// URL`}},
+		{name: "url credentials", endpoint: "url: https://u:hunter2@x.example", want: []string{".url: credentials in the URL"}},
+		{name: "url query", endpoint: "url: https://x.example/?token=t", want: []string{".url: remove the query"}},
+		{name: "password without username", endpoint: "url: https://x.example\npassword: p", want: []string{".username: required with a password"}},
+		{name: "ca file missing", endpoint: "url: https://x.example\nca_file: nope.pem", want: []string{".ca_file: file ", "does not exist"}},
+		{
+			name:     "token realms",
+			endpoint: "url: https://x.example\ntoken_realms: [https://auth.example/token, auth.example]",
+			want:     []string{".token_realms[0]: ", "scheme://host[:port]", ".token_realms[1]: ", "want an origin"},
+		},
+	}
+	indent := func(s, by string) string { return by + strings.ReplaceAll(s, "\n", "\n"+by) + "\n" }
+	for _, tt := range tests {
+		for _, kind := range []struct{ field, yaml string }{
+			{"upstreams[0]", "upstreams:\n  - name: reg.example\n" + indent(tt.endpoint, "    ")},
+			{"upstreams[0].notary", "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n" + indent(tt.endpoint, "      ")},
+		} {
+			t.Run(tt.name+" "+kind.field, func(t *testing.T) {
+				_, err := Load(strings.NewReader(kind.yaml), nil)
+				if err == nil {
+					t.Fatalf("Load succeeded, want %s%s", kind.field, tt.want[0])
+				}
+				for _, w := range tt.want {
+					if w[0] == '.' {
+						w = kind.field + w
+					}
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error does not contain %q:\n%v", w, err)
+					}
+				}
+				if strings.Contains(err.Error(), "hunter2") {
+					t.Errorf("error shows a password:\n%v", err)
+				}
+			})
+		}
+	}
+
+	// Only a Notary server may be left out, and then wholly.
+	_, err := Load(strings.NewReader("upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      username: u\n"), nil)
+	if want := "upstreams[0].notary.url: required with notary ca_file, credentials or token_realms"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("notary credentials without a URL: %v, want %q", err, want)
+	}
+	if _, err := Load(strings.NewReader("upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary: {}\n"), nil); err != nil {
+		t.Errorf("upstream without a Notary server: %v", err)
 	}
 }
 
@@ -782,16 +838,19 @@ func TestExample(t *testing.T) {
 		Storage: map[string]map[string]any{"filesystem": {"rootdirectory": path("data/storage")}},
 		Upstreams: []Upstream{
 			{
-				Name: "docker.io", URL: "https://registry-1.docker.io", CAFile: path("certs/registry-ca.pem"),
-				Username: "trustproxy", Password: "change-me",
-				TokenRealms: []string{"https://auth.docker.io"}, RedirectHosts: []string{},
-				Notary: Notary{URL: "https://notary.example.internal", CAFile: path("certs/notary-ca.pem"), Username: "trustproxy", Password: "change-me",
+				Name: "docker.io",
+				Endpoint: Endpoint{URL: "https://registry-1.docker.io", CAFile: path("certs/registry-ca.pem"),
+					Username: "trustproxy", Password: "change-me", TokenRealms: []string{"https://auth.docker.io"}},
+				RedirectHosts: []string{},
+				Notary: Endpoint{URL: "https://notary.example.internal", CAFile: path("certs/notary-ca.pem"), Username: "trustproxy", Password: "change-me",
 					TokenRealms: []string{"https://auth.example.internal"}},
 			},
 			{
-				Name: "registry.example.com:5443", URL: "https://registry.example.com:5443", CAFile: path("certs/registry-ca.pem"),
-				Username: "mirror", Password: "change-me", RedirectHosts: []string{"minio.example.com:9000"},
-				Notary: Notary{URL: "https://notary.example.com:4443", CAFile: path("certs/notary-ca.pem"), Username: "mirror", Password: "change-me"},
+				Name: "registry.example.com:5443",
+				Endpoint: Endpoint{URL: "https://registry.example.com:5443", CAFile: path("certs/registry-ca.pem"),
+					Username: "mirror", Password: "change-me"},
+				RedirectHosts: []string{"minio.example.com:9000"},
+				Notary:        Endpoint{URL: "https://notary.example.com:4443", CAFile: path("certs/notary-ca.pem"), Username: "mirror", Password: "change-me"},
 			},
 		},
 		Trust: Trust{

@@ -205,7 +205,7 @@ func (c *Config) applyEnv(env []string) {
 // defaultUpstream is Docker Hub, without a Notary server: Docker's public one,
 // notary.docker.io, shuts down on 2026-12-08.
 func defaultUpstream() Upstream {
-	return Upstream{Name: "docker.io", URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}
+	return Upstream{Name: "docker.io", Endpoint: Endpoint{URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}}
 }
 
 // setDefaults fills what the file and env left unset.

@@ -129,12 +129,8 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	}
 	for i, u := range cfg.Upstreams {
 		up := &upstream{index: i, cfg: u}
-		if n := u.Notary; n.URL != "" {
-			up.client, err = egress.New(egress.Endpoint{
-				Field: fmt.Sprintf("upstreams[%d].notary", i), URL: n.URL, CAFile: n.CAFile,
-				Username: n.Username, Password: n.Password, TokenRealms: n.TokenRealms,
-				Timeout: v.limits.UpstreamTimeout,
-			})
+		if u.Notary.URL != "" {
+			up.client, err = egress.New(egress.Configured(fmt.Sprintf("upstreams[%d].notary", i), u.Notary, nil, v.limits.UpstreamTimeout))
 			if err != nil {
 				return nil, err
 			}
