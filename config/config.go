@@ -1,11 +1,15 @@
 package config
 
 import (
+	"encoding"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 // Config is trustproxy's whole configuration, as read from YAML.
@@ -42,32 +46,34 @@ type Upstream struct {
 	// Name is the registry host as it appears in Docker Content Trust GUNs
 	// (docker.io for Docker Hub): the GUN of repository R is Name/R.
 	Name string `yaml:"name"`
-	// URL is the registry's base URL, e.g. https://registry-1.docker.io.
-	URL      string `yaml:"url"`
-	CAFile   string `yaml:"ca_file"`
-	Username string `yaml:"username"`
-	Password string `yaml:"password"`
-	// TokenRealms are the origins (scheme://host[:port]) besides URL's own
-	// that may receive token requests, with the credentials: a challenge
-	// naming any other realm is refused. Docker Hub's is https://auth.docker.io.
-	TokenRealms []string `yaml:"token_realms"`
+	// Endpoint is the registry: URL is its base URL, e.g.
+	// https://registry-1.docker.io. Docker Hub's token realm is
+	// https://auth.docker.io.
+	Endpoint `yaml:",inline"`
 	// RedirectHosts are hosts (host or host:port) the registry may redirect
 	// to even though they resolve to loopback, private or link-local
 	// addresses, e.g. an internal object store. Any other redirect target
 	// must resolve to public addresses.
 	RedirectHosts []string `yaml:"redirect_hosts"`
-	Notary        Notary   `yaml:"notary"`
+	// Notary is the trust server of the registry. An empty URL means none
+	// is configured: every pull from that upstream is refused in enforce
+	// mode.
+	Notary Endpoint `yaml:"notary"`
 }
 
-// Notary is the trust server of an upstream. An empty URL means none is
-// configured: every pull from that upstream is refused in enforce mode.
-type Notary struct {
-	URL      string `yaml:"url"`
+// Endpoint is a server trustproxy connects to, a registry or a Notary
+// server, and what it may make trustproxy send: internal/egress makes the
+// client of one.
+type Endpoint struct {
+	// URL is the server's base URL: its origin receives the credentials.
+	URL string `yaml:"url"`
+	// CAFile is a PEM file of CA certificates trusted besides the system's.
 	CAFile   string `yaml:"ca_file"`
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
-	// TokenRealms are as for the upstream: origins besides URL's own that
-	// may receive token requests.
+	// TokenRealms are the origins (scheme://host[:port]) besides URL's own
+	// that may receive token requests, with the credentials: a challenge
+	// naming any other realm is refused.
 	TokenRealms []string `yaml:"token_realms"`
 }
 
@@ -99,6 +105,9 @@ type Pinning struct {
 	// CA maps a GUN prefix to a PEM file of CA certificates that must have
 	// issued the root certificate.
 	CA map[string]string `yaml:"ca"`
+
+	// compiled is Certs and CA compiled by Load, for For.
+	compiled pins
 }
 
 // Signer is a named key the operator trusts to sign tags.
@@ -140,9 +149,16 @@ func (m *Mode) UnmarshalText(b []byte) error {
 // UnmarshalYAML is UnmarshalText with the line of the YAML node in the error,
 // which yaml.v3 leaves out for TextUnmarshaler errors.
 func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
-	err := fmt.Errorf("mode: want %s or %s", Enforce, Audit)
+	return unmarshalWord(n, m, fmt.Sprintf("mode: want %s or %s", Enforce, Audit))
+}
+
+// unmarshalWord is the UnmarshalYAML of an enum u: UnmarshalText of a scalar
+// node, its error given the node's line, which yaml.v3 leaves out for
+// TextUnmarshaler errors; any other node is refused with notWord.
+func unmarshalWord(n *yaml.Node, u encoding.TextUnmarshaler, notWord string) error {
+	err := errors.New(notWord)
 	if n.Kind == yaml.ScalarNode {
-		err = m.UnmarshalText([]byte(n.Value))
+		err = u.UnmarshalText([]byte(n.Value))
 	}
 	if err != nil {
 		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
@@ -224,11 +240,13 @@ type Scanner struct {
 	Authorization string `yaml:"-"`
 }
 
-// ScanPolicy says which scan reports let a rule's images through.
+// ScanPolicy says which scan reports let a rule's images through. Load
+// parses its words into their types: nothing is parsed per check.
 type ScanPolicy struct {
 	// Severity is the lowest severity that blocks: critical (default),
-	// high, medium, low, negligible or unknown.
-	Severity string `yaml:"severity"`
+	// high, medium, low, negligible or unknown. The zero Level, in a
+	// policy not from Load, is below them all: every finding blocks.
+	Severity severity.Level `yaml:"severity"`
 	// Allowlist excuses vulnerabilities by ID until each entry expires.
 	Allowlist []AllowedVulnerability `yaml:"allowlist"`
 	// MaxReportAge is how old a report may be; an older one is treated as
@@ -236,7 +254,7 @@ type ScanPolicy struct {
 	MaxReportAge time.Duration `yaml:"max_report_age"`
 	// Missing is what no report (or one too old) means: block, wait
 	// (default: start a scan and hold the request up to Wait) or allow.
-	Missing string `yaml:"missing"`
+	Missing Missing `yaml:"missing"`
 	// Wait bounds how long a request waits for a scan under missing: wait.
 	// Default 30s.
 	Wait time.Duration `yaml:"wait"`
@@ -252,12 +270,35 @@ type AllowedVulnerability struct {
 	Reason string `yaml:"reason"`
 }
 
+// Missing says what a scan policy does with an image that has no report,
+// or only one older than its max_report_age. Every one starts a scan.
+type Missing string
+
 // The values of ScanPolicy.Missing.
 const (
-	MissingBlock = "block"
-	MissingWait  = "wait"
-	MissingAllow = "allow"
+	// MissingBlock refuses the image until a report lets it through.
+	MissingBlock Missing = "block"
+	// MissingWait holds the request up to ScanPolicy.Wait for the scan.
+	MissingWait Missing = "wait"
+	// MissingAllow serves the image.
+	MissingAllow Missing = "allow"
 )
+
+// UnmarshalText sets m from block, wait or allow, or from "" to "", which
+// Load replaces with the default (wait), and rejects any other word.
+func (m *Missing) UnmarshalText(b []byte) error {
+	switch v := Missing(b); v {
+	case "", MissingBlock, MissingWait, MissingAllow:
+		*m = v
+		return nil
+	}
+	return fmt.Errorf("missing %q: want %s, %s or %s", b, MissingBlock, MissingWait, MissingAllow)
+}
+
+// UnmarshalYAML is UnmarshalText with the line of the YAML node in the error.
+func (m *Missing) UnmarshalYAML(n *yaml.Node) error {
+	return unmarshalWord(n, m, fmt.Sprintf("missing: want %s, %s or %s", MissingBlock, MissingWait, MissingAllow))
+}
 
 // Redis is the shared state of several replicas. Without addrs everything
 // stays in the process, as for a single replica.

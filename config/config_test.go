@@ -18,11 +18,14 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
-// ignorePattern leaves out of comparisons the compiled pattern of a Rule,
-// which TestMatch checks.
-var ignorePattern = cmpopts.IgnoreUnexported(Rule{})
+// ignoreCompiled leaves out of comparisons the compiled pattern of a Rule,
+// which TestMatch checks, and the compiled pins of a Pinning, which
+// TestPinningFor checks.
+var ignoreCompiled = cmpopts.IgnoreUnexported(Rule{}, Pinning{})
 
 // defaults is the configuration that an empty file gives.
 func defaults() *Config {
@@ -30,7 +33,7 @@ func defaults() *Config {
 		Listen:    "127.0.0.1:5000",
 		DataDir:   "./trustproxy-data",
 		Storage:   map[string]map[string]any{"filesystem": {"rootdirectory": "trustproxy-data/storage"}},
-		Upstreams: []Upstream{{Name: "docker.io", URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}},
+		Upstreams: []Upstream{{Name: "docker.io", Endpoint: Endpoint{URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}}},
 		Trust: Trust{
 			Rules:        []Rule{{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour}},
 			RefreshTTL:   time.Minute,
@@ -146,6 +149,22 @@ func TestDefaults(t *testing.T) {
 			},
 		},
 		{
+			name: "scan policy defaults",
+			yaml: "scan:\n  registry_url: http://127.0.0.1:5000\n  scanners: [{name: trivy, url: http://trivy:8080}]\n" +
+				"trust:\n  rules:\n    - repositories: docker.io/**\n      scan: {}\n    - repositories: '**'\n      scan: {severity: '', missing: '', max_report_age: 1h}\n",
+			want: func(c *Config) {
+				c.Scan.RegistryURL = "http://127.0.0.1:5000"
+				c.Scan.Scanners = []Scanner{{Name: "trivy", URL: "http://trivy:8080"}}
+				policy := func(age time.Duration) *ScanPolicy {
+					return &ScanPolicy{Severity: severity.Critical, MaxReportAge: age, Missing: MissingWait, Wait: 30 * time.Second}
+				}
+				c.Trust.Rules = []Rule{
+					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Scan: policy(168 * time.Hour)},
+					{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Scan: policy(time.Hour), Index: 1},
+				}
+			},
+		},
+		{
 			name: "other driver gets no rootdirectory",
 			yaml: "storage:\n  inmemory: {}\n",
 			want: func(c *Config) { c.Storage = map[string]map[string]any{"inmemory": {}} },
@@ -161,7 +180,7 @@ func TestDefaults(t *testing.T) {
 			if tt.want != nil {
 				tt.want(want)
 			}
-			if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
+			if diff := cmp.Diff(want, got, ignoreCompiled); diff != "" {
 				t.Errorf("Load(%q) mismatch (-want +got):\n%s", tt.yaml, diff)
 			}
 		})
@@ -175,7 +194,7 @@ func TestEmbeddedDefault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(defaults(), c, ignorePattern); diff != "" {
+	if diff := cmp.Diff(defaults(), c, ignoreCompiled); diff != "" {
 		t.Errorf("default.yaml differs from the defaults Load fills (-want +got):\n%s", diff)
 	}
 	for i, u := range c.Upstreams {
@@ -223,8 +242,9 @@ func TestEnv(t *testing.T) {
 				c.Storage["filesystem"]["rootdirectory"] = "/data/storage"
 				c.Log.Level = "debug"
 				c.Upstreams[0] = Upstream{
-					Name: "mirror.example.com", URL: "https://mirror.example.com", Username: "user", Password: "secret",
-					Notary: Notary{URL: "https://notary.example.com", CAFile: ca, Username: "nuser", Password: "nsecret"},
+					Name:     "mirror.example.com",
+					Endpoint: Endpoint{URL: "https://mirror.example.com", Username: "user", Password: "secret"},
+					Notary:   Endpoint{URL: "https://notary.example.com", CAFile: ca, Username: "nuser", Password: "nsecret"},
 				}
 			},
 		},
@@ -244,7 +264,7 @@ func TestEnv(t *testing.T) {
 			yaml: twoUpstreams,
 			env:  []string{"TRUSTPROXY_UPSTREAM_URL=http://127.0.0.1:5001"},
 			want: func(c *Config) {
-				c.Upstreams = []Upstream{{Name: "a.example", URL: "http://127.0.0.1:5001"}, {Name: "b.example", URL: "https://b.example"}}
+				c.Upstreams = []Upstream{{Name: "a.example", Endpoint: Endpoint{URL: "http://127.0.0.1:5001"}}, {Name: "b.example", Endpoint: Endpoint{URL: "https://b.example"}}}
 			},
 		},
 	}
@@ -256,7 +276,7 @@ func TestEnv(t *testing.T) {
 			}
 			want := defaults()
 			tt.want(want)
-			if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
+			if diff := cmp.Diff(want, got, ignoreCompiled); diff != "" {
 				t.Errorf("mismatch (-want +got):\n%s", diff)
 			}
 		})
@@ -333,10 +353,25 @@ func TestErrors(t *testing.T) {
 		{
 			name: "bad scan policy",
 			yaml: "scan:\n  registry_url: http://127.0.0.1:5000\n  scanners: [{name: trivy, url: http://trivy:8080}]\n" +
-				rule("    - repositories: '**'\n      scan: {severity: severe, missing: later, wait: -1s, allowlist: [{id: CVE-2024-3094}]}\n"),
-			want: []string{`trust.rules[0].scan.severity: "severe": want one of unknown, negligible, low, medium, high, critical`,
-				`trust.rules[0].scan.missing: "later"`, "trust.rules[0].scan.wait: must be positive",
+				rule("    - repositories: '**'\n      scan: {wait: -1s, allowlist: [{id: CVE-2024-3094}]}\n"),
+			want: []string{"trust.rules[0].scan.wait: must be positive",
 				"trust.rules[0].scan.allowlist[0].expires: required", "trust.rules[0].scan.allowlist[0].reason: required"},
+		},
+		{
+			name: "bad scan words",
+			yaml: rule("    - repositories: '**'\n      scan:\n        severity: severe\n        missing: later\n"),
+			want: []string{`line 5: severity "severe": want one of unknown, negligible, low, medium, high, critical`,
+				`line 6: missing "later": want block, wait or allow`},
+		},
+		{
+			name: "severity in the spec's case",
+			yaml: rule("    - repositories: '**'\n      scan: {severity: Critical}\n"),
+			want: []string{`line 4: severity "Critical": want one of unknown, negligible, low, medium, high, critical`},
+		},
+		{
+			name: "scan words not words",
+			yaml: rule("    - repositories: '**'\n      scan:\n        severity: [high]\n        missing: {wait: 1s}\n"),
+			want: []string{"line 5: severity: want one of unknown,", "line 6: missing: want block, wait or allow"},
 		},
 		{
 			name: "scanners without registry url",
@@ -474,6 +509,61 @@ func TestErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestEndpointErrors: a registry and a Notary server are checked alike, by
+// one validator, each problem named by the field of its kind.
+func TestEndpointErrors(t *testing.T) {
+	tests := []struct {
+		name     string
+		endpoint string   // YAML lines of the endpoint, unindented
+		want     []string // after the endpoint's field path
+	}{
+		{name: "url scheme", endpoint: "url: ftp://x.example", want: []string{`.url: "ftp://x.example": want an https:// or http:// URL`}},
+		{name: "url credentials", endpoint: "url: https://u:hunter2@x.example", want: []string{".url: credentials in the URL"}},
+		{name: "url query", endpoint: "url: https://x.example/?token=t", want: []string{".url: remove the query"}},
+		{name: "password without username", endpoint: "url: https://x.example\npassword: p", want: []string{".username: required with a password"}},
+		{name: "ca file missing", endpoint: "url: https://x.example\nca_file: nope.pem", want: []string{".ca_file: file ", "does not exist"}},
+		{
+			name:     "token realms",
+			endpoint: "url: https://x.example\ntoken_realms: [https://auth.example/token, auth.example]",
+			want:     []string{".token_realms[0]: ", "scheme://host[:port]", ".token_realms[1]: ", "want an origin"},
+		},
+	}
+	indent := func(s, by string) string { return by + strings.ReplaceAll(s, "\n", "\n"+by) + "\n" }
+	for _, tt := range tests {
+		for _, kind := range []struct{ field, yaml string }{
+			{"upstreams[0]", "upstreams:\n  - name: reg.example\n" + indent(tt.endpoint, "    ")},
+			{"upstreams[0].notary", "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n" + indent(tt.endpoint, "      ")},
+		} {
+			t.Run(tt.name+" "+kind.field, func(t *testing.T) {
+				_, err := Load(strings.NewReader(kind.yaml), nil)
+				if err == nil {
+					t.Fatalf("Load succeeded, want %s%s", kind.field, tt.want[0])
+				}
+				for _, w := range tt.want {
+					if w[0] == '.' {
+						w = kind.field + w
+					}
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error does not contain %q:\n%v", w, err)
+					}
+				}
+				if strings.Contains(err.Error(), "hunter2") {
+					t.Errorf("error shows a password:\n%v", err)
+				}
+			})
+		}
+	}
+
+	// Only a Notary server may be left out, and then wholly.
+	_, err := Load(strings.NewReader("upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      username: u\n"), nil)
+	if want := "upstreams[0].notary.url: required with notary ca_file, credentials or token_realms"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("notary credentials without a URL: %v, want %q", err, want)
+	}
+	if _, err := Load(strings.NewReader("upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary: {}\n"), nil); err != nil {
+		t.Errorf("upstream without a Notary server: %v", err)
 	}
 }
 
@@ -622,6 +712,50 @@ func TestRuleFor(t *testing.T) {
 	}
 }
 
+func TestPinningFor(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string][]byte{"a.pem": newCert(t).cert, "b.pem": newCert(t).cert, "c.pem": newCert(t).cert})
+	a, b, c := filepath.Join(dir, "a.pem"), filepath.Join(dir, "b.pem"), filepath.Join(dir, "c.pem")
+	id1, id2 := strings.Repeat("1", 64), strings.Repeat("2", 64)
+	cfg, err := Load(strings.NewReader("trust:\n  pinning:\n    certs:\n"+
+		"      docker.io/library/alpine: ["+id2+", "+id1+"]\n      reg.example:5443/team/app: ["+id1+"]\n"+
+		"    ca:\n      reg.example:5443/: "+a+"\n      reg.example:5443/team/: "+b+"\n      docker.io/lib: "+c+"\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		gun  string
+		want Pins
+	}{
+		{"docker.io/library/alpine", Pins{CertIDs: []string{id1, id2}, CAs: []CAPin{{"docker.io/lib", c}}}},
+		{"docker.io/library/alpine2", Pins{CAs: []CAPin{{"docker.io/lib", c}}}},
+		{"docker.io/library", Pins{CAs: []CAPin{{"docker.io/lib", c}}}},
+		{"docker.io/li", Pins{}},
+		{"docker.io/myorg/app", Pins{}},
+		{"reg.example:5443/team/app", Pins{CertIDs: []string{id1}, CAs: []CAPin{{"reg.example:5443/", a}, {"reg.example:5443/team/", b}}}},
+		{"reg.example:5443/team/other", Pins{CAs: []CAPin{{"reg.example:5443/", a}, {"reg.example:5443/team/", b}}}},
+		{"reg.example:5443/other/app", Pins{CAs: []CAPin{{"reg.example:5443/", a}}}},
+		{"reg.example:5443", Pins{}},
+		{"reg.example:54430/x", Pins{}},
+		{"", Pins{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.gun, func(t *testing.T) {
+			got := cfg.Trust.Pinning.For(tt.gun)
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("For(%q) (-want +got):\n%s", tt.gun, diff)
+			}
+			if got.Pinned() != (len(tt.want.CertIDs)+len(tt.want.CAs) > 0) {
+				t.Errorf("For(%q).Pinned() = %v", tt.gun, got.Pinned())
+			}
+		})
+	}
+	notLoaded := Pinning{Certs: map[string][]string{"docker.io/library/alpine": {id1}}}
+	if got := notLoaded.For("docker.io/library/alpine"); got.Pinned() {
+		t.Errorf("a Pinning not compiled by Load pins %+v", got)
+	}
+}
+
 func TestModeUnmarshalText(t *testing.T) {
 	tests := []struct {
 		in      string
@@ -637,6 +771,30 @@ func TestModeUnmarshalText(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
 			var m Mode
+			err := m.UnmarshalText([]byte(tt.in))
+			if m != tt.want || (err != nil) != tt.wantErr {
+				t.Errorf("UnmarshalText(%q) = %q, %v; want %q, error %v", tt.in, m, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestMissingUnmarshalText(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Missing
+		wantErr bool
+	}{
+		{"block", MissingBlock, false},
+		{"wait", MissingWait, false},
+		{"allow", MissingAllow, false},
+		{"", "", false}, // Load fills the default
+		{"Wait", MissingAllow, true},
+		{"later", MissingAllow, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			m := MissingAllow
 			err := m.UnmarshalText([]byte(tt.in))
 			if m != tt.want || (err != nil) != tt.wantErr {
 				t.Errorf("UnmarshalText(%q) = %q, %v; want %q, error %v", tt.in, m, err, tt.want, tt.wantErr)
@@ -680,16 +838,19 @@ func TestExample(t *testing.T) {
 		Storage: map[string]map[string]any{"filesystem": {"rootdirectory": path("data/storage")}},
 		Upstreams: []Upstream{
 			{
-				Name: "docker.io", URL: "https://registry-1.docker.io", CAFile: path("certs/registry-ca.pem"),
-				Username: "trustproxy", Password: "change-me",
-				TokenRealms: []string{"https://auth.docker.io"}, RedirectHosts: []string{},
-				Notary: Notary{URL: "https://notary.example.internal", CAFile: path("certs/notary-ca.pem"), Username: "trustproxy", Password: "change-me",
+				Name: "docker.io",
+				Endpoint: Endpoint{URL: "https://registry-1.docker.io", CAFile: path("certs/registry-ca.pem"),
+					Username: "trustproxy", Password: "change-me", TokenRealms: []string{"https://auth.docker.io"}},
+				RedirectHosts: []string{},
+				Notary: Endpoint{URL: "https://notary.example.internal", CAFile: path("certs/notary-ca.pem"), Username: "trustproxy", Password: "change-me",
 					TokenRealms: []string{"https://auth.example.internal"}},
 			},
 			{
-				Name: "registry.example.com:5443", URL: "https://registry.example.com:5443", CAFile: path("certs/registry-ca.pem"),
-				Username: "mirror", Password: "change-me", RedirectHosts: []string{"minio.example.com:9000"},
-				Notary: Notary{URL: "https://notary.example.com:4443", CAFile: path("certs/notary-ca.pem"), Username: "mirror", Password: "change-me"},
+				Name: "registry.example.com:5443",
+				Endpoint: Endpoint{URL: "https://registry.example.com:5443", CAFile: path("certs/registry-ca.pem"),
+					Username: "mirror", Password: "change-me"},
+				RedirectHosts: []string{"minio.example.com:9000"},
+				Notary:        Endpoint{URL: "https://notary.example.com:4443", CAFile: path("certs/notary-ca.pem"), Username: "mirror", Password: "change-me"},
 			},
 		},
 		Trust: Trust{
@@ -704,7 +865,7 @@ func TestExample(t *testing.T) {
 			},
 			Rules: []Rule{
 				{Repositories: "registry.example.com:5443/**", Signers: []string{"release-ci", "bob"}, Roles: []string{"targets/releases"}, Mode: Enforce, MaxStaleness: 24 * time.Hour,
-					Scan: &ScanPolicy{Severity: "high", MaxReportAge: 72 * time.Hour, Missing: MissingWait, Wait: 30 * time.Second,
+					Scan: &ScanPolicy{Severity: severity.High, MaxReportAge: 72 * time.Hour, Missing: MissingWait, Wait: 30 * time.Second,
 						Allowlist: []AllowedVulnerability{{ID: "CVE-2024-3094", Expires: time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC),
 							Reason: "xz-utils is not installed at run time; rebuild tracked in OPS-1234"}}}},
 				{Repositories: "docker.io/library/*", Signers: []string{"alice"}, Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 6 * time.Hour, Index: 1},
@@ -728,7 +889,7 @@ func TestExample(t *testing.T) {
 	s := want.Trust.Signers
 	want.Trust.Rules[0].TrustedSigners = []*Signer{&s[1], &s[2]}
 	want.Trust.Rules[1].TrustedSigners = []*Signer{&s[0]}
-	if diff := cmp.Diff(want, got, ignorePattern); diff != "" {
+	if diff := cmp.Diff(want, got, ignoreCompiled); diff != "" {
 		t.Errorf("LoadFile(example) mismatch (-want +got):\n%s", diff)
 	}
 	for i, r := range got.Trust.Rules {

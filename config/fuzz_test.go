@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"os"
+	"strings"
 	"testing"
 )
 
@@ -18,6 +19,7 @@ func FuzzLoad(f *testing.F) {
 	f.Add(example)
 	f.Add([]byte("storage:\n  filesystem:\ntrust:\n  rules:\n    - repositories: docker.io/[/**\n      mode: audit\n"))
 	f.Add([]byte("trust:\n  signers:\n    - name: ci\n      key_ids: [" + string(bytes.Repeat([]byte("a"), 64)) + "]\n  rules:\n    - repositories: docker.io/library/*\n      signers: [ci]\n    - repositories: '**'\n"))
+	f.Add([]byte("trust:\n  pinning:\n    certs:\n      docker.io/library/alpine: [" + string(bytes.Repeat([]byte("b"), 64)) + "]\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := Load(bytes.NewReader(b), nil)
 		if err != nil {
@@ -31,6 +33,21 @@ func FuzzLoad(f *testing.F) {
 		}
 		if r := c.Trust.RuleFor("docker.io/library/alpine"); r != nil && !r.Matches("docker.io/library/alpine") {
 			t.Fatalf("RuleFor gave trust.rules[%d], which does not match", r.Index)
+		}
+		for _, gun := range []string{"docker.io/library/alpine", "registry.example.com:5443/team/app"} {
+			pins := c.Trust.Pinning.For(gun)
+			if ids := c.Trust.Pinning.Certs[gun]; len(pins.CertIDs) != len(ids) {
+				t.Fatalf("For(%s) gave %d certificate IDs, trust.pinning.certs lists %d", gun, len(pins.CertIDs), len(ids))
+			}
+			n := 0
+			for prefix := range c.Trust.Pinning.CA {
+				if strings.HasPrefix(gun, prefix) {
+					n++
+				}
+			}
+			if len(pins.CAs) != n {
+				t.Fatalf("For(%s) gave %d CAs, %d prefixes of trust.pinning.ca start it", gun, len(pins.CAs), n)
+			}
 		}
 	})
 }

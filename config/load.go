@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 // defaultYAML is the configuration used when none is given.
@@ -203,7 +205,7 @@ func (c *Config) applyEnv(env []string) {
 // defaultUpstream is Docker Hub, without a Notary server: Docker's public one,
 // notary.docker.io, shuts down on 2026-12-08.
 func defaultUpstream() Upstream {
-	return Upstream{Name: "docker.io", URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}
+	return Upstream{Name: "docker.io", Endpoint: Endpoint{URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}}
 }
 
 // setDefaults fills what the file and env left unset.
@@ -238,7 +240,7 @@ func (c *Config) setDefaults() {
 		orDefault(&r.Mode, Enforce)
 		orDefault(&r.MaxStaleness, c.Trust.MaxStaleness)
 		if sp := r.Scan; sp != nil {
-			orDefault(&sp.Severity, "critical")
+			orDefault(&sp.Severity, severity.Critical)
 			orDefault(&sp.MaxReportAge, 7*24*time.Hour)
 			orDefault(&sp.Missing, MissingWait)
 			orDefault(&sp.Wait, 30*time.Second)

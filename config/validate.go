@@ -26,8 +26,9 @@ func (p *problems) addf(field, format string, args ...any) {
 }
 
 // validate checks c, after defaults are filled, and compiles its trust
-// section: it reads each signer's public keys into Keys, compiles each
-// rule's pattern and resolves its signers into TrustedSigners. It returns
+// section: it compiles the pinning, reads each signer's public keys into
+// Keys, compiles each rule's pattern and resolves its signers into
+// TrustedSigners. It returns
 // every problem found, joined. No error message contains a password.
 func (c *Config) validate() error {
 	var p problems
@@ -120,43 +121,37 @@ func (c *Config) validateUpstreams(p *problems) {
 		} else {
 			seen[u.Name] = i
 		}
-		if err := checkURL(u.URL); err != nil {
-			p.addf(f+".url", "%v", err)
-		}
-		if u.CAFile != "" {
-			if err := checkCAFile(u.CAFile); err != nil {
-				p.addf(f+".ca_file", "%v", err)
-			}
-		}
-		if u.Password != "" && u.Username == "" {
-			p.addf(f+".username", "required with a password")
-		}
-		checkRealms(p, f+".token_realms", u.TokenRealms)
+		validateEndpoint(p, f, u.Endpoint)
 		for j, h := range u.RedirectHosts {
 			if err := checkHost(h); err != nil {
 				p.addf(fmt.Sprintf("%s.redirect_hosts[%d]", f, j), "%v", err)
 			}
 		}
-		n := u.Notary
-		if n.URL == "" {
-			if n.CAFile != "" || n.Username != "" || n.Password != "" || len(n.TokenRealms) > 0 {
-				p.addf(f+".notary.url", "required with notary ca_file, credentials or token_realms")
-			}
-			continue
-		}
-		checkRealms(p, f+".notary.token_realms", n.TokenRealms)
-		if err := checkURL(n.URL); err != nil {
-			p.addf(f+".notary.url", "%v", err)
-		}
-		if n.CAFile != "" {
-			if err := checkCAFile(n.CAFile); err != nil {
-				p.addf(f+".notary.ca_file", "%v", err)
-			}
-		}
-		if n.Password != "" && n.Username == "" {
-			p.addf(f+".notary.username", "required with a password")
+		// A Notary server is optional: without a URL, none is configured.
+		switch n := u.Notary; {
+		case n.URL != "":
+			validateEndpoint(p, f+".notary", n)
+		case n.CAFile != "" || n.Username != "" || n.Password != "" || len(n.TokenRealms) > 0:
+			p.addf(f+".notary.url", "required with notary ca_file, credentials or token_realms")
 		}
 	}
+}
+
+// validateEndpoint checks e, the endpoint configured at field (upstreams[0]
+// or upstreams[0].notary): its URL, CA file, credentials and token realms.
+func validateEndpoint(p *problems, field string, e Endpoint) {
+	if err := checkURL(e.URL); err != nil {
+		p.addf(field+".url", "%v", err)
+	}
+	if e.CAFile != "" {
+		if err := checkCAFile(e.CAFile); err != nil {
+			p.addf(field+".ca_file", "%v", err)
+		}
+	}
+	if e.Password != "" && e.Username == "" {
+		p.addf(field+".username", "required with a password")
+	}
+	checkRealms(p, field+".token_realms", e.TokenRealms)
 }
 
 func (c *Config) validateTrust(p *problems) {
@@ -185,6 +180,7 @@ func (c *Config) validateTrust(p *problems) {
 			p.addf(f, "%v", err)
 		}
 	}
+	t.Pinning.compiled = compilePins(t.Pinning)
 
 	signers := make(map[string]*Signer)
 	for i := range t.Signers {
@@ -256,9 +252,6 @@ func (c *Config) validateTrust(p *problems) {
 	}
 }
 
-// severities are the values of ScanPolicy.Severity, lowest first.
-var severities = []string{"unknown", "negligible", "low", "medium", "high", "critical"}
-
 // validateScan checks the scan section and every rule's scan policy, and
 // reads the token files.
 func (c *Config) validateScan(p *problems) {
@@ -324,15 +317,8 @@ func (c *Config) validateScan(p *problems) {
 		if sp == nil {
 			continue
 		}
+		// Severity and Missing are typed: a bad word failed the decoding.
 		f := fmt.Sprintf("trust.rules[%d].scan", i)
-		if !slices.Contains(severities, sp.Severity) {
-			p.addf(f+".severity", "%q: want one of %s", sp.Severity, strings.Join(severities, ", "))
-		}
-		switch sp.Missing {
-		case MissingBlock, MissingWait, MissingAllow:
-		default:
-			p.addf(f+".missing", "%q: want %s, %s or %s", sp.Missing, MissingBlock, MissingWait, MissingAllow)
-		}
 		if sp.MaxReportAge <= 0 {
 			p.addf(f+".max_report_age", "must be positive, e.g. 168h")
 		}

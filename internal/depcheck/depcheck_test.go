@@ -12,24 +12,25 @@ import (
 const module = "github.com/trustproxy/trustproxy/"
 
 // allowed is, for each package of the module, the packages of the module
-// it may import directly. The layers, bottom up: the leaves (config, gun,
-// manifest, egress, sample, trustserver) import nothing of ours; cache sits
-// on config; trust, scan, refgraph, upstream and fill each do one job on
-// the leaves; proxy (the HTTP face and decide) uses them all; wiring opens
-// them all and hands them to proxy; cmd reads config, opens, serves. No
-// package imports one above it: trust, scan, cache, egress and the leaf
-// packages never import proxy, and proxy never imports wiring.
+// it may import directly. The layers, bottom up: the leaves (severity, gun,
+// manifest, sample, trustserver) import nothing of ours; config sits on
+// severity, egress and cache on config; trust, scan, refgraph, upstream and
+// fill each do one job on those; proxy (the HTTP face and decide) uses them
+// all; wiring opens them all and hands them to proxy; cmd reads config,
+// opens, serves. No package imports one above it: trust, scan, cache, egress
+// and the leaf packages never import proxy, and proxy never imports wiring.
 var allowed = map[string][]string{
-	"config":               {},
+	"internal/severity":    {},
+	"config":               {"internal/severity"},
 	"internal/gun":         {},
 	"internal/manifest":    {},
-	"internal/egress":      {},
+	"internal/egress":      {"config"},
 	"internal/sample":      {},
 	"internal/trustserver": {},
 	"internal/depcheck":    {},
 	"internal/cache":       {"config"},
 	"internal/trust":       {"config", "internal/cache", "internal/egress", "internal/gun"},
-	"internal/scan":        {"config", "internal/cache"},
+	"internal/scan":        {"config", "internal/cache", "internal/severity"},
 	"internal/refgraph":    {"internal/cache", "internal/manifest"},
 	"internal/upstream":    {"config", "internal/egress", "internal/gun", "internal/manifest"},
 	"internal/fill":        {"config", "internal/cache", "internal/gun", "internal/upstream"},
@@ -38,7 +39,7 @@ var allowed = map[string][]string{
 	"internal/wiring": {"config", "internal/cache", "internal/fill", "internal/proxy", "internal/refgraph",
 		"internal/scan", "internal/trust"},
 	"internal/demo":    {"internal/sample", "internal/trustserver"},
-	"internal/testenv": {"internal/sample", "internal/scan"},
+	"internal/testenv": {"internal/sample", "internal/scan", "internal/severity"},
 	"cmd/trustproxy":   {"config", "internal/demo", "internal/proxy", "internal/sample", "internal/wiring"},
 	"bench":            {},
 	"deploy":           {},

@@ -20,6 +20,8 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/net/http/httpproxy"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/trustproxy/trustproxy/config"
 )
 
 // Endpoint is one configured server and what it may make trustproxy do.
@@ -39,6 +41,19 @@ type Endpoint struct {
 	RedirectHosts []string
 	// Timeout bounds dial, TLS handshake and the wait for response headers.
 	Timeout time.Duration
+}
+
+// Configured returns the Endpoint of the server e configures: field is its
+// path in the configuration, for messages (upstreams[0],
+// upstreams[0].notary), and timeout bounds its requests. redirectHosts are
+// a registry's redirect_hosts; a Notary server has none (nil). It is the one
+// place the configuration of a server becomes an Endpoint.
+func Configured(field string, e config.Endpoint, redirectHosts []string, timeout time.Duration) Endpoint {
+	return Endpoint{
+		Field: field, URL: e.URL, CAFile: e.CAFile,
+		Username: e.Username, Password: e.Password, TokenRealms: e.TokenRealms,
+		RedirectHosts: redirectHosts, Timeout: timeout,
+	}
 }
 
 // MaxRetryAfter caps how long a 429's Retry-After keeps trustproxy from

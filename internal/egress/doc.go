@@ -2,7 +2,8 @@
 // run: upstream registries, their token services and Notary servers. It
 // decides what such a server can make trustproxy do.
 //
-// A Client serves one configured endpoint (a registry or a Notary server):
+// A Client serves one configured endpoint (a registry or a Notary server),
+// whose Endpoint Configured makes from its config.Endpoint:
 //
 //   - Credentials go only to the endpoint's own origin and, through the
 //     registry token protocol, to the token realms its configuration lists

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/trustproxy/trustproxy/config"
 )
 
 // server is an httptest server on 127.0.0.1 that counts the connections it
@@ -475,5 +478,24 @@ func TestWarmFetchesTokenAhead(t *testing.T) {
 	}
 	if len(queries) != 2 {
 		t.Errorf("token requests: %v, want one per scope", queries)
+	}
+}
+
+// TestConfigured: every setting of a config.Endpoint reaches the Endpoint,
+// a field added to one needing its twin in the other.
+func TestConfigured(t *testing.T) {
+	e := config.Endpoint{URL: "https://notary.example", CAFile: "ca.pem", Username: "u", Password: "p", TokenRealms: []string{"https://auth.example"}}
+	got := Configured("upstreams[1].notary", e, []string{"s3.internal:9000"}, 3*time.Second)
+	want := Endpoint{Field: "upstreams[1].notary", URL: "https://notary.example", CAFile: "ca.pem", Username: "u", Password: "p",
+		TokenRealms: []string{"https://auth.example"}, RedirectHosts: []string{"s3.internal:9000"}, Timeout: 3 * time.Second}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Configured (-want +got):\n%s", diff)
+	}
+	ev, gv := reflect.ValueOf(e), reflect.ValueOf(got)
+	for i := range ev.NumField() {
+		name := ev.Type().Field(i).Name
+		if f := gv.FieldByName(name); !f.IsValid() || !reflect.DeepEqual(f.Interface(), ev.Field(i).Interface()) {
+			t.Errorf("config.Endpoint.%s does not reach Endpoint.%s", name, name)
+		}
 	}
 }

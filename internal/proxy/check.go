@@ -39,4 +39,3 @@ func (s *Server) Check(ctx context.Context, image string, rescan bool) (*Decisio
 	}
 	return d, err
 }
-

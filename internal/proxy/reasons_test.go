@@ -127,7 +127,7 @@ func TestEveryReason(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cfg := &config.Config{
 		DataDir:   t.TempDir(),
-		Upstreams: []config.Upstream{{Name: "docker.io", URL: "https://registry-1.docker.io"}},
+		Upstreams: []config.Upstream{{Name: "docker.io", Endpoint: config.Endpoint{URL: "https://registry-1.docker.io"}}},
 		Limits:    config.Limits{UpstreamTimeout: 5 * time.Second, BlobIdleTimeout: time.Minute, MinTransferRate: 1 << 20},
 	}
 	s, err := New(cfg, Parts{}, slog.New(slog.NewJSONHandler(&logs, nil)), reg)

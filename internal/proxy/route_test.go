@@ -24,8 +24,8 @@ func parseServer(t testing.TB) *Server {
 	t.Helper()
 	ups, err := upstream.NewSet(&config.Config{
 		Upstreams: []config.Upstream{
-			{Name: "docker.io", URL: "https://registry-1.docker.io"},
-			{Name: "ghcr.io", URL: "https://ghcr.io"},
+			{Name: "docker.io", Endpoint: config.Endpoint{URL: "https://registry-1.docker.io"}},
+			{Name: "ghcr.io", Endpoint: config.Endpoint{URL: "https://ghcr.io"}},
 		},
 		Limits: config.Limits{UpstreamTimeout: 5 * time.Second},
 	})

@@ -17,6 +17,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/trustproxy/trustproxy/internal/scan"
+	"github.com/trustproxy/trustproxy/internal/severity"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 )
 
@@ -138,8 +139,8 @@ func TestAdapterScanOneImage(t *testing.T) {
 	if r.Severity != "Critical" || len(r.Vulnerabilities) != 2 || time.Since(r.GeneratedAt) > time.Minute {
 		t.Errorf("report %+v", r)
 	}
-	f2 := r.Blocking(scan.SeverityHigh, nil)
-	if got, want := f2.Describe(scan.SeverityHigh), "CVE-2024-3094 Critical in xz-utils 5.6.0, fixed in 5.6.1; 1 more at High or above"; got != want {
+	f2 := r.Blocking(severity.High, nil)
+	if got, want := f2.Describe(severity.High), "CVE-2024-3094 Critical in xz-utils 5.6.0, fixed in 5.6.1; 1 more at High or above"; got != want {
 		t.Errorf("Describe = %q, want %q", got, want)
 	}
 

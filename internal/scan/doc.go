@@ -12,8 +12,9 @@
 // scans (Metadata.ReportType picks the report to ask for), Scan submits a
 // scan request and Report polls for its result. ParseReport reads a
 // HarborVulnerabilityReport and Report.Blocking says what in it blocks an
-// image at a severity threshold. Credentials mints the pull credential a
-// scan request carries, for the adapter to pull the image from trustproxy.
+// image at a severity threshold, both on internal/severity's scale.
+// Credentials mints the pull credential a scan request carries, for the
+// adapter to pull the image from trustproxy.
 //
 // Everything an adapter sends is outside input: bodies are size-limited and
 // refused, never truncated, when over their limit; a report is accepted only

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 func FuzzParseReport(f *testing.F) {
@@ -20,12 +22,12 @@ func FuzzParseReport(f *testing.F) {
 			return
 		}
 		for i, v := range r.Vulnerabilities {
-			if _, err := ParseSeverity(v.Severity); err != nil {
+			if _, err := severity.Parse(v.Severity); err != nil {
 				t.Fatalf("accepted vulnerability %d with severity %q", i, v.Severity)
 			}
 		}
 		if r.Severity != "" {
-			if _, err := ParseSeverity(r.Severity); err != nil {
+			if _, err := severity.Parse(r.Severity); err != nil {
 				t.Fatalf("accepted report severity %q", r.Severity)
 			}
 		}
@@ -40,14 +42,14 @@ func FuzzParseReport(f *testing.F) {
 		if d := cmp.Diff(r, again); d != "" {
 			t.Fatalf("re-parsed report differs (-first +again):\n%s", d)
 		}
-		f := r.Blocking(SeverityUnknown, nil)
+		f := r.Blocking(severity.Unknown, nil)
 		if (f == nil) != (len(r.Vulnerabilities) == 0) {
 			t.Fatalf("Blocking at Unknown = %+v for %d vulnerabilities", f, len(r.Vulnerabilities))
 		}
 		if f != nil && f.More != len(r.Vulnerabilities)-1 {
 			t.Fatalf("Blocking at Unknown: More %d for %d vulnerabilities", f.More, len(r.Vulnerabilities))
 		}
-		_ = f.Describe(SeverityHigh)
+		_ = f.Describe(severity.High)
 	})
 }
 

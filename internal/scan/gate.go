@@ -197,13 +197,12 @@ func (g *Gate) Credentials() *Credentials { return g.creds }
 // old to let an image through still refuses it when it finds what p
 // blocks. A request that ends (ctx) stops waiting.
 func (g *Gate) Check(ctx context.Context, s Subject, p *config.ScanPolicy) Verdict {
-	threshold := policyThreshold(p)
 	stored, stale, why := g.stored(s.Digest, p)
 	if stored != nil && !stale {
-		return g.judge(stored, threshold, p)
+		return g.judge(stored, p)
 	}
 	if stored != nil {
-		if v := g.judge(stored, threshold, p); !v.Pass {
+		if v := g.judge(stored, p); !v.Pass {
 			v.Detail += fmt.Sprintf(" (report of %s, older than max_report_age; %s)", stored.Received.UTC().Format(time.RFC3339), strings.TrimPrefix(scanNote(g.kick(s)), "; "))
 			return v
 		}
@@ -225,7 +224,7 @@ func (g *Gate) Check(ctx context.Context, s Subject, p *config.ScanPolicy) Verdi
 		if r.err != nil {
 			return unscanned(r.err)
 		}
-		return g.judge(r.report, threshold, p)
+		return g.judge(r.report, p)
 	case <-wait.C:
 	case <-ctx.Done():
 	}
@@ -258,22 +257,13 @@ func (g *Gate) CheckCredential(gr Grant, p *config.ScanPolicy) Verdict {
 	case stored == nil, stored.Received.Equal(gr.Report):
 		return scanner
 	}
-	v := g.judge(stored, policyThreshold(p), p)
+	v := g.judge(stored, p)
 	if v.Pass {
 		return scanner
 	}
 	v.Detail += fmt.Sprintf("; the scan credential no longer skips the scan gate: this report (%s, received %s) arrived after it was minted",
 		stored.Source, stored.Received.UTC().Format(time.RFC3339))
 	return v
-}
-
-// policyThreshold is the severity at which p blocks.
-func policyThreshold(p *config.ScanPolicy) Severity {
-	threshold, err := ParseSeverity(p.Severity)
-	if err != nil {
-		return SeverityCritical // config validated it; fail towards blocking
-	}
-	return threshold
 }
 
 // unscanned is the verdict on an image whose scan did not report: no slot
@@ -352,8 +342,9 @@ func (g *Gate) recentReport(d digest.Digest) (*cache.StoredReport, error) {
 	return stored, nil
 }
 
-// judge applies p to a stored report.
-func (g *Gate) judge(stored *cache.StoredReport, threshold Severity, p *config.ScanPolicy) Verdict {
+// judge applies p to a stored report: what is at or above p.Severity, and
+// not excused by p.Allowlist, refuses.
+func (g *Gate) judge(stored *cache.StoredReport, p *config.ScanPolicy) Verdict {
 	r, err := g.summary(stored)
 	if err != nil {
 		g.log.Error("stored scan report does not read", "digest", stored.Digest, "err", err)
@@ -366,8 +357,8 @@ func (g *Gate) judge(stored *cache.StoredReport, threshold Severity, p *config.S
 			return strings.EqualFold(a.ID, id) && now.Before(a.Expires)
 		})
 	}
-	if f := r.Blocking(threshold, allowed); f != nil {
-		v.Pass, v.Reason, v.Detail = false, ReasonVulnerable, f.Describe(threshold)
+	if f := r.Blocking(p.Severity, allowed); f != nil {
+		v.Pass, v.Reason, v.Detail = false, ReasonVulnerable, f.Describe(p.Severity)
 	}
 	return v
 }

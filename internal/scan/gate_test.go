@@ -18,6 +18,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cache"
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 func testGate(t *testing.T, scanners []config.Scanner) *Gate {
@@ -60,7 +61,7 @@ func TestScansBounded(t *testing.T) {
 	}))
 	t.Cleanup(adapter.Close)
 	g := testGate(t, []config.Scanner{{Name: "a", URL: adapter.URL}})
-	p := &config.ScanPolicy{Severity: "critical", Missing: config.MissingWait, MaxReportAge: time.Hour, Wait: time.Millisecond}
+	p := &config.ScanPolicy{Severity: severity.Critical, Missing: config.MissingWait, MaxReportAge: time.Hour, Wait: time.Millisecond}
 	pending := 0
 	for i := range 100 {
 		v := g.Check(context.Background(), Subject{Repository: "docker.io/library/app", Digest: digest.FromString(fmt.Sprint(i)),
@@ -174,7 +175,7 @@ func waitFor(t *testing.T, g *Gate, repo string, d digest.Digest) *waiter {
 	ctx, cancel := context.WithCancel(t.Context())
 	t.Cleanup(cancel)
 	w := &waiter{cancel: cancel, verdict: make(chan Verdict, 1)}
-	p := &config.ScanPolicy{Severity: "critical", Missing: config.MissingWait, MaxReportAge: time.Hour, Wait: time.Minute}
+	p := &config.ScanPolicy{Severity: severity.Critical, Missing: config.MissingWait, MaxReportAge: time.Hour, Wait: time.Minute}
 	go func() {
 		w.verdict <- g.Check(ctx, Subject{Repository: repo, Digest: d, MediaType: "application/vnd.oci.image.manifest.v1+json"}, p)
 	}()
@@ -307,7 +308,7 @@ func TestCheckCredential(t *testing.T) {
 		return b
 	}
 	clean, vulnerable := report(), report(Vulnerability{ID: "CVE-2024-3094", Package: "xz-utils", Version: "5.6.0", Severity: "Critical"})
-	p := &config.ScanPolicy{Severity: "high", Missing: config.MissingWait, MaxReportAge: time.Hour, Wait: time.Second}
+	p := &config.ScanPolicy{Severity: severity.High, Missing: config.MissingWait, MaxReportAge: time.Hour, Wait: time.Second}
 	tests := []struct {
 		name          string
 		before, after []byte // the reports posted before and after the credential was minted

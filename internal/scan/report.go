@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 // Report media types a client may ask for (Accept) and MaxReportBytes, the largest report accepted.
@@ -67,7 +69,7 @@ func ParseReport(b []byte) (*Report, error) {
 		return nil, fmt.Errorf("decode report: %w", err)
 	}
 	if r.Severity != "" {
-		sev, err := ParseSeverity(r.Severity)
+		sev, err := severity.Parse(r.Severity)
 		if err != nil {
 			return nil, fmt.Errorf("report severity: %w", err)
 		}
@@ -78,7 +80,7 @@ func ParseReport(b []byte) (*Report, error) {
 		if strings.TrimSpace(v.ID) == "" {
 			return nil, fmt.Errorf("vulnerability %d (package %q) has no id", i, clean(v.Package))
 		}
-		sev, err := ParseSeverity(v.Severity)
+		sev, err := severity.Parse(v.Severity)
 		if err != nil {
 			return nil, fmt.Errorf("vulnerability %d (%s): %w", i, clean(v.ID), err)
 		}
@@ -110,16 +112,16 @@ type Finding struct {
 // (allowed may be nil), worst first; nil when none. A report with no vulnerabilities passes whatever its
 // overall Severity says: clean reports often say "Unknown". A severity that does not parse (only in
 // reports not made by ParseReport) counts as Critical.
-func (r *Report) Blocking(threshold Severity, allowed func(id string) bool) *Finding {
+func (r *Report) Blocking(threshold severity.Level, allowed func(id string) bool) *Finding {
 	if r == nil {
 		return nil
 	}
 	var f *Finding
-	var worst Severity
+	var worst severity.Level
 	for _, v := range r.Vulnerabilities {
-		sev, err := ParseSeverity(v.Severity)
+		sev, err := severity.Parse(v.Severity)
 		if err != nil {
-			sev = SeverityCritical
+			sev = severity.Critical
 		}
 		if sev < threshold || (allowed != nil && allowed(v.ID)) {
 			continue
@@ -150,13 +152,13 @@ func lessVuln(a, b Vulnerability) bool {
 // Describe says what blocks, for an operator:
 // "CVE-2024-3094 Critical in xz-utils 5.6.0, fixed in 5.6.1; 3 more at High or above".
 // Fields from the report are cut to 128 bytes and control characters replaced. A nil Finding is "".
-func (f *Finding) Describe(threshold Severity) string {
+func (f *Finding) Describe(threshold severity.Level) string {
 	if f == nil {
 		return ""
 	}
 	v := f.Worst
 	sev := clean(v.Severity)
-	if s, err := ParseSeverity(v.Severity); err == nil {
+	if s, err := severity.Parse(v.Severity); err == nil {
 		sev = s.String()
 	}
 	var b strings.Builder

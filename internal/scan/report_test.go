@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 func readTestdata(t testing.TB, name string) []byte {
@@ -113,51 +115,51 @@ func TestBlocking(t *testing.T) {
 	tests := []struct {
 		name      string
 		report    *Report
-		threshold Severity
+		threshold severity.Level
 		allowed   []string
 		want      *Finding
 	}{
 		{
-			name: "trivy at High", report: trivy, threshold: SeverityHigh,
+			name: "trivy at High", report: trivy, threshold: severity.High,
 			want: &Finding{Worst: trivy.Vulnerabilities[0], More: 2},
 		},
 		{
-			name: "trivy at Critical", report: trivy, threshold: SeverityCritical,
+			name: "trivy at Critical", report: trivy, threshold: severity.Critical,
 			want: &Finding{Worst: trivy.Vulnerabilities[0]},
 		},
 		{
-			name: "trivy at Critical, allowed", report: trivy, threshold: SeverityCritical,
+			name: "trivy at Critical, allowed", report: trivy, threshold: severity.Critical,
 			allowed: []string{"CVE-2024-3094"},
 		},
 		{
-			name: "trivy at High, worst allowed", report: trivy, threshold: SeverityHigh,
+			name: "trivy at High, worst allowed", report: trivy, threshold: severity.High,
 			allowed: []string{"CVE-2024-3094"},
 			want:    &Finding{Worst: trivy.Vulnerabilities[2], More: 1}, // by bytes, CVE-2023-44487 < CVE-2023-4911
 		},
 		{
-			name: "trivy at Unknown counts all", report: trivy, threshold: SeverityUnknown,
+			name: "trivy at Unknown counts all", report: trivy, threshold: severity.Unknown,
 			want: &Finding{Worst: trivy.Vulnerabilities[0], More: 4},
 		},
 		{
-			name: "clean report saying Critical", report: &Report{Severity: "Critical"}, threshold: SeverityLow,
+			name: "clean report saying Critical", report: &Report{Severity: "Critical"}, threshold: severity.Low,
 		},
-		{name: "nil report", threshold: SeverityLow},
+		{name: "nil report", threshold: severity.Low},
 		{
 			name:      "ties go to the lowest ID whatever the order",
 			report:    &Report{Vulnerabilities: []Vulnerability{vuln("CVE-9", "High"), vuln("CVE-10", "High"), vuln("CVE-1", "Low")}},
-			threshold: SeverityMedium,
+			threshold: severity.Medium,
 			want:      &Finding{Worst: vuln("CVE-10", "High"), More: 1},
 		},
 		{
 			name:      "same ID in two packages",
 			report:    &Report{Vulnerabilities: []Vulnerability{{ID: "CVE-1", Package: "openssl", Severity: "High"}, {ID: "CVE-1", Package: "libssl3", Severity: "High"}}},
-			threshold: SeverityHigh,
+			threshold: severity.High,
 			want:      &Finding{Worst: Vulnerability{ID: "CVE-1", Package: "libssl3", Severity: "High"}, More: 1},
 		},
 		{
 			name:      "unparsed severity counts as Critical",
 			report:    &Report{Vulnerabilities: []Vulnerability{vuln("CVE-1", "High"), vuln("CVE-2", "Severe")}},
-			threshold: SeverityCritical,
+			threshold: severity.Critical,
 			want:      &Finding{Worst: vuln("CVE-2", "Severe")},
 		},
 	}
@@ -197,40 +199,40 @@ func TestDescribe(t *testing.T) {
 	tests := []struct {
 		name      string
 		finding   *Finding
-		threshold Severity
+		threshold severity.Level
 		want      string
 	}{
 		{
 			name:      "all parts",
 			finding:   &Finding{Worst: Vulnerability{ID: "CVE-2024-3094", Package: "xz-utils", Version: "5.6.0", FixVersion: "5.6.1", Severity: "Critical"}, More: 3},
-			threshold: SeverityHigh,
+			threshold: severity.High,
 			want:      "CVE-2024-3094 Critical in xz-utils 5.6.0, fixed in 5.6.1; 3 more at High or above",
 		},
 		{
 			name:      "no fix, no more",
 			finding:   &Finding{Worst: Vulnerability{ID: "CVE-2022-0563", Package: "util-linux", Version: "2.38.1", Severity: "Low"}},
-			threshold: SeverityLow,
+			threshold: severity.Low,
 			want:      "CVE-2022-0563 Low in util-linux 2.38.1",
 		},
 		{
 			name:      "severity spelled by the spec",
 			finding:   &Finding{Worst: Vulnerability{ID: "CVE-1", Package: "p", Severity: "CRITICAL"}, More: 1},
-			threshold: SeverityMedium,
+			threshold: severity.Medium,
 			want:      "CVE-1 Critical in p; 1 more at Medium or above",
 		},
 		{
 			name:      "no package",
 			finding:   &Finding{Worst: Vulnerability{ID: "GHSA-xxxx", Severity: "High", FixVersion: "2.0"}},
-			threshold: SeverityHigh,
+			threshold: severity.High,
 			want:      "GHSA-xxxx High, fixed in 2.0",
 		},
 		{
 			name:      "control characters and length",
 			finding:   &Finding{Worst: Vulnerability{ID: "CVE-1\n\x1b[31m", Package: strings.Repeat("é", 100), Severity: "High"}},
-			threshold: SeverityHigh,
+			threshold: severity.High,
 			want:      "CVE-1??[31m High in " + strings.Repeat("é", 64) + "…",
 		},
-		{name: "nil", threshold: SeverityHigh, want: ""},
+		{name: "nil", threshold: severity.High, want: ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

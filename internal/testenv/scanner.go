@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/trustproxy/trustproxy/internal/scan"
+	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
 // ScannerFault is how a Scanner misbehaves.
@@ -332,9 +333,9 @@ func (s *Scanner) run(j *scanJob) {
 	s.mu.Lock()
 	vulns := slices.Clone(s.reports[d])
 	s.mu.Unlock()
-	worst := scan.SeverityUnknown
+	worst := severity.Unknown
 	for _, v := range vulns {
-		if sev, err := scan.ParseSeverity(v.Severity); err == nil && sev > worst {
+		if sev, err := severity.Parse(v.Severity); err == nil && sev > worst {
 			worst = sev
 		}
 	}

@@ -288,7 +288,7 @@ func TestNotaryRealmRefused(t *testing.T) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return true
 	})
-	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Notary{Username: "reader", Password: "s3cret"}})
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Endpoint{Username: "reader", Password: "s3cret"}})
 	_, err := v.snapshot(t.Context(), testGUN)
 	r := wantReason(t, err, TrustUnavailable)
 	if !strings.Contains(r.Error(), "token_realms") {
@@ -369,7 +369,7 @@ func TestStuckTokenRealmBounded(t *testing.T) {
 		return true
 	})
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, ttl: time.Nanosecond,
-		limits: config.Limits{UpstreamTimeout: time.Second}, notary: config.Notary{Username: "u", Password: "p"}})
+		limits: config.Limits{UpstreamTimeout: time.Second}, notary: config.Endpoint{Username: "u", Password: "p"}})
 	start := time.Now()
 	_, err := v.snapshot(t.Context(), testGUN)
 	wantReason(t, err, TrustUnavailable)

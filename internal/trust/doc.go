@@ -5,10 +5,11 @@
 // pinning, rotation, thresholds, expiry, version floors) and adds what notary
 // leaves out: tighter size caps, a cap on root rotations, timeouts, the
 // docker rules for which roles count, the signer policy and a View with
-// reasons. It knows nothing of HTTP routes or registry storage. Rules and
-// signers arrive compiled and validated by config.Load; the caller finds the
-// rule for a GUN (config.Trust.RuleFor) and applies its mode, and trust
-// judges the GUN's trust data by that rule.
+// reasons. It knows nothing of HTTP routes or registry storage. Rules,
+// signers and root pins arrive compiled and validated by config.Load; the
+// caller finds the rule for a GUN (config.Trust.RuleFor) and applies its
+// mode, and trust judges the GUN's trust data by that rule, its root by the
+// pins config.Pinning.For gives.
 //
 // The update is notary's client.LoadTUFRepo, the function behind
 // client.NewRepository's reads: it needs no CryptoService, runs once per

@@ -37,7 +37,7 @@ import (
 // Verifier gives the verified trust view of a GUN, judged by the rule its
 // caller found for it in the same configuration. It is safe for concurrent use.
 type Verifier struct {
-	pinning   config.Pinning
+	pinning   *config.Pinning // compiled by config.Load
 	upstreams map[string]*upstream
 	meta      *cache.MetadataStore
 	limits    config.Limits
@@ -107,7 +107,7 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		return nil, err
 	}
 	v := &Verifier{
-		pinning:   cfg.Trust.Pinning,
+		pinning:   &cfg.Trust.Pinning,
 		upstreams: map[string]*upstream{},
 		meta:      meta,
 		limits:    cfg.Limits,
@@ -130,12 +130,8 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	}
 	for i, u := range cfg.Upstreams {
 		up := &upstream{index: i, cfg: u}
-		if n := u.Notary; n.URL != "" {
-			up.client, err = egress.New(egress.Endpoint{
-				Field: fmt.Sprintf("upstreams[%d].notary", i), URL: n.URL, CAFile: n.CAFile,
-				Username: n.Username, Password: n.Password, TokenRealms: n.TokenRealms,
-				Timeout: v.limits.UpstreamTimeout,
-			})
+		if u.Notary.URL != "" {
+			up.client, err = egress.New(egress.Configured(fmt.Sprintf("upstreams[%d].notary", i), u.Notary, nil, v.limits.UpstreamTimeout))
 			if err != nil {
 				return nil, err
 			}
@@ -191,13 +187,14 @@ func (v *Verifier) View(ctx context.Context, name gun.Name, r *config.Rule) (*Vi
 		if rerr := v.shared.get(gun); rerr != nil {
 			return nil, rerr
 		}
-		store := v.meta.For(gun, pinStamp(v.pinning, gun, r.TOFU))
-		if snap, until := v.shared.verdict(gun, v.policyStamp(gun, r), store); snap != nil {
+		a := v.anchorOf(gun, r)
+		store := v.meta.For(gun, a.stamp)
+		if snap, until := v.shared.verdict(gun, policyStamp(r, a), store); snap != nil {
 			until = earliest(until, snap.Checked.Add(v.ttl)) // never longer than this replica's own refresh_ttl
 			v.snaps.Add(gun, cached{snap: snap, until: until})
 			return snap, nil
 		}
-		snap, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up)
+		snap, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up, a)
 		if rerr != nil {
 			return nil, rerr
 		}
@@ -249,9 +246,9 @@ func (v *Verifier) lookup(name gun.Name, r *config.Rule) (*upstream, *RefusalErr
 
 // refresh fetches and verifies gun's trust data, records metrics and caches
 // the result.
-func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *upstream) (*View, *RefusalError) {
+func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *upstream, a anchor) (*View, *RefusalError) {
 	start := time.Now()
-	snap, rerr := v.update(ctx, gun, r, up)
+	snap, rerr := v.update(ctx, gun, r, up, a)
 	result := "ok"
 	if rerr != nil {
 		result = string(rerr.Reason)
@@ -275,17 +272,18 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 		until = earliest(until, snap.Refreshed.Add(r.MaxStaleness))
 	}
 	v.snaps.Add(gun, cached{snap: snap, until: until})
-	v.shared.putVerdict(snap, v.policyStamp(gun, r), until)
+	v.shared.putVerdict(snap, policyStamp(r, a), until)
 	return snap, nil
 }
 
 // update runs notary's TUF update for gun against the bounded remote and the
-// monotonic cache, then judges the result by r.
-func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *upstream) (*View, *RefusalError) {
+// monotonic cache, its root checked against a's pins, then judges the
+// result by r.
+func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *upstream, a anchor) (*View, *RefusalError) {
 	refuse := func(reason Reason, detail string, err error) *RefusalError {
 		return &RefusalError{GUN: gun, Reason: reason, Detail: detail, Err: err}
 	}
-	store := v.meta.For(gun, pinStamp(v.pinning, gun, r.TOFU))
+	store := v.meta.For(gun, a.stamp)
 	// The delegations the last trusted snapshot listed may not vanish.
 	var prev []data.RoleName
 	switch b, err := store.GetSized(data.CanonicalSnapshotRole.String(), storage.NoSizeLimit); {
@@ -300,7 +298,7 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 	server := func(rt http.RoundTripper) (storage.RemoteStore, error) {
 		return storage.NewNotaryServerStore(strings.TrimSuffix(up.cfg.Notary.URL, "/"), data.GUN(gun), rt)
 	}
-	if r.TOFU && len(pinsFor(v.pinning, gun)) == 0 {
+	if r.TOFU && !a.pins.Pinned() {
 		if warned, _ := v.tofuWarned.ContainsOrAdd(gun, struct{}{}); !warned {
 			v.log.Warn("trusting root on first use", "gun", gun,
 				"hint", "pin it in trust.pinning.certs or trust.pinning.ca")
@@ -324,7 +322,7 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 		remote = newBoundedRemote(ahead, v.limits)
 		repo, invalid, err = client.LoadTUFRepo(client.TUFLoadOptions{
 			GUN:          data.GUN(gun),
-			TrustPinning: trustpinning.TrustPinConfig{Certs: v.pinning.Certs, CA: v.pinning.CA, DisableTOFU: !r.TOFU},
+			TrustPinning: trustPinning(gun, a.pins, r.TOFU),
 			Cache:        guard,
 			RemoteStore:  remote,
 		})
@@ -443,23 +441,50 @@ func cachedTimestampExpired(store storage.MetadataStore) bool {
 	return json.Unmarshal(b, &ts) == nil && !ts.Signed.Expires.IsZero() && time.Now().After(ts.Signed.Expires)
 }
 
-// pinsFor lists the pins of p that apply to gun, sorted: certificate IDs
-// by GUN (exactly or by a trailing-* wildcard, as notary matches them) and
-// CA files by GUN prefix.
-func pinsFor(p config.Pinning, gun string) []string {
-	var pins []string
-	for g, ids := range p.Certs {
-		if g == gun || (strings.HasSuffix(g, "*") && strings.HasPrefix(gun, strings.TrimSuffix(g, "*"))) {
-			pins = append(pins, "certs "+g+" "+strings.Join(slices.Sorted(slices.Values(ids)), ","))
+// anchor is what decides which root of a GUN is trusted: the pins that
+// apply to it, as config.Load compiled them, and its stamp.
+type anchor struct {
+	pins config.Pins
+	// stamp describes the pins, the content of their CA files and whether
+	// trust on first use is allowed. The metadata cache is opened with it:
+	// a root accepted under another stamp is checked again.
+	stamp string
+}
+
+// anchorOf returns what decides gun's root under rule r. The pins were
+// compiled by config.Load; the CA files are read now, as notary reads them
+// in the update, so that a CA file replaced in place changes the stamp.
+func (v *Verifier) anchorOf(gun string, r *config.Rule) anchor {
+	pins := v.pinning.For(gun)
+	lines := make([]string, 0, 1+len(pins.CAs))
+	if len(pins.CertIDs) > 0 {
+		lines = append(lines, "certs "+gun+" "+strings.Join(pins.CertIDs, ","))
+	}
+	for _, ca := range pins.CAs {
+		lines = append(lines, "ca "+ca.Prefix+" "+ca.File+" "+fileDigest(ca.File))
+	}
+	// Sorted, as the stamps metadata caches were opened with before: they
+	// stay valid.
+	slices.Sort(lines)
+	return anchor{pins: pins, stamp: fmt.Sprintf("tofu %t\n%s\n", r.TOFU, strings.Join(lines, "\n"))}
+}
+
+// trustPinning is pins in notary's form: the certificate IDs of gun and the
+// CA files of its prefixes. Notary picks from them what it would pick from
+// the whole of trust.pinning, which holds no other entries for gun (Load
+// refuses notary's trailing-* wildcards).
+func trustPinning(gun string, pins config.Pins, tofu bool) trustpinning.TrustPinConfig {
+	tp := trustpinning.TrustPinConfig{DisableTOFU: !tofu}
+	if len(pins.CertIDs) > 0 {
+		tp.Certs = map[string][]string{gun: pins.CertIDs}
+	}
+	if len(pins.CAs) > 0 {
+		tp.CA = make(map[string]string, len(pins.CAs))
+		for _, ca := range pins.CAs {
+			tp.CA[ca.Prefix] = ca.File
 		}
 	}
-	for prefix, file := range p.CA {
-		if strings.HasPrefix(gun, prefix) {
-			pins = append(pins, "ca "+prefix+" "+file+" "+fileDigest(file))
-		}
-	}
-	slices.Sort(pins)
-	return pins
+	return tp
 }
 
 // fileDigest is the sha256 of the file at path, so that a root accepted
@@ -473,13 +498,14 @@ func fileDigest(path string) string {
 	return digest.FromBytes(b).String()
 }
 
-// policyStamp names everything a verdict on gun depends on besides the
-// trust data: the rule's pattern, roles and signers (their keys), trust on
-// first use, max_staleness and the pins. A verdict is shared only between
-// replicas whose stamps agree (a rollout changing the policy shares none).
-func (v *Verifier) policyStamp(gun string, r *config.Rule) string {
+// policyStamp names everything a verdict depends on besides the trust
+// data: the rule's pattern, roles and signers (their keys), trust on first
+// use, max_staleness and the stamp of the GUN's anchor. A verdict is shared
+// only between replicas whose stamps agree (a rollout changing the policy
+// shares none).
+func policyStamp(r *config.Rule, a anchor) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%q\n%t\n%s\n%s\n", r.Repositories, r.Roles, r.TOFU, r.MaxStaleness, pinStamp(v.pinning, gun, r.TOFU))
+	fmt.Fprintf(h, "%s\n%q\n%t\n%s\n%s\n", r.Repositories, r.Roles, r.TOFU, r.MaxStaleness, a.stamp)
 	for _, s := range r.TrustedSigners {
 		fmt.Fprintf(h, "signer %q %q\n", s.Name, s.KeyIDs)
 		for _, k := range s.Keys {
@@ -487,12 +513,6 @@ func (v *Verifier) policyStamp(gun string, r *config.Rule) string {
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-// pinStamp describes what decides gun's root: its pins and whether trust on
-// first use is allowed.
-func pinStamp(p config.Pinning, gun string, tofu bool) string {
-	return fmt.Sprintf("tofu %t\n%s\n", tofu, strings.Join(pinsFor(p, gun), "\n"))
 }
 
 // guardedCache records the errors of the cache that notary's client logs

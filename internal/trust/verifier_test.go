@@ -40,7 +40,7 @@ type opts struct {
 	ttl     time.Duration
 	limits  config.Limits
 	noURL   bool
-	notary  config.Notary // credentials
+	notary  config.Endpoint // credentials
 }
 
 // testVerifier is a Verifier with the configuration it was made from.
@@ -670,7 +670,7 @@ func TestBasicAuth(t *testing.T) {
 	f.publish()
 	f.srv.user, f.srv.pass = "reader", "s3cret"
 
-	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Notary{Username: "reader", Password: "s3cret"}})
+	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Endpoint{Username: "reader", Password: "s3cret"}})
 	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
 		t.Fatalf("with credentials: %v", err)
 	}

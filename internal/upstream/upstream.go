@@ -103,12 +103,7 @@ func newRegistry(i int, cfg config.Upstream, lim config.Limits) (*Registry, erro
 	if err != nil {
 		return nil, fmt.Errorf("url: %w", err)
 	}
-	c, err := egress.New(egress.Endpoint{
-		Field: fmt.Sprintf("upstreams[%d]", i), URL: cfg.URL, CAFile: cfg.CAFile,
-		Username: cfg.Username, Password: cfg.Password,
-		TokenRealms: cfg.TokenRealms, RedirectHosts: cfg.RedirectHosts,
-		Timeout: lim.UpstreamTimeout,
-	})
+	c, err := egress.New(egress.Configured(fmt.Sprintf("upstreams[%d]", i), cfg.Endpoint, cfg.RedirectHosts, lim.UpstreamTimeout))
 	if err != nil {
 		return nil, err
 	}
