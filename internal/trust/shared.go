@@ -121,15 +121,15 @@ func (s *sharedState) verdictKey(gun, policy string) string {
 	return s.Key("verdict:" + hex.EncodeToString(sum[:16]))
 }
 
-// putVerdict shares snap, judged under policy, until until.
-func (s *sharedState) putVerdict(snap *View, policy string, until time.Time) {
+// putVerdict shares view, judged under policy, until until.
+func (s *sharedState) putVerdict(view *View, policy string, until time.Time) {
 	ttl := time.Until(until)
 	if s == nil || ttl <= 0 || s.Health.Skip() {
 		return
 	}
-	v := sharedVerdict{Policy: policy, Until: until, GUN: snap.GUN, Targets: snap.Targets, Refused: map[string]sharedRefusal{},
-		Checked: snap.Checked, Expires: snap.Expires, Refreshed: snap.Refreshed, Unreachable: snap.Unreachable, Versions: snap.Versions, Keys: snap.Keys}
-	for tag, r := range snap.Refused {
+	v := sharedVerdict{Policy: policy, Until: until, GUN: view.GUN, Targets: view.Targets, Refused: map[string]sharedRefusal{},
+		Checked: view.Checked, Expires: view.Expires, Refreshed: view.Refreshed, Unreachable: view.Unreachable, Versions: view.Versions, Keys: view.Keys}
+	for tag, r := range view.Refused {
 		v.Refused[tag] = sharedRefusal{Reason: r.Reason, Detail: r.Detail}
 	}
 	payload, err := json.Marshal(v)
@@ -138,7 +138,7 @@ func (s *sharedState) putVerdict(snap *View, policy string, until time.Time) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
 	defer cancel()
-	key := s.verdictKey(snap.GUN, policy)
+	key := s.verdictKey(view.GUN, policy)
 	s.Health.Failed(s.Redis.Set(ctx, key, s.Seal(cache.KindVerdict, key, payload), ttl).Err())
 }
 
@@ -171,14 +171,14 @@ func (s *sharedState) verdict(gun, policy string, store *cache.GUNStore) (*View,
 		}
 		return nil, time.Time{}
 	}
-	snap := &View{GUN: gun, Targets: v.Targets, Refused: map[string]*RefusalError{}, Checked: v.Checked,
+	view := &View{GUN: gun, Targets: v.Targets, Refused: map[string]*RefusalError{}, Checked: v.Checked,
 		Expires: v.Expires, Refreshed: v.Refreshed, Unreachable: v.Unreachable, Versions: v.Versions, Keys: v.Keys}
-	if snap.Targets == nil {
-		snap.Targets = map[string]Target{}
+	if view.Targets == nil {
+		view.Targets = map[string]Target{}
 	}
 	for tag, r := range v.Refused {
-		snap.Refused[tag] = &RefusalError{GUN: gun, Ref: tag, Reason: r.Reason, Detail: r.Detail}
+		view.Refused[tag] = &RefusalError{GUN: gun, Ref: tag, Reason: r.Reason, Detail: r.Detail}
 	}
-	snap.index()
-	return snap, v.Until
+	view.index()
+	return view, v.Until
 }

@@ -45,7 +45,7 @@ type Verifier struct {
 	log       *slog.Logger
 
 	group      singleflight.Group
-	snaps      *lru.Cache[string, cached]
+	views      *lru.Cache[string, cached]
 	refusals   *lru.Cache[string, refused] // recent repository refusals, by GUN
 	refusalTTL time.Duration
 	shared     *sharedState // nil: refusals stay in this process
@@ -66,7 +66,7 @@ type upstream struct {
 }
 
 type cached struct {
-	snap  *View
+	view  *View
 	until time.Time
 }
 
@@ -94,7 +94,7 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := lru.New[string, cached](maxSnapshots)
+	views, err := lru.New[string, cached](maxSnapshots)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +113,7 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		limits:    cfg.Limits,
 		ttl:       cfg.Trust.RefreshTTL,
 		log:       log,
-		snaps:     snaps,
+		views:     views,
 		refusals:  refusals,
 		// Never longer than verified data would be reused.
 		refusalTTL: min(cfg.Trust.RefusalTTL, cfg.Trust.RefreshTTL),
@@ -172,10 +172,10 @@ func (v *Verifier) View(ctx context.Context, name gun.Name, r *config.Rule) (*Vi
 	if rerr != nil {
 		return nil, rerr
 	}
-	c, ok := v.snaps.Get(gun)
+	c, ok := v.views.Get(gun)
 	if ok && time.Now().Before(c.until) {
-		v.log.Debug("trust cache hit", "gun", gun, "checked", c.snap.Checked, "expires", c.snap.Expires)
-		return c.snap, nil
+		v.log.Debug("trust cache hit", "gun", gun, "checked", c.view.Checked, "expires", c.view.Expires)
+		return c.view, nil
 	}
 	if f, ok := v.refusals.Get(gun); ok && time.Now().Before(f.until) {
 		return nil, f.err
@@ -189,16 +189,16 @@ func (v *Verifier) View(ctx context.Context, name gun.Name, r *config.Rule) (*Vi
 		}
 		a := v.anchorOf(gun, r)
 		store := v.meta.For(gun, a.stamp)
-		if snap, until := v.shared.verdict(gun, policyStamp(r, a), store); snap != nil {
-			until = earliest(until, snap.Checked.Add(v.ttl)) // never longer than this replica's own refresh_ttl
-			v.snaps.Add(gun, cached{snap: snap, until: until})
-			return snap, nil
+		if view, until := v.shared.verdict(gun, policyStamp(r, a), store); view != nil {
+			until = earliest(until, view.Checked.Add(v.ttl)) // never longer than this replica's own refresh_ttl
+			v.views.Add(gun, cached{view: view, until: until})
+			return view, nil
 		}
-		snap, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up, a)
+		view, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up, a)
 		if rerr != nil {
 			return nil, rerr
 		}
-		return snap, nil
+		return view, nil
 	})
 	select {
 	case res := <-ch:
@@ -248,12 +248,12 @@ func (v *Verifier) lookup(name gun.Name, r *config.Rule) (*upstream, *RefusalErr
 // the result.
 func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *upstream, a anchor) (*View, *RefusalError) {
 	start := time.Now()
-	snap, rerr := v.update(ctx, gun, r, up, a)
+	view, rerr := v.update(ctx, gun, r, up, a)
 	result := "ok"
 	if rerr != nil {
 		result = string(rerr.Reason)
 	}
-	if rerr == nil && snap.Unreachable != "" {
+	if rerr == nil && view.Unreachable != "" {
 		result = "unreachable" // served from cache: the trust server gave no fresh timestamp
 	}
 	v.refreshes.WithLabelValues(result).Inc()
@@ -267,13 +267,13 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 		v.shared.put(gun, nil, 0)
 	}
 	v.refusals.Remove(gun)
-	until := earliest(snap.Checked.Add(v.ttl), snap.Expires)
-	if snap.Unreachable != "" {
-		until = earliest(until, snap.Refreshed.Add(r.MaxStaleness))
+	until := earliest(view.Checked.Add(v.ttl), view.Expires)
+	if view.Unreachable != "" {
+		until = earliest(until, view.Refreshed.Add(r.MaxStaleness))
 	}
-	v.snaps.Add(gun, cached{snap: snap, until: until})
-	v.shared.putVerdict(snap, policyStamp(r, a), until)
-	return snap, nil
+	v.views.Add(gun, cached{view: view, until: until})
+	v.shared.putVerdict(view, policyStamp(r, a), until)
+	return view, nil
 }
 
 // update runs notary's TUF update for gun against the bounded remote and the
@@ -372,12 +372,12 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 	if rerr := checkRoles(gun, prev, repo, invalid, r.Roles, now); rerr != nil {
 		return nil, rerr
 	}
-	snap := judge(repo, gun, r, now)
-	snap.Refreshed = refreshed
+	view := judge(repo, gun, r, now)
+	view.Refreshed = refreshed
 	if stale != nil {
-		snap.Unreachable = cause(stale).Error()
+		view.Unreachable = cause(stale).Error()
 	}
-	return snap, nil
+	return view, nil
 }
 
 // cacheDetail is the refusal detail of a trust metadata cache that cannot be
