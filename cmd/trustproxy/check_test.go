@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -16,14 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
 
 // TestCheckGolden: check decides on a digest (not the tag latest), names the
 // rule that decided, and reports audit mode as audit, on the path serve
@@ -78,22 +74,7 @@ trust:
 		}
 		fmt.Fprintf(&got, "$ trustproxy check %s  # %s, exit %v\n%s\n", names.Replace(c.image), c.mode, err, times.ReplaceAllString(names.Replace(out.String()), `"<time>"`))
 	}
-	golden := filepath.Join("testdata", "check.golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, []byte(got.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), got.String()); diff != "" {
-		t.Errorf("check output (-want +got):\n%s", diff)
-	}
+	testenv.Golden(t, filepath.Join("testdata", "check.golden"), []byte(got.String()))
 }
 
 // TestCheckScan: check --scan has the image scanned now (the scanner pulls

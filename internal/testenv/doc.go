@@ -20,6 +20,8 @@
 //     request's authorization, and fails the scan when that pull fails.
 //   - Throttle: a TCP relay on 127.0.0.1 that passes a server's answers at a bounded rate,
 //     so that a blob takes seconds to arrive.
+//   - Golden: compares a test's output with its testdata/*.golden file; -update (registered
+//     here, once) rewrites the file.
 //
 // It needs the Debian packages notary (notary, notary-server) installed:
 //
