@@ -31,11 +31,11 @@ func TestFastForwardRecoveryAfterTimestampKeyRotation(t *testing.T) {
 	a := replica()
 	a.mustPull(t, "library/app:v1")
 
-	s := w.swizzle()
+	s := w.Swizzle()
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1000))
 	a.mustPull(t, "library/app:v1") // the fast-forwarded timestamp is now the floor
 
-	key, err := testutils.CreateKey(w.cs, gun, data.CanonicalTimestampRole, data.ECDSAKey)
+	key, err := testutils.CreateKey(w.CS, gun, data.CanonicalTimestampRole, data.ECDSAKey)
 	must(t, err)
 	must(t, s.RotateKey(data.CanonicalTimestampRole, key))
 	must(t, s.OffsetMetadataVersion(data.CanonicalRootRole, 1))
@@ -64,14 +64,14 @@ func TestFastForwardRecoveryAfterTimestampKeyRotation(t *testing.T) {
 // which has seen nothing newer, cannot tell.
 func TestSnapshotRoleVersionsNeverDecrease(t *testing.T) {
 	w := newTUFWorld(t)
-	old := w.meta[data.RoleName(testenv.Releases)]
+	old := w.Meta[data.RoleName(testenv.Releases)]
 	w.signImage(t, testenv.Releases, "v2", testenv.Image(t, "tuf v2", 1, 1024))
-	w.publish(t)
+	w.Publish(t)
 	replica, _ := w.replicas(t, time.Nanosecond)
 	a := replica()
 	a.mustPull(t, "library/app:v2")
 
-	s := w.swizzle()
+	s := w.Swizzle()
 	must(t, s.MetadataCache.Set(testenv.Releases, old))
 	must(t, s.UpdateSnapshotHashes(data.RoleName(testenv.Releases)))
 	must(t, s.OffsetMetadataVersion(data.CanonicalSnapshotRole, 1))
@@ -103,7 +103,7 @@ func TestSharedViewFloorSurvivesKeyRotation(t *testing.T) {
 	w := newTUFWorld(t)
 	const ttl = 4 * time.Second
 	replica, rs := w.replicas(t, ttl)
-	s := w.swizzle()
+	s := w.Swizzle()
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1000))
 	a := replica()
 	a.mustPull(t, "library/app:v1") // A verifies timestamp 1001 and shares its view
@@ -113,7 +113,7 @@ func TestSharedViewFloorSurvivesKeyRotation(t *testing.T) {
 		t.Fatal("no shared view on redis")
 	}
 
-	key, err := testutils.CreateKey(w.cs, gun, data.CanonicalTimestampRole, data.ECDSAKey)
+	key, err := testutils.CreateKey(w.CS, gun, data.CanonicalTimestampRole, data.ECDSAKey)
 	must(t, err)
 	must(t, s.RotateKey(data.CanonicalTimestampRole, key))
 	must(t, s.OffsetMetadataVersion(data.CanonicalRootRole, 1))

@@ -14,6 +14,9 @@
 //     notary-server, with keys from NewKey. Notary.Publish does a whole repository (root,
 //     targets, a Releases delegation, its tags) with the notary client library in tens of
 //     milliseconds, for tests and benchmarks that need many.
+//   - NewTUFRepo: a TUF repository made with notary's testutils, and a TUFServer serving
+//     notary's read API from whatever the test makes of it (swizzled metadata, overrides
+//     per role, basic auth): states notary-server never serves. It counts requests by role.
 //   - StartScanner: a Harbor scanner adapter (API v1.2) with canned reports, the one
 //     fake: a real scanner needs its vulnerability database. Like Trivy's adapter it
 //     pulls the manifest and config it scans from the scan request's registry, with the
