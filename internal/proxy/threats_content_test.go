@@ -352,7 +352,8 @@ func TestEvictedBlobRefetched(t *testing.T) {
 			storage := t.TempDir()
 			extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\n", storage)
 			if withRedis {
-				extra = sharedYAML(t, storage, testenv.StartRedis(t, "").Addr())
+				d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+				storage, extra = d.Storage, d.YAML()
 			}
 			p := start(t, w.config(t, t.TempDir(), "", extra))
 			p.mustPull(t, "library/app:v1")
@@ -457,9 +458,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 // stored. Once the upstream is right again, both serve.
 func TestCorruptManifestLeavesNothingShared(t *testing.T) {
 	w := newTUFWorld(t)
-	redis := testenv.StartRedis(t, "")
-	storage := t.TempDir()
-	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(t, storage, redis.Addr()))) }
+	replica, d := w.replicas(t, time.Nanosecond)
 	a, b := replica(), replica()
 	w.reg.SetFault(w.reg.CorruptBody(testenv.GetPath("/manifests/" + w.signed.String())))
 	status, body := a.manifestV1(t)
@@ -473,7 +472,7 @@ func TestCorruptManifestLeavesNothingShared(t *testing.T) {
 	if n := w.reg.BlobGets(layer); n != 0 {
 		t.Fatalf("the layer was fetched %d times", n)
 	}
-	if blobs, _ := filepath.Glob(filepath.Join(storage, "docker", "registry", "v2", "blobs", "sha256", "*", "*", "data")); len(blobs) != 0 {
+	if blobs, _ := filepath.Glob(filepath.Join(d.Storage, "docker", "registry", "v2", "blobs", "sha256", "*", "*", "data")); len(blobs) != 0 {
 		t.Fatalf("stored %v", blobs)
 	}
 	w.reg.SetFault(nil)

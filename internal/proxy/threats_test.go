@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/theupdateframework/notary/tuf/data"
@@ -108,6 +109,18 @@ trust:
 func (w *tufWorld) start(t *testing.T, rule, extra string) *instance {
 	t.Helper()
 	return start(t, w.config(t, t.TempDir(), rule, extra))
+}
+
+// replicas returns a func that starts a replica in front of w with its own
+// data directory, all of one deployment (also returned): one storage
+// directory and one Redis. Trust data is reused for refreshTTL.
+func (w *tufWorld) replicas(t *testing.T, refreshTTL time.Duration) (func() *instance, *testenv.Deployment) {
+	t.Helper()
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+	return func() *instance {
+		cfg := w.config(t, t.TempDir(), "", d.YAML())
+		return start(t, strings.Replace(cfg, "refresh_ttl: 1ns", "refresh_ttl: "+refreshTTL.String(), 1))
+	}, d
 }
 
 // manifestV1 asks p for library/app:v1's manifest.

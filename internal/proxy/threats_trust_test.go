@@ -93,7 +93,7 @@ func TestOtherRepositoryTrustDataRefused(t *testing.T) {
 // highest version: a new replica shown version 2 refuses it as a rollback.
 func TestConcurrentReplicaWritesKeepHighestFloor(t *testing.T) {
 	w := newTUFWorld(t)
-	redis := testenv.StartRedis(t, "")
+	replica, _ := w.replicas(t, time.Nanosecond)
 	s := testutils.NewMetadataSwizzler(gun, testutils.CopyRepoMetadata(w.Meta), w.CS)
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1))
 	lo, err := s.MetadataCache.GetSized(data.CanonicalTimestampRole.String(), 1<<20)
@@ -117,8 +117,6 @@ func TestConcurrentReplicaWritesKeepHighestFloor(t *testing.T) {
 		_, _ = rw.Write(b)
 		return true
 	})
-	storage := t.TempDir()
-	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(t, storage, redis.Addr()))) }
 	replicas := []*instance{replica(), replica()}
 
 	var wg sync.WaitGroup
@@ -232,20 +230,18 @@ func TestNotaryDownRefusedAfterMaxStaleness(t *testing.T) {
 	}
 }
 
-// rootRotationWorld is a world whose library/app replicas share a Redis and
-// a storage directory, each with its own data directory.
+// rootRotationWorld is a world whose library/app replicas are those of
+// one deployment, each with its own data directory.
 type rootRotationWorld struct {
 	*world
-	redis   *testenv.Redis
-	storage string
+	shared *testenv.Deployment
 }
 
 // replica starts a trustproxy with dataDir that pins library/app's root
 // certificates pins.
 func (w *rootRotationWorld) replica(t *testing.T, dataDir string, pins ...string) *instance {
 	t.Helper()
-	cfg := w.config(t, dataDir, sharedYAML(t, w.storage, w.redis.Addr()))
-	cfg = strings.Replace(cfg, "refresh_ttl: 1h", "refresh_ttl: 1ns", 1)
+	cfg := w.replicaConfig(t, w.shared, dataDir, time.Nanosecond)
 	old := fmt.Sprintf("      %s: [%s]\n", gun, w.roots[gun])
 	return start(t, strings.Replace(cfg, old, fmt.Sprintf("      %s: [%s]\n", gun, strings.Join(pins, ", ")), 1))
 }
@@ -262,7 +258,7 @@ func (w *rootRotationWorld) replica(t *testing.T, dataDir string, pins ...string
 // data from before the rotation refuses it as a rollback: the floor on
 // Redis is past it.
 func TestRootRotationAcceptedAndShared(t *testing.T) {
-	w := &rootRotationWorld{world: newWorld(t), redis: testenv.StartRedis(t, ""), storage: t.TempDir()}
+	w := &rootRotationWorld{world: newWorld(t), shared: testenv.NewDeployment(t, testenv.StartRedis(t, ""))}
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
 	oldID := w.roots[gun]

@@ -17,6 +17,9 @@
 //   - NewTUFRepo: a TUF repository made with notary's testutils, and a TUFServer serving
 //     notary's read API from whatever the test makes of it (swizzled metadata, overrides
 //     per role, basic auth): states notary-server never serves. It counts requests by role.
+//   - StartRedis, StartRedisTLS: redis-server as a subprocess; NewDeployment: what the
+//     replicas of one deployment share on it (the Redis, a storage directory, the state
+//     key), and the YAML that says so.
 //   - StartScanner: a Harbor scanner adapter (API v1.2) with canned reports, the one
 //     fake: a real scanner needs its vulnerability database. Like Trivy's adapter it
 //     pulls the manifest and config it scans from the scan request's registry, with the
