@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -94,12 +93,7 @@ func TestCheckScan(t *testing.T) {
 	env.Notary.SignImage(t, gun, "v2", clean, testenv.Releases)
 	scanner.SetReport(digest.Digest(d1.String()), []scan.Vulnerability{{ID: "CVE-2024-3094", Package: "xz-utils", Version: "5.6.0", Severity: "Critical"}})
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.FreeAddr(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "trustproxy.yaml")
 	yaml := fmt.Sprintf(`listen: %s

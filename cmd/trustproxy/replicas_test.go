@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -109,12 +108,7 @@ type replica struct {
 // It is killed at t.Cleanup.
 func startReplicaProcess(t *testing.T, bin, dataDir string, cfg func(addr, url string) string) *replica {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.FreeAddr(t)
 	r := &replica{url: "http://" + addr, dataDir: dataDir, done: make(chan struct{})}
 	cfgFile := filepath.Join(t.TempDir(), "trustproxy.yaml")
 	if err := os.WriteFile(cfgFile, []byte(cfg(addr, r.url)), 0o600); err != nil {
