@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -235,7 +234,7 @@ func (e *tableEnv) startAt(t *testing.T, impl, extra, upstream string) *proc {
 		t.Cleanup(p.stop)
 		return p
 	}
-	addr := freeAddr(t)
+	addr := testenv.FreeAddr(t)
 	p.url = "http://" + addr
 	switch impl {
 	case trustproxy, before:
@@ -257,7 +256,7 @@ trust:
   rules: [{repositories: "docker.io/**", signers: [bench-release]}]
 %s`, addr, dir, upstream, e.notary.ServerURL(), e.notary.CAFile(), pins.String(), e.key.CertFile, extra)
 		if strings.Contains(extra, "debug:") {
-			daddr := freeAddr(t)
+			daddr := testenv.FreeAddr(t)
 			cfg = strings.Replace(cfg, "listen: 127.0.0.1:0", "listen: "+daddr, 1)
 			p.debugURL = "http://" + daddr
 		}
@@ -469,16 +468,6 @@ func (e *tableEnv) upstreamBlobBytes(im *signedImage) int64 {
 		n += int64(e.upstream.BlobGets(v1.Hash{Algorithm: "sha256", Hex: l.Digest.Encoded()})) * l.Size
 	}
 	return n
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // distEnv makes the test binary run distribution's pull-through proxy

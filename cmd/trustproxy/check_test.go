@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,14 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
 
 // TestCheckGolden: check decides on a digest (not the tag latest), names the
 // rule that decided, and reports audit mode as audit, on the path serve
@@ -78,22 +73,7 @@ trust:
 		}
 		fmt.Fprintf(&got, "$ trustproxy check %s  # %s, exit %v\n%s\n", names.Replace(c.image), c.mode, err, times.ReplaceAllString(names.Replace(out.String()), `"<time>"`))
 	}
-	golden := filepath.Join("testdata", "check.golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, []byte(got.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), got.String()); diff != "" {
-		t.Errorf("check output (-want +got):\n%s", diff)
-	}
+	testenv.Golden(t, filepath.Join("testdata", "check.golden"), []byte(got.String()))
 }
 
 // TestCheckScan: check --scan has the image scanned now (the scanner pulls
@@ -113,12 +93,7 @@ func TestCheckScan(t *testing.T) {
 	env.Notary.SignImage(t, gun, "v2", clean, testenv.Releases)
 	scanner.SetReport(digest.Digest(d1.String()), []scan.Vulnerability{{ID: "CVE-2024-3094", Package: "xz-utils", Version: "5.6.0", Severity: "Critical"}})
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.FreeAddr(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "trustproxy.yaml")
 	yaml := fmt.Sprintf(`listen: %s

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,7 +28,7 @@ func TestSIGKILLedFillHolder(t *testing.T) {
 	p := newProcesses(t)
 	layer, size := p.sign(t, "v1", "sigkill", 3<<20)
 	slow := testenv.Throttle(t, p.env.Registry.Host(), 512<<10) // about 6s for the layer
-	repo, storage := procRepo, p.storage
+	repo, storage := procRepo, p.shared.Storage
 	startReplica := func() *replica { return p.start(t, t.TempDir(), slow.URL(), "") }
 	a, b := startReplica(), startReplica()
 	for _, r := range []*replica{a, b} {
@@ -109,12 +108,7 @@ type replica struct {
 // It is killed at t.Cleanup.
 func startReplicaProcess(t *testing.T, bin, dataDir string, cfg func(addr, url string) string) *replica {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testenv.FreeAddr(t)
 	r := &replica{url: "http://" + addr, dataDir: dataDir, done: make(chan struct{})}
 	cfgFile := filepath.Join(t.TempDir(), "trustproxy.yaml")
 	if err := os.WriteFile(cfgFile, []byte(cfg(addr, r.url)), 0o600); err != nil {
@@ -272,22 +266,21 @@ func TestColdBlobFetchedOnceAcrossReplicaProcesses(t *testing.T) {
 }
 
 // processes is library/app, signed by alice in targets/releases, on a real
-// registry and notary-server, and the Redis and storage directory that the
-// trustproxy processes started by start share.
+// registry and notary-server, and the deployment (a Redis and a storage
+// directory) that the trustproxy processes started by start share.
 type processes struct {
-	bin     string
-	env     *testenv.Env
-	redis   *testenv.Redis
-	alice   *testenv.Key
-	root    string
-	storage string
+	bin    string
+	env    *testenv.Env
+	shared *testenv.Deployment
+	alice  *testenv.Key
+	root   string
 }
 
 const procGUN, procRepo = "docker.io/library/app", "library/app"
 
 func newProcesses(t *testing.T) *processes {
 	t.Helper()
-	p := &processes{bin: buildTrustproxy(t), env: testenv.New(t), redis: testenv.StartRedis(t, ""), alice: testenv.NewKey(t, "alice"), storage: t.TempDir()}
+	p := &processes{bin: buildTrustproxy(t), env: testenv.New(t), shared: testenv.NewDeployment(t, testenv.StartRedis(t, "")), alice: testenv.NewKey(t, "alice")}
 	p.root = p.env.Notary.Init(t, procGUN)
 	p.env.Notary.AddDelegation(t, procGUN, testenv.Releases, p.alice)
 	return p
@@ -314,9 +307,7 @@ func (p *processes) start(t *testing.T, dataDir, upstream, trustExtra string) *r
 	return startReplicaProcess(t, p.bin, dataDir, func(addr, url string) string {
 		return fmt.Sprintf(`listen: %s
 data_dir: %s
-storage: {filesystem: {rootdirectory: %s}}
-redis: {addrs: [%s], replica_url: %s, state_key_file: %s}
-upstreams:
+%supstreams:
   - name: docker.io
     url: %s
     notary: {url: %s, ca_file: %s}
@@ -324,6 +315,6 @@ trust:
 %s  pinning: {certs: {%s: [%s]}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, p.storage, p.redis.Addr(), url, testenv.StateKeyFile(t, testenv.StateKey), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
+`, addr, dataDir, p.shared.YAML("replica_url: "+url), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
 	})
 }

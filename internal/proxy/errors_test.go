@@ -2,23 +2,19 @@ package proxy
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
-	"github.com/google/go-cmp/cmp"
 
 	"github.com/trustproxy/trustproxy/internal/fill"
+	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 	"github.com/trustproxy/trustproxy/internal/upstream"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 
 // TestWriteErrorGolden pins what clients read for each kind of refusal and
 // failure: status, code and message, in the registry error format.
@@ -56,20 +52,5 @@ func TestWriteErrorGolden(t *testing.T) {
 		writeError(rec, e.err)
 		fmt.Fprintf(&got, "%s: %d %s", e.name, rec.Code, rec.Body.String())
 	}
-	golden := filepath.Join("testdata", "errors.golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(golden, []byte(got.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if diff := cmp.Diff(string(want), got.String()); diff != "" {
-		t.Errorf("error bodies (-want +got):\n%s", diff)
-	}
+	testenv.Golden(t, filepath.Join("testdata", "errors.golden"), []byte(got.String()))
 }

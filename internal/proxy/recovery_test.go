@@ -7,7 +7,6 @@ package proxy_test
 
 import (
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -31,17 +30,11 @@ func TestFastForwardRecoveryAfterTimestampKeyRotation(t *testing.T) {
 	a := replica()
 	a.mustPull(t, "library/app:v1")
 
-	s := w.swizzle()
+	s := w.Swizzle()
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1000))
 	a.mustPull(t, "library/app:v1") // the fast-forwarded timestamp is now the floor
 
-	key, err := testutils.CreateKey(w.cs, gun, data.CanonicalTimestampRole, data.ECDSAKey)
-	must(t, err)
-	must(t, s.RotateKey(data.CanonicalTimestampRole, key))
-	must(t, s.OffsetMetadataVersion(data.CanonicalRootRole, 1))
-	must(t, s.UpdateSnapshotHashes(data.CanonicalRootRole))
-	must(t, s.UpdateTimestampHash())
-	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, -1000)) // version 1, signed by the new key
+	w.rotateTimestampKey(t, s) // version 1, signed by the new key
 	for name, p := range map[string]*instance{"the replica that saw 1001": a, "a fresh replica": replica()} {
 		if got, err := p.pull(t, "library/app:v1"); err != nil || got != w.signed {
 			t.Fatalf("%s after the rotation: %v %v", name, got, err)
@@ -64,14 +57,14 @@ func TestFastForwardRecoveryAfterTimestampKeyRotation(t *testing.T) {
 // which has seen nothing newer, cannot tell.
 func TestSnapshotRoleVersionsNeverDecrease(t *testing.T) {
 	w := newTUFWorld(t)
-	old := w.meta[data.RoleName(testenv.Releases)]
+	old := w.Meta[data.RoleName(testenv.Releases)]
 	w.signImage(t, testenv.Releases, "v2", testenv.Image(t, "tuf v2", 1, 1024))
-	w.publish(t)
+	w.Publish(t)
 	replica, _ := w.replicas(t, time.Nanosecond)
 	a := replica()
 	a.mustPull(t, "library/app:v2")
 
-	s := w.swizzle()
+	s := w.Swizzle()
 	must(t, s.MetadataCache.Set(testenv.Releases, old))
 	must(t, s.UpdateSnapshotHashes(data.RoleName(testenv.Releases)))
 	must(t, s.OffsetMetadataVersion(data.CanonicalSnapshotRole, 1))
@@ -102,24 +95,18 @@ func TestSnapshotRoleVersionsNeverDecrease(t *testing.T) {
 func TestSharedViewFloorSurvivesKeyRotation(t *testing.T) {
 	w := newTUFWorld(t)
 	const ttl = 4 * time.Second
-	replica, rs := w.replicas(t, ttl)
-	s := w.swizzle()
+	replica, d := w.replicas(t, ttl)
+	s := w.Swizzle()
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1000))
 	a := replica()
 	a.mustPull(t, "library/app:v1") // A verifies timestamp 1001 and shares its view
-	attacker := newRedisWriter(t, rs.Addr())
+	attacker := newRedisWriter(t, d.Redis.Addr())
 	preRotation := attacker.save("trustproxy:verdict:*")
 	if len(preRotation) == 0 {
 		t.Fatal("no shared view on redis")
 	}
 
-	key, err := testutils.CreateKey(w.cs, gun, data.CanonicalTimestampRole, data.ECDSAKey)
-	must(t, err)
-	must(t, s.RotateKey(data.CanonicalTimestampRole, key))
-	must(t, s.OffsetMetadataVersion(data.CanonicalRootRole, 1))
-	must(t, s.UpdateSnapshotHashes(data.CanonicalRootRole))
-	must(t, s.UpdateTimestampHash())
-	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, -1000)) // version 1, signed by the new key
+	w.rotateTimestampKey(t, s) // version 1, signed by the new key
 
 	b := replica()
 	attacker.restore(preRotation) // the view is genuine and not over yet
@@ -135,15 +122,16 @@ func TestSharedViewFloorSurvivesKeyRotation(t *testing.T) {
 	}
 }
 
-// replicas returns a func that starts a replica in front of w with its own
-// data directory, all sharing one storage directory and one Redis (also
-// returned), trust data reused for refreshTTL.
-func (w *tufWorld) replicas(t *testing.T, refreshTTL time.Duration) (func() *instance, *testenv.Redis) {
+// rotateTimestampKey has the owner of w rotate the timestamp key in a new
+// root (s, a swizzler over w's metadata whose timestamp was fast-forwarded
+// to version 1001) and start the new key's timestamps again at version 1.
+func (w *tufWorld) rotateTimestampKey(t *testing.T, s *testutils.MetadataSwizzler) {
 	t.Helper()
-	rs := testenv.StartRedis(t, "")
-	storage := t.TempDir()
-	return func() *instance {
-		cfg := w.config(t, t.TempDir(), "", sharedYAML(t, storage, rs.Addr()))
-		return start(t, strings.Replace(cfg, "refresh_ttl: 1ns", "refresh_ttl: "+refreshTTL.String(), 1))
-	}, rs
+	key, err := testutils.CreateKey(w.CS, gun, data.CanonicalTimestampRole, data.ECDSAKey)
+	must(t, err)
+	must(t, s.RotateKey(data.CanonicalTimestampRole, key))
+	must(t, s.OffsetMetadataVersion(data.CanonicalRootRole, 1))
+	must(t, s.UpdateSnapshotHashes(data.CanonicalRootRole))
+	must(t, s.UpdateTimestampHash())
+	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, -1000))
 }

@@ -130,13 +130,13 @@ func (w *scanWorld) postReport(t *testing.T, p *instance, d digest.Digest, body 
 	}
 }
 
-// scanReplica starts a replica of the scan world on the shared storage and
-// the Redis at addr, with the state key in keyFile; only reports decide
-// (missing: block, and the scanner is down).
-func (w *scanWorld) scanReplica(t *testing.T, storage, addr, keyFile string) *instance {
+// scanReplica starts one of d's replicas of the scan world, with the further
+// redis fields; only reports decide (missing: block, and the scanner is
+// down).
+func (w *scanWorld) scanReplica(t *testing.T, d *testenv.Deployment, redisFields ...string) *instance {
 	t.Helper()
 	return w.startWith(t, "scan: {missing: block}", func(string) string {
-		return sharedYAML(t, storage, addr, "state_key_file: "+keyFile) + fmt.Sprintf("scan:\n  report_token_file: %s\n", w.tokenFile)
+		return d.YAML(redisFields...) + fmt.Sprintf("scan:\n  report_token_file: %s\n", w.tokenFile)
 	})
 }
 
@@ -149,9 +149,8 @@ func TestRedisWriterPlantedReportIgnored(t *testing.T) {
 	signed := w.signedImage(t, "v1")
 	other := digest.Digest(w.pushSigned(t, "library/app", "other", "another clean image").String())
 	rs := testenv.StartRedis(t, "")
-	storage := t.TempDir()
-	key := testenv.StateKeyFile(t, testenv.StateKey)
-	a := w.scanReplica(t, storage, rs.Addr(), key)
+	d := testenv.NewDeployment(t, rs)
+	a := w.scanReplica(t, d)
 	w.postReport(t, a, signed, ciReport(signed, xz))
 	w.postReport(t, a, other, ciReport(other))
 	status, _, body := a.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
@@ -165,7 +164,7 @@ func TestRedisWriterPlantedReportIgnored(t *testing.T) {
 	// A second deployment (same binary, its own state key) on its own Redis
 	// holds a clean report for the same digest under the same key name.
 	rs2 := testenv.StartRedis(t, "")
-	d2 := w.scanReplica(t, t.TempDir(), rs2.Addr(), testenv.StateKeyFile(t, "another deployment's state key, 32+ chars"))
+	d2 := w.scanReplica(t, testenv.NewDeployment(t, rs2), "state_key_file: "+testenv.StateKeyFile(t, "another deployment's state key, 32+ chars"))
 	w.postReport(t, d2, signed, ciReport(signed))
 	otherDeployment := newRedisWriter(t, rs2.Addr()).get(reportKey)
 
@@ -179,7 +178,7 @@ func TestRedisWriterPlantedReportIgnored(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			attacker.set(reportKey, planted)
-			b := w.scanReplica(t, storage, rs.Addr(), key)
+			b := w.scanReplica(t, d)
 			status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 			if status == http.StatusOK {
 				t.Fatalf("a fresh replica served the image on a report planted on Redis")
@@ -207,8 +206,8 @@ func TestRedisWriterPlantedIndexRecordsIgnored(t *testing.T) {
 	unsignedLayer := firstLayer(t, unsignedImg)
 	w.initRepo(t, "docker.io/library/other", w.alice)
 	otherSigned := w.pushSigned(t, "library/other", "v1", "other")
-	storage := t.TempDir()
-	a := w.replica(t, t.TempDir(), storage, rs.Addr(), "")
+	d := testenv.NewDeployment(t, rs)
+	a := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	a.mustPull(t, "library/app:v1")
 	a.mustPull(t, "library/other:v1")
 
@@ -238,7 +237,7 @@ func TestRedisWriterPlantedIndexRecordsIgnored(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			plant()
-			b := w.replica(t, t.TempDir(), storage, rs.Addr(), "")
+			b := w.replica(t, d, t.TempDir(), time.Nanosecond)
 			for _, path := range []string{"/v2/library/app/manifests/" + unsigned.String(), "/v2/library/app/blobs/" + unsignedLayer.String()} {
 				if status, _, body := b.get(t, http.MethodGet, path); status == http.StatusOK {
 					t.Fatalf("GET %s: served on records planted on Redis (%d bytes)", path, len(body))
@@ -268,11 +267,7 @@ func TestRedisWriterPlantedFillLockIgnored(t *testing.T) {
 	// A genuine lock, taken by a replica whose replica_url is the capture
 	// address (the upstream is slow for it), saved while it was held.
 	slowUp := upstreamFront(t, w, layer.String(), 1500*time.Millisecond, nil)
-	holderDir := t.TempDir()
-	holder := startAt(t, func(string) string {
-		extra := sharedYAML(t, t.TempDir(), rs.Addr(), "replica_url: "+capture)
-		return strings.Replace(w.config(t, holderDir, extra), w.Registry.URL(), slowUp.URL, 1)
-	})
+	holder := w.peer(t, testenv.NewDeployment(t, rs), slowUp.URL, func(string) string { return capture })
 	filled := make(chan struct{})
 	go func() {
 		defer close(filled)
@@ -291,11 +286,8 @@ func TestRedisWriterPlantedFillLockIgnored(t *testing.T) {
 
 	get := func(t *testing.T, lock []byte, fields ...string) {
 		t.Helper()
-		dataDir, storage := t.TempDir(), t.TempDir() // the blob is cold for this replica
-		r := startAt(t, func(own string) string {
-			extra := sharedYAML(t, storage, rs.Addr(), append([]string{"replica_url: " + own}, fields...)...)
-			return w.config(t, dataDir, extra)
-		})
+		cold := testenv.NewDeployment(t, rs) // a storage of its own: the blob is cold for this replica
+		r := w.peer(t, cold, w.Registry.URL(), func(own string) string { return own }, fields...)
 		attacker.set(lockKey, lock)
 		defer attacker.rdb.Del(context.Background(), lockKey)
 		before := accepts.Load()
@@ -357,8 +349,8 @@ func TestRedisWriterCannotRaiseFloor(t *testing.T) {
 	rs := testenv.StartRedis(t, "")
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
-	storage := t.TempDir()
-	a := w.replica(t, t.TempDir(), storage, rs.Addr(), "")
+	d := testenv.NewDeployment(t, rs)
+	a := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	a.mustPull(t, "library/app:v1")
 
 	attacker := newRedisWriter(t, rs.Addr())
@@ -374,14 +366,14 @@ func TestRedisWriterCannotRaiseFloor(t *testing.T) {
 	}
 	w.pushSigned(t, "library/app", "v2", "v2") // the owner publishes: every version goes up by one
 	a.mustPull(t, "library/app:v2")
-	w.replica(t, t.TempDir(), storage, rs.Addr(), "").mustPull(t, "library/app:v2")
+	w.replica(t, d, t.TempDir(), time.Nanosecond).mustPull(t, "library/app:v2")
 
 	for _, k := range floors {
 		attacker.set(k, append([]byte{1}, huge...)) // looks sealed, is not
 	}
 	w.pushSigned(t, "library/app", "v3", "v3")
 	a.mustPull(t, "library/app:v3")
-	b := w.replica(t, t.TempDir(), storage, rs.Addr(), "")
+	b := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	b.mustPull(t, "library/app:v3")
 	if a.rejected(t, "floor") == 0 { // a met them first, and replaced them
 		t.Error("the planted floors were not counted in trustproxy_redis_rejected_total{kind=floor}")
@@ -397,9 +389,9 @@ func TestRedisReaderFindsNoSecret(t *testing.T) {
 	w.scanner.SetFault(testenv.ScannerDown)
 	signed := w.signedImage(t, "v1")
 	rs := testenv.StartRedis(t, "")
-	storage := t.TempDir()
+	d := testenv.NewDeployment(t, rs)
 	a := w.startWith(t, "scan: {missing: block}", func(own string) string {
-		return sharedYAML(t, storage, rs.Addr(), "replica_url: "+own) + scanners(own, "test-adapter", w.scanner.URL())
+		return d.YAML("replica_url: "+own) + scanners(own, "test-adapter", w.scanner.URL())
 	})
 	status, _, body := a.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonMissing)
@@ -447,10 +439,10 @@ func TestRedisReaderFindsNoSecret(t *testing.T) {
 func TestRedisWriterDenialBounded(t *testing.T) {
 	w := newWorld(t)
 	rs := testenv.StartRedis(t, "")
-	storage := t.TempDir()
+	d := testenv.NewDeployment(t, rs)
 	const ttl = time.Second
 	replica := func() *instance {
-		cfg := w.config(t, t.TempDir(), sharedYAML(t, storage, rs.Addr()))
+		cfg := w.config(t, t.TempDir(), d.YAML())
 		return start(t, strings.Replace(cfg, "refresh_ttl: 1h", "refresh_ttl: "+ttl.String()+"\n  refusal_ttl: "+ttl.String(), 1))
 	}
 	status, _, body := replica().get(t, http.MethodGet, "/v2/library/app/manifests/v1")
@@ -495,10 +487,8 @@ func TestRedisReplayOfOldEntries(t *testing.T) {
 		w.scanner.SetFault(testenv.ScannerDown)
 		signed := w.signedImage(t, "v1")
 		rs := testenv.StartRedis(t, "")
-		storage := t.TempDir()
-		key := testenv.StateKeyFile(t, testenv.StateKey)
-		a := w.scanReplica(t, storage, rs.Addr(), key)
-		b := w.scanReplica(t, storage, rs.Addr(), key)
+		d := testenv.NewDeployment(t, rs)
+		a, b := w.scanReplica(t, d), w.scanReplica(t, d)
 		w.postReport(t, a, signed, ciReport(signed))
 		b.mustPull(t, "library/app:v1")
 		attacker := newRedisWriter(t, rs.Addr())
@@ -525,10 +515,10 @@ func TestRedisReplayOfOldEntries(t *testing.T) {
 		rs := testenv.StartRedis(t, "")
 		w.initRepo(t, gun, w.alice)
 		old := w.pushSigned(t, "library/app", "v1", "old")
-		storage := t.TempDir()
+		d := testenv.NewDeployment(t, rs)
 		const ttl = 2 * time.Second
 		replica := func() *instance { // reuses a view another replica verified within ttl
-			return start(t, strings.Replace(w.config(t, t.TempDir(), sharedYAML(t, storage, rs.Addr())), "refresh_ttl: 1h", "refresh_ttl: "+ttl.String(), 1))
+			return w.replica(t, d, t.TempDir(), ttl)
 		}
 		a := replica()
 		a.mustPull(t, "library/app:v1")
@@ -585,19 +575,19 @@ func TestRedisWriterCopiesAnotherDeployment(t *testing.T) {
 		cfg = strings.Replace(cfg, "      signers: [alice]\n", "      signers: [alice, mallory]\n", 1)
 		return strings.Replace(cfg, "  rules:\n", "    - name: mallory\n      public_key: "+w.mallory.CertFile+"\n  rules:\n", 1)
 	}
-	other := start(t, trustsMallory(w.config(t, t.TempDir(), sharedYAML(t, t.TempDir(), rs2.Addr(),
-		"state_key_file: "+testenv.StateKeyFile(t, "another deployment's state key, 32+ chars")))))
+	otherKey := "state_key_file: " + testenv.StateKeyFile(t, "another deployment's state key, 32+ chars")
+	other := start(t, trustsMallory(w.config(t, t.TempDir(), testenv.NewDeployment(t, rs2).YAML(otherKey))))
 	other.mustPull(t, "library/app:v1")
 	other.mustPull(t, "library/evil:v1")
 
-	storage := t.TempDir()
-	a := w.replica(t, t.TempDir(), storage, rs.Addr(), "")
+	d := testenv.NewDeployment(t, rs)
+	a := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	a.mustPull(t, "library/app:v1")
 	copied := newRedisWriter(t, rs2.Addr()).save("*")
 	newRedisWriter(t, rs.Addr()).restore(copied)
 	t.Logf("copied %d keys of the other deployment", len(copied))
 
-	b := w.replica(t, t.TempDir(), storage, rs.Addr(), "")
+	b := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	asked := w.Notary.Requests("")
 	b.mustPull(t, "library/app:v1")
 	if w.Notary.Requests("") == asked {

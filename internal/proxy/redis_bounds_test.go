@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -25,7 +26,7 @@ func TestRedisWriterHugeParentsSetReadBounded(t *testing.T) {
 	rs := testenv.StartRedis(t, "")
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
-	a := w.replica(t, t.TempDir(), t.TempDir(), rs.Addr(), "")
+	a := w.replica(t, testenv.NewDeployment(t, rs), t.TempDir(), time.Nanosecond)
 	a.mustPull(t, "library/app:v1")
 
 	attacker := newRedisWriter(t, rs.Addr())
@@ -64,7 +65,7 @@ func TestRedisWriterHugeFloorEntryReadBounded(t *testing.T) {
 	for _, role := range []string{"root", "timestamp", "snapshot", "targets"} {
 		attacker.set("trustproxy:tuf:{"+hex.EncodeToString(sum[:16])+"}:"+role, bytes.Repeat([]byte{'x'}, size))
 	}
-	a := w.replica(t, t.TempDir(), t.TempDir(), rs.Addr(), "")
+	a := w.replica(t, testenv.NewDeployment(t, rs), t.TempDir(), time.Nanosecond)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	a.mustPull(t, "library/app:v1")

@@ -9,8 +9,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,55 +22,25 @@ import (
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
 
-// sharedYAML is the configuration replicas share: the storage directory,
-// and the Redis at addr with the further fields of the redis section; the
-// deployment's state key (testenv.StateKey) unless they name another.
-func sharedYAML(t *testing.T, storage, addr string, redisFields ...string) string {
-	t.Helper()
-	fields := append([]string{"addrs: [" + addr + "]"}, redisFields...)
-	if !slices.ContainsFunc(fields, func(f string) bool { return strings.HasPrefix(f, "state_key_file:") }) {
-		fields = append(fields, "state_key_file: "+testenv.StateKeyFile(t, testenv.StateKey))
-	}
-	return fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {%s}\n", storage, strings.Join(fields, ", "))
-}
-
-// replica starts a trustproxy in front of w with its own data directory,
-// the shared storage directory and the Redis at addr (with password, if
-// not ""). Trust data is checked again on every request (refresh_ttl 1ns),
-// so that every pull goes through the trust floor.
-func (w *world) replica(t *testing.T, dataDir, storage, addr, password string) *instance {
-	t.Helper()
-	extra := sharedYAML(t, storage, addr)
-	if password != "" {
-		file := t.TempDir() + "/redis-password"
-		if err := os.WriteFile(file, []byte(password+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		extra = sharedYAML(t, storage, addr, "password_file: "+file)
-	}
-	return start(t, strings.Replace(w.config(t, dataDir, extra), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
-}
-
 // TestRollbackRefusedAcrossReplicas: replica A has seen the newest trust
 // metadata; the Notary server then serves older, still unexpired metadata.
 // Replicas B and C, which never saw the newer version themselves, refuse
 // it: the floor is shared on Redis. They still do after all three restart.
 func TestRollbackRefusedAcrossReplicas(t *testing.T) {
 	w := newWorld(t)
-	redis := testenv.StartRedis(t, "replica-secret")
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, "replica-secret"))
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
 	old := w.Notary.Record(t, gun)
 	w.pushSigned(t, "library/app", "v2", "v2")
-	storage := t.TempDir()
 	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
-	a := w.replica(t, dirs[0], storage, redis.Addr(), "replica-secret")
+	a := w.replica(t, d, dirs[0], time.Nanosecond)
 	a.mustPull(t, "library/app:v2")
 
 	w.Notary.Replay(gun, old)
 	for round := range 2 {
 		for i, dir := range dirs[1:] {
-			r := w.replica(t, dir, storage, redis.Addr(), "replica-secret")
+			r := w.replica(t, d, dir, time.Nanosecond)
 			status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 			if status != http.StatusForbidden {
 				t.Fatalf("round %d, replica %c: the replayed older metadata was accepted: %d %s", round, 'B'+i, status, body)
@@ -93,14 +61,13 @@ func TestRollbackRefusedAcrossReplicas(t *testing.T) {
 // use it again and no signed pull is refused.
 func TestRedisDownServesFromOwnFloor(t *testing.T) {
 	w := newWorld(t)
-	redis := testenv.StartRedis(t, "")
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
 	w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "unsigned", 1, 1024))
-	storage := t.TempDir()
 	replicas := []*instance{
-		w.replica(t, t.TempDir(), storage, redis.Addr(), ""),
-		w.replica(t, t.TempDir(), storage, redis.Addr(), ""),
+		w.replica(t, d, t.TempDir(), time.Nanosecond),
+		w.replica(t, d, t.TempDir(), time.Nanosecond),
 	}
 	pullAll := func(when string) {
 		t.Helper()
@@ -113,7 +80,7 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 		}
 	}
 	pullAll("redis up")
-	redis.Stop()
+	d.Redis.Stop()
 	pullAll("redis down")
 	for i, r := range replicas {
 		if got := r.proxy.Ready(); !strings.HasPrefix(got, "degraded") {
@@ -123,7 +90,7 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 			t.Fatalf("replica %d trustproxy_redis_degraded = %v", i, g)
 		}
 	}
-	redis.Start()
+	d.Redis.Start()
 	back := time.Now()
 	for deadline := back.Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		pullAll("redis back")
@@ -143,13 +110,11 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 // on A's report, without a scan of its own.
 func TestScanSharedAcrossReplicas(t *testing.T) {
 	w := newScanWorld(t)
-	redis := testenv.StartRedis(t, "")
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
 	signed := w.signedImage(t, "v1")
-	storage := t.TempDir()
 	replica := func(registryURL func(own string) string) *instance {
 		return w.startWith(t, "scan: {missing: wait, wait: 20s}", func(url string) string {
-			return sharedYAML(t, storage, redis.Addr()) +
-				scanners(registryURL(url), "test-adapter", w.scanner.URL())
+			return d.YAML() + scanners(registryURL(url), "test-adapter", w.scanner.URL())
 		})
 	}
 	b := replica(func(own string) string { return own })
@@ -169,15 +134,13 @@ func TestScanSharedAcrossReplicas(t *testing.T) {
 // served by every replica within trust.refresh_ttl.
 func TestRevokedTagStopsOnEveryReplica(t *testing.T) {
 	w := newWorld(t)
-	redis := testenv.StartRedis(t, "")
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
-	storage := t.TempDir()
 	const ttl = 2 * time.Second
 	var replicas []*instance
 	for range 3 {
-		extra := sharedYAML(t, storage, redis.Addr())
-		replicas = append(replicas, start(t, strings.Replace(w.config(t, t.TempDir(), extra), "refresh_ttl: 1h", "refresh_ttl: "+ttl.String(), 1)))
+		replicas = append(replicas, w.replica(t, d, t.TempDir(), ttl))
 	}
 	for _, r := range replicas {
 		r.mustPull(t, "library/app:v1")
@@ -199,30 +162,26 @@ func TestRevokedTagStopsOnEveryReplica(t *testing.T) {
 // so) but still serves.
 func TestRedisOverTLSWithPassword(t *testing.T) {
 	w := newWorld(t)
-	redis := testenv.StartRedisTLS(t, "tls-secret")
+	d := testenv.NewDeployment(t, testenv.StartRedisTLS(t, "tls-secret"))
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
 	old := w.Notary.Record(t, gun)
 	w.pushSigned(t, "library/app", "v2", "v2")
-	password := t.TempDir() + "/password"
-	if err := os.WriteFile(password, []byte("tls-secret\n"), 0o600); err != nil {
-		t.Fatal(err)
+	replica := func(redisFields ...string) *instance {
+		return start(t, w.replicaConfig(t, d, t.TempDir(), time.Nanosecond, redisFields...))
 	}
-	replica := func(tlsCA string) *instance {
-		extra := fmt.Sprintf("redis: {addrs: [%s], password_file: %s, state_key_file: %s%s}\n", redis.Addr(), password, testenv.StateKeyFile(t, testenv.StateKey), tlsCA)
-		return start(t, strings.Replace(w.config(t, t.TempDir(), extra), "refresh_ttl: 1h", "refresh_ttl: 1ns", 1))
-	}
-	a := replica(", tls: {ca_file: " + redis.CAFile() + "}")
+	withCA := "tls: {ca_file: " + d.Redis.CAFile() + "}"
+	a := replica(withCA)
 	a.mustPull(t, "library/app:v2")
 	if got := a.proxy.Ready(); got != "ok" {
 		t.Fatalf("replica over TLS: ready %q", got)
 	}
 	w.Notary.Replay(gun, old)
-	b := replica(", tls: {ca_file: " + redis.CAFile() + "}")
+	b := replica(withCA)
 	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 
-	plain := replica("") // speaks plain TCP to a TLS port
+	plain := replica() // speaks plain TCP to a TLS port
 	if got := plain.proxy.Ready(); !strings.HasPrefix(got, "degraded") {
 		t.Fatalf("a replica that cannot speak to redis: ready %q", got)
 	}
@@ -233,12 +192,10 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 // per refusal_ttl, not once per replica.
 func TestRefusalsSharedAcrossReplicas(t *testing.T) {
 	w := newWorld(t)
-	redis := testenv.StartRedis(t, "")
-	storage := t.TempDir()
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
 	var replicas []*instance
 	for range 3 {
-		extra := sharedYAML(t, storage, redis.Addr())
-		replicas = append(replicas, start(t, w.config(t, t.TempDir(), extra)))
+		replicas = append(replicas, w.replica(t, d, t.TempDir(), time.Hour))
 	}
 	asked := w.Notary.Requests("")
 	const names = 20
@@ -278,17 +235,9 @@ func upstreamFront(t *testing.T, w *world, blob string, delay time.Duration, onB
 // each having verified library/app:v1.
 func twoReplicas(t *testing.T, w *world, up string, urlA func(own string) string) (*instance, *instance) {
 	t.Helper()
-	redis := testenv.StartRedis(t, "")
-	storage := t.TempDir()
-	mk := func(ru func(string) string) *instance {
-		dataDir := t.TempDir()
-		return startAt(t, func(own string) string {
-			extra := sharedYAML(t, storage, redis.Addr(), "replica_url: "+ru(own))
-			return strings.Replace(w.config(t, dataDir, extra), w.Registry.URL(), up, 1)
-		})
-	}
-	a := mk(urlA)
-	b := mk(func(own string) string { return own })
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+	a := w.peer(t, d, up, urlA)
+	b := w.peer(t, d, up, func(own string) string { return own })
 	for _, r := range []*instance{a, b} {
 		if status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
 			t.Fatalf("manifest: %d %s", status, body)
@@ -359,17 +308,16 @@ func TestPeerBytesVerified(t *testing.T) {
 // does not deny the others, which can serve from their cached trust data.
 func TestFreshReplicaRefusalDoesNotDenyOthers(t *testing.T) {
 	w := newWorld(t)
-	redis := testenv.StartRedis(t, "")
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
-	storage := t.TempDir()
-	a := w.replica(t, t.TempDir(), storage, redis.Addr(), "")
+	a := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	a.mustPull(t, "library/app:v1")
 	w.Notary.SetDown(true)
 	if status, _, body := a.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
 		t.Fatalf("A with the Notary server down: %d %s", status, body)
 	}
-	b := w.replica(t, t.TempDir(), storage, redis.Addr(), "")
+	b := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, proxy.Reason(trust.TrustUnavailable))
 	if status, _, body := a.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
@@ -385,9 +333,8 @@ func TestRootOnRedisIsNotTrusted(t *testing.T) {
 	rs := testenv.StartRedis(t, "")
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
-	storage := t.TempDir()
 	noSigners := func(cfg string) string { return strings.Replace(cfg, "      signers: [alice]\n", "", 1) }
-	shared := sharedYAML(t, storage, rs.Addr())
+	shared := testenv.NewDeployment(t, rs).YAML()
 	a := start(t, noSigners(w.config(t, t.TempDir(), shared)))
 	a.mustPull(t, "library/app:v1")
 
@@ -434,17 +381,11 @@ func TestRootOnRedisIsNotTrusted(t *testing.T) {
 // with another key does not take it, and verifies itself.
 func TestVerdictsSharedWithStateKey(t *testing.T) {
 	w := newWorld(t)
-	redis := testenv.StartRedis(t, "")
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
-	storage := t.TempDir()
 	replica := func(key string) *instance {
-		file := t.TempDir() + "/state-key"
-		if err := os.WriteFile(file, []byte(key+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		extra := sharedYAML(t, storage, redis.Addr(), "state_key_file: "+file)
-		return start(t, w.config(t, t.TempDir(), extra))
+		return start(t, w.config(t, t.TempDir(), d.YAML("state_key_file: "+testenv.StateKeyFile(t, key))))
 	}
 	const key = "0123456789abcdef0123456789abcdef-state"
 	a, b := replica(key), replica(key)

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -410,12 +409,7 @@ func TestScanOnlyScannersThatConsumeTheType(t *testing.T) {
 func TestScanFailsWhenScannerCannotPull(t *testing.T) {
 	w := newScanWorld(t)
 	w.signedImage(t, "v1")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	nowhere := "http://" + l.Addr().String()
-	l.Close()
+	nowhere := "http://" + testenv.FreeAddr(t)
 	p := w.startWith(t, "scan: {missing: wait, wait: 20s}", func(string) string { return scanners(nowhere, "test-adapter", w.scanner.URL()) })
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonUnavailable)

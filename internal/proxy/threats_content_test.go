@@ -170,11 +170,8 @@ func TestHostileNamesRefusedBeforeAnyLookup(t *testing.T) {
 	if n := w.reg.Requests("", "") - asked; n != 0 {
 		t.Errorf("%d upstream requests for hostile names", n)
 	}
-	w.mu.Lock()
-	hits := len(w.hits)
-	w.mu.Unlock()
-	if hits != 0 {
-		t.Errorf("the Notary server was asked about hostile names: %v", w.hits)
+	if hits := w.Server.Hits(); len(hits) != 0 {
+		t.Errorf("the Notary server was asked about hostile names: %v", hits)
 	}
 	if after := files(t, dataDir); !slicesEqual(before, after) {
 		t.Errorf("hostile names wrote to the data directory:\nbefore %q\nafter  %q", before, after)
@@ -193,10 +190,10 @@ func slicesEqual(a, b []string) bool {
 func TestHugeManifestRefusedBoundedMemory(t *testing.T) {
 	w := newTUFWorld(t)
 	over := digest.FromString("a manifest over the limit")
-	w.addTarget(t, testenv.Releases, "over", v1.Hash{Algorithm: "sha256", Hex: over.Encoded()}, 200<<20)
+	w.addDigest(t, testenv.Releases, "over", v1.Hash{Algorithm: "sha256", Hex: over.Encoded()}, 200<<20)
 	atLimit := digest.FromString("a manifest at the limit")
-	w.addTarget(t, testenv.Releases, "at-limit", v1.Hash{Algorithm: "sha256", Hex: atLimit.Encoded()}, 4<<20)
-	w.publish(t)
+	w.addDigest(t, testenv.Releases, "at-limit", v1.Hash{Algorithm: "sha256", Hex: atLimit.Encoded()}, 4<<20)
+	w.Publish(t)
 	var sent atomic.Int64
 	w.serveManifest(atLimit.String(), func(rw http.ResponseWriter, r *http.Request) {
 		rw.Header().Set("Content-Length", strconv.Itoa(200<<20))
@@ -244,8 +241,8 @@ func TestAmbiguousSignedManifestRefused(t *testing.T) {
 		`"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":%d,"digest":"%s"}]}`,
 		digest.FromString("{}"), layer, len(raw), w.signed))
 	ad := digest.FromBytes(ambiguous)
-	w.addTarget(t, testenv.Releases, "ambiguous", v1.Hash{Algorithm: "sha256", Hex: ad.Encoded()}, int64(len(ambiguous)))
-	w.publish(t)
+	w.addDigest(t, testenv.Releases, "ambiguous", v1.Hash{Algorithm: "sha256", Hex: ad.Encoded()}, int64(len(ambiguous)))
+	w.Publish(t)
 	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
 		switch {
 		case strings.HasSuffix(r.URL.Path, "/manifests/"+ad.String()):
@@ -287,7 +284,7 @@ func TestColdBlobHeadersBeforeBody(t *testing.T) {
 	w := newTUFWorld(t)
 	img := testenv.Image(t, "cold layer", 1, 4<<20) // spooled: over the 1 MiB held in memory
 	w.signImage(t, testenv.Releases, "cold", img)
-	w.publish(t)
+	w.Publish(t)
 	layers, err := img.Layers()
 	must(t, err)
 	rc, err := layers[0].Compressed()
@@ -355,7 +352,8 @@ func TestEvictedBlobRefetched(t *testing.T) {
 			storage := t.TempDir()
 			extra := fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\n", storage)
 			if withRedis {
-				extra = sharedYAML(t, storage, testenv.StartRedis(t, "").Addr())
+				d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+				storage, extra = d.Storage, d.YAML()
 			}
 			p := start(t, w.config(t, t.TempDir(), "", extra))
 			p.mustPull(t, "library/app:v1")
@@ -409,7 +407,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 	upPass, notaryPass := "up-"+hex.EncodeToString(sum[:8]), "notary-"+hex.EncodeToString(sum[8:16])
 	img := testenv.Image(t, "v2 with credentials", 1, 1024)
 	w.signImage(t, testenv.Releases, "v2", img)
-	w.publish(t)
+	w.Publish(t)
 	var refuse atomic.Bool
 	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
 		if u, pw, ok := r.BasicAuth(); ok && u == "mirror" && pw == upPass && !refuse.Load() {
@@ -420,7 +418,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 		_, _ = rw.Write([]byte(`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`))
 		return true
 	})
-	w.setOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
+	w.Server.SetOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
 		if u, pw, ok := r.BasicAuth(); ok && u == "reader" && pw == notaryPass && !refuse.Load() {
 			return false
 		}
@@ -429,8 +427,8 @@ func TestCredentialsNeverLogged(t *testing.T) {
 		return true
 	})
 	cfg := strings.Replace(w.config(t, t.TempDir(), "", ""),
-		"notary: {url: "+w.srv.URL+"}",
-		"username: mirror, password: "+upPass+", notary: {url: "+w.srv.URL+", username: reader, password: "+notaryPass+"}", 1)
+		"notary: {url: "+w.Server.URL+"}",
+		"username: mirror, password: "+upPass+", notary: {url: "+w.Server.URL+", username: reader, password: "+notaryPass+"}", 1)
 	p := start(t, cfg)
 	p.mustPull(t, "library/app:v1")
 
@@ -460,9 +458,7 @@ func TestCredentialsNeverLogged(t *testing.T) {
 // stored. Once the upstream is right again, both serve.
 func TestCorruptManifestLeavesNothingShared(t *testing.T) {
 	w := newTUFWorld(t)
-	redis := testenv.StartRedis(t, "")
-	storage := t.TempDir()
-	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(t, storage, redis.Addr()))) }
+	replica, d := w.replicas(t, time.Nanosecond)
 	a, b := replica(), replica()
 	w.reg.SetFault(w.reg.CorruptBody(testenv.GetPath("/manifests/" + w.signed.String())))
 	status, body := a.manifestV1(t)
@@ -476,7 +472,7 @@ func TestCorruptManifestLeavesNothingShared(t *testing.T) {
 	if n := w.reg.BlobGets(layer); n != 0 {
 		t.Fatalf("the layer was fetched %d times", n)
 	}
-	if blobs, _ := filepath.Glob(filepath.Join(storage, "docker", "registry", "v2", "blobs", "sha256", "*", "*", "data")); len(blobs) != 0 {
+	if blobs, _ := filepath.Glob(filepath.Join(d.Storage, "docker", "registry", "v2", "blobs", "sha256", "*", "*", "data")); len(blobs) != 0 {
 		t.Fatalf("stored %v", blobs)
 	}
 	w.reg.SetFault(nil)
@@ -496,7 +492,7 @@ func TestRedirectedBlobGetsNoCredentialsOrCookies(t *testing.T) {
 	w := newTUFWorld(t)
 	loopImg := testenv.Image(t, "redirect loop", 1, 1024)
 	w.signImage(t, testenv.Releases, "loop", loopImg)
-	w.publish(t)
+	w.Publish(t)
 	layer, loopLayer := firstLayer(t, w.img), firstLayer(t, loopImg)
 	layers, err := w.img.Layers()
 	must(t, err)
@@ -535,8 +531,8 @@ func TestRedirectedBlobGetsNoCredentialsOrCookies(t *testing.T) {
 		return true
 	})
 	host := strings.TrimPrefix(storageHost.URL, "http://")
-	cfg := strings.Replace(w.config(t, t.TempDir(), "", ""), "notary: {url: "+w.srv.URL+"}",
-		"username: mirror, password: s3cret, redirect_hosts: ["+host+"], notary: {url: "+w.srv.URL+"}", 1)
+	cfg := strings.Replace(w.config(t, t.TempDir(), "", ""), "notary: {url: "+w.Server.URL+"}",
+		"username: mirror, password: s3cret, redirect_hosts: ["+host+"], notary: {url: "+w.Server.URL+"}", 1)
 	p := start(t, cfg)
 	if got := p.mustPull(t, "library/app:v1"); got != w.signed {
 		t.Fatalf("served %s", got)

@@ -93,8 +93,8 @@ func TestOtherRepositoryTrustDataRefused(t *testing.T) {
 // highest version: a new replica shown version 2 refuses it as a rollback.
 func TestConcurrentReplicaWritesKeepHighestFloor(t *testing.T) {
 	w := newTUFWorld(t)
-	redis := testenv.StartRedis(t, "")
-	s := testutils.NewMetadataSwizzler(gun, testutils.CopyRepoMetadata(w.meta), w.cs)
+	replica, _ := w.replicas(t, time.Nanosecond)
+	s := testutils.NewMetadataSwizzler(gun, testutils.CopyRepoMetadata(w.Meta), w.CS)
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1))
 	lo, err := s.MetadataCache.GetSized(data.CanonicalTimestampRole.String(), 1<<20)
 	must(t, err)
@@ -103,7 +103,7 @@ func TestConcurrentReplicaWritesKeepHighestFloor(t *testing.T) {
 	must(t, err)
 	var n atomic.Int64
 	var only atomic.Pointer[[]byte]
-	w.setOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
+	w.Server.SetOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
 		if role != data.CanonicalTimestampRole.String() {
 			return false
 		}
@@ -117,8 +117,6 @@ func TestConcurrentReplicaWritesKeepHighestFloor(t *testing.T) {
 		_, _ = rw.Write(b)
 		return true
 	})
-	storage := t.TempDir()
-	replica := func() *instance { return start(t, w.config(t, t.TempDir(), "", sharedYAML(t, storage, redis.Addr()))) }
 	replicas := []*instance{replica(), replica()}
 
 	var wg sync.WaitGroup
@@ -171,7 +169,7 @@ func TestExpiredTrustDataRefused(t *testing.T) {
 	for _, role := range []data.RoleName{data.CanonicalTimestampRole, data.CanonicalSnapshotRole, data.CanonicalTargetsRole, data.CanonicalRootRole} {
 		t.Run(role.String(), func(t *testing.T) {
 			w := newTUFWorld(t)
-			s := w.swizzle()
+			s := w.Swizzle()
 			must(t, s.ExpireMetadata(role))
 			if role != data.CanonicalTimestampRole {
 				if role != data.CanonicalSnapshotRole {
@@ -208,7 +206,7 @@ func TestNotaryDownRefusedAfterMaxStaleness(t *testing.T) {
 
 	var down atomic.Bool
 	down.Store(true)
-	w.setOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
+	w.Server.SetOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
 		if down.Load() {
 			panic(http.ErrAbortHandler) // the connection is closed without an answer
 		}
@@ -232,20 +230,18 @@ func TestNotaryDownRefusedAfterMaxStaleness(t *testing.T) {
 	}
 }
 
-// rootRotationWorld is a world whose library/app replicas share a Redis and
-// a storage directory, each with its own data directory.
+// rootRotationWorld is a world whose library/app replicas are those of
+// one deployment, each with its own data directory.
 type rootRotationWorld struct {
 	*world
-	redis   *testenv.Redis
-	storage string
+	shared *testenv.Deployment
 }
 
 // replica starts a trustproxy with dataDir that pins library/app's root
 // certificates pins.
 func (w *rootRotationWorld) replica(t *testing.T, dataDir string, pins ...string) *instance {
 	t.Helper()
-	cfg := w.config(t, dataDir, sharedYAML(t, w.storage, w.redis.Addr()))
-	cfg = strings.Replace(cfg, "refresh_ttl: 1h", "refresh_ttl: 1ns", 1)
+	cfg := w.replicaConfig(t, w.shared, dataDir, time.Nanosecond)
 	old := fmt.Sprintf("      %s: [%s]\n", gun, w.roots[gun])
 	return start(t, strings.Replace(cfg, old, fmt.Sprintf("      %s: [%s]\n", gun, strings.Join(pins, ", ")), 1))
 }
@@ -262,7 +258,7 @@ func (w *rootRotationWorld) replica(t *testing.T, dataDir string, pins ...string
 // data from before the rotation refuses it as a rollback: the floor on
 // Redis is past it.
 func TestRootRotationAcceptedAndShared(t *testing.T) {
-	w := &rootRotationWorld{world: newWorld(t), redis: testenv.StartRedis(t, ""), storage: t.TempDir()}
+	w := &rootRotationWorld{world: newWorld(t), shared: testenv.NewDeployment(t, testenv.StartRedis(t, ""))}
 	w.initRepo(t, gun, w.alice)
 	w.pushSigned(t, "library/app", "v1", "v1")
 	oldID := w.roots[gun]
@@ -298,12 +294,12 @@ func TestRootRotationAcceptedAndShared(t *testing.T) {
 // signed by the old key as well is accepted.
 func TestRootRotationWithoutOldKeyRefused(t *testing.T) {
 	w := newTUFWorld(t)
-	newRoot, err := testutils.CreateKey(w.cs, gun, data.CanonicalRootRole, data.ECDSAKey)
+	newRoot, err := testutils.CreateKey(w.CS, gun, data.CanonicalRootRole, data.ECDSAKey)
 	must(t, err)
-	p := start(t, w.config(t, t.TempDir(), "", "", w.rootID(), newRoot.ID()))
+	p := start(t, w.config(t, t.TempDir(), "", "", w.RootID(), newRoot.ID()))
 	p.mustPull(t, "library/app:v1")
 
-	s := w.swizzle()
+	s := w.Swizzle()
 	must(t, s.MutateRoot(func(r *data.Root) {
 		r.Keys[newRoot.ID()] = newRoot
 		r.Roles[data.CanonicalRootRole].KeyIDs = []string{newRoot.ID()}
@@ -314,8 +310,8 @@ func TestRootRotationWithoutOldKeyRefused(t *testing.T) {
 	wantRefusal(t, status, body, proxy.Reason(trust.NotPinned))
 	t.Logf("refusal: %s", body)
 
-	must(t, w.repo.ReplaceBaseKeys(data.CanonicalRootRole, newRoot))
-	w.publish(t)
+	must(t, w.Repo.ReplaceBaseKeys(data.CanonicalRootRole, newRoot))
+	w.Publish(t)
 	if status, body := p.manifestV1(t); status != http.StatusOK {
 		t.Fatalf("the rotation signed by the old and the new root key: %d %s", status, body)
 	}
@@ -344,13 +340,13 @@ func TestManyRootRotationsRefused(t *testing.T) {
 		w := newTUFWorld(t)
 		p := w.start(t, "", "")
 		p.mustPull(t, "library/app:v1")
-		rootV1 := w.meta[data.CanonicalRootRole]
-		s := w.swizzle()
+		rootV1 := w.Meta[data.CanonicalRootRole]
+		s := w.Swizzle()
 		must(t, s.OffsetMetadataVersion(data.CanonicalRootRole, 999))
 		must(t, s.ChangeRootKey())
 		bumpSnapshotAndTimestamp(t, s, data.CanonicalRootRole)
 		var versioned atomic.Int64
-		w.setOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
+		w.Server.SetOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
 			m := versionedRootName.FindStringSubmatch(role)
 			if m == nil {
 				return false
@@ -361,7 +357,7 @@ func TestManyRootRotationsRefused(t *testing.T) {
 				return false
 			}
 			versioned.Add(1)
-			sw := testutils.NewMetadataSwizzler(gun, map[data.RoleName][]byte{data.CanonicalRootRole: rootV1}, w.cs)
+			sw := testutils.NewMetadataSwizzler(gun, map[data.RoleName][]byte{data.CanonicalRootRole: rootV1}, w.CS)
 			must(t, sw.OffsetMetadataVersion(data.CanonicalRootRole, n-1))
 			b, err := sw.MetadataCache.GetSized(data.CanonicalRootRole.String(), 1<<30)
 			must(t, err)
@@ -381,7 +377,7 @@ func TestManyRootRotationsRefused(t *testing.T) {
 		w := newTUFWorld(t)
 		const huge = 50 << 20
 		var sent atomic.Int64
-		w.setOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
+		w.Server.SetOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
 			if role != data.CanonicalRootRole.String() {
 				return false
 			}
@@ -452,7 +448,7 @@ func watchHeap(t *testing.T) func() int64 {
 func TestEndlessTimestampRefused(t *testing.T) {
 	w := newTUFWorld(t)
 	var sent atomic.Int64
-	w.setOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
+	w.Server.SetOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
 		if role != data.CanonicalTimestampRole.String() {
 			return false
 		}
@@ -489,7 +485,7 @@ func TestTricklingNotaryBounded(t *testing.T) {
 	const limits = "limits: {upstream_timeout: 1s}\n"
 	warm := w.start(t, "", limits)
 	warm.mustPull(t, "library/app:v1")
-	w.setOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
+	w.Server.SetOverride(func(rw http.ResponseWriter, r *http.Request, role string) bool {
 		if role != data.CanonicalTimestampRole.String() {
 			return false
 		}
@@ -540,7 +536,7 @@ func TestThresholdNotMetRefused(t *testing.T) {
 	for _, role := range []data.RoleName{data.CanonicalTargetsRole, data.CanonicalSnapshotRole, testenv.Releases} {
 		t.Run(role.String(), func(t *testing.T) {
 			w := newTUFWorld(t)
-			s := w.swizzle()
+			s := w.Swizzle()
 			must(t, s.SetThreshold(role, 2))
 			changed := data.CanonicalRootRole
 			if data.IsDelegation(role) {
@@ -562,7 +558,7 @@ func TestThresholdNotMetRefused(t *testing.T) {
 // refused as invalid_metadata.
 func TestDuplicateSignaturesCountedOnce(t *testing.T) {
 	w := newTUFWorld(t)
-	s := w.swizzle()
+	s := w.Swizzle()
 	must(t, s.SetThreshold(data.CanonicalTargetsRole, 2))
 	b, err := s.MetadataCache.GetSized(data.CanonicalTargetsRole.String(), 1<<30)
 	must(t, err)
@@ -593,9 +589,9 @@ func TestHashMismatchRefused(t *testing.T) {
 	for _, role := range []data.RoleName{data.CanonicalTargetsRole, testenv.Releases, data.CanonicalSnapshotRole} {
 		t.Run(role.String(), func(t *testing.T) {
 			w := newTUFWorld(t)
-			s := w.swizzle()
+			s := w.Swizzle()
 			must(t, s.OffsetMetadataVersion(role, 1))
-			w.setOverride(func(rw http.ResponseWriter, r *http.Request, got string) bool {
+			w.Server.SetOverride(func(rw http.ResponseWriter, r *http.Request, got string) bool {
 				if got != role.String() {
 					return false
 				}
@@ -620,15 +616,15 @@ func TestHashMismatchRefused(t *testing.T) {
 // as not signed and never fetched; her tag in targets/releases is served.
 func TestTagOnlyInOtherDelegationRefused(t *testing.T) {
 	w := newTUFWorld(t)
-	alice := w.repo.Targets[data.CanonicalTargetsRole].Signed.Delegations.Roles[0].KeyIDs[0]
-	key := w.repo.Targets[data.CanonicalTargetsRole].Signed.Delegations.Keys[alice]
+	alice := w.Repo.Targets[data.CanonicalTargetsRole].Signed.Delegations.Roles[0].KeyIDs[0]
+	key := w.Repo.Targets[data.CanonicalTargetsRole].Signed.Delegations.Keys[alice]
 	for _, role := range []string{"targets/a", testenv.Releases + "/x"} {
-		must(t, w.repo.UpdateDelegationKeys(data.RoleName(role), data.KeyList{key}, nil, 1))
-		must(t, w.repo.UpdateDelegationPaths(data.RoleName(role), []string{""}, nil, false))
+		must(t, w.Repo.UpdateDelegationKeys(data.RoleName(role), data.KeyList{key}, nil, 1))
+		must(t, w.Repo.UpdateDelegationPaths(data.RoleName(role), []string{""}, nil, false))
 	}
 	a := w.signImage(t, "targets/a", "in-a", testenv.Image(t, "in targets/a", 1, 1024))
 	x := w.signImage(t, testenv.Releases+"/x", "in-x", testenv.Image(t, "in targets/releases/x", 1, 1024))
-	w.publish(t)
+	w.Publish(t)
 	p := w.start(t, "", "")
 	for tag, d := range map[string]string{"in-a": a.String(), "in-x": x.String()} {
 		for _, ref := range []string{tag, d} {
@@ -654,9 +650,9 @@ func TestExpiredReleasesDoesNotFallThrough(t *testing.T) {
 	other := testenv.Image(t, "owner's older v1", 1, 1024)
 	od := w.reg.Push(t, "library/app", "owner-v1", other)
 	raw, _ := other.RawManifest()
-	w.addTarget(t, data.CanonicalTargetsRole.String(), "v1", od, int64(len(raw)))
-	w.publish(t)
-	s := w.swizzle()
+	w.addDigest(t, data.CanonicalTargetsRole.String(), "v1", od, int64(len(raw)))
+	w.Publish(t)
+	s := w.Swizzle()
 	must(t, s.ExpireMetadata(testenv.Releases))
 	bumpSnapshotAndTimestamp(t, s, testenv.Releases)
 	p := w.start(t, "", "")

@@ -181,6 +181,36 @@ func (w *world) start(t *testing.T, extra string) *instance {
 	return start(t, w.config(t, t.TempDir(), extra))
 }
 
+// replicaConfig is the YAML of one of d's replicas in front of w: data
+// directory dataDir, trust data reused for refresh (trust.refresh_ttl), and
+// the storage and Redis of d with the further redis fields (d.YAML).
+func (w *world) replicaConfig(t *testing.T, d *testenv.Deployment, dataDir string, refresh time.Duration, redisFields ...string) string {
+	t.Helper()
+	cfg := w.config(t, dataDir, d.YAML(redisFields...))
+	return strings.Replace(cfg, "refresh_ttl: 1h", "refresh_ttl: "+refresh.String(), 1)
+}
+
+// replica starts one of d's replicas in front of w (replicaConfig). With a
+// refresh of 1ns, trust data is checked again on every request, so that
+// every pull goes through the trust floor.
+func (w *world) replica(t *testing.T, d *testenv.Deployment, dataDir string, refresh time.Duration) *instance {
+	t.Helper()
+	return start(t, w.replicaConfig(t, d, dataDir, refresh))
+}
+
+// peer starts one of d's replicas in front of the upstream at up (w's
+// registry or a front of it) with a data directory of its own,
+// redis.replica_url as replicaURL says for the replica's own URL, and the
+// further redis fields.
+func (w *world) peer(t *testing.T, d *testenv.Deployment, up string, replicaURL func(own string) string, redisFields ...string) *instance {
+	t.Helper()
+	dataDir := t.TempDir()
+	return startAt(t, func(own string) string {
+		fields := append([]string{"replica_url: " + replicaURL(own)}, redisFields...)
+		return strings.Replace(w.config(t, dataDir, d.YAML(fields...)), w.Registry.URL(), up, 1)
+	})
+}
+
 // pull pulls repo:ref (tag or @digest) through p like a client (sample.Pull).
 func (p *instance) pull(t *testing.T, ref string) (v1.Hash, error) {
 	t.Helper()

@@ -14,12 +14,20 @@
 //     notary-server, with keys from NewKey. Notary.Publish does a whole repository (root,
 //     targets, a Releases delegation, its tags) with the notary client library in tens of
 //     milliseconds, for tests and benchmarks that need many.
+//   - NewTUFRepo: a TUF repository made with notary's testutils, and a TUFServer serving
+//     notary's read API from whatever the test makes of it (swizzled metadata, overrides
+//     per role, basic auth): states notary-server never serves. It counts requests by role.
+//   - StartRedis, StartRedisTLS: redis-server as a subprocess; NewDeployment: what the
+//     replicas of one deployment share on it (the Redis, a storage directory, the state
+//     key), and the YAML that says so.
 //   - StartScanner: a Harbor scanner adapter (API v1.2) with canned reports, the one
 //     fake: a real scanner needs its vulnerability database. Like Trivy's adapter it
 //     pulls the manifest and config it scans from the scan request's registry, with the
 //     request's authorization, and fails the scan when that pull fails.
 //   - Throttle: a TCP relay on 127.0.0.1 that passes a server's answers at a bounded rate,
 //     so that a blob takes seconds to arrive.
+//   - Golden: compares a test's output with its testdata/*.golden file; -update (registered
+//     here, once) rewrites the file.
 //
 // It needs the Debian packages notary (notary, notary-server) installed:
 //

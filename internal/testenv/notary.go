@@ -188,6 +188,18 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// FreeAddr is a free 127.0.0.1:port, for a server that must open its own listener (a
+// trustproxy process, `trustproxy serve` in the test binary), or for an address that
+// nothing answers.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	addr, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
 // URL is the address clients under test should use: https://127.0.0.1:PORT of the front.
 func (n *Notary) URL() string { return n.front.URL }
 

@@ -141,7 +141,7 @@ func TestFreezeCountsAsUnreachable(t *testing.T) {
 			}
 			var frozen atomic.Bool
 			frozen.Store(true)
-			f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+			f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 				if role != "timestamp" || !frozen.Load() {
 					return false
 				}
@@ -212,7 +212,7 @@ func TestPinningChangeKeepsRootFloor(t *testing.T) {
 	must(t, s.OffsetMetadataVersion(data.CanonicalSnapshotRole, 10))
 	must(t, s.UpdateTimestampHash())
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 10))
-	f.srv.serveFrom(s.MetadataCache)
+	f.srv.ServeFrom(s.MetadataCache)
 
 	pins := config.Pinning{Certs: map[string][]string{testGUN: {oldRootID, f.rootID()}}}
 	v2, _ := newVerifier(t, f, opts{dataDir: dir, pinning: pins})
@@ -283,7 +283,7 @@ func TestNotaryRealmRefused(t *testing.T) {
 	f := newFixture(t)
 	f.tag("targets", "v1", []byte("v1"))
 	f.publish()
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="http://localhost:`+port+`/token",service="notary"`)
 		w.WriteHeader(http.StatusUnauthorized)
 		return true
@@ -348,7 +348,7 @@ func TestStuckTokenRealmBounded(t *testing.T) {
 	f.publish()
 	var hostile atomic.Bool
 	hostile.Store(true)
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		switch {
 		case role == "" && r.URL.Path == "/v2/token" && !hostile.Load():
 			fmt.Fprint(w, `{"token":"t"}`)

@@ -49,7 +49,7 @@ func TestPrefetchedRoleUsedOnlyWhenItMatches(t *testing.T) {
 	f.tag("targets", "v2", []byte("manifest v2"))
 	f.publish()
 	byName := 0
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		if strings.HasSuffix(r.URL.Path, "/targets.json") {
 			byName++
 			w.Write(old)
@@ -65,8 +65,8 @@ func TestPrefetchedRoleUsedOnlyWhenItMatches(t *testing.T) {
 	if _, err := snap.Resolve("v2"); err != nil {
 		t.Errorf("v2, signed in the current targets: %v", err)
 	}
-	if byName != 1 || f.srv.count("targets") != 2 {
-		t.Errorf("targets asked for %d times, %d of them by name; want the prefetch by name, then the file by checksum", f.srv.count("targets"), byName)
+	if byName != 1 || f.srv.Count("targets") != 2 {
+		t.Errorf("targets asked for %d times, %d of them by name; want the prefetch by name, then the file by checksum", f.srv.Count("targets"), byName)
 	}
 }
 
@@ -100,7 +100,7 @@ func TestRefusedRootPrefetchesNothing(t *testing.T) {
 	targets := []byte(`{"signed":{"delegations":{"roles":[` + strings.Join(names, ",") + `]}}}`)
 	var mu sync.Mutex
 	var asked []string
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		mu.Lock()
 		asked = append(asked, role)
 		mu.Unlock()
@@ -150,7 +150,7 @@ type concurrency struct {
 
 func watchConcurrency(f *fixture, watch func(role string) bool) *concurrency {
 	c := &concurrency{}
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		if !watch(role) {
 			return false
 		}

@@ -378,7 +378,7 @@ func TestRefusals(t *testing.T) {
 			s := f.swizzle()
 			must(t, s.OffsetMetadataVersion(data.CanonicalTargetsRole, 1))
 			// A malicious server answers the checksummed name with other bytes.
-			f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+			f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 				if role != "targets" {
 					return false
 				}
@@ -393,8 +393,8 @@ func TestRefusals(t *testing.T) {
 			return opts{pinning: config.Pinning{Certs: map[string][]string{testGUN: {strings.Repeat("ab", 32)}}}}
 		}},
 		{name: "no trust data", want: NoTrustData, mutate: func(t *testing.T, f *fixture) {
-			f.srv.serveFrom(f.swizzle().MetadataCache)
-			must(t, f.srv.store.RemoveAll())
+			f.srv.ServeFrom(f.swizzle().MetadataCache)
+			must(t, f.srv.Store().RemoveAll())
 		}},
 		{name: "no timestamp", want: NoTrustData, mutate: func(t *testing.T, f *fixture) {
 			must(t, f.swizzle().RemoveMetadata(data.CanonicalTimestampRole))
@@ -443,7 +443,7 @@ func TestRollback(t *testing.T) {
 	f := newFixture(t)
 	f.tag("targets", "v1", []byte("v1"))
 	f.publish()
-	old := f.srv.store
+	old := f.srv.Store()
 	s := f.swizzle()
 	must(t, s.OffsetMetadataVersion(data.CanonicalTimestampRole, 1)) // the server moves to timestamp v2
 	dir := t.TempDir()
@@ -452,7 +452,7 @@ func TestRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	f.srv.serveFrom(old) // then offers the older, still valid timestamp v1
+	f.srv.ServeFrom(old) // then offers the older, still valid timestamp v1
 	_, err := v.snapshot(t.Context(), testGUN)
 	wantReason(t, err, Rollback)
 
@@ -493,7 +493,7 @@ func TestCacheHit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := f.srv.count("timestamp"); n != 1 {
+	if n := f.srv.Count("timestamp"); n != 1 {
 		t.Errorf("%d timestamp fetches for 3 calls within the TTL, want 1", n)
 	}
 	if !strings.Contains(logs.String(), "trust cache hit") {
@@ -505,7 +505,7 @@ func TestConcurrentSnapshotsShareOneRefresh(t *testing.T) {
 	f := newFixture(t)
 	f.tag("targets", "v1", []byte("v1"))
 	f.publish()
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		if role == "timestamp" {
 			time.Sleep(100 * time.Millisecond) // let every caller arrive while the refresh runs
 		}
@@ -527,7 +527,7 @@ func TestConcurrentSnapshotsShareOneRefresh(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n := f.srv.count("timestamp"); n != 1 {
+	if n := f.srv.Count("timestamp"); n != 1 {
 		t.Errorf("%d timestamp fetches for 50 concurrent calls, want 1", n)
 	}
 }
@@ -555,7 +555,7 @@ func TestEndlessTimestamp(t *testing.T) {
 			f := newFixture(t)
 			f.tag("targets", "v1", []byte("v1"))
 			f.publish()
-			f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+			f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 				if role != "timestamp" {
 					return false
 				}
@@ -580,7 +580,7 @@ func TestSlowServerTimesOut(t *testing.T) {
 	f := newFixture(t)
 	f.tag("targets", "v1", []byte("v1"))
 	f.publish()
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		if role != "timestamp" {
 			return false
 		}
@@ -618,7 +618,7 @@ func TestRootRotationsCapped(t *testing.T) {
 	must(t, s.UpdateTimestampHash())
 	var mu sync.Mutex
 	versioned := 0
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		var n int
 		if _, err := fmtSscanRoot(role, &n); err != nil || n >= 1000 {
 			return false
@@ -668,7 +668,7 @@ func TestBasicAuth(t *testing.T) {
 	f := newFixture(t)
 	f.tag("targets", "v1", []byte("v1"))
 	f.publish()
-	f.srv.user, f.srv.pass = "reader", "s3cret"
+	f.srv.SetBasicAuth("reader", "s3cret")
 
 	v, _ := newVerifier(t, f, opts{rule: config.Rule{TOFU: true}, notary: config.Endpoint{Username: "reader", Password: "s3cret"}})
 	if _, err := v.snapshot(t.Context(), testGUN); err != nil {
@@ -717,7 +717,7 @@ func TestSlowUpdateBounded(t *testing.T) {
 	// One request at a time, as a server with one worker answers: the
 	// requests trustproxy sends at once queue up.
 	var one sync.Mutex
-	f.srv.setOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
+	f.srv.SetOverride(func(w http.ResponseWriter, r *http.Request, role string) bool {
 		one.Lock()
 		defer one.Unlock()
 		time.Sleep(200 * time.Millisecond)
