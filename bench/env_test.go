@@ -30,9 +30,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustproxy/trustproxy/config"
-	"github.com/trustproxy/trustproxy/internal/wiring"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trustserver"
+	"github.com/trustproxy/trustproxy/internal/wiring"
 )
 
 const (

@@ -115,7 +115,9 @@ func (u *Registry) Name() string { return u.cfg.Name }
 
 // URL is where a request for repo's kind/ref goes: the registry's base URL
 // joined with the path, which must not clean anything away.
-func (u *Registry) URL(repo, kind, ref string) *url.URL { return u.base.JoinPath("v2", repo, kind, ref) }
+func (u *Registry) URL(repo, kind, ref string) *url.URL {
+	return u.base.JoinPath("v2", repo, kind, ref)
+}
 
 // Warm asks for a token for scope in the background, when the registry
 // wants tokens: the request that needs it next finds it ready.
