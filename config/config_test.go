@@ -739,6 +739,12 @@ func TestPinningFor(t *testing.T) {
 		{"reg.example:54430/x", Pins{}},
 		{"", Pins{}},
 	}
+	if !cfg.Trust.Pinning.Compiled() {
+		t.Error("Load's pinning is not compiled")
+	}
+	if raw := (Pinning{Certs: map[string][]string{"docker.io/library/alpine": {id1}}}); raw.Compiled() {
+		t.Error("a Pinning Load did not build says it is compiled: its pins would pin nothing")
+	}
 	for _, tt := range tests {
 		t.Run(tt.gun, func(t *testing.T) {
 			got := cfg.Trust.Pinning.For(tt.gun)

@@ -50,6 +50,12 @@ func compilePins(p Pinning) pins {
 	return c
 }
 
+// Compiled says whether p's pins are compiled (by Load): a Pinning with
+// pins that Load did not return would pin nothing, so it must not be used.
+func (p *Pinning) Compiled() bool {
+	return len(p.Certs)+len(p.CA) == len(p.compiled.certs)+len(p.compiled.ca)
+}
+
 // For returns the pins of p that apply to gun, a GUN such as
 // docker.io/library/alpine: the certificate IDs listed for gun itself and
 // the CA files of every prefix of gun. p was compiled by Load; a Pinning

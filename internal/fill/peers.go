@@ -214,6 +214,11 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return fmt.Errorf("%w: %v", errPeerUnreachable, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusForbidden {
+		// The holder does not take this replica's requests (another peer
+		// key, or a version that speaks otherwise): not waited for.
+		return fmt.Errorf("%w: %s refused the request (%s)", errPeerUnreachable, holder, resp.Status)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%w: %s answered %s", errNoPeerFill, holder, resp.Status)
 	}

@@ -42,7 +42,8 @@ func (s *Server) serveUnverifiedManifest(w http.ResponseWriter, r *http.Request,
 		if _, ok := errors.AsType[*storageError](err); ok {
 			return err
 		}
-		return upstream.Unavailable(fmt.Errorf("manifest %s from %s: %w", req.ref, from, err))
+		return &Refusal{GUN: req.name.String(), Ref: req.ref, Reason: ReasonInvalidManifest,
+			Detail: fmt.Sprintf("the upstream's manifest cannot be stored as it is, so it is not served: %v", err)}
 	}
 	s.metrics.served.WithLabelValues("manifest", "upstream").Inc()
 	writeManifest(w, r, m)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -49,10 +50,12 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 	}
 	source, err := s.fills.Serve(ctx, w, r, fill.Blob{Repository: req.name, Desc: desc, From: req.from, Store: blobs})
 	if errors.Is(err, fill.ErrStored) {
-		if stored, err := blobs.Stat(ctx, req.dgst); err == nil {
-			_ = s.settleBlob(ctx, d, "cache", nil)
-			return s.serveStored(ctx, w, r, blobs, stored)
+		stored, err := blobs.Stat(ctx, req.dgst)
+		if err != nil {
+			return &storageError{fmt.Errorf("blob %s, stored by another replica, cannot be read: %w", req.dgst, err)}
 		}
+		_ = s.settleBlob(ctx, d, "cache", nil)
+		return s.serveStored(ctx, w, r, blobs, stored)
 	}
 	err = s.settleBlob(ctx, d, string(source), err)
 	if _, ok := errors.AsType[*fill.AbortedError](err); ok {

@@ -107,7 +107,7 @@ func (s *Server) conclude(ctx context.Context, req *request, d *Decision, err er
 	} else {
 		d.Verdict, d.Reason = Served, ReasonVerified
 		// Audit mode lists the upstream's tags, as it serves them.
-		d.upstream = req.kind == kindTags && d.Rule.Mode == config.Audit
+		d.upstream = req.kind == kindTags && d.Rule != nil && d.Rule.Mode == config.Audit
 	}
 	if req.kind != kindBlob || d.Verdict != Served {
 		s.logDecision(ctx, d) // a served blob is logged when its serving ends (settleBlob)
@@ -193,26 +193,31 @@ func (s *Server) judge(ctx context.Context, req *request, d *Decision, opt decid
 }
 
 // settleBlob settles the decision on a blob once it is known how its
-// serving ended, and returns the error the client is to get: a fill that
-// found the bytes are not the blob turns a Served decision into Denied
-// (digest_mismatch), the one refusal reached after decide. A served blob is
-// counted. Blobs decide refused or audited were logged there; an error that
-// is no verdict (the upstream failed, the client left) is no decision.
+// serving ended, and returns the error the client is to get. A fill that
+// found the bytes are not the blob is a digest_mismatch refusal (the one
+// refusal reached after decide): the client gets it, unless it already has
+// part of the body (*fill.AbortedError: its connection is aborted), and a
+// Served decision becomes Denied, logged and counted once, here. A served
+// blob is counted. Blobs decide refused or audited were logged there; an
+// error that is no verdict (the upstream failed, the client left) is no
+// decision.
 func (s *Server) settleBlob(ctx context.Context, d *Decision, source string, err error) error {
-	if d.Verdict != Served {
-		return err
-	}
-	if m, ok := errors.AsType[*fill.MismatchError](err); ok {
-		d.deny(&Refusal{GUN: d.Repository, Ref: d.Ref, Reason: ReasonDigestMismatch, Detail: m.Detail})
+	m, mismatch := errors.AsType[*fill.MismatchError](err)
+	if mismatch {
+		r := &Refusal{GUN: d.Repository, Ref: d.Ref, Reason: ReasonDigestMismatch, Detail: m.Detail}
 		if _, aborted := errors.AsType[*fill.AbortedError](err); !aborted {
-			err = d.refusal // nothing was sent yet: the client gets the refusal
+			err = r // nothing was sent yet: the client gets the refusal
 		}
-	} else if err != nil {
+		if d.Verdict == Served {
+			d.deny(r)
+			s.logDecision(ctx, d)
+		}
 		return err
-	} else {
-		s.metrics.served.WithLabelValues("blob", source).Inc()
 	}
-	s.logDecision(ctx, d)
+	if d.Verdict == Served && err == nil {
+		s.metrics.served.WithLabelValues("blob", source).Inc()
+		s.logDecision(ctx, d)
+	}
 	return err
 }
 
@@ -248,6 +253,9 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 		if v.Detail != "" && v.Pass {
 			attrs = append(attrs, slog.String("scan_detail", v.Detail))
 		}
+	}
+	if d.Verdict != Served {
+		attrs = append(attrs, slog.String("reason_source", string(reasons[d.Reason].source)))
 	}
 	if d.Verdict == Audited {
 		attrs = append(attrs, slog.Bool("would_deny", true))

@@ -23,12 +23,14 @@ type requestError struct {
 func (e *requestError) Error() string { return e.detail }
 
 // A storageError is storage failing under a request that verified: the
-// client is told to retry (503), the operator what failed.
+// client is told to retry (503) and no more (where and how storage failed
+// is the operator's business: the log line ServeHTTP writes says it).
 type storageError struct{ err error }
 
-func (e *storageError) Error() string {
-	return fmt.Sprintf("storage failed; retry, and check the storage (space, permissions, bucket): %v", e.err)
-}
+// storageMessage is all a client is told of a storage failure.
+const storageMessage = "trustproxy's storage failed; retry later"
+
+func (e *storageError) Error() string { return fmt.Sprintf("storage failed: %v", e.err) }
 func (e *storageError) Unwrap() error { return e.err }
 
 // writeError is the one place registry errors are written. A refusal is
@@ -47,7 +49,9 @@ func writeError(w http.ResponseWriter, err error) {
 		if u.RetryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int(u.RetryAfter.Round(time.Second)/time.Second)))
 		}
-	} else if _, ok := errors.AsType[*storageError](err); ok || errors.Is(err, fill.ErrClosing) {
+	} else if _, ok := errors.AsType[*storageError](err); ok {
+		e = errcode.ErrorCodeUnavailable.WithMessage(storageMessage)
+	} else if errors.Is(err, fill.ErrClosing) {
 		e = errcode.ErrorCodeUnavailable.WithMessage(err.Error())
 	} else {
 		e = errcode.ErrorCodeUnknown.WithMessage(err.Error())

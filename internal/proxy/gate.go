@@ -78,7 +78,14 @@ func (s *Server) checkCredential(ctx context.Context, req *request) error {
 		return refuse(only)
 	}
 	if req.dgst != g.Digest {
-		if req.dgst == "" || !s.grantCovers(ctx, req, g) {
+		if req.dgst == "" {
+			return refuse(only)
+		}
+		covered, err := s.grantCovers(ctx, req, g)
+		if err != nil {
+			return err
+		}
+		if !covered {
 			return refuse(only)
 		}
 	}
@@ -89,15 +96,18 @@ func (s *Server) checkCredential(ctx context.Context, req *request) error {
 // grantCovers says whether req's digest is listed by the manifest g is
 // for: from the reference graph, or else from the stored manifest (the
 // graph may have forgotten it between the scanner's manifest pull and its
-// layer pulls).
-func (s *Server) grantCovers(ctx context.Context, req *request, g scan.Grant) bool {
+// layer pulls). A failure that may pass (retryable) is returned: the
+// scanner retries rather than being refused.
+func (s *Server) grantCovers(ctx context.Context, req *request, g scan.Grant) (bool, error) {
 	listed := func(children []v1.Descriptor) bool {
 		return slices.ContainsFunc(children, func(c v1.Descriptor) bool { return c.Digest == req.dgst })
 	}
 	if children, ok := s.graph.Children(g.Digest); ok {
-		return listed(children)
+		return listed(children), nil
 	}
-	_ = s.record(ctx, req, v1.Descriptor{Digest: g.Digest, Size: -1}, map[digest.Digest]bool{})
+	if err := retryable(s.record(ctx, req, v1.Descriptor{Digest: g.Digest, Size: -1}, map[digest.Digest]bool{})); err != nil {
+		return false, err
+	}
 	children, _ := s.graph.Children(g.Digest)
-	return listed(children)
+	return listed(children), nil
 }

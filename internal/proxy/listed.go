@@ -32,13 +32,14 @@ const maxRecorded = 4096
 // and a digest the graph cannot place under one of them is refused without
 // looking further; else no pass runs again for the view before until, and
 // transient holds a failure that may pass (the upstream unreachable or
-// rate limiting), which the client is told to retry.
+// rate limiting, storage failing: retryable), which the client is told to
+// retry.
 type recorded struct {
 	view      *trust.View
 	gen       uint64
 	complete  bool
 	until     time.Time
-	transient *upstream.Error
+	transient error
 }
 
 // find says whether dgst is listed in req's repository: it is a signed
@@ -75,8 +76,11 @@ func (s *Server) find(ctx context.Context, req *request, view *trust.View, dgst 
 		}
 	}
 	if t := last.transient; t != nil {
-		return v1.Descriptor{}, false, &upstream.Error{Code: t.Code, RetryAfter: t.RetryAfter,
-			Err: fmt.Errorf("cannot tell whether a signed manifest refers to %s, as some cannot be fetched now; retry: %w", dgst, t.Err)}
+		why := fmt.Errorf("cannot tell whether a signed manifest refers to %s, as some cannot be read now; retry: %w", dgst, t)
+		if u, ok := t.(*upstream.Error); ok {
+			return v1.Descriptor{}, false, &upstream.Error{Code: u.Code, RetryAfter: u.RetryAfter, Err: why}
+		}
+		return v1.Descriptor{}, false, &storageError{why}
 	}
 	return v1.Descriptor{}, false, nil
 }
@@ -95,8 +99,8 @@ func (s *Server) recordTargets(ctx context.Context, req *request, view *trust.Vi
 			continue
 		}
 		pass.complete = false
-		if u, ok := errors.AsType[*upstream.Error](err); ok && u.Transient() {
-			pass.transient = cmp.Or(pass.transient, u)
+		if t := retryable(err); t != nil && pass.transient == nil {
+			pass.transient = t
 		}
 		if failed++; failed <= 3 {
 			s.log.Warn("cannot record what a signed target refers to", "repo", req.name.String(), "tag", t.Tag, "digest", t.Digest, "err", err,
@@ -122,4 +126,17 @@ func (s *Server) record(ctx context.Context, req *request, want v1.Descriptor, s
 		}
 		return m.Refs, nil
 	})
+}
+
+// retryable is the failure in err that may pass, an *upstream.Error of an
+// upstream unreachable or rate limiting, or a *storageError; nil when err
+// has none.
+func retryable(err error) error {
+	if u, ok := errors.AsType[*upstream.Error](err); ok && u.Transient() {
+		return u
+	}
+	if s, ok := errors.AsType[*storageError](err); ok {
+		return s
+	}
+	return nil
 }

@@ -271,3 +271,23 @@ func TestParseUnknownNSBuildsNoUpstream(t *testing.T) {
 		t.Errorf("upstreams changed (-want +got):\n%s", diff)
 	}
 }
+
+// TestCheckOnlyManifests: check takes an image reference, and decides on
+// its manifest only: a string that would route to another kind of request,
+// or is no reference, is an error, not a decision.
+func TestCheckOnlyManifests(t *testing.T) {
+	s := parseServer(t)
+	for _, image := range []string{
+		"library/alpine@x/tags/list",
+		"library/alpine@x/blobs/" + alpineDigest,
+		"library/alpine:3/tags/list",
+		"alpine:",
+		"Alpine:3",
+		"alpine@sha256:../x",
+		"",
+	} {
+		if d, err := s.Check(t.Context(), image, false); err == nil {
+			t.Errorf("check %q: decided %+v, want an error", image, d)
+		}
+	}
+}

@@ -13,15 +13,16 @@ import (
 
 // A manifest that verified but could not be stored (disk full, a bucket
 // error) is no refusal: the client is told to retry with 503 UNAVAILABLE
-// naming storage, not refused as an invalid manifest, and the same pull
-// succeeds once storage works again. An audited pull of an unsigned tag
+// naming storage (and not where it is), not refused as an invalid manifest,
+// nor a blob of it as not referenced, and the same pull succeeds once
+// storage works again. An audited pull of an unsigned tag
 // meets the same failure the same way. Storage is made to fail for real: a
 // file stands where distribution's filesystem driver must create the blob
 // directory, which no user, root included, can write through.
 func TestStorageFailureIsRetryable(t *testing.T) {
 	w := newWorld(t)
 	w.initRepo(t, gun, w.alice)
-	w.pushSigned(t, "library/app", "v1", "storage v1")
+	layer, _ := w.pushSignedLayer(t, "v1", "storage v1", 4096)
 	w.Registry.Push(t, "library/app", "unsigned", testenv.Image(t, "storage unsigned", 1, 1024))
 	for _, mode := range []string{"enforce", "audit"} {
 		t.Run(mode, func(t *testing.T) {
@@ -37,18 +38,29 @@ func TestStorageFailureIsRetryable(t *testing.T) {
 			if mode == "audit" {
 				refs = append(refs, "unsigned") // served unverified, and stored
 			}
+			// A layer of v1 first: placing it under v1 needs v1's manifest,
+			// which cannot be stored either.
+			paths := []string{"/v2/library/app/blobs/" + layer.String()}
 			for _, ref := range refs {
-				status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+ref)
+				paths = append(paths, "/v2/library/app/manifests/"+ref)
+			}
+			for _, path := range paths {
+				status, _, body := p.get(t, http.MethodGet, path)
 				var e struct {
 					Errors []struct{ Code, Message string } `json:"errors"`
 				}
 				if err := json.Unmarshal(body, &e); err != nil || len(e.Errors) == 0 || status != http.StatusServiceUnavailable ||
 					e.Errors[0].Code != "UNAVAILABLE" || !strings.Contains(e.Errors[0].Message, "storage failed; retry") {
-					t.Fatalf("%s with storage failing: %d %s, want 503 UNAVAILABLE naming storage", ref, status, body)
+					t.Fatalf("%s with storage failing: %d %s, want 503 UNAVAILABLE naming storage", path, status, body)
+				}
+				if strings.Contains(string(body), dataDir) {
+					t.Fatalf("%s: the client is told where storage is: %s", path, body)
 				}
 			}
-			if n := p.decisions(t, "denied", "invalid_manifest") + p.decisions(t, "audit", "invalid_manifest"); n != 0 {
-				t.Fatalf("%v invalid_manifest decisions for a storage failure", n)
+			for _, reason := range []string{"invalid_manifest", "not_referenced"} {
+				if n := p.decisions(t, "denied", reason) + p.decisions(t, "audit", reason); n != 0 {
+					t.Fatalf("%v %s decisions for a storage failure", n, reason)
+				}
 			}
 			if !strings.Contains(p.logs.String(), `"msg":"storage failed"`) {
 				t.Fatal("the storage failure is not logged for the operator")

@@ -90,6 +90,9 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	if cfg.DataDir == "" {
 		return nil, errors.New("data_dir is required: verified trust metadata and its rollback floor are kept there")
 	}
+	if !cfg.Trust.Pinning.Compiled() {
+		return nil, errors.New("trust.pinning was not compiled: load the configuration with config.Load")
+	}
 	meta, err := cache.NewMetadataStore(filepath.Join(cfg.DataDir, "trust"), log)
 	if err != nil {
 		return nil, err

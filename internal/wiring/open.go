@@ -30,17 +30,21 @@ import (
 // trust.Verifier (its floor shared on Redis); the scan gate; the reference
 // graph (shared on Redis); the proxy.Server (its fill locks shared on
 // Redis). Metrics are registered on reg. Close the Server when done.
-func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*proxy.Server, error) {
+func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (_ *proxy.Server, err error) {
 	var shared *cache.Shared
 	if cfg.Redis.Enabled() {
 		rdb, err := cache.NewRedis(cfg.Redis)
 		if err != nil {
 			return nil, err
 		}
+		defer func() {
+			if err != nil {
+				rdb.Close() // the Server would have closed it
+			}
+		}()
 		health := cache.NewRedisHealth(log.With("component", "proxy"))
 		health.Failed(rdb.Ping(ctx).Err())
 		if shared, err = cache.NewShared(rdb, cfg.Redis.KeyPrefix, []byte(cfg.Redis.StateKey), health, log, reg); err != nil {
-			rdb.Close()
 			return nil, fmt.Errorf("redis.state_key_file: %w", err)
 		}
 	}
