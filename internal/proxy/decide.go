@@ -51,6 +51,7 @@ type Decision struct {
 	refusal  *Refusal
 	desc     v1.Descriptor      // the blob or manifest as verified; Size -1 when unknown
 	manifest *manifest.Manifest // a Served manifest's verified bytes
+	metadata []byte             // a Served trust data file's signed bytes
 	source   string             // where manifest came from: cache or upstream
 	upstream bool               // audit mode: answer from the upstream, unverified
 }
@@ -101,7 +102,9 @@ func (s *Server) conclude(ctx context.Context, req *request, d *Decision, err er
 			refusal.Ref = req.ref
 		}
 		d.deny(refusal)
-		if d.Rule != nil && d.Rule.Mode == config.Audit && reasons[refusal.Reason].auditable {
+		// Audit mode serves unverified content; there is no unverified
+		// trust data to serve.
+		if d.Rule != nil && d.Rule.Mode == config.Audit && reasons[refusal.Reason].auditable && req.kind != kindTrustData {
 			d.Verdict, d.upstream = Audited, true
 		}
 	} else {
@@ -146,6 +149,9 @@ func (s *Server) judge(ctx context.Context, req *request, d *Decision, opt decid
 	switch req.kind {
 	case kindTags:
 		return nil
+	case kindTrustData:
+		d.metadata, err = s.verify.Metadata(req.name, d.Rule, view, req.ref)
+		return err
 	case kindBlob:
 		desc, ok, err := s.find(ctx, req, view, req.dgst)
 		if err != nil {
@@ -221,12 +227,12 @@ func (s *Server) settleBlob(ctx context.Context, d *Decision, source string, err
 	return err
 }
 
-// logDecision writes d's decision line and counts it. Served blobs are
-// logged at debug level: a pull asks for many.
+// logDecision writes d's decision line and counts it. Served blobs and
+// trust data files are logged at debug level: a pull asks for many.
 func (s *Server) logDecision(ctx context.Context, d *Decision) {
 	s.metrics.decisions.WithLabelValues(string(d.Verdict), string(d.Reason)).Inc()
 	level := slog.LevelInfo
-	if d.Kind == "blob" && d.Verdict == Served {
+	if (d.Kind == "blob" || d.Kind == "trust_data") && d.Verdict == Served {
 		level = slog.LevelDebug
 	}
 	attrs := []slog.Attr{

@@ -33,6 +33,20 @@ const storageMessage = "trustproxy's storage failed; retry later"
 func (e *storageError) Error() string { return fmt.Sprintf("storage failed: %v", e.err) }
 func (e *storageError) Unwrap() error { return e.err }
 
+// errMetadataNotFound is notary's error for trust data a server does not
+// have (METADATA_NOT_FOUND, 404): what a notary client reads as "no trust
+// data", and stops on.
+var errMetadataNotFound = errcode.Register("trustproxy", errcode.ErrorDescriptor{
+	Value:          "METADATA_NOT_FOUND",
+	Message:        "trust metadata not found",
+	Description:    "The trust metadata file is not served: the repository's trust data did not verify, or holds no such file.",
+	HTTPStatusCode: http.StatusNotFound,
+})
+
+// A trustDataRefusal is a refusal of a request for trust data: whatever
+// its reason, 404 METADATA_NOT_FOUND naming it.
+type trustDataRefusal struct{ *Refusal }
+
 // writeError is the one place registry errors are written. A refusal is
 // sent as its reason's registry error (reasons), its message naming the
 // reason. Request errors are 400/404/405, upstream failures 404, 429 or
@@ -40,7 +54,9 @@ func (e *storageError) Unwrap() error { return e.err }
 // happened.
 func writeError(w http.ResponseWriter, err error) {
 	var e errcode.Error
-	if r, ok := errors.AsType[*Refusal](err); ok {
+	if r, ok := errors.AsType[*trustDataRefusal](err); ok {
+		e = errMetadataNotFound.WithMessage(r.Error())
+	} else if r, ok := errors.AsType[*Refusal](err); ok {
 		e = registryError(r.Reason).WithMessage(r.Error())
 	} else if r, ok := errors.AsType[*requestError](err); ok {
 		e = r.code.WithMessage(r.detail)

@@ -92,6 +92,11 @@ func checkParsed(t *testing.T, s *Server, r *http.Request) {
 			t.Fatalf("%s: tags request with ref %q digest %q", where, req.ref, req.dgst)
 		}
 		return
+	case kindTrustData:
+		if req.ref == "" || req.dgst != "" {
+			t.Fatalf("%s: trust data request for file %q digest %q", where, req.ref, req.dgst)
+		}
+		return // the file name is trust's to check (trust.Verifier.Metadata)
 	default:
 		t.Fatalf("%s: unknown kind %d", where, req.kind)
 	}

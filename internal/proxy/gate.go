@@ -74,7 +74,7 @@ func (s *Server) checkCredential(ctx context.Context, req *request) error {
 		return refuse(err.Error())
 	}
 	only := fmt.Sprintf("the scan credential is for %s@%s and what it refers to only", g.Repository, g.Digest)
-	if req.name.String() != g.Repository || req.kind == kindTags {
+	if req.name.String() != g.Repository || req.kind == kindTags || req.kind == kindTrustData {
 		return refuse(only)
 	}
 	if req.dgst != g.Digest {

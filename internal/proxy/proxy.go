@@ -29,6 +29,9 @@ import (
 // *trust.RefusalError.
 type Verifier interface {
 	View(ctx context.Context, name gun.Name, r *config.Rule) (*trust.View, error)
+	// Metadata returns the signed bytes of a file of notary's read API
+	// that the verified view rests on.
+	Metadata(name gun.Name, r *config.Rule, view *trust.View, file string) ([]byte, error)
 }
 
 var _ Verifier = (*trust.Verifier)(nil)
@@ -182,6 +185,8 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		err = s.serveBlob(w, r, req)
 	case kindTags:
 		err = s.serveTags(w, r, req)
+	case kindTrustData:
+		err = s.serveTrustData(w, r, req)
 	}
 	if u, ok := errors.AsType[*upstream.Error](err); ok {
 		s.log.Warn("upstream request failed", "repo", req.name.String(), "ref", req.ref, "err", u)

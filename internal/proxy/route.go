@@ -23,7 +23,8 @@ const (
 	kindManifest kind = iota
 	kindBlob
 	kindTags
-	kindWrite // any request that is not a GET or HEAD
+	kindTrustData // notary's read API: /v2/<gun>/_trust/tuf/<file>
+	kindWrite     // any request that is not a GET or HEAD
 )
 
 func (k kind) String() string {
@@ -32,6 +33,8 @@ func (k kind) String() string {
 		return "blob"
 	case kindTags:
 		return "tags"
+	case kindTrustData:
+		return "trust_data"
 	case kindWrite:
 		return "write"
 	}
@@ -43,7 +46,7 @@ type request struct {
 	kind kind
 	from *upstream.Registry // the upstream the name routes to
 	name gun.Name
-	ref  string // tag or digest (manifests), digest (blobs); the method of a write
+	ref  string // tag or digest (manifests), digest (blobs), file (trust data); the method of a write
 	dgst digest.Digest
 	// authorization is the request's Authorization header: a scanner's
 	// pull credential, when it is one (decide's first step checks it).
@@ -99,6 +102,9 @@ func (s *Server) route(r *http.Request) (*request, error) {
 	if !ok {
 		return nil, &requestError{errcode.ErrorCodeNameUnknown, "not a registry API path"}
 	}
+	if name, file, ok := strings.Cut(rest, "/_trust/tuf/"); ok {
+		return s.routeTrustData(r, name, file)
+	}
 	segs := strings.Split(rest, "/")
 	n := len(segs)
 	read := r.Method == http.MethodGet || r.Method == http.MethodHead
@@ -134,6 +140,25 @@ func (s *Server) route(r *http.Request) (*request, error) {
 		return nil, &requestError{errcode.ErrorCodeNameInvalid, err.Error()}
 	}
 	return &request{kind: k, from: from, name: repo, ref: ref}, nil
+}
+
+// routeTrustData routes a request for the trust metadata file of
+// repository name (notary's read API). Its name is checked as any other's;
+// the file name is trust's to check.
+func (s *Server) routeTrustData(r *http.Request, name, file string) (*request, error) {
+	for _, seg := range strings.Split(name+"/"+file, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return nil, &requestError{errcode.ErrorCodeNameInvalid, "request path has empty, \".\" or \"..\" segments"}
+		}
+	}
+	from, repo, err := s.upstreams.Route(r.URL.Query(), name)
+	if nc, ok := errors.AsType[*upstream.NotConfiguredError](err); ok {
+		return nil, &requestError{errcode.ErrorCodeNameUnknown, nc.Error()}
+	}
+	if err != nil {
+		return nil, &requestError{errcode.ErrorCodeNameInvalid, err.Error()}
+	}
+	return &request{kind: kindTrustData, from: from, name: repo, ref: file}, nil
 }
 
 // tagPattern is the tag grammar of the distribution spec, anchored.
