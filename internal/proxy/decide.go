@@ -150,7 +150,7 @@ func (s *Server) judge(ctx context.Context, req *request, d *Decision, opt decid
 	case kindTags:
 		return nil
 	case kindTrustData:
-		d.metadata, err = s.verify.Metadata(req.name, d.Rule, view, req.ref)
+		d.metadata, err = s.verify.Metadata(ctx, req.name, d.Rule, view, req.ref)
 		return err
 	case kindBlob:
 		desc, ok, err := s.find(ctx, req, view, req.dgst)

@@ -31,7 +31,7 @@ type Verifier interface {
 	View(ctx context.Context, name gun.Name, r *config.Rule) (*trust.View, error)
 	// Metadata returns the signed bytes of a file of notary's read API
 	// that the verified view rests on.
-	Metadata(name gun.Name, r *config.Rule, view *trust.View, file string) ([]byte, error)
+	Metadata(ctx context.Context, name gun.Name, r *config.Rule, view *trust.View, file string) ([]byte, error)
 }
 
 var _ Verifier = (*trust.Verifier)(nil)

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
@@ -106,6 +107,26 @@ func TestTrustDataRefusals(t *testing.T) {
 		wantDenied(t, status, body, proxy.ReasonReadOnly)
 		if !strings.Contains(string(body), gun+" refused") {
 			t.Errorf("%s: the refusal does not name the repository: %s", method, body)
+		}
+	}
+}
+
+// TestTrustDataOnEveryReplica: a replica whose trust view came from
+// another replica through Redis (a shared verdict: it fetched no metadata
+// itself) serves the trust data as the first one does.
+func TestTrustDataOnEveryReplica(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "trust data replicas v1")
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+	a := w.replica(t, d, t.TempDir(), time.Hour)
+	b := w.replica(t, d, t.TempDir(), time.Hour)
+	a.mustPull(t, "library/app:v1")
+	rec := w.Notary.Record(t, gun)
+	for _, file := range []string{"timestamp.json", "root.json", "targets/releases.json"} {
+		status, _, body := b.get(t, http.MethodGet, trustDataPath(gun, file))
+		if status != http.StatusOK || !bytes.Equal(body, rec.Files[file]) {
+			t.Fatalf("replica b, %s: %d %.300s", file, status, body)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package trust
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/hex"
@@ -34,11 +35,13 @@ func parseMetadataFile(file string) (version, role, hash string, ok bool) {
 // Metadata returns the signed bytes of file, a file name of notary's read
 // API (metadataFile), for the repository name whose verified view is view
 // (View's answer under rule r): the bytes that view rests on, as the trust
-// server signed them, so that a client verifies them again. Nothing is
-// fetched: a file this replica does not hold, a version or hash other than
-// the view's, or a role the view does not rest on is a *RefusalError
-// (NotSigned: not there). A file name out of the grammar is one too.
-func (v *Verifier) Metadata(name gun.Name, r *config.Rule, view *View, file string) ([]byte, error) {
+// server signed them, so that a client verifies them again. A view another
+// replica verified (a shared verdict) rests on metadata this replica may
+// not hold: then this replica verifies the repository's trust data itself,
+// once, and serves what it verified. Nothing is fetched for a file name: a
+// name out of the grammar, a role the view does not rest on, or a version
+// or hash other than the view's is a *RefusalError (NotSigned: not there).
+func (v *Verifier) Metadata(ctx context.Context, name gun.Name, r *config.Rule, view *View, file string) ([]byte, error) {
 	gun := name.String()
 	notHere := func(detail string) error {
 		return &RefusalError{GUN: gun, Ref: file, Reason: NotSigned, Detail: detail}
@@ -47,15 +50,38 @@ func (v *Verifier) Metadata(name gun.Name, r *config.Rule, view *View, file stri
 	if !ok {
 		return nil, notHere("not a trust metadata file: want <role>.json, <version>.<role>.json or <role>.<sha256 hex>.json")
 	}
-	want, ok := view.Versions[role]
-	if !ok {
+	if _, ok := view.Versions[role]; !ok {
 		return nil, notHere(fmt.Sprintf("the verified trust data of %s has no role %s", gun, role))
 	}
+	b, held, err := v.heldRole(gun, r, view, role)
+	if err == nil && !held {
+		if view, err = v.verifyHere(ctx, name, r); err == nil {
+			b, held, err = v.heldRole(gun, r, view, role)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !held {
+		return nil, &RefusalError{GUN: gun, Ref: file, Reason: TrustUnavailable,
+			Detail: fmt.Sprintf("this replica holds another version of %s than the one it verified; retry", role)}
+	}
+	if version != "" && version != strconv.Itoa(view.Versions[role]) {
+		return nil, notHere(fmt.Sprintf("only the verified version of %s, %d, is served", role, view.Versions[role]))
+	}
+	if hash != "" && hash != sum(b, len(hash)) {
+		return nil, notHere(fmt.Sprintf("no %s with that hash: only the verified version is served", role))
+	}
+	return b, nil
+}
+
+// heldRole reads role's metadata from this replica's store, and says
+// whether it is the version view rests on.
+func (v *Verifier) heldRole(gun string, r *config.Rule, view *View, role string) ([]byte, bool, error) {
 	limit, _ := roleCap(v.limits, role)
 	b, err := v.meta.For(gun, v.anchorOf(gun, r).stamp).GetSized(role, limit)
 	if err != nil {
-		return nil, &RefusalError{GUN: gun, Ref: file, Reason: TrustUnavailable, Err: err,
-			Detail: "this replica does not hold the verified trust data; retry"}
+		return nil, false, nil // not held here
 	}
 	var signed struct {
 		Signed struct {
@@ -63,19 +89,30 @@ func (v *Verifier) Metadata(name gun.Name, r *config.Rule, view *View, file stri
 		} `json:"signed"`
 	}
 	if err := json.Unmarshal(b, &signed); err != nil {
-		return nil, &RefusalError{GUN: gun, Ref: file, Reason: InvalidMetadata, Err: err, Detail: "the stored trust data does not read"}
+		return nil, false, &RefusalError{GUN: gun, Reason: InvalidMetadata, Err: err, Detail: "the stored trust data does not read"}
 	}
-	if signed.Signed.Version != want {
-		return nil, &RefusalError{GUN: gun, Ref: file, Reason: TrustUnavailable,
-			Detail: fmt.Sprintf("this replica holds %s version %d, the verified view rests on version %d; retry", role, signed.Signed.Version, want)}
+	return b, signed.Signed.Version == view.Versions[role], nil
+}
+
+// verifyHere verifies name's trust data on this replica, whatever view
+// other replicas shared, and returns the view it verified.
+func (v *Verifier) verifyHere(ctx context.Context, name gun.Name, r *config.Rule) (*View, error) {
+	up, rerr := v.lookup(name, r)
+	if rerr != nil {
+		return nil, rerr
 	}
-	if version != "" && version != strconv.Itoa(signed.Signed.Version) {
-		return nil, notHere(fmt.Sprintf("only the verified version of %s, %d, is served", role, signed.Signed.Version))
+	gun := name.String()
+	res, err, _ := v.group.Do(gun+"\x00here", func() (any, error) {
+		view, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up, v.anchorOf(gun, r))
+		if rerr != nil {
+			return nil, rerr
+		}
+		return view, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if hash != "" && hash != sum(b, len(hash)) {
-		return nil, notHere(fmt.Sprintf("no %s with that hash: only the verified version is served", role))
-	}
-	return b, nil
+	return res.(*View), nil
 }
 
 // sum is b's sha256 (n 64) or sha512 (n 128), in hex.
