@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -116,15 +118,79 @@ func sh(ctx context.Context, script string, env ...string) (string, error) {
 	return string(out), err
 }
 
-// machineCertsDir makes sure dir (a folder under a machine-wide certs.d
-// named by a port of this test, so no one else's) does not exist yet, and
-// removes it when the test ends.
-func machineCertsDir(t *testing.T, dir string) {
-	t.Helper()
-	if _, err := os.Stat(dir); err == nil {
-		t.Fatalf("%s exists already: another run left it, or another server had this port", dir)
+// shExports runs script with sh -ec, with the test's PATH and env as its
+// only environment, and returns the DOCKER_* variables it exported.
+func shExports(ctx context.Context, script string, env ...string) ([]string, error) {
+	cmd := exec.CommandContext(ctx, "sh", "-ec", script+"env\n")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%w\n%s", err, out)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	var exported []string
+	for line := range strings.Lines(string(out)) {
+		if strings.HasPrefix(line, "DOCKER_") {
+			exported = append(exported, strings.TrimSuffix(line, "\n"))
+		}
+	}
+	return exported, nil
+}
+
+// needCommand skips t when the command name is not on PATH, saying how to
+// install it, and fails it instead under CI (CI set, as .ci/run runs), where
+// scripts/test has installed every command the tests run.
+func needCommand(t *testing.T, name, install string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err == nil {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s not found on PATH under CI: scripts/test should have installed it (%s)", name, install)
+	}
+	t.Skipf("%s not found on PATH: %s (scripts/test does)", name, install)
+}
+
+// machinePath makes sure path (under a machine-wide folder such as
+// /etc/docker/certs.d, named by a port of this test, so no one else's) does
+// not exist yet, and removes it when the test ends (removeIfCreated).
+func machinePath(t *testing.T, path string) {
+	t.Helper()
+	if _, err := os.Lstat(path); err == nil {
+		t.Fatalf("%s exists already: another run left it, or another server had this port", path)
+	}
+	removeIfCreated(t, path)
+}
+
+// removeIfCreated removes path when the test ends if it does not exist now,
+// with each folder above it that does not exist either (a clean machine has
+// no /etc/containers/certs.d); a path that exists now is left as it is then.
+func removeIfCreated(t *testing.T, path string) {
+	t.Helper()
+	if _, err := os.Lstat(path); err == nil {
+		return
+	}
+	top := createdTop(path)
+	t.Cleanup(func() {
+		if err := os.RemoveAll(top); err != nil {
+			t.Errorf("remove %s: %v", top, err)
+		}
+	})
+}
+
+// createdTop is the highest of path and the folders above it that does not
+// exist: what creating path with its parents adds to the file system.
+func createdTop(path string) string {
+	top := path
+	for {
+		parent := filepath.Dir(top)
+		if parent == top {
+			return top
+		}
+		if _, err := os.Lstat(parent); err == nil {
+			return top
+		}
+		top = parent
+	}
 }
 
 // TestClientsDockerdHTTPSMirror runs docs/clients.md's Docker daemon
@@ -158,7 +224,7 @@ func TestClientsDockerdHTTPSMirror(t *testing.T) {
 		t.Errorf("dockerd's log does not say why the mirror failed:\n%s", d.Log())
 	}
 
-	machineCertsDir(t, filepath.Join("/etc/docker/certs.d", host))
+	machinePath(t, filepath.Join("/etc/docker/certs.d", host))
 	if out, err := sh(ctx, clientSnippet(t, "docker-certs-d", docHost, host, docCA, ca)); err != nil {
 		t.Fatalf("docker-certs-d: %v\n%s", err, out)
 	}
@@ -206,30 +272,36 @@ upstreams:
 }
 
 // TestClientsContainerdHostsDir runs docs/clients.md's containerd
-// configuration: a standalone containerd whose config.toml holds the
-// Kubernetes snippet (the CRI plugin's registry config_path), which
-// `containerd config dump` must show it loaded, and `ctr images pull
-// --hosts-dir` with that directory holding the hosts.toml of two upstreams,
-// told apart by containerd's ns parameter. Each upstream has its own
-// registry and Notary server; a signed image of each pulls, served from its
-// own upstream, and an unsigned one is refused (decision log).
+// configuration with two upstreams, each with its own registry and Notary
+// server, told apart by the ns parameter containerd adds to mirror
+// requests. A standalone containerd runs with the Kubernetes snippet in its
+// config.toml (the CRI plugin's registry config_path), which `containerd
+// config dump` must show, and the hosts directory holds the hosts.toml of
+// both upstreams. `ctr images pull --hosts-dir` pulls a signed image of
+// each upstream, each served from its own upstream, and is refused an
+// unsigned one; the CRI plugin (PullImage, the call a kubelet makes) pulls
+// a signed image through config_path and is refused an unsigned one of the
+// other upstream. Refusals are asserted in the decision log: containerd
+// then goes on to the hosts.toml's server, which does not resolve here.
 func TestClientsContainerdHostsDir(t *testing.T) {
+	needCommand(t, "containerd", "apt-get install containerd")
 	alice := testenv.NewKey(t, "alice")
 	a, b := testenv.New(t), testenv.New(t)
-	roots := map[string]string{}
-	signed := map[string]string{}
-	for _, u := range []struct {
+	ups := []struct {
 		name string
 		env  *testenv.Env
-	}{{"registry-a.example.com", a}, {"registry-b.example.com", b}} {
+	}{{"registry-a.example.com", a}, {"registry-b.example.com", b}}
+	roots := map[string]string{}
+	signed := map[string]string{}
+	for _, u := range ups {
 		g := u.name + "/team/app"
 		roots[g] = u.env.Notary.Init(t, g)
 		u.env.Notary.AddDelegation(t, g, testenv.Releases, alice)
 		img := testenv.Image(t, u.name, 2, 8<<10)
 		signed[u.name] = u.env.Registry.Push(t, "team/app", "v1", img).String()
 		u.env.Notary.SignImage(t, g, "v1", img, testenv.Releases)
+		u.env.Registry.Push(t, "team/app", "v2", testenv.Image(t, u.name+" v2", 1, 4096))
 	}
-	a.Registry.Push(t, "team/app", "v2", testenv.Image(t, "registry-a v2", 1, 4096))
 	p := start(t, twoUpstreamsConfig(t, a, b, alice, roots))
 	host, ca := p.serveTLS(t, "127.0.0.1")
 	ctx := t.Context()
@@ -251,10 +323,7 @@ func TestClientsContainerdHostsDir(t *testing.T) {
 	pull := func(ref string) (string, error) {
 		return c.Run(ctx, nil, "sh", "-ec", clientSnippet(t, "ctr-pull", docHosts, hosts, "registry-a.example.com/team/app:v1", ref))
 	}
-	for _, up := range []struct {
-		name string
-		env  *testenv.Env
-	}{{"registry-a.example.com", a}, {"registry-b.example.com", b}} {
+	for _, up := range ups {
 		if out, err := pull(up.name + "/team/app:v1"); err != nil {
 			t.Fatalf("ctr pull %s/team/app:v1: %v\n%s", up.name, err, out)
 		}
@@ -269,11 +338,28 @@ func TestClientsContainerdHostsDir(t *testing.T) {
 		t.Fatalf("ctr pull of the unsigned registry-a.example.com/team/app:v2 succeeded:\n%s", out)
 	}
 	p.wantDecision(t, "registry-a.example.com/team/app", "v2", "denied", proxy.Reason(trust.NotSigned))
+
+	// The CRI plugin, through config_path alone.
+	before := p.decisions(t, "served", "verified")
+	if _, err := c.CRIPull(ctx, "registry-b.example.com/team/app:v1"); err != nil {
+		t.Fatalf("the CRI plugin's pull of registry-b.example.com/team/app:v1: %v\n%s", err, c.Log())
+	}
+	if after := p.decisions(t, "served", "verified"); after <= before {
+		t.Fatalf("the CRI plugin's pull was not served by trustproxy (served decisions %v, then %v)", before, after)
+	}
+	if d := p.decision(t, "registry-b.example.com/team/app", "v1"); d["digest"] != signed["registry-b.example.com"] {
+		t.Fatalf("decision for the CRI plugin's pull: %v, want %s", d, signed["registry-b.example.com"])
+	}
+	if ref, err := c.CRIPull(ctx, "registry-b.example.com/team/app:v2"); err == nil {
+		t.Fatalf("the CRI plugin pulled the unsigned registry-b.example.com/team/app:v2 (%s)", ref)
+	}
+	p.wantDecision(t, "registry-b.example.com/team/app", "v2", "denied", proxy.Reason(trust.NotSigned))
 }
 
-// k3sRegistries is the part of k3s's registries.yaml schema
-// (pkg/agent/templates.Registry) that docs/clients.md uses; Auth is there so
-// that a snippet with credentials still decodes strictly.
+// k3sRegistries is the part of k3s's registries.yaml schema (rancher/wharfie
+// pkg/registries.Registry) that docs/clients.md uses; Auth and Rewrites are
+// there so that a snippet with credentials or rewrites still decodes
+// strictly.
 type k3sRegistries struct {
 	Mirrors map[string]struct {
 		Endpoints []string          `yaml:"endpoint"`
@@ -290,13 +376,45 @@ type k3sRegistries struct {
 	} `yaml:"configs"`
 }
 
+// k3sHostsToml is the hosts.toml k3s writes for a registry from
+// registries.yaml (pkg/agent/containerd getHostConfigs and the hosts.toml
+// template of pkg/agent/templates), for what k3sRegistries holds: server is
+// the registry's own /v2 URL (registry-1.docker.io for docker.io), a [host]
+// per endpoint, given /v2 when it has no path, with the CA that configs
+// names for the endpoint's host. Rewrites, credentials, client certificates
+// and endpoints with a path of their own are left out: the snippet has none.
+func k3sHostsToml(t *testing.T, reg k3sRegistries, registry string, endpoints []string) string {
+	t.Helper()
+	server := registry
+	if registry == "docker.io" {
+		server = "registry-1.docker.io"
+	}
+	toml := fmt.Sprintf("# File generated by k3s. DO NOT EDIT.\nserver = %q\n\n", "https://"+server+"/v2")
+	for _, e := range endpoints {
+		u, err := url.Parse(e)
+		if err != nil || u.Scheme != "https" || (u.Path != "" && u.Path != "/" && u.Path != "/v2") {
+			t.Fatalf("endpoint %q: the test translates https://host[:port] endpoints only", e)
+		}
+		u.Path = "/v2"
+		toml += fmt.Sprintf("[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", u.String())
+		if c, ok := reg.Configs[u.Host]; ok && c.TLS != nil && c.TLS.CAFile != "" {
+			toml += fmt.Sprintf("  ca = [%q]\n", c.TLS.CAFile)
+		}
+		toml += "\n"
+	}
+	return toml
+}
+
 // TestClientsK3sRegistriesYAML checks docs/clients.md's k3s registries.yaml
 // as far as can be done without k3s: it decodes strictly with k3s's field
-// names, becomes the hosts.toml such a file gives (a [host] per endpoint
-// with the CA of the endpoint's host, server the registry itself), and ctr
-// pulls through that on a standalone containerd: a signed tag pulls, an
+// names and becomes the hosts.toml files k3s writes from such a file (one
+// for the mirrored registry, one for trustproxy's host, whose configs entry
+// names its CA; k3sHostsToml). A standalone containerd whose CRI plugin has
+// config_path pointing at them, as k3s's own containerd has, pulls through
+// trustproxy with the CRI call a kubelet makes: a signed tag pulls, an
 // unsigned one is refused (decision log).
 func TestClientsK3sRegistriesYAML(t *testing.T) {
+	needCommand(t, "containerd", "apt-get install containerd")
 	w := newWorld(t)
 	w.initRepo(t, gun, w.alice)
 	signed := w.pushSigned(t, "library/app", "v1", "k3s-v1")
@@ -312,55 +430,93 @@ func TestClientsK3sRegistriesYAML(t *testing.T) {
 	if err := dec.Decode(&reg); err != nil {
 		t.Fatalf("k3s-registries-yaml does not decode with k3s's fields: %v", err)
 	}
-	hosts := t.TempDir()
+	if len(reg.Mirrors["docker.io"].Endpoints) == 0 {
+		t.Fatal("the snippet mirrors no endpoint for docker.io")
+	}
+	files := map[string]string{}
+	for h := range reg.Configs { // a registry that configs names gets a hosts.toml of its own
+		files[h] = k3sHostsToml(t, reg, h, nil)
+	}
 	for registry, m := range reg.Mirrors {
-		server := "https://" + registry
-		if registry == "docker.io" {
-			server = "https://registry-1.docker.io"
-		}
-		toml := fmt.Sprintf("server = %q\n", server)
-		for _, e := range m.Endpoints {
-			toml += fmt.Sprintf("\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", e)
-			h := strings.TrimPrefix(strings.TrimPrefix(e, "https://"), "http://")
-			if c, ok := reg.Configs[h]; ok && c.TLS != nil && c.TLS.CAFile != "" {
-				toml += fmt.Sprintf("  ca = %q\n", c.TLS.CAFile)
-			}
-		}
+		files[registry] = k3sHostsToml(t, reg, registry, m.Endpoints)
+	}
+	hosts := t.TempDir()
+	for registry, toml := range files {
 		t.Logf("hosts.toml for %s:\n%s", registry, toml)
 		must(t, os.MkdirAll(filepath.Join(hosts, registry), 0o755))
 		must(t, os.WriteFile(filepath.Join(hosts, registry, "hosts.toml"), []byte(toml), 0o644))
 	}
-	if !strings.Contains(snippet, ca) {
-		t.Fatal("the snippet names no CA file")
+	if !strings.Contains(files["docker.io"], ca) {
+		t.Fatalf("docker.io's hosts.toml names no CA file:\n%s", files["docker.io"])
 	}
 
-	c := testenv.StartContainerd(t, "version = 2\n")
-	pull := func(ref string) (string, error) { return c.Ctr(ctx, nil, "images", "pull", "--hosts-dir", hosts, ref) }
-	if out, err := pull("docker.io/library/app:v1"); err != nil {
-		t.Fatalf("ctr pull docker.io/library/app:v1: %v\n%s", err, out)
+	c := testenv.StartContainerd(t, fmt.Sprintf("version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q\n", hosts))
+	if _, err := c.CRIPull(ctx, "docker.io/library/app:v1"); err != nil {
+		t.Fatalf("the CRI plugin's pull of docker.io/library/app:v1: %v\n%s", err, c.Log())
 	}
 	if d := p.decision(t, gun, "v1"); d["verdict"] != "served" || d["digest"] != signed.String() {
 		t.Fatalf("decision for app:v1: %v, want served %s", d, signed)
 	}
-	if out, err := pull("docker.io/library/app:v2"); err == nil {
-		t.Fatalf("ctr pull of the unsigned app:v2 succeeded:\n%s", out)
+	if ref, err := c.CRIPull(ctx, "docker.io/library/app:v2"); err == nil {
+		t.Fatalf("the CRI plugin pulled the unsigned app:v2 (%s)", ref)
 	}
 	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
 }
 
-// TestClientsPodmanSkopeoRegistriesConf runs docs/clients.md's
-// registries.conf: podman (CONTAINERS_REGISTRIES_CONF, its own root, run
-// root and vfs storage, nothing of the machine's) pulls a signed tag
-// through trustproxy as a mirror and is refused an unsigned one (decision
-// log: podman falls back to Docker Hub); skopeo with the same file
-// (--registries-conf) copies the signed tag. trustproxy's CA goes in
-// /etc/containers/certs.d/<host:port>/ as the document says.
-func TestClientsPodmanSkopeoRegistriesConf(t *testing.T) {
-	for _, bin := range []string{"podman", "skopeo"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s not found: apt-get install %s", bin, bin)
-		}
+// containersEnv is the environment that gives podman and skopeo a
+// configuration and storage of their own under dir and run: the
+// registries.conf conf, containers.conf (network config, tmp, event and
+// image copy paths, cgroupfs), storage.conf (vfs under dir, run root under
+// run), an auth file and TMPDIR. Of the machine's they still read the
+// signature policy (/etc/containers/policy.json), the registries.conf.d
+// drop-ins and the certs.d folders; the test puts trustproxy's CA in one.
+func containersEnv(t *testing.T, dir, run, conf string) []string {
+	t.Helper()
+	containersConf := filepath.Join(dir, "containers.conf")
+	tmp := filepath.Join(dir, "tmp") // big files of an image copy, /var/tmp by default
+	must(t, os.Mkdir(tmp, 0o700))
+	must(t, os.WriteFile(containersConf, fmt.Appendf(nil, `[network]
+network_config_dir = %q
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = %q
+tmp_dir = %q
+static_dir = %q
+volume_path = %q
+image_copy_tmp_dir = %q
+`, filepath.Join(dir, "networks"), filepath.Join(dir, "events.log"), filepath.Join(run, "libpod"),
+		filepath.Join(dir, "libpod"), filepath.Join(dir, "volumes"), tmp), 0o644))
+	storageConf := filepath.Join(dir, "storage.conf")
+	must(t, os.WriteFile(storageConf, fmt.Appendf(nil, "[storage]\ndriver = \"vfs\"\ngraphroot = %q\nrunroot = %q\n",
+		filepath.Join(dir, "storage"), filepath.Join(run, "storage")), 0o644))
+	authFile := filepath.Join(dir, "auth.json")
+	must(t, os.WriteFile(authFile, []byte(`{"auths": {}}`+"\n"), 0o600))
+	return []string{
+		"CONTAINERS_CONF=" + containersConf,
+		"CONTAINERS_STORAGE_CONF=" + storageConf,
+		"CONTAINERS_REGISTRIES_CONF=" + conf,
+		"REGISTRY_AUTH_FILE=" + authFile,
+		"TMPDIR=" + tmp,
+		"XDG_RUNTIME_DIR=" + run,
+		"XDG_CONFIG_HOME=" + filepath.Join(dir, "config"),
+		"XDG_DATA_HOME=" + filepath.Join(dir, "data"),
 	}
+}
+
+// TestClientsPodmanSkopeoRegistriesConf runs docs/clients.md's
+// registries.conf: podman, with a configuration and storage of its own
+// (containersEnv), pulls a signed tag through trustproxy as a mirror and is
+// refused an unsigned one; skopeo with the same file (--registries-conf:
+// skopeo 1.9 does not read CONTAINERS_REGISTRIES_CONF) copies the signed
+// tag and is refused the unsigned one. Both go on to Docker Hub after a
+// refusal, so refusals are asserted in trustproxy's decision log.
+// trustproxy's CA goes in /etc/containers/certs.d/<host:port>/ as the
+// document says, removed when the test ends.
+func TestClientsPodmanSkopeoRegistriesConf(t *testing.T) {
+	needCommand(t, "podman", "apt-get install podman")
+	needCommand(t, "skopeo", "apt-get install skopeo")
 	if os.Geteuid() != 0 {
 		t.Fatal("podman: this test runs podman as root (euid is not 0)")
 	}
@@ -372,32 +528,35 @@ func TestClientsPodmanSkopeoRegistriesConf(t *testing.T) {
 	host, ca := p.serveTLS(t, "127.0.0.1")
 	ctx := t.Context()
 
-	conf := filepath.Join(t.TempDir(), "registries.conf")
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "registries.conf")
 	must(t, os.WriteFile(conf, []byte(clientSnippet(t, "registries-conf", docHost, host)), 0o644))
-	machineCertsDir(t, filepath.Join("/etc/containers/certs.d", host))
+	machinePath(t, filepath.Join("/etc/containers/certs.d", host))
 	if out, err := sh(ctx, clientSnippet(t, "containers-certs-d", docHost, host, docCA, ca)); err != nil {
 		t.Fatalf("containers-certs-d: %v\n%s", err, out)
 	}
+	// What podman and skopeo write as root whatever their configuration
+	// says: skopeo's blob location cache, and netavark's run folder (podman
+	// makes it at start-up; only containers write in it).
+	removeIfCreated(t, "/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+	removeIfCreated(t, "/run/containers/networks")
 
-	// podman keeps state in run root and root; a short folder under /tmp
-	// keeps its sockets' paths short.
+	// The run root holds sockets and locks: a short folder under /tmp keeps
+	// their paths short.
 	run, err := os.MkdirTemp("/tmp", "pm")
 	must(t, err)
 	t.Cleanup(func() { os.RemoveAll(run) })
-	root := t.TempDir()
+	env := containersEnv(t, dir, run, conf)
 	podman := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, "podman", append([]string{
-			"--root", filepath.Join(root, "storage"), "--runroot", run, "--storage-driver", "vfs",
-			"--cgroup-manager", "cgroupfs", "--events-backend", "file", "--tmpdir", filepath.Join(root, "tmp"),
-		}, args...)...)
-		cmd.Env = append(os.Environ(), "CONTAINERS_REGISTRIES_CONF="+conf, "XDG_CONFIG_HOME="+filepath.Join(root, "config"))
+		cmd := exec.CommandContext(ctx, "podman", args...)
+		cmd.Env = append(os.Environ(), env...)
+		cmd.WaitDelay = 5 * time.Second
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	t.Cleanup(func() {
-		// vfs leaves no mounts; this drops podman's own bookkeeping of the storage.
-		podman("system", "reset", "--force")
-	})
+	if out, err := podman("info", "--format", "{{.Store.GraphRoot}} {{.Store.GraphDriverName}}"); err != nil || strings.TrimSpace(out) != filepath.Join(dir, "storage")+" vfs" {
+		t.Fatalf("podman does not use the test's storage: %q (%v)", out, err)
+	}
 	if out, err := podman("pull", "docker.io/library/app:v1"); err != nil {
 		t.Fatalf("podman pull docker.io/library/app:v1: %v\n%s", err, out)
 	}
@@ -412,16 +571,27 @@ func TestClientsPodmanSkopeoRegistriesConf(t *testing.T) {
 	}
 	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
 
+	dst := t.TempDir()
+	skopeo := func(tag string) (string, error) {
+		return sh(ctx, clientSnippet(t, "skopeo-copy", "/etc/containers/registries.conf", conf,
+			"docker.io/library/app:v1", "docker.io/library/app:"+tag, "dir:app-v1", "dir:"+filepath.Join(dst, tag)), env...)
+	}
 	before := p.decisions(t, "served", "verified")
-	dst := filepath.Join(t.TempDir(), "app-v1")
-	if out, err := sh(ctx, clientSnippet(t, "skopeo-copy", "/etc/containers/registries.conf", conf, "dir:app-v1", "dir:"+dst)); err != nil {
+	if out, err := skopeo("v1"); err != nil {
 		t.Fatalf("skopeo-copy: %v\n%s", err, out)
 	}
-	if _, err := os.Stat(filepath.Join(dst, "manifest.json")); err != nil {
+	if _, err := os.Stat(filepath.Join(dst, "v1", "manifest.json")); err != nil {
 		t.Fatalf("skopeo copied no manifest: %v", err)
 	}
 	if after := p.decisions(t, "served", "verified"); after <= before {
 		t.Fatalf("skopeo's copy was not served by trustproxy (served decisions %v, then %v)", before, after)
+	}
+	before = p.decisions(t, "denied", string(trust.NotSigned))
+	if out, err := skopeo("v2"); err == nil {
+		t.Fatalf("skopeo copy of the unsigned app:v2 succeeded:\n%s", out)
+	}
+	if after := p.decisions(t, "denied", string(trust.NotSigned)); after <= before {
+		t.Fatalf("skopeo's copy of app:v2 was not refused by trustproxy (denied decisions %v, then %v)", before, after)
 	}
 }
 
@@ -430,9 +600,7 @@ func TestClientsPodmanSkopeoRegistriesConf(t *testing.T) {
 // A signed tag pulls; an unsigned one fails with trustproxy's reason in
 // crane's output and in the decision log.
 func TestClientsCranePathPrefix(t *testing.T) {
-	if _, err := exec.LookPath("crane"); err != nil {
-		t.Fatal("crane not found on PATH: go install github.com/google/go-containerregistry/cmd/crane@v0.22.1 (into $(go env GOPATH)/bin, on PATH)")
-	}
+	needCommand(t, "crane", "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1, with $(go env GOPATH)/bin on PATH")
 	w := newWorld(t)
 	w.initRepo(t, gun, w.alice)
 	signed := w.pushSigned(t, "library/app", "v1", "crane-v1")
