@@ -50,6 +50,7 @@ type Verifier struct {
 	refusalTTL time.Duration
 	shared     *sharedState // nil: refusals stay in this process
 	tofuWarned *lru.Cache[string, struct{}]
+	olderRoots *lru.Cache[string, []byte] // intermediate roots served, by GUN, version and current root
 
 	refreshes *prometheus.CounterVec
 	seconds   prometheus.Histogram
@@ -58,6 +59,10 @@ type Verifier struct {
 // maxSnapshots bounds the verified snapshots kept in memory; an evicted one
 // is verified again (its metadata is cached on disk) when next asked for.
 const maxSnapshots = 10000
+
+// maxOlderRoots bounds the intermediate roots kept for notary clients
+// (olderRoot); an evicted one is fetched again when asked for.
+const maxOlderRoots = 1000
 
 type upstream struct {
 	index  int
@@ -109,15 +114,20 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	if err != nil {
 		return nil, err
 	}
+	olderRoots, err := lru.New[string, []byte](maxOlderRoots)
+	if err != nil {
+		return nil, err
+	}
 	v := &Verifier{
-		pinning:   &cfg.Trust.Pinning,
-		upstreams: map[string]*upstream{},
-		meta:      meta,
-		limits:    cfg.Limits,
-		ttl:       cfg.Trust.RefreshTTL,
-		log:       log,
-		views:     views,
-		refusals:  refusals,
+		olderRoots: olderRoots,
+		pinning:    &cfg.Trust.Pinning,
+		upstreams:  map[string]*upstream{},
+		meta:       meta,
+		limits:     cfg.Limits,
+		ttl:        cfg.Trust.RefreshTTL,
+		log:        log,
+		views:      views,
+		refusals:   refusals,
 		// Never longer than verified data would be reused.
 		refusalTTL: min(cfg.Trust.RefusalTTL, cfg.Trust.RefreshTTL),
 		tofuWarned: tofuWarned,
