@@ -67,7 +67,7 @@ func TestTrustDataRefusals(t *testing.T) {
 	if status, _, body := p.get(t, http.MethodGet, trustDataPath(gun, "timestamp.json")); status != http.StatusOK {
 		t.Fatalf("timestamp.json: %d %s", status, body)
 	}
-	asked := w.Notary.Requests("")
+	asked, upstream := w.Notary.Requests(""), w.Registry.Requests("", "")
 	for _, c := range []struct {
 		path   string
 		status int
@@ -86,6 +86,11 @@ func TestTrustDataRefusals(t *testing.T) {
 		{trustDataPath(gun, "targets/../root.json"), 400, "NAME_INVALID", ""},
 		{trustDataPath(gun, "targets//releases.json"), 400, "NAME_INVALID", ""},
 		{"/v2/docker.io/library/app/_trust/tuf/targets%2Freleases.json", 400, "NAME_INVALID", ""},
+		{"/v2/docker.io/library/app/_trust/tuf/targets/%2e%2e/root.json", 400, "NAME_INVALID", ""},
+		{"/v2/docker.io/library/app/_trust/tuf/%2e%2e%2froot.json", 400, "NAME_INVALID", ""},
+		{trustDataPath(gun, "timestamp.json%00"), 404, "METADATA_NOT_FOUND", "not_signed"},
+		{trustDataPath(gun, strings.Repeat("targets/x", 2000)+".json"), 404, "METADATA_NOT_FOUND", "not_signed"},
+		{trustDataPath("docker.io/"+strings.Repeat("a/", 3000)+"app", "root.json"), 400, "NAME_INVALID", ""},
 		{trustDataPath("docker.io/library/plain", "root.json"), 404, "METADATA_NOT_FOUND", "no_trust_data"},
 		{trustDataPath("docker.io/other/app", "root.json"), 404, "METADATA_NOT_FOUND", "no_rule"},
 		{trustDataPath("docker.io/Library/app", "root.json"), 400, "NAME_INVALID", ""},
@@ -99,6 +104,9 @@ func TestTrustDataRefusals(t *testing.T) {
 	// data (once), never for a file name a client made up.
 	if n := w.Notary.Requests("") - asked; n > 2 {
 		t.Errorf("the refusals cost %d requests to the Notary server", n)
+	}
+	if n := w.Registry.Requests("", "") - upstream; n != 0 {
+		t.Errorf("the refusals cost %d requests to the upstream registry", n)
 	}
 	p.wantDecision(t, gun, "bogus.json", "denied", proxy.Reason(trust.NotSigned))
 	p.wantDecision(t, "docker.io/other/app", "root.json", "denied", proxy.Reason(trust.NoRule))
