@@ -118,7 +118,7 @@ type Signer struct {
 	// KeyIDs are TUF key IDs of the signer, either form (over the certificate,
 	// as targets.json lists it, or over the bare public key, as
 	// `notary key list` shows it).
-	KeyIDs []string `yaml:"key_ids"`
+	KeyIDs []string `yaml:"key_ids,omitempty"`
 
 	// Keys are the PKIX DER public keys of every PEM block of PublicKey
 	// (the key itself, or a certificate's), as Load read them. Nil without

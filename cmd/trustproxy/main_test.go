@@ -106,7 +106,7 @@ func TestServeEmbeddedDefaultRefusesWithHowTo(t *testing.T) {
 func TestCheckRefusedExitsOne(t *testing.T) {
 	t.Chdir(t.TempDir())
 	var out bytes.Buffer
-	err := run(t.Context(), []string{"check", "alpine:3"}, &out, io.Discard)
+	err := run(t.Context(), []string{"check", "--json", "alpine:3"}, &out, io.Discard)
 	if err != exitError(1) {
 		t.Fatalf("check: %v, want exit status 1\n%s", err, out.String())
 	}
@@ -180,7 +180,7 @@ trust:
 	}
 	check := func(cfg string) (map[string]any, error) {
 		var out bytes.Buffer
-		err := run(t.Context(), []string{"check", "--config", cfg, "docker.io/library/app:v1"}, &out, io.Discard)
+		err := run(t.Context(), []string{"check", "--json", "--config", cfg, "docker.io/library/app:v1"}, &out, io.Discard)
 		var v map[string]any
 		if jerr := json.Unmarshal(out.Bytes(), &v); jerr != nil {
 			t.Fatalf("check output %q: %v", out.String(), jerr)
@@ -256,5 +256,17 @@ func TestServeKeepsRegistryPathsAsSent(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("serve: %v", err)
+	}
+}
+
+// TestVersionNamesModules: `trustproxy version` names the build and the
+// version of each module in it, the trust library among them.
+func TestVersionNamesModules(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"version"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "trustproxy ") || !strings.Contains(out.String(), "\n  github.com/theupdateframework/notary v0.7.0\n") {
+		t.Fatalf("version output:\n%s", out.String())
 	}
 }
