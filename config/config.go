@@ -32,7 +32,16 @@ type Config struct {
 	Redis     Redis      `yaml:"redis"`
 	Limits    Limits     `yaml:"limits"`
 	Log       Log        `yaml:"log"`
+	Metrics   Metrics    `yaml:"metrics"`
 	Debug     Debug      `yaml:"debug"`
+}
+
+// Metrics is the listener of /metrics (Prometheus), apart from the
+// registry API: off unless Listen is set. It serves /healthz and /readyz
+// too; the registry listener serves those but not /metrics.
+type Metrics struct {
+	// Listen is its address, e.g. 127.0.0.1:9090 (TRUSTPROXY_METRICS_LISTEN).
+	Listen string `yaml:"listen"`
 }
 
 // TLS names the certificate and key files of the listener.

@@ -33,6 +33,7 @@ var defaultYAML []byte
 // The overrides, each replacing what the file says:
 //
 //	TRUSTPROXY_LISTEN            listen
+//	TRUSTPROXY_METRICS_LISTEN    metrics.listen
 //	TRUSTPROXY_DATA_DIR          data_dir
 //	TRUSTPROXY_LOG_LEVEL         log.level
 //	TRUSTPROXY_UPSTREAM_NAME     upstreams[0].name
@@ -184,6 +185,7 @@ func (c *Config) applyEnv(env []string) {
 	}
 	for key, field := range map[string]*string{
 		"TRUSTPROXY_LISTEN":            &c.Listen,
+		"TRUSTPROXY_METRICS_LISTEN":    &c.Metrics.Listen,
 		"TRUSTPROXY_DATA_DIR":          &c.DataDir,
 		"TRUSTPROXY_LOG_LEVEL":         &c.Log.Level,
 		"TRUSTPROXY_UPSTREAM_NAME":     &u.Name,

@@ -44,13 +44,8 @@ func (c *Config) validate() error {
 	c.validateScan(&p)
 	c.validateRedis(&p)
 	c.validateLimits(&p)
-	if c.Debug.Listen != "" {
-		if _, port, err := net.SplitHostPort(c.Debug.Listen); err != nil {
-			p.addf("debug.listen", "%v; want host:port, e.g. 127.0.0.1:6060", err)
-		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-			p.addf("debug.listen", "port %q is not a number from 0 to 65535", port)
-		}
-	}
+	validateListen(&p, "metrics.listen", c.Metrics.Listen, "127.0.0.1:9090")
+	validateListen(&p, "debug.listen", c.Debug.Listen, "127.0.0.1:6060")
 	if c.Debug.BlockProfileRate < 0 || c.Debug.MutexProfileFraction < 0 {
 		p.addf("debug", "block_profile_rate and mutex_profile_fraction must not be negative")
 	}
@@ -655,4 +650,16 @@ func parsePublicKeys(name string, b []byte) ([][]byte, error) {
 		return nil, fmt.Errorf("%s holds no PEM block; want a PUBLIC KEY or CERTIFICATE", name)
 	}
 	return keys, nil
+}
+
+// validateListen checks addr, an optional listener address of field.
+func validateListen(p *problems, field, addr, example string) {
+	if addr == "" {
+		return
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil {
+		p.addf(field, "%v; want host:port, e.g. %s", err, example)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		p.addf(field, "port %q is not a number from 0 to 65535", port)
+	}
 }

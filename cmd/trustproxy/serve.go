@@ -31,7 +31,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	select {
 	case err := <-s.failed:
 		_ = s.http.Close()
-		s.closeDebug()
+		s.closeSide()
 		closeCtx, cancel := context.WithTimeout(context.Background(), fillStopTimeout)
 		defer cancel()
 		return errors.Join(err, s.proxy.Close(closeCtx))
@@ -48,11 +48,12 @@ const fillStopTimeout = 10 * time.Second
 // server is a running trustproxy: its HTTP server, the proxy behind it, the
 // address it listens on, and the listener's failure, if it fails.
 type server struct {
-	http   *http.Server
-	debug  *http.Server // nil without debug.listen
-	proxy  *proxy.Server
-	addr   string
-	failed <-chan error // receives the error Serve returned, other than ErrServerClosed
+	http    *http.Server
+	debug   *http.Server // nil without debug.listen
+	metrics *http.Server // nil without metrics.listen
+	proxy   *proxy.Server
+	addr    string
+	failed  <-chan error // receives the error Serve returned, other than ErrServerClosed
 }
 
 // start wires trustproxy from cfg and starts serving.
@@ -69,13 +70,17 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 		_ = p.Close(ctx)
 		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	// Ready, also when degraded: it still serves what it can verify.
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(p.Ready() + "\n")) })
+	health := healthMux(p)
+	metrics, err := startMetrics(cfg.Metrics, health, reg, log)
+	if err != nil {
+		_ = p.Close(ctx)
+		if debug != nil {
+			_ = debug.Close()
+		}
+		return nil, err
+	}
 	srv := &http.Server{
-		Handler:           p.Handler(mux),
+		Handler:           p.Handler(health),
 		ReadHeaderTimeout: 10 * time.Second,
 		// Reset at each request; /v2/ responses extend it per write
 		// (proxy's timedWriter), so only a client that stops reading hits it.
@@ -87,8 +92,10 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		_ = p.Close(ctx)
-		if debug != nil {
-			_ = debug.Close()
+		for _, side := range []*http.Server{debug, metrics} {
+			if side != nil {
+				_ = side.Close()
+			}
 		}
 		return nil, fmt.Errorf("listen: %w (set listen: in the config, or TRUSTPROXY_LISTEN)", err)
 	}
@@ -112,7 +119,7 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 		}
 		failed <- err
 	}()
-	return &server{http: srv, debug: debug, proxy: p, addr: l.Addr().String(), failed: failed}, nil
+	return &server{http: srv, debug: debug, metrics: metrics, proxy: p, addr: l.Addr().String(), failed: failed}, nil
 }
 
 // stop stops s gracefully: the listener closes at once, requests in flight
@@ -127,16 +134,56 @@ func (s *server) stop(timeout time.Duration, log *slog.Logger) error {
 		log.Warn("requests still running at limits.shutdown_timeout: their connections are closed", "shutdown_timeout", timeout, "err", err)
 		_ = s.http.Close()
 	}
-	s.closeDebug()
+	s.closeSide()
 	closeCtx, cancelClose := context.WithTimeout(context.Background(), fillStopTimeout)
 	defer cancelClose()
 	return s.proxy.Close(closeCtx)
 }
 
-func (s *server) closeDebug() {
-	if s.debug != nil {
-		_ = s.debug.Close()
+// closeSide closes the debug and metrics listeners.
+func (s *server) closeSide() {
+	for _, side := range []*http.Server{s.debug, s.metrics} {
+		if side != nil {
+			_ = side.Close()
+		}
 	}
+}
+
+// healthMux serves /healthz (alive) and /readyz (proxy.Server.Readiness:
+// 503 when the replica cannot serve), on both listeners.
+func healthMux(p *proxy.Server) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ready := p.Readiness(r.Context())
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !ready.OK {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = w.Write([]byte(ready.String()))
+	})
+	return mux
+}
+
+// startMetrics serves /metrics from reg, and health's routes, on
+// cfg.Listen, apart from the registry API. It returns the server to close
+// at stop, or nil when no metrics listener is configured.
+func startMetrics(cfg config.Metrics, health *http.ServeMux, reg *prometheus.Registry, log *slog.Logger) (*http.Server, error) {
+	if cfg.Listen == "" {
+		log.Info("no metrics listener: set metrics.listen (or TRUSTPROXY_METRICS_LISTEN) to serve /metrics")
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w (set metrics.listen to a free address, or remove it)", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/", health)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	log.Info("metrics serving", "addr", l.Addr())
+	return srv, nil
 }
 
 // warnings logs what an operator should know about cfg at start.

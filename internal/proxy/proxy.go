@@ -32,6 +32,8 @@ type Verifier interface {
 	// Metadata returns the signed bytes of a file of notary's read API
 	// that the verified view rests on.
 	Metadata(ctx context.Context, name gun.Name, r *config.Rule, view *trust.View, file string) ([]byte, error)
+	// Servers checks each Notary server, for /readyz.
+	Servers(ctx context.Context) []trust.ServerState
 }
 
 var _ Verifier = (*trust.Verifier)(nil)
@@ -62,6 +64,7 @@ type Server struct {
 	decisions *slog.Logger
 	metrics   *metrics
 
+	ready     readiness
 	manifests singleflight.Group           // one upstream manifest fetch per gun.Name.At
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
 }
@@ -69,7 +72,11 @@ type Server struct {
 // New returns the registry read API for cfg's upstreams over p. Every route
 // to content asks p.Verify first. Metrics are registered on reg.
 func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
-	ups, err := upstream.NewSet(cfg)
+	um, err := upstream.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	ups, err := upstream.NewSet(cfg, um)
 	if err != nil {
 		return nil, err
 	}
@@ -112,15 +119,6 @@ func (s *Server) setDegraded(down bool) {
 	s.metrics.degraded.Set(v)
 }
 
-// Ready says whether the Server serves with everything it was configured
-// with: "ok", or what it is doing without (it still serves).
-func (s *Server) Ready() string {
-	if s.shared != nil && s.shared.Health.Degraded() {
-		return "degraded: redis unreachable; serving with this replica's own trust floor"
-	}
-	return "ok"
-}
-
 // Close stops the blob fills (fill.Fills.Close): from its call on, a
 // request that would start or join one gets 503 UNAVAILABLE, and every
 // running fill is cancelled, nothing partial committed. Requests that need
@@ -142,9 +140,9 @@ func (s *Server) Handler(other http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch p := r.URL.Path; {
 		case p == "/v2" || strings.HasPrefix(p, "/v2/"):
-			s.ServeHTTP(w, r)
+			s.ServeHTTP(w, withRequestID(w, r))
 		case strings.HasPrefix(p, "/admin/"):
-			s.adminHandler(w, r)
+			s.adminHandler(w, withRequestID(w, r))
 		case p == "/internal/fills":
 			s.fills.ServePeer(w, r)
 		default:

@@ -28,7 +28,7 @@ func parseServer(t testing.TB) *Server {
 			{Name: "ghcr.io", Endpoint: config.Endpoint{URL: "https://ghcr.io"}},
 		},
 		Limits: config.Limits{UpstreamTimeout: 5 * time.Second},
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -305,13 +305,15 @@ func (p *instance) wantDecision(t *testing.T, repo, ref, verdict string, reason 
 	}
 }
 
-// counter reads trustproxy_decisions_total{verdict,reason}.
+// decisions sums trustproxy_decisions_total{verdict,reason} over its
+// other labels (upstream, rule).
 func (p *instance) decisions(t *testing.T, verdict, reason string) float64 {
 	t.Helper()
 	mfs, err := p.metrics.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != "trustproxy_decisions_total" {
 			continue
@@ -322,11 +324,11 @@ func (p *instance) decisions(t *testing.T, verdict, reason string) float64 {
 				labels[l.GetName()] = l.GetValue()
 			}
 			if labels["verdict"] == verdict && labels["reason"] == reason {
-				return m.GetCounter().GetValue()
+				sum += m.GetCounter().GetValue()
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // storedBlobs lists the blob digests in trustproxy's filesystem storage.

@@ -71,8 +71,9 @@ type upstream struct {
 }
 
 type cached struct {
-	view  *View
-	until time.Time
+	view     *View
+	until    time.Time
+	upstream string // the name of the repository's upstream
 }
 
 // refused is a repository refusal remembered until until, so that a flood
@@ -204,7 +205,7 @@ func (v *Verifier) View(ctx context.Context, name gun.Name, r *config.Rule) (*Vi
 		store := v.meta.For(gun, a.stamp)
 		if view, until := v.shared.verdict(gun, policyStamp(r, a), store); view != nil {
 			until = earliest(until, view.Checked.Add(v.ttl)) // never longer than this replica's own refresh_ttl
-			v.views.Add(gun, cached{view: view, until: until})
+			v.views.Add(gun, cached{view: view, until: until, upstream: up.cfg.Name})
 			return view, nil
 		}
 		view, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up, a)
@@ -284,7 +285,7 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 	if view.Unreachable != "" {
 		until = earliest(until, view.Refreshed.Add(r.MaxStaleness))
 	}
-	v.views.Add(gun, cached{view: view, until: until})
+	v.views.Add(gun, cached{view: view, until: until, upstream: up.cfg.Name})
 	v.shared.putVerdict(view, policyStamp(r, a), until)
 	return view, nil
 }
