@@ -888,9 +888,10 @@ func TestExample(t *testing.T) {
 			ReportTokenFile: path("secrets/ci-report-token"), ReportToken: "0123456789abcdef0123456789abcdef",
 			CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute,
 		},
-		Redis:  defaults().Redis,
-		Limits: defaults().Limits,
-		Log:    Log{Level: "info"},
+		Redis:   defaults().Redis,
+		Limits:  defaults().Limits,
+		Log:     Log{Level: "info"},
+		Metrics: Metrics{Listen: "127.0.0.1:9090"},
 	}
 	s := want.Trust.Signers
 	want.Trust.Rules[0].TrustedSigners = []*Signer{&s[1], &s[2]}

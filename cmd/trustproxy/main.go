@@ -85,7 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return serve(ctx, cfg, newLogger(stderr, cfg.Log.Level))
+		level := logLevel(cfg.Log.Level)
+		return serve(ctx, cfg, *file, level, slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})))
 	case "demo":
 		fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 		listen := fs.String("listen", "127.0.0.1:5000", "`address` trustproxy listens on")
@@ -154,11 +155,18 @@ func loadConfig(file string) (*config.Config, error) {
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: logLevel(level)}))
+}
+
+// logLevel is the slog level of log.level, as a variable a reload sets.
+func logLevel(level string) *slog.LevelVar {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		l = slog.LevelInfo
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+	v := &slog.LevelVar{}
+	v.Set(l)
+	return v
 }
 
 // writeVersion prints trustproxy's version, then the Go version and the

@@ -8,6 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,16 +19,29 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/reload"
 	"github.com/trustproxy/trustproxy/internal/wiring"
 )
 
 // serve runs trustproxy until ctx ends (SIGTERM or SIGINT, see main) or its
 // listener fails, whose error it returns. On ctx's end it stops as
 // server.stop says.
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	s, err := start(ctx, cfg, log)
+//
+// With a configuration file, the configuration is reloaded on SIGHUP and
+// when the file or a file it names changes (internal/reload); level is the
+// log level, which a reload sets.
+func serve(ctx context.Context, cfg *config.Config, file string, level *slog.LevelVar, log *slog.Logger) error {
+	s, err := start(ctx, cfg, file, level, log)
 	if err != nil {
 		return err
+	}
+	if s.reload != nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go s.reload.Watch(watchCtx, reloadInterval, hup)
 	}
 	log.Info("trustproxy serving", "addr", s.addr, "upstreams", len(cfg.Upstreams), "version", buildVersion())
 	select {
@@ -41,6 +57,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return s.stop(cfg.Limits.ShutdownTimeout, log)
 }
 
+// reloadInterval is how often the configuration file and the files it
+// names are checked for changes.
+var reloadInterval = 2 * time.Second
+
 // fillStopTimeout bounds the wait for cancelled blob fills to end (their
 // uploads cancelled, spool files removed) once the requests are done.
 const fillStopTimeout = 10 * time.Second
@@ -49,15 +69,18 @@ const fillStopTimeout = 10 * time.Second
 // address it listens on, and the listener's failure, if it fails.
 type server struct {
 	http    *http.Server
-	debug   *http.Server // nil without debug.listen
-	metrics *http.Server // nil without metrics.listen
+	debug   *http.Server     // nil without debug.listen
+	metrics *http.Server     // nil without metrics.listen
+	reload  *reload.Reloader // nil without a configuration file
 	proxy   *proxy.Server
 	addr    string
 	failed  <-chan error // receives the error Serve returned, other than ErrServerClosed
 }
 
-// start wires trustproxy from cfg and starts serving.
-func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, error) {
+// start wires trustproxy from cfg and starts serving. With file, the
+// configuration cfg was loaded from, it also prepares its reloads, which
+// set level.
+func start(ctx context.Context, cfg *config.Config, file string, level *slog.LevelVar, log *slog.Logger) (*server, error) {
 	warnings(cfg, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -65,12 +88,27 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 	if err != nil {
 		return nil, err
 	}
+	var rl *reload.Reloader
+	if file != "" {
+		apply := func(next *config.Config) error {
+			if err := p.Reconfigure(next); err != nil {
+				return err
+			}
+			level.Set(logLevel(next.Log.Level).Level())
+			warnings(next, log)
+			return nil
+		}
+		if rl, err = reload.New(file, os.Environ(), cfg, apply, log, reg); err != nil {
+			_ = p.Close(ctx)
+			return nil, err
+		}
+	}
 	debug, err := startDebug(cfg.Debug, log)
 	if err != nil {
 		_ = p.Close(ctx)
 		return nil, err
 	}
-	health := healthMux(p)
+	health := healthMux(p, rl)
 	metrics, err := startMetrics(cfg.Metrics, health, reg, log)
 	if err != nil {
 		_ = p.Close(ctx)
@@ -119,7 +157,7 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 		}
 		failed <- err
 	}()
-	return &server{http: srv, debug: debug, metrics: metrics, proxy: p, addr: l.Addr().String(), failed: failed}, nil
+	return &server{http: srv, debug: debug, metrics: metrics, reload: rl, proxy: p, addr: l.Addr().String(), failed: failed}, nil
 }
 
 // stop stops s gracefully: the listener closes at once, requests in flight
@@ -150,8 +188,9 @@ func (s *server) closeSide() {
 }
 
 // healthMux serves /healthz (alive) and /readyz (proxy.Server.Readiness:
-// 503 when the replica cannot serve), on both listeners.
-func healthMux(p *proxy.Server) *http.ServeMux {
+// 503 when the replica cannot serve; and the running configuration's
+// fingerprint when rl is not nil), on both listeners.
+func healthMux(p *proxy.Server, rl *reload.Reloader) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -161,6 +200,9 @@ func healthMux(p *proxy.Server) *http.ServeMux {
 			w.WriteHeader(http.StatusServiceUnavailable)
 		}
 		_, _ = w.Write([]byte(ready.String()))
+		if rl != nil {
+			_, _ = w.Write([]byte("config: " + rl.Fingerprint() + "\n"))
+		}
 	})
 	return mux
 }

@@ -81,7 +81,7 @@ func (s *Server) decide(ctx context.Context, req *request, opt decideOptions) (*
 	d := &Decision{Repository: req.name.String(), Upstream: req.name.Upstream(), Ref: req.ref, Kind: req.kind.String(),
 		Digest: req.dgst, Size: -1, desc: v1.Descriptor{Digest: req.dgst, Size: -1}}
 	if req.kind != kindWrite {
-		d.Rule = s.cfg.Trust.RuleFor(d.Repository)
+		d.Rule = req.pol.cfg.Trust.RuleFor(d.Repository)
 	}
 	return s.conclude(ctx, req, d, s.judge(ctx, req, d, opt))
 }

@@ -100,7 +100,7 @@ func (s *Server) fetchManifest(ctx context.Context, req *request, ms distributio
 	refuse := func(reason Reason, detail string) error {
 		return &Refusal{GUN: req.name.String(), Ref: want.Digest.String(), Reason: reason, Detail: detail}
 	}
-	limit := s.cfg.Limits.ManifestBytes
+	limit := s.limits.ManifestBytes
 	if want.Size > limit {
 		return nil, refuse(ReasonInvalidManifest, fmt.Sprintf("the signed manifest is %d bytes, over limits.manifest_bytes (%d)", want.Size, limit))
 	}

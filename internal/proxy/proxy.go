@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/api/errcode"
@@ -34,6 +35,35 @@ type Verifier interface {
 	Metadata(ctx context.Context, name gun.Name, r *config.Rule, view *trust.View, file string) ([]byte, error)
 	// Servers checks each Notary server, for /readyz.
 	Servers(ctx context.Context) []trust.ServerState
+	// Reconfigure takes the trust settings of a reloaded configuration.
+	Reconfigure(cfg *config.Config) error
+}
+
+// policy is the part of the configuration a reload changes, swapped whole:
+// the rules, signers and pins (cfg.Trust, with the trust verifier's own
+// copy), the upstreams and their clients, the scan policies in the rules
+// and the report token.
+type policy struct {
+	cfg       *config.Config
+	upstreams *upstream.Set
+}
+
+// Reconfigure makes cfg (as config.Load returns it) the configuration of
+// the requests that arrive from now on: their upstreams, rules, signers,
+// pins and scan policies. Requests under way end under the configuration
+// they began with. What New built from cfg's other settings (storage,
+// Redis, limits, the scan gate's scanners) stays: internal/reload says
+// which settings need a restart. On error nothing changed.
+func (s *Server) Reconfigure(cfg *config.Config) error {
+	ups, err := upstream.NewSet(cfg, s.upstreamM)
+	if err != nil {
+		return err
+	}
+	if err := s.verify.Reconfigure(cfg); err != nil {
+		return err
+	}
+	s.policy.Store(&policy{cfg: cfg, upstreams: ups})
+	return nil
 }
 
 var _ Verifier = (*trust.Verifier)(nil)
@@ -51,7 +81,10 @@ type Parts struct {
 
 // Server is the registry read API. It is an http.Handler for /v2/.
 type Server struct {
-	cfg       *config.Config
+	// policy is what a configuration reload changes (Reconfigure); limits
+	// and the rest are the configuration New was given.
+	policy    atomic.Pointer[policy]
+	limits    config.Limits
 	store     distribution.Namespace
 	driver    storagedriver.StorageDriver
 	verify    Verifier
@@ -59,7 +92,7 @@ type Server struct {
 	shared    *cache.Shared
 	graph     refgraph.Graph
 	fills     *fill.Fills
-	upstreams *upstream.Set
+	upstreamM *upstream.Metrics
 	log       *slog.Logger
 	decisions *slog.Logger
 	metrics   *metrics
@@ -97,10 +130,11 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 		p.Graph = refgraph.NewMemory()
 	}
 	s := &Server{
-		cfg: cfg, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
-		graph: p.Graph, fills: fills, upstreams: ups,
+		limits: cfg.Limits, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
+		graph: p.Graph, fills: fills, upstreamM: um,
 		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec,
 	}
+	s.policy.Store(&policy{cfg: cfg, upstreams: ups})
 	if sh := p.Shared; sh != nil {
 		sh.Health.Watch(s.setDegraded)
 		if u := strings.TrimSuffix(cfg.Redis.ReplicaURL, "/"); u != "" {
@@ -155,7 +189,7 @@ func (s *Server) Handler(other http.Handler) http.Handler {
 // is not; a write is refused by decide. Each write to the client is
 // bounded by limits.client_write_timeout.
 func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	w := newTimedWriter(rw, s.cfg.Limits.ClientWriteTimeout)
+	w := newTimedWriter(rw, s.limits.ClientWriteTimeout)
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		_, err := s.decide(r.Context(), s.writeRequest(r), decideOptions{})

@@ -33,8 +33,9 @@ const healthTimeout = 5 * time.Second
 // whose verified trust data this replica holds and may still serve. The
 // checks run at once; upstreams without a Notary server are left out.
 func (v *Verifier) Servers(ctx context.Context) []ServerState {
-	names := make([]string, 0, len(v.upstreams))
-	for name, up := range v.upstreams {
+	upstreams := v.settings.Load().upstreams
+	names := make([]string, 0, len(upstreams))
+	for name, up := range upstreams {
 		if up.client != nil {
 			names = append(names, name)
 		}
@@ -53,7 +54,7 @@ func (v *Verifier) Servers(ctx context.Context) []ServerState {
 		out[i] = ServerState{Upstream: name, Fresh: fresh[name]}
 		go func() {
 			defer func() { done <- struct{}{} }()
-			out[i].Reachable, out[i].Err = v.health(ctx, v.upstreams[name])
+			out[i].Reachable, out[i].Err = v.health(ctx, upstreams[name])
 		}()
 	}
 	for range names {

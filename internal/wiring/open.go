@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage"
@@ -78,15 +77,12 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	return proxy.New(cfg, parts, log, reg)
 }
 
-// newGate builds the scan gate when the configuration has one: a rule with
-// a scan policy, a scanner, or a token for posted reports. With Redis, its
-// reports are shared and its credential key is derived from the state key,
-// so a scanner's pull may reach any replica.
+// newGate builds the scan gate, also when no rule has a scan policy yet: a
+// configuration reload may add one, which must then be enforced. With
+// Redis, its reports are shared and its credential key is derived from the
+// state key, so a scanner's pull may reach any replica.
 func newGate(cfg *config.Config, shared *cache.Shared, log *slog.Logger, reg prometheus.Registerer) (*scan.Gate, error) {
 	sc := cfg.Scan
-	if !slices.ContainsFunc(cfg.Trust.Rules, func(r config.Rule) bool { return r.Scan != nil }) && len(sc.Scanners) == 0 && sc.ReportToken == "" {
-		return nil, nil
-	}
 	dir := filepath.Join(cfg.DataDir, "scan")
 	store, err := cache.NewReportStore(dir)
 	if err != nil {
