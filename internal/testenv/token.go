@@ -49,6 +49,7 @@ type TokenServer struct {
 	anonymous []string          // path.Match patterns of repositories anonymous may pull
 	expiresIn int
 	counts    map[string]int // by user, "" for anonymous and "!" for refused
+	scopes    map[string]int // by user + " " + scope
 	tokens    []string       // every token issued
 	down      bool
 }
@@ -79,6 +80,7 @@ func NewTokenServer(t testing.TB) *TokenServer {
 		users:          map[string]string{},
 		expiresIn:      300,
 		counts:         map[string]int{},
+		scopes:         map[string]int{},
 	}
 	writeFile(t, s.RootCertBundle, pemBlock("CERTIFICATE", der))
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
@@ -131,6 +133,14 @@ func (s *TokenServer) Requests(user string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.counts[user]
+}
+
+// RequestsFor counts the token requests made as user that asked for scope
+// (repository:library/app:pull).
+func (s *TokenServer) RequestsFor(user, scope string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.scopes[user+" "+scope]
 }
 
 // Tokens are the tokens issued so far.
@@ -186,6 +196,9 @@ func (s *TokenServer) serve(w http.ResponseWriter, r *http.Request) {
 		user = ""
 	}
 	s.counts[user]++
+	for _, sc := range q["scope"] {
+		s.scopes[user+" "+sc]++
+	}
 	if service == "" {
 		http.Error(w, `{"details":"no service"}`, http.StatusBadRequest)
 		return
