@@ -152,8 +152,8 @@ func (s *dockerConfigSource) resolve() (string, string, error) {
 	}
 	ac, err := store.Get(s.key)
 	if err != nil {
-		// The helper's own words: docker-credential-helpers does not put
-		// the secret in its errors.
+		// docker-credential-helpers' error carries the helper's output
+		// when it fails (never its JSON answer, which only success has).
 		return "", "", fmt.Errorf("%s.docker_config %s: credentials for %s: %w", s.field, s.path, s.key, err)
 	}
 	if ac.IdentityToken != "" || ac.RegistryToken != "" {
