@@ -77,9 +77,20 @@ type Endpoint struct {
 	// URL is the server's base URL: its origin receives the credentials.
 	URL string `yaml:"url"`
 	// CAFile is a PEM file of CA certificates trusted besides the system's.
-	CAFile   string `yaml:"ca_file"`
+	CAFile string `yaml:"ca_file"`
+	// The credentials come from one source at most: Username with
+	// Password, Username with PasswordFile, or DockerConfig.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// PasswordFile is a file holding Username's password on one line. It
+	// is read again whenever it changes, so a rotated password needs no
+	// restart.
+	PasswordFile string `yaml:"password_file"`
+	// DockerConfig is a docker CLI config file (config.json) whose
+	// credHelpers, credsStore or auths entry for URL's host gives the
+	// credentials, resolved when they are used (a helper is asked again
+	// after a minute, or at once when the server refuses its answer).
+	DockerConfig string `yaml:"docker_config"`
 	// TokenRealms are the origins (scheme://host[:port]) besides URL's own
 	// that may receive token requests, with the credentials: a challenge
 	// naming any other realm is refused.

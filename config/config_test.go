@@ -526,6 +526,21 @@ func TestEndpointErrors(t *testing.T) {
 		{name: "password without username", endpoint: "url: https://x.example\npassword: p", want: []string{".username: required with a password"}},
 		{name: "ca file missing", endpoint: "url: https://x.example\nca_file: nope.pem", want: []string{".ca_file: file ", "does not exist"}},
 		{
+			name:     "two credential sources",
+			endpoint: "url: https://x.example\nusername: u\npassword: hunter2\ndocker_config: nope.json",
+			want:     []string{".docker_config: set together with password: give the credentials from one source only"},
+		},
+		{
+			name:     "password and password file",
+			endpoint: "url: https://x.example\nusername: u\npassword: hunter2\npassword_file: nope",
+			want:     []string{".password_file: set together with password"},
+		},
+		{name: "password file without username", endpoint: "url: https://x.example\npassword_file: nope", want: []string{".username: required with a password_file"}},
+		{name: "password file missing", endpoint: "url: https://x.example\nusername: u\npassword_file: nope", want: []string{".password_file: file ", "does not exist"}},
+		{name: "docker config with username", endpoint: "url: https://x.example\nusername: u\ndocker_config: nope.json", want: []string{".username: not allowed with docker_config"}},
+		{name: "docker config missing", endpoint: "url: https://x.example\ndocker_config: nope.json", want: []string{".docker_config: file ", "does not exist"}},
+		{name: "docker config not JSON", endpoint: "url: https://x.example\ndocker_config: default.yaml", want: []string{".docker_config: ", "is not a docker config file"}},
+		{
 			name:     "token realms",
 			endpoint: "url: https://x.example\ntoken_realms: [https://auth.example/token, auth.example]",
 			want:     []string{".token_realms[0]: ", "scheme://host[:port]", ".token_realms[1]: ", "want an origin"},
@@ -830,6 +845,8 @@ func TestExample(t *testing.T) {
 		"certs/trivy-ca.pem":          registryCA.cert,
 		"secrets/trivy-authorization": []byte("Bearer trivy-adapter-token\n"),
 		"secrets/ci-report-token":     []byte("0123456789abcdef0123456789abcdef\n"),
+		"secrets/dockerhub-password":  []byte("change-me\n"),
+		"secrets/docker-config.json":  []byte(`{"credHelpers": {"registry.example.com:5443": "ecr-login"}}`),
 	})
 	got, err := LoadFile(filepath.Join(dir, "trustproxy.yaml"), nil)
 	if err != nil {
@@ -846,7 +863,7 @@ func TestExample(t *testing.T) {
 			{
 				Name: "docker.io",
 				Endpoint: Endpoint{URL: "https://registry-1.docker.io", CAFile: path("certs/registry-ca.pem"),
-					Username: "trustproxy", Password: "change-me", TokenRealms: []string{"https://auth.docker.io"}},
+					Username: "trustproxy", PasswordFile: path("secrets/dockerhub-password"), TokenRealms: []string{"https://auth.docker.io"}},
 				RedirectHosts: []string{},
 				Notary: Endpoint{URL: "https://notary.example.internal", CAFile: path("certs/notary-ca.pem"), Username: "trustproxy", Password: "change-me",
 					TokenRealms: []string{"https://auth.example.internal"}},
@@ -854,7 +871,7 @@ func TestExample(t *testing.T) {
 			{
 				Name: "registry.example.com:5443",
 				Endpoint: Endpoint{URL: "https://registry.example.com:5443", CAFile: path("certs/registry-ca.pem"),
-					Username: "mirror", Password: "change-me"},
+					DockerConfig: path("secrets/docker-config.json")},
 				RedirectHosts: []string{"minio.example.com:9000"},
 				Notary:        Endpoint{URL: "https://notary.example.com:4443", CAFile: path("certs/notary-ca.pem"), Username: "mirror", Password: "change-me"},
 			},

@@ -11,7 +11,8 @@ import (
 func (c *Config) Files() []string {
 	files := []string{c.TLS.CertFile, c.TLS.KeyFile, c.Scan.ReportTokenFile, c.Redis.PasswordFile, c.Redis.StateKeyFile, c.Redis.TLS.CAFile}
 	for _, u := range c.Upstreams {
-		files = append(files, u.CAFile, u.Notary.CAFile)
+		files = append(files, u.CAFile, u.PasswordFile, u.DockerConfig,
+			u.Notary.CAFile, u.Notary.PasswordFile, u.Notary.DockerConfig)
 	}
 	for _, f := range c.Trust.Pinning.CA {
 		files = append(files, f)

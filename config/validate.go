@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -126,7 +127,7 @@ func (c *Config) validateUpstreams(p *problems) {
 		switch n := u.Notary; {
 		case n.URL != "":
 			validateEndpoint(p, f+".notary", n)
-		case n.CAFile != "" || n.Username != "" || n.Password != "" || len(n.TokenRealms) > 0:
+		case n.CAFile != "" || n.Username != "" || n.Password != "" || n.PasswordFile != "" || n.DockerConfig != "" || len(n.TokenRealms) > 0:
 			p.addf(f+".notary.url", "required with notary ca_file, credentials or token_realms")
 		}
 	}
@@ -143,10 +144,53 @@ func validateEndpoint(p *problems, field string, e Endpoint) {
 			p.addf(field+".ca_file", "%v", err)
 		}
 	}
-	if e.Password != "" && e.Username == "" {
+	validateCredentials(p, field, e)
+	checkRealms(p, field+".token_realms", e.TokenRealms)
+}
+
+// validateCredentials checks that e names one source of credentials at
+// most (password, password_file or docker_config), with the username it
+// needs, and that the file it names is readable now. The secret itself is
+// read again when used (internal/egress), never kept here.
+func validateCredentials(p *problems, field string, e Endpoint) {
+	var set []string
+	for _, s := range []struct{ name, v string }{{"password", e.Password}, {"password_file", e.PasswordFile}, {"docker_config", e.DockerConfig}} {
+		if s.v != "" {
+			set = append(set, s.name)
+		}
+	}
+	if len(set) > 1 {
+		p.addf(field+"."+set[1], "set together with %s: give the credentials from one source only (password, password_file or docker_config)", set[0])
+		return
+	}
+	switch {
+	case e.DockerConfig != "":
+		if e.Username != "" {
+			p.addf(field+".username", "not allowed with docker_config: the docker config gives the username")
+		}
+		b, err := readFile(e.DockerConfig)
+		if err != nil {
+			p.addf(field+".docker_config", "%v", err)
+			break
+		}
+		var cf struct {
+			Auths       map[string]json.RawMessage `json:"auths"`
+			CredHelpers map[string]string          `json:"credHelpers"`
+			CredsStore  string                     `json:"credsStore"`
+		}
+		if err := json.Unmarshal(b, &cf); err != nil {
+			p.addf(field+".docker_config", "%s is not a docker config file (JSON with auths, credHelpers or credsStore): %v", e.DockerConfig, err)
+		}
+	case e.PasswordFile != "":
+		if e.Username == "" {
+			p.addf(field+".username", "required with a password_file")
+		}
+		if _, err := readSecret(e.PasswordFile); err != nil {
+			p.addf(field+".password_file", "%v", err)
+		}
+	case e.Password != "" && e.Username == "":
 		p.addf(field+".username", "required with a password")
 	}
-	checkRealms(p, field+".token_realms", e.TokenRealms)
 }
 
 func (c *Config) validateTrust(p *problems) {
