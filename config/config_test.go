@@ -40,8 +40,8 @@ func defaults() *Config {
 			MaxStaleness: 24 * time.Hour,
 			RefusalTTL:   10 * time.Second,
 		},
-		Scan:  Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
-		Redis: Redis{KeyPrefix: "trustproxy:"},
+		Scan:      Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
+		Redis:     Redis{KeyPrefix: "trustproxy:"},
 		Retention: Retention{Interval: time.Hour},
 		Limits: Limits{
 			ManifestBytes:      4 << 20,
