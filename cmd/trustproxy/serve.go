@@ -51,7 +51,7 @@ type server struct {
 	http    *http.Server
 	debug   *http.Server // nil without debug.listen
 	metrics *http.Server // nil without metrics.listen
-	proxy   *proxy.Server
+	proxy   *wiring.Proxy // its Close stops the storage collector, then the fills
 	addr    string
 	failed  <-chan error // receives the error Serve returned, other than ErrServerClosed
 }
@@ -70,7 +70,7 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 		_ = p.Close(ctx)
 		return nil, err
 	}
-	health := healthMux(p)
+	health := healthMux(p.Server)
 	metrics, err := startMetrics(cfg.Metrics, health, reg, log)
 	if err != nil {
 		_ = p.Close(ctx)
@@ -119,6 +119,9 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 		}
 		failed <- err
 	}()
+	if p.Retention != nil {
+		p.Retention.Start()
+	}
 	return &server{http: srv, debug: debug, metrics: metrics, proxy: p, addr: l.Addr().String(), failed: failed}, nil
 }
 
