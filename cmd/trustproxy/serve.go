@@ -49,8 +49,8 @@ const fillStopTimeout = 10 * time.Second
 // address it listens on, and the listener's failure, if it fails.
 type server struct {
 	http    *http.Server
-	debug   *http.Server // nil without debug.listen
-	metrics *http.Server // nil without metrics.listen
+	debug   *http.Server  // nil without debug.listen
+	metrics *http.Server  // nil without metrics.listen
 	proxy   *wiring.Proxy // its Close stops the storage collector, then the fills
 	addr    string
 	failed  <-chan error // receives the error Serve returned, other than ErrServerClosed

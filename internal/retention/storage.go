@@ -88,7 +88,7 @@ func scan(ctx context.Context, d storagedriver.StorageDriver) (*inventory, error
 	return inv, nil
 }
 
-// addLink adds the link at p (under the repositories root): 
+// addLink adds the link at p (under the repositories root):
 // <repo>/_layers/<alg>/<hex>/link, <repo>/_manifests/revisions/<alg>/<hex>/link
 // or <repo>/_manifests/tags/<tag>/index/<alg>/<hex>/link. Other links
 // (a tag's current) are not needed: removing a revision removes its index
