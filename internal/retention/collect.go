@@ -44,6 +44,8 @@ type Report struct {
 	// Kept counts what was chosen for removal and then kept at the last
 	// check: pulled during the collection, being filled, or rewritten.
 	Kept int
+	// Failed counts removals that storage refused (logged each).
+	Failed int
 	// OverBudget says the live content alone exceeds max_bytes.
 	OverBudget bool
 }
@@ -405,7 +407,15 @@ func (c *Collector) sweep(ctx context.Context, m *mark, start time.Time, remove 
 		}
 		if !c.cfg.DryRun {
 			if err := c.removeBlob(ctx, it.d, linkedIn[it.d], m.inv); err != nil {
-				return err
+				// A fill may have written the blob again as it was being
+				// removed (a filesystem directory not empty): it stays.
+				if fi, serr := c.driver.Stat(ctx, blobData(it.d)); serr == nil && fi.ModTime().After(start.Add(-fresh)) {
+					rep.Kept++
+					continue
+				}
+				rep.Failed++
+				c.log.Warn("cannot remove a blob; the next collection tries again", "digest", it.d, "err", err)
+				continue
 			}
 			c.metrics.removed.WithLabelValues(kind).Inc()
 			c.metrics.freed.Add(float64(it.size))
@@ -473,7 +483,7 @@ func (c *Collector) report(start time.Time, rep *Report, err error) {
 		c.metrics.stored.Set(float64(rep.Stored - rep.Freed*boolInt(!rep.DryRun)))
 	}
 	attrs := []any{"dry_run", rep.DryRun, "removed_manifests", rep.Removed["manifest"], "removed_blobs", rep.Removed["blob"],
-		"freed_bytes", rep.Freed, "kept_at_last_check", rep.Kept, "stored_bytes", rep.Stored, "live_bytes", rep.Live,
+		"freed_bytes", rep.Freed, "kept_at_last_check", rep.Kept, "failed", rep.Failed, "stored_bytes", rep.Stored, "live_bytes", rep.Live,
 		"max_age", c.cfg.MaxAge, "max_bytes", int64(c.cfg.MaxBytes), "took", time.Since(start)}
 	msg := "retention collected"
 	if rep.DryRun {
