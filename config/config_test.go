@@ -40,8 +40,9 @@ func defaults() *Config {
 			MaxStaleness: 24 * time.Hour,
 			RefusalTTL:   10 * time.Second,
 		},
-		Scan:  Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
-		Redis: Redis{KeyPrefix: "trustproxy:"},
+		Scan:      Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
+		Redis:     Redis{KeyPrefix: "trustproxy:"},
+		Retention: Retention{Interval: time.Hour},
 		Limits: Limits{
 			ManifestBytes:      4 << 20,
 			RootBytes:          512000,
@@ -294,6 +295,10 @@ func TestErrors(t *testing.T) {
 		want  []string // substrings of the error
 	}{
 		{name: "unknown key", yaml: "listen: :5000\nlisten_addr: :5001\n", want: []string{"line 2", "listen_addr"}},
+		{name: "retention size unit", yaml: "retention:\n  max_bytes: 5 GiBs\n", want: []string{"line 2", "5 GiBs", "500GiB"}},
+		{name: "retention negative size", yaml: "retention:\n  max_bytes: -1\n", want: []string{"line 2", "-1"}},
+		{name: "retention negative age", yaml: "retention:\n  max_age: -1h\n", want: []string{"retention.max_age"}},
+		{name: "retention interval", yaml: "retention:\n  max_age: 1h\n  interval: 10ms\n", want: []string{"retention.interval", "10ms"}},
 		{
 			name: "unknown nested key",
 			yaml: "upstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n    notary:\n      uri: https://notary.example.com\n",
@@ -905,10 +910,11 @@ func TestExample(t *testing.T) {
 			ReportTokenFile: path("secrets/ci-report-token"), ReportToken: "0123456789abcdef0123456789abcdef",
 			CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute,
 		},
-		Redis:   defaults().Redis,
-		Limits:  defaults().Limits,
-		Log:     Log{Level: "info"},
-		Metrics: Metrics{Listen: "127.0.0.1:9090"},
+		Redis:     defaults().Redis,
+		Retention: Retention{MaxAge: 720 * time.Hour, MaxBytes: 500 << 30, Interval: time.Hour},
+		Limits:    defaults().Limits,
+		Log:       Log{Level: "info"},
+		Metrics:   Metrics{Listen: "127.0.0.1:9090"},
 	}
 	s := want.Trust.Signers
 	want.Trust.Rules[0].TrustedSigners = []*Signer{&s[1], &s[2]}
@@ -922,5 +928,33 @@ func TestExample(t *testing.T) {
 				t.Errorf("trust.rules[%d].TrustedSigners[%d] does not point into Trust.Signers", i, j)
 			}
 		}
+	}
+}
+
+func TestByteSizeUnmarshalText(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ByteSize
+		err  bool
+	}{
+		{in: "0", want: 0},
+		{in: "1024", want: 1024},
+		{in: "500GiB", want: 500 << 30},
+		{in: "2 TB", want: 2e12},
+		{in: "10MB", want: 10e6},
+		{in: "7B", want: 7},
+		{in: "1.5GiB", err: true},
+		{in: "GiB", err: true},
+		{in: "-5", err: true},
+		{in: "9999999TiB", err: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			var b ByteSize
+			err := b.UnmarshalText([]byte(tt.in))
+			if (err != nil) != tt.err || b != tt.want {
+				t.Errorf("UnmarshalText(%q) = %d, %v; want %d, error %v", tt.in, b, err, tt.want, tt.err)
+			}
+		})
 	}
 }

@@ -45,6 +45,7 @@ func (c *Config) RestartNeeded(next *Config) []string {
 		{"storage", c.Storage, next.Storage},
 		{"redis", c.Redis, next.Redis},
 		{"limits", c.Limits, next.Limits},
+		{"retention", c.Retention, next.Retention},
 		{"metrics", c.Metrics, next.Metrics},
 		{"debug", c.Debug, next.Debug},
 		{"scan.registry_url", c.Scan.RegistryURL, next.Scan.RegistryURL},

@@ -278,6 +278,8 @@ func (c *Config) setDefaults() {
 	orDefault(&l.ClientWriteTimeout, 60*time.Second)
 	orDefault(&l.ShutdownTimeout, 30*time.Second)
 
+	orDefault(&c.Retention.Interval, time.Hour)
+
 	orDefault(&c.Log.Level, "info")
 }
 

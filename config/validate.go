@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // problems collects validation errors, each prefixed with its field path.
@@ -45,6 +46,7 @@ func (c *Config) validate() error {
 	c.validateScan(&p)
 	c.validateRedis(&p)
 	c.validateLimits(&p)
+	c.validateRetention(&p)
 	validateListen(&p, "metrics.listen", c.Metrics.Listen, "127.0.0.1:9090")
 	validateListen(&p, "debug.listen", c.Debug.Listen, "127.0.0.1:6060")
 	if c.Debug.BlockProfileRate < 0 || c.Debug.MutexProfileFraction < 0 {
@@ -512,6 +514,16 @@ func (c *Config) validateLimits(p *problems) {
 		if v.n <= 0 {
 			p.addf("limits."+v.name, "must be positive; leave it out for the default")
 		}
+	}
+}
+
+func (c *Config) validateRetention(p *problems) {
+	r := c.Retention
+	if r.MaxAge < 0 {
+		p.addf("retention.max_age", "must not be negative; leave it out to remove content only over retention.max_bytes")
+	}
+	if r.Interval < time.Second {
+		p.addf("retention.interval", "%v: want at least 1s, e.g. 1h", r.Interval)
 	}
 }
 

@@ -72,7 +72,7 @@ type server struct {
 	debug   *http.Server     // nil without debug.listen
 	metrics *http.Server     // nil without metrics.listen
 	reload  *reload.Reloader // nil without a configuration file
-	proxy   *proxy.Server
+	proxy   *wiring.Proxy    // its Close stops the storage collector, then the fills
 	addr    string
 	failed  <-chan error // receives the error Serve returned, other than ErrServerClosed
 }
@@ -108,7 +108,7 @@ func start(ctx context.Context, cfg *config.Config, file string, level *slog.Lev
 		_ = p.Close(ctx)
 		return nil, err
 	}
-	health := healthMux(p, rl)
+	health := healthMux(p.Server, rl)
 	metrics, err := startMetrics(cfg.Metrics, health, reg, log)
 	if err != nil {
 		_ = p.Close(ctx)
@@ -157,6 +157,9 @@ func start(ctx context.Context, cfg *config.Config, file string, level *slog.Lev
 		}
 		failed <- err
 	}()
+	if p.Retention != nil {
+		p.Retention.Start()
+	}
 	return &server{http: srv, debug: debug, metrics: metrics, reload: rl, proxy: p, addr: l.Addr().String(), failed: failed}, nil
 }
 

@@ -28,7 +28,11 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *requ
 		return s.serveUnverifiedManifest(w, r, req)
 	}
 	// Served, or verified and then refused by the scan gate under an audit
-	// rule: the verified bytes.
+	// rule: the verified bytes. The pull is recorded before they are sent,
+	// so that a collection that re-reads the records after this finds it.
+	if s.pulls != nil {
+		s.pulls.Record(r.Context(), req.name, d.manifest.Digest)
+	}
 	s.metrics.served.WithLabelValues("manifest", d.source).Inc()
 	writeManifest(w, r, d.manifest)
 	return nil

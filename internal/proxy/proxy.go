@@ -13,6 +13,7 @@ import (
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/reference"
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
@@ -77,6 +78,14 @@ type Parts struct {
 	Gate   *scan.Gate     // nil: no scan gate configured
 	Graph  refgraph.Graph // what verified manifests list; nil: this process's own, in memory
 	Shared *cache.Shared  // nil: no shared state; else blob fills are shared with the replicas at redis.replica_url
+	Pulls  Pulls          // nil: pulls are not recorded (no retention configured)
+}
+
+// Pulls records that a repository's manifest was pulled, for the storage
+// collector (internal/retention), which keeps what is pulled. Record is
+// called before the manifest is sent; it logs its own failures.
+type Pulls interface {
+	Record(ctx context.Context, name gun.Name, d digest.Digest)
 }
 
 // Server is the registry read API. It is an http.Handler for /v2/.
@@ -91,6 +100,7 @@ type Server struct {
 	gate      *scan.Gate
 	shared    *cache.Shared
 	graph     refgraph.Graph
+	pulls     Pulls
 	fills     *fill.Fills
 	upstreamM *upstream.Metrics
 	log       *slog.Logger
@@ -131,7 +141,7 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 	}
 	s := &Server{
 		limits: cfg.Limits, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
-		graph: p.Graph, fills: fills, upstreamM: um,
+		graph: p.Graph, pulls: p.Pulls, fills: fills, upstreamM: um,
 		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec,
 	}
 	s.policy.Store(&policy{cfg: cfg, upstreams: ups})
@@ -152,6 +162,10 @@ func (s *Server) setDegraded(down bool) {
 	}
 	s.metrics.degraded.Set(v)
 }
+
+// Filling says whether this process is filling blob d (in any
+// repository): the storage collector leaves it alone.
+func (s *Server) Filling(d digest.Digest) bool { return s.fills.Filling(d) }
 
 // Close stops the blob fills (fill.Fills.Close): from its call on, a
 // request that would start or join one gets 503 UNAVAILABLE, and every

@@ -20,6 +20,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/retention"
 	"github.com/trustproxy/trustproxy/internal/sample"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/wiring"
@@ -120,12 +121,13 @@ trust:
 
 // instance is one trustproxy under test.
 type instance struct {
-	proxy   *proxy.Server
-	srv     *httptest.Server
-	host    string
-	logs    *testenv.LogBuffer
-	metrics *prometheus.Registry
-	dataDir string
+	proxy     *proxy.Server
+	retention *retention.Collector // nil without retention configured
+	srv       *httptest.Server
+	host      string
+	logs      *testenv.LogBuffer
+	metrics   *prometheus.Registry
+	dataDir   string
 }
 
 // start runs trustproxy with the YAML configuration cfg.
@@ -172,7 +174,7 @@ func startAt(t *testing.T, cfg func(url string) string) *instance {
 			t.Logf("trustproxy log:\n%s", logs.String())
 		}
 	})
-	return &instance{proxy: p, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), logs: logs, metrics: reg, dataDir: c.DataDir}
+	return &instance{proxy: p.Server, retention: p.Retention, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), logs: logs, metrics: reg, dataDir: c.DataDir}
 }
 
 // startFor starts trustproxy in front of w with a fresh data directory.
