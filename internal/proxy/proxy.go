@@ -245,9 +245,9 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// repository opens the storage repository of req.
+// repository opens the storage repository of req, under its storage name.
 func (s *Server) repository(ctx context.Context, req *request) (distribution.Repository, error) {
-	named, err := reference.WithName(req.name.String())
+	named, err := reference.WithName(req.name.StorageName())
 	if err != nil {
 		return nil, &requestError{errcode.ErrorCodeNameInvalid, err.Error()}
 	}
