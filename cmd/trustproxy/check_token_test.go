@@ -53,7 +53,7 @@ trust:
 		return out.String(), err
 	}
 	ok, err := run1("right", pass)
-	if err != nil || !strings.Contains(ok, `"verdict": "served"`) {
+	if err != nil || !strings.Contains(ok, "app:v1 served (verified)") {
 		t.Fatalf("check with the right password: %v\n%s", err, ok)
 	}
 	wrong, err := run1("wrong", "wrong-"+pass)
