@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -19,10 +21,11 @@ import (
 	"github.com/trustproxy/trustproxy/internal/testenv"
 )
 
-// TestObservability: `serve` with a metrics listener, Redis, a scanner and
-// log: warn. After a signed pull (scanned first) and an unsigned one, every
-// metric the traffic moved is on the metrics listener, and /metrics is not
-// on the registry port (404). Each answer carries a request ID, which the
+// TestObservability: `serve` with a metrics listener, Redis, a scanner,
+// retention and log: warn. After a signed pull (scanned first), the same pull
+// again (from storage), an unsigned one, a retention run and two reloads of
+// the configuration (one valid, one refused), every metric the traffic moved
+// is on the metrics listener, and /metrics is not on the registry port (404). Each answer carries a request ID, which the
 // refusal's decision line names; the refusal is logged under log: warn,
 // the served pull is not. /readyz on both listeners names storage, Redis
 // and the Notary server.
@@ -54,6 +57,7 @@ trust:
 scan:
   registry_url: http://%s
   scanners: [{name: test-adapter, url: %s}]
+retention: {max_age: 1h, interval: 1s}
 %s`, addr, metricsAddr, filepath.Join(dir, "data"), env.Registry.URL(), env.Notary.URL(), env.Notary.CAFile(),
 		gun, root, alice.CertFile, addr, scanner.URL(), testenv.NewDeployment(t, redis).YAML())), 0o600))
 	logs := &testenv.LogBuffer{}
@@ -89,16 +93,18 @@ scan:
 
 	ref, err := name.ParseReference(addr+"/library/app:v1", name.Insecure)
 	must(t, err)
-	pulled, err := remote.Image(ref)
-	must(t, err)
-	layers, err := pulled.Layers()
-	must(t, err)
-	for _, l := range layers {
-		rc, err := l.Compressed()
+	for range 2 { // the second pull is served from storage
+		pulled, err := remote.Image(ref)
 		must(t, err)
-		_, err = io.Copy(io.Discard, rc)
+		layers, err := pulled.Layers()
 		must(t, err)
-		rc.Close()
+		for _, l := range layers {
+			rc, err := l.Compressed()
+			must(t, err)
+			_, err = io.Copy(io.Discard, rc)
+			must(t, err)
+			rc.Close()
+		}
 	}
 	resp, body := get("http://" + addr + "/v2/library/app/manifests/v2")
 	id := resp.Header.Get(proxy.RequestIDHeader)
@@ -122,7 +128,24 @@ scan:
 		t.Fatalf("the refusal's decision line: %v, want WARN with request_id %s", refusal, id)
 	}
 
-	_, metrics := get("http://" + metricsAddr + "/metrics")
+	// Reloads: the same file with one more blank line (valid: applied), then
+	// a file naming an unknown signer (refused).
+	original, err := os.ReadFile(cfg)
+	must(t, err)
+	scrape := func(want string) string {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			_, metrics := get("http://" + metricsAddr + "/metrics")
+			if strings.Contains(metrics, want) || time.Now().After(deadline) {
+				return metrics
+			}
+		}
+	}
+	must(t, os.WriteFile(cfg, append(original, '\n'), 0o600))
+	scrape(`trustproxy_config_reload_total{result="ok"} 1`)
+	must(t, os.WriteFile(cfg, []byte(strings.Replace(string(original), "signers: [alice]", "signers: [carol]", 1)), 0o600))
+	scrape(`trustproxy_config_reload_total{result="error"} 1`)
+	metrics := scrape(`trustproxy_retention_runs_total{result="collected"}`)
 	for _, want := range []string{
 		`trustproxy_decisions_total{reason="verified",rule="0",upstream="docker.io",verdict="served"}`,
 		`trustproxy_decisions_total{reason="not_signed",rule="0",upstream="docker.io",verdict="denied"} 1`,
@@ -134,6 +157,17 @@ scan:
 		`trustproxy_trust_refresh_total{result="ok"}`,
 		`trustproxy_scans_total{result="ok",scanner="test-adapter"} 1`,
 		`trustproxy_redis_degraded 0`,
+		`trustproxy_served_total{kind="blob",source="cache"}`,
+		`trustproxy_served_total{kind="manifest",source="cache"}`,
+		`trustproxy_scan_queue_length 0`,
+		`trustproxy_scans_running 0`,
+		`trustproxy_config_reload_total{result="ok"} 1`,
+		`trustproxy_config_reload_total{result="error"} 1`,
+		`trustproxy_config_info{fingerprint="sha256:`,
+		`trustproxy_retention_runs_total{result="collected"}`,
+		`trustproxy_retention_stored_bytes `,
+		`trustproxy_retention_last_run_timestamp_seconds `,
+		`trustproxy_retention_freed_bytes_total 0`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics on the metrics listener lacks %s", want)
@@ -147,6 +181,48 @@ scan:
 		if resp.StatusCode != http.StatusOK || !strings.HasPrefix(ready, "ok\n") ||
 			!strings.Contains(ready, "storage: writable") || !strings.Contains(ready, "redis: ok") || !strings.Contains(ready, "notary docker.io: reachable") {
 			t.Errorf("/readyz on %s: %d %q", a, resp.StatusCode, ready)
+		}
+	}
+}
+
+// TestEveryMetricIsCheckedAndListed: every metric trustproxy defines is
+// named by a test, which checks it after the traffic that moves it, and by
+// README's metrics table.
+func TestEveryMetricIsCheckedAndListed(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	must(t, err)
+	metric := regexp.MustCompile(`"(trustproxy_[a-z_]+)"`)
+	defined := map[string]string{}
+	var tests strings.Builder
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if strings.HasSuffix(path, "_test.go") {
+			tests.Write(b)
+			return nil
+		}
+		for _, m := range metric.FindAllStringSubmatch(string(b), -1) {
+			defined[m[1]] = path
+		}
+		return nil
+	})
+	must(t, err)
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	must(t, err)
+	if len(defined) < 10 {
+		t.Fatalf("found only %d metrics: %v", len(defined), defined)
+	}
+	for name, file := range defined {
+		if !strings.Contains(tests.String(), name) {
+			t.Errorf("%s (defined in %s) is checked by no test", name, file)
+		}
+		if !strings.Contains(string(readme), "`"+name) {
+			t.Errorf("%s (defined in %s) is not in README's metrics table", name, file)
 		}
 	}
 }

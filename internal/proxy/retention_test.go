@@ -179,6 +179,9 @@ func TestRetentionDryRun(t *testing.T) {
 	if got := p.counter(t, "trustproxy_retention_removed_total", "kind", "blob"); got != 0 {
 		t.Errorf("trustproxy_retention_removed_total{kind=blob} = %v after a dry run, want 0", got)
 	}
+	if got := p.gauge(t, "trustproxy_retention_dry_run_bytes"); got <= 0 {
+		t.Errorf("trustproxy_retention_dry_run_bytes = %v after a dry run that would remove 2 blobs", got)
+	}
 }
 
 // A pull of the expired image between the collection's mark and its sweep
