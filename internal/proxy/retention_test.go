@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -345,4 +346,119 @@ func (p *instance) counter(t *testing.T, name, label, value string) float64 {
 		}
 	}
 	return 0
+}
+
+// retentionBudgetWorld: library/app:a, :b and :c share a base layer and
+// each have their own config and layer; all three were pulled, then a and b
+// were unsigned (their tag moved away), so only c is a current signed
+// target. a was last pulled 40 minutes ago and b 20, within max_age: only
+// the size budget can remove them.
+func retentionBudgetWorld(t *testing.T) (w *world, storage, extra string, own map[string][]v1.Hash, shared v1.Hash) {
+	t.Helper()
+	w = newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	base := testenv.Image(t, "budget shared", 1, 16<<10)
+	layers, err := base.Layers()
+	must(t, err)
+	shared, err = layers[0].Digest()
+	must(t, err)
+	own = map[string][]v1.Hash{}
+	for _, tag := range []string{"a", "b", "c"} {
+		l, err := testenv.Image(t, "budget "+tag, 1, 8<<10).Layers()
+		must(t, err)
+		img, err := mutate.AppendLayers(base, l[0])
+		must(t, err)
+		m := w.Registry.Push(t, "library/app", tag, img)
+		w.Notary.SignImage(t, gun, tag, img, testenv.Releases)
+		cfg, err := img.ConfigName()
+		must(t, err)
+		ld, err := l[0].Digest()
+		must(t, err)
+		own[tag] = []v1.Hash{m, cfg, ld}
+	}
+	extra, storage = local(t)
+	p := w.start(t, extra+"retention: {max_age: 1h}\n")
+	for _, tag := range []string{"a", "b", "c"} {
+		p.mustPull(t, "library/app:"+tag)
+	}
+	w.Notary.Unsign(t, gun, "a", testenv.Releases)
+	w.Notary.Unsign(t, gun, "b", testenv.Releases)
+	age(t, storage, 50*time.Minute)
+	pulledAgo(t, storage, own["a"][0], 40*time.Minute)
+	pulledAgo(t, storage, own["b"][0], 20*time.Minute)
+	pulledAgo(t, storage, own["c"][0], 0)
+	return w, storage, extra, own, shared
+}
+
+// pulledAgo rewrites the pull records of manifest m in the filesystem
+// storage at root to say it was last pulled ago.
+func pulledAgo(t *testing.T, root string, m v1.Hash, ago time.Duration) {
+	t.Helper()
+	then := time.Now().Add(-ago)
+	n := 0
+	must(t, filepath.Walk(filepath.Join(root, "trustproxy", "retention", "pulls"), func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() || filepath.Base(path) != "sha256-"+m.Hex {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		must(t, err)
+		var r map[string]any
+		must(t, json.Unmarshal(b, &r))
+		r["pulled"] = then.UTC().Format(time.RFC3339Nano)
+		b, _ = json.Marshal(r)
+		must(t, os.WriteFile(path, b, 0o644))
+		n++
+		return os.Chtimes(path, then, then)
+	}))
+	if n == 0 {
+		t.Fatalf("no pull record of %s", m)
+	}
+}
+
+// blobBytes is the size of the stored blobs ds in the filesystem storage.
+func blobBytes(t *testing.T, storage string, ds ...v1.Hash) int64 {
+	t.Helper()
+	var n int64
+	for _, d := range ds {
+		fi, err := os.Stat(filepath.Join(storage, "docker/registry/v2/blobs/sha256", d.Hex[:2], d.Hex, "data"))
+		must(t, err)
+		n += fi.Size()
+	}
+	return n
+}
+
+// Over max_bytes, the collector removes content no live repository's
+// signed targets reference, least recently pulled first, until under the
+// budget, though max_age would keep it; live content is never removed for
+// the budget, and when it alone exceeds the budget the run says so.
+func TestRetentionMaxBytes(t *testing.T) {
+	w, storage, extra, own, shared := retentionBudgetWorld(t)
+	all := append(append(append([]v1.Hash{shared}, own["a"]...), own["b"]...), own["c"]...)
+	total := blobBytes(t, storage, all...)
+
+	// A budget that removing a's content meets: b, pulled later, stays.
+	budget := total - blobBytes(t, storage, own["a"]...)
+	p := w.start(t, extra+"retention: {max_age: 1h, max_bytes: "+strconv.FormatInt(budget, 10)+"}\n")
+	rep, err := p.retention.Collect(t.Context())
+	if err != nil || rep.OverBudget || rep.Removed["manifest"] != 1 || rep.Removed["blob"] != 2 {
+		t.Fatalf("Collect with max_bytes %d of %d stored: %+v, %v; want a's manifest, config and layer removed", budget, total, rep, err)
+	}
+	wantStored(t, storage, false, "a (unsigned, pulled 40 minutes ago)", own["a"]...)
+	wantStored(t, storage, true, "b (unsigned, pulled 20 minutes ago) and c (signed)", append(append([]v1.Hash{shared}, own["b"]...), own["c"]...)...)
+
+	// A budget below the live content: b goes, c and the shared layer stay,
+	// and the run warns.
+	p = w.start(t, extra+"retention: {max_age: 1h, max_bytes: 1}\n")
+	rep, err = p.retention.Collect(t.Context())
+	if err != nil || !rep.OverBudget || rep.Removed["manifest"] != 1 || rep.Removed["blob"] != 2 {
+		t.Fatalf("Collect with max_bytes 1: %+v, %v; want b removed and the run over budget", rep, err)
+	}
+	wantStored(t, storage, false, "b under a budget below the live content", own["b"]...)
+	wantStored(t, storage, true, "live content under a budget below it", append([]v1.Hash{shared}, own["c"]...)...)
+	if !strings.Contains(p.logs.String(), "live content alone exceeds retention.max_bytes") {
+		t.Errorf("no warning that live content exceeds the budget:\n%s", p.logs)
+	}
+	if got := p.mustPull(t, "library/app:c"); got != own["c"][0] {
+		t.Fatalf("library/app:c after the collections: %s, want %s", got, own["c"][0])
+	}
 }
