@@ -4,7 +4,10 @@ import (
 	"encoding"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -30,9 +33,19 @@ type Config struct {
 	Trust     Trust      `yaml:"trust"`
 	Scan      Scan       `yaml:"scan"`
 	Redis     Redis      `yaml:"redis"`
+	Retention Retention  `yaml:"retention"`
 	Limits    Limits     `yaml:"limits"`
 	Log       Log        `yaml:"log"`
+	Metrics   Metrics    `yaml:"metrics"`
 	Debug     Debug      `yaml:"debug"`
+}
+
+// Metrics is the listener of /metrics (Prometheus), apart from the
+// registry API: off unless Listen is set. It serves /healthz and /readyz
+// too; the registry listener serves those but not /metrics.
+type Metrics struct {
+	// Listen is its address, e.g. 127.0.0.1:9090 (TRUSTPROXY_METRICS_LISTEN).
+	Listen string `yaml:"listen"`
 }
 
 // TLS names the certificate and key files of the listener.
@@ -68,9 +81,20 @@ type Endpoint struct {
 	// URL is the server's base URL: its origin receives the credentials.
 	URL string `yaml:"url"`
 	// CAFile is a PEM file of CA certificates trusted besides the system's.
-	CAFile   string `yaml:"ca_file"`
+	CAFile string `yaml:"ca_file"`
+	// The credentials come from one source at most: Username with
+	// Password, Username with PasswordFile, or DockerConfig.
 	Username string `yaml:"username"`
 	Password string `yaml:"password"`
+	// PasswordFile is a file holding Username's password on one line. It
+	// is read again whenever it changes, so a rotated password needs no
+	// restart.
+	PasswordFile string `yaml:"password_file"`
+	// DockerConfig is a docker CLI config file (config.json) whose
+	// credHelpers, credsStore or auths entry for URL's host gives the
+	// credentials, resolved when they are used (a helper is asked again
+	// after a minute, or at once when the server refuses its answer).
+	DockerConfig string `yaml:"docker_config"`
 	// TokenRealms are the origins (scheme://host[:port]) besides URL's own
 	// that may receive token requests, with the credentials: a challenge
 	// naming any other realm is refused.
@@ -118,7 +142,7 @@ type Signer struct {
 	// KeyIDs are TUF key IDs of the signer, either form (over the certificate,
 	// as targets.json lists it, or over the bare public key, as
 	// `notary key list` shows it).
-	KeyIDs []string `yaml:"key_ids"`
+	KeyIDs []string `yaml:"key_ids,omitempty"`
 
 	// Keys are the PKIX DER public keys of every PEM block of PublicKey
 	// (the key itself, or a certificate's), as Load read them. Nil without
@@ -383,6 +407,66 @@ type Limits struct {
 	// in flight finish; then their connections are closed and blob
 	// downloads still running are cancelled. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Retention removes stored content that is no longer pulled, online, by
+// a collector (internal/retention): off unless MaxAge or MaxBytes is set.
+// Content referenced by a current signed target of a repository pulled
+// within MaxAge is never removed.
+type Retention struct {
+	// MaxAge removes content not pulled for this long (and not referenced
+	// by a current signed target of a repository pulled within it). 0:
+	// content is removed only to keep under MaxBytes.
+	MaxAge time.Duration `yaml:"max_age"`
+	// MaxBytes is the size budget of the stored blobs: over it, the least
+	// recently pulled content that no live repository's signed targets
+	// reference is removed until under it. A number of bytes or a string
+	// with a unit (500GiB, 2TB). 0: no budget.
+	MaxBytes ByteSize `yaml:"max_bytes"`
+	// Interval is the time between collections. Default 1h.
+	Interval time.Duration `yaml:"interval"`
+	// DryRun logs and counts what a collection would remove, and removes
+	// nothing.
+	DryRun bool `yaml:"dry_run"`
+}
+
+// Enabled says whether stored content is collected at all.
+func (r Retention) Enabled() bool { return r.MaxAge > 0 || r.MaxBytes > 0 }
+
+// ByteSize is a number of bytes, written in YAML as an integer or as a
+// string with a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB,
+// TiB (powers of 1024).
+type ByteSize int64
+
+var byteUnits = []struct {
+	suffix string
+	n      int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
+}
+
+// UnmarshalText reads a number of bytes, with an optional unit.
+func (b *ByteSize) UnmarshalText(text []byte) error {
+	s := strings.TrimSpace(string(text))
+	mult := int64(1)
+	for _, u := range byteUnits {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = strings.TrimSpace(n), u.n
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return fmt.Errorf("%q: want a number of bytes, with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 500GiB", text)
+	}
+	*b = ByteSize(n * mult)
+	return nil
+}
+
+// UnmarshalYAML is UnmarshalText with the line of the YAML node in the error.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	return unmarshalWord(n, b, "want a number of bytes, e.g. 500GiB")
 }
 
 // Debug is the profiling listener, off unless Listen is set.

@@ -40,8 +40,9 @@ func defaults() *Config {
 			MaxStaleness: 24 * time.Hour,
 			RefusalTTL:   10 * time.Second,
 		},
-		Scan:  Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
-		Redis: Redis{KeyPrefix: "trustproxy:"},
+		Scan:      Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
+		Redis:     Redis{KeyPrefix: "trustproxy:"},
+		Retention: Retention{Interval: time.Hour},
 		Limits: Limits{
 			ManifestBytes:      4 << 20,
 			RootBytes:          512000,
@@ -294,6 +295,10 @@ func TestErrors(t *testing.T) {
 		want  []string // substrings of the error
 	}{
 		{name: "unknown key", yaml: "listen: :5000\nlisten_addr: :5001\n", want: []string{"line 2", "listen_addr"}},
+		{name: "retention size unit", yaml: "retention:\n  max_bytes: 5 GiBs\n", want: []string{"line 2", "5 GiBs", "500GiB"}},
+		{name: "retention negative size", yaml: "retention:\n  max_bytes: -1\n", want: []string{"line 2", "-1"}},
+		{name: "retention negative age", yaml: "retention:\n  max_age: -1h\n", want: []string{"retention.max_age"}},
+		{name: "retention interval", yaml: "retention:\n  max_age: 1h\n  interval: 10ms\n", want: []string{"retention.interval", "10ms"}},
 		{
 			name: "unknown nested key",
 			yaml: "upstreams:\n  - name: docker.io\n    url: https://registry-1.docker.io\n    notary:\n      uri: https://notary.example.com\n",
@@ -525,6 +530,21 @@ func TestEndpointErrors(t *testing.T) {
 		{name: "url query", endpoint: "url: https://x.example/?token=t", want: []string{".url: remove the query"}},
 		{name: "password without username", endpoint: "url: https://x.example\npassword: p", want: []string{".username: required with a password"}},
 		{name: "ca file missing", endpoint: "url: https://x.example\nca_file: nope.pem", want: []string{".ca_file: file ", "does not exist"}},
+		{
+			name:     "two credential sources",
+			endpoint: "url: https://x.example\nusername: u\npassword: hunter2\ndocker_config: nope.json",
+			want:     []string{".docker_config: set together with password: give the credentials from one source only"},
+		},
+		{
+			name:     "password and password file",
+			endpoint: "url: https://x.example\nusername: u\npassword: hunter2\npassword_file: nope",
+			want:     []string{".password_file: set together with password"},
+		},
+		{name: "password file without username", endpoint: "url: https://x.example\npassword_file: nope", want: []string{".username: required with a password_file"}},
+		{name: "password file missing", endpoint: "url: https://x.example\nusername: u\npassword_file: nope", want: []string{".password_file: file ", "does not exist"}},
+		{name: "docker config with username", endpoint: "url: https://x.example\nusername: u\ndocker_config: nope.json", want: []string{".username: not allowed with docker_config"}},
+		{name: "docker config missing", endpoint: "url: https://x.example\ndocker_config: nope.json", want: []string{".docker_config: file ", "does not exist"}},
+		{name: "docker config not JSON", endpoint: "url: https://x.example\ndocker_config: default.yaml", want: []string{".docker_config: ", "is not a docker config file"}},
 		{
 			name:     "token realms",
 			endpoint: "url: https://x.example\ntoken_realms: [https://auth.example/token, auth.example]",
@@ -830,6 +850,8 @@ func TestExample(t *testing.T) {
 		"certs/trivy-ca.pem":          registryCA.cert,
 		"secrets/trivy-authorization": []byte("Bearer trivy-adapter-token\n"),
 		"secrets/ci-report-token":     []byte("0123456789abcdef0123456789abcdef\n"),
+		"secrets/dockerhub-password":  []byte("change-me\n"),
+		"secrets/docker-config.json":  []byte(`{"credHelpers": {"registry.example.com:5443": "ecr-login"}}`),
 	})
 	got, err := LoadFile(filepath.Join(dir, "trustproxy.yaml"), nil)
 	if err != nil {
@@ -846,7 +868,7 @@ func TestExample(t *testing.T) {
 			{
 				Name: "docker.io",
 				Endpoint: Endpoint{URL: "https://registry-1.docker.io", CAFile: path("certs/registry-ca.pem"),
-					Username: "trustproxy", Password: "change-me", TokenRealms: []string{"https://auth.docker.io"}},
+					Username: "trustproxy", PasswordFile: path("secrets/dockerhub-password"), TokenRealms: []string{"https://auth.docker.io"}},
 				RedirectHosts: []string{},
 				Notary: Endpoint{URL: "https://notary.example.internal", CAFile: path("certs/notary-ca.pem"), Username: "trustproxy", Password: "change-me",
 					TokenRealms: []string{"https://auth.example.internal"}},
@@ -854,7 +876,7 @@ func TestExample(t *testing.T) {
 			{
 				Name: "registry.example.com:5443",
 				Endpoint: Endpoint{URL: "https://registry.example.com:5443", CAFile: path("certs/registry-ca.pem"),
-					Username: "mirror", Password: "change-me"},
+					DockerConfig: path("secrets/docker-config.json")},
 				RedirectHosts: []string{"minio.example.com:9000"},
 				Notary:        Endpoint{URL: "https://notary.example.com:4443", CAFile: path("certs/notary-ca.pem"), Username: "mirror", Password: "change-me"},
 			},
@@ -888,9 +910,11 @@ func TestExample(t *testing.T) {
 			ReportTokenFile: path("secrets/ci-report-token"), ReportToken: "0123456789abcdef0123456789abcdef",
 			CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute,
 		},
-		Redis:  defaults().Redis,
-		Limits: defaults().Limits,
-		Log:    Log{Level: "info"},
+		Redis:     defaults().Redis,
+		Retention: Retention{MaxAge: 720 * time.Hour, MaxBytes: 500 << 30, Interval: time.Hour},
+		Limits:    defaults().Limits,
+		Log:       Log{Level: "info"},
+		Metrics:   Metrics{Listen: "127.0.0.1:9090"},
 	}
 	s := want.Trust.Signers
 	want.Trust.Rules[0].TrustedSigners = []*Signer{&s[1], &s[2]}
@@ -904,5 +928,33 @@ func TestExample(t *testing.T) {
 				t.Errorf("trust.rules[%d].TrustedSigners[%d] does not point into Trust.Signers", i, j)
 			}
 		}
+	}
+}
+
+func TestByteSizeUnmarshalText(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ByteSize
+		err  bool
+	}{
+		{in: "0", want: 0},
+		{in: "1024", want: 1024},
+		{in: "500GiB", want: 500 << 30},
+		{in: "2 TB", want: 2e12},
+		{in: "10MB", want: 10e6},
+		{in: "7B", want: 7},
+		{in: "1.5GiB", err: true},
+		{in: "GiB", err: true},
+		{in: "-5", err: true},
+		{in: "9999999TiB", err: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			var b ByteSize
+			err := b.UnmarshalText([]byte(tt.in))
+			if (err != nil) != tt.err || b != tt.want {
+				t.Errorf("UnmarshalText(%q) = %d, %v; want %d, error %v", tt.in, b, err, tt.want, tt.err)
+			}
+		})
 	}
 }

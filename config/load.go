@@ -33,17 +33,22 @@ var defaultYAML []byte
 // The overrides, each replacing what the file says:
 //
 //	TRUSTPROXY_LISTEN            listen
+//	TRUSTPROXY_METRICS_LISTEN    metrics.listen
 //	TRUSTPROXY_DATA_DIR          data_dir
 //	TRUSTPROXY_LOG_LEVEL         log.level
 //	TRUSTPROXY_UPSTREAM_NAME     upstreams[0].name
 //	TRUSTPROXY_UPSTREAM_URL      upstreams[0].url
 //	TRUSTPROXY_UPSTREAM_USERNAME upstreams[0].username
 //	TRUSTPROXY_UPSTREAM_PASSWORD upstreams[0].password
+//	TRUSTPROXY_UPSTREAM_PASSWORD_FILE upstreams[0].password_file
+//	TRUSTPROXY_UPSTREAM_DOCKER_CONFIG upstreams[0].docker_config
 //	TRUSTPROXY_NOTARY_URL        upstreams[0].notary.url
 //	TRUSTPROXY_REPLICA_URL       redis.replica_url
 //	TRUSTPROXY_NOTARY_CA_FILE    upstreams[0].notary.ca_file
 //	TRUSTPROXY_NOTARY_USERNAME   upstreams[0].notary.username
 //	TRUSTPROXY_NOTARY_PASSWORD   upstreams[0].notary.password
+//	TRUSTPROXY_NOTARY_PASSWORD_FILE upstreams[0].notary.password_file
+//	TRUSTPROXY_NOTARY_DOCKER_CONFIG upstreams[0].notary.docker_config
 //
 // When the file lists no upstream, upstreams[0] is the default one, docker.io.
 // A URL set from env drops the token_realms (and redirect_hosts) written for
@@ -53,7 +58,8 @@ func Load(r io.Reader, env []string) (*Config, error) {
 }
 
 // LoadFile is Load on the file at path, except that relative paths written
-// in the file (tls files, ca_file of upstreams and notary servers, pinning CA
+// in the file (tls files, ca_file, password_file and docker_config of
+// upstreams and notary servers, pinning CA
 // files, signer public keys, storage.filesystem.rootdirectory and data_dir)
 // are relative to the file's folder. Paths from env or from defaults stay
 // relative to the working directory.
@@ -135,8 +141,11 @@ func (c *Config) resolve(dir string) {
 	abs(&c.TLS.CertFile)
 	abs(&c.TLS.KeyFile)
 	for i := range c.Upstreams {
-		abs(&c.Upstreams[i].CAFile)
-		abs(&c.Upstreams[i].Notary.CAFile)
+		for _, e := range []*Endpoint{&c.Upstreams[i].Endpoint, &c.Upstreams[i].Notary} {
+			abs(&e.CAFile)
+			abs(&e.PasswordFile)
+			abs(&e.DockerConfig)
+		}
 	}
 	for prefix, file := range c.Trust.Pinning.CA {
 		abs(&file)
@@ -183,18 +192,23 @@ func (c *Config) applyEnv(env []string) {
 		u.Notary.TokenRealms = nil
 	}
 	for key, field := range map[string]*string{
-		"TRUSTPROXY_LISTEN":            &c.Listen,
-		"TRUSTPROXY_DATA_DIR":          &c.DataDir,
-		"TRUSTPROXY_LOG_LEVEL":         &c.Log.Level,
-		"TRUSTPROXY_UPSTREAM_NAME":     &u.Name,
-		"TRUSTPROXY_UPSTREAM_URL":      &u.URL,
-		"TRUSTPROXY_UPSTREAM_USERNAME": &u.Username,
-		"TRUSTPROXY_UPSTREAM_PASSWORD": &u.Password,
-		"TRUSTPROXY_NOTARY_URL":        &u.Notary.URL,
-		"TRUSTPROXY_NOTARY_CA_FILE":    &u.Notary.CAFile,
-		"TRUSTPROXY_NOTARY_USERNAME":   &u.Notary.Username,
-		"TRUSTPROXY_NOTARY_PASSWORD":   &u.Notary.Password,
-		"TRUSTPROXY_REPLICA_URL":       &c.Redis.ReplicaURL,
+		"TRUSTPROXY_LISTEN":                 &c.Listen,
+		"TRUSTPROXY_METRICS_LISTEN":         &c.Metrics.Listen,
+		"TRUSTPROXY_DATA_DIR":               &c.DataDir,
+		"TRUSTPROXY_LOG_LEVEL":              &c.Log.Level,
+		"TRUSTPROXY_UPSTREAM_NAME":          &u.Name,
+		"TRUSTPROXY_UPSTREAM_URL":           &u.URL,
+		"TRUSTPROXY_UPSTREAM_USERNAME":      &u.Username,
+		"TRUSTPROXY_UPSTREAM_PASSWORD":      &u.Password,
+		"TRUSTPROXY_UPSTREAM_PASSWORD_FILE": &u.PasswordFile,
+		"TRUSTPROXY_UPSTREAM_DOCKER_CONFIG": &u.DockerConfig,
+		"TRUSTPROXY_NOTARY_URL":             &u.Notary.URL,
+		"TRUSTPROXY_NOTARY_CA_FILE":         &u.Notary.CAFile,
+		"TRUSTPROXY_NOTARY_USERNAME":        &u.Notary.Username,
+		"TRUSTPROXY_NOTARY_PASSWORD":        &u.Notary.Password,
+		"TRUSTPROXY_NOTARY_PASSWORD_FILE":   &u.Notary.PasswordFile,
+		"TRUSTPROXY_NOTARY_DOCKER_CONFIG":   &u.Notary.DockerConfig,
+		"TRUSTPROXY_REPLICA_URL":            &c.Redis.ReplicaURL,
 	} {
 		if v, ok := vars[key]; ok {
 			*field = v
@@ -263,6 +277,8 @@ func (c *Config) setDefaults() {
 	orDefault(&l.MinTransferRate, 256<<10)
 	orDefault(&l.ClientWriteTimeout, 60*time.Second)
 	orDefault(&l.ShutdownTimeout, 30*time.Second)
+
+	orDefault(&c.Retention.Interval, time.Hour)
 
 	orDefault(&c.Log.Level, "info")
 }

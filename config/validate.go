@@ -3,6 +3,7 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // problems collects validation errors, each prefixed with its field path.
@@ -44,13 +46,9 @@ func (c *Config) validate() error {
 	c.validateScan(&p)
 	c.validateRedis(&p)
 	c.validateLimits(&p)
-	if c.Debug.Listen != "" {
-		if _, port, err := net.SplitHostPort(c.Debug.Listen); err != nil {
-			p.addf("debug.listen", "%v; want host:port, e.g. 127.0.0.1:6060", err)
-		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-			p.addf("debug.listen", "port %q is not a number from 0 to 65535", port)
-		}
-	}
+	c.validateRetention(&p)
+	validateListen(&p, "metrics.listen", c.Metrics.Listen, "127.0.0.1:9090")
+	validateListen(&p, "debug.listen", c.Debug.Listen, "127.0.0.1:6060")
 	if c.Debug.BlockProfileRate < 0 || c.Debug.MutexProfileFraction < 0 {
 		p.addf("debug", "block_profile_rate and mutex_profile_fraction must not be negative")
 	}
@@ -131,7 +129,7 @@ func (c *Config) validateUpstreams(p *problems) {
 		switch n := u.Notary; {
 		case n.URL != "":
 			validateEndpoint(p, f+".notary", n)
-		case n.CAFile != "" || n.Username != "" || n.Password != "" || len(n.TokenRealms) > 0:
+		case n.CAFile != "" || n.Username != "" || n.Password != "" || n.PasswordFile != "" || n.DockerConfig != "" || len(n.TokenRealms) > 0:
 			p.addf(f+".notary.url", "required with notary ca_file, credentials or token_realms")
 		}
 	}
@@ -148,10 +146,53 @@ func validateEndpoint(p *problems, field string, e Endpoint) {
 			p.addf(field+".ca_file", "%v", err)
 		}
 	}
-	if e.Password != "" && e.Username == "" {
+	validateCredentials(p, field, e)
+	checkRealms(p, field+".token_realms", e.TokenRealms)
+}
+
+// validateCredentials checks that e names one source of credentials at
+// most (password, password_file or docker_config), with the username it
+// needs, and that the file it names is readable now. The secret itself is
+// read again when used (internal/egress), never kept here.
+func validateCredentials(p *problems, field string, e Endpoint) {
+	var set []string
+	for _, s := range []struct{ name, v string }{{"password", e.Password}, {"password_file", e.PasswordFile}, {"docker_config", e.DockerConfig}} {
+		if s.v != "" {
+			set = append(set, s.name)
+		}
+	}
+	if len(set) > 1 {
+		p.addf(field+"."+set[1], "set together with %s: give the credentials from one source only (password, password_file or docker_config)", set[0])
+		return
+	}
+	switch {
+	case e.DockerConfig != "":
+		if e.Username != "" {
+			p.addf(field+".username", "not allowed with docker_config: the docker config gives the username")
+		}
+		b, err := readFile(e.DockerConfig)
+		if err != nil {
+			p.addf(field+".docker_config", "%v", err)
+			break
+		}
+		var cf struct {
+			Auths       map[string]json.RawMessage `json:"auths"`
+			CredHelpers map[string]string          `json:"credHelpers"`
+			CredsStore  string                     `json:"credsStore"`
+		}
+		if err := json.Unmarshal(b, &cf); err != nil {
+			p.addf(field+".docker_config", "%s is not a docker config file (JSON with auths, credHelpers or credsStore): %v", e.DockerConfig, err)
+		}
+	case e.PasswordFile != "":
+		if e.Username == "" {
+			p.addf(field+".username", "required with a password_file")
+		}
+		if _, err := readSecret(e.PasswordFile); err != nil {
+			p.addf(field+".password_file", "%v", err)
+		}
+	case e.Password != "" && e.Username == "":
 		p.addf(field+".username", "required with a password")
 	}
-	checkRealms(p, field+".token_realms", e.TokenRealms)
 }
 
 func (c *Config) validateTrust(p *problems) {
@@ -476,6 +517,16 @@ func (c *Config) validateLimits(p *problems) {
 	}
 }
 
+func (c *Config) validateRetention(p *problems) {
+	r := c.Retention
+	if r.MaxAge < 0 {
+		p.addf("retention.max_age", "must not be negative; leave it out to remove content only over retention.max_bytes")
+	}
+	if r.Interval < time.Second {
+		p.addf("retention.interval", "%v: want at least 1s, e.g. 1h", r.Interval)
+	}
+}
+
 // checkHost says why name is not a registry host as it appears in image
 // names and GUNs (docker.io, registry.example.com:5000, [::1]:5000), or
 // returns nil.
@@ -655,4 +706,16 @@ func parsePublicKeys(name string, b []byte) ([][]byte, error) {
 		return nil, fmt.Errorf("%s holds no PEM block; want a PUBLIC KEY or CERTIFICATE", name)
 	}
 	return keys, nil
+}
+
+// validateListen checks addr, an optional listener address of field.
+func validateListen(p *problems, field, addr, example string) {
+	if addr == "" {
+		return
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil {
+		p.addf(field, "%v; want host:port, e.g. %s", err, example)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		p.addf(field, "port %q is not a number from 0 to 65535", port)
+	}
 }

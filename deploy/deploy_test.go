@@ -95,8 +95,11 @@ func TestManifests(t *testing.T) {
 	}
 	c := pod.Containers[0]
 	_, port, err := net.SplitHostPort(cfg.Listen)
-	if err != nil || len(c.Ports) != 1 || port != "5000" || c.Ports[0].ContainerPort != 5000 {
+	if err != nil || len(c.Ports) != 2 || port != "5000" || c.Ports[0].ContainerPort != 5000 {
 		t.Errorf("listen %q, container ports %v: want them to agree on 5000", cfg.Listen, c.Ports)
+	}
+	if _, port, err := net.SplitHostPort(cfg.Metrics.Listen); err != nil || len(c.Ports) != 2 || port != "9090" || c.Ports[1].ContainerPort != 9090 || c.Ports[1].Name != "metrics" {
+		t.Errorf("metrics.listen %q, container ports %v: want them to agree on 9090", cfg.Metrics.Listen, c.Ports)
 	}
 	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != c.Ports[0].Name {
 		t.Errorf("liveness probe %+v: want GET /healthz on the registry port", p)

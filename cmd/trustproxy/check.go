@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,17 +53,50 @@ type checkTrust struct {
 	TrustServer string    `json:"trust_server"`
 }
 
-// check prints the decision on image, as serve would decide a pull of it.
-// It exits 1 when the image would be refused.
-func check(ctx context.Context, cfg *config.Config, image string, rescan bool, stdout io.Writer, log *slog.Logger) error {
-	p, err := wiring.Open(ctx, cfg, log, prometheus.NewRegistry())
+// checkError is what check --json prints when it reaches no decision.
+type checkError struct {
+	Verdict string `json:"verdict"` // "error"
+	Error   string `json:"error"`
+}
+
+// check prints the decision on image, as serve would decide a pull of it,
+// as text or, with asJSON, as a checkReport. Its exit status is 0 when the
+// image would be served (audit included), 1 when refused, 2 when no
+// decision was reached (the error printed on stderr, and with asJSON as a
+// checkError on stdout).
+func check(ctx context.Context, cfg *config.Config, image string, rescan, asJSON bool, stdout, stderr io.Writer, log *slog.Logger) error {
+	rep, err := decideCheck(ctx, cfg, image, rescan, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "trustproxy check:", err)
+		if asJSON {
+			_ = writeJSON(stdout, checkError{Verdict: "error", Error: err.Error()})
+		}
+		return exitError(2)
+	}
+	if asJSON {
+		err = writeJSON(stdout, rep)
+	} else {
+		err = writeCheckText(stdout, rep)
+	}
 	if err != nil {
 		return err
+	}
+	if rep.Verdict == string(proxy.Denied) {
+		return exitError(1)
+	}
+	return nil
+}
+
+// decideCheck opens trustproxy on cfg and decides on image.
+func decideCheck(ctx context.Context, cfg *config.Config, image string, rescan bool, log *slog.Logger) (*checkReport, error) {
+	p, err := wiring.Open(ctx, cfg, log, prometheus.NewRegistry())
+	if err != nil {
+		return nil, err
 	}
 	defer p.Close(context.WithoutCancel(ctx))
 	d, err := p.Check(ctx, image, rescan)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rep := checkReport{Repository: d.Repository, Ref: d.Ref, Verdict: string(d.Verdict), Reason: string(d.Reason), Message: d.Message}
 	if r := d.Rule; r != nil {
@@ -85,13 +120,58 @@ func check(ctx context.Context, cfg *config.Config, image string, rescan bool, s
 			rep.Scan.Found = len(v.Report.Vulnerabilities)
 		}
 	}
-	enc := json.NewEncoder(stdout)
+	return &rep, nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(rep); err != nil {
-		return err
+	return enc.Encode(v)
+}
+
+// writeCheckText prints rep for a person: the verdict and its reason first,
+// then what it rests on.
+func writeCheckText(w io.Writer, rep *checkReport) error {
+	var b strings.Builder
+	sep := ":"
+	if strings.Contains(rep.Ref, ":") { // a digest
+		sep = "@"
 	}
-	if d.Verdict == proxy.Denied {
-		return exitError(1)
+	fmt.Fprintf(&b, "%s%s%s %s (%s)\n", rep.Repository, sep, rep.Ref, rep.Verdict, rep.Reason)
+	if rep.Message != "" {
+		fmt.Fprintf(&b, "  why:        %s\n", rep.Message)
 	}
-	return nil
+	if r := rep.Rule; r != nil {
+		fmt.Fprintf(&b, "  rule:       trust.rules[%d] %s (%s)\n", r.Index, r.Repositories, r.Mode)
+	}
+	if rep.Digest != "" {
+		fmt.Fprintf(&b, "  digest:     %s", rep.Digest)
+		if rep.Size > 0 {
+			fmt.Fprintf(&b, " (%d bytes)", rep.Size)
+		}
+		b.WriteString("\n")
+	}
+	if rep.Role != "" {
+		fmt.Fprintf(&b, "  signed in:  %s by %s\n", rep.Role, strings.Join(rep.Signers, ", "))
+	}
+	if t := rep.TrustData; t != nil {
+		fmt.Fprintf(&b, "  trust data: refreshed %s, expires %s, trust server %s\n",
+			t.Refreshed.Format(time.RFC3339), t.Expires.Format(time.RFC3339), t.TrustServer)
+	}
+	if s := rep.Scan; s != nil {
+		verdict := "failed"
+		if s.Passed {
+			verdict = "passed"
+		}
+		fmt.Fprintf(&b, "  scan:       %s, %d vulnerabilities", verdict, s.Found)
+		if s.Source != "" {
+			fmt.Fprintf(&b, ", from %s", s.Source)
+		}
+		if s.Detail != "" {
+			fmt.Fprintf(&b, ": %s", s.Detail)
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }

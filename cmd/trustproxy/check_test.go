@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -53,7 +54,7 @@ trust:
 		return p
 	}
 	names := strings.NewReplacer(signed.String(), "<signed v1>", unsigned.String(), "<unsigned v2>")
-	times := regexp.MustCompile(`"\d{4}-\d\d-\d\dT[0-9:.]+Z"`)
+	times := regexp.MustCompile(`\d{4}-\d\d-\d\dT[0-9:.]+Z`)
 	var got strings.Builder
 	for _, c := range []struct {
 		mode, image string
@@ -65,13 +66,24 @@ trust:
 		{"audit", "library/app@" + unsigned.String(), nil},
 		{"audit", "library/app:v2", nil},
 		{"enforce", "library/app:v1", nil},
+		{"enforce", "library/App:v1", exitError(2)}, // no decision: not a reference
 	} {
-		var out bytes.Buffer
-		err := run(t.Context(), []string{"check", "--config", config(c.mode), c.image}, &out, io.Discard)
-		if err != c.exit {
-			t.Errorf("check %s (%s): %v, want %v\n%s", c.image, c.mode, err, c.exit, out.String())
+		for _, format := range []string{"--json", ""} {
+			args := []string{"check", "--config", config(c.mode), c.image}
+			if format != "" {
+				args = slices.Insert(args, 1, format)
+			}
+			var out, stderr bytes.Buffer
+			err := run(t.Context(), args, &out, &stderr)
+			if err != c.exit {
+				t.Errorf("check %s %s (%s): %v, want %v\n%s", format, c.image, c.mode, err, c.exit, out.String())
+			}
+			if c.exit == exitError(2) && !strings.Contains(stderr.String(), "trustproxy check: image") {
+				t.Errorf("check %s: stderr %q does not say why", c.image, stderr.String())
+			}
+			fmt.Fprintf(&got, "$ trustproxy check %s%s  # %s, exit %v\n%s\n", format+strings.Repeat(" ", min(len(format), 1)), names.Replace(c.image), c.mode, err,
+				times.ReplaceAllString(names.Replace(out.String()), "<time>"))
 		}
-		fmt.Fprintf(&got, "$ trustproxy check %s  # %s, exit %v\n%s\n", names.Replace(c.image), c.mode, err, times.ReplaceAllString(names.Replace(out.String()), `"<time>"`))
 	}
 	testenv.Golden(t, filepath.Join("testdata", "check.golden"), []byte(got.String()))
 }
@@ -125,7 +137,7 @@ scan:
 	}
 	check := func(image string) (map[string]any, error) {
 		var out bytes.Buffer
-		err := run(t.Context(), []string{"check", "--config", cfg, "--scan", image}, &out, io.Discard)
+		err := run(t.Context(), []string{"check", "--json", "--config", cfg, "--scan", image}, &out, io.Discard)
 		var v map[string]any
 		if jerr := json.Unmarshal(out.Bytes(), &v); jerr != nil {
 			t.Fatalf("check output %q: %v (%v)", out.String(), jerr, err)

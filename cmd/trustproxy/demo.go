@@ -44,7 +44,7 @@ func runDemo(ctx context.Context, listen, dir string, exit bool, stdout io.Write
 	}
 	defer lf.Close()
 	log := newLogger(lf, "info")
-	srv, err := start(ctx, cfg, log)
+	srv, err := start(ctx, cfg, "", nil, log)
 	if err != nil {
 		return err
 	}

@@ -38,7 +38,7 @@ func TestServeFailsWhenTLSDoesNotLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- serve(t.Context(), cfg, slog.New(slog.DiscardHandler)) }()
+	go func() { done <- serve(t.Context(), cfg, "", nil, slog.New(slog.DiscardHandler)) }()
 	select {
 	case err := <-done:
 		if err == nil || !strings.Contains(err.Error(), "private key does not match public key") || !strings.Contains(err.Error(), k.CertFile) {

@@ -3,7 +3,9 @@
 //
 //	trustproxy serve [--config FILE]   run the proxy (embedded default without --config)
 //	trustproxy demo [--listen ADDR]    self-contained demo: a signed pull served, an unsigned one refused
-//	trustproxy check [--config FILE] [--scan] IMAGE   say whether IMAGE would be served, and why
+//	trustproxy check [--config FILE] [--scan] [--json] IMAGE   say whether IMAGE would be served, and why
+//	trustproxy signers [--config FILE]   the trusted signers, their key IDs and rules
+//	trustproxy signers add NAME FILE     the config entry for a signer's public key or certificate
 //	trustproxy version
 package main
 
@@ -53,10 +55,13 @@ const usage = `usage:
   trustproxy serve [--config FILE]          run the proxy (the embedded default without --config)
   trustproxy demo [--listen ADDR] [--dir DIR] [--exit]
                                             self-contained demo: a signed pull served, an unsigned one refused
-  trustproxy check [--config FILE] [--scan] IMAGE
+  trustproxy check [--config FILE] [--scan] [--json] IMAGE
                                            say whether IMAGE (e.g. docker.io/library/alpine:3) would be served;
-                                           --scan scans it now
-  trustproxy version`
+                                           --scan scans it now; exit 0 served, 1 refused, 2 no decision
+  trustproxy signers [--config FILE]       each signer with its key IDs (both forms) and the rules that trust it
+  trustproxy signers add NAME FILE         the trust.signers entry for a public key (docker trust key generate)
+                                           or a certificate, and the ID that pins a root certificate
+  trustproxy version                       the version and the module versions of this build`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -80,7 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		return serve(ctx, cfg, newLogger(stderr, cfg.Log.Level))
+		level := logLevel(cfg.Log.Level)
+		return serve(ctx, cfg, *file, level, slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})))
 	case "demo":
 		fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 		listen := fs.String("listen", "127.0.0.1:5000", "`address` trustproxy listens on")
@@ -94,6 +100,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs := flag.NewFlagSet("check", flag.ContinueOnError)
 		file := fs.String("config", "", "YAML configuration `file` (default: the embedded default)")
 		rescan := fs.Bool("scan", false, "scan the image now (its rule's scanners) and decide on that report")
+		asJSON := fs.Bool("json", false, "print the decision as JSON")
 		if err := fs.Parse(args); err != nil {
 			return exitError(2)
 		}
@@ -103,11 +110,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		cfg, err := loadConfig(*file)
 		if err != nil {
+			fmt.Fprintln(stderr, "trustproxy check:", err)
+			return exitError(2)
+		}
+		return check(ctx, cfg, fs.Arg(0), *rescan, *asJSON, stdout, stderr, newLogger(stderr, cfg.Log.Level))
+	case "signers":
+		if len(args) > 0 && args[0] == "add" {
+			if len(args) != 3 {
+				fmt.Fprintln(stderr, usage)
+				return exitError(2)
+			}
+			return addSigner(args[1], args[2], stdout)
+		}
+		fs := flag.NewFlagSet("signers", flag.ContinueOnError)
+		file := fs.String("config", "", "YAML configuration `file` (default: the embedded default)")
+		if err := fs.Parse(args); err != nil {
+			return exitError(2)
+		}
+		if fs.NArg() != 0 {
+			fmt.Fprintln(stderr, usage)
+			return exitError(2)
+		}
+		cfg, err := loadConfig(*file)
+		if err != nil {
 			return err
 		}
-		return check(ctx, cfg, fs.Arg(0), *rescan, stdout, newLogger(stderr, cfg.Log.Level))
+		return listSigners(cfg, stdout)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "trustproxy", buildVersion())
+		writeVersion(stdout)
 		return nil
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, usage)
@@ -125,11 +155,34 @@ func loadConfig(file string) (*config.Config, error) {
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: logLevel(level)}))
+}
+
+// logLevel is the slog level of log.level, as a variable a reload sets.
+func logLevel(level string) *slog.LevelVar {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		l = slog.LevelInfo
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+	v := &slog.LevelVar{}
+	v.Set(l)
+	return v
+}
+
+// writeVersion prints trustproxy's version, then the Go version and the
+// version of each module the build holds, as `go version -m` would.
+func writeVersion(w io.Writer) {
+	fmt.Fprintln(w, "trustproxy", buildVersion())
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return
+	}
+	for _, m := range bi.Deps {
+		if m.Replace != nil {
+			m = m.Replace
+		}
+		fmt.Fprintf(w, "  %s %s\n", m.Path, m.Version)
+	}
 }
 
 func buildVersion() string {

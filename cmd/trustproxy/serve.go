@@ -8,6 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,22 +19,35 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/reload"
 	"github.com/trustproxy/trustproxy/internal/wiring"
 )
 
 // serve runs trustproxy until ctx ends (SIGTERM or SIGINT, see main) or its
 // listener fails, whose error it returns. On ctx's end it stops as
 // server.stop says.
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	s, err := start(ctx, cfg, log)
+//
+// With a configuration file, the configuration is reloaded on SIGHUP and
+// when the file or a file it names changes (internal/reload); level is the
+// log level, which a reload sets.
+func serve(ctx context.Context, cfg *config.Config, file string, level *slog.LevelVar, log *slog.Logger) error {
+	s, err := start(ctx, cfg, file, level, log)
 	if err != nil {
 		return err
+	}
+	if s.reload != nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go s.reload.Watch(watchCtx, reloadInterval, hup)
 	}
 	log.Info("trustproxy serving", "addr", s.addr, "upstreams", len(cfg.Upstreams), "version", buildVersion())
 	select {
 	case err := <-s.failed:
 		_ = s.http.Close()
-		s.closeDebug()
+		s.closeSide()
 		closeCtx, cancel := context.WithTimeout(context.Background(), fillStopTimeout)
 		defer cancel()
 		return errors.Join(err, s.proxy.Close(closeCtx))
@@ -41,6 +57,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return s.stop(cfg.Limits.ShutdownTimeout, log)
 }
 
+// reloadInterval is how often the configuration file and the files it
+// names are checked for changes.
+var reloadInterval = 2 * time.Second
+
 // fillStopTimeout bounds the wait for cancelled blob fills to end (their
 // uploads cancelled, spool files removed) once the requests are done.
 const fillStopTimeout = 10 * time.Second
@@ -48,15 +68,19 @@ const fillStopTimeout = 10 * time.Second
 // server is a running trustproxy: its HTTP server, the proxy behind it, the
 // address it listens on, and the listener's failure, if it fails.
 type server struct {
-	http   *http.Server
-	debug  *http.Server // nil without debug.listen
-	proxy  *proxy.Server
-	addr   string
-	failed <-chan error // receives the error Serve returned, other than ErrServerClosed
+	http    *http.Server
+	debug   *http.Server     // nil without debug.listen
+	metrics *http.Server     // nil without metrics.listen
+	reload  *reload.Reloader // nil without a configuration file
+	proxy   *wiring.Proxy    // its Close stops the storage collector, then the fills
+	addr    string
+	failed  <-chan error // receives the error Serve returned, other than ErrServerClosed
 }
 
-// start wires trustproxy from cfg and starts serving.
-func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, error) {
+// start wires trustproxy from cfg and starts serving. With file, the
+// configuration cfg was loaded from, it also prepares its reloads, which
+// set level.
+func start(ctx context.Context, cfg *config.Config, file string, level *slog.LevelVar, log *slog.Logger) (*server, error) {
 	warnings(cfg, log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -64,18 +88,37 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 	if err != nil {
 		return nil, err
 	}
+	var rl *reload.Reloader
+	if file != "" {
+		apply := func(next *config.Config) error {
+			if err := p.Reconfigure(next); err != nil {
+				return err
+			}
+			level.Set(logLevel(next.Log.Level).Level())
+			warnings(next, log)
+			return nil
+		}
+		if rl, err = reload.New(file, os.Environ(), cfg, apply, log, reg); err != nil {
+			_ = p.Close(ctx)
+			return nil, err
+		}
+	}
 	debug, err := startDebug(cfg.Debug, log)
 	if err != nil {
 		_ = p.Close(ctx)
 		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	// Ready, also when degraded: it still serves what it can verify.
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(p.Ready() + "\n")) })
+	health := healthMux(p.Server, rl)
+	metrics, err := startMetrics(cfg.Metrics, health, reg, log)
+	if err != nil {
+		_ = p.Close(ctx)
+		if debug != nil {
+			_ = debug.Close()
+		}
+		return nil, err
+	}
 	srv := &http.Server{
-		Handler:           p.Handler(mux),
+		Handler:           p.Handler(health),
 		ReadHeaderTimeout: 10 * time.Second,
 		// Reset at each request; /v2/ responses extend it per write
 		// (proxy's timedWriter), so only a client that stops reading hits it.
@@ -87,8 +130,10 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 	l, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		_ = p.Close(ctx)
-		if debug != nil {
-			_ = debug.Close()
+		for _, side := range []*http.Server{debug, metrics} {
+			if side != nil {
+				_ = side.Close()
+			}
 		}
 		return nil, fmt.Errorf("listen: %w (set listen: in the config, or TRUSTPROXY_LISTEN)", err)
 	}
@@ -112,7 +157,10 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*server, 
 		}
 		failed <- err
 	}()
-	return &server{http: srv, debug: debug, proxy: p, addr: l.Addr().String(), failed: failed}, nil
+	if p.Retention != nil {
+		p.Retention.Start()
+	}
+	return &server{http: srv, debug: debug, metrics: metrics, reload: rl, proxy: p, addr: l.Addr().String(), failed: failed}, nil
 }
 
 // stop stops s gracefully: the listener closes at once, requests in flight
@@ -127,16 +175,60 @@ func (s *server) stop(timeout time.Duration, log *slog.Logger) error {
 		log.Warn("requests still running at limits.shutdown_timeout: their connections are closed", "shutdown_timeout", timeout, "err", err)
 		_ = s.http.Close()
 	}
-	s.closeDebug()
+	s.closeSide()
 	closeCtx, cancelClose := context.WithTimeout(context.Background(), fillStopTimeout)
 	defer cancelClose()
 	return s.proxy.Close(closeCtx)
 }
 
-func (s *server) closeDebug() {
-	if s.debug != nil {
-		_ = s.debug.Close()
+// closeSide closes the debug and metrics listeners.
+func (s *server) closeSide() {
+	for _, side := range []*http.Server{s.debug, s.metrics} {
+		if side != nil {
+			_ = side.Close()
+		}
 	}
+}
+
+// healthMux serves /healthz (alive) and /readyz (proxy.Server.Readiness:
+// 503 when the replica cannot serve; and the running configuration's
+// fingerprint when rl is not nil), on both listeners.
+func healthMux(p *proxy.Server, rl *reload.Reloader) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ready := p.Readiness(r.Context())
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !ready.OK {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = w.Write([]byte(ready.String()))
+		if rl != nil {
+			_, _ = w.Write([]byte("config: " + rl.Fingerprint() + "\n"))
+		}
+	})
+	return mux
+}
+
+// startMetrics serves /metrics from reg, and health's routes, on
+// cfg.Listen, apart from the registry API. It returns the server to close
+// at stop, or nil when no metrics listener is configured.
+func startMetrics(cfg config.Metrics, health *http.ServeMux, reg *prometheus.Registry, log *slog.Logger) (*http.Server, error) {
+	if cfg.Listen == "" {
+		log.Info("no metrics listener: set metrics.listen (or TRUSTPROXY_METRICS_LISTEN) to serve /metrics")
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listener: %w (set metrics.listen to a free address, or remove it)", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("/", health)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	log.Info("metrics serving", "addr", l.Addr())
+	return srv, nil
 }
 
 // warnings logs what an operator should know about cfg at start.

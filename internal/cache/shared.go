@@ -53,9 +53,12 @@ const (
 	KindLock    Kind = "lock"    // cold blob fill locks, naming the holder's URL (proxy)
 	KindRefusal Kind = "refusal" // "no trust data" refusals (trust)
 	KindVerdict Kind = "verdict" // verified trust views (trust)
+	// KindRetention is the storage collector's lock (retention): which
+	// replica collects, until when.
+	KindRetention Kind = "retention"
 )
 
-var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict}
+var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict, KindRetention}
 
 // sealVersion is the first byte of every sealed entry.
 const sealVersion = 1

@@ -16,8 +16,9 @@ const module = "github.com/trustproxy/trustproxy/"
 // manifest, sample, trustserver) import nothing of ours; config sits on
 // severity, egress and cache on config; trust, scan, refgraph, upstream and
 // fill each do one job on those; proxy (the HTTP face and decide) uses them
-// all; wiring opens them all and hands them to proxy; cmd reads config,
-// opens, serves. No package imports one above it: trust, scan, cache, egress
+// all; wiring opens them all and hands them to proxy; reload takes a new
+// configuration (config alone); cmd reads config, opens, serves, reloads
+// (and names signers' keys with trust). No package imports one above it: trust, scan, cache, egress
 // and the leaf packages never import proxy, and proxy never imports wiring.
 var allowed = map[string][]string{
 	"internal/severity":    {},
@@ -36,13 +37,16 @@ var allowed = map[string][]string{
 	"internal/fill":        {"config", "internal/cache", "internal/gun", "internal/upstream"},
 	"internal/proxy": {"config", "internal/cache", "internal/fill", "internal/gun", "internal/manifest",
 		"internal/refgraph", "internal/scan", "internal/trust", "internal/upstream"},
+	"internal/retention": {"config", "internal/cache", "internal/fill", "internal/gun", "internal/manifest", "internal/trust"},
 	"internal/wiring": {"config", "internal/cache", "internal/fill", "internal/proxy", "internal/refgraph",
-		"internal/scan", "internal/trust"},
+		"internal/retention", "internal/scan", "internal/trust"},
 	"internal/demo":    {"internal/sample", "internal/trustserver"},
 	"internal/testenv": {"internal/sample", "internal/scan", "internal/severity"},
-	"cmd/trustproxy":   {"config", "internal/demo", "internal/proxy", "internal/sample", "internal/wiring"},
-	"bench":            {},
-	"deploy":           {},
+	"internal/reload":  {"config"},
+	"cmd/trustproxy": {"config", "internal/demo", "internal/proxy", "internal/reload", "internal/sample",
+		"internal/trust", "internal/wiring"},
+	"bench":  {},
+	"deploy": {},
 }
 
 // TestImportDirection lists every package of the module with the go tool

@@ -33,6 +33,12 @@ type Endpoint struct {
 	URL                string
 	CAFile             string // PEM CA certificates trusted besides the system's
 	Username, Password string
+	// PasswordFile holds the password of Username instead of Password; it
+	// is read again when it changes.
+	PasswordFile string
+	// DockerConfig is a docker CLI config.json whose auths, credHelpers or
+	// credsStore give the credentials for URL's host, resolved when used.
+	DockerConfig string
 	// TokenRealms are further origins (scheme://host[:port]) that may be
 	// sent token requests with the credentials.
 	TokenRealms []string
@@ -51,7 +57,8 @@ type Endpoint struct {
 func Configured(field string, e config.Endpoint, redirectHosts []string, timeout time.Duration) Endpoint {
 	return Endpoint{
 		Field: field, URL: e.URL, CAFile: e.CAFile,
-		Username: e.Username, Password: e.Password, TokenRealms: e.TokenRealms,
+		Username: e.Username, Password: e.Password, PasswordFile: e.PasswordFile,
+		DockerConfig: e.DockerConfig, TokenRealms: e.TokenRealms,
 		RedirectHosts: redirectHosts, Timeout: timeout,
 	}
 }
@@ -78,9 +85,9 @@ const maxRedirects = 5
 type Client struct {
 	field      string
 	origin     string
-	user, pass string
-	realms     map[string]bool // allowed token realm origins, the endpoint's own included
-	redirectOK map[string]bool // lower-case host or host:port
+	creds      credentialSource // nil: anonymous
+	realms     map[string]bool  // allowed token realm origins, the endpoint's own included
+	redirectOK map[string]bool  // lower-case host or host:port
 	transport  *http.Transport
 
 	mu      sync.Mutex
@@ -109,8 +116,7 @@ func New(e Endpoint) (*Client, error) {
 	c := &Client{
 		field:      e.Field,
 		origin:     originOf(base),
-		user:       e.Username,
-		pass:       e.Password,
+		creds:      credentialsOf(e),
 		realms:     map[string]bool{originOf(base): true},
 		redirectOK: map[string]bool{},
 		limited:    map[string]time.Time{},
@@ -258,7 +264,9 @@ func (c *Client) send(req *http.Request, scope string) (*http.Response, error) {
 	r := req.Clone(req.Context())
 	o := originOf(r.URL)
 	if o == c.origin {
-		c.authorize(r, scope)
+		if err := c.authorize(r, scope); err != nil {
+			return nil, err
+		}
 	} else {
 		// Never credentials anywhere else, whatever the caller set.
 		r.Header.Del("Authorization")
@@ -280,20 +288,42 @@ func (c *Client) send(req *http.Request, scope string) (*http.Response, error) {
 }
 
 // authorize adds what the server asked for: Basic credentials, or the bearer
-// token of scope if one is held.
-func (c *Client) authorize(r *http.Request, scope string) {
+// token of scope if one is held. Its error is a credential source's that
+// failed (an unreadable password file, a failing credential helper).
+func (c *Client) authorize(r *http.Request, scope string) error {
 	c.mu.Lock()
 	scheme := c.scheme
 	c.mu.Unlock()
 	switch scheme {
 	case "basic":
-		if c.user != "" || c.pass != "" {
-			r.SetBasicAuth(c.user, c.pass)
+		user, pass, err := c.credentials(r.Context())
+		if err != nil {
+			return err
+		}
+		if user != "" || pass != "" {
+			r.SetBasicAuth(user, pass)
 		}
 	case "bearer":
 		if t, ok := c.tokens.Get(scope); ok && time.Now().Before(t.until) {
 			r.Header.Set("Authorization", "Bearer "+t.value)
 		}
+	}
+	return nil
+}
+
+// credentials resolves the endpoint's credentials now; ("", "") when it
+// has none.
+func (c *Client) credentials(ctx context.Context) (string, string, error) {
+	if c.creds == nil {
+		return "", "", nil
+	}
+	return c.creds.get(ctx)
+}
+
+// credentialsRefused tells the source that what it gave was refused.
+func (c *Client) credentialsRefused() {
+	if c.creds != nil {
+		c.creds.refused()
 	}
 }
 
@@ -332,12 +362,17 @@ func (c *Client) authenticate(ctx context.Context, resp *http.Response, scope st
 			return false, err
 		}
 		return true, nil
-	case basic != nil && (c.user != "" || c.pass != ""):
+	case basic != nil && c.creds != nil:
 		c.mu.Lock()
 		c.scheme = "basic"
 		c.mu.Unlock()
-		// Send again only if the credentials were not sent yet.
-		return resp.Request == nil || resp.Request.Header.Get("Authorization") == "", nil
+		// Send again only if the credentials were not sent yet; sent and
+		// refused, the source is asked afresh next time.
+		if resp.Request != nil && resp.Request.Header.Get("Authorization") != "" {
+			c.credentialsRefused()
+			return false, nil
+		}
+		return true, nil
 	}
 	return false, nil
 }
@@ -453,8 +488,12 @@ func (c *Client) fetchToken(ctx context.Context, scope string) (token, error) {
 	if err != nil {
 		return token{}, err
 	}
-	if c.user != "" || c.pass != "" {
-		req.SetBasicAuth(c.user, c.pass) // checkRealm allowed this origin
+	user, pass, err := c.credentials(ctx)
+	if err != nil {
+		return token{}, err
+	}
+	if user != "" || pass != "" {
+		req.SetBasicAuth(user, pass) // checkRealm allowed this origin
 	}
 	resp, err := c.transport.RoundTrip(req)
 	if err != nil {
@@ -463,6 +502,9 @@ func (c *Client) fetchToken(ctx context.Context, scope string) (token, error) {
 	defer discard(resp)
 	if err := c.noteRateLimit(o, resp); err != nil {
 		return token{}, err
+	}
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		c.credentialsRefused()
 	}
 	if resp.StatusCode != http.StatusOK {
 		return token{}, fmt.Errorf("%s: token realm %s answered %s for scope %q; check the credentials", c.field, o, resp.Status, scope)

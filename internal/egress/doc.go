@@ -12,6 +12,10 @@
 //     connection is made to that realm: a hostile server cannot collect the
 //     configured username and password, or make trustproxy fetch from an
 //     address of its choosing.
+//   - Credentials come from the endpoint's one configured source (password,
+//     password_file or docker_config), resolved when they are sent, so a
+//     rotated password file or credential helper answer counts without a
+//     restart; they are never logged.
 //   - Redirects (followed by Do only) are capped, never go from https to
 //     http, and never carry credentials: the Authorization header is added
 //     per request, and only for the endpoint's own origin. A redirect to any

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -177,6 +178,20 @@ func (fs *Fills) lock(b Blob) (release func(), holder string) {
 		holder = "" // our own fill, just started or just ended: join or start one here
 	}
 	return release, holder
+}
+
+// Filling says whether a fill of blob d, in any repository, is under way
+// in this process: the storage collector leaves such a blob alone.
+func (fs *Fills) Filling(d digest.Digest) bool {
+	suffix := "@" + d.String()
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for key := range fs.fills {
+		if strings.HasSuffix(key, suffix) {
+			return true
+		}
+	}
+	return false
 }
 
 // Close stops the fills: from its call on, Serve returns ErrClosing for a

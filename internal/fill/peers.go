@@ -175,6 +175,41 @@ func (p *peers) acquire(blob string) (release func(), holder string) {
 	}, ""
 }
 
+// maxLocksScanned bounds the fill locks LockedDigests reads: keys planted
+// beyond it cost a collection nothing more than the scan.
+const maxLocksScanned = 100_000
+
+// LockedDigests returns the digests of the blobs that some replica sharing
+// sh holds a live fill lock for, in any repository: the storage collector
+// leaves them alone. A lock that is not sealed for its key, or is over, is
+// ignored: a Redis writer can neither hide a genuine lock's digest (short
+// of deleting it, when the collector's other checks still hold) nor add
+// one beyond replaying a genuine lock within its end. An error says Redis
+// did not answer: the caller must not assume no fill is under way.
+func LockedDigests(ctx context.Context, sh *cache.Shared) (map[digest.Digest]bool, error) {
+	out := map[digest.Digest]bool{}
+	prefix := sh.Key("fill:")
+	iter := sh.Redis.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	for n := 0; iter.Next(ctx) && n < maxLocksScanned; n++ {
+		key := iter.Val()
+		at := strings.LastIndexByte(key, '@')
+		if at < 0 {
+			continue
+		}
+		d, err := digest.Parse(key[at+1:])
+		if err != nil {
+			continue
+		}
+		b := sh.Get(ctx, cache.KindLock, key, 4096)
+		var l fillLock
+		if b == nil || json.Unmarshal(b, &l) != nil || !time.Now().Before(l.Until) {
+			continue
+		}
+		out[d] = true
+	}
+	return out, iter.Err()
+}
+
 // token authenticates a request for the fill of blob until exp.
 func (p *peers) token(blob string, exp int64) string {
 	m := hmac.New(sha256.New, p.key)

@@ -6,7 +6,10 @@
 package gun
 
 import (
+	"encoding/hex"
 	"fmt"
+	"net"
+	"strings"
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
@@ -44,3 +47,29 @@ func (n Name) Path() string { return n.path }
 
 // At is the key of content d in the repository: GUN@digest.
 func (n Name) At(d digest.Digest) string { return n.String() + "@" + d.String() }
+
+// StorageName is the name the repository has in trustproxy's storage. It is
+// the GUN, but for an upstream with a port or an IPv6 address, whose
+// characters distribution's storage drivers refuse in a path: the port
+// follows an underscore (registry.example.com_5443/team/app), and an IPv6
+// address is written ipv6_ and its 32 hex digits. Host names never hold an
+// underscore, so no two upstreams share a storage name.
+func (n Name) StorageName() string {
+	if n.upstream == "" {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(n.upstream)
+	if err != nil {
+		host, port = n.upstream, ""
+	}
+	if ip, ok := strings.CutPrefix(host, "["); ok {
+		host = strings.TrimSuffix(ip, "]")
+	}
+	if ip := net.ParseIP(host); ip != nil && strings.Contains(host, ":") {
+		host = "ipv6_" + hex.EncodeToString(ip.To16())
+	}
+	if port != "" {
+		host += "_" + port
+	}
+	return host + "/" + n.path
+}

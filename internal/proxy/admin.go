@@ -29,7 +29,7 @@ func (s *Server) adminHandler(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusNotFound, "the admin API has one route: POST /admin/scan/reports/<manifest digest>")
 		return
 	}
-	token := s.cfg.Scan.ReportToken
+	token := s.policy.Load().cfg.Scan.ReportToken
 	if s.gate == nil || token == "" {
 		fail(http.StatusNotFound, "posting scan reports is off: set scan.report_token_file")
 		return

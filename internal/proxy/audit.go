@@ -18,7 +18,7 @@ import (
 func (s *Server) serveUnverifiedManifest(w http.ResponseWriter, r *http.Request, req *request) error {
 	ctx := r.Context()
 	from := req.from.Name()
-	limit := s.cfg.Limits.ManifestBytes
+	limit := s.limits.ManifestBytes
 	body, err := req.from.Manifest(ctx, req.name.Path(), req.ref, limit)
 	if errors.Is(err, upstream.ErrTooLarge) {
 		return upstream.Unavailable(fmt.Errorf("manifest %s from %s is over limits.manifest_bytes (%d)", req.ref, from, limit))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -32,8 +33,12 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 	}
 	blobs := repo.Blobs(ctx)
 	if stored, err := blobs.Stat(ctx, req.dgst); err == nil {
-		_ = s.settleBlob(ctx, d, "cache", nil)
-		return s.serveStored(ctx, w, r, blobs, stored)
+		// The storage collector may remove the blob between Stat and the
+		// read: then it is fetched again, as if it had never been stored.
+		if err := s.serveStored(ctx, w, r, blobs, stored); !errors.Is(err, errGone) {
+			_ = s.settleBlob(ctx, d, "cache", nil)
+			return err
+		}
 	}
 	desc := d.desc
 	if r.Method == http.MethodHead {
@@ -55,7 +60,10 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 			return &storageError{fmt.Errorf("blob %s, stored by another replica, cannot be read: %w", req.dgst, err)}
 		}
 		_ = s.settleBlob(ctx, d, "cache", nil)
-		return s.serveStored(ctx, w, r, blobs, stored)
+		if err := s.serveStored(ctx, w, r, blobs, stored); !errors.Is(err, errGone) {
+			return err
+		}
+		return &storageError{fmt.Errorf("blob %s, stored by another replica, was removed before it was read", req.dgst)}
 	}
 	err = s.settleBlob(ctx, d, string(source), err)
 	if _, ok := errors.AsType[*fill.AbortedError](err); ok {
@@ -69,23 +77,30 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 	return err
 }
 
+// errGone says a blob that storage listed was removed before it was read
+// (the storage collector): nothing was written to the client.
+var errGone = errors.New("the stored blob was removed before it was read")
+
 // serveStored serves a stored blob as distribution's BlobStore.ServeBlob
 // does (Range, HEAD, ETag, If-None-Match), reading the storage driver's file
 // itself: ServeBlob puts a 4 MiB buffer in front of every blob it opens
 // (fifty clients, 200 MiB). A driver whose reader cannot seek is served by
-// ServeBlob.
+// ServeBlob. errGone when the blob is not there any more.
 func (s *Server) serveStored(ctx context.Context, w http.ResponseWriter, r *http.Request, blobs distribution.BlobStore, desc v1.Descriptor) error {
 	if s.driver == nil {
-		return blobs.ServeBlob(ctx, w, r, desc.Digest)
+		return serveBlob(ctx, w, r, blobs, desc.Digest)
 	}
 	rc, err := s.driver.Reader(ctx, blobDataPath(desc.Digest), 0)
+	if errors.As(err, &storagedriver.PathNotFoundError{}) {
+		return errGone
+	}
 	if err != nil {
-		return blobs.ServeBlob(ctx, w, r, desc.Digest)
+		return serveBlob(ctx, w, r, blobs, desc.Digest)
 	}
 	defer rc.Close()
 	rs, ok := rc.(io.ReadSeeker)
 	if !ok {
-		return blobs.ServeBlob(ctx, w, r, desc.Digest)
+		return serveBlob(ctx, w, r, blobs, desc.Digest)
 	}
 	h := w.Header()
 	h.Set("Docker-Content-Digest", desc.Digest.String())
@@ -94,6 +109,16 @@ func (s *Server) serveStored(ctx context.Context, w http.ResponseWriter, r *http
 	h.Set("Content-Type", cmp.Or(desc.MediaType, "application/octet-stream"))
 	http.ServeContent(w, r, "", time.Time{}, rs)
 	return nil
+}
+
+// serveBlob is distribution's ServeBlob, errGone when the blob is not
+// there any more (ServeBlob then has written nothing).
+func serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, blobs distribution.BlobStore, d digest.Digest) error {
+	err := blobs.ServeBlob(ctx, w, r, d)
+	if errors.Is(err, distribution.ErrBlobUnknown) {
+		return errGone
+	}
+	return err
 }
 
 // blobDataPath is where distribution's storage keeps a blob's bytes (its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -27,6 +28,7 @@ const (
 // A Decision is the verdict on one request, why, and the facts behind it.
 type Decision struct {
 	Repository string // the GUN; "" for a write whose path names none
+	Upstream   string // the name of the upstream the GUN is at; "" when Repository is
 	Ref        string // the tag or digest asked for; "" for tags/list; a write's method
 	Kind       string // manifest, blob, tags or write
 	Verdict    Verdict
@@ -76,10 +78,10 @@ type decideOptions struct {
 // unreachable, storage failing): there is no decision, and the client is
 // told to retry.
 func (s *Server) decide(ctx context.Context, req *request, opt decideOptions) (*Decision, error) {
-	d := &Decision{Repository: req.name.String(), Ref: req.ref, Kind: req.kind.String(), Digest: req.dgst, Size: -1,
-		desc: v1.Descriptor{Digest: req.dgst, Size: -1}}
+	d := &Decision{Repository: req.name.String(), Upstream: req.name.Upstream(), Ref: req.ref, Kind: req.kind.String(),
+		Digest: req.dgst, Size: -1, desc: v1.Descriptor{Digest: req.dgst, Size: -1}}
 	if req.kind != kindWrite {
-		d.Rule = s.cfg.Trust.RuleFor(d.Repository)
+		d.Rule = req.pol.cfg.Trust.RuleFor(d.Repository)
 	}
 	return s.conclude(ctx, req, d, s.judge(ctx, req, d, opt))
 }
@@ -230,12 +232,21 @@ func (s *Server) settleBlob(ctx context.Context, d *Decision, source string, err
 // logDecision writes d's decision line and counts it. Served blobs and
 // trust data files are logged at debug level: a pull asks for many.
 func (s *Server) logDecision(ctx context.Context, d *Decision) {
-	s.metrics.decisions.WithLabelValues(string(d.Verdict), string(d.Reason)).Inc()
-	level := slog.LevelInfo
-	if (d.Kind == "blob" || d.Kind == "trust_data") && d.Verdict == Served {
+	rule := "none"
+	if d.Rule != nil {
+		rule = strconv.Itoa(d.Rule.Index)
+	}
+	s.metrics.decisions.WithLabelValues(string(d.Verdict), string(d.Reason), d.Upstream, rule).Inc()
+	// A refusal (audited ones too) is a warning: it shows under log: warn.
+	level := slog.LevelWarn
+	switch {
+	case d.Verdict == Served && (d.Kind == "blob" || d.Kind == "trust_data"):
 		level = slog.LevelDebug
+	case d.Verdict == Served:
+		level = slog.LevelInfo
 	}
 	attrs := []slog.Attr{
+		slog.String("request_id", RequestID(ctx)),
 		slog.String("repo", d.Repository), slog.String("ref", d.Ref), slog.String("kind", d.Kind),
 		slog.String("verdict", string(d.Verdict)), slog.String("reason", string(d.Reason)),
 	}

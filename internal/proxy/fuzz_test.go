@@ -42,7 +42,7 @@ func checkParsed(t *testing.T, s *Server, r *http.Request) {
 	w := &http.Request{Method: http.MethodPut, URL: r.URL}
 	if gun := s.writeRequest(w).name.String(); gun != "" {
 		up, _, _ := strings.Cut(gun, "/")
-		if _, err := reference.WithName(gun); err != nil || s.upstreams.Named(up) == nil {
+		if _, err := reference.WithName(gun); err != nil || s.policy.Load().upstreams.Named(up) == nil {
 			t.Fatalf("writeRequest(%q) names %q", r.URL, gun)
 		}
 	}
@@ -57,10 +57,10 @@ func checkParsed(t *testing.T, s *Server, r *http.Request) {
 		return
 	}
 	where := r.URL.String()
-	if req.from == nil || s.upstreams.Named(req.from.Name()) != req.from {
+	if req.from == nil || s.policy.Load().upstreams.Named(req.from.Name()) != req.from {
 		t.Fatalf("%s: upstream %v is not one of the configured ones", where, req.from)
 	}
-	if n := len(s.upstreams.Names()); n != 2 {
+	if n := len(s.policy.Load().upstreams.Names()); n != 2 {
 		t.Fatalf("%s: %d upstreams after parse, want the 2 configured", where, n)
 	}
 	gun, repo := req.name.String(), req.name.Path()

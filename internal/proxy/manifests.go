@@ -28,7 +28,11 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, req *requ
 		return s.serveUnverifiedManifest(w, r, req)
 	}
 	// Served, or verified and then refused by the scan gate under an audit
-	// rule: the verified bytes.
+	// rule: the verified bytes. The pull is recorded before they are sent,
+	// so that a collection that re-reads the records after this finds it.
+	if s.pulls != nil {
+		s.pulls.Record(r.Context(), req.name, d.manifest.Digest)
+	}
 	s.metrics.served.WithLabelValues("manifest", d.source).Inc()
 	writeManifest(w, r, d.manifest)
 	return nil
@@ -100,7 +104,7 @@ func (s *Server) fetchManifest(ctx context.Context, req *request, ms distributio
 	refuse := func(reason Reason, detail string) error {
 		return &Refusal{GUN: req.name.String(), Ref: want.Digest.String(), Reason: reason, Detail: detail}
 	}
-	limit := s.cfg.Limits.ManifestBytes
+	limit := s.limits.ManifestBytes
 	if want.Size > limit {
 		return nil, refuse(ReasonInvalidManifest, fmt.Sprintf("the signed manifest is %d bytes, over limits.manifest_bytes (%d)", want.Size, limit))
 	}

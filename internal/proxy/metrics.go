@@ -4,7 +4,7 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // metrics are the proxy's Prometheus collectors.
 type metrics struct {
-	decisions *prometheus.CounterVec // trustproxy_decisions_total{verdict,reason}
+	decisions *prometheus.CounterVec // trustproxy_decisions_total{verdict,reason,upstream,rule}
 	upstream  *prometheus.CounterVec // trustproxy_upstream_fetches_total{kind,result}
 	served    *prometheus.CounterVec // trustproxy_served_total{kind,source}
 	unusable  *prometheus.CounterVec // trustproxy_storage_unusable_total{kind}
@@ -15,8 +15,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_decisions_total",
-			Help: "Decisions on requests for content, by verdict (served, denied, audit) and reason.",
-		}, []string{"verdict", "reason"}),
+			Help: "Decisions on requests, by verdict (served, denied, audit), reason, upstream and rule (its index in trust.rules, or none).",
+		}, []string{"verdict", "reason", "upstream", "rule"}),
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_upstream_fetches_total",
 			Help: "Manifest and blob fetches from upstream registries, by kind and result.",

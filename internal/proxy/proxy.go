@@ -6,12 +6,14 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/reference"
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
 
@@ -32,6 +34,37 @@ type Verifier interface {
 	// Metadata returns the signed bytes of a file of notary's read API
 	// that the verified view rests on.
 	Metadata(ctx context.Context, name gun.Name, r *config.Rule, view *trust.View, file string) ([]byte, error)
+	// Servers checks each Notary server, for /readyz.
+	Servers(ctx context.Context) []trust.ServerState
+	// Reconfigure takes the trust settings of a reloaded configuration.
+	Reconfigure(cfg *config.Config) error
+}
+
+// policy is the part of the configuration a reload changes, swapped whole:
+// the rules, signers and pins (cfg.Trust, with the trust verifier's own
+// copy), the upstreams and their clients, the scan policies in the rules
+// and the report token.
+type policy struct {
+	cfg       *config.Config
+	upstreams *upstream.Set
+}
+
+// Reconfigure makes cfg (as config.Load returns it) the configuration of
+// the requests that arrive from now on: their upstreams, rules, signers,
+// pins and scan policies. Requests under way end under the configuration
+// they began with. What New built from cfg's other settings (storage,
+// Redis, limits, the scan gate's scanners) stays: internal/reload says
+// which settings need a restart. On error nothing changed.
+func (s *Server) Reconfigure(cfg *config.Config) error {
+	ups, err := upstream.NewSet(cfg, s.upstreamM)
+	if err != nil {
+		return err
+	}
+	if err := s.verify.Reconfigure(cfg); err != nil {
+		return err
+	}
+	s.policy.Store(&policy{cfg: cfg, upstreams: ups})
+	return nil
 }
 
 var _ Verifier = (*trust.Verifier)(nil)
@@ -45,23 +78,36 @@ type Parts struct {
 	Gate   *scan.Gate     // nil: no scan gate configured
 	Graph  refgraph.Graph // what verified manifests list; nil: this process's own, in memory
 	Shared *cache.Shared  // nil: no shared state; else blob fills are shared with the replicas at redis.replica_url
+	Pulls  Pulls          // nil: pulls are not recorded (no retention configured)
+}
+
+// Pulls records that a repository's manifest was pulled, for the storage
+// collector (internal/retention), which keeps what is pulled. Record is
+// called before the manifest is sent; it logs its own failures.
+type Pulls interface {
+	Record(ctx context.Context, name gun.Name, d digest.Digest)
 }
 
 // Server is the registry read API. It is an http.Handler for /v2/.
 type Server struct {
-	cfg       *config.Config
+	// policy is what a configuration reload changes (Reconfigure); limits
+	// and the rest are the configuration New was given.
+	policy    atomic.Pointer[policy]
+	limits    config.Limits
 	store     distribution.Namespace
 	driver    storagedriver.StorageDriver
 	verify    Verifier
 	gate      *scan.Gate
 	shared    *cache.Shared
 	graph     refgraph.Graph
+	pulls     Pulls
 	fills     *fill.Fills
-	upstreams *upstream.Set
+	upstreamM *upstream.Metrics
 	log       *slog.Logger
 	decisions *slog.Logger
 	metrics   *metrics
 
+	ready     readiness
 	manifests singleflight.Group           // one upstream manifest fetch per gun.Name.At
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
 }
@@ -69,7 +115,11 @@ type Server struct {
 // New returns the registry read API for cfg's upstreams over p. Every route
 // to content asks p.Verify first. Metrics are registered on reg.
 func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
-	ups, err := upstream.NewSet(cfg)
+	um, err := upstream.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	ups, err := upstream.NewSet(cfg, um)
 	if err != nil {
 		return nil, err
 	}
@@ -90,10 +140,11 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 		p.Graph = refgraph.NewMemory()
 	}
 	s := &Server{
-		cfg: cfg, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
-		graph: p.Graph, fills: fills, upstreams: ups,
+		limits: cfg.Limits, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
+		graph: p.Graph, pulls: p.Pulls, fills: fills, upstreamM: um,
 		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec,
 	}
+	s.policy.Store(&policy{cfg: cfg, upstreams: ups})
 	if sh := p.Shared; sh != nil {
 		sh.Health.Watch(s.setDegraded)
 		if u := strings.TrimSuffix(cfg.Redis.ReplicaURL, "/"); u != "" {
@@ -112,14 +163,9 @@ func (s *Server) setDegraded(down bool) {
 	s.metrics.degraded.Set(v)
 }
 
-// Ready says whether the Server serves with everything it was configured
-// with: "ok", or what it is doing without (it still serves).
-func (s *Server) Ready() string {
-	if s.shared != nil && s.shared.Health.Degraded() {
-		return "degraded: redis unreachable; serving with this replica's own trust floor"
-	}
-	return "ok"
-}
+// Filling says whether this process is filling blob d (in any
+// repository): the storage collector leaves it alone.
+func (s *Server) Filling(d digest.Digest) bool { return s.fills.Filling(d) }
 
 // Close stops the blob fills (fill.Fills.Close): from its call on, a
 // request that would start or join one gets 503 UNAVAILABLE, and every
@@ -142,9 +188,9 @@ func (s *Server) Handler(other http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch p := r.URL.Path; {
 		case p == "/v2" || strings.HasPrefix(p, "/v2/"):
-			s.ServeHTTP(w, r)
+			s.ServeHTTP(w, withRequestID(w, r))
 		case strings.HasPrefix(p, "/admin/"):
-			s.adminHandler(w, r)
+			s.adminHandler(w, withRequestID(w, r))
 		case p == "/internal/fills":
 			s.fills.ServePeer(w, r)
 		default:
@@ -157,7 +203,7 @@ func (s *Server) Handler(other http.Handler) http.Handler {
 // is not; a write is refused by decide. Each write to the client is
 // bounded by limits.client_write_timeout.
 func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
-	w := newTimedWriter(rw, s.cfg.Limits.ClientWriteTimeout)
+	w := newTimedWriter(rw, s.limits.ClientWriteTimeout)
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		_, err := s.decide(r.Context(), s.writeRequest(r), decideOptions{})
@@ -199,9 +245,9 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// repository opens the storage repository of req.
+// repository opens the storage repository of req, under its storage name.
 func (s *Server) repository(ctx context.Context, req *request) (distribution.Repository, error) {
-	named, err := reference.WithName(req.name.String())
+	named, err := reference.WithName(req.name.StorageName())
 	if err != nil {
 		return nil, &requestError{errcode.ErrorCodeNameInvalid, err.Error()}
 	}

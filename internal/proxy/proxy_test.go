@@ -490,6 +490,9 @@ func TestAlteredStoredManifestNotServed(t *testing.T) {
 	if !strings.Contains(p.logs.String(), "stored manifest unusable") {
 		t.Fatalf("no log line about the altered manifest")
 	}
+	if got := p.counter(t, "trustproxy_storage_unusable_total", "kind", "manifest"); got != 1 {
+		t.Errorf("trustproxy_storage_unusable_total{kind=manifest} = %v, want 1", got)
+	}
 	w.Registry.Stop()
 	status, _, body = p.get(t, http.MethodGet, path)
 	if status == 200 {

@@ -142,7 +142,7 @@ func TestEveryReason(t *testing.T) {
 		for _, mode := range []config.Mode{config.Enforce, config.Audit} {
 			logs.Reset()
 			req := &request{kind: kindManifest, name: name, ref: "v1"}
-			d := &Decision{Repository: name.String(), Ref: req.ref, Kind: "manifest", Size: -1,
+			d := &Decision{Repository: name.String(), Upstream: name.Upstream(), Ref: req.ref, Kind: "manifest", Size: -1,
 				Rule: &config.Rule{Repositories: "docker.io/**", Mode: mode}}
 			var refusal error = &Refusal{Reason: Reason(reason), GUN: name.String(), Detail: "what happened"}
 			if _, ok := reasons[Reason(reason)]; ok && reasons[Reason(reason)].source == fromTrust {
@@ -162,8 +162,8 @@ func TestEveryReason(t *testing.T) {
 				!strings.Contains(line["message"].(string), "docker.io/library/app:v1 refused ("+reason+"): what happened") {
 				t.Errorf("%s (%s): decision line %s", reason, mode, logs.String())
 			}
-			if n := testutil.ToFloat64(s.metrics.decisions.WithLabelValues(verdict, reason)); n != 1 {
-				t.Errorf("%s (%s): trustproxy_decisions_total{verdict=%q,reason=%q} = %v, want 1", reason, mode, verdict, reason, n)
+			if n := testutil.ToFloat64(s.metrics.decisions.WithLabelValues(verdict, reason, "docker.io", "0")); n != 1 {
+				t.Errorf("%s (%s): trustproxy_decisions_total{verdict=%q,reason=%q,upstream=docker.io,rule=0} = %v, want 1", reason, mode, verdict, reason, n)
 			}
 			s.metrics.decisions.Reset()
 			if verdict == "audit" {

@@ -83,7 +83,7 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 	d.Redis.Stop()
 	pullAll("redis down")
 	for i, r := range replicas {
-		if got := r.proxy.Ready(); !strings.HasPrefix(got, "degraded") {
+		if got := r.proxy.Readiness(t.Context()).Status; !strings.HasPrefix(got, "degraded") {
 			t.Fatalf("replica %d ready %q with redis down", i, got)
 		}
 		if g := r.gauge(t, "trustproxy_redis_degraded"); g != 1 {
@@ -94,11 +94,11 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 	back := time.Now()
 	for deadline := back.Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		pullAll("redis back")
-		if replicas[0].proxy.Ready() == "ok" && replicas[1].proxy.Ready() == "ok" {
+		if replicas[0].proxy.Readiness(t.Context()).Status == "ok" && replicas[1].proxy.Readiness(t.Context()).Status == "ok" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("still degraded 15s after redis came back: %q", replicas[0].proxy.Ready())
+			t.Fatalf("still degraded 15s after redis came back: %q", replicas[0].proxy.Readiness(t.Context()).Status)
 		}
 	}
 	t.Logf("both replicas on the shared floor again %s after redis came back", time.Since(back).Round(time.Millisecond))
@@ -173,7 +173,7 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 	withCA := "tls: {ca_file: " + d.Redis.CAFile() + "}"
 	a := replica(withCA)
 	a.mustPull(t, "library/app:v2")
-	if got := a.proxy.Ready(); got != "ok" {
+	if got := a.proxy.Readiness(t.Context()).Status; got != "ok" {
 		t.Fatalf("replica over TLS: ready %q", got)
 	}
 	w.Notary.Replay(gun, old)
@@ -182,7 +182,7 @@ func TestRedisOverTLSWithPassword(t *testing.T) {
 	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 
 	plain := replica() // speaks plain TCP to a TLS port
-	if got := plain.proxy.Ready(); !strings.HasPrefix(got, "degraded") {
+	if got := plain.proxy.Readiness(t.Context()).Status; !strings.HasPrefix(got, "degraded") {
 		t.Fatalf("a replica that cannot speak to redis: ready %q", got)
 	}
 }

@@ -44,6 +44,7 @@ func (k kind) String() string {
 // request is a parsed and validated /v2/<name>/... request.
 type request struct {
 	kind kind
+	pol  *policy            // the configuration the request is judged by, taken once when it was routed
 	from *upstream.Registry // the upstream the name routes to
 	name gun.Name
 	ref  string // tag or digest (manifests), digest (blobs), file (trust data); the method of a write
@@ -88,7 +89,7 @@ func (s *Server) parse(r *http.Request) (*request, error) {
 func (s *Server) writeRequest(r *http.Request) *request {
 	req, err := s.route(r)
 	if err != nil {
-		req = &request{}
+		req = &request{pol: s.policy.Load()}
 	}
 	req.kind, req.ref, req.dgst = kindWrite, r.Method, ""
 	return req
@@ -132,14 +133,15 @@ func (s *Server) route(r *http.Request) (*request, error) {
 	default:
 		return nil, &requestError{errcode.ErrorCodeNameUnknown, "unknown registry API route"}
 	}
-	from, repo, err := s.upstreams.Route(r.URL.Query(), name)
+	pol := s.policy.Load()
+	from, repo, err := pol.upstreams.Route(r.URL.Query(), name)
 	if nc, ok := errors.AsType[*upstream.NotConfiguredError](err); ok {
 		return nil, &requestError{errcode.ErrorCodeNameUnknown, nc.Error()}
 	}
 	if err != nil {
 		return nil, &requestError{errcode.ErrorCodeNameInvalid, err.Error()}
 	}
-	return &request{kind: k, from: from, name: repo, ref: ref}, nil
+	return &request{kind: k, pol: pol, from: from, name: repo, ref: ref}, nil
 }
 
 // routeTrustData routes a request for the trust metadata file of
@@ -151,14 +153,15 @@ func (s *Server) routeTrustData(r *http.Request, name, file string) (*request, e
 			return nil, &requestError{errcode.ErrorCodeNameInvalid, "request path has empty, \".\" or \"..\" segments"}
 		}
 	}
-	from, repo, err := s.upstreams.Route(r.URL.Query(), name)
+	pol := s.policy.Load()
+	from, repo, err := pol.upstreams.Route(r.URL.Query(), name)
 	if nc, ok := errors.AsType[*upstream.NotConfiguredError](err); ok {
 		return nil, &requestError{errcode.ErrorCodeNameUnknown, nc.Error()}
 	}
 	if err != nil {
 		return nil, &requestError{errcode.ErrorCodeNameInvalid, err.Error()}
 	}
-	return &request{kind: kindTrustData, from: from, name: repo, ref: file}, nil
+	return &request{kind: kindTrustData, pol: pol, from: from, name: repo, ref: file}, nil
 }
 
 // tagPattern is the tag grammar of the distribution spec, anchored.

@@ -28,11 +28,13 @@ func parseServer(t testing.TB) *Server {
 			{Name: "ghcr.io", Endpoint: config.Endpoint{URL: "https://ghcr.io"}},
 		},
 		Limits: config.Limits{UpstreamTimeout: 5 * time.Second},
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{upstreams: ups}
+	s := &Server{}
+	s.policy.Store(&policy{cfg: &config.Config{}, upstreams: ups})
+	return s
 }
 
 // parsed is what a test compares of a *request.
@@ -267,7 +269,7 @@ func TestParseUnknownNSBuildsNoUpstream(t *testing.T) {
 			t.Errorf("ns=%s: error %v, want NAME_UNKNOWN", ns, err)
 		}
 	}
-	if diff := cmp.Diff([]string{"docker.io", "ghcr.io"}, s.upstreams.Names()); diff != "" {
+	if diff := cmp.Diff([]string{"docker.io", "ghcr.io"}, s.policy.Load().upstreams.Names()); diff != "" {
 		t.Errorf("upstreams changed (-want +got):\n%s", diff)
 	}
 }

@@ -637,6 +637,9 @@ func TestScanQueueFairUnderAnonymousLoad(t *testing.T) {
 		a := fetch(t.Context(), p, "/v2/library/app/manifests/v1")
 		waited := time.Since(start)
 		newImage(t, p, a, waited)
+		if got := p.counter(t, "trustproxy_scan_slot_events_total", "event", "yielded"); got == 0 {
+			t.Errorf("trustproxy_scan_slot_events_total{event=yielded} = 0 after the old scans yielded their slots")
+		}
 		t.Logf("the new image waited %s; old scans started %d, new image's scans %d; queue after: %v",
 			waited.Round(time.Millisecond), len(w.startedSince(old, base)), w.scanner.ScanRequests(fresh), p.queued(t))
 	})
@@ -662,6 +665,9 @@ func TestScanQueueFairUnderAnonymousLoad(t *testing.T) {
 		a := <-got
 		waited := time.Since(start)
 		newImage(t, p, a, waited)
+		if got := p.counter(t, "trustproxy_scan_slot_events_total", "event", "queued"); got < 9 {
+			t.Errorf("trustproxy_scan_slot_events_total{event=queued} = %v, want at least 9", got)
+		}
 		t.Logf("the new image waited %s, queued behind %v requests for old images; old scans started %d",
 			waited.Round(time.Millisecond), queuedBehind, len(w.startedSince(old, base)))
 	})

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -74,5 +75,36 @@ func TestStorageFailureIsRetryable(t *testing.T) {
 			}
 			p.mustPull(t, "library/app:v1")
 		})
+	}
+}
+
+// TestReadiness: /readyz's answer (Server.Readiness) is ok with storage
+// taking writes and the Notary server answering; degraded while the Notary
+// server is down, counting the repositories whose trust data is still
+// fresh in cache; not ready (503) when storage takes no writes.
+func TestReadiness(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "readiness v1")
+	healthy := w.start(t, "")
+	if r := healthy.proxy.Readiness(t.Context()); !r.OK || r.Status != "ok" || !slices.Contains(r.Checks, "storage: writable") || !slices.Contains(r.Checks, "notary docker.io: reachable") {
+		t.Fatalf("healthy: %+v", r)
+	}
+
+	cached := w.start(t, "")
+	cached.mustPull(t, "library/app:v1")
+	w.Notary.SetDown(true)
+	r := cached.proxy.Readiness(t.Context())
+	if !r.OK || r.Status != "degraded" || !strings.Contains(r.String(), "notary docker.io: unreachable") || !strings.Contains(r.String(), "trust data of 1 repositories still fresh") {
+		t.Fatalf("notary down: %+v", r)
+	}
+	w.Notary.SetDown(false)
+
+	dataDir := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(dataDir, "storage"), 0o755))
+	must(t, os.WriteFile(filepath.Join(dataDir, "storage", "trustproxy"), []byte("not a directory"), 0o644))
+	broken := start(t, w.config(t, dataDir, ""))
+	if r := broken.proxy.Readiness(t.Context()); r.OK || r.Status != "not ready" || !strings.Contains(r.String(), "storage: not writable") {
+		t.Fatalf("storage not writable: %+v", r)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -294,6 +295,13 @@ func TestColdBlobHeadersBeforeBody(t *testing.T) {
 	layer := firstLayer(t, img)
 	release := make(chan struct{})
 	var released atomic.Bool
+	var releaseOnce sync.Once
+	doRelease := func() {
+		releaseOnce.Do(func() {
+			released.Store(true)
+			close(release)
+		})
+	}
 	w.reg.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
 		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+layer.String()) {
 			return false
@@ -314,11 +322,8 @@ func TestColdBlobHeadersBeforeBody(t *testing.T) {
 	if status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/cold"); status != http.StatusOK {
 		t.Fatalf("manifest: %d %s", status, body)
 	}
-	go func() {
-		time.Sleep(30 * time.Second) // the test fails if the headers wait for this
-		released.Store(true)
-		close(release)
-	}()
+	timer := time.AfterFunc(30*time.Second, doRelease) // the test fails if the headers wait for this
+	defer timer.Stop()
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, p.srv.URL+"/v2/library/app/blobs/"+layer.String(), nil)
 	resp, err := http.DefaultClient.Do(req)
 	must(t, err)
@@ -329,10 +334,7 @@ func TestColdBlobHeadersBeforeBody(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Length") != strconv.Itoa(len(blob)) {
 		t.Fatalf("headers: %d, Content-Length %q", resp.StatusCode, resp.Header.Get("Content-Length"))
 	}
-	if !released.Load() {
-		released.Store(true)
-		close(release)
-	}
+	doRelease()
 	got, err := io.ReadAll(resp.Body)
 	must(t, err)
 	if digest.FromBytes(got).String() != layer.String() {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/retention"
 	"github.com/trustproxy/trustproxy/internal/sample"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/wiring"
@@ -120,12 +121,13 @@ trust:
 
 // instance is one trustproxy under test.
 type instance struct {
-	proxy   *proxy.Server
-	srv     *httptest.Server
-	host    string
-	logs    *testenv.LogBuffer
-	metrics *prometheus.Registry
-	dataDir string
+	proxy     *proxy.Server
+	retention *retention.Collector // nil without retention configured
+	srv       *httptest.Server
+	host      string
+	logs      *testenv.LogBuffer
+	metrics   *prometheus.Registry
+	dataDir   string
 }
 
 // start runs trustproxy with the YAML configuration cfg.
@@ -172,7 +174,7 @@ func startAt(t *testing.T, cfg func(url string) string) *instance {
 			t.Logf("trustproxy log:\n%s", logs.String())
 		}
 	})
-	return &instance{proxy: p, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), logs: logs, metrics: reg, dataDir: c.DataDir}
+	return &instance{proxy: p.Server, retention: p.Retention, srv: srv, host: strings.TrimPrefix(srv.URL, "http://"), logs: logs, metrics: reg, dataDir: c.DataDir}
 }
 
 // startFor starts trustproxy in front of w with a fresh data directory.
@@ -305,13 +307,15 @@ func (p *instance) wantDecision(t *testing.T, repo, ref, verdict string, reason 
 	}
 }
 
-// counter reads trustproxy_decisions_total{verdict,reason}.
+// decisions sums trustproxy_decisions_total{verdict,reason} over its
+// other labels (upstream, rule).
 func (p *instance) decisions(t *testing.T, verdict, reason string) float64 {
 	t.Helper()
 	mfs, err := p.metrics.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != "trustproxy_decisions_total" {
 			continue
@@ -322,11 +326,11 @@ func (p *instance) decisions(t *testing.T, verdict, reason string) float64 {
 				labels[l.GetName()] = l.GetValue()
 			}
 			if labels["verdict"] == verdict && labels["reason"] == reason {
-				return m.GetCounter().GetValue()
+				sum += m.GetCounter().GetValue()
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // storedBlobs lists the blob digests in trustproxy's filesystem storage.

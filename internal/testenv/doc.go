@@ -4,12 +4,20 @@
 //   - NewRegistry: a distribution v3 registry (registry/handlers with the filesystem driver in a temporary folder)
 //     in-process behind an httptest server, as the upstream. It counts requests, can be
 //     given a Fault (CorruptBody, Truncate, Delay) and can be stopped mid-test.
+//     With TokenAuth it wants tokens (auth: token), and Push gets them.
+//   - NewTokenServer: a registry token service (Docker token spec, JWTs distribution and
+//     notary-server verify), a fake of an outside party: users, anonymous pulls for some
+//     repositories, short lifetimes, counted requests, SetDown. Challenge is a Fault
+//     naming a realm of the test's choosing; NewCapture records whatever reaches an
+//     address (nothing should); NewCredentialHelper and DockerConfig are a docker
+//     credential helper (a shell script on PATH) and a docker config.json.
 //   - Image, ImageFor, Index: deterministic Docker schema2 images and manifest lists that
 //     dockerd can pull, made with go-containerregistry; OCIImage, OCIIndex: OCI images
 //     (one random layer) and image indexes.
 //   - StartNotary: /usr/bin/notary-server as a subprocess (memory storage, local signer,
 //     TLS from a CA made in t.TempDir()), behind a TLS front whose URL clients use. The
 //     front counts requests, can Replay a Recording of older metadata and can be SetDown.
+//     With NotaryTokenAuth, notary-server wants tokens, and testenv's signing gets them.
 //   - Notary.Init, AddDelegation, Sign: publish trust data with the notary CLI, straight to
 //     notary-server, with keys from NewKey. Notary.Publish does a whole repository (root,
 //     targets, a Releases delegation, its tags) with the notary client library in tens of

@@ -3,10 +3,12 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -40,6 +42,12 @@ type Notary struct {
 	trustDir string // the notary CLI's keys and cache
 	cliConf  string
 	logFile  string
+	tls      *http.Transport // trusts ca; what the front forwards with
+
+	// With NotaryTokenAuth: the auth section of notary-server's config, and the
+	// user testenv signs and reads as.
+	authConf             map[string]any
+	signerUser, signerPW string
 
 	cli sync.Mutex // one CLI call at a time: they share trustDir
 
@@ -50,8 +58,26 @@ type Notary struct {
 	imported map[string]bool      // key files imported into trustDir
 }
 
+// A NotaryOption configures StartNotary.
+type NotaryOption func(n *Notary)
+
+// NotaryService is the service name of a notary-server with NotaryTokenAuth.
+const NotaryService = "testenv-notary"
+
+// NotaryTokenAuth makes notary-server want tokens from ts (auth type token, service
+// NotaryService, no autoredirect). testenv's signing (the notary CLI through
+// NOTARY_AUTH, the notary library and direct reads through a token-getting transport)
+// then authenticates as a user of ts with a password of its own.
+func NotaryTokenAuth(ts *TokenServer) NotaryOption {
+	return func(n *Notary) {
+		n.authConf = map[string]any{"type": "token", "options": ts.Options(NotaryService)}
+		n.signerUser, n.signerPW = "testenv-signer", rand.Text()
+		ts.AddUser(n.signerUser, n.signerPW)
+	}
+}
+
 // StartNotary runs /usr/bin/notary-server and its front; t.Cleanup stops both.
-func StartNotary(t testing.TB) *Notary {
+func StartNotary(t testing.TB, opts ...NotaryOption) *Notary {
 	t.Helper()
 	bin, err := exec.LookPath("notary-server")
 	if err != nil {
@@ -68,11 +94,12 @@ func StartNotary(t testing.TB) *Notary {
 		counts:   map[string]int{},
 		imported: map[string]bool{},
 	}
-	n.client = &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: n.ca.Pool}},
+	for _, o := range opts {
+		o(n)
 	}
-	t.Cleanup(n.client.CloseIdleConnections)
+	n.tls = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: n.ca.Pool}}
+	n.client = &http.Client{Timeout: 10 * time.Second, Transport: n.authed(n.tls)}
+	t.Cleanup(n.tls.CloseIdleConnections)
 
 	// The port is chosen free and then handed over, so another process may take it in
 	// between; notary-server then exits at once, and we try another.
@@ -89,7 +116,7 @@ func StartNotary(t testing.TB) *Notary {
 	target, _ := url.Parse(n.backend)
 	proxy := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
-		Transport: n.client.Transport,
+		Transport: n.tls, // clients under test authenticate themselves
 		ErrorLog:  discardLog(),
 	}
 	n.front = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -115,7 +142,7 @@ func (n *Notary) startServer(t testing.TB, bin string) error {
 		return err
 	}
 	conf := filepath.Join(n.dir, "server.json")
-	b, _ := json.Marshal(map[string]any{
+	sc := map[string]any{
 		"server": map[string]any{
 			"http_addr":     addr,
 			"tls_cert_file": n.ca.ServerCertFile,
@@ -124,7 +151,11 @@ func (n *Notary) startServer(t testing.TB, bin string) error {
 		"trust_service": map[string]any{"type": "local"},
 		"storage":       map[string]any{"backend": "memory"},
 		"logging":       map[string]any{"level": "info"},
-	})
+	}
+	if n.authConf != nil {
+		sc["auth"] = n.authConf
+	}
+	b, _ := json.Marshal(sc)
 	writeFile(t, conf, b)
 	logf, err := os.OpenFile(n.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -401,10 +432,21 @@ func (n *Notary) notary(ctx context.Context, args ...string) (string, error) {
 		"NOTARY_SNAPSHOT_PASSPHRASE="+passphrase,
 		"NOTARY_DELEGATION_PASSPHRASE="+passphrase,
 	)
+	if n.signerUser != "" {
+		cmd.Env = append(cmd.Env, "NOTARY_AUTH="+base64.StdEncoding.EncodeToString([]byte(n.signerUser+":"+n.signerPW)))
+	}
 	cmd.Stdin = nil
 	out, err := cmd.CombinedOutput()
 	if errors.Is(err, exec.ErrNotFound) {
 		err = fmt.Errorf("%w (install it: apt-get install -y notary)", err)
 	}
 	return string(out), err
+}
+
+// authed is base, getting tokens as testenv's signer when notary-server wants them.
+func (n *Notary) authed(base http.RoundTripper) http.RoundTripper {
+	if n.signerUser == "" {
+		return base
+	}
+	return &tokenTransport{base: base, user: n.signerUser, pass: n.signerPW}
 }

@@ -36,7 +36,7 @@ type libSigner struct {
 	mu     sync.Mutex
 	roots  trustmanager.KeyStore // the root key, in <Notary dir>/notarylib/private
 	rootID string
-	rt     *http.Transport // straight to notary-server
+	rt     http.RoundTripper // straight to notary-server, with a token if it wants one
 }
 
 // signer is n's libSigner; the first call makes its root key.
@@ -58,11 +58,11 @@ func (n *Notary) signer(t testing.TB) *libSigner {
 		t.Fatalf("notary library root key: %v", err)
 	}
 	s.roots, s.rootID = ks, root.ID()
-	s.rt = &http.Transport{
+	s.rt = n.authed(&http.Transport{
 		TLSClientConfig:       &tls.Config{RootCAs: n.ca.Pool},
 		MaxIdleConnsPerHost:   16,
 		ResponseHeaderTimeout: cliTimeout, // the library's requests have no deadline
-	}
+	})
 	return s
 }
 

@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,8 +14,10 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
+	_ "github.com/distribution/distribution/v3/registry/auth/token" // registers the "token" access controller
 	"github.com/distribution/distribution/v3/registry/handlers"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // registers the "filesystem" driver
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -28,8 +31,9 @@ type Fault func(w http.ResponseWriter, r *http.Request) bool
 // Registry is a distribution v3 registry with in-memory storage, served in-process on
 // 127.0.0.1 over plain HTTP. It counts the requests it sees and can be given a Fault.
 type Registry struct {
-	srv *httptest.Server
-	app *handlers.App
+	srv  *httptest.Server
+	app  *handlers.App
+	auth authn.Authenticator // what Push uses; anonymous without token auth
 
 	mu     sync.Mutex
 	fault  Fault
@@ -40,10 +44,29 @@ type Registry struct {
 // client) log through; distribution has no public way to pass it a logger of its own.
 var quietLogrus sync.Once
 
+// A RegistryOption configures NewRegistry.
+type RegistryOption func(t testing.TB, cfg *configuration.Configuration, r *Registry)
+
+// RegistryService is the service name of a registry with TokenAuth: the audience of its tokens.
+const RegistryService = "testenv-registry"
+
+// TokenAuth makes the registry want tokens from ts (auth: token, service
+// RegistryService), as Docker Hub does. Push then gets its tokens as a user of ts with
+// a password of its own, so it needs no anonymous grant.
+func TokenAuth(ts *TokenServer) RegistryOption {
+	return func(t testing.TB, cfg *configuration.Configuration, r *Registry) {
+		cfg.Auth = configuration.Auth{"token": configuration.Parameters(ts.Options(RegistryService))}
+		pusher := authn.Basic{Username: "testenv-pusher", Password: rand.Text()}
+		ts.AddUser(pusher.Username, pusher.Password)
+		r.auth = &pusher
+	}
+}
+
 // NewRegistry starts an empty upstream registry; t.Cleanup stops it.
-func NewRegistry(t testing.TB) *Registry {
+func NewRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	t.Helper()
 	quietLogrus.Do(func() { logrus.SetOutput(io.Discard) })
+	r := &Registry{counts: map[string]int{}, auth: authn.Anonymous}
 
 	cfg := &configuration.Configuration{}
 	cfg.Storage = configuration.Storage{
@@ -53,9 +76,11 @@ func NewRegistry(t testing.TB) *Registry {
 		"delete":      configuration.Parameters{"enabled": true},
 	}
 	cfg.HTTP.Secret = "testenv-upload-secret" // else NewApp warns and makes a random one
+	for _, o := range opts {
+		o(t, cfg, r)
+	}
 	app := handlers.NewApp(context.Background(), cfg)
-
-	r := &Registry{app: app, counts: map[string]int{}}
+	r.app = app
 	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(r.serve))
 	r.srv.Config.ErrorLog = discardLog()
 	r.srv.Start()
@@ -91,7 +116,7 @@ func (r *Registry) Stop() { r.srv.Close() }
 func (r *Registry) Push(t testing.TB, repo, tag string, img v1.Image) v1.Hash {
 	t.Helper()
 	ref := r.ref(t, repo, tag)
-	if err := remote.Write(ref, img, remote.WithContext(t.Context())); err != nil {
+	if err := remote.Write(ref, img, remote.WithContext(t.Context()), remote.WithAuth(r.auth)); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	d, err := img.Digest()
@@ -105,7 +130,7 @@ func (r *Registry) Push(t testing.TB, repo, tag string, img v1.Image) v1.Hash {
 func (r *Registry) PushIndex(t testing.TB, repo, tag string, idx v1.ImageIndex) v1.Hash {
 	t.Helper()
 	ref := r.ref(t, repo, tag)
-	if err := remote.WriteIndex(ref, idx, remote.WithContext(t.Context())); err != nil {
+	if err := remote.WriteIndex(ref, idx, remote.WithContext(t.Context()), remote.WithAuth(r.auth)); err != nil {
 		t.Fatalf("push index %s: %v", ref, err)
 	}
 	d, err := idx.Digest()
@@ -230,5 +255,21 @@ func (r *Registry) record(req *http.Request) *httptest.ResponseRecorder {
 func copyHeader(dst, src http.Header) {
 	for k, v := range src {
 		dst[k] = append([]string(nil), v...)
+	}
+}
+
+// Challenge is a Fault that answers every request under /v2/ with 401 and the
+// WWW-Authenticate header challenge, as a registry naming a token realm of its choosing
+// would.
+func Challenge(challenge string) Fault {
+	return func(w http.ResponseWriter, req *http.Request) bool {
+		if !strings.HasPrefix(req.URL.Path, "/v2/") {
+			return false
+		}
+		w.Header().Set("WWW-Authenticate", challenge)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`)
+		return true
 	}
 }

@@ -26,7 +26,7 @@ func (n *Notary) RotateRoot(t testing.TB, gun string) (rootCertID string) {
 		defer n.cli.Unlock()
 		rt := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: n.ca.Pool}, ResponseHeaderTimeout: cliTimeout}
 		defer rt.CloseIdleConnections()
-		repo, err := client.NewFileCachedRepository(n.trustDir, data.GUN(gun), n.backend, rt, constPass, trustpinning.TrustPinConfig{})
+		repo, err := client.NewFileCachedRepository(n.trustDir, data.GUN(gun), n.backend, n.authed(rt), constPass, trustpinning.TrustPinConfig{})
 		if err != nil {
 			t.Fatalf("rotate the root key of %s: %v", gun, err)
 		}

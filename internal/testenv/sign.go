@@ -224,3 +224,10 @@ func (n *Notary) run(t testing.TB, gun string, args ...string) string {
 	t.Fatal(msg + "\n" + n.serverLog(true))
 	return ""
 }
+
+// KeyList is what `notary key list` prints for the CLI's trust folder:
+// each private key it holds, by the ID over the bare public key.
+func (n *Notary) KeyList(t testing.TB) string {
+	t.Helper()
+	return n.run(t, "", "key", "list")
+}

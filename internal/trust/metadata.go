@@ -6,10 +6,15 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 
+	"github.com/theupdateframework/notary/storage"
+	"github.com/theupdateframework/notary/trustpinning"
+	"github.com/theupdateframework/notary/tuf"
 	"github.com/theupdateframework/notary/tuf/data"
 
 	"github.com/trustproxy/trustproxy/config"
@@ -66,6 +71,9 @@ func (v *Verifier) Metadata(ctx context.Context, name gun.Name, r *config.Rule, 
 		return nil, &RefusalError{GUN: gun, Ref: file, Reason: TrustUnavailable,
 			Detail: fmt.Sprintf("this replica holds another version of %s than the one it verified; retry", role)}
 	}
+	if n, _ := strconv.Atoi(version); role == "root" && version != "" && n < view.Versions[role] {
+		return v.olderRoot(name, r, b, n, view.Versions[role])
+	}
 	if version != "" && version != strconv.Itoa(view.Versions[role]) {
 		return nil, notHere(fmt.Sprintf("only the verified version of %s, %d, is served", role, view.Versions[role]))
 	}
@@ -73,6 +81,87 @@ func (v *Verifier) Metadata(ctx context.Context, name gun.Name, r *config.Rule, 
 		return nil, notHere(fmt.Sprintf("no %s with that hash: only the verified version is served", role))
 	}
 	return b, nil
+}
+
+// olderRoot returns version n of gun's root, older than current (the
+// verified root, version cur): the intermediate root a notary client whose
+// cached root is older asks for, to walk the rotations to the current one.
+// It is fetched from the Notary server with the versions after it, once
+// per replica, and served only when the chain holds: each root signed by
+// the keys of the one before (and its own), up to the very bytes of the
+// verified root. The client then checks the chain again from the root it
+// holds, which is what makes an older root trusted: a Notary server
+// could make up a chain of its own ending at the current root, but not
+// one that starts at a root the client already trusts.
+func (v *Verifier) olderRoot(name gun.Name, r *config.Rule, current []byte, n, cur int) ([]byte, error) {
+	gun := name.String()
+	file := fmt.Sprintf("%d.root.json", n)
+	key := gun + "\x00" + file + "\x00" + sum(current, 64)
+	if b, ok := v.olderRoots.Get(key); ok {
+		return b, nil
+	}
+	if cur-n > v.limits.MaxRootRotations {
+		return nil, &RefusalError{GUN: gun, Ref: file, Reason: NotSigned,
+			Detail: fmt.Sprintf("only the %d root versions before the verified one (%d) are served (limits.max_root_rotations)", v.limits.MaxRootRotations, cur)}
+	}
+	up, rerr := v.lookup(name, r)
+	if rerr != nil {
+		return nil, rerr
+	}
+	res, err, _ := v.group.Do(key, func() (any, error) {
+		transport := &deadlineTransport{base: up.client.RoundTripper("repository:" + gun + ":pull"), timeout: v.limits.UpstreamTimeout}
+		hs, err := storage.NewNotaryServerStore(strings.TrimSuffix(up.cfg.Notary.URL, "/"), data.GUN(gun), transport)
+		if err != nil {
+			return nil, &RefusalError{GUN: gun, Ref: file, Reason: NoTrustServer, Err: err,
+				Detail: fmt.Sprintf("upstreams[%d].notary.url is not usable", up.index)}
+		}
+		remote := newBoundedRemote(hs, v.limits)
+		chain := tuf.NewRepoBuilder(data.GUN(gun), nil, trustpinning.TrustPinConfig{})
+		var first []byte
+		for k := n; k < cur; k++ {
+			b, err := remote.GetSized(fmt.Sprintf("%d.root", k), storage.NoSizeLimit)
+			switch {
+			case errors.As(err, new(storage.ErrMetaNotFound)):
+				return nil, &RefusalError{GUN: gun, Ref: file, Reason: NotSigned,
+					Detail: fmt.Sprintf("the trust server has no root version %d", k)}
+			case err != nil:
+				return nil, &RefusalError{GUN: gun, Ref: file, Reason: TrustUnavailable, Err: cause(err),
+					Detail: fmt.Sprintf("root version %d could not be fetched from the trust server; retry", k)}
+			}
+			if got, _ := metaVersion(b); got != k {
+				return nil, &RefusalError{GUN: gun, Ref: file, Reason: InvalidMetadata,
+					Detail: fmt.Sprintf("the trust server answered version %d for root version %d; investigate the server", got, k)}
+			}
+			if err := chain.LoadRootForUpdate(b, k, false); err != nil {
+				return nil, &RefusalError{GUN: gun, Ref: file, Reason: InvalidMetadata, Err: err,
+					Detail: fmt.Sprintf("root version %d from the trust server is not a link of the chain to the verified root; investigate the server", k)}
+			}
+			if k == n {
+				first = b
+			}
+		}
+		if err := chain.LoadRootForUpdate(current, cur, false); err != nil {
+			return nil, &RefusalError{GUN: gun, Ref: file, Reason: InvalidMetadata, Err: err,
+				Detail: fmt.Sprintf("the verified root (version %d) is not signed by the keys of the root versions before it the trust server offers; investigate the server", cur)}
+		}
+		v.olderRoots.Add(key, first)
+		return first, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res.([]byte), nil
+}
+
+// metaVersion is the signed version of a metadata document, or 0.
+func metaVersion(b []byte) (int, error) {
+	var signed struct {
+		Signed struct {
+			Version int `json:"version"`
+		} `json:"signed"`
+	}
+	err := json.Unmarshal(b, &signed)
+	return signed.Signed.Version, err
 }
 
 // heldRole reads role's metadata from this replica's store, and says
@@ -83,15 +172,11 @@ func (v *Verifier) heldRole(gun string, r *config.Rule, view *View, role string)
 	if err != nil {
 		return nil, false, nil // not held here
 	}
-	var signed struct {
-		Signed struct {
-			Version int `json:"version"`
-		} `json:"signed"`
-	}
-	if err := json.Unmarshal(b, &signed); err != nil {
+	version, err := metaVersion(b)
+	if err != nil {
 		return nil, false, &RefusalError{GUN: gun, Reason: InvalidMetadata, Err: err, Detail: "the stored trust data does not read"}
 	}
-	return b, signed.Signed.Version == view.Versions[role], nil
+	return b, version == view.Versions[role], nil
 }
 
 // verifyHere verifies name's trust data on this replica, whatever view

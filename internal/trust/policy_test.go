@@ -106,7 +106,8 @@ func TestPinStampAsBefore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := &Verifier{pinning: &cfg.Trust.Pinning}
+	v := &Verifier{}
+	v.settings.Store(&settings{pinning: &cfg.Trust.Pinning})
 	sum := digest.FromBytes(caPEM).String()
 
 	got := v.anchorOf(gun, &config.Rule{})

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -37,19 +38,17 @@ import (
 // Verifier gives the verified trust view of a GUN, judged by the rule its
 // caller found for it in the same configuration. It is safe for concurrent use.
 type Verifier struct {
-	pinning   *config.Pinning // compiled by config.Load
-	upstreams map[string]*upstream
-	meta      *cache.MetadataStore
-	limits    config.Limits
-	ttl       time.Duration
-	log       *slog.Logger
+	settings atomic.Pointer[settings] // swapped whole by Reconfigure
+	meta     *cache.MetadataStore
+	limits   config.Limits
+	log      *slog.Logger
 
 	group      singleflight.Group
 	views      *lru.Cache[string, cached]
 	refusals   *lru.Cache[string, refused] // recent repository refusals, by GUN
-	refusalTTL time.Duration
-	shared     *sharedState // nil: refusals stay in this process
+	shared     *sharedState                // nil: refusals stay in this process
 	tofuWarned *lru.Cache[string, struct{}]
+	olderRoots *lru.Cache[string, []byte] // intermediate roots served, by GUN, version and current root
 
 	refreshes *prometheus.CounterVec
 	seconds   prometheus.Histogram
@@ -59,15 +58,32 @@ type Verifier struct {
 // is verified again (its metadata is cached on disk) when next asked for.
 const maxSnapshots = 10000
 
+// maxOlderRoots bounds the intermediate roots kept for notary clients
+// (olderRoot); an evicted one is fetched again when asked for.
+const maxOlderRoots = 1000
+
 type upstream struct {
 	index  int
 	cfg    config.Upstream
 	client *egress.Client // nil when no Notary server is configured
 }
 
+// settings are what a configuration reload may change: the pins, the
+// upstreams' Notary clients and how long trust data is reused.
+type settings struct {
+	pinning    *config.Pinning // compiled by config.Load
+	upstreams  map[string]*upstream
+	ttl        time.Duration
+	refusalTTL time.Duration
+}
+
+// A view or a refusal is kept for the rule it was judged by: a rule of
+// another configuration (a reload) never reuses it, whatever its GUN.
 type cached struct {
-	view  *View
-	until time.Time
+	view     *View
+	until    time.Time
+	rule     *config.Rule
+	upstream string // the name of the repository's upstream
 }
 
 // refused is a repository refusal remembered until until, so that a flood
@@ -76,6 +92,7 @@ type cached struct {
 type refused struct {
 	err   *RefusalError
 	until time.Time
+	rule  *config.Rule
 }
 
 // New prepares a Notary client per upstream of cfg. cfg is as config.Load
@@ -90,8 +107,9 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	if cfg.DataDir == "" {
 		return nil, errors.New("data_dir is required: verified trust metadata and its rollback floor are kept there")
 	}
-	if !cfg.Trust.Pinning.Compiled() {
-		return nil, errors.New("trust.pinning was not compiled: load the configuration with config.Load")
+	set, err := newSettings(cfg)
+	if err != nil {
+		return nil, err
 	}
 	meta, err := cache.NewMetadataStore(filepath.Join(cfg.DataDir, "trust"), log)
 	if err != nil {
@@ -109,17 +127,17 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 	if err != nil {
 		return nil, err
 	}
+	olderRoots, err := lru.New[string, []byte](maxOlderRoots)
+	if err != nil {
+		return nil, err
+	}
 	v := &Verifier{
-		pinning:   &cfg.Trust.Pinning,
-		upstreams: map[string]*upstream{},
-		meta:      meta,
-		limits:    cfg.Limits,
-		ttl:       cfg.Trust.RefreshTTL,
-		log:       log,
-		views:     views,
-		refusals:  refusals,
-		// Never longer than verified data would be reused.
-		refusalTTL: min(cfg.Trust.RefusalTTL, cfg.Trust.RefreshTTL),
+		olderRoots: olderRoots,
+		meta:       meta,
+		limits:     cfg.Limits,
+		log:        log,
+		views:      views,
+		refusals:   refusals,
 		tofuWarned: tofuWarned,
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_trust_refresh_total",
@@ -131,16 +149,7 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 			Buckets: prometheus.DefBuckets,
 		}),
 	}
-	for i, u := range cfg.Upstreams {
-		up := &upstream{index: i, cfg: u}
-		if u.Notary.URL != "" {
-			up.client, err = egress.New(egress.Configured(fmt.Sprintf("upstreams[%d].notary", i), u.Notary, nil, v.limits.UpstreamTimeout))
-			if err != nil {
-				return nil, err
-			}
-		}
-		v.upstreams[u.Name] = up
-	}
+	v.settings.Store(set)
 	if reg != nil {
 		for _, c := range []prometheus.Collector{v.refreshes, v.seconds} {
 			if err := reg.Register(c); err != nil {
@@ -149,6 +158,53 @@ func New(cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (*Veri
 		}
 	}
 	return v, nil
+}
+
+// newSettings are cfg's pins, Notary clients and reuse times. cfg is as
+// config.Load returns it.
+func newSettings(cfg *config.Config) (*settings, error) {
+	if !cfg.Trust.Pinning.Compiled() {
+		return nil, errors.New("trust.pinning was not compiled: load the configuration with config.Load")
+	}
+	set := &settings{
+		pinning:   &cfg.Trust.Pinning,
+		upstreams: map[string]*upstream{},
+		ttl:       cfg.Trust.RefreshTTL,
+		// Never longer than verified data would be reused.
+		refusalTTL: min(cfg.Trust.RefusalTTL, cfg.Trust.RefreshTTL),
+	}
+	for i, u := range cfg.Upstreams {
+		up := &upstream{index: i, cfg: u}
+		if u.Notary.URL != "" {
+			var err error
+			up.client, err = egress.New(egress.Configured(fmt.Sprintf("upstreams[%d].notary", i), u.Notary, nil, cfg.Limits.UpstreamTimeout))
+			if err != nil {
+				return nil, err
+			}
+		}
+		set.upstreams[u.Name] = up
+	}
+	return set, nil
+}
+
+// Reconfigure swaps in the pins, upstreams, Notary servers and reuse times
+// of cfg (as config.Load returns it) for the views asked for from now on;
+// its limits are not taken (they size what New built). Views and refusals
+// judged by rules of the configuration before are not reused: callers pass
+// the rules of cfg from now on. A View under way when it is called ends
+// under the settings it began with.
+func (v *Verifier) Reconfigure(cfg *config.Config) error {
+	set, err := newSettings(cfg)
+	if err != nil {
+		return err
+	}
+	old := v.settings.Swap(set)
+	for _, up := range old.upstreams {
+		if up.client != nil {
+			up.client.CloseIdleConnections()
+		}
+	}
+	return nil
 }
 
 // Share keeps the trust metadata floor (cache.MetadataStore.Share), "no
@@ -166,8 +222,9 @@ func (v *Verifier) Share(sh *cache.Shared) {
 // configuration New was given; a nil r (no rule matches) is refused with
 // NoRule. A View is reused until the refresh TTL or its metadata's
 // expiry, whichever comes first, and concurrent refreshes of one GUN share
-// one fetch: snapshots and refusals are kept by GUN, so the rule for a GUN
-// must not change while v is in use. Every error is a *RefusalError about
+// one fetch. Views and refusals are kept by GUN for the rule r they were
+// judged by: a View with another rule (the same pattern from a reloaded
+// configuration) verifies again. Every error is a *RefusalError about
 // the whole repository (Ref "").
 func (v *Verifier) View(ctx context.Context, name gun.Name, r *config.Rule) (*View, error) {
 	gun := name.String()
@@ -176,25 +233,25 @@ func (v *Verifier) View(ctx context.Context, name gun.Name, r *config.Rule) (*Vi
 		return nil, rerr
 	}
 	c, ok := v.views.Get(gun)
-	if ok && time.Now().Before(c.until) {
+	if ok && c.rule == r && time.Now().Before(c.until) {
 		v.log.Debug("trust cache hit", "gun", gun, "checked", c.view.Checked, "expires", c.view.Expires)
 		return c.view, nil
 	}
-	if f, ok := v.refusals.Get(gun); ok && time.Now().Before(f.until) {
+	if f, ok := v.refusals.Get(gun); ok && f.rule == r && time.Now().Before(f.until) {
 		return nil, f.err
 	}
 	// The refresh outlives a caller that gives up: others may be waiting on it,
 	// and each of its requests is bounded by limits.upstream_timeout. What
 	// other replicas shared is asked once, inside it, however many wait.
-	ch := v.group.DoChan(gun, func() (any, error) {
+	ch := v.group.DoChan(fmt.Sprintf("%s\x00%p", gun, r), func() (any, error) {
 		if rerr := v.shared.get(gun); rerr != nil {
 			return nil, rerr
 		}
 		a := v.anchorOf(gun, r)
 		store := v.meta.For(gun, a.stamp)
 		if view, until := v.shared.verdict(gun, policyStamp(r, a), store); view != nil {
-			until = earliest(until, view.Checked.Add(v.ttl)) // never longer than this replica's own refresh_ttl
-			v.views.Add(gun, cached{view: view, until: until})
+			until = earliest(until, view.Checked.Add(v.settings.Load().ttl)) // never longer than this replica's own refresh_ttl
+			v.views.Add(gun, cached{view: view, until: until, rule: r, upstream: up.cfg.Name})
 			return view, nil
 		}
 		view, rerr := v.refresh(context.WithoutCancel(ctx), gun, r, up, a)
@@ -235,7 +292,7 @@ func (v *Verifier) lookup(name gun.Name, r *config.Rule) (*upstream, *RefusalErr
 		return nil, &RefusalError{GUN: gun, Reason: NoRule,
 			Detail: "no trust.rules entry matches this repository; add a rule whose repositories pattern matches it"}
 	}
-	up, ok := v.upstreams[host]
+	up, ok := v.settings.Load().upstreams[host]
 	if !ok {
 		return nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
 			Detail: fmt.Sprintf("no upstream is named %q; add it to upstreams with its notary.url", host)}
@@ -262,19 +319,20 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 	v.refreshes.WithLabelValues(result).Inc()
 	v.seconds.Observe(time.Since(start).Seconds())
 	if rerr != nil {
-		v.refusals.Add(gun, refused{err: rerr, until: time.Now().Add(v.refusalTTL)})
-		v.shared.put(gun, rerr, v.refusalTTL)
+		ttl := v.settings.Load().refusalTTL
+		v.refusals.Add(gun, refused{err: rerr, until: time.Now().Add(ttl), rule: r})
+		v.shared.put(gun, rerr, ttl)
 		return nil, rerr
 	}
 	if _, had := v.refusals.Peek(gun); had {
 		v.shared.put(gun, nil, 0)
 	}
 	v.refusals.Remove(gun)
-	until := earliest(view.Checked.Add(v.ttl), view.Expires)
+	until := earliest(view.Checked.Add(v.settings.Load().ttl), view.Expires)
 	if view.Unreachable != "" {
 		until = earliest(until, view.Refreshed.Add(r.MaxStaleness))
 	}
-	v.views.Add(gun, cached{view: view, until: until})
+	v.views.Add(gun, cached{view: view, until: until, rule: r, upstream: up.cfg.Name})
 	v.shared.putVerdict(view, policyStamp(r, a), until)
 	return view, nil
 }
@@ -458,7 +516,7 @@ type anchor struct {
 // compiled by config.Load; the CA files are read now, as notary reads them
 // in the update, so that a CA file replaced in place changes the stamp.
 func (v *Verifier) anchorOf(gun string, r *config.Rule) anchor {
-	pins := v.pinning.For(gun)
+	pins := v.settings.Load().pinning.For(gun)
 	lines := make([]string, 0, 1+len(pins.CAs))
 	if len(pins.CertIDs) > 0 {
 		lines = append(lines, "certs "+gun+" "+strings.Join(pins.CertIDs, ","))

@@ -16,6 +16,7 @@ import (
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/egress"
@@ -29,11 +30,38 @@ type Set struct {
 	first  *Registry
 }
 
-// NewSet opens a client for each of cfg's upstreams.
-func NewSet(cfg *config.Config) (*Set, error) {
+// Metrics count what trustproxy asks of its upstream registries.
+type Metrics struct {
+	requests *prometheus.CounterVec // trustproxy_upstream_requests_total{upstream,kind,status}
+	bytes    *prometheus.CounterVec // trustproxy_upstream_bytes_total{upstream,kind}
+}
+
+// NewMetrics registers the upstream metrics on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_upstream_requests_total",
+			Help: "Requests to upstream registries, by upstream, kind (manifests, blobs, tags) and status (the HTTP status, or error when none came).",
+		}, []string{"upstream", "kind", "status"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trustproxy_upstream_bytes_total",
+			Help: "Bytes read from upstream registries' response bodies, by upstream and kind.",
+		}, []string{"upstream", "kind"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.bytes} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// NewSet opens a client for each of cfg's upstreams; m counts their
+// requests (nil: not counted).
+func NewSet(cfg *config.Config, m *Metrics) (*Set, error) {
 	u := &Set{byName: map[string]*Registry{}}
 	for i := range cfg.Upstreams {
-		up, err := newRegistry(i, cfg.Upstreams[i], cfg.Limits)
+		up, err := newRegistry(i, cfg.Upstreams[i], cfg.Limits, m)
 		if err != nil {
 			return nil, fmt.Errorf("upstreams[%d] (%s): %w", i, cfg.Upstreams[i].Name, err)
 		}
@@ -96,9 +124,10 @@ type Registry struct {
 	base    *url.URL
 	client  *egress.Client
 	timeout time.Duration
+	metrics *Metrics
 }
 
-func newRegistry(i int, cfg config.Upstream, lim config.Limits) (*Registry, error) {
+func newRegistry(i int, cfg config.Upstream, lim config.Limits, m *Metrics) (*Registry, error) {
 	base, err := url.Parse(strings.TrimSuffix(cfg.URL, "/"))
 	if err != nil {
 		return nil, fmt.Errorf("url: %w", err)
@@ -107,7 +136,7 @@ func newRegistry(i int, cfg config.Upstream, lim config.Limits) (*Registry, erro
 	if err != nil {
 		return nil, err
 	}
-	return &Registry{cfg: cfg, base: base, client: c, timeout: lim.UpstreamTimeout}, nil
+	return &Registry{cfg: cfg, base: base, client: c, timeout: lim.UpstreamTimeout, metrics: m}, nil
 }
 
 // Name is the registry's configured name, the first part of its GUNs.
@@ -178,6 +207,7 @@ func (u *Registry) do(ctx context.Context, method, repo, kind, ref string, query
 		req.Header.Set("Accept", accept)
 	}
 	resp, err := u.client.Do(req, "repository:"+repo+":pull")
+	u.count(kind, resp)
 	if rl, ok := errors.AsType[*egress.RateLimitError](err); ok {
 		return nil, &Error{Code: errcode.ErrorCodeTooManyRequests, RetryAfter: rl.RetryAfter(), Err: rl}
 	}
@@ -201,6 +231,32 @@ func (u *Registry) do(ctx context.Context, method, repo, kind, ref string, query
 		}
 	}
 	return nil, &Error{Code: code, Err: fmt.Errorf("upstream %s answered %s for %s/%s/%s", u.cfg.Name, resp.Status, repo, kind, ref)}
+}
+
+// count counts a request for kind and its answer (nil: none came), and
+// has resp's body count the bytes read from it.
+func (u *Registry) count(kind string, resp *http.Response) {
+	if u.metrics == nil {
+		return
+	}
+	status := "error"
+	if resp != nil {
+		status = strconv.Itoa(resp.StatusCode)
+		resp.Body = &countedBody{ReadCloser: resp.Body, bytes: u.metrics.bytes.WithLabelValues(u.cfg.Name, kind)}
+	}
+	u.metrics.requests.WithLabelValues(u.cfg.Name, kind, status).Inc()
+}
+
+// countedBody adds what is read from a response body to a counter.
+type countedBody struct {
+	io.ReadCloser
+	bytes prometheus.Counter
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.bytes.Add(float64(n))
+	return n, err
 }
 
 // ErrTooLarge is a manifest over the limit it was fetched with.

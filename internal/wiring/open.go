@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage"
@@ -19,6 +18,7 @@ import (
 	"github.com/trustproxy/trustproxy/internal/cache"
 	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/refgraph"
+	"github.com/trustproxy/trustproxy/internal/retention"
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -28,9 +28,11 @@ import (
 // configured; the storage driver; a purge of the uploads that fills of
 // stopped processes left in it; distribution's storage over it; the
 // trust.Verifier (its floor shared on Redis); the scan gate; the reference
-// graph (shared on Redis); the proxy.Server (its fill locks shared on
-// Redis). Metrics are registered on reg. Close the Server when done.
-func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (_ *proxy.Server, err error) {
+// graph (shared on Redis); the pull records, when retention is
+// configured; the proxy.Server (its fill locks shared on Redis); the
+// storage collector (its lock on Redis), not started. Metrics are
+// registered on reg. Close the Proxy when done.
+func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometheus.Registerer) (_ *Proxy, err error) {
 	var shared *cache.Shared
 	if cfg.Redis.Enabled() {
 		rdb, err := cache.NewRedis(cfg.Redis)
@@ -75,18 +77,45 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 	if shared != nil {
 		parts.Graph = refgraph.NewShared(shared, log.With("component", "proxy"))
 	}
-	return proxy.New(cfg, parts, log, reg)
+	var pulls *retention.Pulls
+	if cfg.Retention.Enabled() {
+		pulls = retention.NewPulls(driver, retention.Throttle(cfg.Retention), log.With("component", "retention"))
+		parts.Pulls = pulls
+	}
+	srv, err := proxy.New(cfg, parts, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{Server: srv}
+	if pulls != nil {
+		if p.Retention, err = retention.New(cfg, driver, pulls, v, srv, shared, log, reg); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
 }
 
-// newGate builds the scan gate when the configuration has one: a rule with
-// a scan policy, a scanner, or a token for posted reports. With Redis, its
-// reports are shared and its credential key is derived from the state key,
-// so a scanner's pull may reach any replica.
+// Proxy is what Open wires: the proxy.Server, and the storage collector
+// when retention is configured (nil otherwise), which the caller starts.
+type Proxy struct {
+	*proxy.Server
+	Retention *retention.Collector
+}
+
+// Close stops the collector, then the Server (proxy.Server.Close).
+func (p *Proxy) Close(ctx context.Context) error {
+	if p.Retention != nil {
+		p.Retention.Stop()
+	}
+	return p.Server.Close(ctx)
+}
+
+// newGate builds the scan gate, also when no rule has a scan policy yet: a
+// configuration reload may add one, which must then be enforced. With
+// Redis, its reports are shared and its credential key is derived from the
+// state key, so a scanner's pull may reach any replica.
 func newGate(cfg *config.Config, shared *cache.Shared, log *slog.Logger, reg prometheus.Registerer) (*scan.Gate, error) {
 	sc := cfg.Scan
-	if !slices.ContainsFunc(cfg.Trust.Rules, func(r config.Rule) bool { return r.Scan != nil }) && len(sc.Scanners) == 0 && sc.ReportToken == "" {
-		return nil, nil
-	}
 	dir := filepath.Join(cfg.DataDir, "scan")
 	store, err := cache.NewReportStore(dir)
 	if err != nil {
