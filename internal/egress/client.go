@@ -509,27 +509,44 @@ func (c *Client) fetchToken(ctx context.Context, scope string) (token, error) {
 	if resp.StatusCode != http.StatusOK {
 		return token{}, fmt.Errorf("%s: token realm %s answered %s for scope %q; check the credentials", c.field, o, resp.Status, scope)
 	}
+	t, err := readTokenAnswer(io.LimitReader(resp.Body, maxTokenBody), time.Now())
+	if err != nil {
+		return token{}, fmt.Errorf("%s: token realm %s: %w", c.field, o, err)
+	}
+	return t, nil
+}
+
+// readTokenAnswer reads a token service's answer (the Docker token spec's
+// token or OAuth2's access_token, and expires_in) received at now. A token
+// is sent back in an Authorization header, so one that holds anything but
+// printable ASCII is refused. It is used until nine tenths of its life,
+// which is at most a day (the spec's default: 60 seconds).
+func readTokenAnswer(r io.Reader, now time.Time) (token, error) {
 	var body struct {
 		Token       string `json:"token"`
 		AccessToken string `json:"access_token"`
 		ExpiresIn   int    `json:"expires_in"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxTokenBody)).Decode(&body); err != nil {
-		return token{}, fmt.Errorf("%s: token realm %s: unreadable answer: %w", c.field, o, err)
+	if err := json.NewDecoder(r).Decode(&body); err != nil {
+		return token{}, fmt.Errorf("unreadable answer: %w", err)
 	}
 	t := token{value: body.Token}
 	if t.value == "" {
 		t.value = body.AccessToken
 	}
 	if t.value == "" {
-		return token{}, fmt.Errorf("%s: token realm %s answered no token", c.field, o)
+		return token{}, errors.New("answered no token")
 	}
-	// The token spec's default lifetime is 60 seconds; renew a little early.
+	for i := 0; i < len(t.value); i++ {
+		if c := t.value[i]; c < 0x21 || c > 0x7e {
+			return token{}, fmt.Errorf("answered a token holding byte %#x, which no Authorization header may carry", c)
+		}
+	}
 	life := 60 * time.Second
 	if body.ExpiresIn > 0 {
 		life = time.Duration(min(body.ExpiresIn, 24*3600)) * time.Second
 	}
-	t.until = time.Now().Add(life * 9 / 10)
+	t.until = now.Add(life * 9 / 10)
 	return t, nil
 }
 

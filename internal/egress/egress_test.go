@@ -499,3 +499,27 @@ func TestConfigured(t *testing.T) {
 		}
 	}
 }
+
+// FuzzReadTokenAnswer: a token service's answer gives a token of printable ASCII
+// that lives from a moment to a day, or an error; never a panic.
+func FuzzReadTokenAnswer(f *testing.F) {
+	for _, s := range []string{
+		`{"token":"abc","expires_in":300}`, `{"access_token":"x.y.z"}`, `{"token":""}`,
+		`{"token":"a\r\nX-Evil: 1"}`, `{"token":"t","expires_in":-5}`, `{"token":"t","expires_in":99999999999}`, `[]`, ``,
+	} {
+		f.Add(s)
+	}
+	now := time.Now()
+	f.Fuzz(func(t *testing.T, body string) {
+		tok, err := readTokenAnswer(strings.NewReader(body), now)
+		if err != nil {
+			return
+		}
+		if tok.value == "" || strings.ContainsFunc(tok.value, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
+			t.Fatalf("token %q from %q", tok.value, body)
+		}
+		if life := tok.until.Sub(now); life <= 0 || life > 24*time.Hour {
+			t.Fatalf("token lives %v from %q", life, body)
+		}
+	})
+}

@@ -58,6 +58,21 @@ func NewPulls(d storagedriver.StorageDriver, throttle time.Duration, log *slog.L
 	return &Pulls{driver: d, throttle: throttle, log: log, recent: recent, now: time.Now}
 }
 
+// parseRecord reads the pull record b, kept at path in the storage. A
+// record that does not read, or names a repository or manifest other than
+// the one its path is for, is refused.
+func parseRecord(b []byte, path string) (record, error) {
+	var r record
+	if json.Unmarshal(b, &r) != nil || r.Digest.Validate() != nil {
+		return record{}, errors.New("it does not read")
+	}
+	n, err := r.name()
+	if err != nil || recordPath(n.String(), r.Digest) != path {
+		return record{}, errors.New("it is kept under another name")
+	}
+	return r, nil
+}
+
 // recordPath is the record of manifest d of the repository named gunName:
 // the repository by the hash of its GUN (one directory each, whatever the
 // name's shape), the manifest by its hex digest.
@@ -103,14 +118,9 @@ func (p *Pulls) list(ctx context.Context, since time.Time) ([]record, error) {
 		if err != nil {
 			return err
 		}
-		var r record
-		if json.Unmarshal(b, &r) != nil || r.Digest.Validate() != nil {
-			p.log.Warn("ignored a pull record that does not read", "path", fi.Path())
-			return nil
-		}
-		n, err := r.name()
-		if err != nil || recordPath(n.String(), r.Digest) != fi.Path() {
-			p.log.Warn("ignored a pull record kept under another name", "path", fi.Path())
+		r, err := parseRecord(b, fi.Path())
+		if err != nil {
+			p.log.Warn("ignored a pull record: "+err.Error(), "path", fi.Path())
 			return nil
 		}
 		out = append(out, r)

@@ -124,3 +124,25 @@ func TestLock(t *testing.T) {
 		t.Errorf("a released lock is still on redis")
 	}
 }
+
+// FuzzParseRecord: a pull record read from storage, which others may write,
+// is refused or names a valid repository and digest whose record path is
+// the one it was read from; never a panic.
+func FuzzParseRecord(f *testing.F) {
+	d := digest.FromString("manifest")
+	good := `{"upstream":"docker.io","path":"library/app","digest":"` + d.String() + `","pulled":"2026-12-01T00:00:00Z"}`
+	f.Add(good, recordPath("docker.io/library/app", d))
+	f.Add(good, recordPath("docker.io/library/other", d))
+	f.Add(`{"upstream":"registry.example.com:5443","path":"../../x","digest":"sha256:00"}`, "/trustproxy/retention/pulls/x")
+	f.Add(`{}`, "")
+	f.Fuzz(func(t *testing.T, b, path string) {
+		r, err := parseRecord([]byte(b), path)
+		if err != nil {
+			return
+		}
+		n, err := r.name()
+		if err != nil || r.Digest.Validate() != nil || recordPath(n.String(), r.Digest) != path {
+			t.Fatalf("record %+v accepted at %q", r, path)
+		}
+	})
+}
