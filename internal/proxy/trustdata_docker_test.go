@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,8 @@ import (
 
 // TestDockerContentTrustFromTrustproxy: the docker CLI with
 // DOCKER_CONTENT_TRUST=1 and DOCKER_CONTENT_TRUST_SERVER naming trustproxy
-// (HTTPS, its CA under $DOCKER_CONFIG/tls/<host>/) resolves tags with the
+// (HTTPS, its CA under $DOCKER_CONFIG/tls/<host>/: docs/clients.md's
+// docker-content-trust lines, run as written) resolves tags with the
 // trust data trustproxy verified and serves, and its daemon pulls the digest
 // through trustproxy as its mirror. A signed tag and a signed multi-arch
 // index pull; an unsigned tag is refused by the client itself; a tag signed
@@ -47,10 +49,20 @@ func TestDockerContentTrustFromTrustproxy(t *testing.T) {
 	trustSrv.StartTLS()
 	t.Cleanup(trustSrv.Close)
 	u, _ := url.Parse(trustSrv.URL)
-	caDir := filepath.Join(d.ConfigDir(), "tls", u.Host)
-	must(t, os.MkdirAll(caDir, 0o700))
-	must(t, os.WriteFile(filepath.Join(caDir, "ca.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: trustSrv.Certificate().Raw}), 0o600))
-	env := []string{"DOCKER_CONTENT_TRUST=1", "DOCKER_CONTENT_TRUST_SERVER=" + trustSrv.URL}
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	must(t, os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: trustSrv.Certificate().Raw}), 0o644))
+	// docs/clients.md's lines, run with a HOME of the test's; the client then
+	// pulls with the variables they exported and the config folder they
+	// filled.
+	home := t.TempDir()
+	exported, err := shExports(ctx, clientSnippet(t, "docker-content-trust", docHost, u.Host, docCA, ca), "HOME="+home)
+	if err != nil {
+		t.Fatalf("docker-content-trust: %v", err)
+	}
+	if !slices.Contains(exported, "DOCKER_CONTENT_TRUST_SERVER="+trustSrv.URL) {
+		t.Fatalf("docker-content-trust exported %q, want DOCKER_CONTENT_TRUST_SERVER=%s", exported, trustSrv.URL)
+	}
+	env := append(exported, "HOME="+home, "DOCKER_CONFIG="+filepath.Join(home, ".docker"))
 	pull := func(ref string) (string, error) { return d.DockerEnv(ctx, env, "pull", ref) }
 
 	if out, err := pull("app:v1"); err != nil {

@@ -34,12 +34,20 @@
 //     request's authorization, and fails the scan when that pull fails.
 //   - Throttle: a TCP relay on 127.0.0.1 that passes a server's answers at a bounded rate,
 //     so that a blob takes seconds to arrive.
+//   - StartDockerd, StartDockerdConfig: a private dockerd (its own roots, socket and
+//     daemon.json) and the docker CLI against it. StartContainerd: a standalone containerd
+//     with a config.toml of the test's, for ctr and for its CRI plugin (CRIPull makes the
+//     PullImage call a kubelet makes).
+//   - DocBlocks, Snippet: the fenced code blocks of a Markdown document and the one marked
+//     <!-- snippet: NAME -->, placeholders substituted, so that tests run what a document
+//     tells users to run.
 //   - Golden: compares a test's output with its testdata/*.golden file; -update (registered
 //     here, once) rewrites the file.
 //
-// It needs the Debian packages notary (notary, notary-server) installed:
+// It needs the Debian packages notary (notary, notary-server) installed, and docker.io and
+// containerd for the daemons:
 //
-//	apt-get install -y notary
+//	apt-get install -y notary docker.io containerd
 //
 // A missing binary fails the test with that hint. The registry and notary client log
 // through logrus' standard logger, which the package silences.

@@ -58,6 +58,20 @@ type Dockerd struct {
 // not start within 60 s.
 func StartDockerd(t testing.TB, mirror string) *Dockerd {
 	t.Helper()
+	return startDockerd(t, mirror, "{}\n")
+}
+
+// StartDockerdConfig is StartDockerd with daemonJSON as the daemon's --config-file (in place of the
+// host's /etc/docker/daemon.json), such as {"registry-mirrors": ["https://[::1]:PORT"]}. dockerd refuses
+// to start when the file sets what a flag of StartDockerd sets too (storage-driver, bridge, iptables,
+// data-root, exec-root, hosts).
+func StartDockerdConfig(t testing.TB, daemonJSON string) *Dockerd {
+	t.Helper()
+	return startDockerd(t, "", daemonJSON)
+}
+
+func startDockerd(t testing.TB, mirror, daemonJSON string) *Dockerd {
+	t.Helper()
 	if _, err := os.Stat(dockerdBinary); err != nil {
 		t.Fatalf("dockerd: %v (apt-get install docker.io)", err)
 	}
@@ -89,9 +103,9 @@ func StartDockerd(t testing.TB, mirror string) *Dockerd {
 	// Registered before the stop below, so it runs after it (cleanups run last first).
 	t.Cleanup(func() { os.RemoveAll(execRoot) })
 
-	// An explicit, empty config file keeps the host's /etc/docker/daemon.json out.
+	// An explicit config file keeps the host's /etc/docker/daemon.json out.
 	config := filepath.Join(etc, "daemon.json")
-	if err := os.WriteFile(config, []byte("{}\n"), 0o644); err != nil {
+	if err := os.WriteFile(config, []byte(daemonJSON), 0o644); err != nil {
 		t.Fatalf("dockerd: %v", err)
 	}
 	args := []string{
