@@ -136,18 +136,13 @@ func shExports(ctx context.Context, script string, env ...string) ([]string, err
 	return exported, nil
 }
 
-// needCommand skips t when the command name is not on PATH, saying how to
-// install it, and fails it instead under CI (CI set, as .ci/run runs), where
-// scripts/test has installed every command the tests run.
+// needCommand fails t when the command name is not on PATH, saying how to
+// install it (scripts/test installs every command the tests run).
 func needCommand(t *testing.T, name, install string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err == nil {
-		return
+	if _, err := exec.LookPath(name); err != nil {
+		t.Fatalf("%s not found on PATH: %s (scripts/test does)", name, install)
 	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s not found on PATH under CI: scripts/test should have installed it (%s)", name, install)
-	}
-	t.Skipf("%s not found on PATH: %s (scripts/test does)", name, install)
 }
 
 // machinePath makes sure path (under a machine-wide folder such as
