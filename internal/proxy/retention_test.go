@@ -462,3 +462,51 @@ func TestRetentionMaxBytes(t *testing.T) {
 		t.Fatalf("library/app:c after the collections: %s, want %s", got, own["c"][0])
 	}
 }
+
+// When a live repository's trust data cannot be verified now (its Notary
+// server down), the collector keeps everything stored for it, whatever the
+// budget: also for an upstream named with a port, whose repositories are
+// stored under gun.Name.StorageName (registry.example.com_5443/...), not
+// under their GUN.
+func TestRetentionKeepsAllWhenTrustUnavailable(t *testing.T) {
+	for _, port := range []bool{false, true} {
+		t.Run(map[bool]string{false: "docker.io", true: "port"}[port], func(t *testing.T) {
+			w := newWorld(t)
+			host, path := "docker.io", "library/app"
+			if port {
+				host, path = w.Registry.Host(), "team/app"
+			}
+			w.initRepo(t, host+"/"+path, w.alice)
+			img := testenv.Image(t, "retention unverifiable", 1, 8<<10)
+			signed := w.Registry.Push(t, path, "v1", img)
+			w.Notary.SignImage(t, host+"/"+path, "v1", img, testenv.Releases)
+			cfgName, err := img.ConfigName()
+			must(t, err)
+			layers, err := img.Layers()
+			must(t, err)
+			layer, err := layers[0].Digest()
+			must(t, err)
+
+			extra, storage := local(t)
+			config := func() string {
+				cfg := w.config(t, t.TempDir(), extra+"retention: {max_age: 1h, max_bytes: 1}\n")
+				cfg = strings.Replace(cfg, "name: docker.io", "name: "+host, 1)
+				return strings.Replace(cfg, `"docker.io/**"`, `"`+host+`/**"`, 1)
+			}
+			start(t, config()).mustPull(t, path+":v1")
+			age(t, storage, 30*time.Minute) // pulled within max_age: live
+
+			w.Notary.SetDown(true)
+			t.Cleanup(func() { w.Notary.SetDown(false) })
+			p := start(t, config()) // no trust data cached
+			rep, err := p.retention.Collect(t.Context())
+			if err != nil || rep.Skipped != "" {
+				t.Fatalf("Collect: %+v, %v", rep, err)
+			}
+			wantStored(t, storage, true, "live repository whose trust data cannot be verified now", signed, cfgName, layer)
+			if !strings.Contains(p.logs.String(), "keeping everything stored for a repository") {
+				t.Errorf("no warning that everything of %s/%s is kept:\n%s", host, path, p.logs)
+			}
+		})
+	}
+}

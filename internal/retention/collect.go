@@ -201,7 +201,8 @@ func (m *mark) protectRepo(ctx context.Context, name gun.Name) {
 	}
 	m.c.log.Warn("keeping everything stored for a repository pulled within retention.max_age: its signed targets cannot be had now",
 		"repo", name.String(), "err", err)
-	if l := m.inv.repos[name.String()]; l != nil {
+	// Storage holds the repository under its storage name, not its GUN.
+	if l := m.inv.repos[name.StorageName()]; l != nil {
 		for d := range l.manifests {
 			m.protect(ctx, d)
 		}
