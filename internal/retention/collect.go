@@ -188,7 +188,7 @@ func (m *mark) note(ctx context.Context, r record) {
 // target's stored manifest cannot be read, everything stored for it is
 // kept: a collection never guesses.
 func (m *mark) protectRepo(ctx context.Context, name gun.Name) {
-	view, err := m.c.verify.View(ctx, name, m.c.rules.RuleFor(name.String()))
+	view, err := m.c.verify.View(ctx, name, m.c.server.RuleFor(name.String()))
 	if err == nil {
 		readable := true
 		for _, t := range view.Targets {
@@ -387,7 +387,7 @@ func (c *Collector) sweep(ctx context.Context, m *mark, start time.Time, remove 
 				return err
 			}
 		}
-		if m.protected[it.d] || c.fills.Filling(it.d) || locked[it.d] {
+		if m.protected[it.d] || c.server.Filling(it.d) || locked[it.d] {
 			rep.Kept++
 			continue
 		}
