@@ -328,6 +328,11 @@ func TestErrors(t *testing.T) {
 		},
 		{name: "upstream name with scheme", yaml: "upstreams:\n  - name: https://docker.io\n    url: https://registry-1.docker.io\n", want: []string{`upstreams[0].name: "https://docker.io" is not a host`}},
 		{name: "upstream name upper case", yaml: "upstreams:\n  - name: Docker.io\n    url: https://registry-1.docker.io\n", want: []string{`upstreams[0].name: "Docker.io" is not a host name`}},
+		// Two spellings of one IPv6 address would be two upstreams stored
+		// under one storage name (gun.Name.StorageName): one spelling only.
+		{name: "upstream name ipv6 not canonical", yaml: "upstreams:\n  - name: \"[0:0::1]:5000\"\n    url: https://reg.example\n", want: []string{`upstreams[0].name: "[0:0::1]:5000": write the IPv6 address as [::1]`}},
+		{name: "upstream name ipv6 upper case", yaml: "upstreams:\n  - name: \"[FD00::1]\"\n    url: https://reg.example\n", want: []string{`upstreams[0].name: "[FD00::1]": write the IPv6 address as [fd00::1]`}},
+		{name: "upstream name ipv4-mapped", yaml: "upstreams:\n  - name: \"[::ffff:127.0.0.1]:5000\"\n    url: https://reg.example\n", want: []string{`upstreams[0].name: "[::ffff:127.0.0.1]:5000": write the IPv6 address as 127.0.0.1`}},
 		{name: "upstream name bad port", yaml: "upstreams:\n  - name: reg.example:x\n    url: https://reg.example\n", want: []string{`upstreams[0].name: "reg.example:x": port "x"`}},
 		{name: "upstream without name", yaml: "upstreams:\n  - url: https://reg.example\n", want: []string{"upstreams[0].name: required"}},
 		{name: "upstream url scheme", yaml: "upstreams:\n  - name: reg.example\n    url: ftp://reg.example\n", want: []string{"upstreams[0].url: ", "https://"}},

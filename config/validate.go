@@ -549,6 +549,14 @@ func checkHost(name string) error {
 	}
 	if ip, ok := strings.CutPrefix(host, "["); ok {
 		if ip, ok := strings.CutSuffix(ip, "]"); ok && net.ParseIP(ip) != nil {
+			// One spelling per address: two would be two upstreams of one
+			// storage name (gun.Name.StorageName writes the address's bytes).
+			if want := net.ParseIP(ip).String(); want != ip {
+				if strings.Contains(want, ":") {
+					want = "[" + want + "]"
+				}
+				return fmt.Errorf("%q: write the IPv6 address as %s", name, want)
+			}
 			return nil
 		}
 		return fmt.Errorf("%q: not an IPv6 address in brackets", name)

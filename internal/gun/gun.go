@@ -53,7 +53,8 @@ func (n Name) At(d digest.Digest) string { return n.String() + "@" + d.String() 
 // characters distribution's storage drivers refuse in a path: the port
 // follows an underscore (registry.example.com_5443/team/app), and an IPv6
 // address is written ipv6_ and its 32 hex digits. Host names never hold an
-// underscore, so no two upstreams share a storage name.
+// underscore, and config accepts one spelling of each IPv6 address, so no
+// two upstreams share a storage name.
 func (n Name) StorageName() string {
 	if n.upstream == "" {
 		return ""

@@ -167,6 +167,11 @@ func (s *Server) setDegraded(down bool) {
 // repository): the storage collector leaves it alone.
 func (s *Server) Filling(d digest.Digest) bool { return s.fills.Filling(d) }
 
+// RuleFor is the rule of the running configuration (the last one
+// Reconfigure applied) that judges gun, or nil: the storage collector
+// keeps what it would serve.
+func (s *Server) RuleFor(gun string) *config.Rule { return s.policy.Load().cfg.Trust.RuleFor(gun) }
+
 // Close stops the blob fills (fill.Fills.Close): from its call on, a
 // request that would start or join one gets 503 UNAVAILABLE, and every
 // running fill is cancelled, nothing partial committed. Requests that need

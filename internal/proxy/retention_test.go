@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/retention"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 )
@@ -460,5 +461,95 @@ func TestRetentionMaxBytes(t *testing.T) {
 	}
 	if got := p.mustPull(t, "library/app:c"); got != own["c"][0] {
 		t.Fatalf("library/app:c after the collections: %s, want %s", got, own["c"][0])
+	}
+}
+
+// When a live repository's trust data cannot be verified now (its Notary
+// server down), the collector keeps everything stored for it, whatever the
+// budget: also for an upstream named with a port, whose repositories are
+// stored under gun.Name.StorageName (registry.example.com_5443/...), not
+// under their GUN.
+func TestRetentionKeepsAllWhenTrustUnavailable(t *testing.T) {
+	for _, port := range []bool{false, true} {
+		t.Run(map[bool]string{false: "docker.io", true: "port"}[port], func(t *testing.T) {
+			w := newWorld(t)
+			host, path := "docker.io", "library/app"
+			if port {
+				host, path = w.Registry.Host(), "team/app"
+			}
+			w.initRepo(t, host+"/"+path, w.alice)
+			img := testenv.Image(t, "retention unverifiable", 1, 8<<10)
+			signed := w.Registry.Push(t, path, "v1", img)
+			w.Notary.SignImage(t, host+"/"+path, "v1", img, testenv.Releases)
+			cfgName, err := img.ConfigName()
+			must(t, err)
+			layers, err := img.Layers()
+			must(t, err)
+			layer, err := layers[0].Digest()
+			must(t, err)
+
+			extra, storage := local(t)
+			config := func() string {
+				cfg := w.config(t, t.TempDir(), extra+"retention: {max_age: 1h, max_bytes: 1}\n")
+				cfg = strings.Replace(cfg, "name: docker.io", "name: "+host, 1)
+				return strings.Replace(cfg, `"docker.io/**"`, `"`+host+`/**"`, 1)
+			}
+			start(t, config()).mustPull(t, path+":v1")
+			age(t, storage, 30*time.Minute) // pulled within max_age: live
+
+			w.Notary.SetDown(true)
+			t.Cleanup(func() { w.Notary.SetDown(false) })
+			p := start(t, config()) // no trust data cached
+			rep, err := p.retention.Collect(t.Context())
+			if err != nil || rep.Skipped != "" {
+				t.Fatalf("Collect: %+v, %v", rep, err)
+			}
+			wantStored(t, storage, true, "live repository whose trust data cannot be verified now", signed, cfgName, layer)
+			if !strings.Contains(p.logs.String(), "keeping everything stored for a repository") {
+				t.Errorf("no warning that everything of %s/%s is kept:\n%s", host, path, p.logs)
+			}
+		})
+	}
+}
+
+// The collector judges repositories by the running configuration: after a
+// reload that trusts a further signer, the targets that signer signed are
+// live content, kept whatever the budget, as the proxy serves them.
+func TestRetentionAfterReload(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.mallory)
+	img := testenv.Image(t, "retention reload", 1, 8<<10)
+	signed := w.Registry.Push(t, "library/app", "v1", img)
+	w.Notary.SignImage(t, gun, "v1", img, testenv.Releases)
+	cfgName, err := img.ConfigName()
+	must(t, err)
+	layers, err := img.Layers()
+	must(t, err)
+	layer, err := layers[0].Digest()
+	must(t, err)
+
+	extra, storage := local(t)
+	before := w.config(t, t.TempDir(), extra+"retention: {max_age: 1h, max_bytes: 1}\n")
+	p := start(t, before)
+	if _, err := p.pull(t, "library/app:v1"); err == nil {
+		t.Fatal("library/app:v1, signed by mallory, was served before mallory was trusted")
+	}
+	after := strings.Replace(before, "  rules:\n", "    - name: mallory\n      public_key: "+w.mallory.CertFile+"\n  rules:\n", 1)
+	after = strings.Replace(after, "signers: [alice]", "signers: [alice, mallory]", 1)
+	next, err := config.Load(strings.NewReader(after), nil)
+	must(t, err)
+	must(t, p.proxy.Reconfigure(next))
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("library/app:v1 after the reload: %s, want %s", got, signed)
+	}
+	age(t, storage, 30*time.Minute) // pulled within max_age: live
+
+	rep, err := p.retention.Collect(t.Context())
+	if err != nil || rep.Skipped != "" {
+		t.Fatalf("Collect: %+v, %v", rep, err)
+	}
+	wantStored(t, storage, true, "a target of the signer the reload trusts", signed, cfgName, layer)
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("library/app:v1 after the collection: %s, want %s", got, signed)
 	}
 }

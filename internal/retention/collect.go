@@ -188,7 +188,7 @@ func (m *mark) note(ctx context.Context, r record) {
 // target's stored manifest cannot be read, everything stored for it is
 // kept: a collection never guesses.
 func (m *mark) protectRepo(ctx context.Context, name gun.Name) {
-	view, err := m.c.verify.View(ctx, name, m.c.rules.RuleFor(name.String()))
+	view, err := m.c.verify.View(ctx, name, m.c.server.RuleFor(name.String()))
 	if err == nil {
 		readable := true
 		for _, t := range view.Targets {
@@ -201,7 +201,8 @@ func (m *mark) protectRepo(ctx context.Context, name gun.Name) {
 	}
 	m.c.log.Warn("keeping everything stored for a repository pulled within retention.max_age: its signed targets cannot be had now",
 		"repo", name.String(), "err", err)
-	if l := m.inv.repos[name.String()]; l != nil {
+	// Storage holds the repository under its storage name, not its GUN.
+	if l := m.inv.repos[name.StorageName()]; l != nil {
 		for d := range l.manifests {
 			m.protect(ctx, d)
 		}
@@ -386,7 +387,7 @@ func (c *Collector) sweep(ctx context.Context, m *mark, start time.Time, remove 
 				return err
 			}
 		}
-		if m.protected[it.d] || c.fills.Filling(it.d) || locked[it.d] {
+		if m.protected[it.d] || c.server.Filling(it.d) || locked[it.d] {
 			rep.Kept++
 			continue
 		}

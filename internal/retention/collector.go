@@ -26,21 +26,24 @@ type Verifier interface {
 
 var _ Verifier = (*trust.Verifier)(nil)
 
-// Fills says whether this process is filling a blob (proxy.Server does).
-type Fills interface {
+// Server is what the collector asks the proxy that serves (proxy.Server
+// is one): whether this process is filling a blob, and which rule of the
+// configuration it runs now, a reload's once applied, judges a
+// repository, so that what is kept is what is served.
+type Server interface {
 	Filling(d digest.Digest) bool
+	RuleFor(gun string) *config.Rule
 }
 
 // Collector removes stored content that retention allows, one collection
 // at a time across the replicas that share its Redis.
 type Collector struct {
 	cfg           config.Retention
-	rules         *config.Trust
 	manifestBytes int64
 	driver        storagedriver.StorageDriver
 	pulls         *Pulls
 	verify        Verifier
-	fills         Fills
+	server        Server
 	shared        *cache.Shared // nil: no other replica to take turns with
 	lock          *redisLock
 	log           *slog.Logger
@@ -69,17 +72,18 @@ func Throttle(cfg config.Retention) time.Duration {
 }
 
 // New returns the collector of cfg.Retention over the storage driver d,
-// whose pull records are pulls, judging repositories with v and asking
-// fills which blobs are being filled here; with sh, it takes turns with
-// the other replicas through a lock on Redis and leaves alone the blobs
-// they are filling. Its metrics are registered on reg.
-func New(cfg *config.Config, d storagedriver.StorageDriver, pulls *Pulls, v Verifier, fills Fills, sh *cache.Shared, log *slog.Logger, reg prometheus.Registerer) (*Collector, error) {
+// whose pull records are pulls, judging repositories with v under the rule
+// srv runs now, and asking srv which blobs are being filled here; with sh,
+// it takes turns with the other replicas through a lock on Redis and
+// leaves alone the blobs they are filling. Its metrics are registered on
+// reg.
+func New(cfg *config.Config, d storagedriver.StorageDriver, pulls *Pulls, v Verifier, srv Server, sh *cache.Shared, log *slog.Logger, reg prometheus.Registerer) (*Collector, error) {
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
 	}
-	c := &Collector{cfg: cfg.Retention, rules: &cfg.Trust, manifestBytes: cfg.Limits.ManifestBytes, driver: d, pulls: pulls,
-		verify: v, fills: fills, shared: sh, log: log.With("component", "retention"), metrics: m, now: time.Now,
+	c := &Collector{cfg: cfg.Retention, manifestBytes: cfg.Limits.ManifestBytes, driver: d, pulls: pulls,
+		verify: v, server: srv, shared: sh, log: log.With("component", "retention"), metrics: m, now: time.Now,
 		stopped: make(chan struct{})}
 	if sh != nil {
 		c.lock = newRedisLock(sh)
