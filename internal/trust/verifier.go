@@ -39,6 +39,7 @@ import (
 // caller found for it in the same configuration. It is safe for concurrent use.
 type Verifier struct {
 	settings atomic.Pointer[settings] // swapped whole by Reconfigure
+	previous atomic.Pointer[settings] // the settings before the last Reconfigure, for requests under way
 	meta     *cache.MetadataStore
 	limits   config.Limits
 	log      *slog.Logger
@@ -71,6 +72,7 @@ type upstream struct {
 // settings are what a configuration reload may change: the pins, the
 // upstreams' Notary clients and how long trust data is reused.
 type settings struct {
+	rules      []config.Rule   // the rules of the configuration these came with (for settingsFor)
 	pinning    *config.Pinning // compiled by config.Load
 	upstreams  map[string]*upstream
 	ttl        time.Duration
@@ -167,6 +169,7 @@ func newSettings(cfg *config.Config) (*settings, error) {
 		return nil, errors.New("trust.pinning was not compiled: load the configuration with config.Load")
 	}
 	set := &settings{
+		rules:     cfg.Trust.Rules,
 		pinning:   &cfg.Trust.Pinning,
 		upstreams: map[string]*upstream{},
 		ttl:       cfg.Trust.RefreshTTL,
@@ -191,20 +194,49 @@ func newSettings(cfg *config.Config) (*settings, error) {
 // of cfg (as config.Load returns it) for the views asked for from now on;
 // its limits are not taken (they size what New built). Views and refusals
 // judged by rules of the configuration before are not reused: callers pass
-// the rules of cfg from now on. A View under way when it is called ends
-// under the settings it began with.
+// the rules of cfg from now on. A View asked for with a rule of the
+// configuration before (a request routed just before the reload) is judged
+// under that configuration's settings (settingsFor).
 func (v *Verifier) Reconfigure(cfg *config.Config) error {
 	set, err := newSettings(cfg)
 	if err != nil {
 		return err
 	}
 	old := v.settings.Swap(set)
-	for _, up := range old.upstreams {
-		if up.client != nil {
-			up.client.CloseIdleConnections()
+	if before := v.previous.Swap(old); before != nil {
+		for _, up := range before.upstreams {
+			if up.client != nil {
+				up.client.CloseIdleConnections()
+			}
 		}
 	}
 	return nil
+}
+
+// settingsFor are the settings of the configuration rule r belongs to: a
+// request judged by a rule of the configuration before the last reload
+// ends under that configuration's pins, Notary servers and reuse times, as
+// it ends under its rules. Any other rule (the current configuration's,
+// or nil) gets the current settings.
+func (v *Verifier) settingsFor(r *config.Rule) *settings {
+	cur := v.settings.Load()
+	if r == nil || owns(cur.rules, r) {
+		return cur
+	}
+	if prev := v.previous.Load(); prev != nil && owns(prev.rules, r) {
+		return prev
+	}
+	return cur
+}
+
+// owns says whether r is one of rules (the same element, not an equal one).
+func owns(rules []config.Rule, r *config.Rule) bool {
+	for i := range rules {
+		if &rules[i] == r {
+			return true
+		}
+	}
+	return false
 }
 
 // Share keeps the trust metadata floor (cache.MetadataStore.Share), "no
@@ -250,7 +282,7 @@ func (v *Verifier) View(ctx context.Context, name gun.Name, r *config.Rule) (*Vi
 		a := v.anchorOf(gun, r)
 		store := v.meta.For(gun, a.stamp)
 		if view, until := v.shared.verdict(gun, policyStamp(r, a), store); view != nil {
-			until = earliest(until, view.Checked.Add(v.settings.Load().ttl)) // never longer than this replica's own refresh_ttl
+			until = earliest(until, view.Checked.Add(v.settingsFor(r).ttl)) // never longer than this replica's own refresh_ttl
 			v.views.Add(gun, cached{view: view, until: until, rule: r, upstream: up.cfg.Name})
 			return view, nil
 		}
@@ -292,7 +324,7 @@ func (v *Verifier) lookup(name gun.Name, r *config.Rule) (*upstream, *RefusalErr
 		return nil, &RefusalError{GUN: gun, Reason: NoRule,
 			Detail: "no trust.rules entry matches this repository; add a rule whose repositories pattern matches it"}
 	}
-	up, ok := v.settings.Load().upstreams[host]
+	up, ok := v.settingsFor(r).upstreams[host]
 	if !ok {
 		return nil, &RefusalError{GUN: gun, Reason: NoTrustServer,
 			Detail: fmt.Sprintf("no upstream is named %q; add it to upstreams with its notary.url", host)}
@@ -319,7 +351,7 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 	v.refreshes.WithLabelValues(result).Inc()
 	v.seconds.Observe(time.Since(start).Seconds())
 	if rerr != nil {
-		ttl := v.settings.Load().refusalTTL
+		ttl := v.settingsFor(r).refusalTTL
 		v.refusals.Add(gun, refused{err: rerr, until: time.Now().Add(ttl), rule: r})
 		v.shared.put(gun, rerr, ttl)
 		return nil, rerr
@@ -328,7 +360,7 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 		v.shared.put(gun, nil, 0)
 	}
 	v.refusals.Remove(gun)
-	until := earliest(view.Checked.Add(v.settings.Load().ttl), view.Expires)
+	until := earliest(view.Checked.Add(v.settingsFor(r).ttl), view.Expires)
 	if view.Unreachable != "" {
 		until = earliest(until, view.Refreshed.Add(r.MaxStaleness))
 	}
@@ -516,7 +548,7 @@ type anchor struct {
 // compiled by config.Load; the CA files are read now, as notary reads them
 // in the update, so that a CA file replaced in place changes the stamp.
 func (v *Verifier) anchorOf(gun string, r *config.Rule) anchor {
-	pins := v.settings.Load().pinning.For(gun)
+	pins := v.settingsFor(r).pinning.For(gun)
 	lines := make([]string, 0, 1+len(pins.CAs))
 	if len(pins.CertIDs) > 0 {
 		lines = append(lines, "certs "+gun+" "+strings.Join(pins.CertIDs, ","))

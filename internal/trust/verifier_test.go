@@ -798,3 +798,37 @@ func issueRoot(t *testing.T, f *fixture) []byte {
 	f.publish()
 	return pemCert(caCert)
 }
+
+// TestReconfigureRequestsEndUnderTheirConfiguration: after a reload, a
+// request judged by a rule of the configuration before it (routed just
+// before the reload) is verified with that configuration's pins, Notary
+// servers and reuse times, not the new ones; a rule of the new
+// configuration gets the new ones.
+func TestReconfigureRequestsEndUnderTheirConfiguration(t *testing.T) {
+	f := newFixture(t)
+	f.tag("targets", "v1", []byte("v1"))
+	f.publish()
+	before, _ := newVerifier(t, f, opts{pinning: config.Pinning{Certs: map[string][]string{testGUN: {f.rootID()}}}})
+	other := strings.Repeat("ab", 32) // a root nobody holds
+	after, _ := newVerifier(t, f, opts{pinning: config.Pinning{Certs: map[string][]string{testGUN: {other}}}})
+	oldRule := before.cfg.Trust.RuleFor(testGUN)
+	host, path, _ := strings.Cut(testGUN, "/")
+	n, err := gun.New(host, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	if err := before.v.Reconfigure(after.cfg); err != nil {
+		t.Fatal(err)
+	}
+	view, err := before.v.View(t.Context(), n, oldRule)
+	if err != nil {
+		t.Fatalf("a request under the rule of the configuration before the reload: %v", err)
+	}
+	if _, err := view.Resolve("v1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := before.v.View(t.Context(), n, after.cfg.Trust.RuleFor(testGUN)); err == nil {
+		t.Fatal("a request under the new configuration's rule was verified with the pins before the reload")
+	}
+}
