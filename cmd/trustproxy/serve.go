@@ -103,14 +103,24 @@ func start(ctx context.Context, cfg *config.Config, file string, level *slog.Lev
 			return nil, err
 		}
 	}
+	// The registry port listens before the metrics listener's /healthz
+	// answers: a probe that finds it alive finds the registry port taking
+	// connections.
+	l, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		_ = p.Close(ctx)
+		return nil, fmt.Errorf("listen: %w (set listen: in the config, or TRUSTPROXY_LISTEN)", err)
+	}
 	debug, err := startDebug(cfg.Debug, log)
 	if err != nil {
+		_ = l.Close()
 		_ = p.Close(ctx)
 		return nil, err
 	}
 	health := healthMux(p.Server, rl)
 	metrics, err := startMetrics(cfg.Metrics, health, reg, log)
 	if err != nil {
+		_ = l.Close()
 		_ = p.Close(ctx)
 		if debug != nil {
 			_ = debug.Close()
@@ -126,16 +136,6 @@ func start(ctx context.Context, cfg *config.Config, file string, level *slog.Lev
 		IdleTimeout:    2 * time.Minute,
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-	l, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		_ = p.Close(ctx)
-		for _, side := range []*http.Server{debug, metrics} {
-			if side != nil {
-				_ = side.Close()
-			}
-		}
-		return nil, fmt.Errorf("listen: %w (set listen: in the config, or TRUSTPROXY_LISTEN)", err)
 	}
 	failed := make(chan error, 1)
 	go func() {
