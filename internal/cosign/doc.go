@@ -3,7 +3,7 @@
 // Ed25519 or RSA, PEM), and says which signer, or why not.
 //
 // Signatures are found where cosign puts them, in this order, all read
-// through the transport the caller gives (its credentials, its egress):
+// with the client the caller gives (its credentials, redirects, egress):
 //   - the OCI referrers API, GET /v2/<name>/referrers/<digest>?artifactType=...;
 //   - when the registry has none (404, 400, 406, or no index; distribution
 //     v3.1.2 has none), the referrers tag schema: the tag sha256-<hex>

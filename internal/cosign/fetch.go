@@ -15,11 +15,10 @@ import (
 
 // client reads what signatures are made of from one repository, each read
 // bounded. go-containerregistry's remote package reads manifests up to
-// 100 MiB; signatures need a few KiB, so the reads are made here, over the
-// caller's transport.
+// 100 MiB; signatures need a few KiB, so the reads are made here, with the
+// caller's client.
 type client struct {
 	up     Upstream
-	rt     http.RoundTripper
 	limits Limits
 }
 
@@ -58,7 +57,7 @@ func (c *client) get(ctx context.Context, u, accept string, limit int64) ([]byte
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
-	resp, err := c.rt.RoundTrip(req)
+	resp, err := c.up.Client.Do(req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("GET %s: %w", u, err)
 	}

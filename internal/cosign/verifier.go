@@ -196,11 +196,17 @@ func New(opts Options) (*Verifier, error) {
 }
 
 // Upstream is where a repository's signatures are read: the repository
-// (its registry's scheme and host come from it) and the transport that
-// carries the caller's credentials and egress policy.
+// (its registry's scheme and host come from it) and the client that sends
+// the requests with the caller's credentials, redirect and egress policy
+// (an *http.Client, or internal/egress's Client.Do with its scope).
 type Upstream struct {
-	Repo      name.Repository
-	Transport http.RoundTripper
+	Repo   name.Repository
+	Client Doer
+}
+
+// A Doer sends one request and follows redirects as its owner allows.
+type Doer interface {
+	Do(req *http.Request) (*http.Response, error)
 }
 
 // Format is the kind of cosign signature that verified.
@@ -234,10 +240,10 @@ func (v *Verifier) Verify(ctx context.Context, up Upstream, dgst digest.Digest) 
 	}
 	ctx, cancel := context.WithTimeout(ctx, v.limits.Timeout)
 	defer cancel()
-	c := &client{up: up, limits: v.limits, rt: up.Transport}
-	if c.rt == nil {
-		c.rt = http.DefaultTransport
+	if up.Client == nil {
+		return Verdict{}, errors.New("cosign: Verify needs an upstream client")
 	}
+	c := &client{up: up, limits: v.limits}
 	j := &judgement{v: v, c: c, dgst: dgst}
 	verdict, err := j.run(ctx)
 	if err != nil {
