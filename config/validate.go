@@ -18,6 +18,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sigstore/sigstore-go/pkg/root"
+
+	"github.com/trustproxy/trustproxy/internal/cosign"
 )
 
 // problems collects validation errors, each prefixed with its field path.
@@ -223,6 +227,14 @@ func (c *Config) validateTrust(p *problems) {
 	}
 	t.Pinning.compiled = compilePins(t.Pinning)
 
+	t.Cosign.Root = nil
+	if t.Cosign.TrustedRoot != "" {
+		if tr, err := root.NewTrustedRootFromPath(t.Cosign.TrustedRoot); err != nil {
+			p.addf("trust.cosign.trusted_root", "%v; want a Sigstore trusted_root.json", err)
+		} else {
+			t.Cosign.Root = tr
+		}
+	}
 	signers := make(map[string]*Signer)
 	for i := range t.Signers {
 		s := &t.Signers[i]
@@ -235,8 +247,18 @@ func (c *Config) validateTrust(p *problems) {
 		default:
 			signers[s.Name] = s
 		}
-		if s.PublicKey == "" && len(s.KeyIDs) == 0 {
-			p.addf(f, "set public_key, key_ids or both")
+		if s.PublicKey == "" && len(s.KeyIDs) == 0 && s.CosignKey == "" {
+			p.addf(f, "set public_key, key_ids (Notary) or cosign_key (cosign), or several")
+		}
+		s.Cosign = nil
+		if s.CosignKey != "" {
+			if b, err := readFile(s.CosignKey); err != nil {
+				p.addf(f+".cosign_key", "%v", err)
+			} else if cs, err := cosign.ParseSigner(s.Name, b); err != nil {
+				p.addf(f+".cosign_key", "%v", err)
+			} else {
+				s.Cosign = &cs
+			}
 		}
 		if s.PublicKey != "" {
 			keys, err := readPublicKeys(s.PublicKey)
@@ -281,6 +303,10 @@ func (c *Config) validateTrust(p *problems) {
 		if r.MaxStaleness < 0 {
 			p.addf(f+".max_staleness", "must be positive, e.g. 24h; leave it out for trust.max_staleness")
 		}
+		c.compileSources(p, f, r)
+	}
+	if t.Cosign.ReverifyTTL <= 0 {
+		p.addf("trust.cosign.reverify_ttl", "must be positive, e.g. 5m")
 	}
 	if t.RefreshTTL <= 0 {
 		p.addf("trust.refresh_ttl", "must be positive, e.g. 1m")
@@ -718,4 +744,68 @@ func validateListen(p *problems, field, addr, example string) {
 	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		p.addf(field, "port %q is not a number from 0 to 65535", port)
 	}
+}
+
+// compileSources checks r's sources and require, and compiles its cosign
+// verifier (r.Cosign) from its signers' cosign keys and trust.cosign:
+// once, here, so that a bad key or a rule without a way to check
+// transparency-log entries fails the load, not a request. f is r's field
+// path.
+func (c *Config) compileSources(p *problems, f string, r *Rule) {
+	r.Cosign = nil
+	seen := map[Source]bool{}
+	for j, s := range r.Sources {
+		if seen[s] {
+			p.addf(fmt.Sprintf("%s.sources[%d]", f, j), "%q is listed twice", s)
+		}
+		seen[s] = true
+	}
+	if r.Require != RequireAny && r.Require != RequireAll {
+		p.addf(f+".require", "%q: want %s or %s", r.Require, RequireAny, RequireAll)
+	}
+	if !r.Has(SourceCosign) {
+		if r.AllowNoTlog {
+			p.addf(f+".allow_no_tlog", "set on a rule whose sources do not list cosign")
+		}
+		return
+	}
+	// Keyless verification (a certificate identity policy against the
+	// trusted root's Fulcio CAs) would add its own options here.
+	opts := cosign.Options{AllowNoTlog: r.AllowNoTlog, TrustedRoot: c.Trust.Cosign.Root}
+	for j, name := range r.Signers {
+		s := c.signer(name)
+		if s == nil {
+			continue // reported above
+		}
+		if s.Cosign == nil {
+			if s.CosignKey == "" && !r.Has(SourceNotary) {
+				p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no cosign_key, and the rule's only source is cosign", name)
+			}
+			continue
+		}
+		opts.Signers = append(opts.Signers, *s.Cosign)
+	}
+	switch {
+	case len(opts.Signers) == 0:
+		p.addf(f+".signers", "a rule listing cosign needs signers with a cosign_key (trust.signers[].cosign_key)")
+	case !r.AllowNoTlog && opts.TrustedRoot == nil:
+		p.addf(f+".allow_no_tlog", "cosign signatures must have a transparency-log entry, and trust.cosign.trusted_root is not set: give the trusted root, or set allow_no_tlog: true for signatures made with --tlog-upload=false")
+	default:
+		v, err := cosign.New(opts)
+		if err != nil {
+			p.addf(f+".sources", "%v", err)
+			return
+		}
+		r.Cosign = v
+	}
+}
+
+// signer is the entry of trust.signers named name, or nil.
+func (c *Config) signer(name string) *Signer {
+	for i := range c.Trust.Signers {
+		if c.Trust.Signers[i].Name == name {
+			return &c.Trust.Signers[i]
+		}
+	}
+	return nil
 }

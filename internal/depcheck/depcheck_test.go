@@ -23,7 +23,7 @@ const module = "github.com/trustproxy/trustproxy/"
 // and the leaf packages never import proxy, and proxy never imports wiring.
 var allowed = map[string][]string{
 	"internal/severity":    {},
-	"config":               {"internal/severity"},
+	"config":               {"internal/cosign", "internal/severity"},
 	"internal/gun":         {},
 	"internal/manifest":    {},
 	"internal/egress":      {"config"},
