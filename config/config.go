@@ -14,7 +14,6 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"gopkg.in/yaml.v3"
 
-	"github.com/trustproxy/trustproxy/internal/cosign"
 	"github.com/trustproxy/trustproxy/internal/severity"
 )
 
@@ -174,8 +173,9 @@ type Signer struct {
 	// (the key itself, or a certificate's), as Load read them. Nil without
 	// PublicKey.
 	Keys [][]byte `yaml:"-"`
-	// Cosign is CosignKey as Load read it; nil without CosignKey.
-	Cosign *cosign.Signer `yaml:"-"`
+	// CosignPEM is CosignKey's content as Load read and checked it; nil
+	// without CosignKey. internal/proxy compiles it (cosign.ParseSigner).
+	CosignPEM []byte `yaml:"-"`
 }
 
 // Mode says what a rule does with an image that fails verification.
@@ -257,10 +257,6 @@ type Rule struct {
 	// TrustedSigners are the entries of Trust.Signers that Signers names, in
 	// that order, set by Load.
 	TrustedSigners []*Signer `yaml:"-"`
-	// Cosign is the rule's compiled cosign verifier, set by Load when
-	// Sources lists cosign: a reload compiles new ones with the new rules,
-	// so a removed key stops counting with the configuration that removed it.
-	Cosign *cosign.Verifier `yaml:"-"`
 
 	// pattern is Repositories compiled by Load; a Rule not from Load matches
 	// nothing.

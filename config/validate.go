@@ -1,6 +1,10 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -20,8 +24,6 @@ import (
 	"time"
 
 	"github.com/sigstore/sigstore-go/pkg/root"
-
-	"github.com/trustproxy/trustproxy/internal/cosign"
 )
 
 // problems collects validation errors, each prefixed with its field path.
@@ -250,14 +252,14 @@ func (c *Config) validateTrust(p *problems) {
 		if s.PublicKey == "" && len(s.KeyIDs) == 0 && s.CosignKey == "" {
 			p.addf(f, "set public_key, key_ids (Notary) or cosign_key (cosign), or several")
 		}
-		s.Cosign = nil
+		s.CosignPEM = nil
 		if s.CosignKey != "" {
 			if b, err := readFile(s.CosignKey); err != nil {
 				p.addf(f+".cosign_key", "%v", err)
-			} else if cs, err := cosign.ParseSigner(s.Name, b); err != nil {
+			} else if err := checkCosignKey(b); err != nil {
 				p.addf(f+".cosign_key", "%v", err)
 			} else {
-				s.Cosign = &cs
+				s.CosignPEM = b
 			}
 		}
 		if s.PublicKey != "" {
@@ -303,7 +305,7 @@ func (c *Config) validateTrust(p *problems) {
 		if r.MaxStaleness < 0 {
 			p.addf(f+".max_staleness", "must be positive, e.g. 24h; leave it out for trust.max_staleness")
 		}
-		c.compileSources(p, f, r)
+		c.checkSources(p, f, r)
 	}
 	if t.Cosign.ReverifyTTL <= 0 {
 		p.addf("trust.cosign.reverify_ttl", "must be positive, e.g. 5m")
@@ -746,13 +748,13 @@ func validateListen(p *problems, field, addr, example string) {
 	}
 }
 
-// compileSources checks r's sources and require, and compiles its cosign
-// verifier (r.Cosign) from its signers' cosign keys and trust.cosign:
-// once, here, so that a bad key or a rule without a way to check
-// transparency-log entries fails the load, not a request. f is r's field
-// path.
-func (c *Config) compileSources(p *problems, f string, r *Rule) {
-	r.Cosign = nil
+// checkSources checks r's sources and require, and that a rule listing
+// cosign has signers with cosign keys and a way to check transparency-log
+// entries (trust.cosign.trusted_root or allow_no_tlog): a bad rule fails
+// the load, not a request. internal/proxy compiles each cosign rule's
+// verifier from these, per *Rule, when the configuration is taken. f is
+// r's field path.
+func (c *Config) checkSources(p *problems, f string, r *Rule) {
 	seen := map[Source]bool{}
 	for j, s := range r.Sources {
 		if seen[s] {
@@ -770,34 +772,52 @@ func (c *Config) compileSources(p *problems, f string, r *Rule) {
 		return
 	}
 	// Keyless verification (a certificate identity policy against the
-	// trusted root's Fulcio CAs) would add its own options here.
-	opts := cosign.Options{AllowNoTlog: r.AllowNoTlog, TrustedRoot: c.Trust.Cosign.Root}
+	// trusted root's Fulcio CAs) would be checked here too.
+	keys := 0
 	for j, name := range r.Signers {
 		s := c.signer(name)
-		if s == nil {
+		switch {
+		case s == nil:
 			continue // reported above
+		case s.CosignKey != "":
+			keys++
+		case !r.Has(SourceNotary):
+			p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no cosign_key, and the rule's only source is cosign", name)
 		}
-		if s.Cosign == nil {
-			if s.CosignKey == "" && !r.Has(SourceNotary) {
-				p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no cosign_key, and the rule's only source is cosign", name)
-			}
-			continue
-		}
-		opts.Signers = append(opts.Signers, *s.Cosign)
 	}
 	switch {
-	case len(opts.Signers) == 0:
+	case keys == 0:
 		p.addf(f+".signers", "a rule listing cosign needs signers with a cosign_key (trust.signers[].cosign_key)")
-	case !r.AllowNoTlog && opts.TrustedRoot == nil:
+	case !r.AllowNoTlog && c.Trust.Cosign.Root == nil:
 		p.addf(f+".allow_no_tlog", "cosign signatures must have a transparency-log entry, and trust.cosign.trusted_root is not set: give the trusted root, or set allow_no_tlog: true for signatures made with --tlog-upload=false")
-	default:
-		v, err := cosign.New(opts)
-		if err != nil {
-			p.addf(f+".sources", "%v", err)
-			return
-		}
-		r.Cosign = v
 	}
+}
+
+// checkCosignKey checks that b is a PEM public key cosign verifies with:
+// ECDSA P-256, Ed25519, or RSA of 2048 bits or more.
+func checkCosignKey(b []byte) error {
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return errors.New("not a PEM public key (cosign.pub, as cosign generate-key-pair writes it)")
+	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return fmt.Errorf("not a PEM public key: %w", err)
+	}
+	switch k := k.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return errors.New("ECDSA keys must be P-256")
+		}
+	case ed25519.PublicKey:
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return fmt.Errorf("RSA keys must have at least 2048 bits, not %d", k.N.BitLen())
+		}
+	default:
+		return fmt.Errorf("key type %T is not supported (ECDSA P-256, Ed25519, RSA)", k)
+	}
+	return nil
 }
 
 // signer is the entry of trust.signers named name, or nil.

@@ -23,7 +23,7 @@ const module = "github.com/trustproxy/trustproxy/"
 // and the leaf packages never import proxy, and proxy never imports wiring.
 var allowed = map[string][]string{
 	"internal/severity":    {},
-	"config":               {"internal/cosign", "internal/severity"},
+	"config":               {"internal/severity"},
 	"internal/gun":         {},
 	"internal/manifest":    {},
 	"internal/egress":      {"config"},
@@ -37,7 +37,7 @@ var allowed = map[string][]string{
 	"internal/cosign":      {},
 	"internal/upstream":    {"config", "internal/egress", "internal/gun", "internal/manifest"},
 	"internal/fill":        {"config", "internal/cache", "internal/gun", "internal/upstream"},
-	"internal/proxy": {"config", "internal/cache", "internal/fill", "internal/gun", "internal/manifest",
+	"internal/proxy": {"config", "internal/cache", "internal/cosign", "internal/fill", "internal/gun", "internal/manifest",
 		"internal/refgraph", "internal/scan", "internal/trust", "internal/upstream"},
 	"internal/retention": {"config", "internal/cache", "internal/fill", "internal/gun", "internal/manifest", "internal/trust"},
 	"internal/wiring": {"config", "internal/cache", "internal/fill", "internal/proxy", "internal/refgraph",
