@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/sample"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -327,4 +329,80 @@ type rawIndex []byte
 func (r rawIndex) RawManifest() ([]byte, error) { return r, nil }
 func (r rawIndex) MediaType() (types.MediaType, error) {
 	return types.OCIImageIndex, nil
+}
+
+// TestCosignDockerPullThroughMirror: the real Docker daemon, with
+// trustproxy as its registry mirror, pulls a cosign-signed image and is
+// refused an unsigned one.
+func TestCosignDockerPullThroughMirror(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Docker daemon")
+	}
+	w := newWorld(t)
+	ci := testenv.NewCosignKey(t, "ci")
+	signed := w.pushCosigned(t, "v1", "docker-cosign-v1", ci)
+	w.pushCosigned(t, "v2", "docker-cosign-v2", nil)
+	p := start(t, w.cosignConfig(t, t.TempDir(), ci, cosignRule, ""))
+	d := testenv.StartDockerd(t, p.srv.URL)
+	ctx := t.Context()
+	if out, err := d.Pull(ctx, "app:v1"); err != nil {
+		t.Fatalf("docker pull app:v1 through the mirror: %v\n%s", err, out)
+	}
+	digests, err := d.RepoDigests(ctx, "app:v1")
+	if err != nil || !slices.Contains(digests, "app@"+signed.String()) {
+		t.Fatalf("RepoDigests %v (%v), want app@%s", digests, err, signed)
+	}
+	if out, err := d.Pull(ctx, "app:v2"); err == nil {
+		t.Fatalf("docker pull app:v2 (unsigned) succeeded:\n%s", out)
+	}
+	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
+}
+
+// BenchmarkColdPullCosignVsNotary pulls a fresh two-layer image through a
+// fresh trustproxy (nothing cached: trust data or signatures, manifest and
+// blobs come from the upstream), Notary-signed and cosign-signed side by
+// side, and reports each one's time per pull and their ratio.
+func BenchmarkColdPullCosignVsNotary(b *testing.B) {
+	w := &world{Env: testenv.New(b), alice: testenv.NewKey(b, "alice"), roots: map[string]string{}}
+	w.roots[gun] = w.Notary.Init(b, gun)
+	w.Notary.AddDelegation(b, gun, testenv.Releases, w.alice)
+	ci := testenv.NewCosignKey(b, "ci")
+	cfgFor := func(cosign bool) string {
+		yaml := w.config(b, b.TempDir(), "")
+		if cosign {
+			yaml = strings.Replace(yaml, "  rules:\n", "    - name: ci\n      cosign_key: "+ci.PubFile+"\n  rules:\n", 1)
+			yaml = strings.Replace(yaml, "    - repositories: \"docker.io/**\"\n      signers: [alice]\n", cosignRule, 1)
+		}
+		return yaml
+	}
+	var notaryNS, cosignNS time.Duration
+	for i := 0; b.Loop(); i++ {
+		for _, cosign := range []bool{false, true} {
+			tag := fmt.Sprintf("n%d", i)
+			if cosign {
+				tag = fmt.Sprintf("c%d", i)
+			}
+			img := testenv.Image(b, "bench-"+tag, 2, 64<<10)
+			h := w.Registry.Push(b, "library/app", tag, img)
+			if cosign {
+				w.Registry.CosignSign(b, "library/app", digest.Digest(h.String()), ci)
+			} else {
+				w.Notary.SignImage(b, gun, tag, img, testenv.Releases)
+			}
+			host := start(b, cfgFor(cosign)).host
+			begin := time.Now()
+			if _, err := sample.Pull(b.Context(), host+"/library/app:"+tag); err != nil {
+				b.Fatalf("pull %s: %v", tag, err)
+			}
+			if cosign {
+				cosignNS += time.Since(begin)
+			} else {
+				notaryNS += time.Since(begin)
+			}
+		}
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(notaryNS.Milliseconds())/n, "notary-ms/pull")
+	b.ReportMetric(float64(cosignNS.Milliseconds())/n, "cosign-ms/pull")
+	b.ReportMetric(float64(cosignNS)/float64(notaryNS), "cosign/notary")
 }

@@ -284,20 +284,3 @@ func (v *verifiedSet) put(ctx context.Context, n gun.Name, r *config.Rule, t *co
 	key := v.key(n, d, e.Policy)
 	v.shared.Health.Failed(v.shared.Redis.Set(ctx, key, v.shared.Seal(cache.KindVerified, key, payload), t.Cosign.ReverifyTTL).Err())
 }
-
-// Verified lists the digests of the repository name that cosign verified
-// and whose verdicts have not expired: the storage collector keeps what
-// they list (internal/retention).
-func (s *Server) Verified(name gun.Name) []digest.Digest {
-	var out []digest.Digest
-	now := time.Now()
-	prefix := name.String() + "@"
-	for _, k := range s.cosign.verified.mem.Keys() {
-		if len(k) > len(prefix) && k[:len(prefix)] == prefix {
-			if e, ok := s.cosign.verified.mem.Peek(k); ok && now.Before(e.Until) {
-				out = append(out, e.Digest)
-			}
-		}
-	}
-	return out
-}
