@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/sigstore/sigstore-go/pkg/root"
 	"gopkg.in/yaml.v3"
 
 	"github.com/trustproxy/trustproxy/internal/severity"
@@ -120,6 +122,25 @@ type Trust struct {
 	// data, unreachable or invalid) is remembered before the Notary server
 	// is asked again; never longer than RefreshTTL. Default 10s.
 	RefusalTTL time.Duration `yaml:"refusal_ttl"`
+	// Cosign holds the settings of the cosign trust source shared by the
+	// rules that list it.
+	Cosign Cosign `yaml:"cosign"`
+}
+
+// Cosign configures the cosign trust source (rules with sources: [cosign]).
+type Cosign struct {
+	// TrustedRoot is a Sigstore trusted_root.json file naming the Rekor
+	// logs (and, for keyless signatures, the Fulcio CAs) whose entries
+	// count. Required by a cosign rule without allow_no_tlog. It is pinned:
+	// trustproxy never updates it from Sigstore's TUF repository.
+	TrustedRoot string `yaml:"trusted_root"`
+	// ReverifyTTL is how long a digest's cosign verdict is used before its
+	// signatures are read and verified again: a deleted signature stops
+	// serving within it. Default 5m.
+	ReverifyTTL time.Duration `yaml:"reverify_ttl"`
+
+	// Root is TrustedRoot, read by Load; nil without it.
+	Root root.TrustedMaterial `yaml:"-"`
 }
 
 // Pinning says which root keys are trusted, as notary's trustpinning does.
@@ -143,11 +164,18 @@ type Signer struct {
 	// as targets.json lists it, or over the bare public key, as
 	// `notary key list` shows it).
 	KeyIDs []string `yaml:"key_ids,omitempty"`
+	// CosignKey is a PEM file holding the signer's cosign public key (the
+	// cosign.pub of `cosign generate-key-pair`): ECDSA P-256, Ed25519 or
+	// RSA of 2048 bits or more.
+	CosignKey string `yaml:"cosign_key,omitempty"`
 
 	// Keys are the PKIX DER public keys of every PEM block of PublicKey
 	// (the key itself, or a certificate's), as Load read them. Nil without
 	// PublicKey.
 	Keys [][]byte `yaml:"-"`
+	// CosignPEM is CosignKey's content as Load read and checked it; nil
+	// without CosignKey. internal/proxy compiles it (cosign.ParseSigner).
+	CosignPEM []byte `yaml:"-"`
 }
 
 // Mode says what a rule does with an image that fails verification.
@@ -212,6 +240,16 @@ type Rule struct {
 	// Scan is the vulnerability scan policy of the rule's images; nil: no
 	// scan gate.
 	Scan *ScanPolicy `yaml:"scan"`
+	// Sources are the trust sources that judge the rule's images: notary
+	// (Docker Content Trust) and cosign. Default [notary].
+	Sources []Source `yaml:"sources"`
+	// Require says how many of Sources must verify an image: any (default)
+	// or all (each of them, the same digest).
+	Require Require `yaml:"require"`
+	// AllowNoTlog accepts cosign signatures without a transparency-log
+	// entry (cosign sign --tlog-upload=false). A rule listing cosign must
+	// set it or trust.cosign.trusted_root must be given.
+	AllowNoTlog bool `yaml:"allow_no_tlog"`
 
 	// Index is the rule's position in Trust.Rules, set by Load: which rule
 	// decided, in logs.
@@ -224,6 +262,66 @@ type Rule struct {
 	// nothing.
 	pattern pattern
 }
+
+// Source is a trust source a rule may list.
+type Source string
+
+// The trust sources.
+const (
+	// SourceNotary is Docker Content Trust (Notary v1): signed tags.
+	SourceNotary Source = "notary"
+	// SourceCosign is cosign signatures of a digest, by keys the rule's
+	// signers pin (cosign_key).
+	SourceCosign Source = "cosign"
+)
+
+// UnmarshalText sets s from notary or cosign and rejects any other word.
+func (s *Source) UnmarshalText(b []byte) error {
+	switch v := Source(b); v {
+	case SourceNotary, SourceCosign:
+		*s = v
+		return nil
+	}
+	return fmt.Errorf("source %q: want %s or %s", b, SourceNotary, SourceCosign)
+}
+
+// UnmarshalYAML is UnmarshalText with the line of the YAML node in the error.
+func (s *Source) UnmarshalYAML(n *yaml.Node) error {
+	return unmarshalWord(n, s, fmt.Sprintf("source: want %s or %s", SourceNotary, SourceCosign))
+}
+
+// Require says how many of a rule's sources must verify an image.
+type Require string
+
+// The values of Rule.Require.
+const (
+	// RequireAny serves what one of the sources verifies.
+	RequireAny Require = "any"
+	// RequireAll serves only what every source verifies, the same digest.
+	RequireAll Require = "all"
+)
+
+// UnmarshalText sets r from any or all and rejects any other word.
+func (r *Require) UnmarshalText(b []byte) error {
+	switch v := Require(b); v {
+	case RequireAny, RequireAll:
+		*r = v
+		return nil
+	}
+	return fmt.Errorf("require %q: want %s or %s", b, RequireAny, RequireAll)
+}
+
+// UnmarshalYAML is UnmarshalText with the line of the YAML node in the error.
+func (r *Require) UnmarshalYAML(n *yaml.Node) error {
+	return unmarshalWord(n, r, fmt.Sprintf("require: want %s or %s", RequireAny, RequireAll))
+}
+
+// Has says whether r lists source.
+func (r *Rule) Has(source Source) bool { return slices.Contains(r.Sources, source) }
+
+// NotaryOnly says whether r is judged by Notary alone, as every rule was
+// before other sources: the default.
+func (r *Rule) NotaryOnly() bool { return len(r.Sources) == 1 && r.Sources[0] == SourceNotary }
 
 // Scan configures the vulnerability scan gate: the scanners, how they
 // reach trustproxy, and how CI posts reports. A rule's scan section says

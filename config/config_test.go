@@ -25,7 +25,7 @@ import (
 // ignoreCompiled leaves out of comparisons the compiled pattern of a Rule,
 // which TestMatch checks, and the compiled pins of a Pinning, which
 // TestPinningFor checks.
-var ignoreCompiled = cmpopts.IgnoreUnexported(Rule{}, Pinning{})
+var ignoreCompiled = cmp.Options{cmpopts.IgnoreUnexported(Rule{}, Pinning{}), cmpopts.IgnoreFields(Signer{}, "CosignPEM")}
 
 // defaults is the configuration that an empty file gives.
 func defaults() *Config {
@@ -35,10 +35,11 @@ func defaults() *Config {
 		Storage:   map[string]map[string]any{"filesystem": {"rootdirectory": "trustproxy-data/storage"}},
 		Upstreams: []Upstream{{Name: "docker.io", Endpoint: Endpoint{URL: "https://registry-1.docker.io", TokenRealms: []string{"https://auth.docker.io"}}}},
 		Trust: Trust{
-			Rules:        []Rule{{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour}},
+			Rules:        []Rule{{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Sources: notaryOnly, Require: RequireAny}},
 			RefreshTTL:   time.Minute,
 			MaxStaleness: 24 * time.Hour,
 			RefusalTTL:   10 * time.Second,
+			Cosign:       Cosign{ReverifyTTL: 5 * time.Minute},
 		},
 		Scan:      Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
 		Redis:     Redis{KeyPrefix: "trustproxy:"},
@@ -144,8 +145,8 @@ func TestDefaults(t *testing.T) {
 			yaml: "trust:\n  rules:\n    - repositories: docker.io/**\n    - repositories: '**'\n      mode: audit\n      roles: [targets]\n",
 			want: func(c *Config) {
 				c.Trust.Rules = []Rule{
-					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour},
-					{Repositories: "**", Roles: []string{"targets"}, Mode: Audit, MaxStaleness: 24 * time.Hour, Index: 1},
+					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Sources: notaryOnly, Require: RequireAny},
+					{Repositories: "**", Roles: []string{"targets"}, Mode: Audit, MaxStaleness: 24 * time.Hour, Sources: notaryOnly, Require: RequireAny, Index: 1},
 				}
 			},
 		},
@@ -160,8 +161,8 @@ func TestDefaults(t *testing.T) {
 					return &ScanPolicy{Severity: severity.Critical, MaxReportAge: age, Missing: MissingWait, Wait: 30 * time.Second}
 				}
 				c.Trust.Rules = []Rule{
-					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Scan: policy(168 * time.Hour)},
-					{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Scan: policy(time.Hour), Index: 1},
+					{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Sources: notaryOnly, Require: RequireAny, Scan: policy(168 * time.Hour)},
+					{Repositories: "**", Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 24 * time.Hour, Sources: notaryOnly, Require: RequireAny, Scan: policy(time.Hour), Index: 1},
 				}
 			},
 		},
@@ -460,7 +461,15 @@ func TestErrors(t *testing.T) {
 			files: map[string][]byte{"alice.pem": append(append([]byte{}, ca.cert...), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("junk")})...)},
 			want:  []string{"trust.signers[0].public_key: ", "PEM block 2: parse CERTIFICATE"},
 		},
-		{name: "signer without key", yaml: "trust:\n  signers:\n    - name: alice\n", want: []string{"trust.signers[0]: set public_key, key_ids or both"}},
+		{name: "signer without key", yaml: "trust:\n  signers:\n    - name: alice\n", want: []string{"trust.signers[0]: set public_key, key_ids (Notary) or cosign_key (cosign), or several"}},
+		{name: "unknown source", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [notation]\n", want: []string{"line 4", `source "notation"`}},
+		{name: "unknown require", yaml: "trust:\n  rules:\n    - repositories: '**'\n      require: most\n", want: []string{"line 4", `require "most"`}},
+		{name: "source twice", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [notary, notary]\n", want: []string{`trust.rules[0].sources[1]: "notary" is listed twice`}},
+		{name: "cosign rule without signers", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [cosign]\n      allow_no_tlog: true\n", want: []string{"trust.rules[0].signers: a rule listing cosign needs signers with a cosign_key"}},
+		{name: "allow_no_tlog without cosign", yaml: "trust:\n  rules:\n    - repositories: '**'\n      allow_no_tlog: true\n", want: []string{"trust.rules[0].allow_no_tlog: set on a rule whose sources do not list cosign"}},
+		{name: "cosign key missing", yaml: "trust:\n  signers:\n    - name: ci\n      cosign_key: /nonexistent/cosign.pub\n", want: []string{"trust.signers[0].cosign_key:", "/nonexistent/cosign.pub"}},
+		{name: "trusted root missing", yaml: "trust:\n  cosign:\n    trusted_root: /nonexistent/trusted_root.json\n", want: []string{"trust.cosign.trusted_root:", "trusted_root.json"}},
+		{name: "reverify_ttl negative", yaml: "trust:\n  cosign:\n    reverify_ttl: -1s\n", want: []string{"trust.cosign.reverify_ttl: must be positive"}},
 		{name: "signer without name", yaml: "trust:\n  signers:\n    - key_ids: [" + strings.Repeat("a", 64) + "]\n", want: []string{"trust.signers[0].name: required"}},
 		{
 			name: "duplicate signer",
@@ -852,6 +861,7 @@ func TestExample(t *testing.T) {
 		"certs/root-ca.pem":           rootCA.cert,
 		"keys/alice.pub":              alice.pub,
 		"keys/bob.crt":                bob.cert,
+		"keys/release-ci-cosign.pub":  alice.pub,
 		"certs/trivy-ca.pem":          registryCA.cert,
 		"secrets/trivy-authorization": []byte("Bearer trivy-adapter-token\n"),
 		"secrets/ci-report-token":     []byte("0123456789abcdef0123456789abcdef\n"),
@@ -893,20 +903,22 @@ func TestExample(t *testing.T) {
 			},
 			Signers: []Signer{
 				{Name: "alice", PublicKey: path("keys/alice.pub"), Keys: [][]byte{alice.spki}},
-				{Name: "release-ci", KeyIDs: []string{"3c5e7b9d1f3a8f1a4c6e0b2d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a"}},
+				{Name: "release-ci", KeyIDs: []string{"3c5e7b9d1f3a8f1a4c6e0b2d3f5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a"}, CosignKey: path("keys/release-ci-cosign.pub")},
 				{Name: "bob", PublicKey: path("keys/bob.crt"), Keys: [][]byte{bob.spki}, KeyIDs: []string{"5a7c9e1b3d5f7a9c1e3b5d7f9a1c3e5b7d9f1a3c5e7b9d1f3a8f1a4c6e0b2d3f"}},
 			},
 			Rules: []Rule{
 				{Repositories: "registry.example.com:5443/**", Signers: []string{"release-ci", "bob"}, Roles: []string{"targets/releases"}, Mode: Enforce, MaxStaleness: 24 * time.Hour,
+					Sources: []Source{SourceNotary, SourceCosign}, Require: RequireAll, AllowNoTlog: true,
 					Scan: &ScanPolicy{Severity: severity.High, MaxReportAge: 72 * time.Hour, Missing: MissingWait, Wait: 30 * time.Second,
 						Allowlist: []AllowedVulnerability{{ID: "CVE-2024-3094", Expires: time.Date(2027, 1, 31, 0, 0, 0, 0, time.UTC),
 							Reason: "xz-utils is not installed at run time; rebuild tracked in OPS-1234"}}}},
-				{Repositories: "docker.io/library/*", Signers: []string{"alice"}, Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 6 * time.Hour, Index: 1},
-				{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Audit, TOFU: true, MaxStaleness: 24 * time.Hour, Index: 2},
+				{Repositories: "docker.io/library/*", Signers: []string{"alice"}, Roles: []string{"targets/releases", "targets"}, Mode: Enforce, MaxStaleness: 6 * time.Hour, Sources: notaryOnly, Require: RequireAny, Index: 1},
+				{Repositories: "docker.io/**", Roles: []string{"targets/releases", "targets"}, Mode: Audit, TOFU: true, MaxStaleness: 24 * time.Hour, Sources: notaryOnly, Require: RequireAny, Index: 2},
 			},
 			RefreshTTL:   5 * time.Minute,
 			MaxStaleness: 24 * time.Hour,
 			RefusalTTL:   10 * time.Second,
+			Cosign:       Cosign{ReverifyTTL: 5 * time.Minute},
 		},
 		Scan: Scan{
 			RegistryURL: "https://trustproxy.example.internal:5000",
@@ -924,6 +936,9 @@ func TestExample(t *testing.T) {
 	s := want.Trust.Signers
 	want.Trust.Rules[0].TrustedSigners = []*Signer{&s[1], &s[2]}
 	want.Trust.Rules[1].TrustedSigners = []*Signer{&s[0]}
+	if got.Trust.Signers[1].CosignPEM == nil {
+		t.Error("the example's cosign key is not read")
+	}
 	if diff := cmp.Diff(want, got, ignoreCompiled); diff != "" {
 		t.Errorf("LoadFile(example) mismatch (-want +got):\n%s", diff)
 	}
@@ -961,5 +976,53 @@ func TestByteSizeUnmarshalText(t *testing.T) {
 				t.Errorf("UnmarshalText(%q) = %d, %v; want %d, error %v", tt.in, b, err, tt.want, tt.err)
 			}
 		})
+	}
+}
+
+var notaryOnly = []Source{SourceNotary}
+
+// TestCosignRule: a rule listing cosign has its signers' cosign keys read
+// and checked at load; without allow_no_tlog and without a trusted
+// root it does not load, naming the field; a signer without a cosign key
+// under a cosign-only rule is named.
+func TestCosignRule(t *testing.T) {
+	dir := t.TempDir()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, dir, map[string][]byte{
+		"cosign.pub": pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}),
+		"bad.pub":    []byte("not a key"),
+	})
+	signers := "trust:\n  signers:\n    - name: ci\n      cosign_key: " + filepath.Join(dir, "cosign.pub") +
+		"\n    - name: bad\n      cosign_key: " + filepath.Join(dir, "bad.pub") + "\n    - name: alice\n      key_ids: [" + strings.Repeat("a", 64) + "]\n"
+	load := func(rule string) (*Config, error) {
+		return Load(strings.NewReader(signers+"  rules:\n    - repositories: '**'\n"+rule), nil)
+	}
+	if _, err := load("      sources: [cosign]\n      signers: [ci]\n"); err == nil || !strings.Contains(err.Error(), "trust.rules[0].allow_no_tlog: cosign signatures must have a transparency-log entry") {
+		t.Errorf("no tlog, no trusted root: %v", err)
+	}
+	if _, err := load("      sources: [cosign]\n      signers: [alice]\n      allow_no_tlog: true\n"); err == nil || !strings.Contains(err.Error(), `trust.rules[0].signers[0]: signer "alice" has no cosign_key`) {
+		t.Errorf("signer without cosign key: %v", err)
+	}
+	if _, err := load("      signers: [bad]\n"); err == nil || !strings.Contains(err.Error(), "trust.signers[1].cosign_key: not a PEM public key") {
+		t.Errorf("bad cosign key: %v", err)
+	}
+	c, err := Load(strings.NewReader(strings.Replace(signers, "    - name: bad\n      cosign_key: "+filepath.Join(dir, "bad.pub")+"\n", "", 1)+
+		"  rules:\n    - repositories: '**'\n      sources: [notary, cosign]\n      require: all\n      signers: [ci, alice]\n      allow_no_tlog: true\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := c.Trust.RuleFor("docker.io/library/app")
+	if c.Trust.Signers[0].CosignPEM == nil || r.Require != RequireAll || !r.Has(SourceCosign) || !r.Has(SourceNotary) || r.NotaryOnly() {
+		t.Errorf("rule not compiled: %+v", r)
+	}
+	if !slices.Contains(c.Files(), filepath.Join(dir, "cosign.pub")) {
+		t.Errorf("Files() = %v, want the cosign key watched", c.Files())
 	}
 }

@@ -18,8 +18,9 @@ func (c *Config) Files() []string {
 		files = append(files, f)
 	}
 	for _, s := range c.Trust.Signers {
-		files = append(files, s.PublicKey)
+		files = append(files, s.PublicKey, s.CosignKey)
 	}
+	files = append(files, c.Trust.Cosign.TrustedRoot)
 	for _, s := range c.Scan.Scanners {
 		files = append(files, s.CAFile, s.AuthorizationFile)
 	}

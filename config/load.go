@@ -151,8 +151,10 @@ func (c *Config) resolve(dir string) {
 		abs(&file)
 		c.Trust.Pinning.CA[prefix] = file
 	}
+	abs(&c.Trust.Cosign.TrustedRoot)
 	for i := range c.Trust.Signers {
 		abs(&c.Trust.Signers[i].PublicKey)
+		abs(&c.Trust.Signers[i].CosignKey)
 	}
 	abs(&c.Scan.ReportTokenFile)
 	abs(&c.Redis.PasswordFile)
@@ -243,6 +245,7 @@ func (c *Config) setDefaults() {
 	orDefault(&c.Trust.RefreshTTL, time.Minute)
 	orDefault(&c.Trust.MaxStaleness, 24*time.Hour)
 	orDefault(&c.Trust.RefusalTTL, 10*time.Second)
+	orDefault(&c.Trust.Cosign.ReverifyTTL, 5*time.Minute)
 	if len(c.Trust.Rules) == 0 {
 		c.Trust.Rules = []Rule{{Repositories: "**"}}
 	}
@@ -252,6 +255,10 @@ func (c *Config) setDefaults() {
 			r.Roles = []string{"targets/releases", "targets"}
 		}
 		orDefault(&r.Mode, Enforce)
+		orDefault(&r.Require, RequireAny)
+		if len(r.Sources) == 0 {
+			r.Sources = []Source{SourceNotary}
+		}
 		orDefault(&r.MaxStaleness, c.Trust.MaxStaleness)
 		if sp := r.Scan; sp != nil {
 			orDefault(&sp.Severity, severity.Critical)

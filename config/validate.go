@@ -1,6 +1,10 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -18,6 +22,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sigstore/sigstore-go/pkg/root"
 )
 
 // problems collects validation errors, each prefixed with its field path.
@@ -223,6 +229,14 @@ func (c *Config) validateTrust(p *problems) {
 	}
 	t.Pinning.compiled = compilePins(t.Pinning)
 
+	t.Cosign.Root = nil
+	if t.Cosign.TrustedRoot != "" {
+		if tr, err := root.NewTrustedRootFromPath(t.Cosign.TrustedRoot); err != nil {
+			p.addf("trust.cosign.trusted_root", "%v; want a Sigstore trusted_root.json", err)
+		} else {
+			t.Cosign.Root = tr
+		}
+	}
 	signers := make(map[string]*Signer)
 	for i := range t.Signers {
 		s := &t.Signers[i]
@@ -235,8 +249,18 @@ func (c *Config) validateTrust(p *problems) {
 		default:
 			signers[s.Name] = s
 		}
-		if s.PublicKey == "" && len(s.KeyIDs) == 0 {
-			p.addf(f, "set public_key, key_ids or both")
+		if s.PublicKey == "" && len(s.KeyIDs) == 0 && s.CosignKey == "" {
+			p.addf(f, "set public_key, key_ids (Notary) or cosign_key (cosign), or several")
+		}
+		s.CosignPEM = nil
+		if s.CosignKey != "" {
+			if b, err := readFile(s.CosignKey); err != nil {
+				p.addf(f+".cosign_key", "%v", err)
+			} else if err := checkCosignKey(b); err != nil {
+				p.addf(f+".cosign_key", "%v", err)
+			} else {
+				s.CosignPEM = b
+			}
 		}
 		if s.PublicKey != "" {
 			keys, err := readPublicKeys(s.PublicKey)
@@ -281,6 +305,10 @@ func (c *Config) validateTrust(p *problems) {
 		if r.MaxStaleness < 0 {
 			p.addf(f+".max_staleness", "must be positive, e.g. 24h; leave it out for trust.max_staleness")
 		}
+		c.checkSources(p, f, r)
+	}
+	if t.Cosign.ReverifyTTL <= 0 {
+		p.addf("trust.cosign.reverify_ttl", "must be positive, e.g. 5m")
 	}
 	if t.RefreshTTL <= 0 {
 		p.addf("trust.refresh_ttl", "must be positive, e.g. 1m")
@@ -726,4 +754,86 @@ func validateListen(p *problems, field, addr, example string) {
 	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		p.addf(field, "port %q is not a number from 0 to 65535", port)
 	}
+}
+
+// checkSources checks r's sources and require, and that a rule listing
+// cosign has signers with cosign keys and a way to check transparency-log
+// entries (trust.cosign.trusted_root or allow_no_tlog): a bad rule fails
+// the load, not a request. internal/proxy compiles each cosign rule's
+// verifier from these, per *Rule, when the configuration is taken. f is
+// r's field path.
+func (c *Config) checkSources(p *problems, f string, r *Rule) {
+	seen := map[Source]bool{}
+	for j, s := range r.Sources {
+		if seen[s] {
+			p.addf(fmt.Sprintf("%s.sources[%d]", f, j), "%q is listed twice", s)
+		}
+		seen[s] = true
+	}
+	if r.Require != RequireAny && r.Require != RequireAll {
+		p.addf(f+".require", "%q: want %s or %s", r.Require, RequireAny, RequireAll)
+	}
+	if !r.Has(SourceCosign) {
+		if r.AllowNoTlog {
+			p.addf(f+".allow_no_tlog", "set on a rule whose sources do not list cosign")
+		}
+		return
+	}
+	// Keyless verification (a certificate identity policy against the
+	// trusted root's Fulcio CAs) would be checked here too.
+	keys := 0
+	for j, name := range r.Signers {
+		s := c.signer(name)
+		switch {
+		case s == nil:
+			continue // reported above
+		case s.CosignKey != "":
+			keys++
+		case !r.Has(SourceNotary):
+			p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no cosign_key, and the rule's only source is cosign", name)
+		}
+	}
+	switch {
+	case keys == 0:
+		p.addf(f+".signers", "a rule listing cosign needs signers with a cosign_key (trust.signers[].cosign_key)")
+	case !r.AllowNoTlog && c.Trust.Cosign.Root == nil:
+		p.addf(f+".allow_no_tlog", "cosign signatures must have a transparency-log entry, and trust.cosign.trusted_root is not set: give the trusted root, or set allow_no_tlog: true for signatures made with --tlog-upload=false")
+	}
+}
+
+// checkCosignKey checks that b is a PEM public key cosign verifies with:
+// ECDSA P-256, Ed25519, or RSA of 2048 bits or more.
+func checkCosignKey(b []byte) error {
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return errors.New("not a PEM public key (cosign.pub, as cosign generate-key-pair writes it)")
+	}
+	k, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return fmt.Errorf("not a PEM public key: %w", err)
+	}
+	switch k := k.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() {
+			return errors.New("ECDSA keys must be P-256")
+		}
+	case ed25519.PublicKey:
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return fmt.Errorf("RSA keys must have at least 2048 bits, not %d", k.N.BitLen())
+		}
+	default:
+		return fmt.Errorf("key type %T is not supported (ECDSA P-256, Ed25519, RSA)", k)
+	}
+	return nil
+}
+
+// signer is the entry of trust.signers named name, or nil.
+func (c *Config) signer(name string) *Signer {
+	for i := range c.Trust.Signers {
+		if c.Trust.Signers[i].Name == name {
+			return &c.Trust.Signers[i]
+		}
+	}
+	return nil
 }

@@ -27,6 +27,7 @@ type checkReport struct {
 	Rule       *checkRule  `json:"rule"`
 	Digest     string      `json:"digest,omitempty"`
 	Size       int64       `json:"size,omitempty"`
+	Source     string      `json:"source,omitempty"`
 	Role       string      `json:"role,omitempty"`
 	Signers    []string    `json:"signers,omitempty"`
 	TrustData  *checkTrust `json:"trust_data,omitempty"`
@@ -108,6 +109,7 @@ func decideCheck(ctx context.Context, cfg *config.Config, image string, rescan b
 	if t := d.Target; t != nil {
 		rep.Role, rep.Signers = t.Role, t.Signers
 	}
+	rep.Source = d.Source
 	if s := d.Trust; s != nil {
 		rep.TrustData = &checkTrust{Refreshed: s.Refreshed.UTC(), Expires: s.Expires.UTC(), TrustServer: "ok"}
 		if s.Unreachable != "" {
@@ -153,6 +155,9 @@ func writeCheckText(w io.Writer, rep *checkReport) error {
 	}
 	if rep.Role != "" {
 		fmt.Fprintf(&b, "  signed in:  %s by %s\n", rep.Role, strings.Join(rep.Signers, ", "))
+		if rep.Source != "" {
+			fmt.Fprintf(&b, "  source:     %s\n", rep.Source)
+		}
 	}
 	if t := rep.TrustData; t != nil {
 		fmt.Fprintf(&b, "  trust data: refreshed %s, expires %s, trust server %s\n",

@@ -53,12 +53,16 @@ const (
 	KindLock    Kind = "lock"    // cold blob fill locks, naming the holder's URL (proxy)
 	KindRefusal Kind = "refusal" // "no trust data" refusals (trust)
 	KindVerdict Kind = "verdict" // verified trust views (trust)
+	// KindVerified is a digest a digest source (cosign) verified under a
+	// rule, until when (proxy's verified set): the blobs it lists become
+	// servable.
+	KindVerified Kind = "verified"
 	// KindRetention is the storage collector's lock (retention): which
 	// replica collects, until when.
 	KindRetention Kind = "retention"
 )
 
-var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict, KindRetention}
+var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict, KindRetention, KindVerified}
 
 // sealVersion is the first byte of every sealed entry.
 const sealVersion = 1

@@ -3,13 +3,17 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/cosign"
 	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/manifest"
 	"github.com/trustproxy/trustproxy/internal/scan"
@@ -49,6 +53,10 @@ type Decision struct {
 	// Scan is the scan gate's verdict on a manifest; nil when its rule has
 	// no scan policy or the gate was not reached.
 	Scan *scan.Verdict
+	// Source names the trust sources whose verdicts served a manifest
+	// (notary, cosign, or notary+cosign under require: all); under a
+	// refusal from a rule with several sources, the source that refused.
+	Source string
 
 	refusal  *Refusal
 	desc     v1.Descriptor      // the blob or manifest as verified; Size -1 when unknown
@@ -56,6 +64,7 @@ type Decision struct {
 	metadata []byte             // a Served trust data file's signed bytes
 	source   string             // where manifest came from: cache or upstream
 	upstream bool               // audit mode: answer from the upstream, unverified
+	tagsUp   bool               // tags/list under a rule listing cosign: the upstream's tags, signature tags left out
 }
 
 // decideOptions are what `trustproxy check` asks of a decision beyond what
@@ -96,6 +105,8 @@ func (s *Server) conclude(ctx context.Context, req *request, d *Decision, err er
 		refusal = refusalOf(r)
 	} else if r, ok := errors.AsType[*Refusal](err); ok {
 		refusal = r
+	} else if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
+		refusal = asRefusal(d.Repository, r)
 	} else if err != nil {
 		return nil, err
 	}
@@ -136,6 +147,9 @@ func (s *Server) judge(ctx context.Context, req *request, d *Decision, opt decid
 	if err := s.checkCredential(ctx, req); err != nil {
 		return err
 	}
+	if d.Rule != nil && !d.Rule.NotaryOnly() {
+		return s.judgeSources(ctx, req, d, opt)
+	}
 	if req.kind == kindManifest {
 		// Once the Notary server has shown the repository has trust data,
 		// the rest of the trust fetch takes round trips; the upstream's
@@ -172,21 +186,23 @@ func (s *Server) judge(ctx context.Context, req *request, d *Decision, opt decid
 		return nil
 	}
 	want := v1.Descriptor{Digest: req.dgst, Size: -1}
+	notary := notarySource{view}
+	q := Query{Name: req.name, Rule: d.Rule, From: req.from, Trust: &req.pol.cfg.Trust, Digest: req.dgst}
 	if req.dgst == "" {
-		t, err := view.Resolve(req.ref)
+		q.Tag = req.ref
+		v, err := notary.Judge(ctx, q)
 		if err != nil {
 			return err
 		}
-		d.Target, want = &t, v1.Descriptor{Digest: t.Digest, Size: t.Size}
-	} else if ts := view.ByDigest(req.dgst); len(ts) > 0 {
-		d.Target, want.Size = &ts[0], ts[0].Size
-	} else if desc, ok, err := s.find(ctx, req, view, req.dgst); ok && manifest.IsType(desc.MediaType) {
+		d.Target, d.Source, want = v.target(req.ref), string(v.Source), v1.Descriptor{Digest: v.Digest, Size: v.Size}
+	} else if v, err := notary.Judge(ctx, q); err == nil {
+		d.Target, d.Source, want.Size = v.target(""), string(v.Source), v.Size
+	} else if desc, ok, ferr := s.find(ctx, req, view, req.dgst); ok && manifest.IsType(desc.MediaType) {
 		want.Size = desc.Size
-	} else if err != nil {
-		return err
+	} else if ferr != nil {
+		return ferr
 	} else {
-		return &Refusal{GUN: d.Repository, Ref: req.ref, Reason: Reason(trust.NotSigned),
-			Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}
+		return err
 	}
 	d.Digest, d.Size, d.desc = want.Digest, want.Size, want
 	if opt.check && (d.Rule.Scan == nil || s.gate == nil) {
@@ -253,6 +269,9 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 	if d.Digest != "" {
 		attrs = append(attrs, slog.String("digest", d.Digest.String()))
 	}
+	if d.Source != "" {
+		attrs = append(attrs, slog.String("source", d.Source))
+	}
 	if t := d.Target; t != nil {
 		attrs = append(attrs, slog.String("role", t.Role), slog.Any("signers", t.Signers))
 	}
@@ -281,4 +300,244 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 		attrs = append(attrs, slog.String("message", d.Message))
 	}
 	s.decisions.LogAttrs(ctx, level, "decision", attrs...)
+}
+
+// judgeSources is judge under a rule whose sources list more than Notary
+// (config.Rule.Sources): each source is asked through the Source seam and
+// the rule's require combines their verdicts.
+//
+// A tag is resolved by Notary when it is listed and has the tag (its
+// signed digest is then the digest, the upstream's tag not consulted);
+// otherwise, under require: any, at the upstream (HEAD, or GET and hash):
+// the digest the upstream names is only a candidate, which the digest
+// sources must verify. Under require: all every listed source must verify
+// the same digest, Notary's when Notary is listed. A digest is first
+// looked for under a verified manifest (a platform manifest of a verified
+// index), then asked of the sources. Either way the manifest is then
+// fetched by that digest through the existing path (hashed, stored) and
+// the scan gate has its say.
+func (s *Server) judgeSources(ctx context.Context, req *request, d *Decision, opt decideOptions) error {
+	r := d.Rule
+	all := r.Require == config.RequireAll
+	q := Query{Name: req.name, Rule: r, From: req.from, Trust: &req.pol.cfg.Trust, Cosign: req.pol.cosign[r]}
+	var sources []Source
+	var notaryErr error // Notary's refusal of the whole repository
+	if r.Has(config.SourceNotary) {
+		vctx := ctx
+		if req.kind == kindManifest {
+			vctx = trust.OnTrustData(ctx, func() { req.from.Warm("repository:" + req.name.Path() + ":pull") })
+		}
+		view, err := s.verify.View(vctx, req.name, r)
+		if _, refused := errors.AsType[*trust.RefusalError](err); err != nil && !refused {
+			return err
+		}
+		if err != nil && (all || req.kind == kindTrustData) {
+			return s.missing(d, r, config.SourceNotary, err)
+		}
+		notaryErr = err
+		if err == nil {
+			d.Trust = view
+		}
+	}
+	for _, src := range r.Sources {
+		switch {
+		case src == config.SourceNotary && d.Trust != nil:
+			sources = append(sources, notarySource{d.Trust})
+		case src == config.SourceCosign:
+			sources = append(sources, s.cosign)
+		}
+	}
+	switch req.kind {
+	case kindTags:
+		// Under require: all with Notary, only Notary's signed tags can be
+		// served; otherwise a tag is a name until it is pulled and its digest
+		// verified: the upstream's tags are listed, signature tags left out.
+		d.tagsUp = !(all && d.Trust != nil)
+		return nil
+	case kindTrustData:
+		var err error
+		d.metadata, err = s.verify.Metadata(ctx, req.name, r, d.Trust, req.ref)
+		return err
+	case kindBlob:
+		desc, ok, err := s.find(ctx, req, d.Trust, req.dgst)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return &Refusal{GUN: d.Repository, Ref: req.ref, Reason: ReasonNotReferenced,
+				Detail: "no verified manifest of this repository refers to this blob; pull a signed tag"}
+		}
+		if r.Scan != nil && (manifest.IsType(desc.MediaType) || desc.Size < 0 || (d.Trust != nil && len(d.Trust.ByDigest(req.dgst)) > 0)) {
+			return &Refusal{GUN: d.Repository, Ref: req.ref, Reason: ReasonNotReferenced,
+				Detail: "a manifest is served from the manifests route only, where the scan gate applies"}
+		}
+		d.desc, d.Size = desc, desc.Size
+		return nil
+	}
+
+	want := v1.Descriptor{Digest: req.dgst, Size: -1}
+	var verdicts []SourceVerdict
+	var refusals []error
+	if req.dgst == "" {
+		q.Tag = req.ref
+		if d.Trust != nil {
+			v, err := notarySource{d.Trust}.Judge(ctx, q)
+			switch {
+			case err == nil:
+				verdicts, want = append(verdicts, v), v1.Descriptor{Digest: v.Digest, Size: v.Size}
+			case all:
+				return s.missing(d, r, config.SourceNotary, err)
+			default:
+				refusals = append(refusals, err)
+			}
+		} else if notaryErr != nil {
+			refusals = append(refusals, notaryErr)
+		}
+		if want.Digest == "" {
+			dgst, err := req.from.ResolveTag(ctx, req.name.Path(), req.ref, s.limits.ManifestBytes)
+			if err != nil {
+				return err
+			}
+			want.Digest = dgst
+		}
+		q.Tag = ""
+	} else if desc, ok, err := s.find(ctx, req, d.Trust, req.dgst); ok && manifest.IsType(desc.MediaType) {
+		// A platform manifest of a verified index.
+		want.Size = desc.Size
+		sources = nil
+	} else if err != nil {
+		return err
+	} else if notaryErr != nil {
+		refusals = append(refusals, notaryErr)
+	}
+	q.Digest = want.Digest
+	for _, src := range sources {
+		if len(verdicts) > 0 && verdicts[0].Source == config.SourceNotary && src == (notarySource{d.Trust}) {
+			continue // Notary resolved the tag
+		}
+		if len(verdicts) > 0 && !all {
+			break
+		}
+		v, err := src.Judge(ctx, q)
+		if err == nil {
+			verdicts = append(verdicts, v)
+			if want.Size < 0 {
+				want.Size = v.Size
+			}
+			continue
+		}
+		if !isRefusal(err) {
+			return err
+		}
+		if all {
+			return s.missing(d, r, v.Source, err)
+		}
+		refusals = append(refusals, err)
+	}
+	if sources != nil && len(verdicts) == 0 {
+		return mostSpecific(refusals)
+	}
+	if len(verdicts) > 0 {
+		d.Target, d.Source = combine(verdicts, req.ref)
+		if req.dgst == "" {
+			d.Target.Tag = req.ref
+		}
+	}
+	d.Digest, d.Size, d.desc = want.Digest, want.Size, want
+	if opt.check && (r.Scan == nil || s.gate == nil) {
+		return nil
+	}
+	m, source, err := s.manifest(ctx, req, want)
+	if err != nil {
+		return err
+	}
+	d.manifest, d.source = m, source
+	return s.scanStep(ctx, req, d, m, opt.rescan)
+}
+
+// isRefusal says whether err is a source's refusal rather than no verdict.
+func isRefusal(err error) bool {
+	_, a := errors.AsType[*Refusal](err)
+	_, b := errors.AsType[*trust.RefusalError](err)
+	_, c := errors.AsType[*cosign.RefusalError](err)
+	return a || b || c
+}
+
+// asRefusal is a source's refusal err as the proxy's.
+func asRefusal(gun string, err error) *Refusal {
+	if r, ok := errors.AsType[*Refusal](err); ok {
+		return r
+	}
+	if r, ok := errors.AsType[*trust.RefusalError](err); ok {
+		return refusalOf(r)
+	}
+	if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
+		return &Refusal{GUN: gun, Ref: r.Digest.String(), Reason: cosignReason(r.Reason), Detail: "cosign: " + r.Detail}
+	}
+	return nil
+}
+
+// missing is the refusal of a rule with require: all when source did not
+// verify: it names the source and what it said.
+func (s *Server) missing(d *Decision, r *config.Rule, source config.Source, err error) error {
+	ref := asRefusal(d.Repository, err)
+	if ref == nil {
+		return err
+	}
+	d.Source = string(source)
+	return &Refusal{GUN: ref.GUN, Ref: ref.Ref, Reason: ref.Reason, Err: ref.Err,
+		Detail: fmt.Sprintf("the rule requires every one of %s and %s did not verify: %s", sourceNames(r.Sources), source, ref.Detail)}
+}
+
+// mostSpecific is, of the refusals of a rule with require: any, the one
+// that says most: a signature that came close (untrusted key, invalid
+// signature, no tlog entry) over "nothing signed it".
+func mostSpecific(refusals []error) error {
+	rank := func(err error) int {
+		r := asRefusal("", err)
+		switch {
+		case r == nil:
+			return 0
+		case r.Reason == Reason(trust.NotSigned) || r.Reason == Reason(trust.NoTrustData):
+			return 1
+		}
+		return 2
+	}
+	best := refusals[0]
+	for _, err := range refusals[1:] {
+		if rank(err) > rank(best) {
+			best = err
+		}
+	}
+	if r, ok := errors.AsType[*cosign.RefusalError](best); ok {
+		return asRefusal(r.Repo, r)
+	}
+	return best
+}
+
+// combine is the signed target that verdicts, all verified, make: the
+// first's digest and size, every source's role and signers.
+func combine(verdicts []SourceVerdict, ref string) (*trust.Target, string) {
+	t := verdicts[0].target("")
+	t.Signers = slices.Clone(t.Signers) // the view's own slice is not to be appended to
+	var names, roles []string
+	for _, v := range verdicts {
+		names = append(names, string(v.Source))
+		roles = append(roles, v.Role)
+		for _, sg := range v.Signers {
+			if !slices.Contains(t.Signers, sg) {
+				t.Signers = append(t.Signers, sg)
+			}
+		}
+	}
+	t.Role = strings.Join(roles, "+")
+	return t, strings.Join(names, "+")
+}
+
+func sourceNames(ss []config.Source) string {
+	names := make([]string, len(ss))
+	for i, s := range ss {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
 }

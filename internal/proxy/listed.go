@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/refgraph"
 	"github.com/trustproxy/trustproxy/internal/trust"
 	"github.com/trustproxy/trustproxy/internal/upstream"
@@ -54,15 +55,47 @@ type recorded struct {
 // however many requests ask. When dgst is not found but a target could not
 // be recorded for a reason that may pass, that failure is returned: the
 // client is told to retry rather than that the digest is not listed.
+//
+// Under a rule whose sources list cosign, a digest cosign verified (the
+// verified set, unexpired, judged by the same rule) counts as signed too:
+// alone under require: any, with Notary's signed target under require:
+// all. cosign has no list of signed digests to record on a miss: a blob
+// of a manifest this deployment has not verified within reverify_ttl is
+// not found until the manifest is asked for again. view is nil when the
+// rule does not list Notary or Notary refused the repository.
 func (s *Server) find(ctx context.Context, req *request, view *trust.View, dgst digest.Digest) (v1.Descriptor, bool, error) {
+	rule := req.pol.cfg.Trust.RuleFor(req.name.String())
 	signed := func(d digest.Digest) (int64, bool) {
-		if ts := view.ByDigest(d); len(ts) > 0 {
+		var ts []trust.Target
+		if view != nil {
+			ts = view.ByDigest(d)
+		}
+		if rule == nil || rule.NotaryOnly() {
+			if len(ts) > 0 {
+				return ts[0].Size, true
+			}
+			return 0, false
+		}
+		_, cosigned := s.cosign.verified.get(ctx, req.name, rule, &req.pol.cfg.Trust, d)
+		switch {
+		case rule.Require == config.RequireAll && rule.Has(config.SourceNotary):
+			if len(ts) > 0 && cosigned {
+				return ts[0].Size, true
+			}
+		case len(ts) > 0:
 			return ts[0].Size, true
+		case cosigned:
+			return -1, true
 		}
 		return 0, false
 	}
 	if d, ok := refgraph.Find(s.graph, signed, dgst); ok {
 		return d, true, nil
+	}
+	if view == nil || (rule != nil && rule.Require == config.RequireAll && !rule.NotaryOnly()) {
+		// Nothing to record: cosign lists no signed digests, and under
+		// require: all a Notary target alone does not verify.
+		return v1.Descriptor{}, false, nil
 	}
 	gen := s.graph.Generation()
 	gun := req.name.String()

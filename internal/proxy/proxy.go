@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cache"
+	"github.com/trustproxy/trustproxy/internal/cosign"
 	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/gun"
 	"github.com/trustproxy/trustproxy/internal/refgraph"
@@ -47,6 +49,44 @@ type Verifier interface {
 type policy struct {
 	cfg       *config.Config
 	upstreams *upstream.Set
+	// cosign is the compiled cosign verifier of each rule of cfg listing
+	// cosign: a reload compiles new ones with the new rules, so a removed
+	// key stops counting with the configuration that removed it.
+	cosign map[*config.Rule]*cosign.Verifier
+}
+
+// compileCosign compiles the cosign verifier of each rule of cfg whose
+// sources list cosign, from its signers' cosign keys and trust.cosign
+// (config.Load checked them).
+func compileCosign(cfg *config.Config) (map[*config.Rule]*cosign.Verifier, error) {
+	out := map[*config.Rule]*cosign.Verifier{}
+	for i := range cfg.Trust.Rules {
+		r := &cfg.Trust.Rules[i]
+		if !r.Has(config.SourceCosign) {
+			continue
+		}
+		// Keyless verification adds its identity policy to these options.
+		opts := cosign.Options{AllowNoTlog: r.AllowNoTlog}
+		if cfg.Trust.Cosign.Root != nil {
+			opts.TrustedRoot = cfg.Trust.Cosign.Root
+		}
+		for _, sg := range r.TrustedSigners {
+			if sg.CosignPEM == nil {
+				continue
+			}
+			k, err := cosign.ParseSigner(sg.Name, sg.CosignPEM)
+			if err != nil {
+				return nil, fmt.Errorf("trust.rules[%d]: %w", i, err)
+			}
+			opts.Signers = append(opts.Signers, k)
+		}
+		v, err := cosign.New(opts)
+		if err != nil {
+			return nil, fmt.Errorf("trust.rules[%d]: %w", i, err)
+		}
+		out[r] = v
+	}
+	return out, nil
 }
 
 // Reconfigure makes cfg (as config.Load returns it) the configuration of
@@ -60,10 +100,14 @@ func (s *Server) Reconfigure(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	cv, err := compileCosign(cfg)
+	if err != nil {
+		return err
+	}
 	if err := s.verify.Reconfigure(cfg); err != nil {
 		return err
 	}
-	s.policy.Store(&policy{cfg: cfg, upstreams: ups})
+	s.policy.Store(&policy{cfg: cfg, upstreams: ups, cosign: cv})
 	return nil
 }
 
@@ -110,6 +154,7 @@ type Server struct {
 	ready     readiness
 	manifests singleflight.Group           // one upstream manifest fetch per gun.Name.At
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
+	cosign    *cosignSource                // cosign verdicts and the verified set, for rules listing cosign
 }
 
 // New returns the registry read API for cfg's upstreams over p. Every route
@@ -139,12 +184,20 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 	if p.Graph == nil {
 		p.Graph = refgraph.NewMemory()
 	}
+	cs, err := newCosignSource(p.Shared)
+	if err != nil {
+		return nil, err
+	}
+	cv, err := compileCosign(cfg)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		limits: cfg.Limits, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
 		graph: p.Graph, pulls: p.Pulls, fills: fills, upstreamM: um,
-		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec,
+		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec, cosign: cs,
 	}
-	s.policy.Store(&policy{cfg: cfg, upstreams: ups})
+	s.policy.Store(&policy{cfg: cfg, upstreams: ups, cosign: cv})
 	if sh := p.Shared; sh != nil {
 		sh.Health.Watch(s.setDegraded)
 		if u := strings.TrimSuffix(cfg.Redis.ReplicaURL, "/"); u != "" {

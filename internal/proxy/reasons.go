@@ -25,6 +25,17 @@ const (
 	ReasonScanCredential  Reason = "scan_credential"  // a scanner's pull credential used for what it was not minted for
 )
 
+// The refusal reasons of digest sources (cosign) beyond those they share
+// with Notary (not_signed, untrusted_signer).
+const (
+	// ReasonInvalidSignature: a signature claims a trusted key and does not
+	// verify, signs another digest, does not parse, or is over the limits.
+	ReasonInvalidSignature Reason = "invalid_signature"
+	// ReasonNoTlog: signed by a trusted key, without the verified
+	// transparency-log entry the rule requires (allow_no_tlog is off).
+	ReasonNoTlog Reason = "no_tlog"
+)
+
 // A reasonSource is the part of trustproxy a reason comes from.
 type reasonSource string
 
@@ -62,6 +73,9 @@ var reasons = map[Reason]reasonRule{
 	Reason(trust.InvalidMetadata):  {fromTrust, errcode.ErrorCodeDenied, true},
 	Reason(trust.Rollback):         {fromTrust, errcode.ErrorCodeDenied, true},
 	Reason(trust.TrustUnavailable): {fromTrust, errcode.ErrorCodeDenied, true},
+
+	ReasonInvalidSignature: {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonNoTlog:           {fromTrust, errcode.ErrorCodeDenied, true},
 
 	ReasonDigestMismatch:  {fromContent, errcode.ErrorCodeDenied, true},
 	ReasonInvalidManifest: {fromContent, errcode.ErrorCodeDenied, true},

@@ -48,6 +48,8 @@ var wantReasons = map[string]struct {
 	"trust_unavailable": {403, "DENIED", true},
 	"digest_mismatch":   {403, "DENIED", true},
 	"invalid_manifest":  {403, "DENIED", true},
+	"invalid_signature": {403, "DENIED", true},
+	"no_tlog":           {403, "DENIED", true},
 	"not_referenced":    {404, "BLOB_UNKNOWN", true},
 	"vulnerable":        {403, "DENIED", true},
 	"scan_pending":      {403, "DENIED", true},

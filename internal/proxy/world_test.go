@@ -90,7 +90,7 @@ func (w *world) pushSignedIndex(t *testing.T) (signed v1.Hash, amd, arm v1.Image
 
 // config is the YAML of a trustproxy in front of w: the pinned roots, alice
 // as the one trusted signer, extra appended at the top level.
-func (w *world) config(t *testing.T, dataDir, extra string) string {
+func (w *world) config(t testing.TB, dataDir, extra string) string {
 	t.Helper()
 	var pins strings.Builder
 	for gun, id := range w.roots {
@@ -131,7 +131,7 @@ type instance struct {
 }
 
 // start runs trustproxy with the YAML configuration cfg.
-func start(t *testing.T, cfg string) *instance {
+func start(t testing.TB, cfg string) *instance {
 	t.Helper()
 	return startAt(t, func(string) string { return cfg })
 }
@@ -139,7 +139,7 @@ func start(t *testing.T, cfg string) *instance {
 // startAt runs trustproxy with the configuration that cfg returns for the
 // URL trustproxy will serve at (what scan.registry_url names). The admin
 // API is served too.
-func startAt(t *testing.T, cfg func(url string) string) *instance {
+func startAt(t testing.TB, cfg func(url string) string) *instance {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

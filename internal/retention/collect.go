@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/gun"
 	"github.com/trustproxy/trustproxy/internal/manifest"
@@ -176,7 +177,20 @@ func (m *mark) note(ctx context.Context, r record) {
 		}
 	}
 	name, err := r.name()
-	if err != nil || m.live[name.String()] || r.Pulled.Before(m.cutoff) {
+	if err != nil || r.Pulled.Before(m.cutoff) {
+		return
+	}
+	rule := m.c.rules.RuleFor(name.String())
+	if rule != nil && rule.Has(config.SourceCosign) {
+		// cosign lists no signed digests to protect: what a cosign rule's
+		// repository served within max_age (a pull is recorded only once
+		// its digest verified, or under audit) is what is live.
+		m.protect(ctx, r.Digest)
+		if !rule.Has(config.SourceNotary) {
+			return
+		}
+	}
+	if m.live[name.String()] {
 		return
 	}
 	m.live[name.String()] = true

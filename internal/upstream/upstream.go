@@ -305,3 +305,56 @@ func (u *Registry) Tags(ctx context.Context, repo string, n int) ([]string, erro
 	}
 	return list.Tags, nil
 }
+
+// ResolveTag asks the registry which manifest digest tag of repo names
+// now: HEAD, whose Docker-Content-Digest answers; when the registry gives
+// none (or an unusable one), GET, and the digest of the bytes (at most
+// limit). What it returns is only the upstream's word: the caller verifies
+// the digest before serving anything by it.
+func (u *Registry) ResolveTag(ctx context.Context, repo, tag string, limit int64) (digest.Digest, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.timeout)
+	defer cancel()
+	resp, err := u.do(ctx, http.MethodHead, repo, "manifests", tag, nil, manifest.Accept)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	if d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest")); err == nil && d.Algorithm() == digest.SHA256 {
+		return d, nil
+	}
+	body, err := u.Manifest(ctx, repo, tag, limit)
+	if err != nil {
+		return "", err
+	}
+	return digest.FromBytes(body), nil
+}
+
+// Client returns the registry's client bound to repo's pull scope, for
+// readers that build their own requests (cosign's signature reads): a
+// request is sent to the registry's base URL whatever scheme and host it
+// names (only its path and query are taken), with the registry's
+// credentials, token realms, redirect policy and address guard.
+func (u *Registry) Client(repo string) *RepoClient {
+	return &RepoClient{u: u, scope: "repository:" + repo + ":pull"}
+}
+
+// RepoClient is a Registry's client for one repository (Registry.Client).
+type RepoClient struct {
+	u     *Registry
+	scope string
+}
+
+// Do sends req to the registry. A 429 is an answer here, not an error: the
+// reader decides what it means.
+func (c *RepoClient) Do(req *http.Request) (*http.Response, error) {
+	r := req.Clone(req.Context())
+	r.URL.Scheme, r.URL.Host, r.Host = c.u.base.Scheme, c.u.base.Host, ""
+	r.URL.Path = strings.TrimSuffix(c.u.base.Path, "/") + req.URL.Path
+	r.URL.RawPath = ""
+	resp, err := c.u.client.Do(r, c.scope)
+	c.u.count("signatures", resp)
+	if rl, ok := errors.AsType[*egress.RateLimitError](err); ok {
+		return nil, &Error{Code: errcode.ErrorCodeTooManyRequests, RetryAfter: rl.RetryAfter(), Err: rl}
+	}
+	return resp, err
+}

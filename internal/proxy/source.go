@@ -1,0 +1,286 @@
+package proxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/cache"
+	"github.com/trustproxy/trustproxy/internal/cosign"
+	"github.com/trustproxy/trustproxy/internal/gun"
+	"github.com/trustproxy/trustproxy/internal/trust"
+	"github.com/trustproxy/trustproxy/internal/upstream"
+)
+
+// A SourceVerdict is one trust source's answer for one digest (or, from a
+// source that signs tags, one tag) of one repository. Every source answers
+// in this shape; decide applies it.
+type SourceVerdict struct {
+	Source  config.Source
+	Digest  digest.Digest // what was judged; for a tag, what the source says it names
+	Size    int64         // the signed length when the source knows it (Notary); -1 otherwise
+	Tag     string        // the signed tag, for a source that signs tags (Notary)
+	Signers []string      // the rule's signers whose signatures verified
+	Role    string        // where the signature was found: Notary's role, or cosign's format
+	Reason  Reason        // ReasonVerified, or the refusal's
+	Detail  string        // for a person; "" when verified
+}
+
+// A Query is what a Source is asked: a tag (Notary only) or a digest of a
+// repository, under the rule that matched it.
+type Query struct {
+	Name   gun.Name
+	Rule   *config.Rule
+	From   *upstream.Registry // the repository's upstream, whose client reads signatures
+	Trust  *config.Trust      // the configuration's trust section: cosign's reverify_ttl, refusal_ttl
+	Cosign *cosign.Verifier   // Rule's compiled cosign verifier; nil when its sources do not list cosign
+	Tag    string             // a tag to resolve; "" when Digest is asked about
+	Digest digest.Digest
+}
+
+// A Source says whether a repository's digest (or tag) carries a signature
+// by a signer its rule trusts. A refusal comes back as the verdict and a
+// *Refusal (or *trust.RefusalError) with the same reason; any other error
+// is no verdict (the client is told to retry). Keyless cosign and Notation
+// are further Sources of the same shape.
+type Source interface {
+	Judge(ctx context.Context, q Query) (SourceVerdict, error)
+}
+
+var (
+	_ Source = notarySource{}
+	_ Source = (*cosignSource)(nil)
+)
+
+// errNoTags is a tag asked of a source that signs digests only.
+var errNoTags = errors.New("this source signs digests, not tags: resolve the tag first")
+
+// notarySource is Notary v1 behind the seam: one verified trust view
+// (Verifier.View) of the repository, asked for a tag (its signed target)
+// or a digest (a signed target of that digest). Its refusals are trust's.
+type notarySource struct{ view *trust.View }
+
+func (n notarySource) Judge(_ context.Context, q Query) (SourceVerdict, error) {
+	v := SourceVerdict{Source: config.SourceNotary, Digest: q.Digest, Size: -1}
+	var t trust.Target
+	if q.Tag != "" {
+		var err error
+		if t, err = n.view.Resolve(q.Tag); err != nil {
+			r, _ := errors.AsType[*trust.RefusalError](err)
+			if r != nil {
+				v.Reason, v.Detail = Reason(r.Reason), r.Detail
+			}
+			return v, err
+		}
+	} else if ts := n.view.ByDigest(q.Digest); len(ts) > 0 {
+		t = ts[0]
+	} else {
+		r := &Refusal{GUN: q.Name.String(), Ref: q.Digest.String(), Reason: Reason(trust.NotSigned),
+			Detail: "the digest is neither a signed target nor a platform manifest of a signed index in this repository"}
+		v.Reason, v.Detail = r.Reason, r.Detail
+		return v, r
+	}
+	return SourceVerdict{Source: config.SourceNotary, Digest: t.Digest, Size: t.Size, Tag: t.Tag, Signers: t.Signers, Role: t.Role, Reason: ReasonVerified}, nil
+}
+
+// target is the verified v as the decision's signed target, of tag
+// when v names none.
+func (v SourceVerdict) target(tag string) *trust.Target {
+	if v.Tag != "" {
+		tag = v.Tag
+	}
+	return &trust.Target{Tag: tag, Digest: v.Digest, Size: v.Size, Role: v.Role, Signers: v.Signers}
+}
+
+// maxVerified bounds the digests the verified set and the refusal cache
+// remember in memory.
+const maxVerified = 1 << 14
+
+// cosignSource verifies cosign signatures of a digest with the rule's
+// compiled verifier (config.Rule.Cosign), reading them from the upstream
+// with its client. Verdicts are kept in the verified set for
+// trust.cosign.reverify_ttl, refusals for trust.refusal_ttl, both per
+// *config.Rule: a reloaded rule verifies again.
+type cosignSource struct {
+	verified *verifiedSet
+	refused  *lru.Cache[string, refusedEntry]
+	group    singleflight.Group
+}
+
+type refusedEntry struct {
+	rule    *config.Rule
+	verdict SourceVerdict
+	err     *cosign.RefusalError
+	until   time.Time
+}
+
+func newCosignSource(sh *cache.Shared) (*cosignSource, error) {
+	mem, err := lru.New[string, verifiedEntry](maxVerified)
+	if err != nil {
+		return nil, err
+	}
+	ref, err := lru.New[string, refusedEntry](maxVerified)
+	if err != nil {
+		return nil, err
+	}
+	return &cosignSource{verified: &verifiedSet{mem: mem, shared: sh}, refused: ref}, nil
+}
+
+func (c *cosignSource) Judge(ctx context.Context, q Query) (SourceVerdict, error) {
+	if q.Tag != "" {
+		return SourceVerdict{}, errNoTags
+	}
+	v := SourceVerdict{Source: config.SourceCosign, Digest: q.Digest, Size: -1}
+	if q.Rule == nil || q.Cosign == nil {
+		v.Reason, v.Detail = Reason(trust.NoRule), "no rule with a cosign verifier matches this repository"
+		return v, &Refusal{GUN: q.Name.String(), Ref: q.Digest.String(), Reason: v.Reason, Detail: v.Detail}
+	}
+	if e, ok := c.verified.get(ctx, q.Name, q.Rule, q.Trust, q.Digest); ok {
+		v.Signers, v.Role, v.Reason = e.Signers, "cosign", ReasonVerified
+		return v, nil
+	}
+	key := q.Name.At(q.Digest)
+	if f, ok := c.refused.Get(key); ok && f.rule == q.Rule && time.Now().Before(f.until) {
+		return f.verdict, f.err
+	}
+	res, err, _ := c.group.Do(fmt.Sprintf("%s\x00%p", key, q.Rule), func() (any, error) {
+		repo, err := name.NewRepository(q.Name.Path(), name.WithDefaultRegistry(q.Name.Upstream()))
+		if err != nil {
+			return nil, fmt.Errorf("cosign: repository %s: %w", q.Name, err)
+		}
+		cv, err := q.Cosign.Verify(context.WithoutCancel(ctx), cosign.Upstream{Repo: repo, Client: q.From.Client(q.Name.Path())}, q.Digest)
+		return cv, err
+	})
+	if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
+		v.Reason, v.Detail = cosignReason(r.Reason), r.Detail
+		c.refused.Add(key, refusedEntry{rule: q.Rule, verdict: v, err: r, until: time.Now().Add(q.Trust.RefusalTTL)})
+		return v, r
+	} else if err != nil {
+		return SourceVerdict{}, err
+	}
+	cv := res.(cosign.Verdict)
+	v.Signers, v.Role, v.Reason = []string{cv.Signer}, "cosign", ReasonVerified
+	c.verified.put(ctx, q.Name, q.Rule, q.Trust, q.Digest, v.Signers)
+	return v, nil
+}
+
+// cosignReason is a cosign refusal's reason as the proxy's (reasons).
+func cosignReason(r cosign.Reason) Reason {
+	switch r {
+	case cosign.Unsigned:
+		return Reason(trust.NotSigned) // 404, as Notary's: nothing signed it
+	case cosign.UntrustedKey:
+		return Reason(trust.UntrustedSigner)
+	case cosign.NoTlog:
+		return ReasonNoTlog
+	}
+	return ReasonInvalidSignature // bad_signature, signed_for_other, malformed_sig, too_large
+}
+
+// verifiedSet is what cosign verified: GUN@digest → the rule that judged
+// it, its signers, until when. It is kept in memory and, with Redis, shared
+// sealed (cache.KindVerified) under a key bound to the repository, the
+// digest and the rule's policy stamp, so another replica reuses it. A
+// blob is served when it lies under a digest of this set (find), so what
+// Redis holds must not be able to add to it: an entry that is not sealed
+// for its key name is ignored (cache.Shared.Open); a sealed one is taken
+// only for its own repository, digest and policy, from its verification
+// time to its end, and never past this replica's reverify_ttl.
+type verifiedSet struct {
+	mem    *lru.Cache[string, verifiedEntry]
+	shared *cache.Shared
+}
+
+type verifiedEntry struct {
+	rule     *config.Rule  // in memory only
+	GUN      string        `json:"gun"`
+	Digest   digest.Digest `json:"digest"`
+	Policy   string        `json:"policy"`
+	Signers  []string      `json:"signers"`
+	Verified time.Time     `json:"verified"`
+	Until    time.Time     `json:"until"`
+}
+
+// maxSharedVerified bounds an entry read from Redis.
+const maxSharedVerified = 16 << 10
+
+// policyStamp names what a cosign verdict under r rests on: the rule's
+// pattern, sources and require, whether it needs a tlog entry, the trusted
+// root, and its signers' cosign keys. A verdict under another stamp (a
+// reloaded configuration without that key) is not reused.
+func policyStamp(r *config.Rule, t *config.Trust) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%q\n%s\n%t\n%s\n", r.Repositories, r.Sources, r.Require, r.AllowNoTlog, t.Cosign.TrustedRoot)
+	for _, s := range r.TrustedSigners {
+		if s.CosignPEM != nil {
+			fmt.Fprintf(h, "signer %q %x\n", s.Name, sha256.Sum256(s.CosignPEM))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (v *verifiedSet) key(n gun.Name, d digest.Digest, policy string) string {
+	sum := sha256.Sum256([]byte(n.At(d) + "\n" + policy))
+	return v.shared.Key("verified:" + hex.EncodeToString(sum[:16]))
+}
+
+// get returns the unexpired verdict on d of n under r: from memory, else
+// from Redis.
+func (v *verifiedSet) get(ctx context.Context, n gun.Name, r *config.Rule, t *config.Trust, d digest.Digest) (verifiedEntry, bool) {
+	now := time.Now()
+	if e, ok := v.mem.Get(n.At(d)); ok && e.rule == r && now.Before(e.Until) {
+		return e, true
+	}
+	if v.shared == nil || r == nil || !r.Has(config.SourceCosign) {
+		return verifiedEntry{}, false
+	}
+	policy := policyStamp(r, t)
+	key := v.key(n, d, policy)
+	b := v.shared.Get(ctx, cache.KindVerified, key, maxSharedVerified)
+	if b == nil {
+		return verifiedEntry{}, false
+	}
+	var e verifiedEntry
+	if json.Unmarshal(b, &e) != nil || e.GUN != n.String() || e.Digest != d || e.Policy != policy || len(e.Signers) == 0 {
+		v.shared.Reject(cache.KindVerified, key, "a sealed verdict that does not read, or of another repository, digest or policy")
+		return verifiedEntry{}, false
+	}
+	if end := e.Verified.Add(t.Cosign.ReverifyTTL); e.Until.After(end) {
+		e.Until = end
+	}
+	if now.Before(e.Verified) || !now.Before(e.Until) {
+		return verifiedEntry{}, false // over: an old entry replayed, or one from a replica whose clock is ahead
+	}
+	e.rule = r
+	v.mem.Add(n.At(d), e)
+	return e, true
+}
+
+// put records that d of n verified under r, for reverify_ttl.
+func (v *verifiedSet) put(ctx context.Context, n gun.Name, r *config.Rule, t *config.Trust, d digest.Digest, signers []string) {
+	now := time.Now()
+	e := verifiedEntry{rule: r, GUN: n.String(), Digest: d, Signers: signers, Verified: now, Until: now.Add(t.Cosign.ReverifyTTL)}
+	v.mem.Add(n.At(d), e)
+	if v.shared == nil || v.shared.Health.Skip() {
+		return
+	}
+	e.Policy = policyStamp(r, t)
+	payload, err := json.Marshal(e)
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cache.RedisTimeout)
+	defer cancel()
+	key := v.key(n, d, e.Policy)
+	v.shared.Health.Failed(v.shared.Redis.Set(ctx, key, v.shared.Seal(cache.KindVerified, key, payload), t.Cosign.ReverifyTTL).Err())
+}
