@@ -180,7 +180,7 @@ func (m *mark) note(ctx context.Context, r record) {
 	if err != nil || r.Pulled.Before(m.cutoff) {
 		return
 	}
-	rule := m.c.rules.RuleFor(name.String())
+	rule := m.c.server.RuleFor(name.String())
 	if rule != nil && rule.Has(config.SourceCosign) {
 		// cosign lists no signed digests to protect: what a cosign rule's
 		// repository served within max_age (a pull is recorded only once
