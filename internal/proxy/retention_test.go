@@ -553,3 +553,32 @@ func TestRetentionAfterReload(t *testing.T) {
 		t.Fatalf("library/app:v1 after the collection: %s, want %s", got, signed)
 	}
 }
+
+// TestRetentionCosignRule: under a cosign rule, which lists no signed
+// digests to protect, a collection keeps what was pulled within max_age and
+// removes what was pulled before it (with its own layers), though both
+// images still carry valid signatures; the removed one is fetched again,
+// and verified again, on its next pull.
+func TestRetentionCosignRule(t *testing.T) {
+	w := newWorld(t)
+	ci := testenv.NewCosignKey(t, "ci")
+	old := w.pushCosigned(t, "old", "retention cosign old", ci)
+	live := w.pushCosigned(t, "live", "retention cosign live", ci)
+	extra, storage := local(t)
+	cfg := func() string { return w.cosignConfig(t, t.TempDir(), ci, cosignRule, extra+retentionConfig) }
+	start(t, cfg()).mustPull(t, "library/app:old")
+	age(t, storage, 2*time.Hour)
+	p := start(t, cfg())
+	p.mustPull(t, "library/app@"+live.String())
+
+	rep, err := p.retention.Collect(t.Context())
+	if err != nil || rep.Skipped != "" {
+		t.Fatalf("Collect: %+v, %v", rep, err)
+	}
+	wantStored(t, storage, true, "image pulled within max_age", live, w.layerOf(t, live))
+	wantStored(t, storage, false, "image pulled before max_age", old, w.layerOf(t, old))
+	if got := p.mustPull(t, "library/app:old"); got != old {
+		t.Fatalf("pulled %s after collection, want %s", got, old)
+	}
+	wantStored(t, storage, true, "the removed image pulled again", old, w.layerOf(t, old))
+}
