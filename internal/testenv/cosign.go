@@ -96,12 +96,7 @@ func (p cosignKeypair) SignData(_ context.Context, data []byte) ([]byte, []byte,
 // of predicate type https://sigstore.dev/cosign/sign/v1 naming subject.
 func (k *CosignKey) Bundle(t testing.TB, repo string, subject digest.Digest) []byte {
 	t.Helper()
-	stmt, _ := json.Marshal(map[string]any{
-		"_type":         "https://in-toto.io/Statement/v1",
-		"subject":       []any{map[string]any{"name": repo, "digest": map[string]string{"sha256": subject.Encoded()}}},
-		"predicateType": cosignSignPredicate,
-		"predicate":     map[string]any{},
-	})
+	stmt := cosignStatement(repo, subject)
 	pb, err := sign.Bundle(&sign.DSSEData{Data: stmt, PayloadType: "application/vnd.in-toto+json"}, cosignKeypair{k}, sign.BundleOptions{Context: t.Context()})
 	if err != nil {
 		t.Fatal(err)
@@ -114,11 +109,18 @@ func (k *CosignKey) Bundle(t testing.TB, repo string, subject digest.Digest) []b
 }
 
 // CosignSign signs the manifest dgst of repo at r with k and attaches the
-// signature as cosign v3 does on a registry without the referrers API: an
-// OCI manifest of artifactType the bundle type, subject dgst, the bundle
-// its one layer; go-containerregistry's remote.Put adds it to the
-// referrers tag sha256-<hex>.
+// signature (CosignAttach).
 func (r *Registry) CosignSign(t testing.TB, repo string, dgst digest.Digest, k *CosignKey) {
+	t.Helper()
+	r.CosignAttach(t, repo, dgst, k.Bundle(t, r.Host()+"/"+repo, dgst))
+}
+
+// CosignAttach attaches bundle to the manifest dgst of repo at r as cosign
+// v3 does on a registry without the referrers API: an OCI manifest of
+// artifactType the bundle type, subject dgst, the bundle its one layer;
+// go-containerregistry's remote.Put adds it to the referrers tag
+// sha256-<hex>.
+func (r *Registry) CosignAttach(t testing.TB, repo string, dgst digest.Digest, bundle []byte) {
 	t.Helper()
 	ctx := t.Context()
 	ref, err := name.NewRepository(r.Host()+"/"+repo, name.Insecure)
@@ -129,7 +131,6 @@ func (r *Registry) CosignSign(t testing.TB, repo string, dgst digest.Digest, k *
 	if err != nil {
 		t.Fatalf("head %s@%s: %v", repo, dgst, err)
 	}
-	bundle := k.Bundle(t, ref.String(), dgst)
 	layer := func(b []byte, mt string) ocispec.Descriptor {
 		if err := remote.WriteLayer(ref, static.NewLayer(b, types.MediaType(mt)), remote.WithContext(ctx)); err != nil {
 			t.Fatal(err)
