@@ -154,7 +154,7 @@ func (s *TestSigstore) KeylessBundle(t testing.TB, repo string, subject digest.D
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := dsseSign(t, signer, leafKey.Public(), cosignStatement(repo, subject))
+	env := dsseSign(t, signer, leafKey.Public(), CosignStatement(repo, subject, cosignSignPredicate))
 	certPEM, err := cryptoutils.MarshalCertificateToPEM(leaf)
 	if err != nil {
 		t.Fatal(err)
@@ -198,12 +198,14 @@ func (s *TestSigstore) Logged(t testing.TB, bundle []byte, k *CosignKey) []byte 
 	return b
 }
 
-// cosignStatement is the in-toto statement cosign v3 signs for an image.
-func cosignStatement(repo string, subject digest.Digest) []byte {
+// CosignStatement is the in-toto statement cosign v3 signs for an image
+// (predicateType https://sigstore.dev/cosign/sign/v1), or of another
+// predicate type (an attestation).
+func CosignStatement(repo string, subject digest.Digest, predicateType string) []byte {
 	b, _ := json.Marshal(map[string]any{
 		"_type":         "https://in-toto.io/Statement/v1",
 		"subject":       []any{map[string]any{"name": repo, "digest": map[string]string{"sha256": subject.Encoded()}}},
-		"predicateType": cosignSignPredicate,
+		"predicateType": predicateType,
 		"predicate":     map[string]any{},
 	})
 	return b
