@@ -141,6 +141,10 @@ type Cosign struct {
 
 	// Root is TrustedRoot, read by Load; nil without it.
 	Root root.TrustedMaterial `yaml:"-"`
+	// RootSum is the SHA-256 of TrustedRoot's content as Load read it:
+	// verdicts shared between replicas name it, so that a replaced root
+	// voids them.
+	RootSum [32]byte `yaml:"-"`
 }
 
 // Pinning says which root keys are trusted, as notary's trustpinning does.
@@ -168,6 +172,11 @@ type Signer struct {
 	// cosign.pub of `cosign generate-key-pair`): ECDSA P-256, Ed25519 or
 	// RSA of 2048 bits or more.
 	CosignKey string `yaml:"cosign_key,omitempty"`
+	// CosignIdentity is who the signer's keyless cosign signatures are
+	// certified for, by a CA of trust.cosign.trusted_root. A signer may
+	// have a cosign_key, a cosign_identity or both: either makes a
+	// signature the signer's.
+	CosignIdentity *CosignIdentity `yaml:"cosign_identity,omitempty"`
 
 	// Keys are the PKIX DER public keys of every PEM block of PublicKey
 	// (the key itself, or a certificate's), as Load read them. Nil without
@@ -176,6 +185,18 @@ type Signer struct {
 	// CosignPEM is CosignKey's content as Load read and checked it; nil
 	// without CosignKey. internal/proxy compiles it (cosign.ParseSigner).
 	CosignPEM []byte `yaml:"-"`
+}
+
+// CosignIdentity is a keyless signer's certificate identity: its OIDC
+// issuer and its subject (the certificate's SAN: an email, or a URI such
+// as a CI workflow's), each exact or a regular expression (RE2) that must
+// match the whole value. Exactly one of issuer and issuer_regexp, and one
+// of subject and subject_regexp.
+type CosignIdentity struct {
+	Issuer        string `yaml:"issuer,omitempty"`
+	IssuerRegexp  string `yaml:"issuer_regexp,omitempty"`
+	Subject       string `yaml:"subject,omitempty"`
+	SubjectRegexp string `yaml:"subject_regexp,omitempty"`
 }
 
 // Mode says what a rule does with an image that fails verification.

@@ -5,8 +5,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"math/big"
 	"os"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/sigstore/sigstore-go/pkg/root"
 
 	"github.com/trustproxy/trustproxy/internal/severity"
 )
@@ -461,11 +464,11 @@ func TestErrors(t *testing.T) {
 			files: map[string][]byte{"alice.pem": append(append([]byte{}, ca.cert...), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("junk")})...)},
 			want:  []string{"trust.signers[0].public_key: ", "PEM block 2: parse CERTIFICATE"},
 		},
-		{name: "signer without key", yaml: "trust:\n  signers:\n    - name: alice\n", want: []string{"trust.signers[0]: set public_key, key_ids (Notary) or cosign_key (cosign), or several"}},
+		{name: "signer without key", yaml: "trust:\n  signers:\n    - name: alice\n", want: []string{"trust.signers[0]: set public_key, key_ids (Notary), cosign_key or cosign_identity (cosign), or several"}},
 		{name: "unknown source", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [notation]\n", want: []string{"line 4", `source "notation"`}},
 		{name: "unknown require", yaml: "trust:\n  rules:\n    - repositories: '**'\n      require: most\n", want: []string{"line 4", `require "most"`}},
 		{name: "source twice", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [notary, notary]\n", want: []string{`trust.rules[0].sources[1]: "notary" is listed twice`}},
-		{name: "cosign rule without signers", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [cosign]\n      allow_no_tlog: true\n", want: []string{"trust.rules[0].signers: a rule listing cosign needs signers with a cosign_key"}},
+		{name: "cosign rule without signers", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [cosign]\n      allow_no_tlog: true\n", want: []string{"trust.rules[0].signers: a rule listing cosign needs signers with a cosign_key or a cosign_identity"}},
 		{name: "allow_no_tlog without cosign", yaml: "trust:\n  rules:\n    - repositories: '**'\n      allow_no_tlog: true\n", want: []string{"trust.rules[0].allow_no_tlog: set on a rule whose sources do not list cosign"}},
 		{name: "cosign key missing", yaml: "trust:\n  signers:\n    - name: ci\n      cosign_key: /nonexistent/cosign.pub\n", want: []string{"trust.signers[0].cosign_key:", "/nonexistent/cosign.pub"}},
 		{name: "trusted root missing", yaml: "trust:\n  cosign:\n    trusted_root: /nonexistent/trusted_root.json\n", want: []string{"trust.cosign.trusted_root:", "trusted_root.json"}},
@@ -1024,5 +1027,51 @@ func TestCosignRule(t *testing.T) {
 	}
 	if !slices.Contains(c.Files(), filepath.Join(dir, "cosign.pub")) {
 		t.Errorf("Files() = %v, want the cosign key watched", c.Files())
+	}
+}
+
+// TestCosignIdentity: a keyless signer's identity names exactly one of
+// each pair, its regular expressions compile, and a rule with such a
+// signer needs trust.cosign.trusted_root, whose content is summed.
+func TestCosignIdentity(t *testing.T) {
+	dir := t.TempDir()
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, nil, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootJSON, err := json.Marshal(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, dir, map[string][]byte{"trusted_root.json": rootJSON})
+	signer := func(id string) string {
+		return "trust:\n  signers:\n    - name: ci\n      cosign_identity: {" + id + "}\n"
+	}
+	rule := "  rules:\n    - repositories: '**'\n      sources: [cosign]\n      signers: [ci]\n"
+	withRoot := "  cosign:\n    trusted_root: " + filepath.Join(dir, "trusted_root.json") + "\n"
+	tests := []struct {
+		name, yaml string
+		want       string // "" when it loads
+	}{
+		{"exact", signer("issuer: https://accounts.example.test, subject: ci@example.test") + withRoot + rule, ""},
+		{"regexps", signer(`issuer_regexp: 'https://.*\.example\.test', subject_regexp: '.*@example\.test'`) + withRoot + rule, ""},
+		{"no issuer", signer("subject: ci@example.test"), "trust.signers[0].cosign_identity: set issuer or issuer_regexp"},
+		{"both subjects", signer("issuer: x, subject: a, subject_regexp: b"), "trust.signers[0].cosign_identity: set subject or subject_regexp, not both"},
+		{"bad regexp", signer("issuer: x, subject_regexp: '(unclosed'"), "trust.signers[0].cosign_identity.subject_regexp: error parsing regexp"},
+		{"no trusted root", signer("issuer: x, subject: y") + rule + "      allow_no_tlog: true\n",
+			"trust.rules[0].signers: a signer of this rule has a cosign_identity (keyless), and trust.cosign.trusted_root is not set"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(strings.NewReader(tt.yaml), nil)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatal(err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("error %v, want %q", err, tt.want)
+			case tt.want == "" && (c.Trust.Cosign.RootSum != sha256.Sum256(rootJSON) || c.Trust.Signers[0].CosignIdentity == nil):
+				t.Fatalf("trusted root sum %x, identity %+v", c.Trust.Cosign.RootSum, c.Trust.Signers[0].CosignIdentity)
+			}
+		})
 	}
 }

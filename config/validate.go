@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -229,12 +231,17 @@ func (c *Config) validateTrust(p *problems) {
 	}
 	t.Pinning.compiled = compilePins(t.Pinning)
 
-	t.Cosign.Root = nil
+	t.Cosign.Root, t.Cosign.RootSum = nil, [32]byte{}
 	if t.Cosign.TrustedRoot != "" {
-		if tr, err := root.NewTrustedRootFromPath(t.Cosign.TrustedRoot); err != nil {
+		b, err := readFile(t.Cosign.TrustedRoot)
+		var tr *root.TrustedRoot
+		if err == nil {
+			tr, err = root.NewTrustedRootFromJSON(b)
+		}
+		if err != nil {
 			p.addf("trust.cosign.trusted_root", "%v; want a Sigstore trusted_root.json", err)
 		} else {
-			t.Cosign.Root = tr
+			t.Cosign.Root, t.Cosign.RootSum = tr, sha256.Sum256(b)
 		}
 	}
 	signers := make(map[string]*Signer)
@@ -249,8 +256,11 @@ func (c *Config) validateTrust(p *problems) {
 		default:
 			signers[s.Name] = s
 		}
-		if s.PublicKey == "" && len(s.KeyIDs) == 0 && s.CosignKey == "" {
-			p.addf(f, "set public_key, key_ids (Notary) or cosign_key (cosign), or several")
+		if s.PublicKey == "" && len(s.KeyIDs) == 0 && s.CosignKey == "" && s.CosignIdentity == nil {
+			p.addf(f, "set public_key, key_ids (Notary), cosign_key or cosign_identity (cosign), or several")
+		}
+		if s.CosignIdentity != nil {
+			checkCosignIdentity(p, f+".cosign_identity", s.CosignIdentity)
 		}
 		s.CosignPEM = nil
 		if s.CosignKey != "" {
@@ -779,26 +789,51 @@ func (c *Config) checkSources(p *problems, f string, r *Rule) {
 		}
 		return
 	}
-	// Keyless verification (a certificate identity policy against the
-	// trusted root's Fulcio CAs) would be checked here too.
-	keys := 0
+	keys, identities := 0, 0
 	for j, name := range r.Signers {
 		s := c.signer(name)
-		switch {
-		case s == nil:
+		if s == nil {
 			continue // reported above
+		}
+		if s.CosignIdentity != nil {
+			identities++
+		}
+		switch {
 		case s.CosignKey != "":
 			keys++
+		case s.CosignIdentity != nil:
 		case !r.Has(SourceNotary):
-			p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no cosign_key, and the rule's only source is cosign", name)
+			p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no cosign_key or cosign_identity, and the rule's only source is cosign", name)
 		}
 	}
 	switch {
-	case keys == 0:
-		p.addf(f+".signers", "a rule listing cosign needs signers with a cosign_key (trust.signers[].cosign_key)")
+	case keys == 0 && identities == 0:
+		p.addf(f+".signers", "a rule listing cosign needs signers with a cosign_key or a cosign_identity (trust.signers[].cosign_key, .cosign_identity)")
+	case identities > 0 && c.Trust.Cosign.Root == nil:
+		p.addf(f+".signers", "a signer of this rule has a cosign_identity (keyless), and trust.cosign.trusted_root is not set: keyless signatures are checked against its certificate authorities and logs")
 	case !r.AllowNoTlog && c.Trust.Cosign.Root == nil:
 		p.addf(f+".allow_no_tlog", "cosign signatures must have a transparency-log entry, and trust.cosign.trusted_root is not set: give the trusted root, or set allow_no_tlog: true for signatures made with --tlog-upload=false")
 	}
+}
+
+// checkCosignIdentity checks that id names exactly one of issuer and
+// issuer_regexp and one of subject and subject_regexp, and that its
+// regular expressions compile. internal/cosign anchors them.
+func checkCosignIdentity(p *problems, f string, id *CosignIdentity) {
+	pair := func(exact, expr, name string) {
+		switch {
+		case exact == "" && expr == "":
+			p.addf(f, "set %s or %s_regexp", name, name)
+		case exact != "" && expr != "":
+			p.addf(f, "set %s or %s_regexp, not both", name, name)
+		case expr != "":
+			if _, err := regexp.Compile(expr); err != nil {
+				p.addf(f+"."+name+"_regexp", "%v", err)
+			}
+		}
+	}
+	pair(id.Issuer, id.IssuerRegexp, "issuer")
+	pair(id.Subject, id.SubjectRegexp, "subject")
 }
 
 // checkCosignKey checks that b is a PEM public key cosign verifies with:

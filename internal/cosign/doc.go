@@ -1,6 +1,8 @@
 // Package cosign decides whether a manifest digest carries a valid cosign
-// signature from one of the signers a rule pins by public key (ECDSA P-256,
-// Ed25519 or RSA, PEM), and says which signer, or why not.
+// signature from one of the signers a rule pins, by public key (ECDSA
+// P-256, Ed25519 or RSA, PEM) or, keyless, by certificate identity (OIDC
+// issuer and subject, exact or by anchored regexp), and says which signer,
+// or why not.
 //
 // Signatures are found where cosign puts them, in this order, all read
 // with the client the caller gives (its credentials, redirects, egress):
@@ -17,10 +19,21 @@
 // signatures) whose subject names the digest. A legacy signature counts when
 // its simple-signing payload's critical.image.docker-manifest-digest is the
 // digest. Bundles are verified with sigstore-go (verify.NewVerifier over
-// trusted material made of the pinned keys); a bundle signed with a
-// certificate (keyless) is not accepted here.
+// trusted material made of the pinned keys).
 //
-// Without AllowNoTlog, a signature must carry a transparency-log entry that
+// A bundle signed with a certificate (keyless) is verified against the
+// trusted root alone, offline: the certificate chains to one of its
+// certificate authorities (else untrusted_key), the bundle carries a
+// transparency-log entry with its inclusion proof that verifies against
+// one of its Rekor logs, whatever AllowNoTlog says (else no_tlog), the
+// certificate was valid at the entry's integrated time (else
+// certificate_expired), the signature verifies, and the certificate's
+// issuer and subject match a signer's Identity (else identity_mismatch,
+// saying which). The signer named is the one whose identity matched. A
+// bundle carrying a certificate chain is refused unread: a v0.3 bundle
+// holds the leaf, the chain is the trusted root's.
+//
+// Without AllowNoTlog, a keyed signature must carry a transparency-log entry that
 // verifies against the Rekor logs of the trusted root the caller gives; a
 // keyed signature made with --tlog-upload=false is then refused (no_tlog).
 // Legacy signatures are accepted only under AllowNoTlog: their Rekor bundle
@@ -35,5 +48,5 @@
 // It never decides what a rule requires, which signers a repository needs,
 // whether a tag may be served, or what the client is sent: it answers for
 // one digest. It keeps no state between calls and trusts nothing the
-// upstream says that no pinned key signed.
+// upstream says that no pinned key, or certificate of a trusted CA, signed.
 package cosign

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/trustproxy/trustproxy/internal/testenv"
 )
 
 // Seeds are what cosign and registries write, as the tests here push them.
@@ -68,12 +70,17 @@ func FuzzParseSimpleSigning(f *testing.F) {
 }
 
 // FuzzParseBundle runs sigstore-go's bundle parser, and what is checked
-// after it, on outside bytes; the seed is a bundle signed here.
+// after it, keyed and keyless, on outside bytes; the seeds are bundles
+// signed here.
 func FuzzParseBundle(f *testing.F) {
 	k := newKey(f, "ecdsa", "alice")
+	ss := testenv.NewTestSigstore(f)
 	f.Add(signBundle(f, k, statement(seedSubject, SignPredicate)))
+	f.Add(ss.KeylessBundle(f, "registry.test/library/app", seedSubject, ciSubject, ciIssuer, testenv.Keyless{}))
+	f.Add(ss.KeylessBundle(f, "registry.test/library/app", seedSubject, ciSubject, ciIssuer, testenv.Keyless{NoInclusionProof: true}))
 	f.Add([]byte(`{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json"}`))
-	v, err := New(Options{Signers: []Signer{k.signer}, AllowNoTlog: true})
+	v, err := New(Options{Signers: []Signer{k.signer, {Name: "release", Identity: &Identity{Issuer: ciIssuer, Subject: ciSubject}}},
+		AllowNoTlog: true, TrustedRoot: ss.Root})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -82,7 +89,7 @@ func FuzzParseBundle(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if name, f := v.verifyBundle(bd, seedSubject); f == nil && name != "alice" {
+		if name, f := v.verifyBundle(bd, seedSubject); f == nil && name != "alice" && name != "release" {
 			t.Fatalf("verified as %q", name)
 		}
 	})

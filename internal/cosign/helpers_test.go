@@ -2,21 +2,13 @@ package cosign
 
 import (
 	"bytes"
-	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"testing"
 
@@ -27,57 +19,23 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
-	"github.com/sigstore/sigstore-go/pkg/sign"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/trustproxy/trustproxy/internal/testenv"
 )
 
-// key is a signing key made for a test, read back from PEM as a signer's
-// key would be, with the Signer a rule would pin.
+// key is a cosign key made for a test (testenv.CosignKey), with the Signer
+// a rule would pin, read from its cosign.pub as config reads it.
 type key struct {
-	priv   crypto.Signer
+	*testenv.CosignKey
 	signer Signer
-	alg    protocommon.PublicKeyDetails
 }
 
-// newKey makes a key of kind ecdsa, ed25519 or rsa, writes it to PEM and
-// reads it back: the private key as PKCS#8, the public key as
-// `cosign generate-key-pair` writes cosign.pub.
+// newKey makes a key of kind ecdsa, ed25519 or rsa for signerName.
 func newKey(t testing.TB, kind, signerName string) key {
 	t.Helper()
-	var priv crypto.Signer
-	var alg protocommon.PublicKeyDetails
-	var err error
-	switch kind {
-	case "ecdsa":
-		priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		alg = protocommon.PublicKeyDetails_PKIX_ECDSA_P256_SHA_256
-	case "ed25519":
-		_, priv, err = ed25519.GenerateKey(rand.Reader)
-		alg = protocommon.PublicKeyDetails_PKIX_ED25519
-	case "rsa":
-		priv, err = rsa.GenerateKey(rand.Reader, 2048)
-		alg = protocommon.PublicKeyDetails_PKIX_RSA_PKCS1V15_2048_SHA256
-	default:
-		t.Fatalf("key kind %q", kind)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-	back, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
+	k := testenv.NewCosignKeyOf(t, signerName, kind)
+	pub, err := os.ReadFile(k.PubFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,49 +43,12 @@ func newKey(t testing.TB, kind, signerName string) key {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return key{priv: back.(crypto.Signer), signer: s, alg: alg}
-}
-
-// keypair is k as sigstore-go's sign.Keypair, hinted as sigstore-go hints
-// its own keys (base64 of the SHA-256 of the public key's DER).
-type keypair struct{ key }
-
-var _ sign.Keypair = keypair{}
-
-func (k keypair) GetHashAlgorithm() protocommon.HashAlgorithm {
-	return protocommon.HashAlgorithm_SHA2_256
-}
-func (k keypair) GetSigningAlgorithm() protocommon.PublicKeyDetails { return k.alg }
-func (k keypair) GetHint() []byte {
-	der, _ := x509.MarshalPKIXPublicKey(k.priv.Public())
-	sum := sha256.Sum256(der)
-	return []byte(base64.StdEncoding.EncodeToString(sum[:]))
-}
-func (k keypair) GetKeyAlgorithm() string        { return fmt.Sprintf("%T", k.priv.Public()) }
-func (k keypair) GetPublicKey() crypto.PublicKey { return k.priv.Public() }
-func (k keypair) GetPublicKeyPem() (string, error) {
-	b, err := cryptoutils.MarshalPublicKeyToPEM(k.priv.Public())
-	return string(b), err
-}
-func (k keypair) SignData(_ context.Context, data []byte) ([]byte, []byte, error) {
-	if _, ok := k.priv.(ed25519.PrivateKey); ok {
-		sig, err := k.priv.Sign(rand.Reader, data, crypto.Hash(0))
-		return sig, data, err
-	}
-	sum := sha256.Sum256(data)
-	sig, err := k.priv.Sign(rand.Reader, sum[:], crypto.SHA256)
-	return sig, sum[:], err
+	return key{CosignKey: k, signer: s}
 }
 
 // statement is the in-toto statement cosign v3 signs for an image.
 func statement(subject digest.Digest, predicateType string) []byte {
-	b, _ := json.Marshal(map[string]any{
-		"_type":         "https://in-toto.io/Statement/v1",
-		"subject":       []any{map[string]any{"name": "registry.test/library/app", "digest": map[string]string{"sha256": subject.Encoded()}}},
-		"predicateType": predicateType,
-		"predicate":     map[string]any{},
-	})
-	return b
+	return testenv.CosignStatement("registry.test/library/app", subject, predicateType)
 }
 
 // signBundle signs stmt with k, as cosign v3 does offline
@@ -135,15 +56,7 @@ func statement(subject digest.Digest, predicateType string) []byte {
 // entry.
 func signBundle(t testing.TB, k key, stmt []byte) []byte {
 	t.Helper()
-	pb, err := sign.Bundle(&sign.DSSEData{Data: stmt, PayloadType: "application/vnd.in-toto+json"}, keypair{k}, sign.BundleOptions{Context: t.Context()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := protojson.Marshal(pb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return k.SignStatement(t, stmt)
 }
 
 // upstream is a testenv registry and one repository on it.
@@ -289,7 +202,7 @@ func simpleSigning(d digest.Digest) []byte {
 func (u *upstream) attachLegacy(t testing.TB, subject, claimed digest.Digest, k key) {
 	t.Helper()
 	payload := simpleSigning(claimed)
-	s, err := signature.LoadSigner(k.priv, crypto.SHA256)
+	s, err := signature.LoadSigner(k.Private(), crypto.SHA256)
 	if err != nil {
 		t.Fatal(err)
 	}

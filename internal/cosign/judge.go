@@ -7,11 +7,13 @@ import (
 	"slices"
 	"strings"
 
+	in_toto "github.com/in-toto/attestation/go/v1"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
 	"github.com/sigstore/sigstore-go/pkg/verify"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // judgement is one Verify: the signatures examined so far and the best
@@ -103,6 +105,9 @@ func (j *judgement) bundle(ctx context.Context, d ocispec.Descriptor) (string, *
 		return "", f, err
 	}
 	b, err := parseBundle(layer)
+	if errors.Is(err, errNoInclusionProof) {
+		return "", refusal(NoTlog, "the bundle of signature manifest %s: %v; a signature counts with an entry whose inclusion in a log of the trusted root is proven", d.Digest, err), nil
+	}
 	if err != nil {
 		return "", refusal(Malformed, "the bundle of signature manifest %s: %v", d.Digest, err), nil
 	}
@@ -114,20 +119,38 @@ func (j *judgement) bundle(ctx context.Context, d ocispec.Descriptor) (string, *
 }
 
 // parseBundle reads a Sigstore bundle v0.3 whose content is a DSSE
-// envelope: what cosign v3 writes for an image signature.
+// envelope: what cosign v3 writes for an image signature. A bundle whose
+// log entries lack an inclusion proof is errNoInclusionProof (sigstore-go
+// does not read it), so that its refusal says so.
 func parseBundle(b []byte) (*bundle.Bundle, error) {
-	var bd bundle.Bundle
-	if err := bd.UnmarshalJSON(b); err != nil {
+	var pb protobundle.Bundle
+	if err := protojson.Unmarshal(b, &pb); err != nil {
 		return nil, err
 	}
-	if bd.GetMediaType() != BundleType {
-		return nil, fmt.Errorf("media type %q, not %s", bd.GetMediaType(), BundleType)
+	if pb.GetMediaType() != BundleType {
+		return nil, fmt.Errorf("media type %q, not %s", pb.GetMediaType(), BundleType)
 	}
-	if _, ok := bd.Content.(*protobundle.Bundle_DsseEnvelope); !ok {
+	if _, ok := pb.Content.(*protobundle.Bundle_DsseEnvelope); !ok {
 		return nil, errors.New("not a DSSE envelope (a cosign v3 image signature is one)")
 	}
-	return &bd, nil
+	// A v0.3 bundle names its leaf certificate alone; the chain is the
+	// trusted root's. A chain here (a loop, or thousands) is refused unread.
+	if c := pb.GetVerificationMaterial().GetX509CertificateChain(); c != nil {
+		return nil, fmt.Errorf("a certificate chain of %d certificates; a bundle v0.3 holds the leaf certificate alone", len(c.GetCertificates()))
+	}
+	for _, e := range pb.GetVerificationMaterial().GetTlogEntries() {
+		if e.GetInclusionProof() == nil {
+			return nil, errNoInclusionProof
+		}
+	}
+	bd, err := bundle.NewBundle(&pb)
+	if err != nil {
+		return nil, err
+	}
+	return bd, nil
 }
+
+var errNoInclusionProof = errors.New("its transparency-log entry has no inclusion proof")
 
 // verifyBundle finds the signer whose key verifies b, then checks that
 // b's statement is an image signature of dgst and, when the rule requires
@@ -137,7 +160,7 @@ func (v *Verifier) verifyBundle(b *bundle.Bundle, dgst digest.Digest) (string, *
 	if pk := b.GetVerificationMaterial().GetPublicKey(); pk != nil {
 		hint = pk.GetHint()
 	} else {
-		return "", refusal(UntrustedKey, "signed with a certificate (keyless); this rule trusts pinned keys only")
+		return v.verifyKeyless(b, dgst)
 	}
 	// The signer the hint names is tried first; the others after, as the
 	// hint is whatever the signing tool wrote.
@@ -169,21 +192,8 @@ func (v *Verifier) verifyBundle(b *bundle.Bundle, dgst digest.Digest) (string, *
 		}
 		return "", refusal(UntrustedKey, "signed by a key this rule does not trust (hint %q)", hint)
 	}
-	st := res.Statement
-	if st == nil || st.GetPredicateType() != SignPredicate {
-		return "", refusal(Unsigned, "signed by %s, but an attestation (%s), not an image signature", signer.Name, st.GetPredicateType())
-	}
-	named := false
-	var others []string
-	for _, s := range st.GetSubject() {
-		if h := s.GetDigest()["sha256"]; h == dgst.Encoded() {
-			named = true
-		} else {
-			others = append(others, "sha256:"+h)
-		}
-	}
-	if !named {
-		return "", refusal(OtherDigest, "signed by %s for %s, not for this digest", signer.Name, strings.Join(others, ", "))
+	if f := signs(signer.Name, res.Statement, dgst); f != nil {
+		return "", f
 	}
 	if signer.tlog != nil {
 		if len(b.GetVerificationMaterial().GetTlogEntries()) == 0 {
@@ -194,6 +204,23 @@ func (v *Verifier) verifyBundle(b *bundle.Bundle, dgst digest.Digest) (string, *
 		}
 	}
 	return signer.Name, nil
+}
+
+// signs says whether st, verified as signer's, is a cosign image signature
+// of dgst: nil if so, else why not.
+func signs(signer string, st *in_toto.Statement, dgst digest.Digest) *finding {
+	if st == nil || st.GetPredicateType() != SignPredicate {
+		return refusal(Unsigned, "signed by %s, but an attestation (%s), not an image signature", signer, st.GetPredicateType())
+	}
+	var others []string
+	for _, s := range st.GetSubject() {
+		h := s.GetDigest()["sha256"]
+		if h == dgst.Encoded() {
+			return nil
+		}
+		others = append(others, "sha256:"+h)
+	}
+	return refusal(OtherDigest, "signed by %s for %s, not for this digest", signer, strings.Join(others, ", "))
 }
 
 // legacy looks at the sha256-<hex>.sig tag: the first simple-signing layer

@@ -10,14 +10,16 @@ import (
 type Reason string
 
 const (
-	Verified     Reason = "verified"         // a trusted signer's signature names the digest
-	Unsigned     Reason = "unsigned"         // no cosign signature of the digest was found
-	UntrustedKey Reason = "untrusted_key"    // signed, but by no key the rule pins
-	BadSignature Reason = "bad_signature"    // a signature claims a pinned key and does not verify
-	OtherDigest  Reason = "signed_for_other" // a trusted signature, of another digest
-	TooLarge     Reason = "too_large"        // an index, manifest or layer beyond Limits
-	NoTlog       Reason = "no_tlog"          // no verified transparency-log entry, and the rule requires one
-	Malformed    Reason = "malformed_sig"    // a signature, manifest or index that does not parse
+	Verified         Reason = "verified"            // a trusted signer's signature names the digest
+	Unsigned         Reason = "unsigned"            // no cosign signature of the digest was found
+	UntrustedKey     Reason = "untrusted_key"       // signed, but by no key the rule pins, or with a certificate no CA of the trusted root issued
+	IdentityMismatch Reason = "identity_mismatch"   // keyless: a trusted CA's certificate, for a subject or issuer no signer names
+	CertExpired      Reason = "certificate_expired" // keyless: the certificate was not valid when the log integrated the entry
+	BadSignature     Reason = "bad_signature"       // a signature claims a pinned key and does not verify
+	OtherDigest      Reason = "signed_for_other"    // a trusted signature, of another digest
+	TooLarge         Reason = "too_large"           // an index, manifest or layer beyond Limits
+	NoTlog           Reason = "no_tlog"             // no verified transparency-log entry, and the rule requires one
+	Malformed        Reason = "malformed_sig"       // a signature, manifest or index that does not parse
 )
 
 // rank orders refusal reasons by how much they say: when no signature of
@@ -25,13 +27,15 @@ const (
 // closest (a trusted key's signature of another digest says more than a
 // key nobody pinned).
 var rank = map[Reason]int{
-	OtherDigest:  7,
-	BadSignature: 6,
-	NoTlog:       5,
-	UntrustedKey: 4,
-	TooLarge:     3,
-	Malformed:    2,
-	Unsigned:     0,
+	OtherDigest:      9,
+	BadSignature:     8,
+	IdentityMismatch: 7,
+	CertExpired:      6,
+	NoTlog:           5,
+	UntrustedKey:     4,
+	TooLarge:         3,
+	Malformed:        2,
+	Unsigned:         0,
 }
 
 // A RefusalError says why no trusted cosign signature was found for

@@ -23,10 +23,57 @@ import (
 	"github.com/sigstore/sigstore/pkg/signature"
 )
 
-// A Signer is a named public key whose cosign signatures a rule trusts.
+// A Signer is a name and what its cosign signatures are recognised by: a
+// public key (keyed signatures), a certificate identity (keyless
+// signatures, certificates a CA of the trusted root issued), or both, in
+// which case either makes a signature the signer's.
 type Signer struct {
-	Name string
-	Key  crypto.PublicKey // *ecdsa.PublicKey (P-256), ed25519.PublicKey or *rsa.PublicKey (2048 bits or more)
+	Name     string
+	Key      crypto.PublicKey // *ecdsa.PublicKey (P-256), ed25519.PublicKey or *rsa.PublicKey (2048 bits or more); nil for an identity alone
+	Identity *Identity        // nil for a key alone
+}
+
+// An Identity is who a keyless signature's certificate must name: its
+// OIDC issuer (the Fulcio issuer extension) and its subject (the
+// certificate's subject alternative name: an email, a URI such as a CI
+// workflow's), each given exactly, or by a regular expression that must
+// match all of it (it is anchored: ^(?:expr)$). Exactly one of each pair
+// is set.
+type Identity struct {
+	Issuer, IssuerRegexp   string
+	Subject, SubjectRegexp string
+}
+
+// anchor makes expr match whole values only: "ci@example.com" must not
+// match "ci@example.com.evil.test".
+func anchor(expr string) string {
+	if expr == "" {
+		return ""
+	}
+	return "^(?:" + expr + ")$"
+}
+
+// compile is id as sigstore-go's certificate identity.
+func (id Identity) compile() (verify.CertificateIdentity, error) {
+	if (id.Issuer == "") == (id.IssuerRegexp == "") {
+		return verify.CertificateIdentity{}, errors.New("an identity needs exactly one of issuer and issuer_regexp")
+	}
+	if (id.Subject == "") == (id.SubjectRegexp == "") {
+		return verify.CertificateIdentity{}, errors.New("an identity needs exactly one of subject and subject_regexp")
+	}
+	return verify.NewShortCertificateIdentity(id.Issuer, anchor(id.IssuerRegexp), id.Subject, anchor(id.SubjectRegexp))
+}
+
+// String is id as a person reads it in a refusal.
+func (id Identity) String() string {
+	iss, sub := fmt.Sprintf("%q", id.Issuer), fmt.Sprintf("%q", id.Subject)
+	if id.IssuerRegexp != "" {
+		iss = "matching " + anchor(id.IssuerRegexp)
+	}
+	if id.SubjectRegexp != "" {
+		sub = "matching " + anchor(id.SubjectRegexp)
+	}
+	return fmt.Sprintf("subject %s, issuer %s", sub, iss)
 }
 
 // ParseSigner reads a PEM public key (as `cosign generate-key-pair` writes
@@ -115,8 +162,10 @@ type Options struct {
 	// sign --tlog-upload=false). The rule must say so: without it, a
 	// signature needs an entry that verifies against TrustedRoot's Rekor logs.
 	AllowNoTlog bool
-	// TrustedRoot holds the Rekor logs whose entries count (a trusted_root.json,
-	// root.NewTrustedRootFromPath). Required unless AllowNoTlog.
+	// TrustedRoot holds the Rekor logs whose entries count and the
+	// certificate authorities whose certificates keyless signatures may use
+	// (a trusted_root.json, root.NewTrustedRootFromJSON). Required unless
+	// AllowNoTlog, and by a signer with an Identity.
 	TrustedRoot root.TrustedMaterial
 	Limits      Limits
 }
@@ -125,9 +174,19 @@ type Options struct {
 // signature by one of its signers. It is compiled once (New) and safe for
 // concurrent use.
 type Verifier struct {
-	signers []keyed
-	tlog    bool // a verified transparency-log entry is required
-	limits  Limits
+	signers    []keyed
+	identities []identified
+	keyless    *verify.Verifier // the trusted root's CAs and logs; nil without identities
+	root       root.TrustedMaterial
+	tlog       bool // a verified transparency-log entry is required of keyed signatures
+	limits     Limits
+}
+
+// identified is one signer's identity compiled.
+type identified struct {
+	name string
+	id   Identity
+	cert verify.CertificateIdentity
 }
 
 // keyed is one signer compiled: its key ID as cosign and sigstore-go hint
@@ -151,13 +210,29 @@ func New(opts Options) (*Verifier, error) {
 	if !opts.AllowNoTlog && opts.TrustedRoot == nil {
 		return nil, errors.New("cosign: signatures must have a transparency-log entry, and no trusted root names the logs; give one, or set allow_no_tlog")
 	}
-	v := &Verifier{tlog: !opts.AllowNoTlog, limits: opts.Limits.withDefaults()}
+	v := &Verifier{tlog: !opts.AllowNoTlog, limits: opts.Limits.withDefaults(), root: opts.TrustedRoot}
 	seen := map[string]bool{}
 	for _, s := range opts.Signers {
 		if s.Name == "" || seen[s.Name] {
 			return nil, fmt.Errorf("cosign: signer name %q is empty or repeated", s.Name)
 		}
 		seen[s.Name] = true
+		if s.Key == nil && s.Identity == nil {
+			return nil, fmt.Errorf("cosign: signer %s has neither a key nor an identity", s.Name)
+		}
+		if s.Identity != nil {
+			if opts.TrustedRoot == nil {
+				return nil, fmt.Errorf("cosign: signer %s has an identity, and no trusted root names the CAs and logs keyless signatures are checked against", s.Name)
+			}
+			c, err := s.Identity.compile()
+			if err != nil {
+				return nil, fmt.Errorf("cosign: signer %s: %w", s.Name, err)
+			}
+			v.identities = append(v.identities, identified{name: s.Name, id: *s.Identity, cert: c})
+		}
+		if s.Key == nil {
+			continue
+		}
 		if err := s.check(); err != nil {
 			return nil, fmt.Errorf("cosign: %w", err)
 		}
@@ -192,6 +267,18 @@ func New(opts Options) (*Verifier, error) {
 		}
 		v.signers = append(v.signers, k)
 	}
+	if len(v.identities) > 0 {
+		// Keyless: the certificate chains to a CA of the trusted root at the
+		// time the log integrated the entry (a Fulcio certificate lives ten
+		// minutes), and the entry verifies with its inclusion proof against
+		// a log of the trusted root, whatever AllowNoTlog says. No network.
+		var err error
+		v.keyless, err = verify.NewVerifier(opts.TrustedRoot, verify.WithTransparencyLog(1), verify.WithIntegratedTimestamps(1),
+			verify.WithoutStatementPredicate())
+		if err != nil {
+			return nil, fmt.Errorf("cosign: keyless verifier: %w", err)
+		}
+	}
 	return v, nil
 }
 
@@ -221,7 +308,7 @@ const (
 // when Reason is Verified, else refused with a Reason and a Detail.
 type Verdict struct {
 	Digest    digest.Digest
-	Signer    string        // the signer whose key verified; "" on refusal
+	Signer    string        // the signer whose key or identity verified; "" on refusal
 	Signature digest.Digest // the manifest that carried the signature that verified
 	Format    Format
 	Reason    Reason

@@ -332,30 +332,46 @@ func (r rawIndex) MediaType() (types.MediaType, error) {
 }
 
 // TestCosignDockerPullThroughMirror: the real Docker daemon, with
-// trustproxy as its registry mirror, pulls a cosign-signed image and is
-// refused an unsigned one.
+// trustproxy as its registry mirror, pulls a cosign-signed image (keyed,
+// and keyless by the trusted identity) and is refused an unsigned one, one
+// signed keylessly by another identity, and one whose bundle lacks its
+// inclusion proof (a refused dockerd falls back to Docker Hub, so the
+// refusals are read from trustproxy's decision log). One daemon serves
+// every case.
 func TestCosignDockerPullThroughMirror(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Docker daemon")
 	}
 	w := newWorld(t)
 	ci := testenv.NewCosignKey(t, "ci")
+	ss := testenv.NewTestSigstore(t)
 	signed := w.pushCosigned(t, "v1", "docker-cosign-v1", ci)
 	w.pushCosigned(t, "v2", "docker-cosign-v2", nil)
-	p := start(t, w.cosignConfig(t, t.TempDir(), ci, cosignRule, ""))
+	keyless := w.pushKeyless(t, "v3", ss, releaseSubject, releaseIssuer, testenv.Keyless{})
+	w.pushKeyless(t, "v4", ss, "mallory@example.test", releaseIssuer, testenv.Keyless{})
+	w.pushKeyless(t, "v5", ss, releaseSubject, releaseIssuer, testenv.Keyless{NoInclusionProof: true})
+	rule := keylessRule + "      allow_no_tlog: true\n" // keyed signatures offline; keyless ones need their entry all the same
+	p := start(t, w.keylessConfig(t, t.TempDir(), ci, ss.RootFile, anchoredRelease, rule, ""))
 	d := testenv.StartDockerd(t, p.srv.URL)
 	ctx := t.Context()
-	if out, err := d.Pull(ctx, "app:v1"); err != nil {
-		t.Fatalf("docker pull app:v1 through the mirror: %v\n%s", err, out)
+	for tag, want := range map[string]v1.Hash{"v1": signed, "v3": keyless} {
+		if out, err := d.Pull(ctx, "app:"+tag); err != nil {
+			t.Fatalf("docker pull app:%s through the mirror: %v\n%s", tag, err, out)
+		}
+		digests, err := d.RepoDigests(ctx, "app:"+tag)
+		if err != nil || !slices.Contains(digests, "app@"+want.String()) {
+			t.Fatalf("RepoDigests of app:%s %v (%v), want app@%s", tag, digests, err, want)
+		}
 	}
-	digests, err := d.RepoDigests(ctx, "app:v1")
-	if err != nil || !slices.Contains(digests, "app@"+signed.String()) {
-		t.Fatalf("RepoDigests %v (%v), want app@%s", digests, err, signed)
+	if ds := p.decision(t, gun, "v3"); !slices.Equal(toStrings(ds["signers"]), []string{"release"}) {
+		t.Fatalf("decision for v3 %v, want signer release", ds)
 	}
-	if out, err := d.Pull(ctx, "app:v2"); err == nil {
-		t.Fatalf("docker pull app:v2 (unsigned) succeeded:\n%s", out)
+	for tag, reason := range map[string]proxy.Reason{"v2": proxy.Reason(trust.NotSigned), "v4": proxy.ReasonIdentityMismatch, "v5": proxy.ReasonNoTlog} {
+		if out, err := d.Pull(ctx, "app:"+tag); err == nil {
+			t.Fatalf("docker pull app:%s succeeded:\n%s", tag, out)
+		}
+		p.wantDecision(t, gun, tag, "denied", reason)
 	}
-	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
 }
 
 // BenchmarkColdPullCosignVsNotary pulls a fresh two-layer image through a

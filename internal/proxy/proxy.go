@@ -65,20 +65,24 @@ func compileCosign(cfg *config.Config) (map[*config.Rule]*cosign.Verifier, error
 		if !r.Has(config.SourceCosign) {
 			continue
 		}
-		// Keyless verification adds its identity policy to these options.
 		opts := cosign.Options{AllowNoTlog: r.AllowNoTlog}
 		if cfg.Trust.Cosign.Root != nil {
 			opts.TrustedRoot = cfg.Trust.Cosign.Root
 		}
 		for _, sg := range r.TrustedSigners {
-			if sg.CosignPEM == nil {
-				continue
+			k := cosign.Signer{Name: sg.Name}
+			if sg.CosignPEM != nil {
+				var err error
+				if k, err = cosign.ParseSigner(sg.Name, sg.CosignPEM); err != nil {
+					return nil, fmt.Errorf("trust.rules[%d]: %w", i, err)
+				}
 			}
-			k, err := cosign.ParseSigner(sg.Name, sg.CosignPEM)
-			if err != nil {
-				return nil, fmt.Errorf("trust.rules[%d]: %w", i, err)
+			if id := sg.CosignIdentity; id != nil {
+				k.Identity = &cosign.Identity{Issuer: id.Issuer, IssuerRegexp: id.IssuerRegexp, Subject: id.Subject, SubjectRegexp: id.SubjectRegexp}
 			}
-			opts.Signers = append(opts.Signers, k)
+			if k.Key != nil || k.Identity != nil {
+				opts.Signers = append(opts.Signers, k)
+			}
 		}
 		v, err := cosign.New(opts)
 		if err != nil {

@@ -34,6 +34,12 @@ const (
 	// ReasonNoTlog: signed by a trusted key, without the verified
 	// transparency-log entry the rule requires (allow_no_tlog is off).
 	ReasonNoTlog Reason = "no_tlog"
+	// ReasonIdentityMismatch: a keyless signature whose certificate a CA of
+	// the trusted root issued for a subject or issuer no signer names.
+	ReasonIdentityMismatch Reason = "identity_mismatch"
+	// ReasonCertificateExpired: a keyless signature whose certificate was
+	// not valid when the log integrated its entry.
+	ReasonCertificateExpired Reason = "certificate_expired"
 )
 
 // A reasonSource is the part of trustproxy a reason comes from.
@@ -74,8 +80,10 @@ var reasons = map[Reason]reasonRule{
 	Reason(trust.Rollback):         {fromTrust, errcode.ErrorCodeDenied, true},
 	Reason(trust.TrustUnavailable): {fromTrust, errcode.ErrorCodeDenied, true},
 
-	ReasonInvalidSignature: {fromTrust, errcode.ErrorCodeDenied, true},
-	ReasonNoTlog:           {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonInvalidSignature:   {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonNoTlog:             {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonIdentityMismatch:   {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonCertificateExpired: {fromTrust, errcode.ErrorCodeDenied, true},
 
 	ReasonDigestMismatch:  {fromContent, errcode.ErrorCodeDenied, true},
 	ReasonInvalidManifest: {fromContent, errcode.ErrorCodeDenied, true},

@@ -183,6 +183,10 @@ func cosignReason(r cosign.Reason) Reason {
 		return Reason(trust.UntrustedSigner)
 	case cosign.NoTlog:
 		return ReasonNoTlog
+	case cosign.IdentityMismatch:
+		return ReasonIdentityMismatch
+	case cosign.CertExpired:
+		return ReasonCertificateExpired
 	}
 	return ReasonInvalidSignature // bad_signature, signed_for_other, malformed_sig, too_large
 }
@@ -216,14 +220,18 @@ const maxSharedVerified = 16 << 10
 
 // policyStamp names what a cosign verdict under r rests on: the rule's
 // pattern, sources and require, whether it needs a tlog entry, the trusted
-// root, and its signers' cosign keys. A verdict under another stamp (a
-// reloaded configuration without that key) is not reused.
+// root's content, and its signers' cosign keys and identities. A verdict
+// under another stamp (a reloaded configuration without that key or
+// identity, or with another trusted root) is not reused.
 func policyStamp(r *config.Rule, t *config.Trust) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n%q\n%s\n%t\n%s\n", r.Repositories, r.Sources, r.Require, r.AllowNoTlog, t.Cosign.TrustedRoot)
+	fmt.Fprintf(h, "%s\n%q\n%s\n%t\n%x\n", r.Repositories, r.Sources, r.Require, r.AllowNoTlog, t.Cosign.RootSum)
 	for _, s := range r.TrustedSigners {
 		if s.CosignPEM != nil {
 			fmt.Fprintf(h, "signer %q %x\n", s.Name, sha256.Sum256(s.CosignPEM))
+		}
+		if id := s.CosignIdentity; id != nil {
+			fmt.Fprintf(h, "signer %q identity %q %q %q %q\n", s.Name, id.Issuer, id.IssuerRegexp, id.Subject, id.SubjectRegexp)
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -35,35 +37,61 @@ const (
 	cosignPredicateAnn  = "dev.sigstore.bundle.predicateType"
 )
 
-// A CosignKey is an ECDSA P-256 cosign key pair made for a test; PubFile is
-// its public key as `cosign generate-key-pair` writes cosign.pub.
+// A CosignKey is a cosign key pair made for a test; PubFile is its public
+// key as `cosign generate-key-pair` writes cosign.pub.
 type CosignKey struct {
 	Name    string
 	PubFile string
-	priv    *ecdsa.PrivateKey
+	priv    crypto.Signer
+	alg     protocommon.PublicKeyDetails
 }
 
-// NewCosignKey makes a key for the signer name and writes its public key
-// under t's temporary directory.
+// NewCosignKey makes an ECDSA P-256 key for the signer name and writes its
+// public key under t's temporary directory.
 func NewCosignKey(t testing.TB, signer string) *CosignKey {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(t.TempDir(), signer+"-cosign.pub")
-	if err := os.WriteFile(f, pub, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &CosignKey{Name: signer, PubFile: f, priv: priv}
+	return NewCosignKeyOf(t, signer, "ecdsa")
 }
 
+// NewCosignKeyOf is NewCosignKey with a key of kind ecdsa (P-256), ed25519
+// or rsa (2048 bits): the kinds cosign signs with.
+func NewCosignKeyOf(t testing.TB, signer, kind string) *CosignKey {
+	t.Helper()
+	k := &CosignKey{Name: signer}
+	var err error
+	switch kind {
+	case "ecdsa":
+		k.priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		k.alg = protocommon.PublicKeyDetails_PKIX_ECDSA_P256_SHA_256
+	case "ed25519":
+		_, k.priv, err = ed25519.GenerateKey(rand.Reader)
+		k.alg = protocommon.PublicKeyDetails_PKIX_ED25519
+	case "rsa":
+		k.priv, err = rsa.GenerateKey(rand.Reader, 2048)
+		k.alg = protocommon.PublicKeyDetails_PKIX_RSA_PKCS1V15_2048_SHA256
+	default:
+		t.Fatalf("cosign key kind %q: want ecdsa, ed25519 or rsa", kind)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := cryptoutils.MarshalPublicKeyToPEM(k.priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.PubFile = filepath.Join(t.TempDir(), signer+"-cosign.pub")
+	if err := os.WriteFile(k.PubFile, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// Private is k's private key, for a test that signs what cosign signed
+// before bundles (simple-signing payloads).
+func (k *CosignKey) Private() crypto.Signer { return k.priv }
+
 // cosignKeypair is k as sigstore-go's sign.Keypair, hinted as sigstore-go
-// hints its own keys.
+// hints its own keys (base64 of the SHA-256 of the public key's DER).
 type cosignKeypair struct{ k *CosignKey }
 
 var _ sign.Keypair = cosignKeypair{}
@@ -71,21 +99,23 @@ var _ sign.Keypair = cosignKeypair{}
 func (p cosignKeypair) GetHashAlgorithm() protocommon.HashAlgorithm {
 	return protocommon.HashAlgorithm_SHA2_256
 }
-func (p cosignKeypair) GetSigningAlgorithm() protocommon.PublicKeyDetails {
-	return protocommon.PublicKeyDetails_PKIX_ECDSA_P256_SHA_256
-}
+func (p cosignKeypair) GetSigningAlgorithm() protocommon.PublicKeyDetails { return p.k.alg }
 func (p cosignKeypair) GetHint() []byte {
 	der, _ := x509.MarshalPKIXPublicKey(p.k.priv.Public())
 	sum := sha256.Sum256(der)
 	return []byte(base64.StdEncoding.EncodeToString(sum[:]))
 }
-func (p cosignKeypair) GetKeyAlgorithm() string        { return "ECDSA" }
+func (p cosignKeypair) GetKeyAlgorithm() string        { return fmt.Sprintf("%T", p.k.priv.Public()) }
 func (p cosignKeypair) GetPublicKey() crypto.PublicKey { return p.k.priv.Public() }
 func (p cosignKeypair) GetPublicKeyPem() (string, error) {
 	b, err := cryptoutils.MarshalPublicKeyToPEM(p.k.priv.Public())
 	return string(b), err
 }
 func (p cosignKeypair) SignData(_ context.Context, data []byte) ([]byte, []byte, error) {
+	if _, ok := p.k.priv.(ed25519.PrivateKey); ok {
+		sig, err := p.k.priv.Sign(rand.Reader, data, crypto.Hash(0))
+		return sig, data, err
+	}
 	sum := sha256.Sum256(data)
 	sig, err := p.k.priv.Sign(rand.Reader, sum[:], crypto.SHA256)
 	return sig, sum[:], err
@@ -96,12 +126,13 @@ func (p cosignKeypair) SignData(_ context.Context, data []byte) ([]byte, []byte,
 // of predicate type https://sigstore.dev/cosign/sign/v1 naming subject.
 func (k *CosignKey) Bundle(t testing.TB, repo string, subject digest.Digest) []byte {
 	t.Helper()
-	stmt, _ := json.Marshal(map[string]any{
-		"_type":         "https://in-toto.io/Statement/v1",
-		"subject":       []any{map[string]any{"name": repo, "digest": map[string]string{"sha256": subject.Encoded()}}},
-		"predicateType": cosignSignPredicate,
-		"predicate":     map[string]any{},
-	})
+	return k.SignStatement(t, CosignStatement(repo, subject, cosignSignPredicate))
+}
+
+// SignStatement is a bundle of stmt as Bundle makes one: for a test that
+// signs a statement of its own (an attestation, another subject).
+func (k *CosignKey) SignStatement(t testing.TB, stmt []byte) []byte {
+	t.Helper()
 	pb, err := sign.Bundle(&sign.DSSEData{Data: stmt, PayloadType: "application/vnd.in-toto+json"}, cosignKeypair{k}, sign.BundleOptions{Context: t.Context()})
 	if err != nil {
 		t.Fatal(err)
@@ -114,11 +145,18 @@ func (k *CosignKey) Bundle(t testing.TB, repo string, subject digest.Digest) []b
 }
 
 // CosignSign signs the manifest dgst of repo at r with k and attaches the
-// signature as cosign v3 does on a registry without the referrers API: an
-// OCI manifest of artifactType the bundle type, subject dgst, the bundle
-// its one layer; go-containerregistry's remote.Put adds it to the
-// referrers tag sha256-<hex>.
+// signature (CosignAttach).
 func (r *Registry) CosignSign(t testing.TB, repo string, dgst digest.Digest, k *CosignKey) {
+	t.Helper()
+	r.CosignAttach(t, repo, dgst, k.Bundle(t, r.Host()+"/"+repo, dgst))
+}
+
+// CosignAttach attaches bundle to the manifest dgst of repo at r as cosign
+// v3 does on a registry without the referrers API: an OCI manifest of
+// artifactType the bundle type, subject dgst, the bundle its one layer;
+// go-containerregistry's remote.Put adds it to the referrers tag
+// sha256-<hex>.
+func (r *Registry) CosignAttach(t testing.TB, repo string, dgst digest.Digest, bundle []byte) {
 	t.Helper()
 	ctx := t.Context()
 	ref, err := name.NewRepository(r.Host()+"/"+repo, name.Insecure)
@@ -129,7 +167,6 @@ func (r *Registry) CosignSign(t testing.TB, repo string, dgst digest.Digest, k *
 	if err != nil {
 		t.Fatalf("head %s@%s: %v", repo, dgst, err)
 	}
-	bundle := k.Bundle(t, ref.String(), dgst)
 	layer := func(b []byte, mt string) ocispec.Descriptor {
 		if err := remote.WriteLayer(ref, static.NewLayer(b, types.MediaType(mt)), remote.WithContext(ctx)); err != nil {
 			t.Fatal(err)
