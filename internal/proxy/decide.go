@@ -57,14 +57,18 @@ type Decision struct {
 	// (notary, cosign, or notary+cosign under require: all); under a
 	// refusal from a rule with several sources, the source that refused.
 	Source string
+	// Subject is, for a referrers request or a referrer served (Source
+	// "referrer"), the manifest whose referrers they are.
+	Subject digest.Digest
 
-	refusal  *Refusal
-	desc     v1.Descriptor      // the blob or manifest as verified; Size -1 when unknown
-	manifest *manifest.Manifest // a Served manifest's verified bytes
-	metadata []byte             // a Served trust data file's signed bytes
-	source   string             // where manifest came from: cache or upstream
-	upstream bool               // audit mode: answer from the upstream, unverified
-	tagsUp   bool               // tags/list under a rule listing cosign: the upstream's tags, signature tags left out
+	refusal   *Refusal
+	desc      v1.Descriptor      // the blob or manifest as verified; Size -1 when unknown
+	manifest  *manifest.Manifest // a Served manifest's verified bytes
+	metadata  []byte             // a Served trust data file's signed bytes
+	source    string             // where manifest came from: cache or upstream
+	upstream  bool               // audit mode: answer from the upstream, unverified
+	tagsUp    bool               // tags/list under a rule listing cosign: the upstream's tags, signature tags left out
+	referrers []v1.Descriptor    // a Served referrers request's list, from the upstream
 }
 
 // decideOptions are what `trustproxy check` asks of a decision beyond what
@@ -92,7 +96,7 @@ func (s *Server) decide(ctx context.Context, req *request, opt decideOptions) (*
 	if req.kind != kindWrite {
 		d.Rule = req.pol.cfg.Trust.RuleFor(d.Repository)
 	}
-	return s.conclude(ctx, req, d, s.judge(ctx, req, d, opt))
+	return s.conclude(ctx, req, d, s.judgeReferrer(ctx, req, d, s.judge(ctx, req, d, opt)))
 }
 
 // conclude turns judge's answer on req into d's verdict: served when it
@@ -271,6 +275,9 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 	}
 	if d.Source != "" {
 		attrs = append(attrs, slog.String("source", d.Source))
+	}
+	if d.Subject != "" {
+		attrs = append(attrs, slog.String("subject", d.Subject.String()))
 	}
 	if t := d.Target; t != nil {
 		attrs = append(attrs, slog.String("role", t.Role), slog.Any("signers", t.Signers))
