@@ -287,7 +287,6 @@ func mustRef(t *testing.T, s string) name.Digest {
 	return r
 }
 
-
 // TestReferrersHostileUpstream: an upstream whose referrers API answers an
 // index of 100,000 entries (some 12 MB, streamed) is refused
 // (invalid_manifest) after at most the bounded read, quickly.
