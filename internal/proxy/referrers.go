@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
@@ -56,13 +57,26 @@ func imageLayer(mt string) bool {
 // without reading storage. It holds facts about content (the manifest of
 // that digest names that subject); whether the subject may be read is
 // decided again on every request.
+//
+// It also remembers, for trust.refusal_ttl, the digests that are no
+// servable referrer (missing upstream, no subject, runnable), so that
+// repeated requests for one cost one upstream read per refusal_ttl.
 type referrerSet struct {
 	subjects *lru.Cache[string, digest.Digest]
+	refused  *lru.Cache[string, refusedReferrer]
+}
+
+// refusedReferrer is why a digest is no servable referrer ("" when it names
+// no subject or is missing), until when that is believed.
+type refusedReferrer struct {
+	detail string
+	until  time.Time
 }
 
 func newReferrerSet() *referrerSet {
 	c, _ := lru.New[string, digest.Digest](maxReferrerSubjects) // fails only for a size <= 0
-	return &referrerSet{subjects: c}
+	f, _ := lru.New[string, refusedReferrer](maxReferrerSubjects)
+	return &referrerSet{subjects: c, refused: f}
 }
 
 // errNoSubject is a manifest that names no subject: no referrer.
@@ -166,19 +180,33 @@ func (s *Server) judgeReferrer(ctx context.Context, req *request, d *Decision, e
 // repository. Its bytes are read by digest, bounded, and hashed; stored
 // only once they pass.
 func (s *Server) judgeReferrerManifest(ctx context.Context, req *request, d *Decision, r *Refusal) error {
+	key := req.name.At(req.dgst)
+	if f, ok := s.referrers.refused.Get(key); ok && time.Now().Before(f.until) {
+		if f.detail == "" {
+			return r
+		}
+		return r.with(f.detail)
+	}
+	remember := func(detail string) {
+		s.referrers.refused.Add(key, refusedReferrer{detail: detail, until: time.Now().Add(req.pol.cfg.Trust.RefusalTTL)})
+	}
 	m, source, err := s.referrerManifest(ctx, req, req.dgst)
 	if err != nil {
 		if t := retryable(err); t != nil {
 			return t
 		}
+		remember("")
 		return r // not there, or not a manifest: refused as it was
 	}
 	subject, err := artifactSubject(m)
 	if errors.Is(err, errNoSubject) {
+		remember("")
 		return r
 	}
 	if err != nil {
-		return r.with("it names a subject but is not served as a referrer: " + err.Error())
+		detail := "it names a subject but is not served as a referrer: " + err.Error()
+		remember(detail)
+		return r.with(detail)
 	}
 	if serr := s.readable(ctx, req, subject); serr != nil {
 		if isRefusal(serr) {
