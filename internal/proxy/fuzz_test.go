@@ -84,6 +84,11 @@ func checkParsed(t *testing.T, s *Server, r *http.Request) {
 		if req.dgst == "" {
 			t.Fatalf("%s: blob request without digest", where)
 		}
+	case kindReferrers:
+		seg = "referrers"
+		if req.dgst == "" {
+			t.Fatalf("%s: referrers request without digest", where)
+		}
 	case kindManifest:
 		seg = "manifests"
 		if req.dgst == "" && (!tagPattern.MatchString(req.ref) || len(req.ref) > 128) {

@@ -285,6 +285,9 @@ func (s *Server) readable(ctx context.Context, req *request, subject digest.Dige
 // parents in the reference graph: those this process served (referrerSet),
 // else read from storage, at most maxReferrerReads of them.
 func (s *Server) judgeReferrerBlob(ctx context.Context, req *request, d *Decision, r *Refusal) error {
+	if _, isManifest := s.graph.Children(req.dgst); isManifest {
+		return r // a manifest is not served as a referrer's blob, whoever lists it
+	}
 	reads := 0
 	verdicts := map[digest.Digest]error{} // subject → readable's answer, asked once
 	var subject digest.Digest
