@@ -61,14 +61,15 @@ type Decision struct {
 	// "referrer"), the manifest whose referrers they are.
 	Subject digest.Digest
 
-	refusal   *Refusal
-	desc      v1.Descriptor      // the blob or manifest as verified; Size -1 when unknown
-	manifest  *manifest.Manifest // a Served manifest's verified bytes
-	metadata  []byte             // a Served trust data file's signed bytes
-	source    string             // where manifest came from: cache or upstream
-	upstream  bool               // audit mode: answer from the upstream, unverified
-	tagsUp    bool               // tags/list under a rule listing cosign: the upstream's tags, signature tags left out
-	referrers []v1.Descriptor    // a Served referrers request's list, from the upstream
+	refusal  *Refusal
+	desc     v1.Descriptor      // the blob or manifest as verified; Size -1 when unknown
+	manifest *manifest.Manifest // a Served manifest's verified bytes
+	metadata []byte             // a Served trust data file's signed bytes
+	source   string             // where manifest came from: cache or upstream
+	upstream bool               // audit mode: answer from the upstream, unverified
+	tagsUp   bool               // tags/list under a rule listing cosign: the upstream's tags, signature tags left out
+
+	referrers []v1.Descriptor // a Served referrers request's list, from the upstream
 }
 
 // decideOptions are what `trustproxy check` asks of a decision beyond what
