@@ -34,7 +34,7 @@ type Decision struct {
 	Repository string // the GUN; "" for a write whose path names none
 	Upstream   string // the name of the upstream the GUN is at; "" when Repository is
 	Ref        string // the tag or digest asked for; "" for tags/list; a write's method
-	Kind       string // manifest, blob, tags or write
+	Kind       string // manifest, blob, tags, trust_data, referrers or write
 	Verdict    Verdict
 	Reason     Reason // ReasonVerified when served; else the refusal's
 	Message    string // the refusal, for a person; "" when served
