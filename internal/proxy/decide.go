@@ -34,7 +34,7 @@ type Decision struct {
 	Repository string // the GUN; "" for a write whose path names none
 	Upstream   string // the name of the upstream the GUN is at; "" when Repository is
 	Ref        string // the tag or digest asked for; "" for tags/list; a write's method
-	Kind       string // manifest, blob, tags or write
+	Kind       string // manifest, blob, tags, trust_data, referrers or write
 	Verdict    Verdict
 	Reason     Reason // ReasonVerified when served; else the refusal's
 	Message    string // the refusal, for a person; "" when served
@@ -57,6 +57,9 @@ type Decision struct {
 	// (notary, cosign, or notary+cosign under require: all); under a
 	// refusal from a rule with several sources, the source that refused.
 	Source string
+	// Subject is, for a referrers request or a referrer served (Source
+	// "referrer"), the manifest whose referrers they are.
+	Subject digest.Digest
 
 	refusal  *Refusal
 	desc     v1.Descriptor      // the blob or manifest as verified; Size -1 when unknown
@@ -65,6 +68,8 @@ type Decision struct {
 	source   string             // where manifest came from: cache or upstream
 	upstream bool               // audit mode: answer from the upstream, unverified
 	tagsUp   bool               // tags/list under a rule listing cosign: the upstream's tags, signature tags left out
+
+	referrers []v1.Descriptor // a Served referrers request's list, from the upstream
 }
 
 // decideOptions are what `trustproxy check` asks of a decision beyond what
@@ -92,7 +97,7 @@ func (s *Server) decide(ctx context.Context, req *request, opt decideOptions) (*
 	if req.kind != kindWrite {
 		d.Rule = req.pol.cfg.Trust.RuleFor(d.Repository)
 	}
-	return s.conclude(ctx, req, d, s.judge(ctx, req, d, opt))
+	return s.conclude(ctx, req, d, s.judgeReferrer(ctx, req, d, s.judge(ctx, req, d, opt)))
 }
 
 // conclude turns judge's answer on req into d's verdict: served when it
@@ -271,6 +276,9 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 	}
 	if d.Source != "" {
 		attrs = append(attrs, slog.String("source", d.Source))
+	}
+	if d.Subject != "" {
+		attrs = append(attrs, slog.String("subject", d.Subject.String()))
 	}
 	if t := d.Target; t != nil {
 		attrs = append(attrs, slog.String("role", t.Role), slog.Any("signers", t.Signers))

@@ -9,6 +9,8 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/trustproxy/trustproxy/internal/manifest"
 )
 
 // FuzzParseRequest feeds parse a request path and query, both as net/http
@@ -82,6 +84,11 @@ func checkParsed(t *testing.T, s *Server, r *http.Request) {
 		if req.dgst == "" {
 			t.Fatalf("%s: blob request without digest", where)
 		}
+	case kindReferrers:
+		seg = "referrers"
+		if req.dgst == "" {
+			t.Fatalf("%s: referrers request without digest", where)
+		}
 	case kindManifest:
 		seg = "manifests"
 		if req.dgst == "" && (!tagPattern.MatchString(req.ref) || len(req.ref) > 128) {
@@ -111,4 +118,31 @@ func checkParsed(t *testing.T, s *Server, r *http.Request) {
 	if want := "v2/" + repo + "/" + seg + "/" + req.ref; got != want {
 		t.Fatalf("%s: upstream path %q, want %q", where, got, want)
 	}
+}
+
+// FuzzArtifactSubject feeds artifactSubject manifests as the upstream may
+// send them, the referrers an attacker can push among them: what it
+// accepts must be an OCI image manifest naming a sha256 subject, with no
+// image config, image layer or manifest among what it lists.
+func FuzzArtifactSubject(f *testing.F) {
+	f.Add(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","digest":"sha256:` + strings.Repeat("a", 64) + `","size":1543}],"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:` + strings.Repeat("b", 64) + `","size":428}}`)
+	f.Add(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + strings.Repeat("c", 64) + `","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:` + strings.Repeat("a", 64) + `","size":10}],"subject":{"digest":"sha256:` + strings.Repeat("b", 64) + `","size":428}}`)
+	f.Fuzz(func(t *testing.T, body string) {
+		m, err := manifest.Parse(digest.FromString(body), []byte(body))
+		if err != nil {
+			return
+		}
+		s, err := artifactSubject(m)
+		if err != nil {
+			return
+		}
+		if m.MediaType != "application/vnd.oci.image.manifest.v1+json" || s.Validate() != nil || s == m.Digest || imageConfigTypes[m.Refs[0].MediaType] {
+			t.Fatalf("accepted %s (subject %s)", body, s)
+		}
+		for _, l := range m.Refs[1:] {
+			if imageLayer(l.MediaType) || manifest.IsType(l.MediaType) || l.Size > maxReferrerBlob {
+				t.Fatalf("accepted layer %+v", l)
+			}
+		}
+	})
 }

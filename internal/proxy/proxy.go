@@ -159,6 +159,7 @@ type Server struct {
 	manifests singleflight.Group           // one upstream manifest fetch per gun.Name.At
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
 	cosign    *cosignSource                // cosign verdicts and the verified set, for rules listing cosign
+	referrers *referrerSet                 // the subjects of the referrers served (referrers.go)
 }
 
 // New returns the registry read API for cfg's upstreams over p. Every route
@@ -200,6 +201,7 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 		limits: cfg.Limits, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
 		graph: p.Graph, pulls: p.Pulls, fills: fills, upstreamM: um,
 		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec, cosign: cs,
+		referrers: newReferrerSet(),
 	}
 	s.policy.Store(&policy{cfg: cfg, upstreams: ups, cosign: cv})
 	if sh := p.Shared; sh != nil {
@@ -295,6 +297,8 @@ func (s *Server) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		err = s.serveTags(w, r, req)
 	case kindTrustData:
 		err = s.serveTrustData(w, r, req)
+	case kindReferrers:
+		err = s.serveReferrers(w, r, req)
 	}
 	if u, ok := errors.AsType[*upstream.Error](err); ok {
 		s.log.Warn("upstream request failed", "repo", req.name.String(), "ref", req.ref, "err", u)

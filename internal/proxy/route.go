@@ -25,6 +25,7 @@ const (
 	kindTags
 	kindTrustData // notary's read API: /v2/<gun>/_trust/tuf/<file>
 	kindWrite     // any request that is not a GET or HEAD
+	kindReferrers // the referrers API: /v2/<name>/referrers/<digest>
 )
 
 func (k kind) String() string {
@@ -37,6 +38,8 @@ func (k kind) String() string {
 		return "trust_data"
 	case kindWrite:
 		return "write"
+	case kindReferrers:
+		return "referrers"
 	}
 	return "manifest"
 }
@@ -53,6 +56,7 @@ type request struct {
 	// pull credential, when it is one (decide's first step checks it).
 	authorization string
 	grant         *scan.Grant // the credential, once it is checked to cover this request
+	artifactType  string      // the referrers API's artifactType filter; "" for none
 }
 
 // parse validates a GET or HEAD r before anything is looked up: the path
@@ -69,7 +73,7 @@ func (s *Server) parse(r *http.Request) (*request, error) {
 		return nil, err
 	}
 	switch {
-	case req.kind == kindBlob || strings.Contains(req.ref, ":"):
+	case req.kind == kindBlob || req.kind == kindReferrers || strings.Contains(req.ref, ":"):
 		d, err := digest.Parse(req.ref)
 		if err != nil || d.Algorithm() != digest.SHA256 {
 			return nil, &requestError{errcode.ErrorCodeDigestInvalid, fmt.Sprintf("invalid digest %q: only sha256 digests are served", req.ref)}
@@ -79,6 +83,9 @@ func (s *Server) parse(r *http.Request) (*request, error) {
 		if !tagPattern.MatchString(req.ref) {
 			return nil, &requestError{errcode.ErrorCodeTagInvalid, fmt.Sprintf("invalid tag %q", req.ref)}
 		}
+	}
+	if req.kind == kindReferrers {
+		req.artifactType = r.URL.Query().Get("artifactType")
 	}
 	req.authorization = r.Header.Get("Authorization")
 	return req, nil
@@ -97,7 +104,7 @@ func (s *Server) writeRequest(r *http.Request) *request {
 
 // route splits r's path, the one path parser of every route, and routes
 // its name to an upstream: "<name>/manifests/<ref>", "<name>/blobs/<digest>",
-// "<name>/tags/list" and, for a write, "<name>/blobs/uploads/[<id>]".
+// "<name>/tags/list", "<name>/referrers/<digest>" and, for a write, "<name>/blobs/uploads/[<id>]".
 func (s *Server) route(r *http.Request) (*request, error) {
 	rest, ok := strings.CutPrefix(r.URL.Path, "/v2/")
 	if !ok {
@@ -128,6 +135,8 @@ func (s *Server) route(r *http.Request) (*request, error) {
 		name, k, ref = strings.Join(segs[:n-2], "/"), kindManifest, segs[n-1]
 	case n >= 3 && segs[n-2] == "blobs":
 		name, k, ref = strings.Join(segs[:n-2], "/"), kindBlob, segs[n-1]
+	case read && n >= 3 && segs[n-2] == "referrers":
+		name, k, ref = strings.Join(segs[:n-2], "/"), kindReferrers, segs[n-1]
 	case n >= 3 && segs[n-2] == "tags" && segs[n-1] == "list":
 		name, k = strings.Join(segs[:n-2], "/"), kindTags
 	default:
