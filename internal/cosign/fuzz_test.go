@@ -11,27 +11,9 @@ import (
 // Seeds are what cosign and registries write, as the tests here push them.
 var (
 	seedSubject  = digest.FromString("image")
-	seedIndex    = fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":%q,"size":712,"annotations":{"dev.sigstore.bundle.content":"dsse-envelope","dev.sigstore.bundle.predicateType":"https://sigstore.dev/cosign/sign/v1"},"artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json"}]}`, digest.FromString("sig"))
 	seedReferrer = fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.dev.sigstore.bundle.v0.3+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","digest":%q,"size":1543}],"subject":{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":%q,"size":428},"annotations":{"dev.sigstore.bundle.content":"dsse-envelope","dev.sigstore.bundle.predicateType":"https://sigstore.dev/cosign/sign/v1"}}`, digest.FromString("bundle"), seedSubject)
 	seedSig      = fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":%q,"size":233},"layers":[{"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json","digest":%q,"size":250,"annotations":{"dev.cosignproject.cosign/signature":%q}}]}`, digest.FromString("config"), digest.FromString("payload"), base64.StdEncoding.EncodeToString(make([]byte, 71)))
 )
-
-func FuzzParseReferrers(f *testing.F) {
-	f.Add([]byte(seedIndex))
-	f.Add([]byte(`{"schemaVersion":2,"manifests":[]}`))
-	f.Add([]byte(`{"schemaVersion":2,"manifests":[],"layers":[]}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ds, err := parseReferrers(b, 10)
-		if err == nil && len(ds) > 10 {
-			t.Fatalf("%d entries past the limit", len(ds))
-		}
-		for _, d := range ds {
-			if !validDigest(d.Digest) || d.Size < 0 {
-				t.Fatalf("kept entry %+v", d)
-			}
-		}
-	})
-}
 
 func FuzzParseBundleManifest(f *testing.F) {
 	f.Add([]byte(seedReferrer))

@@ -8,6 +8,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/trustproxy/trustproxy/internal/referrers"
 )
 
 // What cosign writes, and where.
@@ -31,48 +33,8 @@ const (
 	maxSignatureBytes = 1024
 )
 
-// errTooMany is an index listing more entries than the limit.
-var errTooMany = errors.New("too many entries")
-
-// parseReferrers reads an OCI image index of referrers (the referrers API's
-// answer, or the referrers tag's manifest): at most max entries. Entries
-// without a valid sha256 digest are dropped: they name nothing this
-// package could fetch.
-func parseReferrers(b []byte, max int) ([]ocispec.Descriptor, error) {
-	var doc struct {
-		SchemaVersion int                  `json:"schemaVersion"`
-		MediaType     string               `json:"mediaType"`
-		Manifests     []ocispec.Descriptor `json:"manifests"`
-		Config        json.RawMessage      `json:"config"`
-		Layers        json.RawMessage      `json:"layers"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return nil, fmt.Errorf("not JSON: %w", err)
-	}
-	if doc.SchemaVersion != 2 {
-		return nil, fmt.Errorf("schemaVersion %d, not 2", doc.SchemaVersion)
-	}
-	if doc.MediaType != ocispec.MediaTypeImageIndex && doc.MediaType != "" {
-		return nil, fmt.Errorf("media type %q is not an OCI index", doc.MediaType)
-	}
-	if doc.Config != nil || doc.Layers != nil {
-		return nil, errors.New("an index with config or layers is ambiguous")
-	}
-	if len(doc.Manifests) > max {
-		return nil, fmt.Errorf("%d entries: %w (%d)", len(doc.Manifests), errTooMany, max)
-	}
-	out := doc.Manifests[:0]
-	for _, d := range doc.Manifests {
-		if validDigest(d.Digest) && d.Size >= 0 {
-			out = append(out, d)
-		}
-	}
-	return out, nil
-}
-
-func validDigest(d digest.Digest) bool {
-	return d.Validate() == nil && d.Algorithm() == digest.SHA256
-}
+// validDigest says whether d is a well-formed sha256 digest.
+func validDigest(d digest.Digest) bool { return referrers.ValidDigest(d) }
 
 // imageManifest is the part of an OCI or Docker schema2 image manifest a
 // signature manifest is read for.

@@ -243,7 +243,7 @@ func (v *Verifier) Verify(ctx context.Context, up Upstream, dgst digest.Digest) 
 	if up.Client == nil {
 		return Verdict{}, errors.New("cosign: Verify needs an upstream client")
 	}
-	c := &client{up: up, limits: v.limits}
+	c := newClient(up, v.limits)
 	j := &judgement{v: v, c: c, dgst: dgst}
 	verdict, err := j.run(ctx)
 	if err != nil {
