@@ -175,4 +175,3 @@ func rawChain(mediaType string, b []byte, maxChain int) ([][]byte, error) {
 	}
 	return raw, nil
 }
-
