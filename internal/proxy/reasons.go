@@ -25,7 +25,7 @@ const (
 	ReasonScanCredential  Reason = "scan_credential"  // a scanner's pull credential used for what it was not minted for
 )
 
-// The refusal reasons of digest sources (cosign) beyond those they share
+// The refusal reasons of digest sources (cosign, notation) beyond those they share
 // with Notary (not_signed, untrusted_signer).
 const (
 	// ReasonInvalidSignature: a signature claims a trusted key and does not
@@ -34,6 +34,15 @@ const (
 	// ReasonNoTlog: signed by a trusted key, without the verified
 	// transparency-log entry the rule requires (allow_no_tlog is off).
 	ReasonNoTlog Reason = "no_tlog"
+	// ReasonIdentityMismatch: signed under a trusted CA by a certificate
+	// whose identity the signer does not list (Notation's trusted identities).
+	ReasonIdentityMismatch Reason = "identity_mismatch"
+	// ReasonCertificateExpired: the signing certificate (or the signature)
+	// expired, under a verification level that enforces expiry.
+	ReasonCertificateExpired Reason = "certificate_expired"
+	// ReasonRevoked: a certificate of the signature's chain is revoked
+	// (Notation, with trust.notation.revocation on).
+	ReasonRevoked Reason = "revoked"
 )
 
 // A reasonSource is the part of trustproxy a reason comes from.
@@ -74,8 +83,11 @@ var reasons = map[Reason]reasonRule{
 	Reason(trust.Rollback):         {fromTrust, errcode.ErrorCodeDenied, true},
 	Reason(trust.TrustUnavailable): {fromTrust, errcode.ErrorCodeDenied, true},
 
-	ReasonInvalidSignature: {fromTrust, errcode.ErrorCodeDenied, true},
-	ReasonNoTlog:           {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonInvalidSignature:   {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonNoTlog:             {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonIdentityMismatch:   {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonCertificateExpired: {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonRevoked:            {fromTrust, errcode.ErrorCodeDenied, true},
 
 	ReasonDigestMismatch:  {fromContent, errcode.ErrorCodeDenied, true},
 	ReasonInvalidManifest: {fromContent, errcode.ErrorCodeDenied, true},
