@@ -14,9 +14,9 @@ import (
 
 	"github.com/trustproxy/trustproxy/config"
 	"github.com/trustproxy/trustproxy/internal/cosign"
-	"github.com/trustproxy/trustproxy/internal/notation"
 	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/manifest"
+	"github.com/trustproxy/trustproxy/internal/notation"
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )

@@ -47,8 +47,8 @@ type Query struct {
 	Cosign *cosign.Verifier   // Rule's compiled cosign verifier; nil when its sources do not list cosign
 	// Notation is Rule's compiled Notation verifier; nil when its sources do not list notation.
 	Notation *notation.Verifier
-	Tag    string             // a tag to resolve; "" when Digest is asked about
-	Digest digest.Digest
+	Tag      string // a tag to resolve; "" when Digest is asked about
+	Digest   digest.Digest
 }
 
 // A Source says whether a repository's digest (or tag) carries a signature
