@@ -125,6 +125,26 @@ type Trust struct {
 	// Cosign holds the settings of the cosign trust source shared by the
 	// rules that list it.
 	Cosign Cosign `yaml:"cosign"`
+	// Notation holds the settings of the Notation trust source shared by
+	// the rules that list it.
+	Notation Notation `yaml:"notation"`
+}
+
+// Notation configures the Notation trust source (rules with sources:
+// [notation]). Its verdicts are kept for trust.cosign.reverify_ttl, as
+// cosign's.
+type Notation struct {
+	// Level is the Notation verification level: strict ("" too: integrity,
+	// authenticity, expiry and certificate validity enforced) or permissive
+	// (expiry and validity only logged). audit and skip are refused: they do
+	// not check authenticity (a rule's mode: audit is trustproxy's own).
+	Level string `yaml:"level"`
+	// Revocation is off ("" too) or on. On, every verification asks the
+	// certificates' OCSP responders and CRL distribution points over the
+	// network, each request bounded by a timeout; off, revocation is not
+	// checked (a revoked signer's key is removed by removing its CA or
+	// identity from the configuration).
+	Revocation string `yaml:"revocation"`
 }
 
 // Cosign configures the cosign trust source (rules with sources: [cosign]).
@@ -177,6 +197,16 @@ type Signer struct {
 	// have a cosign_key, a cosign_identity or both: either makes a
 	// signature the signer's.
 	CosignIdentity *CosignIdentity `yaml:"cosign_identity,omitempty"`
+	// NotationCA is a PEM file of the CA certificates (a Notation trust
+	// store) under which the signer's Notation signing certificates are
+	// issued.
+	NotationCA string `yaml:"notation_ca,omitempty"`
+	// NotationIdentities are the signing certificates' subjects trusted
+	// under NotationCA, as Notation's trust policy writes them
+	// ("x509.subject:C=US, ST=WA, O=Acme, CN=release"), or the one "*" for
+	// any the CAs issued. Required with NotationCA: a CA that issues to
+	// many must be trusted for all of them on purpose.
+	NotationIdentities []string `yaml:"notation_identities,omitempty"`
 
 	// Keys are the PKIX DER public keys of every PEM block of PublicKey
 	// (the key itself, or a certificate's), as Load read them. Nil without
@@ -185,6 +215,9 @@ type Signer struct {
 	// CosignPEM is CosignKey's content as Load read and checked it; nil
 	// without CosignKey. internal/proxy compiles it (cosign.ParseSigner).
 	CosignPEM []byte `yaml:"-"`
+	// NotationPEM is NotationCA's content as Load read and checked it; nil
+	// without NotationCA. internal/proxy compiles it (notation.ParseSigner).
+	NotationPEM []byte `yaml:"-"`
 }
 
 // CosignIdentity is a keyless signer's certificate identity: its OIDC
@@ -262,7 +295,7 @@ type Rule struct {
 	// scan gate.
 	Scan *ScanPolicy `yaml:"scan"`
 	// Sources are the trust sources that judge the rule's images: notary
-	// (Docker Content Trust) and cosign. Default [notary].
+	// (Docker Content Trust), cosign and notation. Default [notary].
 	Sources []Source `yaml:"sources"`
 	// Require says how many of Sources must verify an image: any (default)
 	// or all (each of them, the same digest).
@@ -294,21 +327,25 @@ const (
 	// SourceCosign is cosign signatures of a digest, by keys the rule's
 	// signers pin (cosign_key).
 	SourceCosign Source = "cosign"
+	// SourceNotation is Notation signatures of a digest, under the CA
+	// certificates and identities the rule's signers pin (notation_ca,
+	// notation_identities).
+	SourceNotation Source = "notation"
 )
 
-// UnmarshalText sets s from notary or cosign and rejects any other word.
+// UnmarshalText sets s from notary, cosign or notation and rejects any other word.
 func (s *Source) UnmarshalText(b []byte) error {
 	switch v := Source(b); v {
-	case SourceNotary, SourceCosign:
+	case SourceNotary, SourceCosign, SourceNotation:
 		*s = v
 		return nil
 	}
-	return fmt.Errorf("source %q: want %s or %s", b, SourceNotary, SourceCosign)
+	return fmt.Errorf("source %q: want %s, %s or %s", b, SourceNotary, SourceCosign, SourceNotation)
 }
 
 // UnmarshalYAML is UnmarshalText with the line of the YAML node in the error.
 func (s *Source) UnmarshalYAML(n *yaml.Node) error {
-	return unmarshalWord(n, s, fmt.Sprintf("source: want %s or %s", SourceNotary, SourceCosign))
+	return unmarshalWord(n, s, fmt.Sprintf("source: want %s, %s or %s", SourceNotary, SourceCosign, SourceNotation))
 }
 
 // Require says how many of a rule's sources must verify an image.

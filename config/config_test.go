@@ -28,7 +28,7 @@ import (
 // ignoreCompiled leaves out of comparisons the compiled pattern of a Rule,
 // which TestMatch checks, and the compiled pins of a Pinning, which
 // TestPinningFor checks.
-var ignoreCompiled = cmp.Options{cmpopts.IgnoreUnexported(Rule{}, Pinning{}), cmpopts.IgnoreFields(Signer{}, "CosignPEM")}
+var ignoreCompiled = cmp.Options{cmpopts.IgnoreUnexported(Rule{}, Pinning{}), cmpopts.IgnoreFields(Signer{}, "CosignPEM", "NotationPEM")}
 
 // defaults is the configuration that an empty file gives.
 func defaults() *Config {
@@ -464,14 +464,19 @@ func TestErrors(t *testing.T) {
 			files: map[string][]byte{"alice.pem": append(append([]byte{}, ca.cert...), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("junk")})...)},
 			want:  []string{"trust.signers[0].public_key: ", "PEM block 2: parse CERTIFICATE"},
 		},
-		{name: "signer without key", yaml: "trust:\n  signers:\n    - name: alice\n", want: []string{"trust.signers[0]: set public_key, key_ids (Notary), cosign_key or cosign_identity (cosign), or several"}},
-		{name: "unknown source", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [notation]\n", want: []string{"line 4", `source "notation"`}},
+		{name: "signer without key", yaml: "trust:\n  signers:\n    - name: alice\n", want: []string{"trust.signers[0]: set public_key, key_ids (Notary), cosign_key or cosign_identity (cosign), or notation_ca (Notation), or several"}},
+		{name: "unknown source", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [notary2]\n", want: []string{"line 4", `source "notary2"`}},
 		{name: "unknown require", yaml: "trust:\n  rules:\n    - repositories: '**'\n      require: most\n", want: []string{"line 4", `require "most"`}},
 		{name: "source twice", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [notary, notary]\n", want: []string{`trust.rules[0].sources[1]: "notary" is listed twice`}},
 		{name: "cosign rule without signers", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [cosign]\n      allow_no_tlog: true\n", want: []string{"trust.rules[0].signers: a rule listing cosign needs signers with a cosign_key or a cosign_identity"}},
 		{name: "allow_no_tlog without cosign", yaml: "trust:\n  rules:\n    - repositories: '**'\n      allow_no_tlog: true\n", want: []string{"trust.rules[0].allow_no_tlog: set on a rule whose sources do not list cosign"}},
 		{name: "cosign key missing", yaml: "trust:\n  signers:\n    - name: ci\n      cosign_key: /nonexistent/cosign.pub\n", want: []string{"trust.signers[0].cosign_key:", "/nonexistent/cosign.pub"}},
 		{name: "trusted root missing", yaml: "trust:\n  cosign:\n    trusted_root: /nonexistent/trusted_root.json\n", want: []string{"trust.cosign.trusted_root:", "trusted_root.json"}},
+		{name: "notation rule without signers", yaml: "trust:\n  rules:\n    - repositories: '**'\n      sources: [notation]\n", want: []string{"trust.rules[0].signers: a rule listing notation needs signers with a notation_ca"}},
+		{name: "notation ca missing", yaml: "trust:\n  signers:\n    - name: ci\n      notation_ca: /nonexistent/ca.pem\n      notation_identities: ['*']\n", want: []string{"trust.signers[0].notation_ca:", "/nonexistent/ca.pem"}},
+		{name: "notation identities without ca", yaml: "trust:\n  signers:\n    - name: ci\n      public_key: /nonexistent/k.pem\n      notation_identities: ['*']\n", want: []string{"trust.signers[0].notation_identities: set without notation_ca"}},
+		{name: "notation level audit", yaml: "trust:\n  notation:\n    level: audit\n", want: []string{"trust.notation.level: \"audit\" does not check that a trusted signer signed"}},
+		{name: "notation revocation", yaml: "trust:\n  notation:\n    revocation: maybe\n", want: []string{"trust.notation.revocation: \"maybe\": want off or on"}},
 		{name: "reverify_ttl negative", yaml: "trust:\n  cosign:\n    reverify_ttl: -1s\n", want: []string{"trust.cosign.reverify_ttl: must be positive"}},
 		{name: "signer without name", yaml: "trust:\n  signers:\n    - key_ids: [" + strings.Repeat("a", 64) + "]\n", want: []string{"trust.signers[0].name: required"}},
 		{

@@ -18,7 +18,7 @@ func (c *Config) Files() []string {
 		files = append(files, f)
 	}
 	for _, s := range c.Trust.Signers {
-		files = append(files, s.PublicKey, s.CosignKey)
+		files = append(files, s.PublicKey, s.CosignKey, s.NotationCA)
 	}
 	files = append(files, c.Trust.Cosign.TrustedRoot)
 	for _, s := range c.Scan.Scanners {

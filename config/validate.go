@@ -256,12 +256,13 @@ func (c *Config) validateTrust(p *problems) {
 		default:
 			signers[s.Name] = s
 		}
-		if s.PublicKey == "" && len(s.KeyIDs) == 0 && s.CosignKey == "" && s.CosignIdentity == nil {
-			p.addf(f, "set public_key, key_ids (Notary), cosign_key or cosign_identity (cosign), or several")
+		if s.PublicKey == "" && len(s.KeyIDs) == 0 && s.CosignKey == "" && s.CosignIdentity == nil && s.NotationCA == "" {
+			p.addf(f, "set public_key, key_ids (Notary), cosign_key or cosign_identity (cosign), or notation_ca (Notation), or several")
 		}
 		if s.CosignIdentity != nil {
 			checkCosignIdentity(p, f+".cosign_identity", s.CosignIdentity)
 		}
+		checkNotationSigner(p, f, s)
 		s.CosignPEM = nil
 		if s.CosignKey != "" {
 			if b, err := readFile(s.CosignKey); err != nil {
@@ -319,6 +320,16 @@ func (c *Config) validateTrust(p *problems) {
 	}
 	if t.Cosign.ReverifyTTL <= 0 {
 		p.addf("trust.cosign.reverify_ttl", "must be positive, e.g. 5m")
+	}
+	switch t.Notation.Level {
+	case "", "strict", "permissive":
+	case "audit", "skip":
+		p.addf("trust.notation.level", "%q does not check that a trusted signer signed; want strict or permissive (a rule's mode: audit serves refused images and logs them)", t.Notation.Level)
+	default:
+		p.addf("trust.notation.level", "%q: want strict or permissive", t.Notation.Level)
+	}
+	if r := t.Notation.Revocation; r != "" && r != "off" && r != "on" {
+		p.addf("trust.notation.revocation", "%q: want off or on", r)
 	}
 	if t.RefreshTTL <= 0 {
 		p.addf("trust.refresh_ttl", "must be positive, e.g. 1m")
@@ -783,6 +794,7 @@ func (c *Config) checkSources(p *problems, f string, r *Rule) {
 	if r.Require != RequireAny && r.Require != RequireAll {
 		p.addf(f+".require", "%q: want %s or %s", r.Require, RequireAny, RequireAll)
 	}
+	c.checkNotation(p, f, r)
 	if !r.Has(SourceCosign) {
 		if r.AllowNoTlog {
 			p.addf(f+".allow_no_tlog", "set on a rule whose sources do not list cosign")
@@ -834,6 +846,83 @@ func checkCosignIdentity(p *problems, f string, id *CosignIdentity) {
 	}
 	pair(id.Issuer, id.IssuerRegexp, "issuer")
 	pair(id.Subject, id.SubjectRegexp, "subject")
+}
+
+// checkNotation checks that a rule listing notation has signers with
+// notation_ca.
+func (c *Config) checkNotation(p *problems, f string, r *Rule) {
+	if !r.Has(SourceNotation) {
+		return
+	}
+	cas := 0
+	for j, name := range r.Signers {
+		s := c.signer(name)
+		switch {
+		case s == nil:
+		case s.NotationCA != "":
+			cas++
+		case len(r.Sources) == 1:
+			p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no notation_ca, and the rule's only source is notation", name)
+		}
+	}
+	if cas == 0 {
+		p.addf(f+".signers", "a rule listing notation needs signers with a notation_ca (trust.signers[].notation_ca)")
+	}
+}
+
+// checkNotationSigner reads s's notation_ca (PEM CERTIFICATE blocks, each
+// a CA or self-signed certificate) and checks its notation_identities: "*"
+// alone, or x509.subject:<DN> each. notation-go checks the DNs again when
+// internal/proxy compiles the signer.
+func checkNotationSigner(p *problems, f string, s *Signer) {
+	s.NotationPEM = nil
+	if s.NotationCA == "" {
+		if len(s.NotationIdentities) > 0 {
+			p.addf(f+".notation_identities", "set without notation_ca")
+		}
+		return
+	}
+	b, err := readFile(s.NotationCA)
+	if err != nil {
+		p.addf(f+".notation_ca", "%v", err)
+		return
+	}
+	n := 0
+	for rest := b; ; n++ {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if block.Type != "CERTIFICATE" || err != nil {
+			p.addf(f+".notation_ca", "PEM block %d is not a certificate", n+1)
+			return
+		}
+		if !c.IsCA && c.CheckSignatureFrom(c) != nil {
+			p.addf(f+".notation_ca", "certificate %q is neither a CA nor self-signed", c.Subject)
+			return
+		}
+	}
+	if n == 0 {
+		p.addf(f+".notation_ca", "no PEM certificate in %s", s.NotationCA)
+		return
+	}
+	switch ids := s.NotationIdentities; {
+	case len(ids) == 0:
+		p.addf(f+".notation_identities", `required with notation_ca: list "x509.subject:C=..., ST=..., O=..., CN=..." subjects, or "*" for any the CAs issued`)
+		return
+	case slices.Contains(ids, "*") && len(ids) > 1:
+		p.addf(f+".notation_identities", `"*" must be the only identity`)
+		return
+	default:
+		for j, id := range ids {
+			if v, ok := strings.CutPrefix(id, "x509.subject:"); id != "*" && (!ok || strings.TrimSpace(v) == "") {
+				p.addf(fmt.Sprintf("%s.notation_identities[%d]", f, j), `%q: want x509.subject:<DN> or "*"`, id)
+				return
+			}
+		}
+	}
+	s.NotationPEM = b
 }
 
 // checkCosignKey checks that b is a PEM public key cosign verifies with:

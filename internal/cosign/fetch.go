@@ -58,21 +58,16 @@ func (c *client) fetch(ctx context.Context, kind string, desc ocispec.Descriptor
 	if desc.Size < 0 {
 		return nil, refusal(Malformed, "the signature %s %s has a negative size", what, desc.Digest), nil
 	}
-	accept := ""
-	if kind == "manifests" {
-		accept = desc.MediaType
-	}
-	b, _, err := c.get(ctx, c.url(kind, desc.Digest.String(), nil), accept, desc.Size)
+	b, err := referrers.Fetch(ctx, c.up.Client, c.repo(), kind, desc, limit)
 	switch {
 	case errors.Is(err, errTooLarge):
 		return nil, refusal(TooLarge, "the signature %s %s is longer than its descriptor's %d bytes", what, desc.Digest, desc.Size), nil
 	case errors.Is(err, errNotFound):
 		return nil, refusal(Malformed, "the signature %s %s is listed but missing upstream", what, desc.Digest), nil
+	case errors.Is(err, referrers.ErrMismatch):
+		return nil, refusal(Malformed, "the signature %s: %v", what, err), nil
 	case err != nil:
 		return nil, nil, err
-	}
-	if got := digest.FromBytes(b); got != desc.Digest || int64(len(b)) != desc.Size {
-		return nil, refusal(Malformed, "the signature %s %s came as %d bytes hashing to %s", what, desc.Digest, len(b), got), nil
 	}
 	return b, nil, nil
 }

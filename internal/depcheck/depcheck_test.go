@@ -15,8 +15,8 @@ const module = "github.com/trustproxy/trustproxy/"
 // it may import directly. The layers, bottom up: the leaves (severity, gun,
 // manifest, sample, trustserver) import nothing of ours; config sits on
 // severity, egress and cache on config; trust, scan, refgraph, upstream and
-// fill each do one job on those (cosign, a trust source beside trust, is a
-// leaf: its caller hands it the upstream's transport); proxy (the HTTP face and decide) uses them
+// fill each do one job on those (cosign and notation, trust sources beside trust, sit
+// on referrers alone: their caller hands them the upstream's transport); proxy (the HTTP face and decide) uses them
 // all; wiring opens them all and hands them to proxy; reload takes a new
 // configuration (config alone); cmd reads config, opens, serves, reloads
 // (and names signers' keys with trust). No package imports one above it: trust, scan, cache, egress
@@ -34,11 +34,12 @@ var allowed = map[string][]string{
 	"internal/trust":       {"config", "internal/cache", "internal/egress", "internal/gun"},
 	"internal/scan":        {"config", "internal/cache", "internal/severity"},
 	"internal/refgraph":    {"internal/cache", "internal/manifest"},
-	"internal/cosign":      {"internal/referrers"},
 	"internal/referrers":   {},
+	"internal/cosign":      {"internal/referrers"},
+	"internal/notation":    {"internal/referrers"},
 	"internal/upstream":    {"config", "internal/egress", "internal/gun", "internal/manifest"},
 	"internal/fill":        {"config", "internal/cache", "internal/gun", "internal/upstream"},
-	"internal/proxy": {"config", "internal/cache", "internal/cosign", "internal/fill", "internal/gun", "internal/manifest",
+	"internal/proxy": {"config", "internal/cache", "internal/cosign", "internal/fill", "internal/gun", "internal/manifest", "internal/notation",
 		"internal/refgraph", "internal/referrers", "internal/scan", "internal/trust", "internal/upstream"},
 	"internal/retention": {"config", "internal/cache", "internal/fill", "internal/gun", "internal/manifest", "internal/trust"},
 	"internal/wiring": {"config", "internal/cache", "internal/fill", "internal/proxy", "internal/refgraph",

@@ -16,6 +16,7 @@ import (
 	"github.com/trustproxy/trustproxy/internal/cosign"
 	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/manifest"
+	"github.com/trustproxy/trustproxy/internal/notation"
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -112,6 +113,8 @@ func (s *Server) conclude(ctx context.Context, req *request, d *Decision, err er
 		refusal = r
 	} else if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
 		refusal = asRefusal(d.Repository, r)
+	} else if r, ok := errors.AsType[*notation.RefusalError](err); ok {
+		refusal = notationRefusal(d.Repository, r)
 	} else if err != nil {
 		return nil, err
 	}
@@ -327,7 +330,7 @@ func (s *Server) logDecision(ctx context.Context, d *Decision) {
 func (s *Server) judgeSources(ctx context.Context, req *request, d *Decision, opt decideOptions) error {
 	r := d.Rule
 	all := r.Require == config.RequireAll
-	q := Query{Name: req.name, Rule: r, From: req.from, Trust: &req.pol.cfg.Trust, Cosign: req.pol.cosign[r]}
+	q := Query{Name: req.name, Rule: r, From: req.from, Trust: &req.pol.cfg.Trust, Cosign: req.pol.cosign[r], Notation: req.pol.notation[r]}
 	var sources []Source
 	var notaryErr error // Notary's refusal of the whole repository
 	if r.Has(config.SourceNotary) {
@@ -353,6 +356,8 @@ func (s *Server) judgeSources(ctx context.Context, req *request, d *Decision, op
 			sources = append(sources, notarySource{d.Trust})
 		case src == config.SourceCosign:
 			sources = append(sources, s.cosign)
+		case src == config.SourceNotation:
+			sources = append(sources, s.notation)
 		}
 	}
 	switch req.kind {
@@ -468,7 +473,8 @@ func isRefusal(err error) bool {
 	_, a := errors.AsType[*Refusal](err)
 	_, b := errors.AsType[*trust.RefusalError](err)
 	_, c := errors.AsType[*cosign.RefusalError](err)
-	return a || b || c
+	_, n := errors.AsType[*notation.RefusalError](err)
+	return a || b || c || n
 }
 
 // asRefusal is a source's refusal err as the proxy's.
@@ -481,6 +487,9 @@ func asRefusal(gun string, err error) *Refusal {
 	}
 	if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
 		return &Refusal{GUN: gun, Ref: r.Digest.String(), Reason: cosignReason(r.Reason), Detail: "cosign: " + r.Detail}
+	}
+	if r, ok := errors.AsType[*notation.RefusalError](err); ok {
+		return notationRefusal(gun, r)
 	}
 	return nil
 }
@@ -519,6 +528,9 @@ func mostSpecific(refusals []error) error {
 	}
 	if r, ok := errors.AsType[*cosign.RefusalError](best); ok {
 		return asRefusal(r.Repo, r)
+	}
+	if r, ok := errors.AsType[*notation.RefusalError](best); ok {
+		return notationRefusal(r.Repo, r)
 	}
 	return best
 }

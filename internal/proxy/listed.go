@@ -56,7 +56,7 @@ type recorded struct {
 // be recorded for a reason that may pass, that failure is returned: the
 // client is told to retry rather than that the digest is not listed.
 //
-// Under a rule whose sources list cosign, a digest cosign verified (the
+// Under a rule whose sources list cosign or notation, a digest they verified (the
 // verified set, unexpired, judged by the same rule) counts as signed too:
 // alone under require: any, with Notary's signed target under require:
 // all. cosign has no list of signed digests to record on a miss: a blob
@@ -76,15 +76,29 @@ func (s *Server) find(ctx context.Context, req *request, view *trust.View, dgst 
 			}
 			return 0, false
 		}
-		_, cosigned := s.cosign.verified.get(ctx, req.name, rule, &req.pol.cfg.Trust, d)
+		// The digest sources' verified sets: cosign's, Notation's.
+		var digestOK []bool
+		for _, ds := range []struct {
+			src config.Source
+			set *verifiedSet
+		}{{config.SourceCosign, s.cosign.verified}, {config.SourceNotation, s.notation.verified}} {
+			if rule.Has(ds.src) {
+				_, ok := ds.set.get(ctx, req.name, rule, &req.pol.cfg.Trust, d)
+				digestOK = append(digestOK, ok)
+			}
+		}
 		switch {
-		case rule.Require == config.RequireAll && rule.Has(config.SourceNotary):
-			if len(ts) > 0 && cosigned {
+		case rule.Require == config.RequireAll:
+			if (rule.Has(config.SourceNotary) && len(ts) == 0) || slices.Contains(digestOK, false) {
+				return 0, false
+			}
+			if len(ts) > 0 {
 				return ts[0].Size, true
 			}
+			return -1, true
 		case len(ts) > 0:
 			return ts[0].Size, true
-		case cosigned:
+		case slices.Contains(digestOK, true):
 			return -1, true
 		}
 		return 0, false

@@ -23,6 +23,7 @@ import (
 	"github.com/trustproxy/trustproxy/internal/cosign"
 	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/gun"
+	"github.com/trustproxy/trustproxy/internal/notation"
 	"github.com/trustproxy/trustproxy/internal/refgraph"
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
@@ -53,6 +54,8 @@ type policy struct {
 	// cosign: a reload compiles new ones with the new rules, so a removed
 	// key stops counting with the configuration that removed it.
 	cosign map[*config.Rule]*cosign.Verifier
+	// notation is the compiled Notation verifier of each rule listing notation.
+	notation map[*config.Rule]*notation.Verifier
 }
 
 // compileCosign compiles the cosign verifier of each rule of cfg whose
@@ -108,10 +111,14 @@ func (s *Server) Reconfigure(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	nv, err := compileNotation(cfg)
+	if err != nil {
+		return err
+	}
 	if err := s.verify.Reconfigure(cfg); err != nil {
 		return err
 	}
-	s.policy.Store(&policy{cfg: cfg, upstreams: ups, cosign: cv})
+	s.policy.Store(&policy{cfg: cfg, upstreams: ups, cosign: cv, notation: nv})
 	return nil
 }
 
@@ -159,6 +166,7 @@ type Server struct {
 	manifests singleflight.Group           // one upstream manifest fetch per gun.Name.At
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
 	cosign    *cosignSource                // cosign verdicts and the verified set, for rules listing cosign
+	notation  *notationSource              // Notation's, for rules listing notation
 	referrers *referrerSet                 // the subjects of the referrers served (referrers.go)
 }
 
@@ -197,13 +205,21 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 	if err != nil {
 		return nil, err
 	}
+	ns, err := newNotationSource(p.Shared)
+	if err != nil {
+		return nil, err
+	}
+	nv, err := compileNotation(cfg)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		limits: cfg.Limits, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
 		graph: p.Graph, pulls: p.Pulls, fills: fills, upstreamM: um,
-		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec, cosign: cs,
+		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec, cosign: cs, notation: ns,
 		referrers: newReferrerSet(),
 	}
-	s.policy.Store(&policy{cfg: cfg, upstreams: ups, cosign: cv})
+	s.policy.Store(&policy{cfg: cfg, upstreams: ups, cosign: cv, notation: nv})
 	if sh := p.Shared; sh != nil {
 		sh.Health.Watch(s.setDegraded)
 		if u := strings.TrimSuffix(cfg.Redis.ReplicaURL, "/"); u != "" {

@@ -25,7 +25,7 @@ const (
 	ReasonScanCredential  Reason = "scan_credential"  // a scanner's pull credential used for what it was not minted for
 )
 
-// The refusal reasons of digest sources (cosign) beyond those they share
+// The refusal reasons of digest sources (cosign, notation) beyond those they share
 // with Notary (not_signed, untrusted_signer).
 const (
 	// ReasonInvalidSignature: a signature claims a trusted key and does not
@@ -34,12 +34,18 @@ const (
 	// ReasonNoTlog: signed by a trusted key, without the verified
 	// transparency-log entry the rule requires (allow_no_tlog is off).
 	ReasonNoTlog Reason = "no_tlog"
-	// ReasonIdentityMismatch: a keyless signature whose certificate a CA of
-	// the trusted root issued for a subject or issuer no signer names.
+	// ReasonIdentityMismatch: signed under a trusted CA by a certificate
+	// whose identity no signer of the rule names: a keyless cosign
+	// certificate's subject or issuer, or one Notation's trusted identities
+	// do not list.
 	ReasonIdentityMismatch Reason = "identity_mismatch"
-	// ReasonCertificateExpired: a keyless signature whose certificate was
-	// not valid when the log integrated its entry.
+	// ReasonCertificateExpired: the signing certificate was not valid when
+	// it signed (keyless cosign: when the log integrated the entry) or has
+	// expired under a Notation verification level that enforces expiry.
 	ReasonCertificateExpired Reason = "certificate_expired"
+	// ReasonRevoked: a certificate of the signature's chain is revoked
+	// (Notation, with trust.notation.revocation on).
+	ReasonRevoked Reason = "revoked"
 )
 
 // A reasonSource is the part of trustproxy a reason comes from.
@@ -84,6 +90,7 @@ var reasons = map[Reason]reasonRule{
 	ReasonNoTlog:             {fromTrust, errcode.ErrorCodeDenied, true},
 	ReasonIdentityMismatch:   {fromTrust, errcode.ErrorCodeDenied, true},
 	ReasonCertificateExpired: {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonRevoked:            {fromTrust, errcode.ErrorCodeDenied, true},
 
 	ReasonDigestMismatch:  {fromContent, errcode.ErrorCodeDenied, true},
 	ReasonInvalidManifest: {fromContent, errcode.ErrorCodeDenied, true},

@@ -18,6 +18,7 @@ import (
 	"github.com/trustproxy/trustproxy/internal/cache"
 	"github.com/trustproxy/trustproxy/internal/cosign"
 	"github.com/trustproxy/trustproxy/internal/gun"
+	"github.com/trustproxy/trustproxy/internal/notation"
 	"github.com/trustproxy/trustproxy/internal/trust"
 	"github.com/trustproxy/trustproxy/internal/upstream"
 )
@@ -44,8 +45,10 @@ type Query struct {
 	From   *upstream.Registry // the repository's upstream, whose client reads signatures
 	Trust  *config.Trust      // the configuration's trust section: cosign's reverify_ttl, refusal_ttl
 	Cosign *cosign.Verifier   // Rule's compiled cosign verifier; nil when its sources do not list cosign
-	Tag    string             // a tag to resolve; "" when Digest is asked about
-	Digest digest.Digest
+	// Notation is Rule's compiled Notation verifier; nil when its sources do not list notation.
+	Notation *notation.Verifier
+	Tag      string // a tag to resolve; "" when Digest is asked about
+	Digest   digest.Digest
 }
 
 // A Source says whether a repository's digest (or tag) carries a signature
@@ -60,6 +63,7 @@ type Source interface {
 var (
 	_ Source = notarySource{}
 	_ Source = (*cosignSource)(nil)
+	_ Source = (*notationSource)(nil)
 )
 
 // errNoTags is a tag asked of a source that signs digests only.
@@ -203,6 +207,23 @@ func cosignReason(r cosign.Reason) Reason {
 type verifiedSet struct {
 	mem    *lru.Cache[string, verifiedEntry]
 	shared *cache.Shared
+	source config.Source // whose verdicts: cosign ("" too) or notation
+}
+
+// memKey and stamp keep the verdicts of sources apart: a rule listing
+// cosign and notation has one policy stamp and two verified sets.
+func (v *verifiedSet) memKey(n gun.Name, d digest.Digest) string {
+	if v.source == config.SourceNotation {
+		return "notation\x00" + n.At(d)
+	}
+	return n.At(d)
+}
+
+func (v *verifiedSet) stamp(r *config.Rule, t *config.Trust) string {
+	if v.source == config.SourceNotation {
+		return policyStamp(r, t) + "/notation"
+	}
+	return policyStamp(r, t)
 }
 
 type verifiedEntry struct {
@@ -234,6 +255,14 @@ func policyStamp(r *config.Rule, t *config.Trust) string {
 			fmt.Fprintf(h, "signer %q identity %q %q %q %q\n", s.Name, id.Issuer, id.IssuerRegexp, id.Subject, id.SubjectRegexp)
 		}
 	}
+	if r.Has(config.SourceNotation) {
+		fmt.Fprintf(h, "notation %q %q\n", t.Notation.Level, t.Notation.Revocation)
+		for _, s := range r.TrustedSigners {
+			if s.NotationPEM != nil {
+				fmt.Fprintf(h, "notation signer %q %x %q\n", s.Name, sha256.Sum256(s.NotationPEM), s.NotationIdentities)
+			}
+		}
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -246,13 +275,17 @@ func (v *verifiedSet) key(n gun.Name, d digest.Digest, policy string) string {
 // from Redis.
 func (v *verifiedSet) get(ctx context.Context, n gun.Name, r *config.Rule, t *config.Trust, d digest.Digest) (verifiedEntry, bool) {
 	now := time.Now()
-	if e, ok := v.mem.Get(n.At(d)); ok && e.rule == r && now.Before(e.Until) {
+	if e, ok := v.mem.Get(v.memKey(n, d)); ok && e.rule == r && now.Before(e.Until) {
 		return e, true
 	}
-	if v.shared == nil || r == nil || !r.Has(config.SourceCosign) {
+	src := v.source
+	if src == "" {
+		src = config.SourceCosign
+	}
+	if v.shared == nil || r == nil || !r.Has(src) {
 		return verifiedEntry{}, false
 	}
-	policy := policyStamp(r, t)
+	policy := v.stamp(r, t)
 	key := v.key(n, d, policy)
 	b := v.shared.Get(ctx, cache.KindVerified, key, maxSharedVerified)
 	if b == nil {
@@ -270,7 +303,7 @@ func (v *verifiedSet) get(ctx context.Context, n gun.Name, r *config.Rule, t *co
 		return verifiedEntry{}, false // over: an old entry replayed, or one from a replica whose clock is ahead
 	}
 	e.rule = r
-	v.mem.Add(n.At(d), e)
+	v.mem.Add(v.memKey(n, d), e)
 	return e, true
 }
 
@@ -278,11 +311,11 @@ func (v *verifiedSet) get(ctx context.Context, n gun.Name, r *config.Rule, t *co
 func (v *verifiedSet) put(ctx context.Context, n gun.Name, r *config.Rule, t *config.Trust, d digest.Digest, signers []string) {
 	now := time.Now()
 	e := verifiedEntry{rule: r, GUN: n.String(), Digest: d, Signers: signers, Verified: now, Until: now.Add(t.Cosign.ReverifyTTL)}
-	v.mem.Add(n.At(d), e)
+	v.mem.Add(v.memKey(n, d), e)
 	if v.shared == nil || v.shared.Health.Skip() {
 		return
 	}
-	e.Policy = policyStamp(r, t)
+	e.Policy = v.stamp(r, t)
 	payload, err := json.Marshal(e)
 	if err != nil {
 		return

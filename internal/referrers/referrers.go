@@ -43,6 +43,9 @@ var (
 	ErrTooMany = errors.New("more entries than the limit")
 	// ErrNotFound is a 404: the registry has no such manifest, blob or API.
 	ErrNotFound = errors.New("not found")
+	// ErrMismatch is content that does not hash to, or is not as long as,
+	// the descriptor that named it (or a descriptor with a negative size).
+	ErrMismatch = errors.New("content does not match its descriptor")
 )
 
 // A MalformedError is an answer that is no referrers index.
@@ -116,6 +119,40 @@ func Get(ctx context.Context, client Doer, u, accept string, limit int64) ([]byt
 		return nil, resp.Header, fmt.Errorf("GET %s: %w of %d", u, ErrTooLarge, limit)
 	}
 	return b, resp.Header, nil
+}
+
+// Fetch reads the manifest or blob (kind "manifests" or "blobs") of repo
+// that desc names and checks the bytes are it. A descriptor claiming more
+// than limit is refused (ErrTooLarge) before any request, a negative size
+// is ErrMismatch; the read stops at desc.Size bytes (ErrTooLarge past it),
+// and the bytes must hash to desc.Digest (ErrMismatch).
+func Fetch(ctx context.Context, client Doer, repo Repository, kind string, desc ocispec.Descriptor, limit int64) ([]byte, error) {
+	if desc.Size > limit {
+		return nil, fmt.Errorf("%s claims %d bytes: %w of %d", desc.Digest, desc.Size, ErrTooLarge, limit)
+	}
+	if desc.Size < 0 {
+		return nil, fmt.Errorf("%s has a negative size: %w", desc.Digest, ErrMismatch)
+	}
+	if !ValidDigest(desc.Digest) {
+		return nil, fmt.Errorf("%q is no sha256 digest: %w", desc.Digest, ErrMismatch)
+	}
+	accept := ""
+	if kind == "manifests" {
+		accept = desc.MediaType
+	}
+	b, _, err := Get(ctx, client, repo.URL(kind, desc.Digest.String(), nil), accept, desc.Size)
+	if err != nil {
+		return nil, err
+	}
+	if got := digest.FromBytes(b); got != desc.Digest || int64(len(b)) != desc.Size {
+		return nil, fmt.Errorf("%s came as %d bytes hashing to %s: %w", desc.Digest, len(b), got, ErrMismatch)
+	}
+	return b, nil
+}
+
+// ValidDigest says whether d is a well-formed sha256 digest.
+func ValidDigest(d digest.Digest) bool {
+	return d.Validate() == nil && d.Algorithm() == digest.SHA256
 }
 
 // TagOf is the referrers tag of d: sha256-<hex>.

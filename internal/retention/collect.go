@@ -181,8 +181,8 @@ func (m *mark) note(ctx context.Context, r record) {
 		return
 	}
 	rule := m.c.server.RuleFor(name.String())
-	if rule != nil && rule.Has(config.SourceCosign) {
-		// cosign lists no signed digests to protect: what a cosign rule's
+	if rule != nil && (rule.Has(config.SourceCosign) || rule.Has(config.SourceNotation)) {
+		// cosign and Notation list no signed digests to protect: what such a rule's
 		// repository served within max_age (a pull is recorded only once
 		// its digest verified, or under audit) is what is live.
 		m.protect(ctx, r.Digest)

@@ -1,0 +1,181 @@
+package proxy_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/trustproxy/trustproxy/internal/proxy"
+	"github.com/trustproxy/trustproxy/internal/testenv"
+	"github.com/trustproxy/trustproxy/internal/trust"
+)
+
+// notationRule is a rule for docker.io/** judged by Notation alone, the
+// signer acme trusted.
+const notationRule = `    - repositories: "docker.io/**"
+      sources: [notation]
+      signers: [acme]
+`
+
+// notationConfig is w's configuration with the signer acme (ca, with
+// identities) and rule in place of the default rule.
+func (w *world) notationConfig(t *testing.T, dataDir string, ca *testenv.NotationCA, identities []string, rule, extra string) string {
+	t.Helper()
+	ids, _ := json.Marshal(identities)
+	cfg := w.config(t, dataDir, extra)
+	cfg = strings.Replace(cfg, "  rules:\n", "    - name: acme\n      notation_ca: "+ca.PEMFile+"\n      notation_identities: "+string(ids)+"\n  rules:\n", 1)
+	return strings.Replace(cfg, "    - repositories: \"docker.io/**\"\n      signers: [alice]\n", rule, 1)
+}
+
+// pushNotationSigned pushes a fresh image as library/app:tag and signs its
+// digest with k (nil: unsigned).
+func (w *world) pushNotationSigned(t *testing.T, tag, seed string, k *testenv.NotationKey) v1.Hash {
+	t.Helper()
+	h := w.Registry.Push(t, "library/app", tag, testenv.Image(t, seed, 2, 8<<10))
+	if k != nil {
+		w.Registry.NotationSign(t, "library/app", digest.Digest(h.String()), k)
+	}
+	return h
+}
+
+// TestNotation: under a notation-only rule, an image signed under the
+// pinned CA by a trusted identity is served (tag and digest, through
+// go-containerregistry's client); one signed under another CA, one by an
+// identity the signer does not list, an unsigned one and a blob of an
+// unverified manifest are refused with their reasons; tags/list leaves the
+// referrers tags out.
+func TestNotation(t *testing.T) {
+	w := newWorld(t)
+	acme, evil := testenv.NewNotationCA(t, "acme"), testenv.NewNotationCA(t, "evil")
+	release := acme.Key(t, "release", 0)
+	signed := w.pushNotationSigned(t, "v1", "notation-v1", release)
+	untrusted := w.pushNotationSigned(t, "evil", "notation-evil", evil.Key(t, "release", 0))
+	w.pushNotationSigned(t, "intern", "notation-intern", acme.Key(t, "intern", 0))
+	w.pushNotationSigned(t, "unsigned", "notation-unsigned", nil)
+	p := start(t, w.notationConfig(t, t.TempDir(), acme, []string{release.Identity()}, notationRule, ""))
+
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("served %s, want %s", got, signed)
+	}
+	d := p.decision(t, gun, "v1")
+	if d["verdict"] != "served" || d["source"] != "notation" || d["role"] != "notation" || !slices.Equal(toStrings(d["signers"]), []string{"acme"}) {
+		t.Fatalf("decision %v, want served by notation, signer acme", d)
+	}
+	if got := p.mustPull(t, "library/app@"+signed.String()); got != signed {
+		t.Fatalf("by digest: served %s", got)
+	}
+
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/evil")
+	wantDenied(t, status, body, proxy.Reason(trust.UntrustedSigner))
+	p.wantDecision(t, gun, "evil", "denied", proxy.Reason(trust.UntrustedSigner))
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/intern")
+	wantDenied(t, status, body, proxy.ReasonIdentityMismatch)
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/unsigned")
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
+	if !strings.Contains(string(body), "notation") {
+		t.Errorf("refusal %s does not say notation refused", body)
+	}
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+w.layerOf(t, untrusted).String())
+	wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
+
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/tags/list")
+	var tags struct{ Tags []string }
+	if err := json.Unmarshal(body, &tags); status != http.StatusOK || err != nil {
+		t.Fatalf("tags/list: %d %s", status, body)
+	}
+	if slices.ContainsFunc(tags.Tags, func(s string) bool { return strings.HasPrefix(s, "sha256-") }) || !slices.Contains(tags.Tags, "v1") {
+		t.Errorf("tags/list %v: want v1, and no referrers tags", tags.Tags)
+	}
+}
+
+// TestNotationRequireAll: a rule requiring all of notary and notation
+// refuses an image only one of them signed, naming what is missing, and
+// serves one both signed.
+func TestNotationRequireAll(t *testing.T) {
+	w := newWorld(t)
+	acme := testenv.NewNotationCA(t, "acme")
+	k := acme.Key(t, "release", 0)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "notary-only", "nall-notary-only")
+	w.pushNotationSigned(t, "notation-only", "nall-notation-only", k)
+	both := w.pushSigned(t, "library/app", "both", "nall-both")
+	w.Registry.NotationSign(t, "library/app", digest.Digest(both.String()), k)
+	rule := `    - repositories: "docker.io/**"
+      sources: [notary, notation]
+      require: all
+      signers: [alice, acme]
+`
+	p := start(t, w.notationConfig(t, t.TempDir(), acme, []string{"*"}, rule, ""))
+
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/notary-only")
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
+	if !strings.Contains(string(body), "notation did not verify") {
+		t.Errorf("refusal %s does not name notation as missing", body)
+	}
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/notation-only")
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
+	if !strings.Contains(string(body), "notary did not verify") {
+		t.Errorf("refusal %s does not name notary as missing", body)
+	}
+	if got := p.mustPull(t, "library/app:both"); got != both {
+		t.Fatalf("served %s, want %s", got, both)
+	}
+	d := p.decision(t, gun, "both")
+	if d["source"] != "notary+notation" || !slices.Equal(toStrings(d["signers"]), []string{"alice", "acme"}) {
+		t.Fatalf("decision %v, want source notary+notation, signers alice and acme", d)
+	}
+}
+
+// TestNotationAudit: under an audit rule an image signed under another CA
+// is served and the decision says it would have been denied, and why.
+func TestNotationAudit(t *testing.T) {
+	w := newWorld(t)
+	acme, evil := testenv.NewNotationCA(t, "acme"), testenv.NewNotationCA(t, "evil")
+	h := w.pushNotationSigned(t, "v1", "naudit-v1", evil.Key(t, "release", 0))
+	p := start(t, w.notationConfig(t, t.TempDir(), acme, []string{"*"}, notationRule+"      mode: audit\n", ""))
+	if got := p.mustPull(t, "library/app:v1"); got != h {
+		t.Fatalf("served %s, want %s", got, h)
+	}
+	d := p.decision(t, gun, "v1")
+	if d["verdict"] != "audit" || d["would_deny"] != true || d["reason"] != string(trust.UntrustedSigner) {
+		t.Fatalf("decision %v, want audit, would_deny, untrusted_signer", d)
+	}
+}
+
+// TestNotationDockerPullThroughMirror: the real dockerd, with trustproxy as
+// its registry mirror, pulls an image signed under the pinned CA, and
+// fails to pull one signed under another CA and an unsigned one, which
+// trustproxy denies with their reasons.
+func TestNotationDockerPullThroughMirror(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Docker daemon")
+	}
+	w := newWorld(t)
+	acme, evil := testenv.NewNotationCA(t, "acme"), testenv.NewNotationCA(t, "evil")
+	signed := w.pushNotationSigned(t, "v1", "docker-notation-v1", acme.Key(t, "release", 0))
+	w.pushNotationSigned(t, "evil", "docker-notation-evil", evil.Key(t, "release", 0))
+	w.pushNotationSigned(t, "v2", "docker-notation-v2", nil)
+	p := start(t, w.notationConfig(t, t.TempDir(), acme, []string{"*"}, notationRule, ""))
+	d := testenv.StartDockerd(t, p.srv.URL)
+	ctx := t.Context()
+	if out, err := d.Pull(ctx, "app:v1"); err != nil {
+		t.Fatalf("docker pull app:v1 through the mirror: %v\n%s", err, out)
+	}
+	digests, err := d.RepoDigests(ctx, "app:v1")
+	if err != nil || !slices.Contains(digests, "app@"+signed.String()) {
+		t.Fatalf("RepoDigests %v (%v), want app@%s", digests, err, signed)
+	}
+	if out, err := d.Pull(ctx, "app:evil"); err == nil {
+		t.Fatalf("docker pull app:evil (another CA) succeeded:\n%s", out)
+	}
+	p.wantDecision(t, gun, "evil", "denied", proxy.Reason(trust.UntrustedSigner))
+	if out, err := d.Pull(ctx, "app:v2"); err == nil {
+		t.Fatalf("docker pull app:v2 (unsigned) succeeded:\n%s", out)
+	}
+	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
+}
