@@ -220,6 +220,20 @@ type Signer struct {
 	NotationPEM []byte `yaml:"-"`
 }
 
+// Signs says whether s has a key for source: notary a public_key or
+// key_ids, cosign a cosign_key or cosign_identity, notation a notation_ca.
+func (s *Signer) Signs(source Source) bool {
+	switch source {
+	case SourceNotary:
+		return s.PublicKey != "" || len(s.KeyIDs) > 0
+	case SourceCosign:
+		return s.CosignKey != "" || s.CosignIdentity != nil
+	case SourceNotation:
+		return s.NotationCA != ""
+	}
+	return false
+}
+
 // CosignIdentity is a keyless signer's certificate identity: its OIDC
 // issuer and its subject (the certificate's SAN: an email, or a URI such
 // as a CI workflow's), each exact or a regular expression (RE2) that must

@@ -1015,8 +1015,11 @@ func TestCosignRule(t *testing.T) {
 	if _, err := load("      sources: [cosign]\n      signers: [ci]\n"); err == nil || !strings.Contains(err.Error(), "trust.rules[0].allow_no_tlog: cosign signatures must have a transparency-log entry") {
 		t.Errorf("no tlog, no trusted root: %v", err)
 	}
-	if _, err := load("      sources: [cosign]\n      signers: [alice]\n      allow_no_tlog: true\n"); err == nil || !strings.Contains(err.Error(), `trust.rules[0].signers[0]: signer "alice" has no cosign_key`) {
+	if _, err := load("      sources: [cosign]\n      signers: [alice]\n      allow_no_tlog: true\n"); err == nil || !strings.Contains(err.Error(), `trust.rules[0].signers[0]: signer "alice" has no key for any source of this rule [cosign]`) {
 		t.Errorf("signer without cosign key: %v", err)
+	}
+	if _, err := load("      signers: [ci]\n"); err == nil || !strings.Contains(err.Error(), `signer "ci" has no key for any source of this rule [notary]`) {
+		t.Errorf("a cosign signer under a Notary rule: %v", err)
 	}
 	if _, err := load("      signers: [bad]\n"); err == nil || !strings.Contains(err.Error(), "trust.signers[1].cosign_key: not a PEM public key") {
 		t.Errorf("bad cosign key: %v", err)

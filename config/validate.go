@@ -794,6 +794,11 @@ func (c *Config) checkSources(p *problems, f string, r *Rule) {
 	if r.Require != RequireAny && r.Require != RequireAll {
 		p.addf(f+".require", "%q: want %s or %s", r.Require, RequireAny, RequireAll)
 	}
+	for j, name := range r.Signers {
+		if s := c.signer(name); s != nil && !slices.ContainsFunc(r.Sources, s.Signs) {
+			p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no key for any source of this rule %v: notary needs public_key or key_ids, cosign cosign_key or cosign_identity, notation notation_ca", name, r.Sources)
+		}
+	}
 	c.checkNotation(p, f, r)
 	if !r.Has(SourceCosign) {
 		if r.AllowNoTlog {
@@ -802,7 +807,7 @@ func (c *Config) checkSources(p *problems, f string, r *Rule) {
 		return
 	}
 	keys, identities := 0, 0
-	for j, name := range r.Signers {
+	for _, name := range r.Signers {
 		s := c.signer(name)
 		if s == nil {
 			continue // reported above
@@ -810,12 +815,8 @@ func (c *Config) checkSources(p *problems, f string, r *Rule) {
 		if s.CosignIdentity != nil {
 			identities++
 		}
-		switch {
-		case s.CosignKey != "":
+		if s.CosignKey != "" {
 			keys++
-		case s.CosignIdentity != nil:
-		case !r.Has(SourceNotary):
-			p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no cosign_key or cosign_identity, and the rule's only source is cosign", name)
 		}
 	}
 	switch {
@@ -849,20 +850,16 @@ func checkCosignIdentity(p *problems, f string, id *CosignIdentity) {
 }
 
 // checkNotation checks that a rule listing notation has signers with
-// notation_ca.
+// notation_ca. (Each signer's having a key for some source of the rule is
+// checked by checkSources.)
 func (c *Config) checkNotation(p *problems, f string, r *Rule) {
 	if !r.Has(SourceNotation) {
 		return
 	}
 	cas := 0
-	for j, name := range r.Signers {
-		s := c.signer(name)
-		switch {
-		case s == nil:
-		case s.NotationCA != "":
+	for _, name := range r.Signers {
+		if s := c.signer(name); s != nil && s.NotationCA != "" {
 			cas++
-		case len(r.Sources) == 1:
-			p.addf(fmt.Sprintf("%s.signers[%d]", f, j), "signer %q has no notation_ca, and the rule's only source is notation", name)
 		}
 	}
 	if cas == 0 {

@@ -156,3 +156,67 @@ scan:
 		t.Fatalf("check --scan of the clean image: %v %v", v, err)
 	}
 }
+
+// TestCheckSignatureSources: under a rule whose sources are cosign and
+// Notation, check resolves the tag through the upstream and decides as a
+// pull would: a cosign signature by the pinned key and a Notation
+// signature under the pinned CA are served, each naming its source and
+// signer; a cosign signature by another key and an unsigned image are
+// refused with their reasons (exit 1).
+func TestCheckSignatureSources(t *testing.T) {
+	env := testenv.New(t)
+	ci, other := testenv.NewCosignKey(t, "ci"), testenv.NewCosignKey(t, "other")
+	acme := testenv.NewNotationCA(t, "acme")
+	release := acme.Key(t, "release", 0)
+	push := func(tag string) digest.Digest {
+		return digest.Digest(env.Registry.Push(t, "library/app", tag, testenv.Image(t, "check "+tag, 1, 1024)).String())
+	}
+	env.Registry.CosignSign(t, "library/app", push("cosign"), ci)
+	env.Registry.NotationSign(t, "library/app", push("notation"), release)
+	env.Registry.CosignSign(t, "library/app", push("other"), other)
+	push("unsigned")
+
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "trustproxy.yaml")
+	yaml := fmt.Sprintf(`data_dir: %s
+upstreams: [{name: docker.io, url: %q}]
+trust:
+  signers:
+    - {name: ci, cosign_key: %q}
+    - {name: acme, notation_ca: %q, notation_identities: [%q]}
+  rules:
+    - {repositories: "docker.io/**", sources: [cosign, notation], signers: [ci, acme], allow_no_tlog: true}
+`, filepath.Join(dir, "data"), env.Registry.URL(), ci.PubFile, acme.PEMFile, release.Identity())
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		tag, verdict, reason, source, signer string
+		exit                                 error
+	}{
+		{"cosign", "served", "verified", "cosign", "ci", nil},
+		{"notation", "served", "verified", "notation", "acme", nil},
+		{"other", "denied", "untrusted_signer", "", "", exitError(1)},
+		{"unsigned", "denied", "not_signed", "", "", exitError(1)},
+	} {
+		var out, stderr bytes.Buffer
+		err := run(t.Context(), []string{"check", "--json", "--config", cfg, "library/app:" + c.tag}, &out, &stderr)
+		if err != c.exit {
+			t.Errorf("check %s: %v, want %v\n%s%s", c.tag, err, c.exit, out.String(), stderr.String())
+			continue
+		}
+		var got struct {
+			Verdict, Reason, Source, Message string
+			Signers                          []string
+		}
+		if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+			t.Fatalf("check %s: %v in %s", c.tag, err, out.String())
+		}
+		if got.Verdict != c.verdict || got.Reason != c.reason || got.Source != c.source || (c.signer != "" && !slices.Contains(got.Signers, c.signer)) {
+			t.Errorf("check %s: %+v, want %s (%s) by %s %s", c.tag, got, c.verdict, c.reason, c.source, c.signer)
+		}
+		if c.verdict == "denied" && !strings.Contains(got.Message, "refused ("+c.reason+")") {
+			t.Errorf("check %s: message %q gives no reason", c.tag, got.Message)
+		}
+	}
+}

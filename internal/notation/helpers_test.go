@@ -8,10 +8,12 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/big"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -116,12 +118,12 @@ func crossSigned(t testing.TB) (x, y *x509.Certificate) {
 
 // serveIndex makes the registry answer the referrers tag of subject with
 // body (no Content-Length), and counts the requests for each path.
-func (u *upstream) serveIndex(t testing.TB, subject digest.Digest, body []byte, extra map[string][]byte) map[string]int {
+func (u *upstream) serveIndex(t testing.TB, subject digest.Digest, body []byte, extra map[string][]byte) *requested {
 	t.Helper()
-	seen := map[string]int{}
+	seen := &requested{paths: map[string]int{}}
 	tag := strings.Replace(subject.String(), ":", "-", 1)
 	u.reg.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
-		seen[r.URL.Path]++
+		seen.add(r.URL.Path)
 		if strings.HasSuffix(r.URL.Path, "/manifests/"+tag) {
 			w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
 			w.WriteHeader(http.StatusOK)
@@ -153,9 +155,29 @@ func sigManifestBytes(subject, layer ocispec.Descriptor) []byte {
 	return b
 }
 
-func mustNot(t testing.TB, seen map[string]int, d digest.Digest) {
+// requested counts the paths an upstream was asked for; the registry's
+// handlers run concurrently.
+type requested struct {
+	mu    sync.Mutex
+	paths map[string]int
+}
+
+func (r *requested) add(path string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.paths[path]++
+}
+
+// snapshot is a copy of the counts so far.
+func (r *requested) snapshot() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.paths)
+}
+
+func mustNot(t testing.TB, seen *requested, d digest.Digest) {
 	t.Helper()
-	for p, n := range seen {
+	for p, n := range seen.snapshot() {
 		if strings.HasSuffix(p, d.String()) {
 			t.Fatalf("%s was requested %d times", p, n)
 		}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
 	"gopkg.in/yaml.v3"
 
 	"github.com/trustproxy/trustproxy/internal/proxy"
@@ -619,4 +621,71 @@ func TestClientsCranePathPrefix(t *testing.T) {
 		t.Fatalf("crane pull of the unsigned v2: err %v, output:\n%s", err, out)
 	}
 	p.wantDecision(t, gun, "v2", "denied", proxy.Reason(trust.NotSigned))
+}
+
+// TestClientsCraneSignatureSources pulls with the crane command through
+// trustproxy under one rule whose sources are cosign and Notation (require
+// any), each signer trusted for one kind: a keyless cosign signature of the
+// trusted identity, a keyed cosign signature logged in the test Sigstore's
+// Rekor, and a Notation signature under the trusted CA pull; another
+// identity's keyless signature, one without its inclusion proof, a Notation
+// signature under another CA and an unsigned image fail, each with its
+// reason in crane's output and in the decision log.
+func TestClientsCraneSignatureSources(t *testing.T) {
+	needCommand(t, "crane", "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1, with $(go env GOPATH)/bin on PATH")
+	w := newWorld(t)
+	ss := testenv.NewTestSigstore(t)
+	ci := testenv.NewCosignKey(t, "ci")
+	acme, evil := testenv.NewNotationCA(t, "acme"), testenv.NewNotationCA(t, "evil")
+	release := acme.Key(t, "release", 0)
+
+	want := map[string]v1.Hash{
+		"keyless":  w.pushKeyless(t, "keyless", ss, releaseSubject, releaseIssuer, testenv.Keyless{}),
+		"notation": w.pushNotationSigned(t, "notation", "crane-notation", release),
+	}
+	keyed := w.pushCosigned(t, "keyed", "crane-keyed", nil)
+	w.Registry.CosignAttach(t, "library/app", digest.Digest(keyed.String()),
+		ss.Logged(t, ci.Bundle(t, w.Registry.Host()+"/library/app", digest.Digest(keyed.String())), ci))
+	want["keyed"] = keyed
+	w.pushKeyless(t, "fork", ss, strings.Replace(releaseSubject, "/app/", "/fork/", 1), releaseIssuer, testenv.Keyless{})
+	w.pushKeyless(t, "noproof", ss, releaseSubject, releaseIssuer, testenv.Keyless{NoInclusionProof: true})
+	w.pushNotationSigned(t, "evil", "crane-evil", evil.Key(t, "release", 0))
+	w.pushCosigned(t, "unsigned", "crane-unsigned", nil)
+
+	rule := `    - repositories: "docker.io/**"
+      sources: [cosign, notation]
+      signers: [ci, release, acme]
+`
+	cfg := w.keylessConfig(t, t.TempDir(), ci, ss.RootFile, anchoredRelease, rule, "")
+	cfg = strings.Replace(cfg, "  rules:\n", "    - name: acme\n      notation_ca: "+acme.PEMFile+
+		"\n      notation_identities: ['"+release.Identity()+"']\n  rules:\n", 1)
+	p := start(t, cfg)
+
+	dir := t.TempDir()
+	crane := func(tag string) (string, error) {
+		cmd := exec.CommandContext(t.Context(), "crane", "pull", "--insecure", p.host+"/library/app:"+tag, filepath.Join(dir, tag+".tar"))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for tag, d := range want {
+		if out, err := crane(tag); err != nil {
+			t.Errorf("crane pull %s: %v\n%s", tag, err, out)
+			continue
+		}
+		if got := p.decision(t, gun, tag); got["verdict"] != "served" || got["digest"] != d.String() {
+			t.Errorf("decision for crane's pull of app:%s: %v, want served %s", tag, got, d)
+		}
+	}
+	for tag, reason := range map[string]proxy.Reason{
+		"fork":     proxy.ReasonIdentityMismatch,
+		"noproof":  proxy.ReasonNoTlog,
+		"evil":     proxy.Reason(trust.UntrustedSigner),
+		"unsigned": proxy.Reason(trust.NotSigned),
+	} {
+		out, err := crane(tag)
+		if err == nil || !strings.Contains(out, "("+string(reason)+")") {
+			t.Errorf("crane pull of %s: err %v, want %s in the output:\n%s", tag, err, reason, out)
+		}
+		p.wantDecision(t, gun, tag, "denied", reason)
+	}
 }

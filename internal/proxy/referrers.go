@@ -37,6 +37,9 @@ const (
 	maxReferrerReads = 16
 	// maxReferrerSubjects bounds the referrers remembered in memory.
 	maxReferrerSubjects = 1 << 14
+	// maxReferrerPrefetch bounds the referrers of one list read into
+	// storage when it is served (storeListed).
+	maxReferrerPrefetch = 8
 )
 
 // imageConfigTypes are the config media types of runnable images: a
@@ -52,16 +55,23 @@ func imageLayer(mt string) bool {
 		strings.HasPrefix(mt, "application/vnd.docker.image.rootfs.")
 }
 
-// referrerSet remembers, by GUN@digest, the subject of each referrer this
-// process found servable, so that a request for one of its blobs finds it
-// without reading storage. It holds facts about content (the manifest of
-// that digest names that subject); whether the subject may be read is
-// decided again on every request.
+// referrerSet remembers, by GUN@digest, what this process learnt about
+// referrers:
 //
-// It also remembers, for trust.refusal_ttl, the digests that are no
-// servable referrer (missing upstream, no subject, runnable), so that
-// repeated requests for one cost one upstream read per refusal_ttl.
+//   - listed: the digests a referrers list it served named, with the
+//     subject it was listed for. Only these are ever read from the upstream
+//     by digest when no source verified them: a digest nobody listed costs
+//     no upstream read (an unsigned digest is never fetched).
+//   - subjects: the subject of each referrer found servable, so that a
+//     request for one of its blobs finds it without reading storage.
+//   - refused: for trust.refusal_ttl, the listed digests that are no
+//     servable referrer (missing upstream, no subject, runnable), so that
+//     repeated requests or lists cost one upstream read per refusal_ttl.
+//
+// They hold facts about content and lists; whether a subject may be read
+// is decided again on every request.
 type referrerSet struct {
+	listed   *lru.Cache[string, digest.Digest]
 	subjects *lru.Cache[string, digest.Digest]
 	refused  *lru.Cache[string, refusedReferrer]
 }
@@ -74,9 +84,22 @@ type refusedReferrer struct {
 }
 
 func newReferrerSet() *referrerSet {
-	c, _ := lru.New[string, digest.Digest](maxReferrerSubjects) // fails only for a size <= 0
+	l, _ := lru.New[string, digest.Digest](maxReferrerSubjects) // fails only for a size <= 0
+	c, _ := lru.New[string, digest.Digest](maxReferrerSubjects)
 	f, _ := lru.New[string, refusedReferrer](maxReferrerSubjects)
-	return &referrerSet{subjects: c, refused: f}
+	return &referrerSet{listed: l, subjects: c, refused: f}
+}
+
+// noReferrer is why a manifest is not served as a referrer; detail is ""
+// when it is simply none (missing, not listed, names no subject), and says
+// why otherwise.
+type noReferrer struct{ detail string }
+
+func (e *noReferrer) Error() string {
+	if e.detail == "" {
+		return "no referrer"
+	}
+	return e.detail
 }
 
 // errNoSubject is a manifest that names no subject: no referrer.
@@ -177,36 +200,21 @@ func (s *Server) judgeReferrer(ctx context.Context, req *request, d *Decision, e
 
 // judgeReferrerManifest serves the manifest req.dgst, refused as r, when it
 // is a referrer (artifactSubject) of a subject readable in req's
-// repository. Its bytes are read by digest, bounded, and hashed; stored
-// only once they pass.
+// repository. Its bytes come from storage, or, when a referrers list named
+// it, from the upstream by digest, bounded and hashed (referrerManifest).
 func (s *Server) judgeReferrerManifest(ctx context.Context, req *request, d *Decision, r *Refusal) error {
-	key := req.name.At(req.dgst)
-	if f, ok := s.referrers.refused.Get(key); ok && time.Now().Before(f.until) {
-		if f.detail == "" {
+	m, subject, source, err := s.referrerManifest(ctx, req, req.dgst)
+	if nr, ok := errors.AsType[*noReferrer](err); ok {
+		if nr.detail == "" {
 			return r
 		}
-		return r.with(f.detail)
+		return r.with(nr.detail)
 	}
-	remember := func(detail string) {
-		s.referrers.refused.Add(key, refusedReferrer{detail: detail, until: time.Now().Add(req.pol.cfg.Trust.RefusalTTL)})
-	}
-	m, source, err := s.referrerManifest(ctx, req, req.dgst)
 	if err != nil {
 		if t := retryable(err); t != nil {
 			return t
 		}
-		remember("")
 		return r // not there, or not a manifest: refused as it was
-	}
-	subject, err := artifactSubject(m)
-	if errors.Is(err, errNoSubject) {
-		remember("")
-		return r
-	}
-	if err != nil {
-		detail := "it names a subject but is not served as a referrer: " + err.Error()
-		remember(detail)
-		return r.with(detail)
 	}
 	if serr := s.readable(ctx, req, subject); serr != nil {
 		if isRefusal(serr) {
@@ -214,7 +222,6 @@ func (s *Server) judgeReferrerManifest(ctx context.Context, req *request, d *Dec
 		}
 		return serr
 	}
-	s.referrers.subjects.Add(req.name.At(m.Digest), subject)
 	d.manifest, d.source, d.Source, d.Subject = m, source, "referrer", subject
 	d.Digest, d.Size, d.desc = m.Digest, int64(len(m.Body)), v1.Descriptor{Digest: m.Digest, Size: int64(len(m.Body)), MediaType: m.MediaType}
 	return nil
@@ -228,39 +235,70 @@ func (r *Refusal) with(more string) *Refusal {
 	return &c
 }
 
-// referrerManifest reads the manifest dgst of req's repository from
-// storage or else the upstream (at most maxReferrerManifest bytes), checks
-// its bytes hash to dgst, and records what it lists in the reference graph.
-// It stores upstream bytes only when they are a servable referrer.
-func (s *Server) referrerManifest(ctx context.Context, req *request, dgst digest.Digest) (*manifest.Manifest, string, error) {
-	want := v1.Descriptor{Digest: dgst, Size: -1}
+// referrerManifest is the manifest dgst of req's repository and its
+// subject when it is a servable referrer (artifactSubject), else a
+// *noReferrer or the error that is no answer. It is read from storage
+// (where any replica put it), else, only when a referrers list this
+// process served named it (referrerSet.listed), from the upstream (at most
+// maxReferrerManifest bytes), hashed to dgst, its subject the one it was
+// listed for; stored once it passes, so that every replica finds it. What
+// it lists is recorded in the reference graph, for its blobs.
+func (s *Server) referrerManifest(ctx context.Context, req *request, dgst digest.Digest) (*manifest.Manifest, digest.Digest, string, error) {
+	key := req.name.At(dgst)
 	ms, err := s.manifestService(ctx, req)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	if stored, err := ms.Get(ctx, dgst); err == nil {
-		if m, err := storedManifest(stored, want); err == nil {
+		if m, err := storedManifest(stored, v1.Descriptor{Digest: dgst, Size: -1}); err == nil {
+			subject, err := artifactSubject(m)
+			if err != nil {
+				return nil, "", "", &noReferrer{}
+			}
 			s.graph.Record(m.Digest, m.Refs)
-			return m, "cache", nil
+			s.referrers.subjects.Add(key, subject)
+			return m, subject, "cache", nil
 		}
+	}
+	listedFor, ok := s.referrers.listed.Get(key)
+	if !ok {
+		return nil, "", "", &noReferrer{}
+	}
+	if f, ok := s.referrers.refused.Get(key); ok && time.Now().Before(f.until) {
+		return nil, "", "", &noReferrer{detail: f.detail}
+	}
+	refuse := func(detail string) error {
+		s.referrers.refused.Add(key, refusedReferrer{detail: detail, until: time.Now().Add(req.pol.cfg.Trust.RefusalTTL)})
+		return &noReferrer{detail: detail}
 	}
 	body, err := req.from.Manifest(ctx, req.name.Path(), dgst.String(), maxReferrerManifest)
 	if err != nil {
-		return nil, "", err
+		if t := retryable(err); t != nil {
+			return nil, "", "", t
+		}
+		return nil, "", "", refuse("")
 	}
-	m, err := manifest.Verify(body, want)
+	m, err := manifest.Verify(body, v1.Descriptor{Digest: dgst, Size: -1})
 	if err != nil {
 		s.metrics.upstream.WithLabelValues("manifest", "mismatch").Inc()
-		return nil, "", err
+		return nil, "", "", refuse("")
 	}
-	if _, err := artifactSubject(m); err == nil {
-		if err := storeManifest(ctx, ms, m); err != nil {
-			return nil, "", err
-		}
-		s.metrics.upstream.WithLabelValues("manifest", "ok").Inc()
+	subject, err := artifactSubject(m)
+	switch {
+	case errors.Is(err, errNoSubject):
+		return nil, "", "", refuse("")
+	case err != nil:
+		return nil, "", "", refuse("it names a subject but is not served as a referrer: " + err.Error())
+	case subject != listedFor:
+		return nil, "", "", refuse(fmt.Sprintf("it was listed as a referrer of %s but names %s", listedFor, subject))
 	}
+	if err := storeManifest(ctx, ms, m); err != nil {
+		return nil, "", "", err
+	}
+	s.metrics.upstream.WithLabelValues("manifest", "ok").Inc()
 	s.graph.Record(m.Digest, m.Refs)
-	return m, "upstream", nil
+	s.referrers.subjects.Add(key, subject)
+	return m, subject, "upstream", nil
 }
 
 // readable says whether the manifest subject would be served in req's
@@ -296,11 +334,8 @@ func (s *Server) judgeReferrerBlob(ctx context.Context, req *request, d *Decisio
 		subj, ok := s.referrers.subjects.Get(req.name.At(p))
 		if !ok && reads < maxReferrerReads {
 			reads++
-			if m, _, err := s.storedReferrer(ctx, req, p); err == nil {
-				if subj, err = artifactSubject(m); err == nil {
-					ok = true
-					s.referrers.subjects.Add(req.name.At(p), subj)
-				}
+			if _, sj, _, err := s.referrerManifest(ctx, req, p); err == nil {
+				subj, ok = sj, true
 			}
 		}
 		if !ok {
@@ -330,21 +365,6 @@ func (s *Server) judgeReferrerBlob(ctx context.Context, req *request, d *Decisio
 	}
 	d.desc, d.Size, d.Source, d.Subject = desc, desc.Size, "referrer", subject
 	return nil
-}
-
-// storedReferrer reads the manifest dgst of req's repository from storage
-// alone, checked against its digest.
-func (s *Server) storedReferrer(ctx context.Context, req *request, dgst digest.Digest) (*manifest.Manifest, string, error) {
-	ms, err := s.manifestService(ctx, req)
-	if err != nil {
-		return nil, "", err
-	}
-	stored, err := ms.Get(ctx, dgst)
-	if err != nil {
-		return nil, "", err
-	}
-	m, err := storedManifest(stored, v1.Descriptor{Digest: dgst, Size: -1})
-	return m, "cache", err
 }
 
 // listReferrers reads the referrers of subject in req's repository from
@@ -381,11 +401,32 @@ func (s *Server) listReferrers(ctx context.Context, req *request, subject digest
 	s.metrics.upstream.WithLabelValues("referrers", "ok").Inc()
 	out := make([]v1.Descriptor, 0, len(list))
 	for _, e := range list {
-		if e.MediaType == v1.MediaTypeImageManifest && !imageConfigTypes[e.ArtifactType] {
+		if e.MediaType == v1.MediaTypeImageManifest && !imageConfigTypes[e.ArtifactType] && referrers.ValidDigest(e.Digest) {
 			out = append(out, e)
+			s.referrers.listed.Add(req.name.At(e.Digest), subject)
 		}
 	}
+	s.storeListed(ctx, req, out)
 	return out, nil
+}
+
+// storeListed reads into storage the first maxReferrerPrefetch referrers of
+// a list that storage lacks (referrerManifest: only servable ones are
+// stored), so that a client whose next request goes to another replica
+// finds them there. What fails here is left to the request for it.
+func (s *Server) storeListed(ctx context.Context, req *request, list []v1.Descriptor) {
+	ms, err := s.manifestService(ctx, req)
+	if err != nil {
+		return
+	}
+	for _, e := range list[:min(len(list), maxReferrerPrefetch)] {
+		if ok, err := ms.Exists(ctx, e.Digest); err == nil && ok {
+			continue
+		}
+		if _, _, _, err := s.referrerManifest(ctx, req, e.Digest); err != nil {
+			s.log.Debug("referrer not stored", "repo", req.name.String(), "digest", e.Digest, "err", err)
+		}
+	}
 }
 
 // serveReferrers answers GET and HEAD /v2/<name>/referrers/<digest> (OCI

@@ -75,16 +75,26 @@ func (w *world) putArtifact(t *testing.T, subject v1.Hash, at, cfgType, layerTyp
 	m.SchemaVersion = 2
 	b, _ := json.Marshal(m)
 	d := digest.FromBytes(b)
-	if err := remote.Put(repo.Digest(d.String()), rawManifest{b}, remote.WithContext(ctx)); err != nil {
+	if err := remote.Put(repo.Digest(d.String()), rawManifest{b: b}, remote.WithContext(ctx)); err != nil {
 		t.Fatal(err)
 	}
 	return v1.Hash{Algorithm: "sha256", Hex: d.Encoded()}, v1.Hash{Algorithm: "sha256", Hex: layer.Digest.Encoded()}
 }
 
-type rawManifest struct{ b []byte }
+// rawManifest is a manifest of media type mt (an OCI image manifest when
+// "") with the bytes b.
+type rawManifest struct {
+	b  []byte
+	mt types.MediaType
+}
 
-func (r rawManifest) RawManifest() ([]byte, error)        { return r.b, nil }
-func (r rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+func (r rawManifest) RawManifest() ([]byte, error) { return r.b, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) {
+	if r.mt == "" {
+		return types.OCIManifestSchema1, nil
+	}
+	return r.mt, nil
+}
 
 // TestReferrersCosign: under a cosign rule, the referrers of a verified
 // digest are listed (the upstream has no referrers API: trustproxy reads
@@ -248,13 +258,13 @@ func TestReferrersNotary(t *testing.T) {
 
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/"+mustDigest(t, evil))
 	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
-	if !strings.Contains(string(body), "runnable image") {
-		t.Errorf("refusal %s does not say why it is no referrer", body)
-	}
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+evilLayer.String())
 	wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/"+sneaky.String())
 	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
+	if !strings.Contains(string(body), "runnable image") {
+		t.Errorf("refusal %s does not say why it is no referrer", body)
+	}
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+sneakyLayer.String())
 	wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
 	if _, err := p.pull(t, "library/app@"+mustDigest(t, evil)); err == nil {
@@ -276,6 +286,72 @@ func TestReferrersNotary(t *testing.T) {
 	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
 	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/blobs/"+unsLayer.String())
 	wantRefused(t, status, body, http.StatusNotFound, "BLOB_UNKNOWN", proxy.ReasonNotReferenced)
+
+	// Whoever pushes the referrers tag lists, for the signed image, the
+	// artifact of the unsigned one: listed, and still refused by digest.
+	repo, err := name.NewRepository(w.Registry.Host()+"/library/app", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, err := remote.Get(repo.Tag(tag), remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var planted ocispec.Index
+	if err := json.Unmarshal(cur.Manifest, &planted); err != nil {
+		t.Fatal(err)
+	}
+	ud, err := remote.Head(repo.Digest(unsArt.String()), remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	planted.Manifests = append(planted.Manifests, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: sbomType,
+		Digest: digest.Digest(unsArt.String()), Size: ud.Size})
+	pb, _ := json.Marshal(planted)
+	if err := remote.Put(repo.Tag(tag), rawManifest{b: pb, mt: types.OCIImageIndex}, remote.WithContext(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	status, _, idx, body = p.referrersOf(t, signed, "")
+	if status != http.StatusOK || len(idx.Manifests) != len(planted.Manifests)-1 {
+		// evil is in the tag's index and not listed (a runnable image).
+		t.Fatalf("referrers after the plant: %d %s", status, body)
+	}
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/"+unsArt.String())
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
+	if !strings.Contains(string(body), "listed as a referrer of "+signed.String()) {
+		t.Errorf("refusal %s does not say the listed subject differs", body)
+	}
+}
+
+// TestReferrersAcrossReplicas: a client lists the referrers of a signed
+// image on one replica and fetches the artifact and its blob on another,
+// which never listed them: served, from the storage they share (the
+// listing replica stored the artifact).
+func TestReferrersAcrossReplicas(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	signed := w.pushSigned(t, "library/app", "v1", "referrers-replicas")
+	const sbomType = "application/spdx+json"
+	art, artLayer := w.putArtifact(t, signed, sbomType, "application/vnd.oci.empty.v1+json", sbomType, []byte(`{"spdxVersion":"SPDX-2.3"}`))
+	a, b := twoReplicas(t, w, w.Registry.URL(), func(own string) string { return own })
+
+	// Before any list, neither replica reads it from the upstream.
+	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/"+art.String(), "Accept", ocispec.MediaTypeImageManifest)
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
+
+	status, _, idx, body := a.referrersOf(t, signed, "")
+	if status != http.StatusOK || len(idx.Manifests) != 1 || idx.Manifests[0].Digest.String() != art.String() {
+		t.Fatalf("referrers on a: %d %s", status, body)
+	}
+	if status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/"+art.String(), "Accept", ocispec.MediaTypeImageManifest); status != http.StatusOK {
+		t.Fatalf("the artifact on b: %d %s", status, body)
+	}
+	if d := b.decision(t, gun, art.String()); d["source"] != "referrer" || d["subject"] != signed.String() {
+		t.Errorf("decision on b %v", d)
+	}
+	if status, _, body := b.get(t, http.MethodGet, "/v2/library/app/blobs/"+artLayer.String()); status != http.StatusOK || string(body) != `{"spdxVersion":"SPDX-2.3"}` {
+		t.Fatalf("the artifact's blob on b: %d %s", status, body)
+	}
 }
 
 func mustRef(t *testing.T, s string) name.Digest {
