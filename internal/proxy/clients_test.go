@@ -628,8 +628,9 @@ func TestClientsCranePathPrefix(t *testing.T) {
 // any), each signer trusted for one kind: a keyless cosign signature of the
 // trusted identity, a keyed cosign signature logged in the test Sigstore's
 // Rekor, and a Notation signature under the trusted CA pull; another
-// identity's keyless signature, one without its inclusion proof, a Notation
-// signature under another CA and an unsigned image fail, each with its
+// identity's keyless signature, one without its inclusion proof, a cosign
+// signature by another key, a Notation signature under another CA and an
+// unsigned image fail, each with its
 // reason in crane's output and in the decision log.
 func TestClientsCraneSignatureSources(t *testing.T) {
 	needCommand(t, "crane", "go install github.com/google/go-containerregistry/cmd/crane@v0.22.1, with $(go env GOPATH)/bin on PATH")
@@ -651,6 +652,7 @@ func TestClientsCraneSignatureSources(t *testing.T) {
 	w.pushKeyless(t, "noproof", ss, releaseSubject, releaseIssuer, testenv.Keyless{NoInclusionProof: true})
 	w.pushNotationSigned(t, "evil", "crane-evil", evil.Key(t, "release", 0))
 	w.pushCosigned(t, "unsigned", "crane-unsigned", nil)
+	w.pushCosigned(t, "otherkey", "crane-otherkey", testenv.NewCosignKey(t, "other"))
 
 	rule := `    - repositories: "docker.io/**"
       sources: [cosign, notation]
@@ -680,6 +682,7 @@ func TestClientsCraneSignatureSources(t *testing.T) {
 		"fork":     proxy.ReasonIdentityMismatch,
 		"noproof":  proxy.ReasonNoTlog,
 		"evil":     proxy.Reason(trust.UntrustedSigner),
+		"otherkey": proxy.Reason(trust.UntrustedSigner),
 		"unsigned": proxy.Reason(trust.NotSigned),
 	} {
 		out, err := crane(tag)

@@ -734,3 +734,57 @@ func TestScanReportPostedDuringScanStands(t *testing.T) {
 	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, scan.ReasonVulnerable)
 }
+
+// TestScanAfterCosignAndNotation: under a rule whose sources are cosign and
+// Notation, the scan gate judges what a signature verified, after it: a
+// clean cosign-signed image is served with its scan, a vulnerable
+// cosign-signed one and a vulnerable Notation-signed one are refused
+// (vulnerable), and an unsigned one is refused (not_signed) without being
+// scanned.
+func TestScanAfterCosignAndNotation(t *testing.T) {
+	w := newScanWorld(t)
+	ci := testenv.NewCosignKey(t, "ci")
+	acme := testenv.NewNotationCA(t, "acme")
+	release := acme.Key(t, "release", 0)
+	clean := digest.Digest(w.pushCosigned(t, "clean", "scan cosign clean", ci).String())
+	vulnerable := digest.Digest(w.pushCosigned(t, "vulnerable", "scan cosign vulnerable", ci).String())
+	notationVulnerable := digest.Digest(w.pushNotationSigned(t, "notation", "scan notation vulnerable", release).String())
+	unsigned := digest.Digest(w.pushCosigned(t, "unsigned", "scan unsigned", nil).String())
+	w.scanner.SetReport(vulnerable, []scan.Vulnerability{xz})
+	w.scanner.SetReport(notationVulnerable, []scan.Vulnerability{xz})
+
+	rule := `    - repositories: "docker.io/**"
+      sources: [cosign, notation]
+      signers: [ci, acme]
+      allow_no_tlog: true
+      scan: {severity: high, missing: wait, wait: 20s}
+`
+	dataDir := t.TempDir()
+	p := startAt(t, func(url string) string {
+		cfg := w.cosignConfig(t, dataDir, ci, rule, fmt.Sprintf(`scan:
+  registry_url: %s
+  scanners: [{name: test-adapter, url: %s}]
+  report_token_file: %s
+  timeout: 20s
+`, url, w.scanner.URL(), w.tokenFile))
+		return strings.Replace(cfg, "  rules:\n", "    - name: acme\n      notation_ca: "+acme.PEMFile+
+			"\n      notation_identities: ['"+release.Identity()+"']\n  rules:\n", 1)
+	})
+
+	if got := p.mustPull(t, "library/app:clean"); got.String() != clean.String() {
+		t.Fatalf("served %s, want %s", got, clean)
+	}
+	if d := p.decision(t, gun, "clean"); d["verdict"] != "served" || d["source"] != "cosign" || d["scan_passed"] != true {
+		t.Errorf("decision %v, want served by cosign with its scan", d)
+	}
+	for _, tag := range []string{"vulnerable", "notation"} {
+		status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/"+tag)
+		wantDenied(t, status, body, scan.ReasonVulnerable)
+		p.wantDecision(t, gun, tag, "denied", scan.ReasonVulnerable)
+	}
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/unsigned")
+	wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", "not_signed")
+	if n := w.scanner.ScanRequests(unsigned); n != 0 {
+		t.Errorf("the unsigned image was scanned %d times", n)
+	}
+}
