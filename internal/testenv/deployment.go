@@ -9,10 +9,11 @@ import (
 )
 
 // Deployment is what the trustproxy replicas of one deployment share: a Redis, a storage
-// directory and the state key. Each replica has a data directory of its own.
+// directory (or an S3 bucket) and the state key. Each replica has a data directory of its own.
 type Deployment struct {
 	Redis   *Redis
-	Storage string // storage.filesystem.rootdirectory
+	Storage string // storage.filesystem.rootdirectory; "" with S3
+	S3      *S3    // the bucket of storage.s3, when not nil
 
 	stateKeyFile string // StateKey, for redis.state_key_file
 	passwordFile string // the Redis's password, for redis.password_file; "" when it has none
@@ -30,6 +31,14 @@ func NewDeployment(t testing.TB, r *Redis) *Deployment {
 	return d
 }
 
+// NewS3Deployment is NewDeployment with the replicas' storage in the bucket of s.
+func NewS3Deployment(t testing.TB, r *Redis, s *S3) *Deployment {
+	t.Helper()
+	d := NewDeployment(t, r)
+	d.Storage, d.S3 = "", s
+	return d
+}
+
 // YAML is the configuration the replicas share, as top-level YAML: the storage directory,
 // and the redis section with the Redis's address, its password file (when it has a
 // password), the further fields redisFields ("replica_url: http://…") and the
@@ -43,5 +52,9 @@ func (d *Deployment) YAML(redisFields ...string) string {
 	if !slices.ContainsFunc(fields, func(f string) bool { return strings.HasPrefix(f, "state_key_file:") }) {
 		fields = append(fields, "state_key_file: "+d.stateKeyFile)
 	}
-	return fmt.Sprintf("storage: {filesystem: {rootdirectory: %s}}\nredis: {%s}\n", d.Storage, strings.Join(fields, ", "))
+	storage := "storage: {filesystem: {rootdirectory: " + d.Storage + "}}"
+	if d.S3 != nil {
+		storage = d.S3.StorageYAML()
+	}
+	return fmt.Sprintf("%s\nredis: {%s}\n", storage, strings.Join(fields, ", "))
 }
