@@ -195,8 +195,9 @@ func (fs *Fills) run(b Blob, f *fill, spool *os.File) (err error) {
 	}()
 	f.start(size)
 	stored := make(chan error, 1)
+	v := dgst.Verifier()
 	go func() {
-		err := f.store(ctx, bw)
+		err := f.store(ctx, io.MultiWriter(bw, v))
 		if err != nil {
 			cancel(err) // the download stops too
 		}
@@ -210,6 +211,13 @@ func (fs *Fills) run(b Blob, f *fill, spool *os.File) (err error) {
 	}
 	if err := <-stored; err != nil {
 		return err
+	}
+	// Commit checks the digest too, but only after the driver's writer is
+	// committed, which its Cancel then cannot undo: a refused commit leaves
+	// its upload behind (on S3 the wrong bytes, an object under _uploads)
+	// until the next start's purge. Checked here, the upload is cancelled.
+	if !v.Verified() {
+		return mismatch(fmt.Sprintf("the upstream's %d bytes do not hash to the digest asked for; nothing was cached", n))
 	}
 	// distribution's blob writer hashed every byte it was given, which are
 	// the bytes the clients were sent: Commit refuses a digest or length
@@ -299,7 +307,7 @@ const fillBuffer = 1 << 20
 
 // store copies the spooled bytes into bw as they land, from its own file
 // descriptor, until the whole body is stored or ctx ends.
-func (f *fill) store(ctx context.Context, bw distribution.BlobWriter) error {
+func (f *fill) store(ctx context.Context, bw io.Writer) error {
 	r, err := os.Open(f.path)
 	if err != nil {
 		return fmt.Errorf("read blob spool: %w", err)

@@ -58,7 +58,15 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 		return nil, err
 	}
 	purgeUploads(ctx, driver, staleUploadAge(cfg.Limits), log.With("component", "proxy"))
-	store, err := storage.NewRegistry(ctx, driver)
+	// Digest resumption off: a fill writes each blob through one writer in
+	// one process, so the writer's own hash of every byte is the one to
+	// check. With it on, distribution's blob writer compares, before every
+	// write, the bytes it hashed with the driver writer's Size; the s3
+	// driver's counts only the parts already uploaded (chunksize, 10 MiB by
+	// default), so the hash was reset at each write below it and every blob
+	// filled through S3 failed its digest (TestS3ColdFillsCommitOnce).
+	// distribution's own advice for a caching proxy (DisableDigestResumption).
+	store, err := storage.NewRegistry(ctx, driver, storage.DisableDigestResumption)
 	if err != nil {
 		return nil, fmt.Errorf("storage: %w", err)
 	}
