@@ -57,9 +57,42 @@ func purgeUploads(ctx context.Context, d storagedriver.StorageDriver, age time.D
 		return // new storage: nothing to purge
 	}
 	deleted, errs := storage.PurgeUploads(ctx, d, time.Now().Add(-age), true)
+	if d.Name() == s3Driver {
+		for _, dir := range deleted {
+			if err := abortMultipart(ctx, d, dir+"/data"); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if len(errs) > 0 {
 		log.Warn("cannot purge every stale upload", "removed", len(deleted), "err", errors.Join(errs...))
 		return
 	}
 	log.Info("stale uploads purged", "removed", len(deleted), "older_than", age)
+}
+
+// s3Driver is the name distribution's s3 driver gives itself (Name).
+const s3Driver = "s3aws"
+
+// abortMultipart aborts the multipart uploads in progress at path. On S3 an
+// upload's data is a multipart upload until it is committed, not an
+// object: PurgeUploads deletes the upload's directory (its startedat and
+// hash states) and leaves the parts, which the bucket keeps, and bills,
+// until they are aborted. Opening path to append finds such an upload,
+// and cancelling that writer aborts it; once none is left, opening fails
+// with PathNotFoundError.
+func abortMultipart(ctx context.Context, d storagedriver.StorageDriver, path string) error {
+	for range 8 { // one upload per fill; a few more if a writer was restarted
+		w, err := d.Writer(ctx, path, true)
+		if errors.As(err, &storagedriver.PathNotFoundError{}) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("find the multipart upload of %s: %w", path, err)
+		}
+		if err := w.Cancel(ctx); err != nil {
+			return fmt.Errorf("abort the multipart upload of %s: %w", path, err)
+		}
+	}
+	return fmt.Errorf("multipart uploads of %s still in progress after 8 aborts; abort them with the bucket's tools", path)
 }
