@@ -29,6 +29,11 @@ type Config struct {
 	// (filesystem, inmemory, s3, gcs, azure) with its parameters, passed through.
 	// Default: filesystem under DataDir/storage.
 	Storage map[string]map[string]any `yaml:"storage"`
+	// StorageVerifyBlobs hashes every stored blob as it is served and
+	// never sends its last byte unless the blob hashes to its digest, for
+	// storage that others can write (a shared bucket). Default true; false
+	// serves stored blobs as they are (VerifyStoredBlobs).
+	StorageVerifyBlobs *bool `yaml:"storage_verify_blobs"`
 	// Upstreams are the registries proxied. The first one is the default, used
 	// when a request names no other (by ns parameter or path prefix).
 	Upstreams []Upstream `yaml:"upstreams"`
@@ -40,6 +45,12 @@ type Config struct {
 	Log       Log        `yaml:"log"`
 	Metrics   Metrics    `yaml:"metrics"`
 	Debug     Debug      `yaml:"debug"`
+}
+
+// VerifyStoredBlobs says whether stored blobs are hashed as they are
+// served (storage_verify_blobs, default true).
+func (c *Config) VerifyStoredBlobs() bool {
+	return c.StorageVerifyBlobs == nil || *c.StorageVerifyBlobs
 }
 
 // Metrics is the listener of /metrics (Prometheus), apart from the

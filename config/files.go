@@ -44,6 +44,7 @@ func (c *Config) RestartNeeded(next *Config) []string {
 		{"tls", c.TLS, next.TLS},
 		{"data_dir", c.DataDir, next.DataDir},
 		{"storage", c.Storage, next.Storage},
+		{"storage_verify_blobs", c.VerifyStoredBlobs(), next.VerifyStoredBlobs()},
 		{"redis", c.Redis, next.Redis},
 		{"limits", c.Limits, next.Limits},
 		{"retention", c.Retention, next.Retention},
@@ -66,6 +67,7 @@ func (c *Config) RestartNeeded(next *Config) []string {
 func (c *Config) KeepRestartSettings(next *Config) *Config {
 	kept := *next
 	kept.Listen, kept.TLS, kept.DataDir, kept.Storage, kept.Redis = c.Listen, c.TLS, c.DataDir, c.Storage, c.Redis
+	kept.StorageVerifyBlobs = c.StorageVerifyBlobs
 	kept.Limits, kept.Metrics, kept.Debug = c.Limits, c.Metrics, c.Debug
 	kept.Scan.RegistryURL, kept.Scan.Scanners, kept.Scan.CredentialTTL, kept.Scan.Timeout =
 		c.Scan.RegistryURL, c.Scan.Scanners, c.Scan.CredentialTTL, c.Scan.Timeout

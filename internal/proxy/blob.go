@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -35,7 +37,12 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 	if stored, err := blobs.Stat(ctx, req.dgst); err == nil {
 		// The storage collector may remove the blob between Stat and the
 		// read: then it is fetched again, as if it had never been stored.
-		if err := s.serveStored(ctx, w, r, blobs, stored); !errors.Is(err, errGone) {
+		err := s.serveStored(ctx, w, r, blobs, stored, d.desc.Size)
+		if errors.Is(err, errCut) {
+			_ = s.settleBlob(ctx, d, "cache", err)
+			panic(http.ErrAbortHandler) // the client has all but the last byte: never a complete wrong blob
+		}
+		if !errors.Is(err, errGone) {
 			_ = s.settleBlob(ctx, d, "cache", nil)
 			return err
 		}
@@ -60,7 +67,11 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 			return &storageError{fmt.Errorf("blob %s, stored by another replica, cannot be read: %w", req.dgst, err)}
 		}
 		_ = s.settleBlob(ctx, d, "cache", nil)
-		if err := s.serveStored(ctx, w, r, blobs, stored); !errors.Is(err, errGone) {
+		err = s.serveStored(ctx, w, r, blobs, stored, d.desc.Size)
+		if errors.Is(err, errCut) {
+			panic(http.ErrAbortHandler)
+		}
+		if !errors.Is(err, errGone) {
 			return err
 		}
 		return &storageError{fmt.Errorf("blob %s, stored by another replica, was removed before it was read", req.dgst)}
@@ -78,15 +89,27 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, req *request)
 }
 
 // errGone says a blob that storage listed was removed before it was read
-// (the storage collector): nothing was written to the client.
+// (the storage collector), or did not verify and was removed: nothing was
+// written to the client, which may be sent the blob from the upstream.
 var errGone = errors.New("the stored blob was removed before it was read")
 
-// serveStored serves a stored blob as distribution's BlobStore.ServeBlob
-// does (Range, HEAD, ETag, If-None-Match), reading the storage driver's file
-// itself: ServeBlob puts a 4 MiB buffer in front of every blob it opens
-// (fifty clients, 200 MiB). A driver whose reader cannot seek is served by
-// ServeBlob. errGone when the blob is not there any more.
-func (s *Server) serveStored(ctx context.Context, w http.ResponseWriter, r *http.Request, blobs distribution.BlobStore, desc v1.Descriptor) error {
+// errCut says a stored blob's body was cut after its client had headers and
+// part of it: the connection must be aborted, so that the client can never
+// take it for a complete one.
+var errCut = errors.New("the stored blob's body was cut")
+
+// serveStored serves a stored blob: hashed as it is sent when
+// storage_verify_blobs is on (serveVerified), else as distribution's
+// BlobStore.ServeBlob does (Range, HEAD, ETag, If-None-Match), reading the
+// storage driver's file itself: ServeBlob puts a 4 MiB buffer in front of
+// every blob it opens (fifty clients, 200 MiB). A driver whose reader
+// cannot seek is served by ServeBlob. size is the blob's verified length,
+// -1 when unknown. errGone when the blob is not there any more (or did not
+// verify), errCut when its body was cut.
+func (s *Server) serveStored(ctx context.Context, w http.ResponseWriter, r *http.Request, blobs distribution.BlobStore, desc v1.Descriptor, size int64) error {
+	if s.verifyBlobs {
+		return s.serveVerified(ctx, w, r, blobs, desc, size)
+	}
 	if s.driver == nil {
 		return serveBlob(ctx, w, r, blobs, desc.Digest)
 	}
@@ -102,13 +125,115 @@ func (s *Server) serveStored(ctx context.Context, w http.ResponseWriter, r *http
 	if !ok {
 		return serveBlob(ctx, w, r, blobs, desc.Digest)
 	}
-	h := w.Header()
+	setBlobHeaders(w.Header(), desc)
+	http.ServeContent(w, r, "", time.Time{}, rs)
+	return nil
+}
+
+// setBlobHeaders sets the headers of a stored blob's response, as
+// distribution's ServeBlob does.
+func setBlobHeaders(h http.Header, desc v1.Descriptor) {
 	h.Set("Docker-Content-Digest", desc.Digest.String())
 	h.Set("ETag", `"`+desc.Digest.String()+`"`)
 	h.Set("Cache-Control", "max-age=31536000") // as distribution's: a blob never changes
 	h.Set("Content-Type", cmp.Or(desc.MediaType, "application/octet-stream"))
-	http.ServeContent(w, r, "", time.Time{}, rs)
+}
+
+// smallStored is the length up to which a stored blob is read whole and
+// checked before any of it is sent (fill's smallBlob).
+const smallStored = 1 << 20
+
+// serveVerified serves a stored blob only as its bytes hash to its digest,
+// at its verified length size (-1: unknown), as a fill serves an
+// upstream's: a blob of up to smallStored is read and checked before
+// anything is sent; a larger one is sent as it is read and hashed, all but
+// its last byte, which goes out once the whole blob verified. Storage may be
+// a bucket that others can write. Bytes that do not verify are logged,
+// counted (trustproxy_storage_unusable_total{kind="blob"}) and deleted, so
+// that the blob is fetched again: errGone when nothing was sent yet (the
+// caller fetches it now), errCut when the client had part of it. A Range is
+// not honoured (the whole blob is sent, 200: clients take it, and a range
+// cannot be checked without reading the whole blob anyway).
+func (s *Server) serveVerified(ctx context.Context, w http.ResponseWriter, r *http.Request, blobs distribution.BlobStore, desc v1.Descriptor, size int64) error {
+	d := desc.Digest
+	if size >= 0 && desc.Size != size {
+		s.blobUnusable(ctx, d, fmt.Errorf("stored length %d, the verified manifest says %d", desc.Size, size))
+		return errGone
+	}
+	size = desc.Size
+	h := w.Header()
+	setBlobHeaders(h, desc)
+	if inm := r.Header.Get("If-None-Match"); inm != "" && (inm == "*" || strings.Contains(inm, h.Get("ETag"))) {
+		w.WriteHeader(http.StatusNotModified) // no bytes: nothing to verify
+		return nil
+	}
+	h.Set("Content-Length", strconv.FormatInt(size, 10))
+	h.Set("Accept-Ranges", "none")
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	rc, err := s.openStored(ctx, blobs, d)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	v := d.Verifier()
+	src := io.TeeReader(rc, v)
+	if size <= smallStored {
+		b, err := io.ReadAll(io.LimitReader(src, size+1))
+		if err != nil {
+			return &storageError{fmt.Errorf("read stored blob %s: %w", d, err)}
+		}
+		if int64(len(b)) != size || !v.Verified() {
+			s.blobUnusable(ctx, d, fmt.Errorf("%d bytes stored that do not hash to the digest", len(b)))
+			return errGone
+		}
+		_, _ = w.Write(b)
+		return nil
+	}
+	if _, err := io.CopyN(w, src, size-1); err != nil {
+		return fmt.Errorf("%w: %w", errCut, err)
+	}
+	last := make([]byte, 2) // a byte past the length is a wrong blob too
+	if n, _ := io.ReadFull(src, last); n != 1 || !v.Verified() {
+		s.blobUnusable(ctx, d, errors.New("the stored bytes do not hash to the digest, or are longer"))
+		return errCut
+	}
+	_, _ = w.Write(last[:1])
 	return nil
+}
+
+// openStored opens the stored blob d; errGone when it is not there.
+func (s *Server) openStored(ctx context.Context, blobs distribution.BlobStore, d digest.Digest) (io.ReadCloser, error) {
+	var rc io.ReadCloser
+	var err error
+	if s.driver != nil {
+		rc, err = s.driver.Reader(ctx, blobDataPath(d), 0)
+	} else {
+		rc, err = blobs.Open(ctx, d)
+	}
+	if errors.As(err, &storagedriver.PathNotFoundError{}) || errors.Is(err, distribution.ErrBlobUnknown) {
+		return nil, errGone
+	}
+	if err != nil {
+		return nil, &storageError{fmt.Errorf("open stored blob %s: %w", d, err)}
+	}
+	return rc, nil
+}
+
+// blobUnusable logs and counts a stored blob that did not verify, and
+// deletes its bytes so that the next request fetches it again (whoever
+// altered them could have deleted them anyway).
+func (s *Server) blobUnusable(ctx context.Context, d digest.Digest, why error) {
+	s.metrics.unusable.WithLabelValues("blob").Inc()
+	s.log.Error("stored blob unusable, fetching it again from the upstream; inspect the storage, which may have been altered",
+		"digest", d, "err", why)
+	if s.driver == nil {
+		return
+	}
+	if err := s.driver.Delete(context.WithoutCancel(ctx), blobDataPath(d)); err != nil && !errors.As(err, &storagedriver.PathNotFoundError{}) {
+		s.log.Error("cannot delete an unusable stored blob; delete it by hand", "path", blobDataPath(d), "err", err)
+	}
 }
 
 // serveBlob is distribution's ServeBlob, errGone when the blob is not

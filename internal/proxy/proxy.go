@@ -147,20 +147,21 @@ type Pulls interface {
 type Server struct {
 	// policy is what a configuration reload changes (Reconfigure); limits
 	// and the rest are the configuration New was given.
-	policy    atomic.Pointer[policy]
-	limits    config.Limits
-	store     distribution.Namespace
-	driver    storagedriver.StorageDriver
-	verify    Verifier
-	gate      *scan.Gate
-	shared    *cache.Shared
-	graph     refgraph.Graph
-	pulls     Pulls
-	fills     *fill.Fills
-	upstreamM *upstream.Metrics
-	log       *slog.Logger
-	decisions *slog.Logger
-	metrics   *metrics
+	policy      atomic.Pointer[policy]
+	limits      config.Limits
+	store       distribution.Namespace
+	driver      storagedriver.StorageDriver
+	verifyBlobs bool // storage_verify_blobs: stored blobs hashed as they are served
+	verify      Verifier
+	gate        *scan.Gate
+	shared      *cache.Shared
+	graph       refgraph.Graph
+	pulls       Pulls
+	fills       *fill.Fills
+	upstreamM   *upstream.Metrics
+	log         *slog.Logger
+	decisions   *slog.Logger
+	metrics     *metrics
 
 	ready     readiness
 	manifests singleflight.Group           // one upstream manifest fetch per gun.Name.At
@@ -214,7 +215,7 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 		return nil, err
 	}
 	s := &Server{
-		limits: cfg.Limits, store: p.Store, driver: p.Driver, verify: p.Verify, gate: p.Gate, shared: p.Shared,
+		limits: cfg.Limits, store: p.Store, driver: p.Driver, verifyBlobs: cfg.VerifyStoredBlobs(), verify: p.Verify, gate: p.Gate, shared: p.Shared,
 		graph: p.Graph, pulls: p.Pulls, fills: fills, upstreamM: um,
 		log: log, decisions: log.With("log", "decision"), metrics: m, recorded: rec, cosign: cs, notation: ns,
 		referrers: newReferrerSet(),
