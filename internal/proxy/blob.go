@@ -146,14 +146,13 @@ const smallStored = 1 << 20
 // serveVerified serves a stored blob only as its bytes hash to its digest,
 // at its verified length size (-1: unknown), as a fill serves an
 // upstream's: a blob of up to smallStored is read and checked before
-// anything is sent; a larger one is sent as it is read and hashed, all but
-// its last byte, which goes out once the whole blob verified. Storage may be
+// anything is sent; of a larger one, the bytes asked for (the whole blob,
+// or one Range) are sent as the blob is read and hashed from its start, all
+// but the last, which goes out once the whole blob verified. Storage may be
 // a bucket that others can write. Bytes that do not verify are logged,
 // counted (trustproxy_storage_unusable_total{kind="blob"}) and deleted, so
 // that the blob is fetched again: errGone when nothing was sent yet (the
-// caller fetches it now), errCut when the client had part of it. A Range is
-// not honoured (the whole blob is sent, 200: clients take it, and a range
-// cannot be checked without reading the whole blob anyway).
+// caller fetches it now), errCut when the client had part of it.
 func (s *Server) serveVerified(ctx context.Context, w http.ResponseWriter, r *http.Request, blobs distribution.BlobStore, desc v1.Descriptor, size int64) error {
 	d := desc.Digest
 	if size >= 0 && desc.Size != size {
@@ -163,13 +162,27 @@ func (s *Server) serveVerified(ctx context.Context, w http.ResponseWriter, r *ht
 	size = desc.Size
 	h := w.Header()
 	setBlobHeaders(h, desc)
+	h.Set("Accept-Ranges", "bytes")
 	if inm := r.Header.Get("If-None-Match"); inm != "" && (inm == "*" || strings.Contains(inm, h.Get("ETag"))) {
 		w.WriteHeader(http.StatusNotModified) // no bytes: nothing to verify
 		return nil
 	}
-	h.Set("Content-Length", strconv.FormatInt(size, 10))
-	h.Set("Accept-Ranges", "none")
-	if r.Method == http.MethodHead {
+	first, last, status := int64(0), size-1, http.StatusOK
+	if rs, ir := r.Header.Get("Range"), r.Header.Get("If-Range"); rs != "" && (ir == "" || ir == h.Get("ETag")) {
+		var ok bool
+		if first, last, ok = parseRange(rs, size); !ok {
+			h.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+			return nil
+		}
+		if first > 0 || last < size-1 {
+			status = http.StatusPartialContent
+			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, size))
+		}
+	}
+	h.Set("Content-Length", strconv.FormatInt(last-first+1, 10))
+	if r.Method == http.MethodHead || size == 0 {
+		w.WriteHeader(status)
 		return nil
 	}
 	rc, err := s.openStored(ctx, blobs, d)
@@ -178,9 +191,9 @@ func (s *Server) serveVerified(ctx context.Context, w http.ResponseWriter, r *ht
 	}
 	defer rc.Close()
 	v := d.Verifier()
-	src := io.TeeReader(rc, v)
+	src := io.TeeReader(io.LimitReader(rc, size+1), v) // a byte past the length is a wrong blob too
 	if size <= smallStored {
-		b, err := io.ReadAll(io.LimitReader(src, size+1))
+		b, err := io.ReadAll(src)
 		if err != nil {
 			return &storageError{fmt.Errorf("read stored blob %s: %w", d, err)}
 		}
@@ -188,19 +201,63 @@ func (s *Server) serveVerified(ctx context.Context, w http.ResponseWriter, r *ht
 			s.blobUnusable(ctx, d, fmt.Errorf("%d bytes stored that do not hash to the digest", len(b)))
 			return errGone
 		}
-		_, _ = w.Write(b)
+		w.WriteHeader(status)
+		_, _ = w.Write(b[first : last+1])
 		return nil
 	}
-	if _, err := io.CopyN(w, src, size-1); err != nil {
+	if _, err := io.CopyN(io.Discard, src, first); err != nil {
+		return &storageError{fmt.Errorf("read stored blob %s: %w", d, err)}
+	}
+	w.WriteHeader(status)
+	if _, err := io.CopyN(w, src, last-first); err != nil {
 		return fmt.Errorf("%w: %w", errCut, err)
 	}
-	last := make([]byte, 2) // a byte past the length is a wrong blob too
-	if n, _ := io.ReadFull(src, last); n != 1 || !v.Verified() {
-		s.blobUnusable(ctx, d, errors.New("the stored bytes do not hash to the digest, or are longer"))
+	held := make([]byte, 1)
+	if _, err := io.ReadFull(src, held); err != nil {
+		return fmt.Errorf("%w: %w", errCut, err)
+	}
+	rest, err := io.Copy(io.Discard, src)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errCut, err)
+	}
+	if last+1+rest != size || !v.Verified() {
+		s.blobUnusable(ctx, d, fmt.Errorf("%d bytes stored that do not hash to the digest", last+1+rest))
 		return errCut
 	}
-	_, _ = w.Write(last[:1])
+	_, _ = w.Write(held)
 	return nil
+}
+
+// parseRange reads a Range header of one range of bytes ("bytes=a-b",
+// "bytes=a-", "bytes=-n") of a blob of size bytes: the first and last
+// byte, ok false when it is not satisfiable. Anything else (several
+// ranges, another unit) is taken as no Range: the whole blob, as RFC 9110
+// lets a server answer.
+func parseRange(header string, size int64) (first, last int64, ok bool) {
+	spec, found := strings.CutPrefix(header, "bytes=")
+	a, b, dash := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found || !dash || strings.Contains(spec, ",") {
+		return 0, size - 1, true
+	}
+	if a == "" { // the last n bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, size - 1, err != nil
+		}
+		return max(size-n, 0), size - 1, true
+	}
+	first, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || first < 0 {
+		return 0, size - 1, true
+	}
+	last = size - 1
+	if b != "" {
+		if last, err = strconv.ParseInt(b, 10, 64); err != nil || last < first {
+			return 0, size - 1, true
+		}
+		last = min(last, size-1)
+	}
+	return first, last, first < size
 }
 
 // openStored opens the stored blob d; errGone when it is not there.

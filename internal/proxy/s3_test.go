@@ -346,6 +346,11 @@ func TestS3TamperedStoredBlobNotServed(t *testing.T) {
 			t.Fatalf("large layer, retried: %d, %d bytes", status, len(body))
 		}
 		wantOnlyWhole(t, d.S3, layer)
+		whole := d.S3.Get(t, testenv.BlobKey(layer.String()))
+		status, h, body := r.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String(), "Range", "bytes=100-199")
+		if status != http.StatusPartialContent || !bytes.Equal(body, whole[100:200]) || h.Get("Content-Range") != fmt.Sprintf("bytes 100-199/%d", len(whole)) {
+			t.Fatalf("a Range of the verified large layer: %d %q, %d bytes", status, h.Get("Content-Range"), len(body))
+		}
 		if n := r.counter(t, "trustproxy_storage_unusable_total", "kind", "blob"); n != 2 {
 			t.Fatalf("trustproxy_storage_unusable_total{kind=blob} = %v, want 2", n)
 		}
