@@ -883,10 +883,11 @@ func TestExample(t *testing.T) {
 
 	path := func(name string) string { return filepath.Join(dir, name) }
 	want := &Config{
-		Listen:  "0.0.0.0:5000",
-		DataDir: path("data"),
-		TLS:     TLS{CertFile: path("certs/tls.crt"), KeyFile: path("certs/tls.key")},
-		Storage: map[string]map[string]any{"filesystem": {"rootdirectory": path("data/storage")}},
+		Listen:             "0.0.0.0:5000",
+		DataDir:            path("data"),
+		TLS:                TLS{CertFile: path("certs/tls.crt"), KeyFile: path("certs/tls.key")},
+		Storage:            map[string]map[string]any{"filesystem": {"rootdirectory": path("data/storage")}},
+		StorageVerifyBlobs: new(true),
 		Upstreams: []Upstream{
 			{
 				Name: "docker.io",

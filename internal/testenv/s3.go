@@ -89,6 +89,7 @@ func StartS3(t testing.TB) *S3 {
 	}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Dir = dir
+	begin := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start weed: %v", err)
 	}
@@ -124,6 +125,7 @@ func StartS3(t testing.TB) *S3 {
 		_, err := s.client.PutObjectWithContext(t.Context(), &s3.PutObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String("ready"), Body: bytes.NewReader([]byte("ok"))})
 		if err == nil {
 			_, _ = s.client.DeleteObjectWithContext(t.Context(), &s3.DeleteObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String("ready")})
+			t.Logf("weed server -s3 on %s took writes %s after it started", s.Endpoint, time.Since(begin).Round(time.Millisecond))
 			break
 		}
 		if time.Now().After(deadline) {
