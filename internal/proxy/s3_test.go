@@ -118,16 +118,22 @@ func wantOnlyWhole(t *testing.T, s *testenv.S3, layer v1.Hash) {
 // under a repository's _uploads, or a multipart upload in progress.
 func wantNoUploads(t *testing.T, s *testenv.S3) {
 	t.Helper()
+	if left := uploadsLeft(t, s); len(left) > 0 {
+		t.Fatalf("uploads left in the bucket: %v", left)
+	}
+}
+
+// uploadsLeft lists the uploads in the bucket: objects under a
+// repository's _uploads, and multipart uploads in progress.
+func uploadsLeft(t *testing.T, s *testenv.S3) []string {
+	t.Helper()
 	var left []string
 	for _, k := range s.Keys(t, "docker/registry/v2/repositories/") {
 		if strings.Contains(k, "/_uploads/") {
 			left = append(left, k)
 		}
 	}
-	left = append(left, s.Uploads(t, "docker/")...)
-	if len(left) > 0 {
-		t.Fatalf("uploads left in the bucket: %v", left)
-	}
+	return append(left, s.Uploads(t, "docker/")...)
 }
 
 // TestS3ColdFillsCommitOnce: three replicas on one bucket; clients of all
@@ -220,6 +226,11 @@ func TestS3BlobNotVisibleBeforeVerified(t *testing.T) {
 					} else {
 						if b := d.S3.Get(t, key); b != nil {
 							t.Fatalf("bytes that do not hash to the layer were committed: %d bytes at %s", len(b), key)
+						}
+						// The client's body is cut as the mismatch shows; the
+						// upload is cancelled just after.
+						for deadline := time.Now().Add(5 * time.Second); len(uploadsLeft(t, d.S3)) > 0 && time.Now().Before(deadline); {
+							time.Sleep(50 * time.Millisecond)
 						}
 						wantNoUploads(t, d.S3)
 					}
