@@ -528,6 +528,19 @@ type Redis struct {
 	// addresses lie in: a fill lock naming a replica_url that resolves
 	// elsewhere is not followed.
 	PeerNetworks []string `yaml:"peer_networks"`
+	// Timeout bounds each call to Redis, dialling included (default
+	// 250ms): while Redis is down or hangs, no request waits on it longer
+	// (then the replica keeps to its own state for a few seconds).
+	Timeout time.Duration `yaml:"timeout"`
+	// FloorReplicas is how many Redis replicas must have a trust floor
+	// write before it counts as shared (WAIT after the write), so that a
+	// failover does not lose the last floor written. Default 1 with
+	// Sentinel or Cluster, 0 on a single node; 0 waits for none.
+	FloorReplicas *int `yaml:"floor_replicas"`
+	// FloorWait bounds that wait (default 250ms). When it ends first the
+	// floor stays written on the master and on the replica's disk, and
+	// trustproxy_redis_floor_unreplicated_total counts it.
+	FloorWait time.Duration `yaml:"floor_wait"`
 
 	// Password is PasswordFile's content, read by Load.
 	Password string `yaml:"-"`
@@ -545,6 +558,10 @@ type RedisTLS struct {
 
 // Enabled says whether a Redis is configured.
 func (r *Redis) Enabled() bool { return len(r.Addrs) > 0 }
+
+// Cluster says whether Addrs are the seeds of a Redis Cluster: several
+// addresses without MasterName.
+func (r *Redis) Cluster() bool { return r.MasterName == "" && len(r.Addrs) > 1 }
 
 // Limits bounds every input from the network.
 type Limits struct {

@@ -449,6 +449,18 @@ func (c *Config) validateRedis(p *problems) {
 	if r.DB < 0 {
 		p.addf("redis.db", "must be 0 or more")
 	}
+	if r.DB > 0 && r.Cluster() {
+		p.addf("redis.db", "must be 0 with a Redis Cluster (several redis.addrs without master_name): a Cluster has one database")
+	}
+	if r.Timeout < 0 {
+		p.addf("redis.timeout", "must be positive, e.g. 250ms")
+	}
+	if r.FloorWait < 0 {
+		p.addf("redis.floor_wait", "must be positive, e.g. 250ms")
+	}
+	if r.FloorReplicas != nil && *r.FloorReplicas < 0 {
+		p.addf("redis.floor_replicas", "must be 0 (wait for no replica) or more")
+	}
 	if r.ReplicaURL != "" {
 		if err := checkURL(r.ReplicaURL); err != nil {
 			p.addf("redis.replica_url", "%v", err)

@@ -157,7 +157,7 @@ func (s *ReportStore) Put(r *StoredReport) (*StoredReport, error) {
 		return have, nil
 	}
 	if sh := s.shared; sh != nil && !sh.Health.Skip() {
-		ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
+		ctx, cancel := sh.Bound(context.Background())
 		defer cancel()
 		key := s.sharedKey(r.Digest)
 		sh.Health.Failed(sh.Redis.Set(ctx, key, sh.Seal(KindReport, key, b), sharedReportTTL).Err())

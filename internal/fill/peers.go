@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -125,7 +126,7 @@ func (p *peers) acquire(blob string) (release func(), holder string) {
 	key := p.lockKey(blob)
 	owner := uuid.NewString()
 	cur := p.sealLock(key, owner)
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
+	ctx, cancel := p.Bound(context.Background())
 	defer cancel()
 	ok, err := p.Redis.SetNX(ctx, key, cur, fillLockTTL).Result()
 	if p.Health.Failed(err) {
@@ -157,7 +158,7 @@ func (p *peers) acquire(blob string) (release func(), holder string) {
 				return
 			case <-t.C:
 				next := p.sealLock(key, owner)
-				ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
+				ctx, cancel := p.Bound(context.Background())
 				n, err := replaceIfOwner.Run(ctx, p.Redis, []string{key}, cur, next, fillLockTTL.Milliseconds()).Int()
 				cancel()
 				if !p.Health.Failed(err) && n == 1 {
@@ -169,7 +170,7 @@ func (p *peers) acquire(blob string) (release func(), holder string) {
 	return func() {
 		close(stop)
 		<-stopped
-		ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
+		ctx, cancel := p.Bound(context.Background())
 		defer cancel()
 		p.Health.Failed(replaceIfOwner.Run(ctx, p.Redis, []string{key}, cur, "", 0).Err())
 	}, ""
@@ -189,25 +190,40 @@ const maxLocksScanned = 100_000
 func LockedDigests(ctx context.Context, sh *cache.Shared) (map[digest.Digest]bool, error) {
 	out := map[digest.Digest]bool{}
 	prefix := sh.Key("fill:")
-	iter := sh.Redis.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	for n := 0; iter.Next(ctx) && n < maxLocksScanned; n++ {
-		key := iter.Val()
-		at := strings.LastIndexByte(key, '@')
-		if at < 0 {
-			continue
+	n := 0
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for ; iter.Next(ctx) && n < maxLocksScanned; n++ {
+			key := iter.Val()
+			at := strings.LastIndexByte(key, '@')
+			if at < 0 {
+				continue
+			}
+			d, err := digest.Parse(key[at+1:])
+			if err != nil {
+				continue
+			}
+			b := sh.Get(ctx, cache.KindLock, key, 4096)
+			var l fillLock
+			if b == nil || json.Unmarshal(b, &l) != nil || !time.Now().Before(l.Until) {
+				continue
+			}
+			out[d] = true
 		}
-		d, err := digest.Parse(key[at+1:])
-		if err != nil {
-			continue
-		}
-		b := sh.Get(ctx, cache.KindLock, key, 4096)
-		var l fillLock
-		if b == nil || json.Unmarshal(b, &l) != nil || !time.Now().Before(l.Until) {
-			continue
-		}
-		out[d] = true
+		return iter.Err()
 	}
-	return out, iter.Err()
+	// SCAN reads one node: in a Cluster, each master holds its own slots'
+	// locks, and one scanned alone would miss the others'.
+	if cc, ok := sh.Redis.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return scan(ctx, m)
+		})
+		return out, err
+	}
+	return out, scan(ctx, sh.Redis)
 }
 
 // token authenticates a request for the fill of blob until exp.

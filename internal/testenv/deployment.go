@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -66,13 +67,18 @@ func (d *Deployment) init(t testing.TB) {
 func (d *Deployment) Client(t testing.TB) goredis.UniversalClient {
 	t.Helper()
 	opts := &goredis.UniversalOptions{Addrs: d.addrs, Password: d.password}
+	var c goredis.UniversalClient
 	switch {
 	case d.Sentinel != nil:
 		opts.MasterName = SentinelMaster
+		c = goredis.NewUniversalClient(opts)
 	case d.Cluster != nil:
-		opts.IsClusterMode = true
+		co := opts.Cluster()
+		co.ClusterStateReloadInterval = time.Second // see a failover's new masters soon
+		c = goredis.NewClusterClient(co)
+	default:
+		c = goredis.NewUniversalClient(opts)
 	}
-	c := goredis.NewUniversalClient(opts)
 	t.Cleanup(func() { c.Close() })
 	return c
 }
