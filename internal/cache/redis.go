@@ -90,6 +90,10 @@ type RedisHealth struct {
 	retryAt  atomic.Int64 // unix nanoseconds
 	log      *slog.Logger
 	onChange func(degraded bool)
+	// reload, when set, refreshes the client's view of where to reach
+	// Redis (a Cluster's slot map): run shortly before the next attempt,
+	// so that attempt goes to the masters a failover promoted meanwhile.
+	reload func()
 }
 
 // NewRedisHealth returns a RedisHealth that logs changes to log.
@@ -111,6 +115,9 @@ func (h *RedisHealth) Failed(err error) bool {
 	down := err != nil && !errors.Is(err, redis.Nil)
 	if down {
 		h.retryAt.Store(time.Now().Add(redisRetry).UnixNano())
+		if h.reload != nil {
+			time.AfterFunc(redisRetry*9/10, h.reload)
+		}
 	}
 	if was := h.degraded.Swap(down); was != down {
 		if down {

@@ -100,6 +100,9 @@ func NewShared(rdb redis.UniversalClient, prefix string, stateKey []byte, health
 			Help: "Entries read from Redis and ignored, by kind: not sealed with this deployment's state key for that key name, or older than what this replica has seen.",
 		}, []string{"kind"}),
 	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok && health != nil {
+		health.reload = func() { cc.ReloadState(context.Background()) }
+	}
 	for _, k := range kinds {
 		s.macKeys[k] = s.Derive("trustproxy redis entry " + string(k))
 		s.rejected.WithLabelValues(string(k))

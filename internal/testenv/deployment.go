@@ -54,6 +54,13 @@ func NewClusterDeployment(t testing.TB, c *Cluster) *Deployment {
 	return d
 }
 
+// Through is d with replicas reaching its single Redis at addr (a Front) instead.
+func (d *Deployment) Through(addr string) *Deployment {
+	c := *d
+	c.addrs = []string{addr}
+	return &c
+}
+
 func (d *Deployment) init(t testing.TB) {
 	d.Storage, d.stateKeyFile = t.TempDir(), StateKeyFile(t, StateKey)
 	if d.password != "" {
