@@ -228,7 +228,9 @@ func TestRedisOutageBoundsRequests(t *testing.T) {
 		}
 		wg.Wait()
 		slices.Sort(took)
-		q := func(f float64) time.Duration { return took[min(len(took)-1, int(f*float64(len(took))))].Round(time.Millisecond) }
+		q := func(f float64) time.Duration {
+			return took[min(len(took)-1, int(f*float64(len(took))))].Round(time.Millisecond)
+		}
 		t.Logf("redis %s: %d signed pulls, p50 %s, p99 %s, max %s", name, len(took), q(0.5), q(0.99), took[len(took)-1].Round(time.Millisecond))
 		if len(errs) > 0 {
 			t.Fatalf("redis %s: %d failures, first: %s", name, len(errs), errs[0])
