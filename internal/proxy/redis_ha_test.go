@@ -249,3 +249,117 @@ func TestRedisOutageBoundsRequests(t *testing.T) {
 	front.Close()
 	phase("stopped", 6*time.Second)
 }
+
+// TestEveryKeyUnderPrefix: after a busy run (verified pulls, a scan, cold
+// fills shared between replicas, refusals of made-up and unsigned
+// content, a retention collection), every key on Redis starts with
+// redis.key_prefix: trustproxy can share a Redis with others (distribution's
+// blob descriptor cache is not on Redis at all).
+func TestEveryKeyUnderPrefix(t *testing.T) {
+	w := newScanWorld(t)
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+	const prefix = "tp-keys:"
+	w.signedImage(t, "v1")
+	w.Registry.Push(t, "library/app", "unsigned", testenv.Image(t, "unsigned", 1, 1024))
+	replica := func() *instance {
+		return w.startWith(t, "scan: {missing: wait, wait: 20s}", func(url string) string {
+			return d.YAML("key_prefix: "+prefix, "replica_url: "+url) + scanners(url, "test-adapter", w.scanner.URL()) + retentionConfig
+		})
+	}
+	a, b := replica(), replica()
+	for _, r := range []*instance{a, b} {
+		r.mustPull(t, "library/app:v1")
+		status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/unsigned")
+		wantRefused(t, status, body, http.StatusNotFound, "MANIFEST_UNKNOWN", proxy.Reason(trust.NotSigned))
+		status, _, body = r.get(t, http.MethodGet, "/v2/made-up/repo/manifests/latest")
+		wantDenied(t, status, body, proxy.Reason(trust.NoTrustData))
+	}
+	if _, err := a.retention.Collect(t.Context()); err != nil {
+		t.Fatalf("collect: %v", err)
+	}
+	keys, err := d.Client(t).Keys(t.Context(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix) {
+			t.Errorf("key %q is not under the prefix %q", k, prefix)
+			continue
+		}
+		kind, _, _ := strings.Cut(strings.TrimPrefix(k, prefix), ":")
+		kinds[kind] = true
+	}
+	for _, want := range []string{"tuf", "refs", "parents", "scan", "refusal", "verdict", "retention"} {
+		if !kinds[want] {
+			t.Errorf("no %s key after the run (the run no longer covers it): %v", want, keys)
+		}
+	}
+	t.Logf("%d keys, all under %q: %v", len(keys), prefix, slices.Sorted(func(yield func(string) bool) {
+		for k := range kinds {
+			if !yield(k) {
+				return
+			}
+		}
+	}))
+}
+
+// TestFlushedRedisStillAuthenticates: after FLUSHALL, a replica started
+// before the flush and one started after still accept each other's scan
+// credentials and fill tokens: both are derived from the state key, not
+// kept on Redis.
+func TestFlushedRedisStillAuthenticates(t *testing.T) {
+	t.Run("scan credentials", func(t *testing.T) {
+		w := newScanWorld(t)
+		d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+		signed := w.signedImage(t, "v1")
+		replica := func(registryURL func(own string) string) *instance {
+			return w.startWith(t, "scan: {missing: wait, wait: 20s}", func(url string) string {
+				return d.YAML() + scanners(registryURL(url), "test-adapter", w.scanner.URL())
+			})
+		}
+		before := replica(func(own string) string { return own })
+		if err := d.Client(t).FlushAll(t.Context()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		after := replica(func(string) string { return before.srv.URL })
+		after.mustPull(t, "library/app:v1") // its scanner pulls from the replica started before the flush
+		pulls := w.scanner.Pulls()
+		if len(pulls) != 2 || pulls[0].Status != 200 || pulls[1].Status != 200 {
+			t.Fatalf("the scanner's pulls, with a credential minted after the flush, from a replica started before: %+v", pulls)
+		}
+		if n := w.scanner.ScanRequests(signed); n != 1 {
+			t.Fatalf("%d scans, want 1", n)
+		}
+	})
+	t.Run("fill tokens", func(t *testing.T) {
+		w := newWorld(t)
+		layer := signedLayer(t, w, "flush", 1<<20)
+		up := upstreamFront(t, w, layer.String(), 1500*time.Millisecond, nil)
+		d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+		holder := w.peer(t, d, up.URL, func(own string) string { return own })
+		if err := d.Client(t).FlushAll(t.Context()).Err(); err != nil {
+			t.Fatal(err)
+		}
+		follower := w.peer(t, d, up.URL, func(own string) string { return own })
+		for _, r := range []*instance{holder, follower} {
+			if status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
+				t.Fatalf("manifest: %d %s", status, body)
+			}
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _, _ = holder.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String())
+		}()
+		time.Sleep(300 * time.Millisecond)
+		status, _, body := follower.get(t, http.MethodGet, "/v2/library/app/blobs/"+layer.String())
+		<-done
+		if status != 200 || "sha256:"+fmt.Sprintf("%x", sha256.Sum256(body)) != layer.String() {
+			t.Fatalf("the follower's blob: %d, %d bytes", status, len(body))
+		}
+		if n := w.Registry.BlobGets(layer); n != 1 {
+			t.Fatalf("the upstream served the layer %d times, want 1: the holder started before the flush did not take the fill token of the follower started after", n)
+		}
+	})
+}
