@@ -2,6 +2,7 @@ package fill
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,9 +60,10 @@ func New(dataDir string, lim config.Limits, fetches *prometheus.CounterVec, log 
 // Share makes this process one replica of several on sh's Redis: a blob is
 // fetched from the upstream by one replica at a time, and the others stream
 // its fill from the replica at its URL self, dialled only inside networks
-// (all addresses when none).
-func (fs *Fills) Share(sh *cache.Shared, self string, networks []netip.Prefix) {
-	fs.peers = newPeers(sh, self, networks, fs.limits)
+// (all addresses when none), and only over https under clientTLS when it
+// is not nil (PeerTLS).
+func (fs *Fills) Share(sh *cache.Shared, self string, networks []netip.Prefix, clientTLS *tls.Config) {
+	fs.peers = newPeers(sh, self, networks, clientTLS, fs.limits)
 }
 
 // A Blob is one blob to fill: the repository it was asked for in, its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -46,12 +47,18 @@ import (
 // limits.upstream_timeout, each read within limits.blob_idle_timeout, the
 // whole within the size's deadline), and used only when the blob's length
 // is known from its verified manifest.
+//
+// With peer TLS (redis.peer_tls) the holder is dialled only over https,
+// its certificate checked against the cluster CA, this replica presenting
+// its own: a fill in progress is then neither readable nor forgeable on the
+// network, and a holder URL that is not https:// is not followed.
 type peers struct {
 	*cache.Shared
 	self   string // this replica's URL, as the others reach it
 	key    []byte
 	limits config.Limits
 	client *http.Client
+	tls    bool // peers are dialled only over https, under the cluster CA
 }
 
 const (
@@ -71,10 +78,11 @@ var (
 
 // newPeers returns the peers of the replica at self, which reaches the
 // others only inside networks (all addresses when none).
-func newPeers(sh *cache.Shared, self string, networks []netip.Prefix, lim config.Limits) *peers {
+func newPeers(sh *cache.Shared, self string, networks []netip.Prefix, clientTLS *tls.Config, lim config.Limits) *peers {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil // on the cluster network, never through a proxy
 	tr.ResponseHeaderTimeout = lim.UpstreamTimeout
+	tr.TLSClientConfig = clientTLS
 	if len(networks) > 0 {
 		d := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, address string, _ syscall.RawConn) error {
 			host, _, _ := net.SplitHostPort(address)
@@ -86,7 +94,7 @@ func newPeers(sh *cache.Shared, self string, networks []netip.Prefix, lim config
 		}}
 		tr.DialContext = d.DialContext
 	}
-	return &peers{Shared: sh, self: self, key: sh.Derive("trustproxy peer key"), limits: lim,
+	return &peers{Shared: sh, self: self, key: sh.Derive("trustproxy peer key"), limits: lim, tls: clientTLS != nil,
 		client: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
@@ -237,6 +245,9 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		cancel(errors.New("the peer's stream took longer than its deadline (limits.upstream_timeout + size / limits.min_transfer_rate)"))
 	})
 	defer deadline.Stop()
+	if p.tls && !strings.HasPrefix(holder, "https://") {
+		return fmt.Errorf("%w: %s is not an https:// URL, and peers are reached only over TLS (redis.peer_tls)", errPeerUnreachable, holder)
+	}
 	exp := time.Now().Add(peerTokenTTL).Unix()
 	u := holder + "/internal/fills?" + url.Values{"blob": {blob}, "exp": {strconv.FormatInt(exp, 10)}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, r.Method, u, nil)
