@@ -196,6 +196,13 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 	if err != nil {
 		return nil, err
 	}
+	if reg != nil {
+		for _, c := range fills.Collectors() {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if p.Graph == nil {
 		p.Graph = refgraph.NewMemory()
 	}
