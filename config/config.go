@@ -541,6 +541,16 @@ type Redis struct {
 	// floor stays written on the master and on the replica's disk, and
 	// trustproxy_redis_floor_unreplicated_total counts it.
 	FloorWait time.Duration `yaml:"floor_wait"`
+	// PeerListen is the address of a listener of its own for the other
+	// replicas' fill requests (/internal/fills), e.g. :5001, served only
+	// over TLS with PeerTLS: the registry port then no longer serves them.
+	// replica_url then names this listener, as https://. Recommended: a
+	// fill in progress is then neither readable nor forgeable on the
+	// network. Without it peer traffic is plain HTTP on the registry port.
+	PeerListen string `yaml:"peer_listen"`
+	// PeerTLS is the cluster's TLS for peer traffic; required with
+	// PeerListen.
+	PeerTLS PeerTLS `yaml:"peer_tls"`
 
 	// Password is PasswordFile's content, read by Load.
 	Password string `yaml:"-"`
@@ -549,6 +559,22 @@ type Redis struct {
 	// Peers are PeerNetworks, parsed by Load.
 	Peers []netip.Prefix `yaml:"-"`
 }
+
+// PeerTLS is mutual TLS between replicas under a cluster CA: each replica
+// serves its peer listener with CertFile and KeyFile and presents them as
+// its client certificate; a peer is trusted when its certificate chains to
+// CAFile. The CA should issue certificates to the replicas only: any
+// certificate it issued is taken for a replica's (host names are not
+// checked, as pod addresses change). The files are read again when they
+// change, so certificates rotate without a restart.
+type PeerTLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled says whether peer TLS is configured.
+func (t PeerTLS) Enabled() bool { return t != PeerTLS{} }
 
 // RedisTLS turns on TLS to Redis.
 type RedisTLS struct {

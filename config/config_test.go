@@ -424,6 +424,18 @@ func TestErrors(t *testing.T) {
 			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef\n")},
 			want:  []string{"redis.peer_networks[1]: ", "redis.peer_networks: needs redis.replica_url"},
 		},
+		{
+			name:  "peer tls with a plain replica url",
+			yaml:  "redis:\n  addrs: [127.0.0.1:6379]\n  state_key_file: key\n  replica_url: http://10.0.0.7:5001\n  peer_listen: :5001\n  peer_tls: {ca_file: nope.pem}\n",
+			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef\n")},
+			want:  []string{"redis.replica_url: \"http://10.0.0.7:5001\": with redis.peer_tls, peers are reached only over https", "redis.peer_tls.cert_file: required", "redis.peer_tls.key_file: required", "redis.peer_tls.ca_file: file "},
+		},
+		{
+			name:  "peer tls without peer listen",
+			yaml:  "redis:\n  addrs: [127.0.0.1:6379]\n  state_key_file: key\n  replica_url: https://10.0.0.7:5001\n  peer_tls: {ca_file: nope.pem}\n",
+			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef\n")},
+			want:  []string{"redis.peer_listen: required with redis.peer_tls"},
+		},
 		{name: "shutdown timeout negative", yaml: "limits:\n  shutdown_timeout: -1s\n", want: []string{"limits.shutdown_timeout: must be positive"}},
 		{name: "notary url without host", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https:///path\n", want: []string{"upstreams[0].notary.url: ", "no host"}},
 		{name: "notary ca without url", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      ca_file: ca.pem\n", want: []string{"upstreams[0].notary.url: required"}},

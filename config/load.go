@@ -160,6 +160,9 @@ func (c *Config) resolve(dir string) {
 	abs(&c.Redis.PasswordFile)
 	abs(&c.Redis.StateKeyFile)
 	abs(&c.Redis.TLS.CAFile)
+	abs(&c.Redis.PeerTLS.CAFile)
+	abs(&c.Redis.PeerTLS.CertFile)
+	abs(&c.Redis.PeerTLS.KeyFile)
 	for i := range c.Scan.Scanners {
 		abs(&c.Scan.Scanners[i].CAFile)
 		abs(&c.Scan.Scanners[i].AuthorizationFile)

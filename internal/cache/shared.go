@@ -68,9 +68,12 @@ const (
 	// KindRetention is the storage collector's lock (retention): which
 	// replica collects, until when.
 	KindRetention Kind = "retention"
+	// KindScanLease is the lease of a scan of one manifest (scan gate):
+	// which replica scans it, until when.
+	KindScanLease Kind = "scanlease"
 )
 
-var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict, KindRetention, KindVerified}
+var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict, KindRetention, KindVerified, KindScanLease}
 
 // sealVersion is the first byte of every sealed entry.
 const sealVersion = 1
