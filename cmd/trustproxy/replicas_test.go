@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,6 +100,7 @@ func TestSIGKILLedFillHolder(t *testing.T) {
 // replica is a `trustproxy serve` process.
 type replica struct {
 	url, dataDir string
+	metrics      string // its metrics listener (host:port), when it has one
 	cmd          *exec.Cmd
 	done         chan struct{}
 }
@@ -304,9 +306,11 @@ func (p *processes) sign(t *testing.T, tag, seed string, size int64) (v1.Hash, i
 // storage; trustExtra is YAML for the trust section (indented two spaces).
 func (p *processes) start(t *testing.T, dataDir, upstream, trustExtra string) *replica {
 	t.Helper()
-	return startReplicaProcess(t, p.bin, dataDir, func(addr, url string) string {
+	metrics := testenv.FreeAddr(t)
+	r := startReplicaProcess(t, p.bin, dataDir, func(addr, url string) string {
 		return fmt.Sprintf(`listen: %s
 data_dir: %s
+metrics: {listen: %s}
 %supstreams:
   - name: docker.io
     url: %s
@@ -315,8 +319,32 @@ trust:
 %s  pinning: {certs: {%s: [%s]}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, p.shared.YAML("replica_url: "+url), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
+`, addr, dataDir, metrics, p.shared.YAML("replica_url: "+url), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
 	})
+	r.metrics = metrics
+	return r
+}
+
+// counter reads the unlabelled counter name from r's /metrics.
+func (r *replica) counter(t *testing.T, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + r.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s on %s: %q", name, r.metrics, line)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s is not on %s/metrics", name, r.metrics)
+	return 0
 }
 
 // uploads lists the uploads in the shared storage's repositories.
@@ -397,5 +425,8 @@ func TestFillHolderDeathFetchedOnceMore(t *testing.T) {
 	}
 	if left := uploads(t, storage); len(left) != 0 {
 		t.Fatalf("uploads left after the survivors' fill: %v", left)
+	}
+	if n := replicas[1].counter(t, "trustproxy_fill_lock_takeovers_total") + replicas[2].counter(t, "trustproxy_fill_lock_takeovers_total"); n != 1 {
+		t.Errorf("trustproxy_fill_lock_takeovers_total summed over the survivors: %v, want 1", n)
 	}
 }

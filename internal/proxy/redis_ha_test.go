@@ -181,6 +181,23 @@ func TestFloorWriteSurvivesMasterKill(t *testing.T) {
 	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
 }
 
+// TestFloorUnreplicatedCounted: with redis.floor_replicas set and no Redis
+// replica to acknowledge (a single node), a floor write waits
+// redis.floor_wait, is counted in trustproxy_redis_floor_unreplicated_total,
+// and the pull it belongs to is still served: the floor stays on the master
+// and on the replica's own disk.
+func TestFloorUnreplicatedCounted(t *testing.T) {
+	w := newWorld(t)
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+	a := start(t, w.replicaConfig(t, d, t.TempDir(), time.Nanosecond, "floor_replicas: 1", "floor_wait: 50ms"))
+	a.mustPull(t, "library/app:v1")
+	if n := a.counter(t, "trustproxy_redis_floor_unreplicated_total", "", ""); n < 1 {
+		t.Errorf("trustproxy_redis_floor_unreplicated_total = %v after floor writes no Redis replica acknowledged, want at least 1", n)
+	}
+}
+
 // TestRedisOutageBoundsRequests: while Redis hangs (a listener that
 // accepts and never answers) and then while it is stopped, signed pulls on
 // every replica complete and unsigned ones are refused, and no pull waits
