@@ -539,6 +539,29 @@ type Redis struct {
 	// addresses lie in: a fill lock naming a replica_url that resolves
 	// elsewhere is not followed.
 	PeerNetworks []string `yaml:"peer_networks"`
+	// Timeout bounds each call to Redis, dialling included (default
+	// 250ms): while Redis is down or hangs, no request waits on it longer
+	// (then the replica keeps to its own state for a few seconds).
+	Timeout time.Duration `yaml:"timeout"`
+	// FloorReplicas is how many Redis replicas must have a trust floor
+	// write before it counts as shared (WAIT after the write), so that a
+	// failover does not lose the last floor written. Default 1 with
+	// Sentinel or Cluster, 0 on a single node; 0 waits for none.
+	FloorReplicas *int `yaml:"floor_replicas"`
+	// FloorWait bounds that wait (default 250ms). When it ends first the
+	// floor stays written on the master and on the replica's disk, and
+	// trustproxy_redis_floor_unreplicated_total counts it.
+	FloorWait time.Duration `yaml:"floor_wait"`
+	// PeerListen is the address of a listener of its own for the other
+	// replicas' fill requests (/internal/fills), e.g. :5001, served only
+	// over TLS with PeerTLS: the registry port then no longer serves them.
+	// replica_url then names this listener, as https://. Recommended: a
+	// fill in progress is then neither readable nor forgeable on the
+	// network. Without it peer traffic is plain HTTP on the registry port.
+	PeerListen string `yaml:"peer_listen"`
+	// PeerTLS is the cluster's TLS for peer traffic; required with
+	// PeerListen.
+	PeerTLS PeerTLS `yaml:"peer_tls"`
 
 	// Password is PasswordFile's content, read by Load.
 	Password string `yaml:"-"`
@@ -548,6 +571,22 @@ type Redis struct {
 	Peers []netip.Prefix `yaml:"-"`
 }
 
+// PeerTLS is mutual TLS between replicas under a cluster CA: each replica
+// serves its peer listener with CertFile and KeyFile and presents them as
+// its client certificate; a peer is trusted when its certificate chains to
+// CAFile. The CA should issue certificates to the replicas only: any
+// certificate it issued is taken for a replica's (host names are not
+// checked, as pod addresses change). The files are read again when they
+// change, so certificates rotate without a restart.
+type PeerTLS struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled says whether peer TLS is configured.
+func (t PeerTLS) Enabled() bool { return t != PeerTLS{} }
+
 // RedisTLS turns on TLS to Redis.
 type RedisTLS struct {
 	CAFile     string `yaml:"ca_file"`
@@ -556,6 +595,10 @@ type RedisTLS struct {
 
 // Enabled says whether a Redis is configured.
 func (r *Redis) Enabled() bool { return len(r.Addrs) > 0 }
+
+// Cluster says whether Addrs are the seeds of a Redis Cluster: several
+// addresses without MasterName.
+func (r *Redis) Cluster() bool { return r.MasterName == "" && len(r.Addrs) > 1 }
 
 // Limits bounds every input from the network.
 type Limits struct {

@@ -45,7 +45,7 @@ func defaults() *Config {
 			Cosign:       Cosign{ReverifyTTL: 5 * time.Minute},
 		},
 		Scan:      Scan{CredentialTTL: 15 * time.Minute, Timeout: 10 * time.Minute},
-		Redis:     Redis{KeyPrefix: "trustproxy:"},
+		Redis:     Redis{KeyPrefix: "trustproxy:", Timeout: 250 * time.Millisecond, FloorWait: 250 * time.Millisecond, FloorReplicas: new(0)},
 		Retention: Retention{Interval: time.Hour},
 		Limits: Limits{
 			ManifestBytes:      4 << 20,
@@ -410,6 +410,12 @@ func TestErrors(t *testing.T) {
 			files: map[string][]byte{"key": []byte("too short\n")},
 			want:  []string{"redis.state_key_file: the key is 9 characters"},
 		},
+		{
+			name:  "bad redis floor and timeout",
+			yaml:  "redis:\n  addrs: [127.0.0.1:6379, 127.0.0.1:6380]\n  db: 2\n  state_key_file: key\n  timeout: -1s\n  floor_wait: -1s\n  floor_replicas: -1\n",
+			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef")},
+			want:  []string{"redis.db: must be 0 with a Redis Cluster", "redis.timeout: must be positive", "redis.floor_wait: must be positive", "redis.floor_replicas: must be 0"},
+		},
 		{name: "redis settings without addrs", yaml: "redis:\n  master_name: mymaster\n", want: []string{"redis.addrs: required"}},
 		{name: "redis without state key", yaml: "redis:\n  addrs: [127.0.0.1:6379]\n", want: []string{"redis.state_key_file: required with redis"}},
 		{
@@ -417,6 +423,18 @@ func TestErrors(t *testing.T) {
 			yaml:  "redis:\n  addrs: [127.0.0.1:6379]\n  state_key_file: key\n  peer_networks: [10.0.0.0/8, 10.0.0.1]\n",
 			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef\n")},
 			want:  []string{"redis.peer_networks[1]: ", "redis.peer_networks: needs redis.replica_url"},
+		},
+		{
+			name:  "peer tls with a plain replica url",
+			yaml:  "redis:\n  addrs: [127.0.0.1:6379]\n  state_key_file: key\n  replica_url: http://10.0.0.7:5001\n  peer_listen: :5001\n  peer_tls: {ca_file: nope.pem}\n",
+			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef\n")},
+			want:  []string{"redis.replica_url: \"http://10.0.0.7:5001\": with redis.peer_tls, peers are reached only over https", "redis.peer_tls.cert_file: required", "redis.peer_tls.key_file: required", "redis.peer_tls.ca_file: file "},
+		},
+		{
+			name:  "peer tls without peer listen",
+			yaml:  "redis:\n  addrs: [127.0.0.1:6379]\n  state_key_file: key\n  replica_url: https://10.0.0.7:5001\n  peer_tls: {ca_file: nope.pem}\n",
+			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef\n")},
+			want:  []string{"redis.peer_listen: required with redis.peer_tls"},
 		},
 		{name: "shutdown timeout negative", yaml: "limits:\n  shutdown_timeout: -1s\n", want: []string{"limits.shutdown_timeout: must be positive"}},
 		{name: "notary url without host", yaml: "upstreams:\n  - name: reg.example\n    url: https://reg.example\n    notary:\n      url: https:///path\n", want: []string{"upstreams[0].notary.url: ", "no host"}},
@@ -1080,6 +1098,37 @@ func TestCosignIdentity(t *testing.T) {
 				t.Fatalf("error %v, want %q", err, tt.want)
 			case tt.want == "" && (c.Trust.Cosign.RootSum != sha256.Sum256(rootJSON) || c.Trust.Signers[0].CosignIdentity == nil):
 				t.Fatalf("trusted root sum %x, identity %+v", c.Trust.Cosign.RootSum, c.Trust.Signers[0].CosignIdentity)
+			}
+		})
+	}
+}
+
+// TestRedisFloorReplicasDefault: a trust floor write waits for one Redis
+// replica where a failover can promote one (Sentinel, Cluster), for none on
+// a single node, and for what the file says when it says so.
+func TestRedisFloorReplicasDefault(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(key, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, redis string
+		want        int
+	}{
+		{"single node", "addrs: [127.0.0.1:6379]", 0},
+		{"sentinel", "addrs: [127.0.0.1:26379], master_name: m", 1},
+		{"cluster", "addrs: [127.0.0.1:7000, 127.0.0.1:7001]", 1},
+		{"cluster, none asked", "addrs: [127.0.0.1:7000, 127.0.0.1:7001], floor_replicas: 0", 0},
+		{"single node, two asked", "addrs: [127.0.0.1:6379], floor_replicas: 2", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Load(strings.NewReader("redis: {"+tt.redis+", state_key_file: "+key+"}\n"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Redis.FloorReplicas == nil || *c.Redis.FloorReplicas != tt.want {
+				t.Fatalf("floor_replicas = %v, want %d", c.Redis.FloorReplicas, tt.want)
 			}
 		})
 	}

@@ -160,6 +160,9 @@ func (c *Config) resolve(dir string) {
 	abs(&c.Redis.PasswordFile)
 	abs(&c.Redis.StateKeyFile)
 	abs(&c.Redis.TLS.CAFile)
+	abs(&c.Redis.PeerTLS.CAFile)
+	abs(&c.Redis.PeerTLS.CertFile)
+	abs(&c.Redis.PeerTLS.KeyFile)
 	for i := range c.Scan.Scanners {
 		abs(&c.Scan.Scanners[i].CAFile)
 		abs(&c.Scan.Scanners[i].AuthorizationFile)
@@ -268,6 +271,15 @@ func (c *Config) setDefaults() {
 		}
 	}
 	orDefault(&c.Redis.KeyPrefix, "trustproxy:")
+	orDefault(&c.Redis.Timeout, 250*time.Millisecond)
+	orDefault(&c.Redis.FloorWait, 250*time.Millisecond)
+	if c.Redis.FloorReplicas == nil {
+		n := 0
+		if c.Redis.MasterName != "" || c.Redis.Cluster() {
+			n = 1 // failover promotes a replica: the floor must be on one
+		}
+		c.Redis.FloorReplicas = &n
+	}
 	orDefault(&c.Scan.CredentialTTL, 15*time.Minute)
 	orDefault(&c.Scan.Timeout, 10*time.Minute)
 

@@ -449,6 +449,18 @@ func (c *Config) validateRedis(p *problems) {
 	if r.DB < 0 {
 		p.addf("redis.db", "must be 0 or more")
 	}
+	if r.DB > 0 && r.Cluster() {
+		p.addf("redis.db", "must be 0 with a Redis Cluster (several redis.addrs without master_name): a Cluster has one database")
+	}
+	if r.Timeout < 0 {
+		p.addf("redis.timeout", "must be positive, e.g. 250ms")
+	}
+	if r.FloorWait < 0 {
+		p.addf("redis.floor_wait", "must be positive, e.g. 250ms")
+	}
+	if r.FloorReplicas != nil && *r.FloorReplicas < 0 {
+		p.addf("redis.floor_replicas", "must be 0 (wait for no replica) or more")
+	}
 	if r.ReplicaURL != "" {
 		if err := checkURL(r.ReplicaURL); err != nil {
 			p.addf("redis.replica_url", "%v", err)
@@ -498,8 +510,54 @@ func (c *Config) validateRedis(p *problems) {
 	if len(r.PeerNetworks) > 0 && r.ReplicaURL == "" {
 		p.addf("redis.peer_networks", "needs redis.replica_url: without it no fill is shared between replicas")
 	}
+	c.validatePeerTLS(p)
 	if strings.ContainsAny(r.KeyPrefix, "{} ") {
 		p.addf("redis.key_prefix", "%q: braces and spaces are not allowed (trustproxy adds its own hash tags)", r.KeyPrefix)
+	}
+}
+
+// validatePeerTLS checks redis.peer_listen and redis.peer_tls.
+func (c *Config) validatePeerTLS(p *problems) {
+	r := &c.Redis
+	t := r.PeerTLS
+	if r.PeerListen == "" && !t.Enabled() {
+		return
+	}
+	if r.PeerListen == "" {
+		p.addf("redis.peer_listen", "required with redis.peer_tls: the address of the listener the other replicas' fill requests reach over TLS, e.g. :5001")
+	} else if _, port, err := net.SplitHostPort(r.PeerListen); err != nil {
+		p.addf("redis.peer_listen", "%v; want host:port or :port, e.g. :5001", err)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		p.addf("redis.peer_listen", "port %q is not a number from 0 to 65535", port)
+	}
+	if r.ReplicaURL == "" {
+		p.addf("redis.peer_listen", "needs redis.replica_url: the https:// URL of this listener as the other replicas reach it")
+	} else if !strings.HasPrefix(r.ReplicaURL, "https://") {
+		p.addf("redis.replica_url", "%q: with redis.peer_tls, peers are reached only over https; name the peer listener (redis.peer_listen) as https://", r.ReplicaURL)
+	}
+	for _, f := range []struct{ name, path string }{{"ca_file", t.CAFile}, {"cert_file", t.CertFile}, {"key_file", t.KeyFile}} {
+		if f.path == "" {
+			p.addf("redis.peer_tls."+f.name, "required with redis.peer_listen: peer traffic is mutual TLS under the cluster CA (ca_file), each replica with a certificate it issued (cert_file, key_file)")
+		}
+	}
+	if t.CAFile != "" {
+		if err := checkCAFile(t.CAFile); err != nil {
+			p.addf("redis.peer_tls.ca_file", "%v", err)
+		}
+	}
+	if t.CertFile != "" && t.KeyFile != "" {
+		cert, err := readFile(t.CertFile)
+		key, err2 := readFile(t.KeyFile)
+		switch {
+		case err != nil:
+			p.addf("redis.peer_tls.cert_file", "%v", err)
+		case err2 != nil:
+			p.addf("redis.peer_tls.key_file", "%v", err2)
+		default:
+			if _, err := tls.X509KeyPair(cert, key); err != nil {
+				p.addf("redis.peer_tls", "%v", err)
+			}
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -99,6 +100,7 @@ func TestSIGKILLedFillHolder(t *testing.T) {
 // replica is a `trustproxy serve` process.
 type replica struct {
 	url, dataDir string
+	metrics      string // its metrics listener (host:port), when it has one
 	cmd          *exec.Cmd
 	done         chan struct{}
 }
@@ -304,9 +306,11 @@ func (p *processes) sign(t *testing.T, tag, seed string, size int64) (v1.Hash, i
 // storage; trustExtra is YAML for the trust section (indented two spaces).
 func (p *processes) start(t *testing.T, dataDir, upstream, trustExtra string) *replica {
 	t.Helper()
-	return startReplicaProcess(t, p.bin, dataDir, func(addr, url string) string {
+	metrics := testenv.FreeAddr(t)
+	r := startReplicaProcess(t, p.bin, dataDir, func(addr, url string) string {
 		return fmt.Sprintf(`listen: %s
 data_dir: %s
+metrics: {listen: %s}
 %supstreams:
   - name: docker.io
     url: %s
@@ -315,6 +319,114 @@ trust:
 %s  pinning: {certs: {%s: [%s]}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, p.shared.YAML("replica_url: "+url), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
+`, addr, dataDir, metrics, p.shared.YAML("replica_url: "+url), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
 	})
+	r.metrics = metrics
+	return r
+}
+
+// counter reads the unlabelled counter name from r's /metrics.
+func (r *replica) counter(t *testing.T, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + r.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s on %s: %q", name, r.metrics, line)
+			}
+			return f
+		}
+	}
+	t.Fatalf("%s is not on %s/metrics", name, r.metrics)
+	return 0
+}
+
+// uploads lists the uploads in the shared storage's repositories.
+func uploads(t *testing.T, storage string) []string {
+	t.Helper()
+	var out []string
+	root := filepath.Join(storage, "docker", "registry", "v2", "repositories")
+	_ = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && d.Name() == "_uploads" {
+			entries, _ := os.ReadDir(path)
+			for _, e := range entries {
+				out = append(out, filepath.Join(path, e.Name()))
+			}
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	return out
+}
+
+// TestFillHolderDeathFetchedOnceMore: the replica holding a cold blob's
+// fill lock is SIGKILLed mid-fill, its lock still live on Redis. Its
+// clients' retries, spread over the two other replicas at once, fetch the
+// blob from the upstream once more, not once per replica: one survivor
+// takes the dead holder's lock over and fetches, the other streams its
+// fill. The upload the dead holder left in the shared storage is removed by
+// the survivor that took its lock, not left for the next replica to start.
+func TestFillHolderDeathFetchedOnceMore(t *testing.T) {
+	p := newProcesses(t)
+	layer, size := p.sign(t, "v1", "takeover", 3<<19)
+	slow := testenv.Throttle(t, p.env.Registry.Host(), 1<<20) // about 1.5s for the layer
+	repo, storage := procRepo, p.shared.Storage
+	var replicas []*replica
+	for range 3 {
+		replicas = append(replicas, p.start(t, t.TempDir(), slow.URL(), ""))
+	}
+	for _, r := range replicas {
+		resp, err := http.Get(r.url + "/v2/" + repo + "/manifests/v1")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("manifest from %s: %v %v", r.url, resp, err)
+		}
+		resp.Body.Close()
+	}
+	get := func(r *replica) error {
+		resp, err := http.Get(r.url + "/v2/" + repo + "/blobs/" + layer.String())
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, resp.Body)
+		if sum := "sha256:" + hex.EncodeToString(h.Sum(nil)); err != nil || resp.StatusCode != 200 || n != size || sum != layer.String() {
+			return fmt.Errorf("status %d, %d of %d bytes hashing to %s: %v", resp.StatusCode, n, size, sum, err)
+		}
+		return nil
+	}
+	holder := replicas[0]
+	go func() { _ = get(holder) }()
+	waitSpooled(t, holder.dataDir, 256<<10)
+	holder.kill()
+	if left := uploads(t, storage); len(left) != 1 {
+		t.Fatalf("uploads after the holder was killed: %v, want its one", left)
+	}
+
+	errs := make(chan error, 6)
+	for i := range 6 { // the retries, spread over the survivors at once
+		go func() { errs <- get(replicas[1+i%2]) }()
+	}
+	for range 6 {
+		if err := <-errs; err != nil {
+			t.Fatalf("a retry on a survivor: %v", err)
+		}
+	}
+	n := p.env.Registry.BlobGets(layer)
+	t.Logf("upstream GETs of the layer: %d (the dead holder's, and the survivors')", n)
+	if n > 2 {
+		t.Fatalf("the upstream served the layer %d times: the survivors each fetched it, want one fetch more than the dead holder's", n)
+	}
+	if left := uploads(t, storage); len(left) != 0 {
+		t.Fatalf("uploads left after the survivors' fill: %v", left)
+	}
+	if n := replicas[1].counter(t, "trustproxy_fill_lock_takeovers_total") + replicas[2].counter(t, "trustproxy_fill_lock_takeovers_total"); n != 1 {
+		t.Errorf("trustproxy_fill_lock_takeovers_total summed over the survivors: %v, want 1", n)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -69,6 +70,7 @@ const fillStopTimeout = 10 * time.Second
 // address it listens on, and the listener's failure, if it fails.
 type server struct {
 	http    *http.Server
+	peer    *http.Server     // nil without redis.peer_listen
 	debug   *http.Server     // nil without debug.listen
 	metrics *http.Server     // nil without metrics.listen
 	reload  *reload.Reloader // nil without a configuration file
@@ -111,9 +113,18 @@ func start(ctx context.Context, cfg *config.Config, file string, level *slog.Lev
 		_ = p.Close(ctx)
 		return nil, fmt.Errorf("listen: %w (set listen: in the config, or TRUSTPROXY_LISTEN)", err)
 	}
+	peer, err := startPeer(cfg.Redis.PeerListen, p.Server, log)
+	if err != nil {
+		_ = l.Close()
+		_ = p.Close(ctx)
+		return nil, err
+	}
 	debug, err := startDebug(cfg.Debug, log)
 	if err != nil {
 		_ = l.Close()
+		if peer != nil {
+			_ = peer.Close()
+		}
 		_ = p.Close(ctx)
 		return nil, err
 	}
@@ -122,8 +133,10 @@ func start(ctx context.Context, cfg *config.Config, file string, level *slog.Lev
 	if err != nil {
 		_ = l.Close()
 		_ = p.Close(ctx)
-		if debug != nil {
-			_ = debug.Close()
+		for _, side := range []*http.Server{peer, debug} {
+			if side != nil {
+				_ = side.Close()
+			}
 		}
 		return nil, err
 	}
@@ -160,7 +173,7 @@ func start(ctx context.Context, cfg *config.Config, file string, level *slog.Lev
 	if p.Retention != nil {
 		p.Retention.Start()
 	}
-	return &server{http: srv, debug: debug, metrics: metrics, reload: rl, proxy: p, addr: l.Addr().String(), failed: failed}, nil
+	return &server{http: srv, peer: peer, debug: debug, metrics: metrics, reload: rl, proxy: p, addr: l.Addr().String(), failed: failed}, nil
 }
 
 // stop stops s gracefully: the listener closes at once, requests in flight
@@ -171,9 +184,14 @@ func start(ctx context.Context, cfg *config.Config, file string, level *slog.Lev
 func (s *server) stop(timeout time.Duration, log *slog.Logger) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := s.http.Shutdown(shutdown); err != nil {
-		log.Warn("requests still running at limits.shutdown_timeout: their connections are closed", "shutdown_timeout", timeout, "err", err)
-		_ = s.http.Close()
+	for _, srv := range []*http.Server{s.http, s.peer} {
+		if srv == nil {
+			continue
+		}
+		if err := srv.Shutdown(shutdown); err != nil {
+			log.Warn("requests still running at limits.shutdown_timeout: their connections are closed", "shutdown_timeout", timeout, "err", err)
+			_ = srv.Close()
+		}
 	}
 	s.closeSide()
 	closeCtx, cancelClose := context.WithTimeout(context.Background(), fillStopTimeout)
@@ -181,9 +199,9 @@ func (s *server) stop(timeout time.Duration, log *slog.Logger) error {
 	return s.proxy.Close(closeCtx)
 }
 
-// closeSide closes the debug and metrics listeners.
+// closeSide closes the peer, debug and metrics listeners.
 func (s *server) closeSide() {
-	for _, side := range []*http.Server{s.debug, s.metrics} {
+	for _, side := range []*http.Server{s.peer, s.debug, s.metrics} {
 		if side != nil {
 			_ = side.Close()
 		}
@@ -208,6 +226,29 @@ func healthMux(p *proxy.Server, rl *reload.Reloader) *http.ServeMux {
 		}
 	})
 	return mux
+}
+
+// startPeer serves the other replicas' fill requests on addr, over mutual
+// TLS under the cluster CA (proxy.Server.PeerServer). It returns the server
+// to stop with the registry's, or nil when no peer listener is configured.
+func startPeer(addr string, p *proxy.Server, log *slog.Logger) (*http.Server, error) {
+	h, tc := p.PeerServer()
+	if addr == "" || h == nil {
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("peer listener: %w (set redis.peer_listen to a free address)", err)
+	}
+	srv := &http.Server{Handler: h, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		MaxHeaderBytes: 16 << 10, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	go func() {
+		if err := srv.Serve(tls.NewListener(l, tc)); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("peer listener failed: other replicas fetch cold blobs themselves", "addr", l.Addr(), "err", err)
+		}
+	}()
+	log.Info("peer listener serving over mutual TLS", "addr", l.Addr())
+	return srv, nil
 }
 
 // startMetrics serves /metrics from reg, and health's routes, on

@@ -22,18 +22,31 @@ import (
 )
 
 // NewRedis returns the client of cfg: a single node, Sentinels (with
-// MasterName) or a Cluster, as go-redis's UniversalClient chooses from it.
+// MasterName) or a Cluster (several Addrs without MasterName).
+//
+// Every call is bounded by its context (callers give it cfg.Timeout,
+// Shared.Bound), dialling and waiting for a pooled connection included,
+// and is not retried: while Redis is down or hangs (a listener that
+// accepts and never answers) a request waits on it at most that long, then
+// the replica keeps to its own state (RedisHealth). go-redis's own
+// defaults would retry and wait out socket timeouts of seconds instead.
 func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
 	opts := &redis.UniversalOptions{
-		Addrs:        cfg.Addrs,
-		MasterName:   cfg.MasterName,
-		Username:     cfg.Username,
-		Password:     cfg.Password,
-		DB:           cfg.DB,
-		DialTimeout:  2 * time.Second,
-		ReadTimeout:  2 * time.Second,
-		WriteTimeout: 2 * time.Second,
-		MaxRetries:   1,
+		Addrs:                 cfg.Addrs,
+		MasterName:            cfg.MasterName,
+		Username:              cfg.Username,
+		Password:              cfg.Password,
+		DB:                    cfg.DB,
+		DialTimeout:           timeout,
+		ReadTimeout:           timeout,
+		WriteTimeout:          timeout,
+		PoolTimeout:           timeout,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1,
 	}
 	if cfg.TLS.CAFile != "" {
 		pem, err := os.ReadFile(cfg.TLS.CAFile)
@@ -49,11 +62,24 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 			opts.TLSConfig.ServerName, _, _ = net.SplitHostPort(cfg.Addrs[0])
 		}
 	}
+	if cfg.Cluster() {
+		c := opts.Cluster()
+		// go-redis asks a Cluster which node serves which slots every
+		// minute by default, and on a MOVED answer: a master that died
+		// answers nothing, so after a failover its slots would stay
+		// unreachable for up to a minute.
+		c.ClusterStateReloadInterval = clusterReload
+		return redis.NewClusterClient(c), nil
+	}
 	return redis.NewUniversalClient(opts), nil
 }
 
-// RedisTimeout bounds one call to Redis.
-const RedisTimeout = 2 * time.Second
+// clusterReload is how often a Cluster's slot map is read again while
+// the client is used.
+const clusterReload = time.Second
+
+// DefaultTimeout bounds one call to Redis when redis.timeout is not set.
+const DefaultTimeout = 250 * time.Millisecond
 
 // RedisHealth tracks whether Redis answers, for everything that keeps
 // state there. After a failure Redis is not asked again for redisRetry:
@@ -64,6 +90,10 @@ type RedisHealth struct {
 	retryAt  atomic.Int64 // unix nanoseconds
 	log      *slog.Logger
 	onChange func(degraded bool)
+	// reload, when set, refreshes the client's view of where to reach
+	// Redis (a Cluster's slot map): run shortly before the next attempt,
+	// so that attempt goes to the masters a failover promoted meanwhile.
+	reload func()
 }
 
 // NewRedisHealth returns a RedisHealth that logs changes to log.
@@ -85,6 +115,9 @@ func (h *RedisHealth) Failed(err error) bool {
 	down := err != nil && !errors.Is(err, redis.Nil)
 	if down {
 		h.retryAt.Store(time.Now().Add(redisRetry).UnixNano())
+		if h.reload != nil {
+			time.AfterFunc(redisRetry*9/10, h.reload)
+		}
 	}
 	if was := h.degraded.Swap(down); was != down {
 		if down {
@@ -212,9 +245,15 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		keys = append(keys, k)
 		names[k] = name
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
+	wait := f.FloorReplicas > 0
+	budget := f.Timeout
+	if wait {
+		budget += f.FloorWait
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
 	var rollback error
+	acked := -1 // replicas that have the write, when it was waited for
 	txf := func(tx *redis.Tx) error {
 		rollback = nil
 		write := map[string][]byte{}
@@ -250,6 +289,13 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 			}
 			return nil
 		})
+		if err != nil || !wait {
+			return err
+		}
+		// WAIT on the connection that wrote: replication is asynchronous,
+		// and a failover promotes a replica that may not have the write.
+		n, err := tx.Wait(ctx, f.FloorReplicas, f.FloorWait).Result()
+		acked = int(n)
 		return err
 	}
 	var err error
@@ -264,6 +310,11 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 	}
 	if f.Health.Failed(err) {
 		return nil
+	}
+	if acked >= 0 && acked < f.FloorReplicas {
+		f.unreplicated.Inc()
+		f.log.Warn("a trust floor write reached fewer redis replicas than redis.floor_replicas within redis.floor_wait: a failover now could lose it on redis, this replica's own floor keeps it; check the replicas' link (INFO replication) or raise floor_wait",
+			"gun", gun, "replicas", acked, "want", f.FloorReplicas, "floor_wait", f.FloorWait)
 	}
 	return rollback
 }

@@ -49,6 +49,38 @@ func (s *ReportStore) Share(sh *Shared) {
 	s.shared = sh
 }
 
+// ScanLeaseTTL is how long a scan's lease names a replica that stopped
+// refreshing it (it died mid-scan).
+const ScanLeaseTTL = 15 * time.Second
+
+// LeaseScan takes the lease of a scan of d among the replicas sharing
+// Redis, sealed at <prefix>scan:lease:<digest>: the Lease when this replica
+// is to scan d, or the entry of the replica that scans it, whose report
+// will reach Get. Neither when the store is not shared or Redis does not
+// answer: scan here. A lease that is not genuine, or is over, is replaced
+// (Shared.Acquire), so a Redis writer cannot hold scans off beyond
+// replaying a genuine lease until its end; and a lease never stands for a
+// report: the gate serves only on a report it reads.
+func (s *ReportStore) LeaseScan(d digest.Digest) (*Lease, *LeaseEntry) {
+	if s.shared == nil {
+		return nil, nil
+	}
+	return s.shared.Acquire(KindScanLease, s.leaseKey(d), "", ScanLeaseTTL)
+}
+
+// ScanLease returns the genuine lease of a scan of d on Redis (live or
+// over), or nil.
+func (s *ReportStore) ScanLease(d digest.Digest) *LeaseEntry {
+	if s.shared == nil {
+		return nil
+	}
+	return s.shared.ReadLease(context.Background(), KindScanLease, s.leaseKey(d))
+}
+
+func (s *ReportStore) leaseKey(d digest.Digest) string {
+	return s.shared.Key("scan:lease:" + d.String())
+}
+
 // maxStoredReport bounds a stored report file: a report plus its envelope.
 const maxStoredReport = 17 << 20
 
@@ -157,7 +189,7 @@ func (s *ReportStore) Put(r *StoredReport) (*StoredReport, error) {
 		return have, nil
 	}
 	if sh := s.shared; sh != nil && !sh.Health.Skip() {
-		ctx, cancel := context.WithTimeout(context.Background(), RedisTimeout)
+		ctx, cancel := sh.Bound(context.Background())
 		defer cancel()
 		key := s.sharedKey(r.Digest)
 		sh.Health.Failed(sh.Redis.Set(ctx, key, sh.Seal(KindReport, key, b), sharedReportTTL).Err())

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -33,11 +34,18 @@ type Shared struct {
 	Redis  redis.UniversalClient
 	Prefix string
 	Health *RedisHealth
+	// Timeout bounds each call (Bound); DefaultTimeout unless set.
+	Timeout time.Duration
+	// FloorReplicas is how many Redis replicas a trust floor write waits
+	// for (WAIT), at most FloorWait: redis.floor_replicas, floor_wait.
+	FloorReplicas int
+	FloorWait     time.Duration
 
-	stateKey []byte
-	macKeys  map[Kind][]byte
-	rejected *prometheus.CounterVec
-	log      *slog.Logger
+	stateKey     []byte
+	macKeys      map[Kind][]byte
+	rejected     *prometheus.CounterVec
+	unreplicated prometheus.Counter
+	log          *slog.Logger
 }
 
 // A Kind names what a sealed entry is, so that an entry of one kind is
@@ -60,9 +68,12 @@ const (
 	// KindRetention is the storage collector's lock (retention): which
 	// replica collects, until when.
 	KindRetention Kind = "retention"
+	// KindScanLease is the lease of a scan of one manifest (scan gate):
+	// which replica scans it, until when.
+	KindScanLease Kind = "scanlease"
 )
 
-var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict, KindRetention, KindVerified}
+var kinds = []Kind{KindFloor, KindReport, KindRefs, KindParents, KindLock, KindRefusal, KindVerdict, KindRetention, KindVerified, KindScanLease}
 
 // sealVersion is the first byte of every sealed entry.
 const sealVersion = 1
@@ -80,23 +91,38 @@ func NewShared(rdb redis.UniversalClient, prefix string, stateKey []byte, health
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Shared{Redis: rdb, Prefix: prefix, Health: health, stateKey: stateKey, macKeys: map[Kind][]byte{},
+	s := &Shared{Redis: rdb, Prefix: prefix, Health: health, Timeout: DefaultTimeout, FloorWait: DefaultTimeout,
+		stateKey: stateKey, macKeys: map[Kind][]byte{},
 		log: log.With("component", "redis"),
+		unreplicated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trustproxy_redis_floor_unreplicated_total",
+			Help: "Trust floor writes that fewer Redis replicas than redis.floor_replicas acknowledged within redis.floor_wait: a failover then could lose them on Redis (the replica's own floor keeps them).",
+		}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_redis_rejected_total",
 			Help: "Entries read from Redis and ignored, by kind: not sealed with this deployment's state key for that key name, or older than what this replica has seen.",
 		}, []string{"kind"}),
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok && health != nil {
+		health.reload = func() { cc.ReloadState(context.Background()) }
 	}
 	for _, k := range kinds {
 		s.macKeys[k] = s.Derive("trustproxy redis entry " + string(k))
 		s.rejected.WithLabelValues(string(k))
 	}
 	if reg != nil {
-		if err := reg.Register(s.rejected); err != nil {
-			return nil, err
+		for _, c := range []prometheus.Collector{s.rejected, s.unreplicated} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return s, nil
+}
+
+// Bound returns ctx bounded for one call to Redis (Timeout).
+func (s *Shared) Bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.Timeout)
 }
 
 // Derive returns a 32-byte key for purpose, derived from the state key
@@ -168,7 +194,7 @@ func (s *Shared) Get(ctx context.Context, kind Kind, key string, limit int) []by
 	if s.Health.Skip() {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, RedisTimeout)
+	ctx, cancel := s.Bound(ctx)
 	defer cancel()
 	b, err := s.Read(ctx, s.Redis, kind, key, limit)
 	if s.Health.Failed(err) || b == nil {
@@ -240,7 +266,7 @@ func (s *Shared) Members(ctx context.Context, kind Kind, key string, limit, max 
 	if s.Health.Skip() {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, RedisTimeout)
+	ctx, cancel := s.Bound(ctx)
 	defer cancel()
 	v, err := membersBounded.Run(ctx, s.Redis, []string{key}, limit+1+sha256.Size, max).Result()
 	if s.Health.Failed(err) {

@@ -15,6 +15,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/cache"
 	"github.com/trustproxy/trustproxy/internal/upstream"
 )
 
@@ -36,6 +37,11 @@ import (
 type fill struct {
 	dgst digest.Digest
 	path string // the spool file, removed when the fill ends (readers keep their fd); "" for a small blob
+	// lease is this replica's cross-replica lock on the blob, released when
+	// the fill ends; upload is the ID of its upload, recorded in the lease.
+	// Both are guarded by Fills.mu.
+	lease  *cache.Lease
+	upload string
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -59,19 +65,21 @@ const (
 )
 
 // join returns the fill under way for b, or starts one, with the spool file
-// opened for reading (nil for a blob held in memory). release, when not
-// nil, releases this replica's cross-replica lock on b once the fill ends.
-func (fs *Fills) join(b Blob, release func()) (*fill, *os.File, error) {
+// opened for reading (nil for a blob held in memory). lease, when not
+// nil, is this replica's cross-replica lock on b, released once the fill
+// ends; the fill records its upload in it.
+func (fs *Fills) join(b Blob, lease *cache.Lease) (*fill, *os.File, error) {
 	key := b.Repository.At(b.Desc.Digest)
-	if release == nil {
-		release = func() {}
-	}
-	// The lock is released on Redis after fs.mu is: never a network call
-	// under the lock every blob request takes.
-	started := false
+	// The lock is released or noted on Redis after fs.mu is: never a
+	// network call under the lock every blob request takes.
+	kept, note := false, ""
 	defer func() {
-		if !started {
-			release()
+		switch {
+		case lease == nil:
+		case !kept:
+			lease.Release()
+		case note != "":
+			lease.SetNote(note)
 		}
 	}()
 	fs.mu.Lock()
@@ -80,14 +88,21 @@ func (fs *Fills) join(b Blob, release func()) (*fill, *os.File, error) {
 		return nil, nil, ErrClosing
 	}
 	if f, ok := fs.fills[key]; ok {
+		// A fill of this process has it. It may have started without the
+		// lock this request took (a request of this process that found the
+		// lock just taken by this replica, over a dead holder's): it keeps
+		// the lock then, so that the others stream its fill.
+		if lease != nil && f.lease == nil {
+			f.lease, kept, note = lease, true, f.upload
+		}
 		if f.path == "" {
 			return f, nil, nil
 		}
-		spool, err := os.Open(f.path) // a fill of this process has it (and its own lock)
+		spool, err := os.Open(f.path)
 		return f, spool, err
 	}
 	desc := b.Desc
-	f := &fill{dgst: desc.Digest, size: desc.Size}
+	f := &fill{dgst: desc.Digest, size: desc.Size, lease: lease}
 	f.cond = sync.NewCond(&f.mu)
 	var w, spool *os.File
 	inMemory := desc.Size > 0 && desc.Size <= smallBlob && fs.memFills+desc.Size <= memFillBudget
@@ -106,7 +121,7 @@ func (fs *Fills) join(b Blob, release func()) (*fill, *os.File, error) {
 		f.path = w.Name()
 	}
 	fs.fills[key] = f
-	started = true
+	kept = true
 	fs.running.Go(func() {
 		err := fs.run(b, f, w)
 		fs.mu.Lock()
@@ -114,8 +129,11 @@ func (fs *Fills) join(b Blob, release func()) (*fill, *os.File, error) {
 		if inMemory {
 			fs.memFills -= desc.Size
 		}
+		l := f.lease
 		fs.mu.Unlock()
-		release() // after the commit: a replica that then finds no lock finds the blob
+		if l != nil {
+			l.Release() // after the commit: a replica that then finds no lock finds the blob
+		}
 		if w != nil {
 			w.Close()
 			os.Remove(w.Name())
@@ -130,7 +148,9 @@ func (fs *Fills) join(b Blob, release func()) (*fill, *os.File, error) {
 }
 
 // run downloads the blob into spool (nil: into f.mem) and storage. It
-// returns nil only when the blob verified and was committed. Close cancels it.
+// returns nil only when the blob verified and was committed. Close cancels
+// it. The upload's ID goes into the fill's lease: a replica that takes the
+// lock over from this one, dead, removes the upload.
 func (fs *Fills) run(b Blob, f *fill, spool *os.File) (err error) {
 	ctx, cancel := context.WithCancelCause(fs.ctx)
 	defer cancel(nil)
@@ -186,6 +206,13 @@ func (fs *Fills) run(b Blob, f *fill, spool *os.File) (err error) {
 	bw, err := blobs.Create(ctx)
 	if err != nil {
 		return fmt.Errorf("create blob writer: %w", err)
+	}
+	fs.mu.Lock()
+	f.upload = bw.ID()
+	lease := f.lease
+	fs.mu.Unlock()
+	if lease != nil {
+		lease.SetNote(bw.ID())
 	}
 	committed := false
 	defer func() {

@@ -2,6 +2,7 @@ package fill
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,8 @@ type Fills struct {
 	log      *slog.Logger
 	fetches  *prometheus.CounterVec // trustproxy_upstream_fetches_total{kind,result}
 	peers    *peers                 // nil: fills are not shared between replicas
+	// takeovers counts fill locks taken over from replicas that did not answer.
+	takeovers prometheus.Counter
 
 	mu       sync.Mutex
 	fills    map[string]*fill // blob downloads under way, by gun.Name.At
@@ -53,16 +56,25 @@ func New(dataDir string, lim config.Limits, fetches *prometheus.CounterVec, log 
 	removeStaleSpool(spool, max(time.Hour, 2*lim.BlobIdleTimeout), log)
 	ctx, stop := context.WithCancelCause(context.Background())
 	return &Fills{spoolDir: spool, limits: lim, log: log, fetches: fetches,
+		takeovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trustproxy_fill_lock_takeovers_total",
+			Help: "Fill locks this replica took over from a replica that did not answer (it died mid-fill, or cannot be reached from here).",
+		}),
 		fills: map[string]*fill{}, ctx: ctx, stop: stop}, nil
 }
 
 // Share makes this process one replica of several on sh's Redis: a blob is
 // fetched from the upstream by one replica at a time, and the others stream
 // its fill from the replica at its URL self, dialled only inside networks
-// (all addresses when none).
-func (fs *Fills) Share(sh *cache.Shared, self string, networks []netip.Prefix) {
-	fs.peers = newPeers(sh, self, networks, fs.limits)
+// (all addresses when none), and only over https under clientTLS when it
+// is not nil (PeerTLS).
+func (fs *Fills) Share(sh *cache.Shared, self string, networks []netip.Prefix, clientTLS *tls.Config) {
+	fs.peers = newPeers(sh, self, networks, clientTLS, fs.limits)
 }
+
+// Collectors are the metrics of fs that its caller registers:
+// trustproxy_fill_lock_takeovers_total.
+func (fs *Fills) Collectors() []prometheus.Collector { return []prometheus.Collector{fs.takeovers} }
 
 // A Blob is one blob to fill: the repository it was asked for in, its
 // verified descriptor (Size -1 when unknown: audit mode), the upstream it is
@@ -120,23 +132,43 @@ const (
 // fill of another replica that holds its lock, or else from this
 // replica's, joined or started. It returns where the bytes came from, or
 // ErrStored when the blob turned up in storage meanwhile.
+//
+// A holder that does not answer (it died with its lock, or this replica
+// cannot reach it) is not waited for: this replica takes its lock over
+// with a compare-and-set on the entry it read and fetches the blob; of
+// several replicas that find it so at once, one takes the lock and the
+// others stream its fill, so the blob is fetched once more, not once per
+// replica. When nothing took the connection at the dead holder's address,
+// the upload its fill left in the storage is removed (cleanUpload).
 func (fs *Fills) Serve(ctx context.Context, w http.ResponseWriter, r *http.Request, b Blob) (Source, error) {
-	release, holder := fs.lock(b)
-	for wait := peerWait; holder != ""; {
-		err := fs.peers.stream(ctx, w, r, holder, b.Repository.At(b.Desc.Digest), b.Desc.Digest, b.Desc.Size)
+	key := b.Repository.At(b.Desc.Digest)
+	lease, holder := fs.lock(b)
+	for wait := peerWait; holder != nil; {
+		err := fs.peers.stream(ctx, w, r, holder.URL, key, b.Desc.Digest, b.Desc.Size)
 		if !errors.Is(err, errNoPeerFill) {
 			return FromPeer, err
 		}
 		// The holder has no fill of it: it has ended (the blob is in
 		// storage, or it failed), or it has not begun yet (the holder took
-		// the lock a moment ago). A holder that does not answer at all is
-		// not waited for.
+		// the lock a moment ago), or the holder does not answer.
 		if _, serr := b.Store.Stat(ctx, b.Desc.Digest); serr == nil {
 			return FromPeer, ErrStored
 		}
-		if errors.Is(err, errPeerUnreachable) || wait <= 0 {
-			fs.log.Debug("no fill on the lock holder; fetching here", "repo", b.Repository.String(), "digest", b.Desc.Digest, "holder", holder, "err", err)
-			release = nil
+		if errors.Is(err, errPeerUnreachable) {
+			if lease = fs.peers.takeOver(key, holder); lease != nil {
+				fs.takeovers.Inc()
+				fs.log.Info("took over the fill lock of a replica that does not answer", "repo", b.Repository.String(), "digest", b.Desc.Digest, "holder", holder.URL, "err", err)
+				if errors.Is(err, errPeerDown) && holder.Note != "" {
+					fs.cleanUpload(ctx, b, holder)
+				}
+				break
+			}
+			// Another replica took it over, or the holder refreshed it:
+			// look again.
+		}
+		if wait <= 0 {
+			fs.log.Debug("no fill on the lock holder; fetching here", "repo", b.Repository.String(), "digest", b.Desc.Digest, "holder", holder.URL, "err", err)
+			lease = nil
 			break
 		}
 		select {
@@ -145,9 +177,9 @@ func (fs *Fills) Serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		case <-ctx.Done():
 			return FromPeer, ctx.Err()
 		}
-		release, holder = fs.lock(b)
+		lease, holder = fs.lock(b)
 	}
-	f, spool, err := fs.join(b, release)
+	f, spool, err := fs.join(b, lease)
 	if err != nil {
 		return FromUpstream, err
 	}
@@ -157,27 +189,47 @@ func (fs *Fills) Serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	return FromUpstream, f.serve(w, r, spool)
 }
 
+// cleanUpload removes the upload that the fill of holder, a replica that
+// is gone, left in b's repository (holder.Note, its upload's ID), instead
+// of leaving it to the next replica to start. An upload that is no longer
+// there (committed, or removed already) is nothing to do.
+func (fs *Fills) cleanUpload(ctx context.Context, b Blob, holder *cache.LeaseEntry) {
+	bw, err := b.Store.Resume(ctx, holder.Note)
+	if errors.Is(err, distribution.ErrBlobUploadUnknown) {
+		return
+	}
+	if err == nil {
+		err = bw.Cancel(ctx)
+	}
+	if err != nil {
+		fs.log.Warn("cannot remove the upload of a replica that stopped mid-fill; the next replica to start purges it", "repo", b.Repository.String(),
+			"digest", b.Desc.Digest, "holder", holder.URL, "upload", holder.Note, "err", err)
+		return
+	}
+	fs.log.Info("removed the upload of a replica that stopped mid-fill", "repo", b.Repository.String(), "digest", b.Desc.Digest, "holder", holder.URL, "upload", holder.Note)
+}
+
 // lock takes the cross-replica lock of b when replicas share Redis and no
-// fill of this process has it: release when this replica is to fill it, or
-// the URL of the replica that holds it (never this one's). A blob of
+// fill of this process has it: the lease when this replica is to fill it,
+// or the entry of the replica that holds it (never this one). A blob of
 // unknown length (audit mode) is filled here: a peer's stream is used only
 // when the length to check it against is known.
-func (fs *Fills) lock(b Blob) (release func(), holder string) {
+func (fs *Fills) lock(b Blob) (*cache.Lease, *cache.LeaseEntry) {
 	if fs.peers == nil || b.Desc.Size < 0 {
-		return nil, ""
+		return nil, nil
 	}
 	key := b.Repository.At(b.Desc.Digest)
 	fs.mu.Lock()
 	_, local := fs.fills[key]
 	fs.mu.Unlock()
 	if local {
-		return nil, ""
+		return nil, nil
 	}
-	release, holder = fs.peers.acquire(key)
-	if holder == fs.peers.self {
-		holder = "" // our own fill, just started or just ended: join or start one here
+	lease, holder := fs.peers.acquire(key)
+	if holder != nil && holder.URL == fs.peers.self {
+		holder = nil // our own fill, just started or just ended: join or start one here
 	}
-	return release, holder
+	return lease, holder
 }
 
 // Filling says whether a fill of blob d, in any repository, is under way

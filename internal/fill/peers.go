@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -17,10 +18,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/opencontainers/go-digest"
 	"github.com/redis/go-redis/v9"
 
@@ -46,12 +47,18 @@ import (
 // limits.upstream_timeout, each read within limits.blob_idle_timeout, the
 // whole within the size's deadline), and used only when the blob's length
 // is known from its verified manifest.
+//
+// With peer TLS (redis.peer_tls) the holder is dialled only over https,
+// its certificate checked against the cluster CA, this replica presenting
+// its own: a fill in progress is then neither readable nor forgeable on the
+// network, and a holder URL that is not https:// is not followed.
 type peers struct {
 	*cache.Shared
 	self   string // this replica's URL, as the others reach it
 	key    []byte
 	limits config.Limits
 	client *http.Client
+	tls    bool // peers are dialled only over https, under the cluster CA
 }
 
 const (
@@ -64,115 +71,68 @@ const (
 // errNoPeerFill says the holder has no fill of that blob (not yet, or not
 // any more); errPeerUnreachable, which wraps it, that the holder did not
 // answer at all (it may have died).
+// errPeerDown, which wraps errPeerUnreachable, that nothing took the
+// connection at its address (its process is gone, or its pod).
 var (
 	errNoPeerFill      = errors.New("the replica holding the fill lock has no such fill")
 	errPeerUnreachable = fmt.Errorf("%w: it does not answer", errNoPeerFill)
+	errPeerDown        = fmt.Errorf("%w: nothing takes connections at its address", errPeerUnreachable)
+	// errOutsidePeers is a holder's address outside redis.peer_networks.
+	errOutsidePeers = errors.New("the peer address is outside redis.peer_networks")
 )
 
 // newPeers returns the peers of the replica at self, which reaches the
 // others only inside networks (all addresses when none).
-func newPeers(sh *cache.Shared, self string, networks []netip.Prefix, lim config.Limits) *peers {
+func newPeers(sh *cache.Shared, self string, networks []netip.Prefix, clientTLS *tls.Config, lim config.Limits) *peers {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil // on the cluster network, never through a proxy
 	tr.ResponseHeaderTimeout = lim.UpstreamTimeout
+	tr.TLSClientConfig = clientTLS
 	if len(networks) > 0 {
 		d := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, address string, _ syscall.RawConn) error {
 			host, _, _ := net.SplitHostPort(address)
 			ip, err := netip.ParseAddr(host)
 			if err != nil || !slices.ContainsFunc(networks, func(n netip.Prefix) bool { return n.Contains(ip.Unmap()) }) {
-				return fmt.Errorf("peer address %s is outside redis.peer_networks", address)
+				return fmt.Errorf("%w: %s", errOutsidePeers, address)
 			}
 			return nil
 		}}
 		tr.DialContext = d.DialContext
 	}
-	return &peers{Shared: sh, self: self, key: sh.Derive("trustproxy peer key"), limits: lim,
+	return &peers{Shared: sh, self: self, key: sh.Derive("trustproxy peer key"), limits: lim, tls: clientTLS != nil,
 		client: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
 // lockKey is the Redis key of the lock of the fill of blob (gun.Name.At).
 func (p *peers) lockKey(blob string) string { return p.Key("fill:" + blob) }
 
-// fillLock is a lock's sealed value: who holds it, until when.
+// fillLock is a lock's sealed value (a cache.LeaseEntry): who holds it,
+// until when, and the upload of its fill (Note).
 type fillLock struct {
 	URL   string    `json:"url"`
 	Owner string    `json:"owner"`
 	Until time.Time `json:"until"`
 }
 
-func (p *peers) sealLock(key, owner string) string {
-	b, _ := json.Marshal(fillLock{URL: p.self, Owner: owner, Until: time.Now().Add(fillLockTTL)})
-	return string(p.Seal(cache.KindLock, key, b))
+// acquire tries to become the one replica that fills blob (gun.Name.At):
+// the lease when this replica holds the lock (release it when the fill
+// ends), or the entry of the replica that holds it. Neither when Redis is
+// unreachable: the replica fills on its own. A lock that is not genuine,
+// or is over, is replaced (cache.Shared.Acquire).
+func (p *peers) acquire(blob string) (*cache.Lease, *cache.LeaseEntry) {
+	l, holder := p.Acquire(cache.KindLock, p.lockKey(blob), p.self, fillLockTTL)
+	if holder != nil && holder.URL == "" {
+		return nil, nil // a genuine lock that names no one to ask: fill alone
+	}
+	return l, holder
 }
 
-// replaceIfOwner replaces a lock that still holds this owner's value
-// (ARGV[1]) with ARGV[2] for ARGV[3] ms, or deletes it when ARGV[2] is "".
-var replaceIfOwner = redis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1`)
-
-// acquire tries to become the one replica that fills blob (gun.Name.At). It returns a
-// release func when this replica holds the lock (call it when the fill
-// ends), or the URL of the replica that holds it. It returns neither when
-// Redis is unreachable or the lock there is not genuine or is over: the
-// replica fills on its own.
-func (p *peers) acquire(blob string) (release func(), holder string) {
-	if p.Health.Skip() {
-		return nil, ""
-	}
-	key := p.lockKey(blob)
-	owner := uuid.NewString()
-	cur := p.sealLock(key, owner)
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
-	defer cancel()
-	ok, err := p.Redis.SetNX(ctx, key, cur, fillLockTTL).Result()
-	if p.Health.Failed(err) {
-		return nil, ""
-	}
-	if !ok {
-		b := p.Get(ctx, cache.KindLock, key, 4096)
-		var l fillLock
-		if b == nil {
-			return nil, ""
-		}
-		if json.Unmarshal(b, &l) != nil || l.URL == "" {
-			p.Reject(cache.KindLock, key, "a sealed lock that does not read")
-			return nil, ""
-		}
-		if !time.Now().Before(l.Until) {
-			return nil, "" // over: its holder stopped refreshing it, or it is replayed
-		}
-		return nil, l.URL
-	}
-	stop, stopped := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(fillLockTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				next := p.sealLock(key, owner)
-				ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
-				n, err := replaceIfOwner.Run(ctx, p.Redis, []string{key}, cur, next, fillLockTTL.Milliseconds()).Int()
-				cancel()
-				if !p.Health.Failed(err) && n == 1 {
-					cur = next
-				}
-			}
-		}
-	}()
-	return func() {
-		close(stop)
-		<-stopped
-		ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
-		defer cancel()
-		p.Health.Failed(replaceIfOwner.Run(ctx, p.Redis, []string{key}, cur, "", 0).Err())
-	}, ""
+// takeOver takes the lock of blob from the holder whose entry was read as
+// was, if it still holds exactly that (compare-and-set): of the replicas
+// that find a holder dead, one takes its lock and fetches the blob; the
+// others then find it as the holder, and stream its fill.
+func (p *peers) takeOver(blob string, was *cache.LeaseEntry) *cache.Lease {
+	return p.TakeOver(cache.KindLock, p.lockKey(blob), was, p.self, fillLockTTL)
 }
 
 // maxLocksScanned bounds the fill locks LockedDigests reads: keys planted
@@ -189,25 +149,40 @@ const maxLocksScanned = 100_000
 func LockedDigests(ctx context.Context, sh *cache.Shared) (map[digest.Digest]bool, error) {
 	out := map[digest.Digest]bool{}
 	prefix := sh.Key("fill:")
-	iter := sh.Redis.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	for n := 0; iter.Next(ctx) && n < maxLocksScanned; n++ {
-		key := iter.Val()
-		at := strings.LastIndexByte(key, '@')
-		if at < 0 {
-			continue
+	n := 0
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for ; iter.Next(ctx) && n < maxLocksScanned; n++ {
+			key := iter.Val()
+			at := strings.LastIndexByte(key, '@')
+			if at < 0 {
+				continue
+			}
+			d, err := digest.Parse(key[at+1:])
+			if err != nil {
+				continue
+			}
+			b := sh.Get(ctx, cache.KindLock, key, 4096)
+			var l fillLock
+			if b == nil || json.Unmarshal(b, &l) != nil || !time.Now().Before(l.Until) {
+				continue
+			}
+			out[d] = true
 		}
-		d, err := digest.Parse(key[at+1:])
-		if err != nil {
-			continue
-		}
-		b := sh.Get(ctx, cache.KindLock, key, 4096)
-		var l fillLock
-		if b == nil || json.Unmarshal(b, &l) != nil || !time.Now().Before(l.Until) {
-			continue
-		}
-		out[d] = true
+		return iter.Err()
 	}
-	return out, iter.Err()
+	// SCAN reads one node: in a Cluster, each master holds its own slots'
+	// locks, and one scanned alone would miss the others'.
+	if cc, ok := sh.Redis.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return scan(ctx, m)
+		})
+		return out, err
+	}
+	return out, scan(ctx, sh.Redis)
 }
 
 // token authenticates a request for the fill of blob until exp.
@@ -237,6 +212,9 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		cancel(errors.New("the peer's stream took longer than its deadline (limits.upstream_timeout + size / limits.min_transfer_rate)"))
 	})
 	defer deadline.Stop()
+	if p.tls && !strings.HasPrefix(holder, "https://") {
+		return fmt.Errorf("%w: %s is not an https:// URL, and peers are reached only over TLS (redis.peer_tls)", errPeerUnreachable, holder)
+	}
 	exp := time.Now().Add(peerTokenTTL).Unix()
 	u := holder + "/internal/fills?" + url.Values{"blob": {blob}, "exp": {strconv.FormatInt(exp, 10)}}.Encode()
 	req, err := http.NewRequestWithContext(ctx, r.Method, u, nil)
@@ -246,6 +224,9 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	req.Header.Set("Authorization", "Bearer "+p.token(blob, exp))
 	resp, err := p.client.Do(req)
 	if err != nil {
+		if down(err) {
+			return fmt.Errorf("%w: %v", errPeerDown, err)
+		}
 		return fmt.Errorf("%w: %v", errPeerUnreachable, err)
 	}
 	defer resp.Body.Close()
@@ -283,6 +264,16 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		return &AbortedError{fmt.Errorf("the fill on %s ended after %d of %d bytes, hashing to %s: %v", holder, n, size, h.Digest(), err)}
 	}
 	return hold.release()
+}
+
+// down says whether err is a dial that the network refused or that found
+// nobody (not one refused by redis.peer_networks, nor a TLS failure).
+func down(err error) bool {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "dial" || errors.Is(err, errOutsidePeers) {
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || op.Timeout()
 }
 
 // idleReader resets an idle timer at every read that gives bytes.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -169,6 +170,7 @@ type Server struct {
 	cosign    *cosignSource                // cosign verdicts and the verified set, for rules listing cosign
 	notation  *notationSource              // Notation's, for rules listing notation
 	referrers *referrerSet                 // the subjects of the referrers served (referrers.go)
+	peerTLS   *tls.Config                  // the peer listener's, with redis.peer_tls; nil: peers ask on the registry port
 }
 
 // New returns the registry read API for cfg's upstreams over p. Every route
@@ -194,6 +196,13 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 	fills, err := fill.New(cfg.DataDir, cfg.Limits, m.upstream, log)
 	if err != nil {
 		return nil, err
+	}
+	if reg != nil {
+		for _, c := range fills.Collectors() {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if p.Graph == nil {
 		p.Graph = refgraph.NewMemory()
@@ -224,7 +233,13 @@ func New(cfg *config.Config, p Parts, log *slog.Logger, reg prometheus.Registere
 	if sh := p.Shared; sh != nil {
 		sh.Health.Watch(s.setDegraded)
 		if u := strings.TrimSuffix(cfg.Redis.ReplicaURL, "/"); u != "" {
-			fills.Share(sh, u, cfg.Redis.Peers)
+			var client *tls.Config
+			if cfg.Redis.PeerTLS.Enabled() {
+				if s.peerTLS, client, err = fill.PeerTLS(cfg.Redis.PeerTLS); err != nil {
+					return nil, err
+				}
+			}
+			fills.Share(sh, u, cfg.Redis.Peers, client)
 		}
 	}
 	return s, nil
@@ -272,12 +287,25 @@ func (s *Server) Handler(other http.Handler) http.Handler {
 			s.ServeHTTP(w, withRequestID(w, r))
 		case strings.HasPrefix(p, "/admin/"):
 			s.adminHandler(w, withRequestID(w, r))
-		case p == "/internal/fills":
+		case p == "/internal/fills" && s.peerTLS == nil:
 			s.fills.ServePeer(w, r)
 		default:
 			other.ServeHTTP(w, r)
 		}
 	})
+}
+
+// PeerServer returns what the peer listener (redis.peer_listen) serves:
+// the other replicas' requests for fills, and its TLS configuration (mutual
+// TLS under the cluster CA). nil when peer TLS is not configured: then the
+// registry port serves those requests (Handler).
+func (s *Server) PeerServer() (http.Handler, *tls.Config) {
+	if s.peerTLS == nil {
+		return nil, nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /internal/fills", s.fills.ServePeer)
+	return mux, s.peerTLS
 }
 
 // ServeHTTP routes /v2/ requests. Only GET and HEAD are served; the catalog

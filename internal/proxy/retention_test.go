@@ -329,7 +329,8 @@ func TestRetentionRedisWriter(t *testing.T) {
 	}
 }
 
-// counter reads the counter name with the label set to value.
+// counter reads the counter name with the label set to value (the first
+// one when label is empty: an unlabelled counter).
 func (p *instance) counter(t *testing.T, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := p.metrics.Gather()
@@ -339,6 +340,9 @@ func (p *instance) counter(t *testing.T, name, label, value string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label == "" {
+				return m.GetCounter().GetValue()
+			}
 			for _, l := range m.GetLabel() {
 				if l.GetName() == label && l.GetValue() == value {
 					return m.GetCounter().GetValue()

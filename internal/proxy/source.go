@@ -320,7 +320,7 @@ func (v *verifiedSet) put(ctx context.Context, n gun.Name, r *config.Rule, t *co
 	if err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cache.RedisTimeout)
+	ctx, cancel := v.shared.Bound(context.WithoutCancel(ctx))
 	defer cancel()
 	key := v.key(n, d, e.Policy)
 	v.shared.Health.Failed(v.shared.Redis.Set(ctx, key, v.shared.Seal(cache.KindVerified, key, payload), t.Cosign.ReverifyTTL).Err())

@@ -72,7 +72,7 @@ func (x *Shared) Record(m digest.Digest, children []v1.Descriptor) {
 	if x.sh.Health.Skip() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
+	ctx, cancel := x.sh.Bound(context.Background())
 	defer cancel()
 	_, err := x.sh.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
 		k := x.refsKey(m)

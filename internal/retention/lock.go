@@ -77,7 +77,7 @@ func (l *redisLock) seal(v lock) string {
 // removes nothing that one alone would keep. Any other error is Redis
 // failing.
 func (l *redisLock) acquire(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, cache.RedisTimeout)
+	ctx, cancel := l.sh.Bound(ctx)
 	defer cancel()
 	raw, err := l.sh.Read(ctx, l.sh.Redis, cache.KindRetention, l.key, maxLock)
 	if err != nil {
@@ -106,7 +106,7 @@ func (l *redisLock) acquire(ctx context.Context) error {
 // refresh extends the lock; false when it is no longer this holder's
 // (taken over after it expired, or altered): the collection must stop.
 func (l *redisLock) refresh(ctx context.Context) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, cache.RedisTimeout)
+	ctx, cancel := l.sh.Bound(ctx)
 	defer cancel()
 	next := l.seal(lock{Owner: l.owner, Until: time.Now().Add(lockTTL)})
 	n, err := swapIfSame.Run(ctx, l.sh.Redis, []string{l.key}, l.cur, next, lockTTL.Milliseconds(), maxLock).Int()
@@ -123,7 +123,7 @@ func (l *redisLock) refresh(ctx context.Context) (bool, error) {
 // the other replicas skip until the next collection is due), or is
 // deleted when hold is not positive.
 func (l *redisLock) release(ctx context.Context, hold time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cache.RedisTimeout)
+	ctx, cancel := l.sh.Bound(context.WithoutCancel(ctx))
 	defer cancel()
 	next := ""
 	if hold > 0 {

@@ -167,7 +167,7 @@ func NewGate(cfg config.Scan, store *cache.ReportStore, creds *Credentials, hc f
 		}),
 		slotEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_scan_slot_events_total",
-			Help: "Scan slot events: queued (a waiting request found no slot), yielded (a scan nobody waited for was cancelled for a queued one), displaced (taken off the full queue for another repository), queue_full (refused), busy (a request that does not wait started no scan).",
+			Help: "Scan slot events: queued (a waiting request found no slot), yielded (a scan nobody waited for was cancelled for a queued one), displaced (taken off the full queue for another repository), queue_full (refused), busy (a request that does not wait started no scan), elsewhere (another replica held the image's scan lease: its report was awaited).",
 		}, []string{"event"}),
 	}
 	for _, s := range cfg.Scanners {
@@ -423,6 +423,59 @@ func (g *Gate) Prefetch(s Subject, p *config.ScanPolicy) {
 
 // errNoScanner is why no scan can run at all.
 var errNoScanner = errors.New("no scanner is configured (scan.scanners); post a report from CI")
+
+// scanPoll is how often a replica waiting for another replica's scan
+// looks for its report.
+const scanPoll = 200 * time.Millisecond
+
+// scanOnce scans s, unless another replica sharing the report store holds
+// the lease of its scan: then it waits for that replica's report (reports
+// are shared), and scans here if the lease ends without one (that scan
+// failed, or its replica died). So two replicas asked for a new image at
+// once start one scan. Only a report read from the store ends the wait: a
+// lease never stands for a report.
+func (g *Gate) scanOnce(ctx context.Context, s Subject) (*cache.StoredReport, error) {
+	var before time.Time // the report that was there, if any: the awaited one is newer
+	if r, err := g.store.Get(s.Digest); err == nil && r != nil {
+		before = r.Received
+	}
+	newer := func() *cache.StoredReport {
+		r, err := g.store.Get(s.Digest)
+		if err != nil || r == nil || !r.Received.After(before) {
+			return nil
+		}
+		return r
+	}
+	for {
+		lease, holder := g.store.LeaseScan(s.Digest)
+		if holder == nil {
+			if lease != nil {
+				defer lease.Release()
+			}
+			return g.scan(ctx, s)
+		}
+		g.slotEvents.WithLabelValues("elsewhere").Inc()
+		g.log.Info("another replica is scanning this image: waiting for its report", "repo", s.Repository, "digest", s.Digest)
+		for {
+			select {
+			case <-time.After(scanPoll):
+			case <-ctx.Done():
+				return nil, fmt.Errorf("another replica's scan of this image did not report within scan.timeout (%s)", g.cfg.Timeout)
+			}
+			if r := newer(); r != nil {
+				g.recents.Remove(s.Digest)
+				return r, nil
+			}
+			if e := g.store.ScanLease(s.Digest); e == nil || e.Owner != holder.Owner || !g.now().Before(e.Until) {
+				break // its scan ended without a report here, or its replica died: take the lease
+			}
+		}
+		if r := newer(); r != nil {
+			g.recents.Remove(s.Digest)
+			return r, nil
+		}
+	}
+}
 
 // scan has s scanned by every scanner that consumes its media type, and
 // stores the merged report. It fails when any of them fails: a report

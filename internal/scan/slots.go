@@ -282,7 +282,7 @@ func (g *Gate) runLocked(r *run) {
 	g.running[r.s.Repository]++
 	go func() {
 		defer cancel()
-		report, err := g.scan(ctx, r.s)
+		report, err := g.scanOnce(ctx, r.s)
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		r.report, r.err = report, err

@@ -125,3 +125,70 @@ func writeFile(t testing.TB, path string, b []byte) {
 
 // discardLog keeps net/http servers' "TLS handshake error" lines out of test output.
 func discardLog() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// ClusterCA is a certificate authority of a deployment's replicas, for their peer TLS
+// (redis.peer_tls): each certificate it issues is for 127.0.0.1, good for serving and as a
+// client.
+type ClusterCA struct {
+	CertFile string // the CA certificate, PEM
+
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	dir  string
+}
+
+// NewClusterCA makes a cluster CA in a test's folder.
+func NewClusterCA(t testing.TB) *ClusterCA {
+	t.Helper()
+	key := newECKey(t)
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(t),
+		Subject:               pkix.Name{CommonName: "trustproxy testenv cluster CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatalf("create cluster CA certificate: %v", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ca := &ClusterCA{CertFile: filepath.Join(dir, "cluster-ca.pem"), cert: cert, key: key, dir: dir}
+	writeFile(t, ca.CertFile, pemBlock("CERTIFICATE", der))
+	return ca
+}
+
+// Issue makes a replica's certificate and key, written as PEM files.
+func (c *ClusterCA) Issue(t testing.TB) (certFile, keyFile string) {
+	t.Helper()
+	key := newECKey(t)
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(t),
+		Subject:      pkix.Name{CommonName: "trustproxy replica"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
+	if err != nil {
+		t.Fatalf("issue a replica certificate: %v", err)
+	}
+	dir, err := os.MkdirTemp(c.dir, "replica-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	writeFile(t, certFile, pemBlock("CERTIFICATE", der))
+	writeFile(t, keyFile, pemBlock("EC PRIVATE KEY", marshalECKey(t, key)))
+	return certFile, keyFile
+}

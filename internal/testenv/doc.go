@@ -27,7 +27,11 @@
 //     per role, basic auth): states notary-server never serves. It counts requests by role.
 //   - StartRedis, StartRedisTLS: redis-server as a subprocess; NewDeployment: what the
 //     replicas of one deployment share on it (the Redis, a storage directory, the state
-//     key), and the YAML that says so.
+//     key), and the YAML that says so. StartSentinel (a master, two replicas, three
+//     Sentinels) and StartCluster (three masters, a replica each), with
+//     NewSentinelDeployment and NewClusterDeployment: Redis with failover, tuned to fail
+//     over within seconds of a node's SIGKILL (Redis.Kill; Pause and Resume stop and
+//     continue a node with SIGSTOP and SIGCONT).
 //   - StartScanner: a Harbor scanner adapter (API v1.2) with canned reports, the one
 //     fake: a real scanner needs its vulnerability database. Like Trivy's adapter it
 //     pulls the manifest and config it scans from the scan request's registry, with the

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -21,7 +22,9 @@ type Redis struct {
 	dir      string
 	addr     string
 	password string
-	ca       *testCA // TLS, when not nil
+	ca       *testCA  // TLS, when not nil
+	args     []string // further redis-server arguments (replication, cluster mode)
+	conf     string   // a sentinel's configuration file: redis-server CONF --sentinel
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -44,6 +47,18 @@ func StartRedisTLS(t testing.TB, password string) *Redis {
 
 func startRedis(t testing.TB, password string, withTLS bool) *Redis {
 	t.Helper()
+	r := newRedis(t, password)
+	if withTLS {
+		r.ca = newTestCA(t, r.dir)
+	}
+	r.Start()
+	return r
+}
+
+// newRedis is a Redis on a free port, not started, with further
+// redis-server arguments args.
+func newRedis(t testing.TB, password string, args ...string) *Redis {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redis-server not found (install it: apt-get install -y redis-server): %v", err)
@@ -52,11 +67,7 @@ func startRedis(t testing.TB, password string, withTLS bool) *Redis {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Redis{t: t, bin: bin, dir: t.TempDir(), addr: addr, password: password}
-	if withTLS {
-		r.ca = newTestCA(t, r.dir)
-	}
-	r.Start()
+	r := &Redis{t: t, bin: bin, dir: t.TempDir(), addr: addr, password: password, args: args}
 	t.Cleanup(r.Stop)
 	return r
 }
@@ -72,15 +83,21 @@ func (r *Redis) Addr() string { return r.addr }
 func (r *Redis) Start() {
 	r.t.Helper()
 	_, port, _ := net.SplitHostPort(r.addr)
-	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir, "--protected-mode", "no"}
+	var args []string
+	if r.conf != "" {
+		args = []string{r.conf, "--sentinel"}
+	}
+	args = append(args, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", r.dir, "--protected-mode", "no")
 	if r.ca != nil {
 		args = append(args, "--port", "0", "--tls-port", port, "--tls-cert-file", r.ca.ServerCertFile,
 			"--tls-key-file", r.ca.ServerKeyFile, "--tls-ca-cert-file", r.ca.CertFile, "--tls-auth-clients", "no")
 	}
 	if r.password != "" {
-		args = append(args, "--requirepass", r.password)
+		args = append(args, "--requirepass", r.password, "--masterauth", r.password)
 	}
+	args = append(args, r.args...)
 	cmd := exec.Command(r.bin, args...)
+	dieWithParent(cmd)
 	log, err := os.Create(filepath.Join(r.dir, "redis.log"))
 	if err != nil {
 		r.t.Fatal(err)
@@ -100,6 +117,32 @@ func (r *Redis) Start() {
 			r.t.Fatalf("redis-server on %s does not answer: %v\n%s", r.addr, err, b)
 		}
 	}
+}
+
+// Kill sends the server SIGKILL, as Stop does: what it had not yet sent its
+// replicas is lost.
+func (r *Redis) Kill() { r.Stop() }
+
+// Pause stops the server with SIGSTOP: it holds its connections and
+// answers nothing, replication included, until Resume.
+func (r *Redis) Pause() { r.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (r *Redis) Resume() { r.signal(syscall.SIGCONT) }
+
+func (r *Redis) signal(s syscall.Signal) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd != nil {
+		_ = r.cmd.Process.Signal(s)
+	}
+}
+
+// Running says whether the server was started and not stopped since.
+func (r *Redis) Running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cmd != nil
 }
 
 // Stop kills the server; its data is gone.

@@ -81,7 +81,7 @@ func (s *sharedState) put(gun string, rerr *RefusalError, ttl time.Duration) {
 	if s == nil || s.Health.Skip() || (rerr != nil && rerr.Reason != NoTrustData) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
+	ctx, cancel := s.Bound(context.Background())
 	defer cancel()
 	key := s.key(gun)
 	if rerr == nil {
@@ -136,7 +136,7 @@ func (s *sharedState) putVerdict(view *View, policy string, until time.Time) {
 	if err != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cache.RedisTimeout)
+	ctx, cancel := s.Bound(context.Background())
 	defer cancel()
 	key := s.verdictKey(view.GUN, policy)
 	s.Health.Failed(s.Redis.Set(ctx, key, s.Seal(cache.KindVerdict, key, payload), ttl).Err())

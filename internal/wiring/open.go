@@ -45,14 +45,22 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 			}
 		}()
 		health := cache.NewRedisHealth(log.With("component", "proxy"))
-		health.Failed(rdb.Ping(ctx).Err())
+		pctx, cancel := context.WithTimeout(ctx, max(cfg.Redis.Timeout, cache.DefaultTimeout))
+		health.Failed(rdb.Ping(pctx).Err())
+		cancel()
 		if shared, err = cache.NewShared(rdb, cfg.Redis.KeyPrefix, []byte(cfg.Redis.StateKey), health, log, reg); err != nil {
 			return nil, fmt.Errorf("redis.state_key_file: %w", err)
 		}
+		shared.Timeout, shared.FloorWait = cfg.Redis.Timeout, cfg.Redis.FloorWait
+		if n := cfg.Redis.FloorReplicas; n != nil {
+			shared.FloorReplicas = *n
+		}
 	}
-	// distribution's blob descriptor cache is not put on Redis: its entries
-	// there would be neither under the key prefix nor sealed, and a planted
-	// descriptor names which stored bytes a digest is served from.
+	// distribution's storage is opened without a blob descriptor cache
+	// (neither on Redis nor in memory): on Redis its entries would be
+	// neither under the key prefix nor sealed, a planted descriptor names
+	// which stored bytes a digest is served from, and no request waits on
+	// Redis for it. Each descriptor is read from the storage driver.
 	driver, err := newDriver(ctx, cfg.Storage)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,225 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+)
+
+// A LeaseEntry is the sealed content of a lease on Redis: who holds it
+// (Owner, and URL, where the other replicas reach the holder), until when,
+// and Note, what the holder is doing that a successor may have to undo (a
+// fill's upload). A lease names its holder only until Until: a holder that
+// dies stops refreshing it, and a replayed old entry names no one.
+type LeaseEntry struct {
+	URL   string    `json:"url,omitempty"`
+	Owner string    `json:"owner"`
+	Until time.Time `json:"until"`
+	Note  string    `json:"note,omitempty"`
+
+	raw string // the sealed value it was read as: TakeOver swaps it
+}
+
+// maxLease is the most a lease entry may be, sealed payload.
+const maxLease = 4096
+
+// swapLease replaces KEYS[1] with ARGV[2] for ARGV[3] ms when it still
+// holds ARGV[1], or, when ARGV[1] is "", when it holds nothing a replica
+// would read as a lease: no key, another type, or a string over ARGV[4]
+// bytes. ARGV[2] "" deletes it. It returns 1 when it swapped.
+var swapLease = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1])['ok']
+local same
+if ARGV[1] == '' then
+  same = t == 'none' or t ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[4])
+else
+  same = t == 'string' and redis.call('GET', KEYS[1]) == ARGV[1]
+end
+if not same then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1`)
+
+// A Lease is a lock on Redis that this replica holds: one replica at a
+// time does what it guards (fetch a blob, run a scan). It is refreshed
+// every ttl/3 until Release; a holder that dies stops refreshing it, and
+// its entry names it for ttl at most.
+type Lease struct {
+	s    *Shared
+	kind Kind
+	key  string
+	ttl  time.Duration
+
+	mu      sync.Mutex
+	entry   LeaseEntry
+	cur     string // the sealed value last written
+	lost    bool   // another replica took it over
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+// Acquire tries to take the lease of kind at key for ttl, naming url (""
+// when the others need not reach this replica). It returns the Lease when
+// this replica took it, or else the entry of the replica that holds it, or
+// neither when Redis does not answer (the caller goes on alone). An entry
+// that is not sealed for key and kind (planted, altered, oversized, of
+// another type) or that is over (its holder died, or it is replayed) is
+// replaced with a compare-and-set: a Redis writer can hold a lease off at
+// most by replaying a genuine entry until its end.
+func (s *Shared) Acquire(kind Kind, key, url string, ttl time.Duration) (*Lease, *LeaseEntry) {
+	if s.Health.Skip() {
+		return nil, nil
+	}
+	l := &Lease{s: s, kind: kind, key: key, ttl: ttl, entry: LeaseEntry{URL: url, Owner: uuid.NewString()}}
+	next := l.seal()
+	ctx, cancel := s.Bound(context.Background())
+	defer cancel()
+	for range 3 {
+		ok, err := s.Redis.SetNX(ctx, key, next, ttl).Result()
+		if s.Health.Failed(err) {
+			return nil, nil
+		}
+		if ok {
+			return l.held(next), nil
+		}
+		b, err := s.Read(ctx, s.Redis, kind, key, maxLease)
+		if s.Health.Failed(err) {
+			return nil, nil
+		}
+		if e := s.openLease(kind, key, b); e != nil && time.Now().Before(e.Until) {
+			return nil, e
+		}
+		// Not genuine, or over: replace it, if it is still what was read.
+		n, err := swapLease.Run(ctx, s.Redis, []string{key}, string(b), next, ttl.Milliseconds(), maxLease+64).Int()
+		if s.Health.Failed(err) {
+			return nil, nil
+		}
+		if n == 1 {
+			return l.held(next), nil
+		}
+	}
+	return nil, nil // it keeps changing under us: go on alone
+}
+
+// TakeOver takes the lease at key from the holder whose entry was read as
+// was (a holder that does not answer), if Redis still holds exactly that
+// entry: of several replicas that find a holder dead, one takes its
+// lease and the others then find the new holder. nil when the entry
+// changed meanwhile (the holder refreshed it, or another replica took it)
+// or Redis does not answer.
+func (s *Shared) TakeOver(kind Kind, key string, was *LeaseEntry, url string, ttl time.Duration) *Lease {
+	if was == nil || was.raw == "" || s.Health.Skip() {
+		return nil
+	}
+	l := &Lease{s: s, kind: kind, key: key, ttl: ttl, entry: LeaseEntry{URL: url, Owner: uuid.NewString()}}
+	next := l.seal()
+	ctx, cancel := s.Bound(context.Background())
+	defer cancel()
+	n, err := swapLease.Run(ctx, s.Redis, []string{key}, was.raw, next, ttl.Milliseconds(), maxLease+64).Int()
+	if s.Health.Failed(err) || n != 1 {
+		return nil
+	}
+	return l.held(next)
+}
+
+// ReadLease returns the genuine entry of kind at key, live or over, or nil.
+func (s *Shared) ReadLease(ctx context.Context, kind Kind, key string) *LeaseEntry {
+	if s.Health.Skip() {
+		return nil
+	}
+	ctx, cancel := s.Bound(ctx)
+	defer cancel()
+	b, err := s.Read(ctx, s.Redis, kind, key, maxLease)
+	if s.Health.Failed(err) {
+		return nil
+	}
+	return s.openLease(kind, key, b)
+}
+
+// openLease opens a lease entry read as b; nil when there is none or it
+// is not genuine.
+func (s *Shared) openLease(kind Kind, key string, b []byte) *LeaseEntry {
+	p, ok := s.Open(kind, key, b)
+	if !ok {
+		return nil
+	}
+	var e LeaseEntry
+	if json.Unmarshal(p, &e) != nil || e.Owner == "" {
+		s.Reject(kind, key, "a sealed lease that does not read")
+		return nil
+	}
+	e.raw = string(b)
+	return &e
+}
+
+// seal is l's entry, good for its ttl from now, sealed. l.mu is held or
+// l is not shared yet.
+func (l *Lease) seal() string {
+	e := l.entry
+	e.Until = time.Now().Add(l.ttl)
+	b, _ := json.Marshal(e)
+	return string(l.s.Seal(l.kind, l.key, b))
+}
+
+// held starts refreshing l, written as cur.
+func (l *Lease) held(cur string) *Lease {
+	l.cur, l.stop, l.stopped = cur, make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(l.stopped)
+		t := time.NewTicker(l.ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-t.C:
+				l.mu.Lock()
+				l.swap(l.seal())
+				l.mu.Unlock()
+			}
+		}
+	}()
+	return l
+}
+
+// swap writes next in place of l's last value; l.mu is held. A lease
+// another replica took over (this holder did not answer it) stays theirs.
+func (l *Lease) swap(next string) {
+	if l.lost {
+		return
+	}
+	ctx, cancel := l.s.Bound(context.Background())
+	defer cancel()
+	n, err := swapLease.Run(ctx, l.s.Redis, []string{l.key}, l.cur, next, l.ttl.Milliseconds(), maxLease+64).Int()
+	switch {
+	case l.s.Health.Failed(err):
+	case n == 1:
+		l.cur = next
+	default:
+		l.lost = true
+		l.s.log.Info("a lease this replica held was taken over by another replica", "kind", l.kind, "key", l.key)
+	}
+}
+
+// SetNote records note in l's entry at once (a fill's upload, once it
+// has one).
+func (l *Lease) SetNote(note string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.entry.Note = note
+	l.swap(l.seal())
+}
+
+// Release stops refreshing l and deletes it, unless another replica took
+// it over.
+func (l *Lease) Release() {
+	close(l.stop)
+	<-l.stopped
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.swap("")
+}

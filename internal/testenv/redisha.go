@@ -1,0 +1,289 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// SentinelMaster is the name the Sentinels of StartSentinel monitor their
+// master under (redis.master_name).
+const SentinelMaster = "trustproxy"
+
+// Sentinel is a Redis master with two replicas and three Sentinels
+// watching it, all redis-server processes on 127.0.0.1, tuned to fail over
+// within about two seconds of the master's death (down-after-milliseconds
+// 500, failover-timeout 2000). Nodes need password (requirepass and
+// masterauth) when it is not empty; the Sentinels need none.
+type Sentinel struct {
+	t         testing.TB
+	Nodes     []*Redis // Nodes[0] was the first master
+	Sentinels []*Redis
+	password  string
+}
+
+// StartSentinel starts the three nodes and the three Sentinels and waits
+// until every Sentinel knows both replicas. All stop at t.Cleanup.
+func StartSentinel(t testing.TB, password string) *Sentinel {
+	t.Helper()
+	s := &Sentinel{t: t, password: password}
+	repl := []string{"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1"}
+	master := newRedis(t, password, repl...)
+	master.Start()
+	s.Nodes = append(s.Nodes, master)
+	mhost, mport, _ := net.SplitHostPort(master.Addr())
+	for range 2 {
+		r := newRedis(t, password, append(slices.Clone(repl), "--replicaof", mhost, mport)...)
+		r.Start()
+		s.Nodes = append(s.Nodes, r)
+	}
+	for range 3 {
+		sn := newRedis(t, "")
+		conf := []string{
+			"sentinel monitor " + SentinelMaster + " " + mhost + " " + mport + " 2",
+			"sentinel down-after-milliseconds " + SentinelMaster + " 500",
+			"sentinel failover-timeout " + SentinelMaster + " 2000",
+			"sentinel parallel-syncs " + SentinelMaster + " 2",
+		}
+		if password != "" {
+			conf = append(conf, "sentinel auth-pass "+SentinelMaster+" "+password)
+		}
+		sn.conf = filepath.Join(sn.dir, "sentinel.conf")
+		if err := os.WriteFile(sn.conf, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		sn.Start()
+		s.Sentinels = append(s.Sentinels, sn)
+	}
+	ctx := context.Background()
+	for _, sn := range s.Sentinels {
+		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr()})
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			rs, err := c.Replicas(ctx, SentinelMaster).Result()
+			if err == nil && len(rs) == 2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.Close()
+				t.Fatalf("sentinel %s does not know both replicas of %s: %v %v", sn.Addr(), master.Addr(), rs, err)
+			}
+		}
+		c.Close()
+	}
+	return s
+}
+
+// Addrs are the Sentinels' addresses, for redis.addrs.
+func (s *Sentinel) Addrs() []string {
+	var out []string
+	for _, sn := range s.Sentinels {
+		out = append(out, sn.Addr())
+	}
+	return out
+}
+
+// Master is the node the Sentinels name master now (asked of the first
+// one that answers).
+func (s *Sentinel) Master() *Redis {
+	s.t.Helper()
+	for _, sn := range s.Sentinels {
+		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr()})
+		addr, err := c.GetMasterAddrByName(context.Background(), SentinelMaster).Result()
+		c.Close()
+		if err != nil || len(addr) != 2 {
+			continue
+		}
+		for _, n := range s.Nodes {
+			if n.Addr() == net.JoinHostPort(addr[0], addr[1]) {
+				return n
+			}
+		}
+	}
+	s.t.Fatal("no sentinel names a master")
+	return nil
+}
+
+// Replicas are the nodes other than the master, running or not.
+func (s *Sentinel) Replicas() []*Redis {
+	m := s.Master()
+	var out []*Redis
+	for _, n := range s.Nodes {
+		if n != m {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// WaitFailover waits until the Sentinels name a master other than old and
+// that node answers as a master, and returns it.
+func (s *Sentinel) WaitFailover(old *Redis) *Redis {
+	s.t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if m := s.Master(); m != old && nodeRole(m) == "master" {
+			return m
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the sentinels did not fail over from %s within 20s", old.Addr())
+		}
+	}
+}
+
+// Cluster is a Redis Cluster of three masters, each with one replica, all
+// redis-server processes on 127.0.0.1 (cluster-node-timeout 1000, so a
+// replica takes over about two seconds after its master's death).
+type Cluster struct {
+	t        testing.TB
+	Nodes    []*Redis // Nodes[i+3] replicates Nodes[i]
+	password string
+}
+
+// StartCluster starts the six nodes, gives the masters a third of the
+// slots each, makes the others their replicas and waits until the
+// cluster is whole. All stop at t.Cleanup.
+func StartCluster(t testing.TB, password string) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, password: password}
+	for range 6 {
+		r := newRedis(t, password, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
+			"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1")
+		r.Start()
+		c.Nodes = append(c.Nodes, r)
+	}
+	ctx := context.Background()
+	ids := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		cl := n.client()
+		id, err := cl.ClusterMyID(ctx).Result()
+		if err != nil {
+			t.Fatalf("cluster myid of %s: %v", n.Addr(), err)
+		}
+		ids[i] = id
+		if i < 3 {
+			lo, hi := i*16384/3, (i+1)*16384/3-1
+			if err := cl.ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
+				t.Fatalf("cluster addslotsrange on %s: %v", n.Addr(), err)
+			}
+		}
+		if i > 0 {
+			host, port, _ := net.SplitHostPort(c.Nodes[0].Addr())
+			if err := cl.ClusterMeet(ctx, host, port).Err(); err != nil {
+				t.Fatalf("cluster meet from %s: %v", n.Addr(), err)
+			}
+		}
+		cl.Close()
+	}
+	for i := 3; i < 6; i++ {
+		cl := c.Nodes[i].client()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			err := cl.Do(ctx, "CLUSTER", "REPLICATE", ids[i-3]).Err()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster replicate %s on %s: %v", ids[i-3], c.Nodes[i].Addr(), err)
+			}
+		}
+		cl.Close()
+	}
+	c.WaitHealthy()
+	return c
+}
+
+// Addrs are the masters' addresses, the seeds for redis.addrs.
+func (c *Cluster) Addrs() []string {
+	return []string{c.Nodes[0].Addr(), c.Nodes[1].Addr(), c.Nodes[2].Addr()}
+}
+
+// WaitHealthy waits until every running node says cluster_state:ok and
+// has as many replicas attached as the cluster has running nodes beyond
+// its three masters.
+func (c *Cluster) WaitHealthy() {
+	c.t.Helper()
+	ctx := context.Background()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		ok, masters, running := true, 0, 0
+		var last string
+		for _, n := range c.Nodes {
+			if !n.Running() {
+				continue
+			}
+			running++
+			cl := n.client()
+			info, err := cl.ClusterInfo(ctx).Result()
+			role := nodeRole(n)
+			cl.Close()
+			if err != nil || !strings.Contains(info, "cluster_state:ok") {
+				ok, last = false, fmt.Sprintf("%s: %v %.60q", n.Addr(), err, info)
+			}
+			if role == "master" {
+				masters++
+			}
+		}
+		if ok && masters == 3 && running >= 3 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the cluster is not whole after 30s (%d masters of %d nodes running): %s", masters, running, last)
+		}
+	}
+}
+
+// MasterOf is the node that serves key now, as the cluster says.
+func (c *Cluster) MasterOf(key string) *Redis {
+	c.t.Helper()
+	ctx := context.Background()
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		cl := n.client()
+		slot, err1 := cl.ClusterKeySlot(ctx, key).Result()
+		slots, err2 := cl.ClusterSlots(ctx).Result()
+		cl.Close()
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		for _, s := range slots {
+			if int64(s.Start) <= slot && slot <= int64(s.End) && len(s.Nodes) > 0 {
+				for _, m := range c.Nodes {
+					if m.Addr() == s.Nodes[0].Addr {
+						return m
+					}
+				}
+			}
+		}
+	}
+	c.t.Fatalf("no node of the cluster serves %q", key)
+	return nil
+}
+
+// client is a plain client of one node (AUTH with its password).
+func (r *Redis) client() *goredis.Client {
+	return goredis.NewClient(&goredis.Options{Addr: r.addr, Password: r.password, MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+}
+
+// nodeRole is what ROLE says of r: master, slave, or "" when it does not
+// answer.
+func nodeRole(r *Redis) string {
+	if !r.Running() {
+		return ""
+	}
+	cl := r.client()
+	defer cl.Close()
+	v, err := cl.Do(context.Background(), "ROLE").Slice()
+	if err != nil || len(v) == 0 {
+		return ""
+	}
+	s, _ := v[0].(string)
+	return s
+}
