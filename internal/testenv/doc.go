@@ -32,6 +32,9 @@
 //     NewSentinelDeployment and NewClusterDeployment: Redis with failover, tuned to fail
 //     over within seconds of a node's SIGKILL (Redis.Kill; Pause and Resume stop and
 //     continue a node with SIGSTOP and SIGCONT).
+//   - StartS3: a bucket of its own for each test on one SeaweedFS server per test binary
+//     (`weed server -s3`, built by scripts/test), started by the first test that asks and
+//     stopped by StopS3 in the package's TestMain.
 //   - StartScanner: a Harbor scanner adapter (API v1.2) with canned reports, the one
 //     fake: a real scanner needs its vulnerability database. Like Trivy's adapter it
 //     pulls the manifest and config it scans from the scan request's registry, with the

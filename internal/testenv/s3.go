@@ -2,7 +2,9 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +13,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,10 +29,12 @@ import (
 // SeaweedFS).
 const SeaweedFSVersion = "v0.0.0-20261109003541-7506e5f91cd6"
 
-// S3 is an S3-compatible server on 127.0.0.1: SeaweedFS's `weed server -s3`
-// (master, volume server, filer and S3 gateway in one process), with its
-// data under a t.TempDir(), one bucket and one identity allowed everything
-// on it. It is killed at t.Cleanup.
+// S3 is one bucket of an S3-compatible server on 127.0.0.1, with one
+// identity allowed everything on it. The server is SeaweedFS's `weed server
+// -s3` (master, volume server, filer and S3 gateway in one process), one per
+// test binary: started by the first StartS3, it serves every later test a
+// bucket of its own, and is stopped by StopS3 (a package's TestMain) or,
+// at the latest, with the test binary.
 type S3 struct {
 	Endpoint  string // http://127.0.0.1:port of the S3 API
 	Bucket    string
@@ -37,11 +43,35 @@ type S3 struct {
 	Region    string
 
 	client *s3.S3
-	cmd    *exec.Cmd
 }
 
-// StartS3 starts weed (from PATH, or GOBIN, or GOPATH's bin) and creates
-// the bucket. A missing weed fails t, naming the command that installs it.
+// The credentials and region of the shared server's one identity.
+const (
+	s3AccessKey = "trustproxy-test"
+	s3SecretKey = "trustproxy-test-secret-key"
+	s3Region    = "us-east-1"
+)
+
+// weed is the test binary's SeaweedFS server, started once: starting one
+// takes about 12 s on 2 shared cores, a new bucket on it a fraction of that.
+var weed struct {
+	once    sync.Once
+	srv     *weedServer
+	err     error
+	buckets atomic.Int64 // buckets made, for unique names
+}
+
+type weedServer struct {
+	endpoint string
+	dir      string // its data, identities and log; removed by StopS3
+	cmd      *exec.Cmd
+	client   *s3.S3
+}
+
+// StartS3 makes a new, empty bucket for t on the test binary's weed server,
+// starting the server first if no test has yet. weed is looked up on PATH,
+// or in GOBIN or GOPATH's bin; a missing one fails t, naming the command
+// that builds it. The bucket is emptied and deleted at t.Cleanup.
 func StartS3(t testing.TB) *S3 {
 	t.Helper()
 	bin := lookWeed()
@@ -50,29 +80,81 @@ func StartS3(t testing.TB) *S3 {
 			"or build it yourself: go mod download github.com/seaweedfs/seaweedfs@%[1]s && cd \"$(go env GOMODCACHE)/github.com/seaweedfs/seaweedfs@%[1]s\" && go build -o \"$(go env GOPATH)/bin/weed\" ./weed",
 			SeaweedFSVersion)
 	}
-	dir := t.TempDir()
-	s := &S3{Bucket: "trustproxy", AccessKey: "trustproxy-test", SecretKey: "trustproxy-test-secret-key", Region: "us-east-1"}
+	weed.once.Do(func() {
+		begin := time.Now()
+		weed.srv, weed.err = startWeed(bin)
+		if weed.err == nil {
+			t.Logf("weed server -s3 on %s took writes %s after it started", weed.srv.endpoint, time.Since(begin).Round(time.Millisecond))
+		}
+	})
+	if weed.err != nil {
+		t.Fatal(weed.err)
+	}
+	srv := weed.srv
+	s := &S3{Endpoint: srv.endpoint, Bucket: fmt.Sprintf("trustproxy-%d", weed.buckets.Add(1)), AccessKey: s3AccessKey, SecretKey: s3SecretKey, Region: s3Region, client: srv.client}
+	if err := srv.ready(t.Context(), s.Bucket); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.remove(context.Background()); err != nil {
+			t.Logf("remove bucket %s: %v", s.Bucket, err)
+		}
+	})
+	return s
+}
+
+// StopS3 stops the test binary's weed server, if one started, and removes
+// its data. A TestMain calls it after m.Run; without it the server dies
+// with the test binary (its parent-death signal) and leaves its data in
+// the temporary directory.
+func StopS3() {
+	if srv := weed.srv; srv != nil {
+		_ = srv.cmd.Process.Kill()
+		_ = srv.cmd.Wait()
+		_ = os.RemoveAll(srv.dir)
+	}
+}
+
+// startWeed starts bin as `weed server -s3` on free ports of 127.0.0.1,
+// with its data in a new temporary directory, and waits until its S3 gateway
+// answers.
+func startWeed(bin string) (_ *weedServer, err error) {
+	dir, err := os.MkdirTemp("", "trustproxy-weed-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(dir)
+		}
+	}()
 	identities := map[string]any{"identities": []any{map[string]any{
 		"name":        "trustproxy",
-		"credentials": []any{map[string]string{"accessKey": s.AccessKey, "secretKey": s.SecretKey}},
+		"credentials": []any{map[string]string{"accessKey": s3AccessKey, "secretKey": s3SecretKey}},
 		"actions":     []string{"Admin", "Read", "List", "Tagging", "Write"},
 	}}}
 	cfg, _ := json.Marshal(identities)
 	cfgFile := filepath.Join(dir, "s3.json")
-	writeFile(t, cfgFile, cfg)
+	if err := os.WriteFile(cfgFile, cfg, 0o600); err != nil {
+		return nil, err
+	}
 	ports := make([]string, 8)
 	for i := range ports {
 		addr, err := freeAddr()
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		_, ports[i], _ = net.SplitHostPort(addr)
 	}
 	data := filepath.Join(dir, "data")
 	if err := os.MkdirAll(data, 0o700); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	s.Endpoint = "http://127.0.0.1:" + ports[6]
+	srv := &weedServer{endpoint: "http://127.0.0.1:" + ports[6], dir: dir}
+	// Every bucket is a collection of its own, given volumes as it is
+	// first written: volume.max bounds how many buckets hold data at once
+	// (each test deletes its bucket, and the collection's volumes, at its
+	// end).
 	args := []string{"server", "-s3",
 		"-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-dir=" + data,
 		"-master.port=" + ports[0], "-master.port.grpc=" + ports[1], "-master.telemetry=false",
@@ -85,55 +167,108 @@ func StartS3(t testing.TB) *S3 {
 	cmd := exec.Command(bin, args...)
 	log, err := os.Create(filepath.Join(dir, "weed.log"))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
+	defer log.Close()
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Dir = dir
-	begin := time.Now()
+	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start weed: %v", err)
+		return nil, fmt.Errorf("start weed: %w", err)
 	}
-	s.cmd = cmd
-	t.Cleanup(s.stop)
-
+	srv.cmd = cmd
+	defer func() {
+		if err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
 	sess, err := session.NewSession(&aws.Config{
-		Endpoint:         aws.String(s.Endpoint),
-		Region:           aws.String(s.Region),
-		Credentials:      credentials.NewStaticCredentials(s.AccessKey, s.SecretKey, ""),
+		Endpoint:         aws.String(srv.endpoint),
+		Region:           aws.String(s3Region),
+		Credentials:      credentials.NewStaticCredentials(s3AccessKey, s3SecretKey, ""),
 		S3ForcePathStyle: aws.Bool(true),
 		DisableSSL:       aws.Bool(true),
 		HTTPClient:       &http.Client{Timeout: 10 * time.Second},
 	})
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	s.client = s3.New(sess)
+	srv.client = s3.New(sess)
 	// The S3 gateway answers once the master, a volume server and the
-	// filer are up; the bucket is created as soon as it does.
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		_, err := s.client.CreateBucketWithContext(t.Context(), &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "weed.log"))
-			t.Fatalf("weed's S3 gateway on %s: no bucket after 60s: %v\n%s", s.Endpoint, err, tail(b, 4000))
+	// filer are up.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := srv.ready(ctx, "trustproxy-ready"); err != nil {
+		return nil, err
+	}
+	_, _ = srv.client.DeleteBucketWithContext(ctx, &s3.DeleteBucketInput{Bucket: aws.String("trustproxy-ready")})
+	return srv, nil
+}
+
+// ready creates bucket and waits until it takes a write: a new bucket's
+// first write waits for volumes to be grown for it.
+func (srv *weedServer) ready(ctx context.Context, bucket string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	retry := func(what string, op func() error) error {
+		for {
+			err := op()
+			if err == nil {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				b, _ := os.ReadFile(filepath.Join(srv.dir, "weed.log"))
+				return fmt.Errorf("weed's S3 gateway on %s: %s: %w\n%s", srv.endpoint, what, err, tail(b, 4000))
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
 	}
-	// A first object written proves a volume can take writes.
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		_, err := s.client.PutObjectWithContext(t.Context(), &s3.PutObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String("ready"), Body: bytes.NewReader([]byte("ok"))})
-		if err == nil {
-			_, _ = s.client.DeleteObjectWithContext(t.Context(), &s3.DeleteObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String("ready")})
-			t.Logf("weed server -s3 on %s took writes %s after it started", s.Endpoint, time.Since(begin).Round(time.Millisecond))
-			break
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(filepath.Join(dir, "weed.log"))
-			t.Fatalf("weed's S3 gateway on %s takes no writes after 60s: %v\n%s", s.Endpoint, err, tail(b, 4000))
+	if err := retry("create bucket "+bucket, func() error {
+		_, err := srv.client.CreateBucketWithContext(ctx, &s3.CreateBucketInput{Bucket: aws.String(bucket)})
+		return err
+	}); err != nil {
+		return err
+	}
+	key := aws.String("ready")
+	if err := retry("a first write to bucket "+bucket, func() error {
+		_, err := srv.client.PutObjectWithContext(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: key, Body: bytes.NewReader([]byte("ok"))})
+		return err
+	}); err != nil {
+		return err
+	}
+	_, err := srv.client.DeleteObjectWithContext(ctx, &s3.DeleteObjectInput{Bucket: aws.String(bucket), Key: key})
+	return err
+}
+
+// remove aborts the bucket's multipart uploads, deletes its objects and
+// then the bucket (and with it its collection's volumes).
+func (s *S3) remove(ctx context.Context) error {
+	b := aws.String(s.Bucket)
+	ups, err := s.client.ListMultipartUploadsWithContext(ctx, &s3.ListMultipartUploadsInput{Bucket: b})
+	if err != nil {
+		return err
+	}
+	for _, u := range ups.Uploads {
+		if _, err := s.client.AbortMultipartUploadWithContext(ctx, &s3.AbortMultipartUploadInput{Bucket: b, Key: u.Key, UploadId: u.UploadId}); err != nil {
+			return err
 		}
 	}
-	return s
+	var errs []error
+	err = s.client.ListObjectsV2PagesWithContext(ctx, &s3.ListObjectsV2Input{Bucket: b}, func(p *s3.ListObjectsV2Output, _ bool) bool {
+		for _, o := range p.Contents {
+			if _, err := s.client.DeleteObjectWithContext(ctx, &s3.DeleteObjectInput{Bucket: b, Key: o.Key}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return true
+	})
+	if err = errors.Join(append(errs, err)...); err != nil {
+		return err
+	}
+	_, err = s.client.DeleteBucketWithContext(ctx, &s3.DeleteBucketInput{Bucket: b})
+	return err
 }
 
 // lookWeed finds the weed command on PATH, else where go install puts it.
@@ -160,13 +295,6 @@ func lookWeed() string {
 		}
 	}
 	return ""
-}
-
-func (s *S3) stop() {
-	if s.cmd != nil {
-		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
-	}
 }
 
 // Params are the s3 storage driver's parameters for the bucket, as
