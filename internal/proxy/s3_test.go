@@ -35,23 +35,29 @@ func s3World(t *testing.T) (*world, *testenv.Deployment) {
 
 // blobFront is the upstream registry of w, counting the GETs of blob: each
 // waits delay, then gets body (paced: chunk bytes every tick) when body
-// is not nil, else the registry's bytes.
+// is not nil, else the registry's bytes. A front made with holdLast sends
+// body's last byte only once the test closes release: it closes held
+// when everything else is sent.
 type blobFront struct {
 	*httptest.Server
-	gets atomic.Int64
+	gets          atomic.Int64
+	held, release chan struct{}
 }
 
-func newBlobFront(t *testing.T, w *world, blob v1.Hash, delay time.Duration, body []byte, chunk int, tick time.Duration) *blobFront {
+func newBlobFront(t *testing.T, w *world, blob v1.Hash, delay time.Duration, body []byte, chunk int, tick time.Duration, holdLast bool) *blobFront {
 	t.Helper()
 	u, _ := url.Parse(w.Registry.URL())
 	rp := httputil.NewSingleHostReverseProxy(u)
 	f := &blobFront{}
+	if holdLast {
+		f.held, f.release = make(chan struct{}), make(chan struct{})
+	}
 	f.Server = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/blobs/"+blob.String()) {
 			rp.ServeHTTP(rw, r)
 			return
 		}
-		f.gets.Add(1)
+		n := f.gets.Add(1)
 		time.Sleep(delay)
 		if body == nil {
 			rp.ServeHTTP(rw, r)
@@ -59,7 +65,11 @@ func newBlobFront(t *testing.T, w *world, blob v1.Hash, delay time.Duration, bod
 		}
 		rw.Header().Set("Content-Length", fmt.Sprint(len(body)))
 		rw.WriteHeader(http.StatusOK)
-		for rest := body; len(rest) > 0; {
+		rest, last := body, []byte(nil)
+		if holdLast && n == 1 {
+			rest, last = body[:len(body)-1], body[len(body)-1:]
+		}
+		for len(rest) > 0 {
 			n := min(chunk, len(rest))
 			if _, err := rw.Write(rest[:n]); err != nil {
 				return
@@ -67,6 +77,15 @@ func newBlobFront(t *testing.T, w *world, blob v1.Hash, delay time.Duration, bod
 			rw.(http.Flusher).Flush()
 			rest = rest[n:]
 			time.Sleep(tick)
+		}
+		if last != nil {
+			close(f.held)
+			select {
+			case <-f.release:
+			case <-r.Context().Done():
+				return
+			}
+			_, _ = rw.Write(last)
 		}
 	}))
 	t.Cleanup(f.Close)
@@ -143,7 +162,7 @@ func uploadsLeft(t *testing.T, s *testenv.S3) []string {
 func TestS3ColdFillsCommitOnce(t *testing.T) {
 	w, d := s3World(t)
 	layer := signedLayer(t, w, "s3-cold", 3<<20)
-	front := newBlobFront(t, w, layer, 500*time.Millisecond, nil, 0, 0)
+	front := newBlobFront(t, w, layer, 500*time.Millisecond, nil, 0, 0, false)
 	var replicas []*instance
 	for range 3 {
 		r := w.peer(t, d, front.URL, func(own string) string { return own })
@@ -186,9 +205,16 @@ func TestS3ColdFillsCommitOnce(t *testing.T) {
 }
 
 // TestS3BlobNotVisibleBeforeVerified: while a layer trickles in from the
-// upstream, the bucket holds nothing at its key; it appears once its
-// digest verified. Bytes that do not hash to it never appear at all, and
-// leave no upload behind.
+// upstream, and once all but its last byte has arrived (the upstream
+// holds it back), the bucket holds nothing at its key: its bytes are in a
+// multipart upload in progress, not an object. With the last byte, the
+// layer is verified and committed, and appears. Bytes that do not hash to
+// it never appear at all, and leave no upload behind.
+//
+// The looks stop when the upstream lets the last byte go: from then on the
+// blob may be verified and committed, and the commit comes before the
+// client's last byte (which is released only once the commit checked the
+// digest), so a look between the two sees the verified blob.
 func TestS3BlobNotVisibleBeforeVerified(t *testing.T) {
 	w, d := s3World(t)
 	layer := signedLayer(t, w, "s3-visible", 2<<20)
@@ -200,48 +226,55 @@ func TestS3BlobNotVisibleBeforeVerified(t *testing.T) {
 		body []byte
 	}{{"wrong bytes", bad}, {"the layer", good}} {
 		t.Run(tc.name, func(t *testing.T) {
-			front := newBlobFront(t, w, layer, 0, tc.body, 128<<10, 80*time.Millisecond) // about 1.3 s
+			front := newBlobFront(t, w, layer, 0, tc.body, 128<<10, 80*time.Millisecond, true) // about 1.3 s
 			r := w.peer(t, d, front.URL, func(own string) string { return own })
 			if status, _, body := r.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
 				t.Fatalf("manifest: %d %s", status, body)
 			}
 			key := testenv.BlobKey(layer.String())
-			done := make(chan bool)
+			done := make(chan bool, 1)
 			go func() {
 				complete, _, _ := getWhole(t, r, layer)
 				done <- complete
 			}()
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
 			looks := 0
-			for {
+			for held := false; !held; {
 				select {
-				case complete := <-done:
-					if looks < 3 {
-						t.Fatalf("the fill ended after %d looks at the bucket: the test saw too little of it", looks)
-					}
-					if complete != bytes.Equal(tc.body, good) {
-						t.Fatalf("complete response %v for %s", complete, tc.name)
-					}
-					if bytes.Equal(tc.body, good) {
-						wantOnlyWhole(t, d.S3, layer)
-					} else {
-						if b := d.S3.Get(t, key); b != nil {
-							t.Fatalf("bytes that do not hash to the layer were committed: %d bytes at %s", len(b), key)
-						}
-						// The client's body is cut as the mismatch shows; the
-						// upload is cancelled just after.
-						for deadline := time.Now().Add(5 * time.Second); len(uploadsLeft(t, d.S3)) > 0 && time.Now().Before(deadline); {
-							time.Sleep(50 * time.Millisecond)
-						}
-						wantNoUploads(t, d.S3)
-					}
-					return
-				case <-time.After(100 * time.Millisecond):
+				case <-front.held:
+					held = true
+				case <-done:
+					t.Fatal("the client's GET ended before the upstream sent the layer's last byte")
+				case <-tick.C:
 					looks++
 					if b := d.S3.Get(t, key); b != nil {
-						t.Fatalf("look %d: %d bytes at %s before the fill ended", looks, len(b), key)
+						t.Fatalf("look %d, while the layer trickled in: %d bytes at %s", looks, len(b), key)
 					}
 				}
 			}
+			if looks < 3 {
+				t.Fatalf("%d looks at the bucket while the layer trickled in: the test saw too little of it", looks)
+			}
+			if b := d.S3.Get(t, key); b != nil {
+				t.Fatalf("all but the last byte received: %d bytes at %s", len(b), key)
+			}
+			if up := d.S3.Uploads(t, "docker/"); len(up) != 1 {
+				t.Fatalf("all but the last byte received: multipart uploads in progress %v, want the fill's one", up)
+			}
+			close(front.release)
+			complete := <-done
+			if complete != bytes.Equal(tc.body, good) {
+				t.Fatalf("complete response %v for %s", complete, tc.name)
+			}
+			if complete {
+				wantOnlyWhole(t, d.S3, layer)
+				return
+			}
+			if b := d.S3.Get(t, key); b != nil {
+				t.Fatalf("bytes that do not hash to the layer were committed: %d bytes at %s", len(b), key)
+			}
+			wantNoUploads(t, d.S3)
 		})
 	}
 }
@@ -253,7 +286,7 @@ func TestS3BlobNotVisibleBeforeVerified(t *testing.T) {
 func TestS3ConcurrentCommitsOfOneDigest(t *testing.T) {
 	w, d := s3World(t)
 	layer := signedLayer(t, w, "s3-twice", 3<<20)
-	front := newBlobFront(t, w, layer, 300*time.Millisecond, nil, 0, 0)
+	front := newBlobFront(t, w, layer, 300*time.Millisecond, nil, 0, 0, false)
 	var replicas []*instance
 	for range 2 {
 		dataDir := t.TempDir()
