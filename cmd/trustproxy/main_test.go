@@ -24,6 +24,14 @@ import (
 	"github.com/trustproxy/trustproxy/internal/trustserver"
 )
 
+// TestMain stops the SeaweedFS server that the S3 tests share (each has a
+// bucket of its own on it, testenv.StartS3) once every test has run.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.StopS3()
+	os.Exit(code)
+}
+
 func TestDemoServesSignedRefusesUnsigned(t *testing.T) {
 	var out bytes.Buffer
 	err := run(t.Context(), []string{"demo", "--exit", "--listen", "127.0.0.1:0", "--dir", t.TempDir()}, &out, io.Discard)

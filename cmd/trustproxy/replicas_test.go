@@ -282,7 +282,13 @@ const procGUN, procRepo = "docker.io/library/app", "library/app"
 
 func newProcesses(t *testing.T) *processes {
 	t.Helper()
-	p := &processes{bin: buildTrustproxy(t), env: testenv.New(t), shared: testenv.NewDeployment(t, testenv.StartRedis(t, "")), alice: testenv.NewKey(t, "alice")}
+	return newProcessesOn(t, testenv.NewDeployment(t, testenv.StartRedis(t, "")))
+}
+
+// newProcessesOn is newProcesses on the deployment shared.
+func newProcessesOn(t *testing.T, shared *testenv.Deployment) *processes {
+	t.Helper()
+	p := &processes{bin: buildTrustproxy(t), env: testenv.New(t), shared: shared, alice: testenv.NewKey(t, "alice")}
 	p.root = p.env.Notary.Init(t, procGUN)
 	p.env.Notary.AddDelegation(t, procGUN, testenv.Releases, p.alice)
 	return p
@@ -371,12 +377,35 @@ func uploads(t *testing.T, storage string) []string {
 // blob from the upstream once more, not once per replica: one survivor
 // takes the dead holder's lock over and fetches, the other streams its
 // fill. The upload the dead holder left in the shared storage is removed by
-// the survivor that took its lock, not left for the next replica to start.
+// the survivor that took its lock, not left for the next replica to start:
+// on a storage directory, and on an S3 bucket, where the upload's data is a
+// multipart upload in progress (its parts kept, and billed, until it is
+// aborted) that the survivor aborts.
 func TestFillHolderDeathFetchedOnceMore(t *testing.T) {
-	p := newProcesses(t)
-	layer, size := p.sign(t, "v1", "takeover", 3<<19)
-	slow := testenv.Throttle(t, p.env.Registry.Host(), 1<<20) // about 1.5s for the layer
-	repo, storage := procRepo, p.shared.Storage
+	for _, storage := range []string{"filesystem", "s3"} {
+		t.Run(storage, func(t *testing.T) {
+			r := testenv.StartRedis(t, "")
+			if storage == "s3" {
+				testFillHolderDeath(t, newProcessesOn(t, testenv.NewS3Deployment(t, r, testenv.StartS3(t))))
+				return
+			}
+			testFillHolderDeath(t, newProcessesOn(t, testenv.NewDeployment(t, r)))
+		})
+	}
+}
+
+func testFillHolderDeath(t *testing.T, p *processes) {
+	// The layer is larger than the S3 driver's chunksize of the tests (5
+	// MiB): the holder is killed once a part of it is uploaded.
+	layer, size := p.sign(t, "v1", "takeover", 8<<20)
+	slow := testenv.Throttle(t, p.env.Registry.Host(), 2<<20) // about 4s for the layer
+	repo := procRepo
+	// left lists the uploads in the shared storage: its directories under
+	// _uploads; on S3, its objects there and its multipart uploads.
+	left := func() []string { return uploads(t, p.shared.Storage) }
+	if s := p.shared.S3; s != nil {
+		left = func() []string { return s.LeftUploads(t) }
+	}
 	var replicas []*replica
 	for range 3 {
 		replicas = append(replicas, p.start(t, t.TempDir(), slow.URL(), ""))
@@ -403,11 +432,21 @@ func TestFillHolderDeathFetchedOnceMore(t *testing.T) {
 	}
 	holder := replicas[0]
 	go func() { _ = get(holder) }()
-	waitSpooled(t, holder.dataDir, 256<<10)
+	waitSpooled(t, holder.dataDir, 6<<20)
+	if s := p.shared.S3; s != nil {
+		// The holder's store of the spool lags its download: wait until
+		// a part is uploaded.
+		waitUploadedPart(t, s)
+	}
 	holder.kill()
-	if left := uploads(t, storage); len(left) != 1 {
+	if p.shared.S3 != nil {
+		if up := p.shared.S3.Uploads(t, "docker/"); len(up) != 1 {
+			t.Fatalf("multipart uploads in progress after the holder was killed: %v, want its one", up)
+		}
+	} else if left := left(); len(left) != 1 {
 		t.Fatalf("uploads after the holder was killed: %v, want its one", left)
 	}
+	t.Logf("left by the killed holder: %v", left())
 
 	errs := make(chan error, 6)
 	for i := range 6 { // the retries, spread over the survivors at once
@@ -423,10 +462,21 @@ func TestFillHolderDeathFetchedOnceMore(t *testing.T) {
 	if n > 2 {
 		t.Fatalf("the upstream served the layer %d times: the survivors each fetched it, want one fetch more than the dead holder's", n)
 	}
-	if left := uploads(t, storage); len(left) != 0 {
+	if left := left(); len(left) != 0 {
 		t.Fatalf("uploads left after the survivors' fill: %v", left)
 	}
 	if n := replicas[1].counter(t, "trustproxy_fill_lock_takeovers_total") + replicas[2].counter(t, "trustproxy_fill_lock_takeovers_total"); n != 1 {
 		t.Errorf("trustproxy_fill_lock_takeovers_total summed over the survivors: %v, want 1", n)
 	}
+}
+
+// waitUploadedPart waits until a multipart upload in s has a part.
+func waitUploadedPart(t *testing.T, s *testenv.S3) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if s.UploadedParts(t, "docker/") > 0 {
+			return
+		}
+	}
+	t.Fatal("no part of a multipart upload uploaded within 30s")
 }

@@ -137,22 +137,9 @@ func wantOnlyWhole(t *testing.T, s *testenv.S3, layer v1.Hash) {
 // under a repository's _uploads, or a multipart upload in progress.
 func wantNoUploads(t *testing.T, s *testenv.S3) {
 	t.Helper()
-	if left := uploadsLeft(t, s); len(left) > 0 {
+	if left := s.LeftUploads(t); len(left) > 0 {
 		t.Fatalf("uploads left in the bucket: %v", left)
 	}
-}
-
-// uploadsLeft lists the uploads in the bucket: objects under a
-// repository's _uploads, and multipart uploads in progress.
-func uploadsLeft(t *testing.T, s *testenv.S3) []string {
-	t.Helper()
-	var left []string
-	for _, k := range s.Keys(t, "docker/registry/v2/repositories/") {
-		if strings.Contains(k, "/_uploads/") {
-			left = append(left, k)
-		}
-	}
-	return append(left, s.Uploads(t, "docker/")...)
 }
 
 // TestS3ColdFillsCommitOnce: three replicas on one bucket; clients of all

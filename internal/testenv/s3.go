@@ -348,6 +348,39 @@ func (s *S3) Uploads(t testing.TB, prefix string) []string {
 	return keys
 }
 
+// UploadedParts counts the parts uploaded to the multipart uploads in
+// progress under prefix.
+func (s *S3) UploadedParts(t testing.TB, prefix string) int {
+	t.Helper()
+	out, err := s.client.ListMultipartUploadsWithContext(t.Context(), &s3.ListMultipartUploadsInput{Bucket: aws.String(s.Bucket), Prefix: aws.String(prefix)})
+	if err != nil {
+		t.Fatalf("list multipart uploads under s3://%s/%s: %v", s.Bucket, prefix, err)
+	}
+	n := 0
+	for _, u := range out.Uploads {
+		parts, err := s.client.ListPartsWithContext(t.Context(), &s3.ListPartsInput{Bucket: aws.String(s.Bucket), Key: u.Key, UploadId: u.UploadId})
+		if err != nil {
+			t.Fatalf("list parts of s3://%s/%s: %v", s.Bucket, *u.Key, err)
+		}
+		n += len(parts.Parts)
+	}
+	return n
+}
+
+// LeftUploads lists the uploads left in the bucket: the keys of objects
+// under a repository's _uploads (an upload's startedat), and of multipart
+// uploads in progress (an upload's data, until it is committed or aborted).
+func (s *S3) LeftUploads(t testing.TB) []string {
+	t.Helper()
+	var left []string
+	for _, k := range s.Keys(t, "docker/registry/v2/repositories/") {
+		if strings.Contains(k, "/_uploads/") {
+			left = append(left, k)
+		}
+	}
+	return append(left, s.Uploads(t, "docker/")...)
+}
+
 // Get reads the object key; nil when there is none.
 func (s *S3) Get(t testing.TB, key string) []byte {
 	t.Helper()
