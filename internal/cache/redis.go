@@ -74,6 +74,11 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 	return redis.NewUniversalClient(opts), nil
 }
 
+// floorRefused is a trust floor write that Redis answered with an error.
+type floorRefused struct{ err error }
+
+func (e floorRefused) Error() string { return e.err.Error() }
+
 // LogRedisTo sends go-redis's own messages (a Sentinel naming a new
 // master, a pool that failed to dial) to log as component redis, instead
 // of plain text on stderr that log collectors cannot parse. go-redis has
@@ -264,10 +269,10 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
-	var rollback error
+	var rollback, waitErr error
 	acked := -1 // replicas that have the write, when it was waited for
 	txf := func(tx *redis.Tx) error {
-		rollback = nil
+		rollback, waitErr = nil, nil
 		write := map[string][]byte{}
 		for _, k := range keys {
 			e := entries[names[k]]
@@ -295,20 +300,34 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		if len(write) == 0 {
 			return nil
 		}
-		_, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		cmds, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			for k, v := range write {
 				p.Set(ctx, k, v, 0)
 			}
 			return nil
 		})
+		var reply redis.Error
+		if errors.As(err, &reply) && !errors.Is(err, redis.TxFailedErr) {
+			// Redis answered and refused the write (EXECABORT, with the
+			// reason on the queued SET: NOREPLICAS, OOM, NOPERM...)
+			for _, c := range cmds {
+				if c.Err() != nil && c.Err() != err {
+					err = fmt.Errorf("%w: %w", err, c.Err())
+					break
+				}
+			}
+			return floorRefused{err}
+		}
 		if err != nil || !wait {
 			return err
 		}
 		// WAIT on the connection that wrote: replication is asynchronous,
 		// and a failover promotes a replica that may not have the write.
+		// The write is committed whatever WAIT answers: its error (an ACL
+		// without +wait, a proxy that refuses it) is not Redis being down.
 		n, err := tx.Wait(ctx, f.FloorReplicas, f.FloorWait).Result()
-		acked = int(n)
-		return err
+		acked, waitErr = int(n), err
+		return nil
 	}
 	var err error
 	for range casRetries {
@@ -320,8 +339,22 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		f.log.Warn("the shared trust floor kept changing under this write; this replica's own floor stands", "gun", gun)
 		return nil
 	}
+	if refused := (floorRefused{}); errors.As(err, &refused) {
+		// Redis is up: taking it for down would stop this replica
+		// reading the shared floor for seconds
+		f.unreplicated.Inc()
+		f.log.Warn("redis refused a trust floor write: it is not shared, this replica's own floor keeps it; see the reason (NOREPLICAS: min-replicas-to-write and too few redis replicas; OOM: maxmemory; NOPERM: the redis user's ACL)",
+			"gun", gun, "err", refused.err)
+		return nil
+	}
 	if f.Health.Failed(err) {
 		return nil
+	}
+	if waitErr != nil {
+		f.unreplicated.Inc()
+		f.log.Warn("WAIT after a trust floor write failed, so nothing says a redis replica has it: a failover could lose it on redis, this replica's own floor keeps it; allow WAIT to trustproxy's redis user (ACL +wait) or set redis.floor_replicas: 0",
+			"gun", gun, "err", waitErr)
+		return rollback
 	}
 	if acked >= 0 && acked < f.FloorReplicas {
 		f.unreplicated.Inc()
