@@ -579,7 +579,7 @@ func (t PeerTLS) Enabled() bool { return t != PeerTLS{} }
 // RedisTLS turns on TLS to Redis.
 type RedisTLS struct {
 	CAFile     string `yaml:"ca_file"`
-	ServerName string `yaml:"server_name"` // default: the host of the first address
+	ServerName string `yaml:"server_name"` // default: the host of each node as dialled
 }
 
 // Enabled says whether a Redis is configured.

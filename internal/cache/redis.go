@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"sync/atomic"
 	"time"
@@ -57,10 +56,10 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 		if !pool.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("redis.tls.ca_file: %s holds no PEM certificate", cfg.TLS.CAFile)
 		}
+		// Without a ServerName each node's certificate is checked for the
+		// host it is dialled at (tls.DialWithDialer): a Sentinel's master,
+		// a Cluster's nodes, each under its own name.
 		opts.TLSConfig = &tls.Config{RootCAs: pool, ServerName: cfg.TLS.ServerName, MinVersion: tls.VersionTLS12}
-		if opts.TLSConfig.ServerName == "" && len(cfg.Addrs) > 0 {
-			opts.TLSConfig.ServerName, _, _ = net.SplitHostPort(cfg.Addrs[0])
-		}
 	}
 	if cfg.Cluster() {
 		c := opts.Cluster()
