@@ -39,6 +39,8 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 		MasterName:            cfg.MasterName,
 		Username:              cfg.Username,
 		Password:              cfg.Password,
+		SentinelUsername:      cfg.SentinelUsername,
+		SentinelPassword:      cfg.SentinelPassword,
 		DB:                    cfg.DB,
 		DialTimeout:           timeout,
 		ReadTimeout:           timeout,

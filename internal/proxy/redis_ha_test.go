@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
@@ -108,7 +110,14 @@ func pullsThroughFailover(t *testing.T, d *testenv.Deployment, kill func()) {
 // master is SIGKILLed and the Sentinels promote a replica; then they use
 // the new master.
 func TestSentinelFailoverUnderPulls(t *testing.T) {
-	s := testenv.StartSentinel(t, "sentinel-secret")
+	s := testenv.StartSentinelAuth(t, "sentinel-secret", "the-sentinels-own")
+	// The Sentinels take commands only after AUTH with their own password
+	// (redis.sentinel_password_file): anyone else could name a master.
+	anon := redis.NewSentinelClient(&redis.Options{Addr: s.Addrs()[0]})
+	if _, err := anon.GetMasterAddrByName(t.Context(), testenv.SentinelMaster).Result(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Fatalf("a Sentinel answered without its password: %v", err)
+	}
+	anon.Close()
 	pullsThroughFailover(t, testenv.NewSentinelDeployment(t, s), func() {
 		m := s.Master()
 		m.Kill()
