@@ -516,7 +516,13 @@ type Redis struct {
 	// requirepass password without a username).
 	Username     string `yaml:"username"`
 	PasswordFile string `yaml:"password_file"`
-	DB           int    `yaml:"db"`
+	// SentinelUsername and SentinelPasswordFile authenticate to the
+	// Sentinels (requirepass in sentinel.conf) when they have a password
+	// of their own; with master_name only. Keep Sentinels behind one:
+	// whoever can talk to a Sentinel can name another master.
+	SentinelUsername     string `yaml:"sentinel_username"`
+	SentinelPasswordFile string `yaml:"sentinel_password_file"`
+	DB                   int    `yaml:"db"`
 	// TLS, when CAFile is set: the CA that issued the servers' certificates.
 	TLS RedisTLS `yaml:"tls"`
 	// KeyPrefix starts every key trustproxy writes. Default "trustproxy:".
@@ -565,6 +571,8 @@ type Redis struct {
 
 	// Password is PasswordFile's content, read by Load.
 	Password string `yaml:"-"`
+	// SentinelPassword is SentinelPasswordFile's content, read by Load.
+	SentinelPassword string `yaml:"-"`
 	// StateKey is StateKeyFile's content, read by Load.
 	StateKey string `yaml:"-"`
 	// Peers are PeerNetworks, parsed by Load.
@@ -590,7 +598,7 @@ func (t PeerTLS) Enabled() bool { return t != PeerTLS{} }
 // RedisTLS turns on TLS to Redis.
 type RedisTLS struct {
 	CAFile     string `yaml:"ca_file"`
-	ServerName string `yaml:"server_name"` // default: the host of the first address
+	ServerName string `yaml:"server_name"` // default: the host of each node as dialled
 }
 
 // Enabled says whether a Redis is configured.

@@ -416,6 +416,12 @@ func TestErrors(t *testing.T) {
 			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef")},
 			want:  []string{"redis.db: must be 0 with a Redis Cluster", "redis.timeout: must be positive", "redis.floor_wait: must be positive", "redis.floor_replicas: must be 0"},
 		},
+		{
+			name:  "sentinel password without sentinels",
+			yaml:  "redis:\n  addrs: [127.0.0.1:6379]\n  state_key_file: key\n  sentinel_password_file: missing\n",
+			files: map[string][]byte{"key": []byte("0123456789abcdef0123456789abcdef\n")},
+			want:  []string{"redis.sentinel_password_file: only with redis.master_name", "redis.sentinel_password_file: "},
+		},
 		{name: "redis settings without addrs", yaml: "redis:\n  master_name: mymaster\n", want: []string{"redis.addrs: required"}},
 		{name: "redis without state key", yaml: "redis:\n  addrs: [127.0.0.1:6379]\n", want: []string{"redis.state_key_file: required with redis"}},
 		{

@@ -9,7 +9,7 @@ import (
 // sorted and without repeats: a configuration reload watches them with the
 // configuration file itself.
 func (c *Config) Files() []string {
-	files := []string{c.TLS.CertFile, c.TLS.KeyFile, c.Scan.ReportTokenFile, c.Redis.PasswordFile, c.Redis.StateKeyFile, c.Redis.TLS.CAFile,
+	files := []string{c.TLS.CertFile, c.TLS.KeyFile, c.Scan.ReportTokenFile, c.Redis.PasswordFile, c.Redis.SentinelPasswordFile, c.Redis.StateKeyFile, c.Redis.TLS.CAFile,
 		c.Redis.PeerTLS.CAFile, c.Redis.PeerTLS.CertFile, c.Redis.PeerTLS.KeyFile}
 	for _, u := range c.Upstreams {
 		files = append(files, u.CAFile, u.PasswordFile, u.DockerConfig,

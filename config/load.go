@@ -158,6 +158,7 @@ func (c *Config) resolve(dir string) {
 	}
 	abs(&c.Scan.ReportTokenFile)
 	abs(&c.Redis.PasswordFile)
+	abs(&c.Redis.SentinelPasswordFile)
 	abs(&c.Redis.StateKeyFile)
 	abs(&c.Redis.TLS.CAFile)
 	abs(&c.Redis.PeerTLS.CAFile)

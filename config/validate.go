@@ -446,6 +446,9 @@ func (c *Config) validateRedis(p *problems) {
 	if !r.Enabled() && (r.MasterName != "" || r.Username != "" || r.PasswordFile != "" || r.TLS.CAFile != "") {
 		p.addf("redis.addrs", "required when other redis settings are given")
 	}
+	if r.MasterName == "" && (r.SentinelUsername != "" || r.SentinelPasswordFile != "") {
+		p.addf("redis.sentinel_password_file", "only with redis.master_name: it is the Sentinels' password")
+	}
 	if r.DB < 0 {
 		p.addf("redis.db", "must be 0 or more")
 	}
@@ -476,6 +479,14 @@ func (c *Config) validateRedis(p *problems) {
 			p.addf("redis.password_file", "%v", err)
 		}
 		r.Password = v
+	}
+	r.SentinelPassword = ""
+	if r.SentinelPasswordFile != "" {
+		v, err := readSecret(r.SentinelPasswordFile)
+		if err != nil {
+			p.addf("redis.sentinel_password_file", "%v", err)
+		}
+		r.SentinelPassword = v
 	}
 	if r.TLS.CAFile != "" {
 		if err := checkCAFile(r.TLS.CAFile); err != nil {

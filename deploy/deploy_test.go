@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	sigsyaml "sigs.k8s.io/yaml"
 
@@ -56,6 +57,8 @@ func objects(t *testing.T) map[string]any {
 				obj = &corev1.ConfigMap{}
 			case "Secret":
 				obj = &corev1.Secret{}
+			case "NetworkPolicy":
+				obj = &networkingv1.NetworkPolicy{}
 			case "PodDisruptionBudget":
 				obj = &policyv1.PodDisruptionBudget{}
 			default:
@@ -95,10 +98,10 @@ func TestManifests(t *testing.T) {
 	}
 	c := pod.Containers[0]
 	_, port, err := net.SplitHostPort(cfg.Listen)
-	if err != nil || len(c.Ports) != 2 || port != "5000" || c.Ports[0].ContainerPort != 5000 {
+	if err != nil || len(c.Ports) != 3 || port != "5000" || c.Ports[0].ContainerPort != 5000 {
 		t.Errorf("listen %q, container ports %v: want them to agree on 5000", cfg.Listen, c.Ports)
 	}
-	if _, port, err := net.SplitHostPort(cfg.Metrics.Listen); err != nil || len(c.Ports) != 2 || port != "9090" || c.Ports[1].ContainerPort != 9090 || c.Ports[1].Name != "metrics" {
+	if _, port, err := net.SplitHostPort(cfg.Metrics.Listen); err != nil || len(c.Ports) != 3 || port != "9090" || c.Ports[1].ContainerPort != 9090 || c.Ports[1].Name != "metrics" {
 		t.Errorf("metrics.listen %q, container ports %v: want them to agree on 9090", cfg.Metrics.Listen, c.Ports)
 	}
 	if p := c.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != c.Ports[0].Name {
@@ -145,8 +148,61 @@ func TestManifests(t *testing.T) {
 	for _, e := range c.Env {
 		env[e.Name] = e.Value
 	}
-	if env["TRUSTPROXY_REPLICA_URL"] != "http://$(POD_IP):5000" {
-		t.Errorf("TRUSTPROXY_REPLICA_URL %q: want the pod's own address on the registry port", env["TRUSTPROXY_REPLICA_URL"])
+	if _, port, err := net.SplitHostPort(cfg.Redis.PeerListen); err != nil || len(c.Ports) != 3 || port != "5001" || c.Ports[2].ContainerPort != 5001 || c.Ports[2].Name != "peer" {
+		t.Errorf("redis.peer_listen %q, container ports %v: want them to agree on 5001", cfg.Redis.PeerListen, c.Ports)
+	}
+	if env["TRUSTPROXY_REPLICA_URL"] != "https://$(POD_IP):5001" {
+		t.Errorf("TRUSTPROXY_REPLICA_URL %q: want the pod's own address on the peer listener, over TLS", env["TRUSTPROXY_REPLICA_URL"])
+	}
+	// The peer certificates come from a Secret of their own, mounted where peer_tls reads them.
+	peerTLS := objs["Secret/trustproxy-peer-tls"].(*corev1.Secret)
+	if mounts["/etc/trustproxy/peer-tls"] != "peer-tls" {
+		t.Errorf("mounts %v: want the peer certificates at /etc/trustproxy/peer-tls", mounts)
+	}
+	for _, v := range pod.Volumes {
+		if v.Name == "peer-tls" && (v.Secret == nil || v.Secret.SecretName != peerTLS.Name) {
+			t.Errorf("volume peer-tls %+v is not the Secret %s", v.VolumeSource, peerTLS.Name)
+		}
+	}
+	tlsFiles := cfg.Redis.PeerTLS
+	for _, f := range []string{tlsFiles.CAFile, tlsFiles.CertFile, tlsFiles.KeyFile} {
+		key, ok := strings.CutPrefix(f, "/etc/trustproxy/peer-tls/")
+		if _, present := peerTLS.StringData[key]; !ok || !present {
+			t.Errorf("redis.peer_tls names %s, which the Secret %s does not hold", f, peerTLS.Name)
+		}
+	}
+	// Only the replicas reach the peer port.
+	np := objs["NetworkPolicy/trustproxy-peers"].(*networkingv1.NetworkPolicy)
+	peerOpen := false
+	for _, rule := range np.Spec.Ingress {
+		for _, p := range rule.Ports {
+			if p.Port == nil || p.Port.String() != "peer" {
+				continue
+			}
+			peerOpen = true
+			if len(rule.From) == 0 {
+				t.Error("the NetworkPolicy admits anyone to the peer port")
+			}
+			for _, from := range rule.From {
+				if from.PodSelector == nil || from.NamespaceSelector != nil || from.IPBlock != nil {
+					t.Errorf("the NetworkPolicy admits %+v to the peer port: want the replicas only", from)
+					continue
+				}
+				for k, v := range from.PodSelector.MatchLabels {
+					if dep.Spec.Template.Labels[k] != v {
+						t.Errorf("the NetworkPolicy admits pods %s=%s to the peer port, the replicas are labelled %v", k, v, dep.Spec.Template.Labels)
+					}
+				}
+			}
+		}
+	}
+	for k, v := range np.Spec.PodSelector.MatchLabels {
+		if dep.Spec.Template.Labels[k] != v {
+			t.Errorf("the NetworkPolicy selects %s=%s, the pods are labelled %v", k, v, dep.Spec.Template.Labels)
+		}
+	}
+	if !peerOpen {
+		t.Error("the NetworkPolicy does not admit the replicas to the peer port")
 	}
 	for _, e := range c.Env {
 		if r := e.ValueFrom; r != nil && r.SecretKeyRef != nil {

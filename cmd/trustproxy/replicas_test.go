@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -101,6 +102,7 @@ func TestSIGKILLedFillHolder(t *testing.T) {
 type replica struct {
 	url, dataDir string
 	metrics      string // its metrics listener (host:port), when it has one
+	logs         *testenv.LogBuffer
 	cmd          *exec.Cmd
 	done         chan struct{}
 }
@@ -117,6 +119,7 @@ func startReplicaProcess(t *testing.T, bin, dataDir string, cfg func(addr, url s
 		t.Fatal(err)
 	}
 	logs := &testenv.LogBuffer{}
+	r.logs = logs
 	r.cmd = exec.Command(bin, "serve", "--config", cfgFile)
 	r.cmd.Stderr = logs
 	if err := r.cmd.Start(); err != nil {
@@ -329,6 +332,39 @@ trust:
 	})
 	r.metrics = metrics
 	return r
+}
+
+// TestLogStaysJSONWhileRedisIsDown: while a replica's Redis is stopped,
+// go-redis's own messages (its pool failing to dial) reach the log as
+// JSON lines of component redis, like every other line, not as plain text
+// on stderr that a log collector cannot parse.
+func TestLogStaysJSONWhileRedisIsDown(t *testing.T) {
+	p := newProcesses(t)
+	p.sign(t, "v1", "json log", 1024)
+	r := p.start(t, t.TempDir(), p.env.Registry.URL(), "  refresh_ttl: 1ms\n")
+	p.shared.Redis.Stop()
+	for range 20 {
+		resp, err := http.Get(r.url + "/v2/" + procRepo + "/manifests/v1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		time.Sleep(50 * time.Millisecond)
+	}
+	fromRedis := 0
+	for _, line := range r.logs.Lines() {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Errorf("a log line is not JSON: %q", line)
+			continue
+		}
+		if m["component"] == "redis" && m["msg"] == "go-redis" {
+			fromRedis++
+		}
+	}
+	if fromRedis == 0 {
+		t.Errorf("no go-redis message in the log while Redis was stopped:\n%s", r.logs)
+	}
 }
 
 // counter reads the unlabelled counter name from r's /metrics.

@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"sync"
 	"time"
@@ -27,15 +28,21 @@ type LeaseEntry struct {
 // maxLease is the most a lease entry may be, sealed payload.
 const maxLease = 4096
 
+// leaseRead is the most Read takes as a lease entry (maxLease, sealed):
+// a string over it is no entry, and is replaced.
+const leaseRead = maxLease + 1 + sha256.Size
+
 // swapLease replaces KEYS[1] with ARGV[2] for ARGV[3] ms when it still
 // holds ARGV[1], or, when ARGV[1] is "", when it holds nothing a replica
-// would read as a lease: no key, another type, or a string over ARGV[4]
-// bytes. ARGV[2] "" deletes it. It returns 1 when it swapped.
+// would read as a lease: no key, another type, or a string empty or over
+// ARGV[4] bytes (what Read takes for none: leaseRead). ARGV[2] "" deletes
+// it. It returns 1 when it swapped.
 var swapLease = redis.NewScript(`
 local t = redis.call('TYPE', KEYS[1])['ok']
 local same
 if ARGV[1] == '' then
-  same = t == 'none' or t ~= 'string' or redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[4])
+  local n = t == 'string' and redis.call('STRLEN', KEYS[1]) or 0
+  same = t ~= 'string' or n == 0 or n > tonumber(ARGV[4])
 else
   same = t == 'string' and redis.call('GET', KEYS[1]) == ARGV[1]
 end
@@ -58,6 +65,7 @@ type Lease struct {
 	entry   LeaseEntry
 	cur     string // the sealed value last written
 	lost    bool   // another replica took it over
+	done    bool   // released: nothing is written any more
 	stop    chan struct{}
 	stopped chan struct{}
 }
@@ -94,7 +102,7 @@ func (s *Shared) Acquire(kind Kind, key, url string, ttl time.Duration) (*Lease,
 			return nil, e
 		}
 		// Not genuine, or over: replace it, if it is still what was read.
-		n, err := swapLease.Run(ctx, s.Redis, []string{key}, string(b), next, ttl.Milliseconds(), maxLease+64).Int()
+		n, err := swapLease.Run(ctx, s.Redis, []string{key}, string(b), next, ttl.Milliseconds(), leaseRead).Int()
 		if s.Health.Failed(err) {
 			return nil, nil
 		}
@@ -119,7 +127,7 @@ func (s *Shared) TakeOver(kind Kind, key string, was *LeaseEntry, url string, tt
 	next := l.seal()
 	ctx, cancel := s.Bound(context.Background())
 	defer cancel()
-	n, err := swapLease.Run(ctx, s.Redis, []string{key}, was.raw, next, ttl.Milliseconds(), maxLease+64).Int()
+	n, err := swapLease.Run(ctx, s.Redis, []string{key}, was.raw, next, ttl.Milliseconds(), leaseRead).Int()
 	if s.Health.Failed(err) || n != 1 {
 		return nil
 	}
@@ -189,12 +197,12 @@ func (l *Lease) held(cur string) *Lease {
 // swap writes next in place of l's last value; l.mu is held. A lease
 // another replica took over (this holder did not answer it) stays theirs.
 func (l *Lease) swap(next string) {
-	if l.lost {
+	if l.lost || l.done {
 		return
 	}
 	ctx, cancel := l.s.Bound(context.Background())
 	defer cancel()
-	n, err := swapLease.Run(ctx, l.s.Redis, []string{l.key}, l.cur, next, l.ttl.Milliseconds(), maxLease+64).Int()
+	n, err := swapLease.Run(ctx, l.s.Redis, []string{l.key}, l.cur, next, l.ttl.Milliseconds(), leaseRead).Int()
 	switch {
 	case l.s.Health.Failed(err):
 	case n == 1:
@@ -222,4 +230,5 @@ func (l *Lease) Release() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.swap("")
+	l.done = true // a SetNote after this would write the lease anew
 }

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"sync/atomic"
 	"time"
@@ -40,6 +39,8 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 		MasterName:            cfg.MasterName,
 		Username:              cfg.Username,
 		Password:              cfg.Password,
+		SentinelUsername:      cfg.SentinelUsername,
+		SentinelPassword:      cfg.SentinelPassword,
 		DB:                    cfg.DB,
 		DialTimeout:           timeout,
 		ReadTimeout:           timeout,
@@ -57,10 +58,10 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 		if !pool.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("redis.tls.ca_file: %s holds no PEM certificate", cfg.TLS.CAFile)
 		}
+		// Without a ServerName each node's certificate is checked for the
+		// host it is dialled at (tls.DialWithDialer): a Sentinel's master,
+		// a Cluster's nodes, each under its own name.
 		opts.TLSConfig = &tls.Config{RootCAs: pool, ServerName: cfg.TLS.ServerName, MinVersion: tls.VersionTLS12}
-		if opts.TLSConfig.ServerName == "" && len(cfg.Addrs) > 0 {
-			opts.TLSConfig.ServerName, _, _ = net.SplitHostPort(cfg.Addrs[0])
-		}
 	}
 	if cfg.Cluster() {
 		c := opts.Cluster()
@@ -72,6 +73,23 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 		return redis.NewClusterClient(c), nil
 	}
 	return redis.NewUniversalClient(opts), nil
+}
+
+// floorRefused is a trust floor write that Redis answered with an error.
+type floorRefused struct{ err error }
+
+func (e floorRefused) Error() string { return e.err.Error() }
+
+// LogRedisTo sends go-redis's own messages (a Sentinel naming a new
+// master, a pool that failed to dial) to log as component redis, instead
+// of plain text on stderr that log collectors cannot parse. go-redis has
+// one logger per process: serve sets it once.
+func LogRedisTo(log *slog.Logger) { redis.SetLogger(redisLog{log.With("component", "redis")}) }
+
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.InfoContext(ctx, "go-redis", "detail", fmt.Sprintf(format, v...))
 }
 
 // clusterReload is how often a Cluster's slot map is read again while
@@ -252,10 +270,10 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	defer cancel()
-	var rollback error
+	var rollback, waitErr error
 	acked := -1 // replicas that have the write, when it was waited for
 	txf := func(tx *redis.Tx) error {
-		rollback = nil
+		rollback, waitErr = nil, nil
 		write := map[string][]byte{}
 		for _, k := range keys {
 			e := entries[names[k]]
@@ -283,20 +301,34 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		if len(write) == 0 {
 			return nil
 		}
-		_, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		cmds, err := tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			for k, v := range write {
 				p.Set(ctx, k, v, 0)
 			}
 			return nil
 		})
+		var reply redis.Error
+		if errors.As(err, &reply) && !errors.Is(err, redis.TxFailedErr) {
+			// Redis answered and refused the write (EXECABORT, with the
+			// reason on the queued SET: NOREPLICAS, OOM, NOPERM...)
+			for _, c := range cmds {
+				if c.Err() != nil && c.Err() != err {
+					err = fmt.Errorf("%w: %w", err, c.Err())
+					break
+				}
+			}
+			return floorRefused{err}
+		}
 		if err != nil || !wait {
 			return err
 		}
 		// WAIT on the connection that wrote: replication is asynchronous,
 		// and a failover promotes a replica that may not have the write.
+		// The write is committed whatever WAIT answers: its error (an ACL
+		// without +wait, a proxy that refuses it) is not Redis being down.
 		n, err := tx.Wait(ctx, f.FloorReplicas, f.FloorWait).Result()
-		acked = int(n)
-		return err
+		acked, waitErr = int(n), err
+		return nil
 	}
 	var err error
 	for range casRetries {
@@ -308,8 +340,22 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		f.log.Warn("the shared trust floor kept changing under this write; this replica's own floor stands", "gun", gun)
 		return nil
 	}
+	if refused := (floorRefused{}); errors.As(err, &refused) {
+		// Redis is up: taking it for down would stop this replica
+		// reading the shared floor for seconds
+		f.unreplicated.Inc()
+		f.log.Warn("redis refused a trust floor write: it is not shared, this replica's own floor keeps it; see the reason (NOREPLICAS: min-replicas-to-write and too few redis replicas; OOM: maxmemory; NOPERM: the redis user's ACL)",
+			"gun", gun, "err", refused.err)
+		return nil
+	}
 	if f.Health.Failed(err) {
 		return nil
+	}
+	if waitErr != nil {
+		f.unreplicated.Inc()
+		f.log.Warn("WAIT after a trust floor write failed, so nothing says a redis replica has it: a failover could lose it on redis, this replica's own floor keeps it; allow WAIT to trustproxy's redis user (ACL +wait) or set redis.floor_replicas: 0",
+			"gun", gun, "err", waitErr)
+		return rollback
 	}
 	if acked >= 0 && acked < f.FloorReplicas {
 		f.unreplicated.Inc()

@@ -59,7 +59,7 @@ func BenchmarkFloorWriteNewRepository(b *testing.B) {
 	}
 }
 
-func benchFloor(b *testing.B, rdb redis.UniversalClient, replicas int) *sharedFloor {
+func benchFloor(b testing.TB, rdb redis.UniversalClient, replicas int) *sharedFloor {
 	b.Helper()
 	sh, err := NewShared(rdb, "bench:", []byte("bench-state-key-0123456789abcdef0123"), NewRedisHealth(slog.New(slog.DiscardHandler)), nil, nil)
 	if err != nil {
@@ -70,9 +70,10 @@ func benchFloor(b *testing.B, rdb redis.UniversalClient, replicas int) *sharedFl
 }
 
 // startRedisNode starts redis-server on a free 127.0.0.1 port, a replica of
-// master when that is not "", and waits until it answers (a replica: until
-// its link to master is up). It is killed at b.Cleanup.
-func startRedisNode(b *testing.B, master string) string {
+// master when that is not "", with the further arguments extra, and waits
+// until it answers (a replica: until its link to master is up). It is
+// killed at b.Cleanup.
+func startRedisNode(b testing.TB, master string, extra ...string) string {
 	b.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -87,6 +88,7 @@ func startRedisNode(b *testing.B, master string) string {
 		h, p, _ := net.SplitHostPort(master)
 		args = append(args, "--replicaof", h, p)
 	}
+	args = append(args, extra...)
 	cmd := exec.Command("redis-server", args...)
 	if err := cmd.Start(); err != nil {
 		b.Fatalf("redis-server (apt-get install -y redis-server): %v", err)

@@ -133,17 +133,18 @@ const (
 // replica's, joined or started. It returns where the bytes came from, or
 // ErrStored when the blob turned up in storage meanwhile.
 //
-// A holder that does not answer (it died with its lock, or this replica
-// cannot reach it) is not waited for: this replica takes its lock over
-// with a compare-and-set on the entry it read and fetches the blob; of
-// several replicas that find it so at once, one takes the lock and the
-// others stream its fill, so the blob is fetched once more, not once per
-// replica. When nothing took the connection at the dead holder's address,
-// the upload its fill left in the storage is removed (cleanUpload).
+// A holder that is gone (holderGone: it died with its lock) is not waited
+// for: this replica takes its lock over with a compare-and-set on the
+// entry it read, removes the upload its fill left in the storage
+// (cleanUpload), and fetches the blob; of several replicas that find it
+// so at once, one takes the lock and the others stream its fill, so the
+// blob is fetched once more, not once per replica. A holder that does not
+// answer here but keeps its lock fresh is waited for at most peerWait,
+// then this replica fetches the blob itself, leaving its fill alone.
 func (fs *Fills) Serve(ctx context.Context, w http.ResponseWriter, r *http.Request, b Blob) (Source, error) {
 	key := b.Repository.At(b.Desc.Digest)
 	lease, holder := fs.lock(b)
-	for wait := peerWait; holder != nil; {
+	for deadline := time.Now().Add(peerWait); holder != nil; {
 		err := fs.peers.stream(ctx, w, r, holder.URL, key, b.Desc.Digest, b.Desc.Size)
 		if !errors.Is(err, errNoPeerFill) {
 			return FromPeer, err
@@ -154,11 +155,11 @@ func (fs *Fills) Serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 		if _, serr := b.Store.Stat(ctx, b.Desc.Digest); serr == nil {
 			return FromPeer, ErrStored
 		}
-		if errors.Is(err, errPeerUnreachable) {
+		if holderGone(err, holder, time.Now()) {
 			if lease = fs.peers.takeOver(key, holder); lease != nil {
 				fs.takeovers.Inc()
-				fs.log.Info("took over the fill lock of a replica that does not answer", "repo", b.Repository.String(), "digest", b.Desc.Digest, "holder", holder.URL, "err", err)
-				if errors.Is(err, errPeerDown) && holder.Note != "" {
+				fs.log.Info("took over the fill lock of a replica that is gone", "repo", b.Repository.String(), "digest", b.Desc.Digest, "holder", holder.URL, "err", err)
+				if holder.Note != "" {
 					fs.cleanUpload(ctx, b, holder)
 				}
 				break
@@ -166,14 +167,15 @@ func (fs *Fills) Serve(ctx context.Context, w http.ResponseWriter, r *http.Reque
 			// Another replica took it over, or the holder refreshed it:
 			// look again.
 		}
-		if wait <= 0 {
+		// Bounded by the clock, not by the retries: each may take a dial
+		// or an upstream timeout.
+		if time.Now().After(deadline) {
 			fs.log.Debug("no fill on the lock holder; fetching here", "repo", b.Repository.String(), "digest", b.Desc.Digest, "holder", holder.URL, "err", err)
 			lease = nil
 			break
 		}
 		select {
 		case <-time.After(peerRetry):
-			wait -= peerRetry
 		case <-ctx.Done():
 			return FromPeer, ctx.Err()
 		}

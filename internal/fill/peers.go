@@ -162,7 +162,13 @@ func LockedDigests(ctx context.Context, sh *cache.Shared) (map[digest.Digest]boo
 			if err != nil {
 				continue
 			}
-			b := sh.Get(ctx, cache.KindLock, key, 4096)
+			// Read, not Get: a lock Redis did not answer for is an error,
+			// not a lock that is not there
+			sealed, err := sh.Read(ctx, c, cache.KindLock, key, 4096)
+			if err != nil {
+				return fmt.Errorf("read fill lock %s: %w", key, err)
+			}
+			b, _ := sh.Open(cache.KindLock, key, sealed)
 			var l fillLock
 			if b == nil || json.Unmarshal(b, &l) != nil || !time.Now().Before(l.Until) {
 				continue
@@ -266,14 +272,31 @@ func (p *peers) stream(ctx context.Context, w http.ResponseWriter, r *http.Reque
 	return hold.release()
 }
 
-// down says whether err is a dial that the network refused or that found
-// nobody (not one refused by redis.peer_networks, nor a TLS failure).
+// down says whether err is a dial that the holder's host refused: its
+// address is up and nothing listens at the port, so its process is gone.
+// A dial that timed out or found no route says less (a partition, a
+// NetworkPolicy, a flood at the peer port): holderGone then asks the lock.
 func down(err error) bool {
 	var op *net.OpError
 	if !errors.As(err, &op) || op.Op != "dial" || errors.Is(err, errOutsidePeers) {
 		return false
 	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || op.Timeout()
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// holderGone decides whether the holder of a fill lock, asked for its fill
+// with the outcome err, is gone: then its lock is taken over and the
+// upload it left is removed. It is when nothing takes connections at its
+// address (errPeerDown), or when it does not answer and its lock has
+// missed a refresh (a live holder rewrites it every fillLockTTL/3; a
+// second is left for clocks that differ). A holder that does not answer
+// here but keeps its lock fresh is alive, only not reachable from this
+// replica: its fill goes on, and this replica fetches the blob itself.
+func holderGone(err error, holder *cache.LeaseEntry, now time.Time) bool {
+	if errors.Is(err, errPeerDown) {
+		return true
+	}
+	return errors.Is(err, errPeerUnreachable) && holder.Until.Sub(now) < fillLockTTL-fillLockTTL/3-time.Second
 }
 
 // idleReader resets an idle timer at every read that gives bytes.

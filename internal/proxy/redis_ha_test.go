@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/testenv"
 	"github.com/trustproxy/trustproxy/internal/trust"
@@ -88,6 +90,15 @@ func pullsThroughFailover(t *testing.T, d *testenv.Deployment, kill func()) {
 	old := w.Notary.Record(t, gun)
 	w.pushSigned(t, "library/app", "v3", "v3")
 	replicas[0].mustPull(t, "library/app:v3")
+	// Had that floor write outlived redis.timeout (a loaded machine), it
+	// is on replica 0's disk only, and replica 0 keeps off Redis for a few
+	// seconds: its next pull once it is back pushes the newer floor up.
+	for deadline := time.Now().Add(20 * time.Second); replicas[0].gauge(t, "trustproxy_redis_degraded") != 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("replica 0 not back on redis after 20s")
+		}
+	}
+	replicas[0].mustPull(t, "library/app:v3")
 	w.Notary.Replay(gun, old)
 	fresh := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	status, _, body := fresh.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
@@ -99,7 +110,14 @@ func pullsThroughFailover(t *testing.T, d *testenv.Deployment, kill func()) {
 // master is SIGKILLed and the Sentinels promote a replica; then they use
 // the new master.
 func TestSentinelFailoverUnderPulls(t *testing.T) {
-	s := testenv.StartSentinel(t, "sentinel-secret")
+	s := testenv.StartSentinelAuth(t, "sentinel-secret", "the-sentinels-own")
+	// The Sentinels take commands only after AUTH with their own password
+	// (redis.sentinel_password_file): anyone else could name a master.
+	anon := redis.NewSentinelClient(&redis.Options{Addr: s.Addrs()[0]})
+	if _, err := anon.GetMasterAddrByName(t.Context(), testenv.SentinelMaster).Result(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Fatalf("a Sentinel answered without its password: %v", err)
+	}
+	anon.Close()
 	pullsThroughFailover(t, testenv.NewSentinelDeployment(t, s), func() {
 		m := s.Master()
 		m.Kill()
@@ -201,9 +219,11 @@ func TestFloorUnreplicatedCounted(t *testing.T) {
 // TestRedisOutageBoundsRequests: while Redis hangs (a listener that
 // accepts and never answers) and then while it is stopped, signed pulls on
 // every replica complete and unsigned ones are refused, and no pull waits
-// on Redis anywhere near go-redis's socket timeouts: each stays under 2 s
-// (a generous bound; the figures are logged). Before redis.timeout bounded
-// each call, the first requests of a hang waited 2 s or more each.
+// on Redis anywhere near go-redis's socket timeouts: none takes 1.5 s
+// longer than the slowest pull of the same run with Redis up (a bound
+// relative to the machine's load; the figures are logged). Before
+// redis.timeout bounded each call, the first requests of a hang waited 2 s
+// or more each on Redis alone.
 func TestRedisOutageBoundsRequests(t *testing.T) {
 	w := newWorld(t)
 	r := testenv.StartRedis(t, "")
@@ -216,6 +236,7 @@ func TestRedisOutageBoundsRequests(t *testing.T) {
 	for _, p := range replicas {
 		p.mustPull(t, "library/app:v1")
 	}
+	var bound time.Duration
 	phase := func(name string, dur time.Duration) {
 		t.Helper()
 		var mu sync.Mutex
@@ -252,10 +273,15 @@ func TestRedisOutageBoundsRequests(t *testing.T) {
 		if len(errs) > 0 {
 			t.Fatalf("redis %s: %d failures, first: %s", name, len(errs), errs[0])
 		}
-		if max := took[len(took)-1]; max >= 2*time.Second {
-			t.Fatalf("redis %s: a signed pull took %s", name, max)
+		if bound == 0 {
+			bound = took[len(took)-1] + 1500*time.Millisecond
+			return
+		}
+		if max := took[len(took)-1]; max >= bound {
+			t.Fatalf("redis %s: a signed pull took %s, over the slowest with redis up plus 1.5s (%s)", name, max, bound)
 		}
 	}
+	phase("up", 3*time.Second)
 	front.Hang()
 	phase("hanging", 6*time.Second) // past one 5 s pause, so Redis is asked again meanwhile
 	for i, p := range replicas {

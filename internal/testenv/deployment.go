@@ -52,6 +52,11 @@ func NewSentinelDeployment(t testing.TB, s *Sentinel) *Deployment {
 	t.Helper()
 	d := &Deployment{Sentinel: s, addrs: s.Addrs(), password: s.password, fields: []string{"master_name: " + SentinelMaster}}
 	d.init(t)
+	if s.sentinelPassword != "" {
+		f := filepath.Join(t.TempDir(), "sentinel-password")
+		writeFile(t, f, []byte(s.sentinelPassword+"\n"))
+		d.fields = append(d.fields, "sentinel_password_file: "+f)
+	}
 	return d
 }
 
@@ -86,7 +91,7 @@ func (d *Deployment) Client(t testing.TB) goredis.UniversalClient {
 	var c goredis.UniversalClient
 	switch {
 	case d.Sentinel != nil:
-		opts.MasterName = SentinelMaster
+		opts.MasterName, opts.SentinelPassword = SentinelMaster, d.Sentinel.sentinelPassword
 		c = goredis.NewUniversalClient(opts)
 	case d.Cluster != nil:
 		co := opts.Cluster()

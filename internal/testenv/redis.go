@@ -92,7 +92,10 @@ func (r *Redis) Start() {
 		args = append(args, "--port", "0", "--tls-port", port, "--tls-cert-file", r.ca.ServerCertFile,
 			"--tls-key-file", r.ca.ServerKeyFile, "--tls-ca-cert-file", r.ca.CertFile, "--tls-auth-clients", "no")
 	}
-	if r.password != "" {
+	switch {
+	case r.password != "" && r.conf != "": // a Sentinel: its own password (masterauth is no Sentinel setting)
+		args = append(args, "--requirepass", r.password)
+	case r.password != "":
 		args = append(args, "--requirepass", r.password, "--masterauth", r.password)
 	}
 	args = append(args, r.args...)

@@ -22,19 +22,28 @@ const SentinelMaster = "trustproxy"
 // watching it, all redis-server processes on 127.0.0.1, tuned to fail over
 // within about two seconds of the master's death (down-after-milliseconds
 // 500, failover-timeout 2000). Nodes need password (requirepass and
-// masterauth) when it is not empty; the Sentinels need none.
+// masterauth) when it is not empty; the Sentinels need sentinelPassword
+// (StartSentinelAuth), none by default.
 type Sentinel struct {
-	t         testing.TB
-	Nodes     []*Redis // Nodes[0] was the first master
-	Sentinels []*Redis
-	password  string
+	t                testing.TB
+	Nodes            []*Redis // Nodes[0] was the first master
+	Sentinels        []*Redis
+	password         string
+	sentinelPassword string
 }
 
 // StartSentinel starts the three nodes and the three Sentinels and waits
 // until every Sentinel knows both replicas. All stop at t.Cleanup.
 func StartSentinel(t testing.TB, password string) *Sentinel {
 	t.Helper()
-	s := &Sentinel{t: t, password: password}
+	return StartSentinelAuth(t, password, "")
+}
+
+// StartSentinelAuth is StartSentinel with Sentinels that take commands
+// only after AUTH with sentinelPassword (and use it with each other).
+func StartSentinelAuth(t testing.TB, password, sentinelPassword string) *Sentinel {
+	t.Helper()
+	s := &Sentinel{t: t, password: password, sentinelPassword: sentinelPassword}
 	repl := []string{"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1"}
 	master := newRedis(t, password, repl...)
 	master.Start()
@@ -46,7 +55,7 @@ func StartSentinel(t testing.TB, password string) *Sentinel {
 		s.Nodes = append(s.Nodes, r)
 	}
 	for range 3 {
-		sn := newRedis(t, "")
+		sn := newRedis(t, sentinelPassword)
 		conf := []string{
 			"sentinel monitor " + SentinelMaster + " " + mhost + " " + mport + " 2",
 			"sentinel down-after-milliseconds " + SentinelMaster + " 500",
@@ -55,6 +64,9 @@ func StartSentinel(t testing.TB, password string) *Sentinel {
 		}
 		if password != "" {
 			conf = append(conf, "sentinel auth-pass "+SentinelMaster+" "+password)
+		}
+		if sentinelPassword != "" {
+			conf = append(conf, "sentinel sentinel-pass "+sentinelPassword)
 		}
 		sn.conf = filepath.Join(sn.dir, "sentinel.conf")
 		if err := os.WriteFile(sn.conf, []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
@@ -65,7 +77,7 @@ func StartSentinel(t testing.TB, password string) *Sentinel {
 	}
 	ctx := context.Background()
 	for _, sn := range s.Sentinels {
-		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr()})
+		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr(), Password: sentinelPassword})
 		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 			rs, err := c.Replicas(ctx, SentinelMaster).Result()
 			if err == nil && len(rs) == 2 {
@@ -95,7 +107,7 @@ func (s *Sentinel) Addrs() []string {
 func (s *Sentinel) Master() *Redis {
 	s.t.Helper()
 	for _, sn := range s.Sentinels {
-		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr()})
+		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr(), Password: s.sentinelPassword})
 		addr, err := c.GetMasterAddrByName(context.Background(), SentinelMaster).Result()
 		c.Close()
 		if err != nil || len(addr) != 2 {

@@ -1,0 +1,64 @@
+package cache
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/trustproxy/trustproxy/config"
+)
+
+func leaseShared(t *testing.T) *Shared {
+	t.Helper()
+	rdb, err := NewRedis(config.Redis{Addrs: []string{startRedisNode(t, "")}})
+	must(t, err)
+	t.Cleanup(func() { rdb.Close() })
+	sh, err := NewShared(rdb, "lease:", []byte("lease-state-key-0123456789abcdef0123"), NewRedisHealth(slog.New(slog.DiscardHandler)), nil, nil)
+	must(t, err)
+	return sh
+}
+
+// TestLeasePlantedNoEntryReplaced: whatever a Redis writer plants at a
+// lease's key that Read takes for no entry (an empty string, one just over
+// the bound, another type) is replaced by Acquire: it cannot make every
+// replica go on alone (each fetching the blob, each running the scan).
+func TestLeasePlantedNoEntryReplaced(t *testing.T) {
+	sh := leaseShared(t)
+	ctx := context.Background()
+	for name, plant := range map[string]func(key string) error{
+		"empty":       func(k string) error { return sh.Redis.Set(ctx, k, "", 0).Err() },
+		"just over":   func(k string) error { return sh.Redis.Set(ctx, k, strings.Repeat("x", leaseRead+1), 0).Err() },
+		"at the edge": func(k string) error { return sh.Redis.Set(ctx, k, strings.Repeat("x", leaseRead), 0).Err() },
+		"far over":    func(k string) error { return sh.Redis.Set(ctx, k, strings.Repeat("x", 1<<16), 0).Err() },
+		"a hash":      func(k string) error { return sh.Redis.HSet(ctx, k, "url", "http://attacker").Err() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			key := "lease:fill:" + name
+			must(t, plant(key))
+			l, holder := sh.Acquire(KindLock, key, "http://me", 15*time.Second)
+			if l == nil {
+				t.Fatalf("the planted value held the lease off (holder %+v)", holder)
+			}
+			l.Release()
+		})
+	}
+}
+
+// TestLeaseNoteAfterReleaseWritesNothing: a note set after the lease was
+// released (a fill's deferred SetNote racing its Release) does not put the
+// lease back on Redis, where it would name this replica as a holder with
+// nothing refreshing it.
+func TestLeaseNoteAfterReleaseWritesNothing(t *testing.T) {
+	sh := leaseShared(t)
+	l, _ := sh.Acquire(KindLock, "lease:fill:x", "http://me", 15*time.Second)
+	if l == nil {
+		t.Fatal("no lease")
+	}
+	l.Release()
+	l.SetNote("upload-id")
+	if n, err := sh.Redis.Exists(context.Background(), "lease:fill:x").Result(); err != nil || n != 0 {
+		t.Fatalf("the lease is on Redis again after Release and SetNote (%d, %v)", n, err)
+	}
+}
