@@ -25,7 +25,7 @@ import (
 )
 
 // SeaweedFSVersion is the version of SeaweedFS's weed command the S3 tests
-// run: scripts/test builds it with go install (docs/scaling.md says why
+// run: scripts/test builds it from its Go module (docs/scaling.md says why
 // SeaweedFS).
 const SeaweedFSVersion = "v0.0.0-20261109003541-7506e5f91cd6"
 
