@@ -103,6 +103,7 @@ type replica struct {
 	metrics      string // its metrics listener (host:port), when it has one
 	cmd          *exec.Cmd
 	done         chan struct{}
+	logs         *testenv.LogBuffer // what it logged
 }
 
 // startReplicaProcess runs bin serve with the configuration cfg returns
@@ -117,6 +118,7 @@ func startReplicaProcess(t *testing.T, bin, dataDir string, cfg func(addr, url s
 		t.Fatal(err)
 	}
 	logs := &testenv.LogBuffer{}
+	r.logs = logs
 	r.cmd = exec.Command(bin, "serve", "--config", cfgFile)
 	r.cmd.Stderr = logs
 	if err := r.cmd.Start(); err != nil {
@@ -275,17 +277,25 @@ type processes struct {
 	env    *testenv.Env
 	shared *testenv.Deployment
 	alice  *testenv.Key
-	root   string
+	pins   map[string]string // each GUN's root certificate ID, pinned by every replica
+	redis  []string          // further fields of every replica's redis section
 }
 
 const procGUN, procRepo = "docker.io/library/app", "library/app"
 
 func newProcesses(t *testing.T) *processes {
 	t.Helper()
-	p := &processes{bin: buildTrustproxy(t), env: testenv.New(t), shared: testenv.NewDeployment(t, testenv.StartRedis(t, "")), alice: testenv.NewKey(t, "alice")}
-	p.root = p.env.Notary.Init(t, procGUN)
+	p := newProcessesOn(t, testenv.NewDeployment(t, testenv.StartRedis(t, "")))
+	p.pins[procGUN] = p.env.Notary.Init(t, procGUN)
 	p.env.Notary.AddDelegation(t, procGUN, testenv.Releases, p.alice)
 	return p
+}
+
+// newProcessesOn is a registry, a notary-server and alice for replicas
+// sharing shared, with no GUN yet: pin each GUN made in p.pins.
+func newProcessesOn(t *testing.T, shared *testenv.Deployment) *processes {
+	t.Helper()
+	return &processes{bin: buildTrustproxy(t), env: testenv.New(t), shared: shared, alice: testenv.NewKey(t, "alice"), pins: map[string]string{}}
 }
 
 // sign pushes an image of one layer of size bytes as library/app:tag and
@@ -307,6 +317,10 @@ func (p *processes) sign(t *testing.T, tag, seed string, size int64) (v1.Hash, i
 func (p *processes) start(t *testing.T, dataDir, upstream, trustExtra string) *replica {
 	t.Helper()
 	metrics := testenv.FreeAddr(t)
+	var pins []string
+	for gun, root := range p.pins {
+		pins = append(pins, gun+": ["+root+"]")
+	}
 	r := startReplicaProcess(t, p.bin, dataDir, func(addr, url string) string {
 		return fmt.Sprintf(`listen: %s
 data_dir: %s
@@ -316,10 +330,10 @@ metrics: {listen: %s}
     url: %s
     notary: {url: %s, ca_file: %s}
 trust:
-%s  pinning: {certs: {%s: [%s]}}
+%s  pinning: {certs: {%s}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, metrics, p.shared.YAML("replica_url: "+url), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
+`, addr, dataDir, metrics, p.shared.YAML(append([]string{"replica_url: " + url}, p.redis...)...), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, strings.Join(pins, ", "), p.alice.CertFile)
 	})
 	r.metrics = metrics
 	return r
