@@ -3,14 +3,11 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,10 +23,6 @@ import (
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/registry/handlers"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"github.com/sirupsen/logrus"
 	notaryclient "github.com/theupdateframework/notary/client"
@@ -142,16 +135,16 @@ func newTableEnv(t *testing.T, sc scale) *tableEnv {
 		all = append(all, im)
 		return im
 	}
-	e.big = add("library/big", rawImage(t, "big", sc.bigLayers, sc.bigLayerSize))
-	e.warm = add("library/warm", rawImage(t, "warm", sc.warmLayers, sc.warmLayerSize))
-	e.huge = add("library/huge", rawImage(t, "huge", 1, sc.hugeLayerSize))
+	e.big = add("library/big", testenv.RawImage(t, "big", sc.bigLayers, sc.bigLayerSize))
+	e.warm = add("library/warm", testenv.RawImage(t, "warm", sc.warmLayers, sc.warmLayerSize))
+	e.huge = add("library/huge", testenv.RawImage(t, "huge", 1, sc.hugeLayerSize))
 	if *profileDir != "" {
 		for i := range sc.profileRepeats {
-			e.profileBigs = append(e.profileBigs, add(fmt.Sprintf("library/big-profile-%d", i), rawImage(t, fmt.Sprintf("big-profile-%d", i), sc.bigLayers, sc.bigLayerSize)))
+			e.profileBigs = append(e.profileBigs, add(fmt.Sprintf("library/big-profile-%d", i), testenv.RawImage(t, fmt.Sprintf("big-profile-%d", i), sc.bigLayers, sc.bigLayerSize)))
 		}
 	}
 	for i := range sc.small {
-		e.smalls = append(e.smalls, add(fmt.Sprintf("small/app-%03d", i), rawImage(t, fmt.Sprintf("small-%d", i), 1, 2048)))
+		e.smalls = append(e.smalls, add(fmt.Sprintf("small/app-%03d", i), testenv.RawImage(t, fmt.Sprintf("small-%d", i), 1, 2048)))
 	}
 	sem := make(chan struct{}, 4)
 	var mu sync.Mutex
@@ -171,28 +164,6 @@ func newTableEnv(t *testing.T, sc scale) *tableEnv {
 	}
 	syscall.Sync() // what setup wrote is written back now, not while rows run
 	return e
-}
-
-// rawImage is an image of layers layers of size pseudo-random bytes each
-// (drawn from seed; not compressed: building gzip layers of a GiB takes
-// longer than pulling them).
-func rawImage(t *testing.T, seed string, layers int, size int64) v1.Image {
-	t.Helper()
-	img := mutate.MediaType(empty.Image, types.DockerManifestSchema2)
-	img = mutate.ConfigMediaType(img, types.DockerConfigJSON)
-	for i := range layers {
-		sum := sha256.Sum256([]byte(fmt.Sprintf("%s/%d", seed, i)))
-		rng := rand.NewChaCha8(sum)
-		b := make([]byte, size)
-		for j := 0; j+8 <= len(b); j += 8 {
-			binary.LittleEndian.PutUint64(b[j:], rng.Uint64())
-		}
-		var err error
-		if img, err = mutate.AppendLayers(img, static.NewLayer(b, types.DockerLayer)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return img
 }
 
 // remoteRate is what one connection to the remote upstream carries per
@@ -314,19 +285,14 @@ func (p *proc) stop() {
 	_ = os.RemoveAll(p.dir)
 }
 
-// peakRSS is the proxy process's peak resident set (VmHWM), in bytes.
+// peakRSS is the proxy process's peak resident set (VmHWM), in bytes; -1
+// when it cannot be read.
 func (p *proc) peakRSS() int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	n, err := testenv.PeakRSS(p.cmd.Process.Pid)
 	if err != nil {
 		return -1
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return -1
+	return n
 }
 
 // profile runs work under a CPU profile of trustproxy and writes it to

@@ -102,9 +102,9 @@ func TestSIGKILLedFillHolder(t *testing.T) {
 type replica struct {
 	url, dataDir string
 	metrics      string // its metrics listener (host:port), when it has one
-	logs         *testenv.LogBuffer
 	cmd          *exec.Cmd
 	done         chan struct{}
+	logs         *testenv.LogBuffer // what it logged
 }
 
 // startReplicaProcess runs bin serve with the configuration cfg returns
@@ -278,23 +278,32 @@ type processes struct {
 	env    *testenv.Env
 	shared *testenv.Deployment
 	alice  *testenv.Key
-	root   string
+	pins   map[string]string // each GUN's root certificate ID, pinned by every replica
+	redis  []string          // further fields of every replica's redis section
 }
 
 const procGUN, procRepo = "docker.io/library/app", "library/app"
 
 func newProcesses(t *testing.T) *processes {
 	t.Helper()
-	return newProcessesOn(t, testenv.NewDeployment(t, testenv.StartRedis(t, "")))
+	return newSignedProcessesOn(t, testenv.NewDeployment(t, testenv.StartRedis(t, "")))
 }
 
-// newProcessesOn is newProcesses on the deployment shared.
-func newProcessesOn(t *testing.T, shared *testenv.Deployment) *processes {
+// newSignedProcessesOn is newProcesses on the deployment shared: procGUN
+// made, pinned, with alice's delegation.
+func newSignedProcessesOn(t *testing.T, shared *testenv.Deployment) *processes {
 	t.Helper()
-	p := &processes{bin: buildTrustproxy(t), env: testenv.New(t), shared: shared, alice: testenv.NewKey(t, "alice")}
-	p.root = p.env.Notary.Init(t, procGUN)
+	p := newProcessesOn(t, shared)
+	p.pins[procGUN] = p.env.Notary.Init(t, procGUN)
 	p.env.Notary.AddDelegation(t, procGUN, testenv.Releases, p.alice)
 	return p
+}
+
+// newProcessesOn is a registry, a notary-server and alice for replicas
+// sharing shared, with no GUN yet: pin each GUN made in p.pins.
+func newProcessesOn(t *testing.T, shared *testenv.Deployment) *processes {
+	t.Helper()
+	return &processes{bin: buildTrustproxy(t), env: testenv.New(t), shared: shared, alice: testenv.NewKey(t, "alice"), pins: map[string]string{}}
 }
 
 // sign pushes an image of one layer of size bytes as library/app:tag and
@@ -316,6 +325,10 @@ func (p *processes) sign(t *testing.T, tag, seed string, size int64) (v1.Hash, i
 func (p *processes) start(t *testing.T, dataDir, upstream, trustExtra string) *replica {
 	t.Helper()
 	metrics := testenv.FreeAddr(t)
+	var pins []string
+	for gun, root := range p.pins {
+		pins = append(pins, gun+": ["+root+"]")
+	}
 	r := startReplicaProcess(t, p.bin, dataDir, func(addr, url string) string {
 		return fmt.Sprintf(`listen: %s
 data_dir: %s
@@ -325,10 +338,10 @@ metrics: {listen: %s}
     url: %s
     notary: {url: %s, ca_file: %s}
 trust:
-%s  pinning: {certs: {%s: [%s]}}
+%s  pinning: {certs: {%s}}
   signers: [{name: alice, public_key: %s}]
   rules: [{repositories: "docker.io/**", signers: [alice]}]
-`, addr, dataDir, metrics, p.shared.YAML("replica_url: "+url), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, procGUN, p.root, p.alice.CertFile)
+`, addr, dataDir, metrics, p.shared.YAML(append([]string{"replica_url: " + url}, p.redis...)...), upstream, p.env.Notary.URL(), p.env.Notary.CAFile(), trustExtra, strings.Join(pins, ", "), p.alice.CertFile)
 	})
 	r.metrics = metrics
 	return r
@@ -422,10 +435,10 @@ func TestFillHolderDeathFetchedOnceMore(t *testing.T) {
 		t.Run(storage, func(t *testing.T) {
 			r := testenv.StartRedis(t, "")
 			if storage == "s3" {
-				testFillHolderDeath(t, newProcessesOn(t, testenv.NewS3Deployment(t, r, testenv.StartS3(t))))
+				testFillHolderDeath(t, newSignedProcessesOn(t, testenv.NewS3Deployment(t, r, testenv.StartS3(t))))
 				return
 			}
-			testFillHolderDeath(t, newProcessesOn(t, testenv.NewDeployment(t, r)))
+			testFillHolderDeath(t, newSignedProcessesOn(t, testenv.NewDeployment(t, r)))
 		})
 	}
 }

@@ -2,8 +2,8 @@
 // them with t.Cleanup. Nothing in it is a mock of trustproxy's own code.
 //
 //   - NewRegistry: a distribution v3 registry (registry/handlers with the filesystem driver in a temporary folder)
-//     in-process behind an httptest server, as the upstream. It counts requests, can be
-//     given a Fault (CorruptBody, Truncate, Delay) and can be stopped mid-test.
+//     in-process behind an httptest server, as the upstream. It counts requests and the
+//     blob bytes it sends (BlobBytes), can be given a Fault (CorruptBody, Truncate, Delay) and can be stopped mid-test.
 //     With TokenAuth it wants tokens (auth: token), and Push gets them.
 //   - NewTokenServer: a registry token service (Docker token spec, JWTs distribution and
 //     notary-server verify), a fake of an outside party: users, anonymous pulls for some
@@ -13,7 +13,8 @@
 //     credential helper (a shell script on PATH) and a docker config.json.
 //   - Image, ImageFor, Index: deterministic Docker schema2 images and manifest lists that
 //     dockerd can pull, made with go-containerregistry; OCIImage, OCIIndex: OCI images
-//     (one random layer) and image indexes.
+//     (one random layer) and image indexes; RawImage, RawImageFor: images whose layers
+//     are raw pseudo-random bytes, cheap to make at any size, for pulls that check digests.
 //   - StartNotary: /usr/bin/notary-server as a subprocess (memory storage, local signer,
 //     TLS from a CA made in t.TempDir()), behind a TLS front whose URL clients use. The
 //     front counts requests, can Replay a Recording of older metadata and can be SetDown.
@@ -39,6 +40,8 @@
 //     fake: a real scanner needs its vulnerability database. Like Trivy's adapter it
 //     pulls the manifest and config it scans from the scan request's registry, with the
 //     request's authorization, and fails the scan when that pull fails.
+//   - PeakRSS: a process's peak resident set (VmHWM), for tests that run trustproxy
+//     processes and report their memory.
 //   - Throttle: a TCP relay on 127.0.0.1 that passes a server's answers at a bounded rate,
 //     so that a blob takes seconds to arrive.
 //   - StartDockerd, StartDockerdConfig: a private dockerd (its own roots, socket and

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,6 +39,8 @@ type Registry struct {
 	mu     sync.Mutex
 	fault  Fault
 	counts map[string]int // by "METHOD path"
+
+	blobBytes atomic.Int64 // body bytes written to blob GETs
 }
 
 // quietLogrus silences logrus' standard logger, which distribution (and notary's
@@ -96,11 +99,46 @@ func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 	r.counts[req.Method+" "+req.URL.Path]++
 	f := r.fault
 	r.mu.Unlock()
+	if req.Method == http.MethodGet && isBlobPath(req.URL.Path) {
+		w = &countingWriter{ResponseWriter: w, n: &r.blobBytes}
+	}
 	if f != nil && f(w, req) {
 		return
 	}
 	r.app.ServeHTTP(w, req)
 }
+
+// isBlobPath says whether path is /v2/<name>/blobs/<digest> (not an upload).
+func isBlobPath(path string) bool {
+	_, rest, ok := strings.Cut(path, "/blobs/")
+	return ok && strings.HasPrefix(path, "/v2/") && !strings.HasPrefix(rest, "uploads")
+}
+
+// countingWriter adds the body bytes it writes to n.
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// Flush passes on to the connection, for Faults that flush.
+func (c *countingWriter) Flush() {
+	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection (Flush, deadlines).
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// BlobBytes is how many body bytes the registry has written in answer to blob GETs, in
+// any repository: what it served, counting a body cut short by what was sent of it.
+func (r *Registry) BlobBytes() int64 { return r.blobBytes.Load() }
 
 // URL is the registry's base URL, http://127.0.0.1:PORT.
 func (r *Registry) URL() string { return r.srv.URL }

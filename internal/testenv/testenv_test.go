@@ -121,6 +121,10 @@ func TestRegistryCountsFaultsAndStops(t *testing.T) {
 	if n := reg.BlobGets(layer); n != 3 {
 		t.Errorf("BlobGets = %d, want 3", n)
 	}
+	// Whole, corrupt (as long), half: the bytes sent, cut bodies included.
+	if n, size := reg.BlobBytes(), m.Layers[0].Size; n != 2*size+size/2 {
+		t.Errorf("BlobBytes = %d, want %d for a layer of %d bytes sent whole twice and half once", n, 2*size+size/2, size)
+	}
 
 	reg.Stop()
 	if _, err := http.Get(blobURL); err == nil {
