@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/trustproxy/trustproxy/config"
-	"github.com/trustproxy/trustproxy/internal/cache"
 	"github.com/trustproxy/trustproxy/internal/proxy"
 	"github.com/trustproxy/trustproxy/internal/reload"
 	"github.com/trustproxy/trustproxy/internal/wiring"
@@ -33,7 +32,7 @@ import (
 // when the file or a file it names changes (internal/reload); level is the
 // log level, which a reload sets.
 func serve(ctx context.Context, cfg *config.Config, file string, level *slog.LevelVar, log *slog.Logger) error {
-	cache.LogRedisTo(log)
+	wiring.LogRedisTo(log)
 	s, err := start(ctx, cfg, file, level, log)
 	if err != nil {
 		return err
