@@ -191,8 +191,11 @@ func TestPeerNotOfTheClusterCANotUsed(t *testing.T) {
 			if n := asked.Load() - before; n != 0 {
 				t.Fatalf("%d requests reached the impostor's handler", n)
 			}
-			if n := fetches.Load(); n != 2 {
-				t.Fatalf("%d upstream fetches, want 2 (the holder's, and b's own)", n)
+			// b waits up to 2 s for a holder that keeps its lock fresh
+			// (it is alive, only not reachable as a peer): the holder's
+			// fill may end meanwhile, and b serves the stored blob.
+			if n := fetches.Load(); n < 1 || n > 2 {
+				t.Fatalf("%d upstream fetches, want the holder's, and b's own unless the holder's fill ended while b waited", n)
 			}
 		})
 	}
