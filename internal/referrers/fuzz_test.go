@@ -31,6 +31,8 @@ func FuzzParse(f *testing.F) {
 func FuzzNextPage(f *testing.F) {
 	f.Add("https://r.example/v2/a/referrers/sha256:1", `</v2/a/referrers/sha256:1?n=10&last=x>; rel="next"`)
 	f.Add("https://r.example/v2/a/referrers/sha256:1", `<https://other.example/v2/a>; rel="next"`)
+	// A relative base: its path "//0" serialises as a host-relative URL.
+	f.Add(".//0", `<>; rel="next"`)
 	f.Fuzz(func(t *testing.T, u, link string) {
 		next := nextPage(u, link)
 		if next == "" {

@@ -237,18 +237,21 @@ func nextPage(u, link string) string {
 			return ""
 		}
 		base, err := url.Parse(u)
-		if err != nil {
+		if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
 			return ""
 		}
 		ref, err := url.Parse(target[1 : len(target)-1])
 		if err != nil {
 			return ""
 		}
-		next := base.ResolveReference(ref)
-		if next.Scheme != base.Scheme || next.Host != base.Host {
+		next := base.ResolveReference(ref).String()
+		// The link is followed as the string it serialises to, so the
+		// origin is checked on that string parsed again.
+		again, err := url.Parse(next)
+		if err != nil || again.Scheme != base.Scheme || again.Host != base.Host {
 			return ""
 		}
-		return next.String()
+		return next
 	}
 	return ""
 }
