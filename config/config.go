@@ -156,6 +156,13 @@ type Notation struct {
 	// checked (a revoked signer's key is removed by removing its CA or
 	// identity from the configuration).
 	Revocation string `yaml:"revocation"`
+	// RevocationHosts are the hosts (host or host:port) of revocation
+	// servers that may be reached although they resolve to non-public
+	// addresses (a CRL distribution point or OCSP responder of an in-house
+	// CA). Any other host a certificate names is reached on public
+	// addresses only: a signer cannot make trustproxy fetch from the
+	// cluster's inside.
+	RevocationHosts []string `yaml:"revocation_hosts"`
 }
 
 // Cosign configures the cosign trust source (rules with sources: [cosign]).

@@ -501,6 +501,7 @@ func TestErrors(t *testing.T) {
 		{name: "notation identities without ca", yaml: "trust:\n  signers:\n    - name: ci\n      public_key: /nonexistent/k.pem\n      notation_identities: ['*']\n", want: []string{"trust.signers[0].notation_identities: set without notation_ca"}},
 		{name: "notation level audit", yaml: "trust:\n  notation:\n    level: audit\n", want: []string{"trust.notation.level: \"audit\" does not check that a trusted signer signed"}},
 		{name: "notation revocation", yaml: "trust:\n  notation:\n    revocation: maybe\n", want: []string{"trust.notation.revocation: \"maybe\": want off or on"}},
+		{name: "notation revocation host with scheme", yaml: "trust:\n  notation:\n    revocation: \"on\"\n    revocation_hosts: [\"http://crl.example\"]\n", want: []string{"trust.notation.revocation_hosts[0]: ", "is not a host"}},
 		{name: "reverify_ttl negative", yaml: "trust:\n  cosign:\n    reverify_ttl: -1s\n", want: []string{"trust.cosign.reverify_ttl: must be positive"}},
 		{name: "signer without name", yaml: "trust:\n  signers:\n    - key_ids: [" + strings.Repeat("a", 64) + "]\n", want: []string{"trust.signers[0].name: required"}},
 		{

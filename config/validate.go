@@ -331,6 +331,11 @@ func (c *Config) validateTrust(p *problems) {
 	if r := t.Notation.Revocation; r != "" && r != "off" && r != "on" {
 		p.addf("trust.notation.revocation", "%q: want off or on", r)
 	}
+	for j, h := range t.Notation.RevocationHosts {
+		if err := checkHost(h); err != nil {
+			p.addf(fmt.Sprintf("trust.notation.revocation_hosts[%d]", j), "%v", err)
+		}
+	}
 	if t.RefreshTTL <= 0 {
 		p.addf("trust.refresh_ttl", "must be positive, e.g. 1m")
 	}

@@ -88,6 +88,7 @@ type Client struct {
 	creds      credentialSource // nil: anonymous
 	realms     map[string]bool  // allowed token realm origins, the endpoint's own included
 	redirectOK map[string]bool  // lower-case host or host:port
+	public     bool             // no endpoint: every host is named by data (Public)
 	transport  *http.Transport
 
 	mu      sync.Mutex
@@ -113,11 +114,33 @@ func New(e Endpoint) (*Client, error) {
 	if err != nil || (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" {
 		return nil, fmt.Errorf("%s.url %q is not an http(s) URL", e.Field, e.URL)
 	}
+	return build(e, originOf(base))
+}
+
+// Public returns a client for servers that data names rather than the
+// configuration: a certificate's CRL distribution points and OCSP
+// responders. It sends no credentials, follows redirects as Do does, and
+// connects only to public addresses, except to the hosts listed in allow,
+// the setting field (an *AddressError otherwise); timeout bounds each
+// request, body included.
+func Public(field string, allow []string, timeout time.Duration) (*http.Client, error) {
+	c, err := build(Endpoint{Field: field, RedirectHosts: allow, Timeout: timeout}, "")
+	if err != nil {
+		return nil, err
+	}
+	c.public = true
+	return &http.Client{Transport: c.RoundTripper(""), CheckRedirect: c.checkRedirect, Timeout: timeout}, nil
+}
+
+// build is the client of e, whose origin (scheme://host:port; "" for none)
+// receives its credentials.
+func build(e Endpoint, origin string) (*Client, error) {
+	var err error
 	c := &Client{
 		field:      e.Field,
-		origin:     originOf(base),
+		origin:     origin,
 		creds:      credentialsOf(e),
-		realms:     map[string]bool{originOf(base): true},
+		realms:     map[string]bool{origin: true},
 		redirectOK: map[string]bool{},
 		limited:    map[string]time.Time{},
 		timeout:    e.Timeout,
@@ -273,7 +296,7 @@ func (c *Client) send(req *http.Request, scope string) (*http.Response, error) {
 		r.Header.Del("Cookie")
 	}
 	if !c.realms[o] && !c.redirectOK[strings.ToLower(r.URL.Host)] && !c.redirectOK[strings.ToLower(r.URL.Hostname())] {
-		g := &guard{field: c.field, host: r.URL.Hostname()}
+		g := &guard{field: c.field, host: r.URL.Hostname(), public: c.public}
 		if p, err := c.transport.Proxy(r); err == nil && p != nil {
 			// The dial goes to the proxy (which may well be private), so
 			// check the name here; the proxy resolves it again.

@@ -1,6 +1,7 @@
 // Package egress is every connection trustproxy opens to a server it does not
-// run: upstream registries, their token services and Notary servers. It
-// decides what such a server can make trustproxy do.
+// run: upstream registries, their token services, Notary servers, and the
+// revocation servers (CRL distribution points, OCSP responders) that
+// certificates name. It decides what such a server can make trustproxy do.
 //
 // A Client serves one configured endpoint (a registry or a Notary server),
 // whose Endpoint Configured makes from its config.Endpoint:
@@ -27,6 +28,11 @@
 //     *RateLimitError instead of reaching it.
 //   - Dial, TLS handshake and response headers are bounded by the endpoint's
 //     timeout; bodies are bounded by the callers, who know their sizes.
+//
+// A Public client serves no endpoint: the hosts it reaches are named by data
+// (a Notation certificate's revocation servers). It sends no credentials,
+// follows redirects as Do does, and reaches public addresses only, except
+// the hosts its setting lists (trust.notation.revocation_hosts).
 //
 // It knows nothing of manifests, blobs or TUF: internal/proxy and
 // internal/trust use it.

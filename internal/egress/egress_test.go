@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -522,4 +523,54 @@ func FuzzReadTokenAnswer(f *testing.F) {
 			t.Fatalf("token lives %v from %q", life, body)
 		}
 	})
+}
+
+// TestPublicClient: a client for hosts that a certificate names (a CRL
+// distribution point, an OCSP responder) connects to no private address
+// unless the host is listed, directly or through a redirect, and never
+// sends credentials.
+func TestPublicClient(t *testing.T) {
+	var auth atomic.Value
+	crl := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		auth.Store(r.Header.Get("Authorization"))
+		fmt.Fprint(w, "crl")
+	}, false)
+	hop := newServer(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, crl.URL+"/ca.crl", http.StatusFound)
+	}, false)
+	const field = "trust.notation.revocation_hosts"
+	fetch := func(allow []string, u string) (string, error) {
+		hc, err := Public(field, allow, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		req.Header.Set("Authorization", "Basic c2VjcmV0")
+		resp, err := hc.Do(req)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b), nil
+	}
+
+	_, err := fetch(nil, crl.URL+"/ca.crl")
+	if ae, ok := errors.AsType[*AddressError](err); !ok || !ae.Public || !strings.Contains(err.Error(), field) {
+		t.Fatalf("an unlisted loopback responder: got %v, want an *AddressError naming %s", err, field)
+	}
+	_, err = fetch([]string{hop.Listener.Addr().String()}, hop.URL+"/ca.crl")
+	if _, ok := errors.AsType[*AddressError](err); !ok {
+		t.Fatalf("a listed host redirecting to an unlisted loopback one: got %v, want an *AddressError", err)
+	}
+	if n := crl.conns.Load(); n != 0 {
+		t.Fatalf("the unlisted server received %d connections", n)
+	}
+	got, err := fetch([]string{crl.Listener.Addr().String()}, crl.URL+"/ca.crl")
+	if err != nil || got != "crl" {
+		t.Fatalf("a listed responder: got %q, %v", got, err)
+	}
+	if a, _ := auth.Load().(string); a != "" {
+		t.Fatalf("the responder was sent Authorization %q", a)
+	}
 }

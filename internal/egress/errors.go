@@ -36,16 +36,21 @@ func (e *RateLimitError) RetryAfter() time.Duration {
 	return max(time.Until(e.Until).Round(time.Second), time.Second)
 }
 
-// An AddressError is a connection refused because a redirect led to a host
-// that resolved to a loopback, private, link-local or otherwise non-public
-// address, and the host is not listed in redirect_hosts.
+// An AddressError is a connection refused because a redirect (or, from a
+// Public client, a certificate) led to a host that resolved to a loopback,
+// private, link-local or otherwise non-public address, and the host is not
+// listed in redirect_hosts (a Public client's setting).
 type AddressError struct {
-	Field string
-	Host  string
-	Addr  string
+	Field  string
+	Host   string
+	Addr   string
+	Public bool // from a Public client: Field is the setting that lists allowed hosts
 }
 
 func (e *AddressError) Error() string {
+	if e.Public {
+		return fmt.Sprintf("%s resolves to the non-public address %s: refused; list the host in %s if it is a server of yours", e.Host, e.Addr, e.Field)
+	}
 	return fmt.Sprintf("%s redirected trustproxy to %s, which resolves to the non-public address %s: refused; list the host in %s.redirect_hosts if it is the registry's own storage",
 		e.Field, e.Host, e.Addr, e.Field)
 }

@@ -14,6 +14,7 @@ type guardKey struct{}
 
 type guard struct {
 	field, host string
+	public      bool // a Public client's: field lists the hosts allowed
 }
 
 // checkAddress is the dialer's ControlContext: it runs on the address
@@ -30,7 +31,7 @@ func checkAddress(ctx context.Context, network, address string, _ syscall.RawCon
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil || !public(ip) {
-		return &AddressError{Field: g.field, Host: g.host, Addr: host}
+		return &AddressError{Field: g.field, Host: g.host, Addr: host, Public: g.public}
 	}
 	return nil
 }
@@ -44,7 +45,7 @@ func (g *guard) resolve(ctx context.Context) error {
 	}
 	for _, a := range addrs {
 		if !public(a) {
-			return &AddressError{Field: g.field, Host: g.host, Addr: a.String()}
+			return &AddressError{Field: g.field, Host: g.host, Addr: a.String(), Public: g.public}
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package notation
 import (
 	"context"
 	"errors"
+	"strings"
 	"fmt"
 
 	"github.com/notaryproject/notation-core-go/signature"
@@ -167,6 +168,11 @@ func classify(signer string, out *notationgo.VerificationOutcome, err error) *fi
 	case trustpolicy.TypeAuthenticTimestamp:
 		return refusal(Expired, "signer %s: a certificate of its chain is not valid now: %v", signer, failed.Error)
 	case trustpolicy.TypeRevocation:
+		// notation-go says which only in its message; anything but
+		// "unknown" is taken as revoked.
+		if strings.HasSuffix(failed.Error.Error(), "revocation status is unknown") {
+			return refusal(RevocationUnknown, "signer %s: %v: its CRL distribution point or OCSP responder was not reached (a non-public address is reached only when listed in trust.notation.revocation_hosts) or did not answer with a valid status", signer, failed.Error)
+		}
 		return refusal(Revoked, "signer %s: %v", signer, failed.Error)
 	}
 	return refusal(BadSignature, "signer %s: %v", signer, failed.Error)

@@ -17,9 +17,12 @@ const (
 	BadSignature     Reason = "bad_signature"     // an envelope whose signature or chain does not verify
 	Expired          Reason = "expired"           // the signature or a certificate of its chain is expired
 	Revoked          Reason = "revoked"           // a certificate of the chain is revoked (revocation on)
-	OtherDigest      Reason = "signed_for_other"  // a signature, of another digest
-	TooLarge         Reason = "too_large"         // an index, manifest, envelope or chain beyond Limits
-	Malformed        Reason = "malformed_sig"     // a signature, manifest, envelope or index that does not parse
+	// RevocationUnknown: revocation on, and a certificate's status could not
+	// be learnt (its CRL or OCSP responder unreachable, or its answer invalid).
+	RevocationUnknown Reason = "revocation_unknown"
+	OtherDigest       Reason = "signed_for_other" // a signature, of another digest
+	TooLarge          Reason = "too_large"        // an index, manifest, envelope or chain beyond Limits
+	Malformed         Reason = "malformed_sig"    // a signature, manifest, envelope or index that does not parse
 )
 
 // rank orders refusal reasons by how much they say: when no signature of
@@ -27,15 +30,16 @@ const (
 // closest (a trusted signer's revoked certificate says more than a CA
 // nobody pinned).
 var rank = map[Reason]int{
-	Revoked:          9,
-	OtherDigest:      8,
-	IdentityMismatch: 7,
-	Expired:          6,
-	BadSignature:     5,
-	Untrusted:        4,
-	TooLarge:         3,
-	Malformed:        2,
-	Unsigned:         0,
+	Revoked:           10,
+	RevocationUnknown: 9,
+	OtherDigest:       8,
+	IdentityMismatch:  7,
+	Expired:           6,
+	BadSignature:      5,
+	Untrusted:         4,
+	TooLarge:          3,
+	Malformed:         2,
+	Unsigned:          0,
 }
 
 // A RefusalError says why no trusted Notation signature was found for

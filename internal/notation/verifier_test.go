@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -279,4 +282,40 @@ func TestLevelsAndRevocation(t *testing.T) {
 	u.reg.NotationSign(t, "library/app", img.Digest, ca.Key(t, "release", 0))
 	v := newVerifier(t, Options{Signers: []Signer{signer(t, ca, "*")}, Revocation: true})
 	verify(t, v, u, img.Digest, Verified)
+}
+
+// TestRevocationByCRL: with revocation on, a signer whose leaf the CA's
+// CRL revokes is refused revoked; one it does not list is served; when the
+// CRL cannot be fetched, no signature verifies (strict: unknown status is
+// not "not revoked"), and the refusal says so.
+func TestRevocationByCRL(t *testing.T) {
+	ca := testenv.NewNotationCA(t, "acme")
+	var crl atomic.Pointer[[]byte]
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b := crl.Load()
+		if b == nil {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		_, _ = w.Write(*b)
+	}))
+	t.Cleanup(srv.Close)
+	good, revoked := ca.RevocableKey(t, "release", srv.URL+"/acme.crl"), ca.RevocableKey(t, "leaked", srv.URL+"/acme.crl")
+	list := ca.CRL(t, revoked)
+	crl.Store(&list)
+
+	u := newUpstream(t)
+	served, refused := u.image(t, "v1"), u.image(t, "v2")
+	u.reg.NotationSign(t, "library/app", served.Digest, good)
+	u.reg.NotationSign(t, "library/app", refused.Digest, revoked)
+	v := newVerifier(t, Options{Signers: []Signer{signer(t, ca, "*")}, Revocation: true, RevocationClient: srv.Client()})
+	verify(t, v, u, served.Digest, Verified)
+	verify(t, v, u, refused.Digest, Revoked)
+
+	off := newVerifier(t, Options{Signers: []Signer{signer(t, ca, "*")}})
+	verify(t, off, u, refused.Digest, Verified) // revocation off: not asked
+
+	crl.Store(nil)
+	verify(t, v, u, served.Digest, RevocationUnknown)
 }

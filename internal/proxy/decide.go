@@ -13,10 +13,8 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/trustproxy/trustproxy/config"
-	"github.com/trustproxy/trustproxy/internal/cosign"
 	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/manifest"
-	"github.com/trustproxy/trustproxy/internal/notation"
 	"github.com/trustproxy/trustproxy/internal/scan"
 	"github.com/trustproxy/trustproxy/internal/trust"
 )
@@ -111,10 +109,6 @@ func (s *Server) conclude(ctx context.Context, req *request, d *Decision, err er
 		refusal = refusalOf(r)
 	} else if r, ok := errors.AsType[*Refusal](err); ok {
 		refusal = r
-	} else if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
-		refusal = asRefusal(d.Repository, r)
-	} else if r, ok := errors.AsType[*notation.RefusalError](err); ok {
-		refusal = notationRefusal(d.Repository, r)
 	} else if err != nil {
 		return nil, err
 	}
@@ -469,27 +463,15 @@ func (s *Server) judgeSources(ctx context.Context, req *request, d *Decision, op
 }
 
 // isRefusal says whether err is a source's refusal rather than no verdict.
-func isRefusal(err error) bool {
-	_, a := errors.AsType[*Refusal](err)
-	_, b := errors.AsType[*trust.RefusalError](err)
-	_, c := errors.AsType[*cosign.RefusalError](err)
-	_, n := errors.AsType[*notation.RefusalError](err)
-	return a || b || c || n
-}
+func isRefusal(err error) bool { return asRefusal(err) != nil }
 
 // asRefusal is a source's refusal err as the proxy's.
-func asRefusal(gun string, err error) *Refusal {
+func asRefusal(err error) *Refusal {
 	if r, ok := errors.AsType[*Refusal](err); ok {
 		return r
 	}
 	if r, ok := errors.AsType[*trust.RefusalError](err); ok {
 		return refusalOf(r)
-	}
-	if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
-		return &Refusal{GUN: gun, Ref: r.Digest.String(), Reason: cosignReason(r.Reason), Detail: "cosign: " + r.Detail}
-	}
-	if r, ok := errors.AsType[*notation.RefusalError](err); ok {
-		return notationRefusal(gun, r)
 	}
 	return nil
 }
@@ -497,7 +479,7 @@ func asRefusal(gun string, err error) *Refusal {
 // missing is the refusal of a rule with require: all when source did not
 // verify: it names the source and what it said.
 func (s *Server) missing(d *Decision, r *config.Rule, source config.Source, err error) error {
-	ref := asRefusal(d.Repository, err)
+	ref := asRefusal(err)
 	if ref == nil {
 		return err
 	}
@@ -511,7 +493,7 @@ func (s *Server) missing(d *Decision, r *config.Rule, source config.Source, err 
 // signature, no tlog entry) over "nothing signed it".
 func mostSpecific(refusals []error) error {
 	rank := func(err error) int {
-		r := asRefusal("", err)
+		r := asRefusal(err)
 		switch {
 		case r == nil:
 			return 0
@@ -525,12 +507,6 @@ func mostSpecific(refusals []error) error {
 		if rank(err) > rank(best) {
 			best = err
 		}
-	}
-	if r, ok := errors.AsType[*cosign.RefusalError](best); ok {
-		return asRefusal(r.Repo, r)
-	}
-	if r, ok := errors.AsType[*notation.RefusalError](best); ok {
-		return notationRefusal(r.Repo, r)
 	}
 	return best
 }

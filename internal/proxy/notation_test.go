@@ -3,8 +3,10 @@ package proxy_test
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -90,6 +92,55 @@ func TestNotation(t *testing.T) {
 	}
 	if slices.ContainsFunc(tags.Tags, func(s string) bool { return strings.HasPrefix(s, "sha256-") }) || !slices.Contains(tags.Tags, "v1") {
 		t.Errorf("tags/list %v: want v1, and no referrers tags", tags.Tags)
+	}
+}
+
+// TestNotationRevocation: with trust.notation.revocation on, the CRL
+// distribution point a signer's certificate names is reached only on a
+// public address or a host trust.notation.revocation_hosts lists: a
+// certificate naming a loopback CRL (an address inside the cluster, for a
+// hostile CA's or a careless signer's certificate) is refused
+// revocation_unknown and nothing connects there. Listed, a leaf the CRL
+// revokes is refused revoked and the others are served.
+func TestNotationRevocation(t *testing.T) {
+	w := newWorld(t)
+	acme := testenv.NewNotationCA(t, "acme")
+	var fetched atomic.Int64
+	var crl atomic.Pointer[[]byte]
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		fetched.Add(1)
+		_, _ = rw.Write(*crl.Load())
+	}))
+	t.Cleanup(srv.Close)
+	release, leaked := acme.RevocableKey(t, "release", srv.URL+"/acme.crl"), acme.RevocableKey(t, "leaked", srv.URL+"/acme.crl")
+	list := acme.CRL(t, leaked)
+	crl.Store(&list)
+	signed := w.pushNotationSigned(t, "v1", "notation-revocation-v1", release)
+	w.pushNotationSigned(t, "leaked", "notation-revocation-leaked", leaked)
+	config := func(hosts string) string {
+		cfg := w.notationConfig(t, t.TempDir(), acme, []string{"*"}, notationRule, "")
+		return strings.Replace(cfg, "trust:\n", "trust:\n  notation:\n    revocation: \"on\"\n    revocation_hosts: ["+hosts+"]\n", 1)
+	}
+
+	p := start(t, config(""))
+	status, _, body := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, proxy.ReasonRevocationUnknown)
+	if !strings.Contains(string(body), "revocation_hosts") {
+		t.Errorf("refusal %s does not say where to allow the host", body)
+	}
+	if n := fetched.Load(); n != 0 {
+		t.Fatalf("the unlisted loopback CRL server was fetched %d times", n)
+	}
+
+	p = start(t, config(srv.Listener.Addr().String()))
+	if got := p.mustPull(t, "library/app:v1"); got != signed {
+		t.Fatalf("served %s, want %s", got, signed)
+	}
+	status, _, body = p.get(t, http.MethodGet, "/v2/library/app/manifests/leaked")
+	wantDenied(t, status, body, proxy.ReasonRevoked)
+	p.wantDecision(t, gun, "leaked", "denied", proxy.ReasonRevoked)
+	if fetched.Load() == 0 {
+		t.Fatal("the listed CRL server was never fetched")
 	}
 }
 

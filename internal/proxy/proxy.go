@@ -167,8 +167,8 @@ type Server struct {
 	ready     readiness
 	manifests singleflight.Group           // one upstream manifest fetch per gun.Name.At
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
-	cosign    *cosignSource                // cosign verdicts and the verified set, for rules listing cosign
-	notation  *notationSource              // Notation's, for rules listing notation
+	cosign    *digestSource                // cosign verdicts and the verified set, for rules listing cosign
+	notation  *digestSource                // Notation's, for rules listing notation
 	referrers *referrerSet                 // the subjects of the referrers served (referrers.go)
 	peerTLS   *tls.Config                  // the peer listener's, with redis.peer_tls; nil: peers ask on the registry port
 }

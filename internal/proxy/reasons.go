@@ -46,6 +46,10 @@ const (
 	// ReasonRevoked: a certificate of the signature's chain is revoked
 	// (Notation, with trust.notation.revocation on).
 	ReasonRevoked Reason = "revoked"
+	// ReasonRevocationUnknown: revocation on, and the status of a
+	// certificate of the chain could not be learnt (its CRL or OCSP
+	// responder unreachable, not allowed, or answering invalidly).
+	ReasonRevocationUnknown Reason = "revocation_unknown"
 )
 
 // A reasonSource is the part of trustproxy a reason comes from.
@@ -91,6 +95,7 @@ var reasons = map[Reason]reasonRule{
 	ReasonIdentityMismatch:   {fromTrust, errcode.ErrorCodeDenied, true},
 	ReasonCertificateExpired: {fromTrust, errcode.ErrorCodeDenied, true},
 	ReasonRevoked:            {fromTrust, errcode.ErrorCodeDenied, true},
+	ReasonRevocationUnknown:  {fromTrust, errcode.ErrorCodeDenied, true},
 
 	ReasonDigestMismatch:  {fromContent, errcode.ErrorCodeDenied, true},
 	ReasonInvalidManifest: {fromContent, errcode.ErrorCodeDenied, true},

@@ -53,6 +53,7 @@ var wantReasons = map[string]struct {
 	"identity_mismatch":   {403, "DENIED", true},
 	"certificate_expired": {403, "DENIED", true},
 	"revoked":             {403, "DENIED", true},
+	"revocation_unknown":  {403, "DENIED", true},
 	"not_referenced":      {404, "BLOB_UNKNOWN", true},
 	"vulnerable":          {403, "DENIED", true},
 	"scan_pending":        {403, "DENIED", true},

@@ -62,8 +62,7 @@ type Source interface {
 
 var (
 	_ Source = notarySource{}
-	_ Source = (*cosignSource)(nil)
-	_ Source = (*notationSource)(nil)
+	_ Source = (*digestSource)(nil)
 )
 
 // errNoTags is a tag asked of a source that signs digests only.
@@ -110,25 +109,31 @@ func (v SourceVerdict) target(tag string) *trust.Target {
 // remember in memory.
 const maxVerified = 1 << 14
 
-// cosignSource verifies cosign signatures of a digest with the rule's
-// compiled verifier (config.Rule.Cosign), reading them from the upstream
-// with its client. Verdicts are kept in the verified set for
-// trust.cosign.reverify_ttl, refusals for trust.refusal_ttl, both per
-// *config.Rule: a reloaded rule verifies again.
-type cosignSource struct {
+// digestSource is a source that signs digests, not tags (cosign,
+// Notation): it verifies a digest's signatures with the rule's compiled
+// verifier, reading them from the upstream with its client. Verdicts are
+// kept in its verified set (shared sealed on Redis under the rule's policy
+// stamp) for trust.cosign.reverify_ttl, refusals in memory for
+// trust.refusal_ttl, both per *config.Rule: a reloaded rule verifies
+// again. Concurrent asks for one digest under one rule verify once.
+type digestSource struct {
+	source   config.Source
 	verified *verifiedSet
 	refused  *lru.Cache[string, refusedEntry]
 	group    singleflight.Group
+	// verify reads and verifies q.Digest's signatures in repo: the signer
+	// whose signature verified, a *Refusal, or another error (no verdict).
+	verify func(ctx context.Context, q Query, repo name.Repository) (string, error)
 }
 
 type refusedEntry struct {
 	rule    *config.Rule
 	verdict SourceVerdict
-	err     *cosign.RefusalError
+	err     *Refusal
 	until   time.Time
 }
 
-func newCosignSource(sh *cache.Shared) (*cosignSource, error) {
+func newDigestSource(sh *cache.Shared, source config.Source, verify func(context.Context, Query, name.Repository) (string, error)) (*digestSource, error) {
 	mem, err := lru.New[string, verifiedEntry](maxVerified)
 	if err != nil {
 		return nil, err
@@ -137,20 +142,42 @@ func newCosignSource(sh *cache.Shared) (*cosignSource, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &cosignSource{verified: &verifiedSet{mem: mem, shared: sh}, refused: ref}, nil
+	return &digestSource{source: source, verified: &verifiedSet{mem: mem, shared: sh, source: source}, refused: ref, verify: verify}, nil
 }
 
-func (c *cosignSource) Judge(ctx context.Context, q Query) (SourceVerdict, error) {
+// newCosignSource is cosign behind the seam, with the rule's compiled
+// verifier (Query.Cosign).
+func newCosignSource(sh *cache.Shared) (*digestSource, error) {
+	return newDigestSource(sh, config.SourceCosign, func(ctx context.Context, q Query, repo name.Repository) (string, error) {
+		if q.Cosign == nil {
+			return "", noVerifier(q, config.SourceCosign)
+		}
+		cv, err := q.Cosign.Verify(ctx, cosign.Upstream{Repo: repo, Client: q.From.Client(q.Name.Path())}, q.Digest)
+		if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
+			return "", &Refusal{GUN: q.Name.String(), Ref: r.Digest.String(), Reason: cosignReason(r.Reason), Detail: "cosign: " + r.Detail}
+		}
+		return cv.Signer, err
+	})
+}
+
+// noVerifier refuses q when its rule has no compiled verifier of source.
+func noVerifier(q Query, source config.Source) *Refusal {
+	return &Refusal{GUN: q.Name.String(), Ref: q.Digest.String(), Reason: Reason(trust.NoRule),
+		Detail: fmt.Sprintf("no rule with a %s verifier matches this repository", source)}
+}
+
+func (c *digestSource) Judge(ctx context.Context, q Query) (SourceVerdict, error) {
 	if q.Tag != "" {
 		return SourceVerdict{}, errNoTags
 	}
-	v := SourceVerdict{Source: config.SourceCosign, Digest: q.Digest, Size: -1}
-	if q.Rule == nil || q.Cosign == nil {
-		v.Reason, v.Detail = Reason(trust.NoRule), "no rule with a cosign verifier matches this repository"
-		return v, &Refusal{GUN: q.Name.String(), Ref: q.Digest.String(), Reason: v.Reason, Detail: v.Detail}
+	v := SourceVerdict{Source: c.source, Digest: q.Digest, Size: -1}
+	if q.Rule == nil || !q.Rule.Has(c.source) {
+		r := noVerifier(q, c.source)
+		v.Reason, v.Detail = r.Reason, r.Detail
+		return v, r
 	}
 	if e, ok := c.verified.get(ctx, q.Name, q.Rule, q.Trust, q.Digest); ok {
-		v.Signers, v.Role, v.Reason = e.Signers, "cosign", ReasonVerified
+		v.Signers, v.Role, v.Reason = e.Signers, string(c.source), ReasonVerified
 		return v, nil
 	}
 	key := q.Name.At(q.Digest)
@@ -160,20 +187,18 @@ func (c *cosignSource) Judge(ctx context.Context, q Query) (SourceVerdict, error
 	res, err, _ := c.group.Do(fmt.Sprintf("%s\x00%p", key, q.Rule), func() (any, error) {
 		repo, err := name.NewRepository(q.Name.Path(), name.WithDefaultRegistry(q.Name.Upstream()))
 		if err != nil {
-			return nil, fmt.Errorf("cosign: repository %s: %w", q.Name, err)
+			return nil, fmt.Errorf("%s: repository %s: %w", c.source, q.Name, err)
 		}
-		cv, err := q.Cosign.Verify(context.WithoutCancel(ctx), cosign.Upstream{Repo: repo, Client: q.From.Client(q.Name.Path())}, q.Digest)
-		return cv, err
+		return c.verify(context.WithoutCancel(ctx), q, repo)
 	})
-	if r, ok := errors.AsType[*cosign.RefusalError](err); ok {
-		v.Reason, v.Detail = cosignReason(r.Reason), r.Detail
+	if r, ok := errors.AsType[*Refusal](err); ok {
+		v.Reason, v.Detail = r.Reason, r.Detail
 		c.refused.Add(key, refusedEntry{rule: q.Rule, verdict: v, err: r, until: time.Now().Add(q.Trust.RefusalTTL)})
 		return v, r
 	} else if err != nil {
 		return SourceVerdict{}, err
 	}
-	cv := res.(cosign.Verdict)
-	v.Signers, v.Role, v.Reason = []string{cv.Signer}, "cosign", ReasonVerified
+	v.Signers, v.Role, v.Reason = []string{res.(string)}, string(c.source), ReasonVerified
 	c.verified.put(ctx, q.Name, q.Rule, q.Trust, q.Digest, v.Signers)
 	return v, nil
 }
@@ -207,18 +232,11 @@ func cosignReason(r cosign.Reason) Reason {
 type verifiedSet struct {
 	mem    *lru.Cache[string, verifiedEntry]
 	shared *cache.Shared
-	source config.Source // whose verdicts: cosign ("" too) or notation
+	source config.Source // whose verdicts: cosign or notation
 }
 
-// memKey and stamp keep the verdicts of sources apart: a rule listing
+// stamp keeps the verdicts of sources apart on Redis: a rule listing
 // cosign and notation has one policy stamp and two verified sets.
-func (v *verifiedSet) memKey(n gun.Name, d digest.Digest) string {
-	if v.source == config.SourceNotation {
-		return "notation\x00" + n.At(d)
-	}
-	return n.At(d)
-}
-
 func (v *verifiedSet) stamp(r *config.Rule, t *config.Trust) string {
 	if v.source == config.SourceNotation {
 		return policyStamp(r, t) + "/notation"
@@ -275,14 +293,10 @@ func (v *verifiedSet) key(n gun.Name, d digest.Digest, policy string) string {
 // from Redis.
 func (v *verifiedSet) get(ctx context.Context, n gun.Name, r *config.Rule, t *config.Trust, d digest.Digest) (verifiedEntry, bool) {
 	now := time.Now()
-	if e, ok := v.mem.Get(v.memKey(n, d)); ok && e.rule == r && now.Before(e.Until) {
+	if e, ok := v.mem.Get(n.At(d)); ok && e.rule == r && now.Before(e.Until) {
 		return e, true
 	}
-	src := v.source
-	if src == "" {
-		src = config.SourceCosign
-	}
-	if v.shared == nil || r == nil || !r.Has(src) {
+	if v.shared == nil || r == nil || !r.Has(v.source) {
 		return verifiedEntry{}, false
 	}
 	policy := v.stamp(r, t)
@@ -303,7 +317,7 @@ func (v *verifiedSet) get(ctx context.Context, n gun.Name, r *config.Rule, t *co
 		return verifiedEntry{}, false // over: an old entry replayed, or one from a replica whose clock is ahead
 	}
 	e.rule = r
-	v.mem.Add(v.memKey(n, d), e)
+	v.mem.Add(n.At(d), e)
 	return e, true
 }
 
@@ -311,7 +325,7 @@ func (v *verifiedSet) get(ctx context.Context, n gun.Name, r *config.Rule, t *co
 func (v *verifiedSet) put(ctx context.Context, n gun.Name, r *config.Rule, t *config.Trust, d digest.Digest, signers []string) {
 	now := time.Now()
 	e := verifiedEntry{rule: r, GUN: n.String(), Digest: d, Signers: signers, Verified: now, Until: now.Add(t.Cosign.ReverifyTTL)}
-	v.mem.Add(v.memKey(n, d), e)
+	v.mem.Add(n.At(d), e)
 	if v.shared == nil || v.shared.Health.Skip() {
 		return
 	}

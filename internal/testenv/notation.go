@@ -70,7 +70,7 @@ func NewNotationCA(t testing.TB, signer string) *NotationCA {
 	tmpl := &x509.Certificate{
 		Subject:   pkix.Name{CommonName: signer + " root CA", Organization: []string{signer}, Province: []string{"WA"}, Country: []string{"US"}},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}
 	c := newCert(t, tmpl, tmpl, &k.PublicKey, k)
 	f := filepath.Join(t.TempDir(), signer+"-notation-ca.pem")
@@ -83,6 +83,34 @@ func NewNotationCA(t testing.TB, signer string) *NotationCA {
 // lifetime given (a day when 0).
 func (ca *NotationCA) Key(t testing.TB, cn string, lifetime time.Duration) *NotationKey {
 	t.Helper()
+	return ca.issue(t, cn, lifetime, "")
+}
+
+// RevocableKey is Key (a day's lifetime) with crlURL as the leaf's CRL
+// distribution point: revocation checks fetch ca.CRL from there.
+func (ca *NotationCA) RevocableKey(t testing.TB, cn, crlURL string) *NotationKey {
+	t.Helper()
+	return ca.issue(t, cn, 0, crlURL)
+}
+
+// CRL is a CRL of ca, valid for an hour, that revokes the leaves of
+// revoked (DER, as a CRL distribution point serves it).
+func (ca *NotationCA) CRL(t testing.TB, revoked ...*NotationKey) []byte {
+	t.Helper()
+	tmpl := &x509.RevocationList{Number: serial(t), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour)}
+	for _, k := range revoked {
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
+			x509.RevocationListEntry{SerialNumber: k.Leaf.SerialNumber, RevocationTime: time.Now().Add(-time.Minute)})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func (ca *NotationCA) issue(t testing.TB, cn string, lifetime time.Duration, crlURL string) *NotationKey {
+	t.Helper()
 	if lifetime == 0 {
 		lifetime = 24 * time.Hour
 	}
@@ -92,6 +120,9 @@ func (ca *NotationCA) Key(t testing.TB, cn string, lifetime time.Duration) *Nota
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(lifetime),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
 		BasicConstraintsValid: true,
+	}
+	if crlURL != "" {
+		tmpl.CRLDistributionPoints = []string{crlURL}
 	}
 	leaf := newCert(t, tmpl, ca.Cert, &k.PublicKey, ca.key)
 	return &NotationKey{CA: ca, Leaf: leaf, Chain: []*x509.Certificate{leaf, ca.Cert}, key: k}
