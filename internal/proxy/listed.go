@@ -38,6 +38,7 @@ const maxRecorded = 4096
 type recorded struct {
 	view      *trust.View
 	gen       uint64
+	pass      uint64 // Server.recordPasses when it ended
 	complete  bool
 	until     time.Time
 	transient error
@@ -103,8 +104,12 @@ func (s *Server) find(ctx context.Context, req *request, view *trust.View, dgst 
 		}
 		return 0, false
 	}
+	passes := s.recordPasses.Load() // the recording passes this lookup sees
 	if d, ok := refgraph.Find(s.graph, signed, dgst); ok {
 		return d, true, nil
+	}
+	if s.afterMiss != nil {
+		s.afterMiss()
 	}
 	if view == nil || (rule != nil && rule.Require == config.RequireAll && !rule.NotaryOnly()) {
 		// Nothing to record: cosign lists no signed digests, and under
@@ -116,8 +121,14 @@ func (s *Server) find(ctx context.Context, req *request, view *trust.View, dgst 
 	last, ok := s.recorded.Get(gun)
 	if !ok || last.view != view || last.gen != gen || (!last.complete && time.Now().After(last.until)) {
 		last = s.recordTargets(ctx, req, view)
-		last.gen = gen
+		last.gen, last.pass = gen, s.recordPasses.Add(1)
 		s.recorded.Add(gun, last)
+		if d, ok := refgraph.Find(s.graph, signed, dgst); ok {
+			return d, true, nil
+		}
+	} else if last.pass > passes {
+		// Another request's pass ended after the lookup above began:
+		// what it recorded may be what that lookup missed.
 		if d, ok := refgraph.Find(s.graph, signed, dgst); ok {
 			return d, true, nil
 		}

@@ -167,10 +167,15 @@ type Server struct {
 	ready     readiness
 	manifests singleflight.Group           // one upstream manifest fetch per gun.Name.At
 	recorded  *lru.Cache[string, recorded] // the last recording pass of each repository, by GUN
-	cosign    *digestSource                // cosign verdicts and the verified set, for rules listing cosign
-	notation  *digestSource                // Notation's, for rules listing notation
-	referrers *referrerSet                 // the subjects of the referrers served (referrers.go)
-	peerTLS   *tls.Config                  // the peer listener's, with redis.peer_tls; nil: peers ask on the registry port
+	// recordPasses counts the recording passes ended (recorded.pass).
+	recordPasses atomic.Uint64
+	// afterMiss, when set (by tests), runs when find's first lookup in the
+	// graph misses.
+	afterMiss func()
+	cosign       *digestSource // cosign verdicts and the verified set, for rules listing cosign
+	notation     *digestSource // Notation's, for rules listing notation
+	referrers    *referrerSet  // the subjects of the referrers served (referrers.go)
+	peerTLS      *tls.Config   // the peer listener's, with redis.peer_tls; nil: peers ask on the registry port
 }
 
 // New returns the registry read API for cfg's upstreams over p. Every route
