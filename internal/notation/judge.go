@@ -3,8 +3,8 @@ package notation
 import (
 	"context"
 	"errors"
-	"strings"
 	"fmt"
+	"strings"
 
 	"github.com/notaryproject/notation-core-go/signature"
 	notationgo "github.com/notaryproject/notation-go"

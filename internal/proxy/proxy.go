@@ -172,10 +172,10 @@ type Server struct {
 	// afterMiss, when set (by tests), runs when find's first lookup in the
 	// graph misses.
 	afterMiss func()
-	cosign       *digestSource // cosign verdicts and the verified set, for rules listing cosign
-	notation     *digestSource // Notation's, for rules listing notation
-	referrers    *referrerSet  // the subjects of the referrers served (referrers.go)
-	peerTLS      *tls.Config   // the peer listener's, with redis.peer_tls; nil: peers ask on the registry port
+	cosign    *digestSource // cosign verdicts and the verified set, for rules listing cosign
+	notation  *digestSource // Notation's, for rules listing notation
+	referrers *referrerSet  // the subjects of the referrers served (referrers.go)
+	peerTLS   *tls.Config   // the peer listener's, with redis.peer_tls; nil: peers ask on the registry port
 }
 
 // New returns the registry read API for cfg's upstreams over p. Every route
