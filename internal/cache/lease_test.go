@@ -62,3 +62,32 @@ func TestLeaseNoteAfterReleaseWritesNothing(t *testing.T) {
 		t.Fatalf("the lease is on Redis again after Release and SetNote (%d, %v)", n, err)
 	}
 }
+
+// TestHealthBackWithoutTraffic: a replica that found Redis down and then
+// gets no request learns that Redis is back by itself, within a few
+// redisRetry: its readiness and trustproxy_redis_degraded do not keep
+// saying "unreachable" until the next request.
+func TestHealthBackWithoutTraffic(t *testing.T) {
+	addr := freeAddr(t)
+	rdb, err := NewRedis(config.Redis{Addrs: []string{addr}})
+	must(t, err)
+	t.Cleanup(func() { rdb.Close() })
+	health := NewRedisHealth(slog.New(slog.DiscardHandler))
+	sh, err := NewShared(rdb, "health:", []byte("health-state-key-0123456789abcdef0123"), health, nil, nil)
+	must(t, err)
+	ctx, cancel := sh.Bound(t.Context())
+	down := health.Failed(rdb.Ping(ctx).Err())
+	cancel()
+	if !down || !health.Degraded() {
+		t.Fatal("a Redis nobody listens for is not down")
+	}
+	startRedisNodeAt(t, addr, "")
+	start := time.Now()
+	for health.Degraded() {
+		if time.Since(start) > 3*redisRetry {
+			t.Fatalf("still degraded %s after Redis came back, with no call made", time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("back %s after Redis came back", time.Since(start).Round(time.Millisecond))
+}

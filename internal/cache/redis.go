@@ -100,6 +100,12 @@ type RedisHealth struct {
 	// Redis (a Cluster's slot map): run shortly before the next attempt,
 	// so that attempt goes to the masters a failover promoted meanwhile.
 	reload func()
+	// probe, when set, asks Redis whether it answers (a PING): while Redis
+	// is down it runs every redisRetry, so that a replica without traffic
+	// comes back too (its readiness and trustproxy_redis_degraded say what
+	// it last saw).
+	probe   func() error
+	probing atomic.Bool // a probe is scheduled
 }
 
 // NewRedisHealth returns a RedisHealth that logs changes to log.
@@ -124,6 +130,9 @@ func (h *RedisHealth) Failed(err error) bool {
 		if h.reload != nil {
 			time.AfterFunc(redisRetry*9/10, h.reload)
 		}
+		if h.probe != nil && h.probing.CompareAndSwap(false, true) {
+			time.AfterFunc(redisRetry, h.runProbe)
+		}
 	}
 	if was := h.degraded.Swap(down); was != down {
 		if down {
@@ -136,6 +145,18 @@ func (h *RedisHealth) Failed(err error) bool {
 		}
 	}
 	return down
+}
+
+// runProbe asks Redis once, unless a call has found it back meanwhile;
+// Failed schedules the next probe while it stays down.
+func (h *RedisHealth) runProbe() {
+	h.probing.Store(false)
+	if !h.degraded.Load() {
+		return
+	}
+	if err := h.probe(); !errors.Is(err, redis.ErrClosed) { // closed: the replica is stopping
+		h.Failed(err)
+	}
 }
 
 // Watch makes onChange hear when Redis goes (true) and comes back (false),

@@ -75,12 +75,23 @@ func benchFloor(b testing.TB, rdb redis.UniversalClient, replicas int) *sharedFl
 // killed at b.Cleanup.
 func startRedisNode(b testing.TB, master string, extra ...string) string {
 	b.Helper()
+	return startRedisNodeAt(b, freeAddr(b), master, extra...)
+}
+
+// freeAddr is a loopback address nothing listens on.
+func freeAddr(b testing.TB) string {
+	b.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startRedisNodeAt is startRedisNode on addr.
+func startRedisNodeAt(b testing.TB, addr, master string, extra ...string) string {
+	b.Helper()
 	_, port, _ := net.SplitHostPort(addr)
 	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", b.TempDir(),
 		"--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"}

@@ -106,6 +106,13 @@ func NewShared(rdb redis.UniversalClient, prefix string, stateKey []byte, health
 	if cc, ok := rdb.(*redis.ClusterClient); ok && health != nil {
 		health.reload = func() { cc.ReloadState(context.Background()) }
 	}
+	if health != nil {
+		health.probe = func() error {
+			ctx, cancel := s.Bound(context.Background())
+			defer cancel()
+			return rdb.Ping(ctx).Err()
+		}
+	}
 	for _, k := range kinds {
 		s.macKeys[k] = s.Derive("trustproxy redis entry " + string(k))
 		s.rejected.WithLabelValues(string(k))
