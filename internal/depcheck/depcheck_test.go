@@ -16,7 +16,8 @@ const module = "github.com/trustproxy/trustproxy/"
 // manifest, sample, trustserver) import nothing of ours; config sits on
 // severity, egress and cache on config; trust, scan, refgraph, upstream and
 // fill each do one job on those (cosign and notation, trust sources beside trust, sit
-// on referrers alone: their caller hands them the upstream's transport); proxy (the HTTP face and decide) uses them
+// on referrers alone: their caller hands them the upstream's transport, and
+// proxy Notation's revocation client, egress's Public); proxy (the HTTP face and decide) uses them
 // all; wiring opens them all and hands them to proxy; reload takes a new
 // configuration (config alone); cmd reads config, opens, serves, reloads
 // (and names signers' keys with trust). No package imports one above it: trust, scan, cache, egress
@@ -39,7 +40,7 @@ var allowed = map[string][]string{
 	"internal/notation":    {"internal/referrers"},
 	"internal/upstream":    {"config", "internal/egress", "internal/gun", "internal/manifest"},
 	"internal/fill":        {"config", "internal/cache", "internal/gun", "internal/upstream"},
-	"internal/proxy": {"config", "internal/cache", "internal/cosign", "internal/fill", "internal/gun", "internal/manifest", "internal/notation",
+	"internal/proxy": {"config", "internal/cache", "internal/cosign", "internal/egress", "internal/fill", "internal/gun", "internal/manifest", "internal/notation",
 		"internal/refgraph", "internal/referrers", "internal/scan", "internal/trust", "internal/upstream"},
 	"internal/retention": {"config", "internal/cache", "internal/fill", "internal/gun", "internal/manifest", "internal/trust"},
 	"internal/wiring": {"config", "internal/cache", "internal/fill", "internal/proxy", "internal/refgraph",
