@@ -66,28 +66,39 @@ func TestLeaseNoteAfterReleaseWritesNothing(t *testing.T) {
 // TestHealthBackWithoutTraffic: a replica that found Redis down and then
 // gets no request learns that Redis is back by itself, within a few
 // redisRetry: its readiness and trustproxy_redis_degraded do not keep
-// saying "unreachable" until the next request.
+// saying "unreachable" until the next request. Also when the failed call
+// came before the Shared existed (wiring's first PING, at start).
 func TestHealthBackWithoutTraffic(t *testing.T) {
-	addr := freeAddr(t)
-	rdb, err := NewRedis(config.Redis{Addrs: []string{addr}})
-	must(t, err)
-	t.Cleanup(func() { rdb.Close() })
-	health := NewRedisHealth(slog.New(slog.DiscardHandler))
-	sh, err := NewShared(rdb, "health:", []byte("health-state-key-0123456789abcdef0123"), health, nil, nil)
-	must(t, err)
-	ctx, cancel := sh.Bound(t.Context())
-	down := health.Failed(rdb.Ping(ctx).Err())
-	cancel()
-	if !down || !health.Degraded() {
-		t.Fatal("a Redis nobody listens for is not down")
+	for _, before := range []bool{false, true} {
+		t.Run(map[bool]string{false: "failed after NewShared", true: "failed before NewShared"}[before], func(t *testing.T) {
+			t.Parallel()
+			addr := freeAddr(t)
+			rdb, err := NewRedis(config.Redis{Addrs: []string{addr}})
+			must(t, err)
+			t.Cleanup(func() { rdb.Close() })
+			health := NewRedisHealth(slog.New(slog.DiscardHandler))
+			ping := func() bool {
+				ctx, cancel := context.WithTimeout(t.Context(), DefaultTimeout)
+				defer cancel()
+				return health.Failed(rdb.Ping(ctx).Err())
+			}
+			if before && !ping() {
+				t.Fatal("a Redis nobody listens for answers")
+			}
+			_, err = NewShared(rdb, "health:", []byte("health-state-key-0123456789abcdef0123"), health, nil, nil)
+			must(t, err)
+			if !before && !ping() {
+				t.Fatal("a Redis nobody listens for answers")
+			}
+			startRedisNodeAt(t, addr, "")
+			start := time.Now()
+			for health.Degraded() {
+				if time.Since(start) > 3*redisRetry {
+					t.Fatalf("still degraded %s after Redis came back, with no call made", time.Since(start).Round(time.Millisecond))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			t.Logf("back %s after Redis came back", time.Since(start).Round(time.Millisecond))
+		})
 	}
-	startRedisNodeAt(t, addr, "")
-	start := time.Now()
-	for health.Degraded() {
-		if time.Since(start) > 3*redisRetry {
-			t.Fatalf("still degraded %s after Redis came back, with no call made", time.Since(start).Round(time.Millisecond))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Logf("back %s after Redis came back", time.Since(start).Round(time.Millisecond))
 }

@@ -48,6 +48,10 @@ func NewRedis(cfg config.Redis) (redis.UniversalClient, error) {
 		PoolTimeout:           timeout,
 		ContextTimeoutEnabled: true,
 		MaxRetries:            -1,
+		// One dial per attempt: go-redis would dial a refusing node 5 times
+		// 100 ms apart, so a Cluster seed or Sentinel master that is gone
+		// would eat the whole timeout of the call that tries it first.
+		DialerRetries: 1,
 	}
 	if cfg.TLS.CAFile != "" {
 		pem, err := os.ReadFile(cfg.TLS.CAFile)
@@ -130,9 +134,7 @@ func (h *RedisHealth) Failed(err error) bool {
 		if h.reload != nil {
 			time.AfterFunc(redisRetry*9/10, h.reload)
 		}
-		if h.probe != nil && h.probing.CompareAndSwap(false, true) {
-			time.AfterFunc(redisRetry, h.runProbe)
-		}
+		h.scheduleProbe()
 	}
 	if was := h.degraded.Swap(down); was != down {
 		if down {
@@ -145,6 +147,13 @@ func (h *RedisHealth) Failed(err error) bool {
 		}
 	}
 	return down
+}
+
+// scheduleProbe makes probe run in redisRetry, unless it is already due.
+func (h *RedisHealth) scheduleProbe() {
+	if h.probe != nil && h.probing.CompareAndSwap(false, true) {
+		time.AfterFunc(redisRetry, h.runProbe)
+	}
 }
 
 // runProbe asks Redis once, unless a call has found it back meanwhile;
