@@ -168,12 +168,12 @@ func classify(signer string, out *notationgo.VerificationOutcome, err error) *fi
 	case trustpolicy.TypeAuthenticTimestamp:
 		return refusal(Expired, "signer %s: a certificate of its chain is not valid now: %v", signer, failed.Error)
 	case trustpolicy.TypeRevocation:
-		// notation-go says which only in its message; anything but
-		// "unknown" is taken as revoked.
-		if strings.HasSuffix(failed.Error.Error(), "revocation status is unknown") {
-			return refusal(RevocationUnknown, "signer %s: %v: its CRL distribution point or OCSP responder was not reached (a non-public address is reached only when listed in trust.notation.revocation_hosts) or did not answer with a valid status", signer, failed.Error)
+		// notation-go says which only in its message: revoked when it says
+		// so, else the status could not be learnt (both refuse).
+		if strings.HasSuffix(failed.Error.Error(), " is revoked") {
+			return refusal(Revoked, "signer %s: %v", signer, failed.Error)
 		}
-		return refusal(Revoked, "signer %s: %v", signer, failed.Error)
+		return refusal(RevocationUnknown, "signer %s: %v: its CRL distribution point or OCSP responder was not reached (a non-public address is reached only when listed in trust.notation.revocation_hosts) or did not answer with a valid status", signer, failed.Error)
 	}
 	return refusal(BadSignature, "signer %s: %v", signer, failed.Error)
 }

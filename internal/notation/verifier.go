@@ -78,10 +78,15 @@ func (s Signer) policy(level Level, revoke bool) (*trustpolicy.Document, error) 
 	if len(s.Identities) == 0 {
 		return nil, fmt.Errorf(`signer %s: no trusted identities: list x509.subject:<DN> identities, or "*" for any the CAs certify`, s.Name)
 	}
-	sv := trustpolicy.SignatureVerification{VerificationLevel: string(level)}
-	if !revoke {
-		sv.Override = map[trustpolicy.ValidationType]trustpolicy.ValidationAction{trustpolicy.TypeRevocation: trustpolicy.ActionSkip}
+	// Revocation is skipped when off and enforced when on, whatever the
+	// level: permissive would only log a revoked certificate, and a signer
+	// whose key its CA revoked would keep being served.
+	revocation := trustpolicy.ActionSkip
+	if revoke {
+		revocation = trustpolicy.ActionEnforce
 	}
+	sv := trustpolicy.SignatureVerification{VerificationLevel: string(level),
+		Override: map[trustpolicy.ValidationType]trustpolicy.ValidationAction{trustpolicy.TypeRevocation: revocation}}
 	doc := &trustpolicy.Document{Version: "1.0", TrustPolicies: []trustpolicy.TrustPolicy{{
 		Name:                  "trustproxy",
 		RegistryScopes:        []string{"*"},
@@ -111,10 +116,11 @@ type Level string
 const (
 	// LevelStrict enforces integrity, authenticity, expiry and the
 	// authentic timestamp (a certificate valid at signing), and revocation
-	// when it is on.
+	// when it is on (as permissive does).
 	LevelStrict Level = "strict"
-	// LevelPermissive enforces integrity and authenticity; expiry, timestamp
-	// and revocation failures are logged by notation-go and do not refuse.
+	// LevelPermissive enforces integrity and authenticity; expiry and
+	// timestamp failures are logged by notation-go and do not refuse.
+	// Revocation, when on, is enforced at both levels.
 	LevelPermissive Level = "permissive"
 )
 

@@ -285,9 +285,10 @@ func TestLevelsAndRevocation(t *testing.T) {
 }
 
 // TestRevocationByCRL: with revocation on, a signer whose leaf the CA's
-// CRL revokes is refused revoked; one it does not list is served; when the
-// CRL cannot be fetched, no signature verifies (strict: unknown status is
-// not "not revoked"), and the refusal says so.
+// CRL revokes is refused revoked, at both levels (permissive does not turn
+// revocation into a log line); one it does not list is served; when the
+// CRL cannot be fetched, no signature verifies (unknown status is not "not
+// revoked"): refused revocation_unknown.
 func TestRevocationByCRL(t *testing.T) {
 	ca := testenv.NewNotationCA(t, "acme")
 	var crl atomic.Pointer[[]byte]
@@ -312,10 +313,15 @@ func TestRevocationByCRL(t *testing.T) {
 	v := newVerifier(t, Options{Signers: []Signer{signer(t, ca, "*")}, Revocation: true, RevocationClient: srv.Client()})
 	verify(t, v, u, served.Digest, Verified)
 	verify(t, v, u, refused.Digest, Revoked)
+	// Permissive only logs expiry: a revoked signer is refused all the same.
+	permissive := newVerifier(t, Options{Signers: []Signer{signer(t, ca, "*")}, Level: LevelPermissive, Revocation: true, RevocationClient: srv.Client()})
+	verify(t, permissive, u, served.Digest, Verified)
+	verify(t, permissive, u, refused.Digest, Revoked)
 
 	off := newVerifier(t, Options{Signers: []Signer{signer(t, ca, "*")}})
 	verify(t, off, u, refused.Digest, Verified) // revocation off: not asked
 
 	crl.Store(nil)
 	verify(t, v, u, served.Digest, RevocationUnknown)
+	verify(t, permissive, u, served.Digest, RevocationUnknown)
 }
