@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,39 +67,41 @@ func TestLeaseNoteAfterReleaseWritesNothing(t *testing.T) {
 // TestHealthBackWithoutTraffic: a replica that found Redis down and then
 // gets no request learns that Redis is back by itself, within a few
 // redisRetry: its readiness and trustproxy_redis_degraded do not keep
-// saying "unreachable" until the next request. Also when the failed call
-// came before the Shared existed (wiring's first PING, at start).
+// saying "unreachable" until the next request, and Watch's callback hears
+// it from the probe.
 func TestHealthBackWithoutTraffic(t *testing.T) {
-	for _, before := range []bool{false, true} {
-		t.Run(map[bool]string{false: "failed after NewShared", true: "failed before NewShared"}[before], func(t *testing.T) {
-			t.Parallel()
-			addr := freeAddr(t)
-			rdb, err := NewRedis(config.Redis{Addrs: []string{addr}})
-			must(t, err)
-			t.Cleanup(func() { rdb.Close() })
-			health := NewRedisHealth(slog.New(slog.DiscardHandler))
-			ping := func() bool {
-				ctx, cancel := context.WithTimeout(t.Context(), DefaultTimeout)
-				defer cancel()
-				return health.Failed(rdb.Ping(ctx).Err())
-			}
-			if before && !ping() {
-				t.Fatal("a Redis nobody listens for answers")
-			}
-			_, err = NewShared(rdb, "health:", []byte("health-state-key-0123456789abcdef0123"), health, nil, nil)
-			must(t, err)
-			if !before && !ping() {
-				t.Fatal("a Redis nobody listens for answers")
-			}
-			startRedisNodeAt(t, addr, "")
-			start := time.Now()
-			for health.Degraded() {
-				if time.Since(start) > 3*redisRetry {
-					t.Fatalf("still degraded %s after Redis came back, with no call made", time.Since(start).Round(time.Millisecond))
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			t.Logf("back %s after Redis came back", time.Since(start).Round(time.Millisecond))
-		})
+	addr := freeAddr(t)
+	rdb, err := NewRedis(config.Redis{Addrs: []string{addr}})
+	must(t, err)
+	t.Cleanup(func() { rdb.Close() })
+	health := NewRedisHealth(slog.New(slog.DiscardHandler))
+	sh, err := NewShared(rdb, "health:", []byte("health-state-key-0123456789abcdef0123"), health, nil, nil)
+	must(t, err)
+	ctx, cancel := sh.Bound(t.Context())
+	down := health.Failed(rdb.Ping(ctx).Err())
+	cancel()
+	if !down {
+		t.Fatal("a Redis nobody listens for answers")
+	}
+	var heard atomic.Int64
+	health.Watch(func(degraded bool) {
+		if !degraded {
+			heard.Add(1)
+		}
+	})
+	startRedisNodeAt(t, addr, "")
+	start := time.Now()
+	for health.Degraded() {
+		if time.Since(start) > 3*redisRetry {
+			t.Fatalf("still degraded %s after Redis came back, with no call made", time.Since(start).Round(time.Millisecond))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("back %s after Redis came back", time.Since(start).Round(time.Millisecond))
+	for heard.Load() == 0 {
+		if time.Since(start) > 3*redisRetry {
+			t.Fatal("Watch's callback did not hear that Redis is back")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -99,7 +99,7 @@ type RedisHealth struct {
 	degraded atomic.Bool
 	retryAt  atomic.Int64 // unix nanoseconds
 	log      *slog.Logger
-	onChange func(degraded bool)
+	onChange atomic.Pointer[func(degraded bool)] // Watch's; the probe's timer calls it too
 	// reload, when set, refreshes the client's view of where to reach
 	// Redis (a Cluster's slot map): run shortly before the next attempt,
 	// so that attempt goes to the masters a failover promoted meanwhile.
@@ -142,8 +142,8 @@ func (h *RedisHealth) Failed(err error) bool {
 		} else {
 			h.log.Info("redis reachable again: shared state is used")
 		}
-		if h.onChange != nil {
-			h.onChange(down)
+		if f := h.onChange.Load(); f != nil {
+			(*f)(down)
 		}
 	}
 	return down
@@ -171,7 +171,7 @@ func (h *RedisHealth) runProbe() {
 // Watch makes onChange hear when Redis goes (true) and comes back (false),
 // and tells it the state now. Call it before requests are served.
 func (h *RedisHealth) Watch(onChange func(degraded bool)) {
-	h.onChange = onChange
+	h.onChange.Store(&onChange)
 	onChange(h.degraded.Load())
 }
 

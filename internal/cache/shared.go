@@ -112,9 +112,6 @@ func NewShared(rdb redis.UniversalClient, prefix string, stateKey []byte, health
 			defer cancel()
 			return rdb.Ping(ctx).Err()
 		}
-		if health.Degraded() { // a call before this one failed (wiring's first PING)
-			health.scheduleProbe()
-		}
 	}
 	for _, k := range kinds {
 		s.macKeys[k] = s.Derive("trustproxy redis entry " + string(k))

@@ -45,9 +45,6 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 			}
 		}()
 		health := cache.NewRedisHealth(log.With("component", "proxy"))
-		pctx, cancel := context.WithTimeout(ctx, max(cfg.Redis.Timeout, cache.DefaultTimeout))
-		health.Failed(rdb.Ping(pctx).Err())
-		cancel()
 		if shared, err = cache.NewShared(rdb, cfg.Redis.KeyPrefix, []byte(cfg.Redis.StateKey), health, log, reg); err != nil {
 			return nil, fmt.Errorf("redis.state_key_file: %w", err)
 		}
@@ -55,6 +52,11 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger, reg prometh
 		if n := cfg.Redis.FloorReplicas; n != nil {
 			shared.FloorReplicas = *n
 		}
+		// After the settings: a failure schedules the health probe, which
+		// reads them.
+		pctx, cancel := context.WithTimeout(ctx, max(cfg.Redis.Timeout, cache.DefaultTimeout))
+		health.Failed(rdb.Ping(pctx).Err())
+		cancel()
 	}
 	// distribution's storage is opened without a blob descriptor cache
 	// (neither on Redis nor in memory): on Redis its entries would be
