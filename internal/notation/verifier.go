@@ -236,6 +236,7 @@ func New(opts Options) (*Verifier, error) {
 		if err != nil {
 			return nil, fmt.Errorf("notation: revocation: %w", err)
 		}
+		fetcher.Cache = newCRLCache()
 		for _, p := range []struct {
 			v *revocation.Validator
 			p purpose.Purpose
