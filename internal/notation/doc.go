@@ -18,7 +18,11 @@
 // store of its CA certificates, its trusted identities (x509.subject
 // distinguished names, or "*"), the verification level (strict, the
 // default, or permissive) and revocation: skipped unless the caller turns
-// it on, then checked by OCSP and CRL over a client with a timeout.
+// it on, then enforced at both levels, checked by OCSP and CRL over the
+// client the caller hands it (trustproxy's: egress.Public), each CRL kept
+// until its NextUpdate (at most 10 minutes, bounded in bytes). A revoked
+// certificate is refused revoked; a status that cannot be learnt,
+// revocation_unknown.
 // Verification levels audit and skip are refused: they do not check that
 // a trusted signer signed. A verified envelope must sign the digest asked
 // about (its payload's targetArtifact).
