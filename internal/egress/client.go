@@ -84,11 +84,10 @@ const maxRedirects = 5
 // Client talks to one Endpoint. It is safe for concurrent use.
 type Client struct {
 	field      string
-	origin     string
+	origin     string           // "" for a Public client: every host it reaches is named by data
 	creds      credentialSource // nil: anonymous
 	realms     map[string]bool  // allowed token realm origins, the endpoint's own included
 	redirectOK map[string]bool  // lower-case host or host:port
-	public     bool             // no endpoint: every host is named by data (Public)
 	transport  *http.Transport
 
 	mu      sync.Mutex
@@ -128,7 +127,6 @@ func Public(field string, allow []string, timeout time.Duration) (*http.Client, 
 	if err != nil {
 		return nil, err
 	}
-	c.public = true
 	return &http.Client{Transport: c.RoundTripper(""), CheckRedirect: c.checkRedirect, Timeout: timeout}, nil
 }
 
@@ -296,7 +294,7 @@ func (c *Client) send(req *http.Request, scope string) (*http.Response, error) {
 		r.Header.Del("Cookie")
 	}
 	if !c.realms[o] && !c.redirectOK[strings.ToLower(r.URL.Host)] && !c.redirectOK[strings.ToLower(r.URL.Hostname())] {
-		g := &guard{field: c.field, host: r.URL.Hostname(), public: c.public}
+		g := &guard{field: c.field, host: r.URL.Hostname(), public: c.origin == ""}
 		if p, err := c.transport.Proxy(r); err == nil && p != nil {
 			// The dial goes to the proxy (which may well be private), so
 			// check the name here; the proxy resolves it again.
