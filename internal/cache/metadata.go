@@ -244,7 +244,10 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 		return b, err // no root of its own yet: nothing shared is usable
 	}
 	mine := root.entry(name, nil, 0)
-	e := s.shared.get(s.gun, name)
+	e, answered := s.shared.get(s.gun, name)
+	if ferr := s.unanswered(answered); ferr != nil {
+		return nil, ferr
+	}
 	if e != nil && name != "root" && e.Epoch != mine.Epoch {
 		e = nil // stored under other keys for this role: another key generation
 	}
@@ -269,6 +272,48 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 	}
 	s.keep(name, e)
 	return e.blob, nil
+}
+
+// FloorUnreadableError is what reads and writes of a GUN's trust metadata
+// return while Redis does not answer and this replica holds no timestamp
+// of its own for the GUN (it never verified it, or lost its disk): its
+// rollback floor is then on Redis alone, and notary, given no floor, would
+// take any unexpired metadata a trust server replays. Refused until Redis
+// answers.
+type FloorUnreadableError struct {
+	GUN string
+}
+
+func (e *FloorUnreadableError) Error() string {
+	return fmt.Sprintf("redis does not answer and this replica holds no trust data of its own for %s: the versions other replicas have seen are on redis alone", e.GUN)
+}
+
+// unanswered returns a *FloorUnreadableError when Redis did not answer
+// (answered false) and the disk holds no timestamp of the GUN; nil when
+// Redis answered, or the disk's floor stands alone (degraded). A
+// timestamp on disk is a floor of the GUN's own: one is stored only after
+// Redis's floor was read and raised with it, or from a replica's own
+// verification before, and it binds the snapshot and targets by hash.
+func (s *GUNStore) unanswered(answered bool) error {
+	if answered {
+		return nil
+	}
+	if _, err := s.read("timestamp", storage.NoSizeLimit); errors.As(err, new(storage.ErrMetaNotFound)) {
+		return &FloorUnreadableError{GUN: s.gun}
+	}
+	return nil
+}
+
+// FloorKnown returns a *FloorUnreadableError when the GUN's rollback floor
+// cannot be known now: the replica shares its floor on Redis, Redis is
+// down and not to be asked yet, and the disk holds no timestamp of the
+// GUN. Asked before a trust server is: reads and writes during an update
+// return the same error should Redis stop answering then.
+func (s *GUNStore) FloorKnown() error {
+	if s.shared == nil || !s.shared.Health.Skip() {
+		return nil
+	}
+	return s.unanswered(false)
 }
 
 // keep stores a genuine shared entry newer than the disk's copy on disk.
@@ -399,7 +444,11 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 		}
 	}
 	if s.shared != nil {
-		if err := s.shared.set(s.gun, entries); err != nil {
+		err := s.shared.set(s.gun, entries)
+		if errors.Is(err, errUnanswered) {
+			err = s.unanswered(false)
+		}
+		if err != nil {
 			return err
 		}
 	}

@@ -250,14 +250,20 @@ func (f *sharedFloor) key(gun, name string) string {
 }
 
 // get returns the shared entry of role name of gun, or nil when Redis has
-// none, cannot be reached, or holds one that is not genuine.
-func (f *sharedFloor) get(gun, name string) *floorEntry {
+// none, cannot be reached, or holds one that is not genuine; answered says
+// whether Redis answered.
+func (f *sharedFloor) get(gun, name string) (e *floorEntry, answered bool) {
 	key := f.key(gun, name)
-	if b := f.Get(context.Background(), KindFloor, key, f.limit+floorHeader); b != nil {
-		return f.readFloor(key, b)
+	b, answered := f.Lookup(context.Background(), KindFloor, key, f.limit+floorHeader)
+	if b != nil {
+		return f.readFloor(key, b), true
 	}
-	return nil
+	return nil, answered
 }
+
+// errUnanswered is set's answer when Redis could not be asked: the disk
+// floor stands alone, if the replica has one (GUNStore.unanswered).
+var errUnanswered = errors.New("redis did not answer")
 
 // casRetries bounds the attempts of a compare-and-set that other writers
 // keep interrupting.
@@ -268,11 +274,10 @@ const casRetries = 5
 // *RollbackError and stores nothing. An entry of an older root's epoch is
 // replaced; one of a newer root's epoch (this replica has not seen the
 // rotation yet) is left as it is. Entries that are not genuine are
-// replaced. nil when stored, or when Redis cannot be reached (the disk
-// floor stands alone).
+// replaced. nil when stored; errUnanswered when Redis cannot be reached.
 func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 	if f.Health.Skip() {
-		return nil
+		return errUnanswered
 	}
 	keys := make([]string, 0, len(entries))
 	names := make(map[string]string, len(entries))
@@ -367,7 +372,7 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		return nil
 	}
 	if f.Health.Failed(err) {
-		return nil
+		return errUnanswered
 	}
 	if waitErr != nil {
 		f.unreplicated.Inc()

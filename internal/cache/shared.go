@@ -198,17 +198,27 @@ func (s *Shared) Reject(kind Kind, key, why string) {
 // payload: nil when there is none, when Redis is down or skipped (Health),
 // or when it does not open or is larger.
 func (s *Shared) Get(ctx context.Context, kind Kind, key string, limit int) []byte {
+	p, _ := s.Lookup(ctx, kind, key, limit)
+	return p
+}
+
+// Lookup is Get, and says whether Redis answered: false when it is down or
+// skipped, so that a nil payload says nothing about what Redis holds.
+func (s *Shared) Lookup(ctx context.Context, kind Kind, key string, limit int) (payload []byte, answered bool) {
 	if s.Health.Skip() {
-		return nil
+		return nil, false
 	}
 	ctx, cancel := s.Bound(ctx)
 	defer cancel()
 	b, err := s.Read(ctx, s.Redis, kind, key, limit)
-	if s.Health.Failed(err) || b == nil {
-		return nil
+	if s.Health.Failed(err) {
+		return nil, false
+	}
+	if b == nil {
+		return nil, true
 	}
 	p, _ := s.Open(kind, key, b)
-	return p
+	return p, true
 }
 
 // readBounded returns the string at KEYS[1] when it holds at most ARGV[1]

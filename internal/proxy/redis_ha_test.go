@@ -93,24 +93,30 @@ func pullsThroughFailover(t *testing.T, d *testenv.Deployment, kill func()) {
 	// Had that floor write outlived redis.timeout (a loaded machine), it
 	// is on replica 0's disk only, and replica 0 keeps off Redis for a few
 	// seconds: its next pull once it is back pushes the newer floor up.
-	for deadline := time.Now().Add(20 * time.Second); replicas[0].gauge(t, "trustproxy_redis_degraded") != 0; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("replica 0 not back on redis after 20s")
-		}
-	}
+	waitOnRedis(t, replicas[0], "replica 0")
 	replicas[0].mustPull(t, "library/app:v3")
 	w.Notary.Replay(gun, old)
 	fresh := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	// A first Redis call outliving redis.timeout (a loaded machine) keeps a
-	// fresh replica off Redis for a few seconds, on its own empty floor:
-	// what is tested here is the shared floor, so ask once it is on Redis.
-	for deadline := time.Now().Add(20 * time.Second); fresh.gauge(t, "trustproxy_redis_degraded") != 0; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the fresh replica not on redis after 20s")
-		}
-	}
+	// fresh replica off Redis for a few seconds, when it refuses what it
+	// never verified (trust_unavailable): what is tested here is the shared
+	// floor, so ask once it is on Redis.
+	waitOnRedis(t, fresh, "the fresh replica")
 	status, _, body := fresh.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
+}
+
+// waitOnRedis waits until replica r uses Redis (trustproxy_redis_degraded
+// 0): a Redis call that outlived redis.timeout (a loaded machine, a
+// client that asked a Sentinel not yet told of a failover) keeps a replica
+// off Redis for a few seconds.
+func waitOnRedis(t *testing.T, r *instance, name string) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); r.gauge(t, "trustproxy_redis_degraded") != 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not on redis after 20s", name)
+		}
+	}
 }
 
 // TestSentinelFailoverUnderPulls: replicas on a Sentinel-managed Redis keep
@@ -200,6 +206,7 @@ func TestFloorWriteSurvivesMasterKill(t *testing.T) {
 
 	w.Notary.Replay(gun, old)
 	b := start(t, w.replicaConfig(t, d, t.TempDir(), time.Nanosecond, fields...))
+	waitOnRedis(t, b, "the fresh replica") // what is tested is the floor on Redis
 	status, _, body := b.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
 	if status == http.StatusOK {
 		t.Fatal("a fresh replica accepted the older metadata: the floor A wrote was lost in the failover")

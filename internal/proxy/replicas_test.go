@@ -104,6 +104,54 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 	t.Logf("both replicas on the shared floor again %s after redis came back", time.Since(back).Round(time.Millisecond))
 }
 
+// TestFreshReplicaRefusesWhileRedisDown: a replica that has never
+// verified a repository holds no rollback floor of its own for it; the
+// floor the other replicas raised is on Redis alone. While Redis does not
+// answer, such a replica refuses the repository trust_unavailable, both
+// when Redis stops answering in the middle of its first update and when it
+// is already known to be down, rather than take what the Notary server
+// gives: here a replay of older metadata, which it served before. A
+// replica that verified the repository before goes on on its own floor
+// and refuses the replay. Once Redis answers again the fresh replica
+// verifies: the refusal was not kept for refusal_ttl.
+func TestFreshReplicaRefusesWhileRedisDown(t *testing.T) {
+	w := newWorld(t)
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	old := w.Notary.Record(t, gun)
+	w.pushSigned(t, "library/app", "v2", "v2")
+	current := w.Notary.Record(t, gun)
+	seen := w.replica(t, d, t.TempDir(), time.Nanosecond)
+	seen.mustPull(t, "library/app:v2")
+	fresh := w.replica(t, d, t.TempDir(), time.Nanosecond)
+
+	d.Redis.Stop()
+	w.Notary.Replay(gun, old)
+	for _, when := range []string{"redis stops answering during the update", "redis known to be down"} {
+		status, _, body := fresh.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+		if status == http.StatusOK {
+			t.Fatalf("%s: a replica without a floor of its own served the replayed older metadata", when)
+		}
+		wantDenied(t, status, body, proxy.Reason(trust.TrustUnavailable))
+		if !strings.Contains(string(body), "redis") {
+			t.Fatalf("%s: the refusal does not say redis is the cause: %s", when, body)
+		}
+	}
+	status, _, body := seen.get(t, http.MethodGet, "/v2/library/app/manifests/v1")
+	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
+
+	w.Notary.Replay(gun, current)
+	d.Redis.Start()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := fresh.pull(t, "library/app:v2"); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the fresh replica still refuses 15s after redis came back: %v", err)
+		}
+	}
+}
+
 // TestScanSharedAcrossReplicas: replica A starts a scan whose scanner
 // pulls from replica B (the load balancer's choice) with A's credential,
 // which B accepts: the credential key is shared. B then serves the image

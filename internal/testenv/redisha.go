@@ -123,6 +123,19 @@ func (s *Sentinel) Master() *Redis {
 	return nil
 }
 
+// agree says whether every Sentinel names m master.
+func (s *Sentinel) agree(m *Redis) bool {
+	for _, sn := range s.Sentinels {
+		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr(), Password: s.sentinelPassword})
+		addr, err := c.GetMasterAddrByName(context.Background(), SentinelMaster).Result()
+		c.Close()
+		if err != nil || len(addr) != 2 || net.JoinHostPort(addr[0], addr[1]) != m.Addr() {
+			return false
+		}
+	}
+	return true
+}
+
 // Replicas are the nodes other than the master, running or not.
 func (s *Sentinel) Replicas() []*Redis {
 	m := s.Master()
@@ -135,12 +148,14 @@ func (s *Sentinel) Replicas() []*Redis {
 	return out
 }
 
-// WaitFailover waits until the Sentinels name a master other than old and
-// that node answers as a master, and returns it.
+// WaitFailover waits until every Sentinel names the same master other
+// than old and that node answers as a master, and returns it: a client
+// started then asks whichever Sentinel it reaches first, and one that has
+// not heard of the failover yet names the dead master.
 func (s *Sentinel) WaitFailover(old *Redis) *Redis {
 	s.t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if m := s.Master(); m != old && nodeRole(m) == "master" {
+		if m := s.Master(); m != old && nodeRole(m) == "master" && s.agree(m) {
 			return m
 		}
 		if time.Now().After(deadline) {

@@ -350,6 +350,9 @@ func (v *Verifier) refresh(ctx context.Context, gun string, r *config.Rule, up *
 	}
 	v.refreshes.WithLabelValues(result).Inc()
 	v.seconds.Observe(time.Since(start).Seconds())
+	if rerr != nil && errors.As(rerr, new(*cache.FloorUnreadableError)) {
+		return nil, rerr // this replica's, until Redis answers: not kept for refusal_ttl
+	}
 	if rerr != nil {
 		ttl := v.settingsFor(r).refusalTTL
 		v.refusals.Add(gun, refused{err: rerr, until: time.Now().Add(ttl), rule: r})
@@ -377,6 +380,9 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 		return &RefusalError{GUN: gun, Reason: reason, Detail: detail, Err: err}
 	}
 	store := v.meta.For(gun, a.stamp)
+	if ferr := store.FloorKnown(); ferr != nil {
+		return nil, refuse(TrustUnavailable, floorDetail, ferr)
+	}
 	// The delegations the last trusted snapshot listed may not vanish.
 	var prev []data.RoleName
 	switch b, err := store.GetSized(data.CanonicalSnapshotRole.String(), storage.NoSizeLimit); {
@@ -384,6 +390,8 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 		if prev, err = snapshotRoles(b); err != nil {
 			return nil, refuse(InvalidMetadata, "the cached snapshot cannot be read; inspect it, delete it if it is damaged, and retry", err)
 		}
+	case errors.As(err, new(*cache.FloorUnreadableError)):
+		return nil, refuse(TrustUnavailable, floorDetail, err)
 	case !errors.As(err, new(storage.ErrMetaNotFound)):
 		return nil, refuse(InvalidMetadata, cacheDetail, err)
 	}
@@ -435,6 +443,8 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 	switch cerr := guard.failure(); {
 	case errors.As(cerr, new(*cache.RollbackError)):
 		return nil, refuse(Rollback, "the trust server offered metadata older than the version this proxy has already stored; investigate the server", cerr)
+	case errors.As(cerr, new(*cache.FloorUnreadableError)):
+		return nil, refuse(TrustUnavailable, floorDetail, cerr)
 	case cerr != nil:
 		return nil, refuse(InvalidMetadata, cacheDetail, cerr)
 	case limitErr != nil:
@@ -472,6 +482,11 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 	}
 	return view, nil
 }
+
+// floorDetail is the refusal detail of a repository this replica has no
+// trust data of its own for while Redis, which holds the versions other
+// replicas have seen, does not answer.
+const floorDetail = "redis is unreachable and this replica has not verified this repository before, so the trust versions other replicas have seen cannot be checked (a replayed older version would pass); served once redis answers, or by a replica that has verified it before; check redis (this replica's /readyz)"
 
 // cacheDetail is the refusal detail of a trust metadata cache that cannot be
 // read or written: the pull fails closed, since notary would carry on
