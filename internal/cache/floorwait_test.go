@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -45,5 +46,36 @@ func TestFloorWaitRefusedStaysHealthy(t *testing.T) {
 				t.Errorf("the floor key exists: %v, want %v", n == 1, tc.written)
 			}
 		})
+	}
+}
+
+// TestFloorWriteToReplicaRests: a node that refuses the floor write as a
+// replica (READONLY: a master demoted in a failover that the client still
+// takes for the master) may be behind the master, so what the write's
+// transaction read there is no floor to rely on. A replica with no floor
+// of its own for the GUN is refused (FloorUnreadableError) and stores
+// nothing; Redis is not taken for down.
+func TestFloorWriteToReplicaRests(t *testing.T) {
+	master := startRedisNode(t, "")
+	rdb, err := NewRedis(config.Redis{Addrs: []string{startRedisNode(t, master)}})
+	must(t, err)
+	t.Cleanup(func() { rdb.Close() })
+	f := benchFloor(t, rdb, 0)
+	entries := map[string]*floorEntry{"timestamp": {Version: 1, Root: 1, Epoch: "key", blob: meta(1)}}
+	if err := f.set("docker.io/library/app", entries); !errors.Is(err, errUnanswered) {
+		t.Fatalf("a floor write refused READONLY: %v, want errUnanswered", err)
+	}
+	if f.Health.Degraded() {
+		t.Error("an answering Redis was taken for down")
+	}
+	m, err := NewMetadataStore(t.TempDir(), nil)
+	must(t, err)
+	m.Share(f.Shared, 1<<20)
+	s := m.For("docker.io/library/app", "")
+	if err := s.Set("timestamp", meta(1)); !errors.As(err, new(*FloorUnreadableError)) {
+		t.Fatalf("a fresh GUN's timestamp written through a READONLY node: %v, want a FloorUnreadableError", err)
+	}
+	if _, err := s.GetSized("timestamp", 1<<20); err == nil {
+		t.Fatal("the refused timestamp was stored on disk")
 	}
 }

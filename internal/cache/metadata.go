@@ -276,7 +276,8 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 
 // FloorUnreadableError is what reads and writes of a GUN's trust metadata
 // return while Redis does not answer and this replica holds no timestamp
-// of its own for the GUN (it never verified it, or lost its disk): its
+// floor of its own for the GUN (it never verified it, nor took another
+// replica's verified view of it, or it lost its disk): its
 // rollback floor is then on Redis alone, and notary, given no floor, would
 // take any unexpired metadata a trust server replays. Refused until Redis
 // answers.
@@ -289,25 +290,34 @@ func (e *FloorUnreadableError) Error() string {
 }
 
 // unanswered returns a *FloorUnreadableError when Redis did not answer
-// (answered false) and the disk holds no timestamp of the GUN; nil when
-// Redis answered, or the disk's floor stands alone (degraded). A
-// timestamp on disk is a floor of the GUN's own: one is stored only after
-// Redis's floor was read and raised with it, or from a replica's own
-// verification before, and it binds the snapshot and targets by hash.
+// (answered false) and the replica has no floor of its own for the GUN;
+// nil when Redis answered, or the disk's floor stands alone (degraded).
 func (s *GUNStore) unanswered(answered bool) error {
-	if answered {
+	if answered || s.ownFloor() {
 		return nil
 	}
-	if _, err := s.read("timestamp", storage.NoSizeLimit); errors.As(err, new(storage.ErrMetaNotFound)) {
-		return &FloorUnreadableError{GUN: s.gun}
+	return &FloorUnreadableError{GUN: s.gun}
+}
+
+// ownFloor says whether the disk holds a timestamp floor of the GUN: the
+// timestamp itself, stored only after Redis's floor was read and raised
+// with it (or by this replica's verification before), which binds the
+// snapshot and targets by hash; or the timestamp's mark RaiseFloor set
+// when the replica took another's verified view. A floor file that does
+// not read counts: SetMulti refuses on it.
+func (s *GUNStore) ownFloor() bool {
+	if _, err := s.read("timestamp", storage.NoSizeLimit); !errors.As(err, new(storage.ErrMetaNotFound)) {
+		return true
 	}
-	return nil
+	floor, err := s.readFloor()
+	_, marked := floor["timestamp"]
+	return err != nil || marked
 }
 
 // FloorKnown returns a *FloorUnreadableError when the GUN's rollback floor
 // cannot be known now: the replica shares its floor on Redis, Redis is
-// down and not to be asked yet, and the disk holds no timestamp of the
-// GUN. Asked before a trust server is: reads and writes during an update
+// down and not to be asked yet, and the disk holds no timestamp floor of
+// the GUN (ownFloor). Asked before a trust server is: reads and writes during an update
 // return the same error should Redis stop answering then.
 func (s *GUNStore) FloorKnown() error {
 	if s.shared == nil || !s.shared.Health.Skip() {

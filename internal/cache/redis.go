@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -367,6 +368,13 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		// Redis is up: taking it for down would stop this replica
 		// reading the shared floor for seconds
 		f.unreplicated.Inc()
+		if strings.Contains(refused.err.Error(), "READONLY") {
+			// A node demoted in a failover, still taken for the master:
+			// what the transaction read there may be behind the master.
+			f.log.Warn("the redis node this replica takes for the master is a replica (READONLY): the trust floor read there may be behind the master's, so this write rests on this replica's own floor; the client turns to the new master when the failover is announced",
+				"gun", gun, "err", refused.err)
+			return errUnanswered
+		}
 		f.log.Warn("redis refused a trust floor write: it is not shared, this replica's own floor keeps it; see the reason (NOREPLICAS: min-replicas-to-write and too few redis replicas; OOM: maxmemory; NOPERM: the redis user's ACL)",
 			"gun", gun, "err", refused.err)
 		return nil

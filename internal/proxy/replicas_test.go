@@ -152,6 +152,32 @@ func TestFreshReplicaRefusesWhileRedisDown(t *testing.T) {
 	}
 }
 
+// TestSharedViewFloorServesWhileRedisDown: a replica that took another
+// replica's verified view of a repository, and never verified it itself,
+// holds that view's versions as its own floor; once the view is due again
+// with Redis down it verifies on that floor and serves, as the replica
+// that verified does.
+func TestSharedViewFloorServesWhileRedisDown(t *testing.T) {
+	w := newWorld(t)
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	const refresh = 2 * time.Second
+	a, b := w.replica(t, d, t.TempDir(), refresh), w.replica(t, d, t.TempDir(), refresh)
+	a.mustPull(t, "library/app:v1")
+	asked := w.Notary.Requests("")
+	b.mustPull(t, "library/app:v1")
+	if n := w.Notary.Requests("") - asked; n != 0 {
+		t.Fatalf("replica B asked the Notary server %d times for a view A verified, want 0", n)
+	}
+	d.Redis.Stop()
+	time.Sleep(refresh + 500*time.Millisecond)
+	b.mustPull(t, "library/app:v1")
+	if n := w.Notary.Requests("") - asked; n == 0 {
+		t.Fatal("replica B served without verifying again after its refresh_ttl")
+	}
+}
+
 // TestScanSharedAcrossReplicas: replica A starts a scan whose scanner
 // pulls from replica B (the load balancer's choice) with A's credential,
 // which B accepts: the credential key is shared. B then serves the image

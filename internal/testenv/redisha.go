@@ -20,8 +20,10 @@ const SentinelMaster = "trustproxy"
 
 // Sentinel is a Redis master with two replicas and three Sentinels
 // watching it, all redis-server processes on 127.0.0.1, tuned to fail over
-// within about two seconds of the master's death (down-after-milliseconds
-// 500, failover-timeout 2000). Nodes need password (requirepass and
+// within a few seconds of the master's death (down-after-milliseconds
+// 1500, failover-timeout 6000: with 500 and 2000 the Sentinels of a loaded
+// 2-core machine took a starved node for dead, or abandoned a promotion,
+// and failed over twice, losing writes to the first). Nodes need password (requirepass and
 // masterauth) when it is not empty; the Sentinels need sentinelPassword
 // (StartSentinelAuth), none by default.
 type Sentinel struct {
@@ -58,8 +60,8 @@ func StartSentinelAuth(t testing.TB, password, sentinelPassword string) *Sentine
 		sn := newRedis(t, sentinelPassword)
 		conf := []string{
 			"sentinel monitor " + SentinelMaster + " " + mhost + " " + mport + " 2",
-			"sentinel down-after-milliseconds " + SentinelMaster + " 500",
-			"sentinel failover-timeout " + SentinelMaster + " 2000",
+			"sentinel down-after-milliseconds " + SentinelMaster + " 1500",
+			"sentinel failover-timeout " + SentinelMaster + " 6000",
 			"sentinel parallel-syncs " + SentinelMaster + " 2",
 		}
 		if password != "" {
@@ -136,6 +138,24 @@ func (s *Sentinel) agree(m *Redis) bool {
 	return true
 }
 
+// replicate says whether every running node other than m is a replica of
+// m with its link up.
+func (s *Sentinel) replicate(m *Redis) bool {
+	_, port, _ := net.SplitHostPort(m.Addr())
+	for _, n := range s.Nodes {
+		if n == m || !n.Running() {
+			continue
+		}
+		cl := n.client()
+		info, err := cl.Info(context.Background(), "replication").Result()
+		cl.Close()
+		if err != nil || !strings.Contains(info, "role:slave\r\n") || !strings.Contains(info, "master_port:"+port+"\r\n") || !strings.Contains(info, "master_link_status:up\r\n") {
+			return false
+		}
+	}
+	return true
+}
+
 // Replicas are the nodes other than the master, running or not.
 func (s *Sentinel) Replicas() []*Redis {
 	m := s.Master()
@@ -149,17 +169,21 @@ func (s *Sentinel) Replicas() []*Redis {
 }
 
 // WaitFailover waits until every Sentinel names the same master other
-// than old and that node answers as a master, and returns it: a client
-// started then asks whichever Sentinel it reaches first, and one that has
-// not heard of the failover yet names the dead master.
+// than old, that node answers as a master and every other running node
+// replicates it, and returns it. A client started before asks whichever
+// Sentinel it reaches first, and one that has not heard of the failover
+// yet names the dead master; and on a loaded machine the Sentinels may
+// abandon a first promotion (failover-timeout) and promote another node,
+// leaving the first a master of its own for seconds until they turn it
+// back into a replica, which drops what was written to it meanwhile.
 func (s *Sentinel) WaitFailover(old *Redis) *Redis {
 	s.t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if m := s.Master(); m != old && nodeRole(m) == "master" && s.agree(m) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if m := s.Master(); m != old && nodeRole(m) == "master" && s.agree(m) && s.replicate(m) {
 			return m
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatalf("the sentinels did not fail over from %s within 20s", old.Addr())
+			s.t.Fatalf("the sentinels did not fail over from %s within 30s", old.Addr())
 		}
 	}
 }
@@ -313,4 +337,52 @@ func nodeRole(r *Redis) string {
 	}
 	s, _ := v[0].(string)
 	return s
+}
+
+// Describe says, for a failed test's log, what each Redis node of d is
+// (running, ROLE, replication offset), which of the keys matching pattern
+// it holds with their lengths, and which master each Sentinel names.
+func (d *Deployment) Describe(pattern string) string {
+	var nodes []*Redis
+	switch {
+	case d.Sentinel != nil:
+		nodes = d.Sentinel.Nodes
+	case d.Cluster != nil:
+		nodes = d.Cluster.Nodes
+	case d.Redis != nil:
+		nodes = []*Redis{d.Redis}
+	}
+	ctx := context.Background()
+	var b strings.Builder
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "node %s: ", n.Addr())
+		if !n.Running() {
+			b.WriteString("not running\n")
+			continue
+		}
+		cl := n.client()
+		info, _ := cl.Info(ctx, "replication").Result()
+		var fields []string
+		for _, line := range strings.Split(info, "\r\n") {
+			if k, _, _ := strings.Cut(line, ":"); k == "role" || k == "master_host" || k == "master_port" || k == "master_link_status" || k == "master_repl_offset" || k == "connected_slaves" {
+				fields = append(fields, line)
+			}
+		}
+		keys, err := cl.Keys(ctx, pattern).Result()
+		fmt.Fprintf(&b, "%s; keys %q (err %v):", strings.Join(fields, " "), pattern, err)
+		for _, k := range keys {
+			fmt.Fprintf(&b, " %s (%d bytes)", k, cl.StrLen(ctx, k).Val())
+		}
+		b.WriteString("\n")
+		cl.Close()
+	}
+	if d.Sentinel != nil {
+		for _, sn := range d.Sentinel.Sentinels {
+			c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr(), Password: d.Sentinel.sentinelPassword})
+			addr, err := c.GetMasterAddrByName(ctx, SentinelMaster).Result()
+			c.Close()
+			fmt.Fprintf(&b, "sentinel %s names %v (err %v)\n", sn.Addr(), addr, err)
+		}
+	}
+	return b.String()
 }

@@ -486,7 +486,7 @@ func (v *Verifier) update(ctx context.Context, gun string, r *config.Rule, up *u
 // floorDetail is the refusal detail of a repository this replica has no
 // trust data of its own for while Redis, which holds the versions other
 // replicas have seen, does not answer.
-const floorDetail = "redis is unreachable and this replica has not verified this repository before, so the trust versions other replicas have seen cannot be checked (a replayed older version would pass); served once redis answers, or by a replica that has verified it before; check redis (this replica's /readyz)"
+const floorDetail = "redis is unreachable and this replica has not verified this repository before (nor taken another replica's verification of it), so the trust versions other replicas have seen cannot be checked (a replayed older version would pass); served once redis answers, or by a replica that has verified it before; check redis (this replica's /readyz)"
 
 // cacheDetail is the refusal detail of a trust metadata cache that cannot be
 // read or written: the pull fails closed, since notary would carry on
