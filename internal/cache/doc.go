@@ -31,7 +31,10 @@
 // open is ignored and counted; a newer genuine entry is kept on disk, so a
 // replica never goes back when Redis is restored to an older copy; reads
 // are bounded in Redis itself. The replicas' shared secrets are derived
-// from the state key, never stored on Redis.
+// from the state key, never stored on Redis. When Redis does not answer,
+// a GUN's disk floor stands alone; a GUN with no timestamp floor on disk
+// has none, and its reads and writes fail (FloorUnreadableError) until
+// Redis answers, storing nothing.
 //
 // It decides nothing about trust: it refuses to lower a version, and
 // ignores what it cannot authenticate.
