@@ -277,10 +277,9 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 // FloorUnreadableError is what reads and writes of a GUN's trust metadata
 // return while Redis does not answer and this replica holds no timestamp
 // floor of its own for the GUN (it never verified it, nor took another
-// replica's verified view of it, or it lost its disk): its
-// rollback floor is then on Redis alone, and notary, given no floor, would
-// take any unexpired metadata a trust server replays. Refused until Redis
-// answers.
+// replica's verified view of it, or it lost its disk): its rollback floor
+// is then on Redis alone, and notary, given no floor, would take any
+// unexpired metadata a trust server replays. Refused until Redis answers.
 type FloorUnreadableError struct {
 	GUN string
 }
@@ -317,8 +316,8 @@ func (s *GUNStore) ownFloor() bool {
 // FloorKnown returns a *FloorUnreadableError when the GUN's rollback floor
 // cannot be known now: the replica shares its floor on Redis, Redis is
 // down and not to be asked yet, and the disk holds no timestamp floor of
-// the GUN (ownFloor). Asked before a trust server is: reads and writes during an update
-// return the same error should Redis stop answering then.
+// the GUN (ownFloor). Asked before a trust server is: reads and writes
+// during an update return the same error should Redis stop answering then.
 func (s *GUNStore) FloorKnown() error {
 	if s.shared == nil || !s.shared.Health.Skip() {
 		return nil
