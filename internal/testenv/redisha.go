@@ -109,14 +109,12 @@ func (s *Sentinel) Addrs() []string {
 func (s *Sentinel) Master() *Redis {
 	s.t.Helper()
 	for _, sn := range s.Sentinels {
-		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr(), Password: s.sentinelPassword})
-		addr, err := c.GetMasterAddrByName(context.Background(), SentinelMaster).Result()
-		c.Close()
-		if err != nil || len(addr) != 2 {
+		addr, err := s.names(sn)
+		if err != nil {
 			continue
 		}
 		for _, n := range s.Nodes {
-			if n.Addr() == net.JoinHostPort(addr[0], addr[1]) {
+			if n.Addr() == addr {
 				return n
 			}
 		}
@@ -128,14 +126,25 @@ func (s *Sentinel) Master() *Redis {
 // agree says whether every Sentinel names m master.
 func (s *Sentinel) agree(m *Redis) bool {
 	for _, sn := range s.Sentinels {
-		c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr(), Password: s.sentinelPassword})
-		addr, err := c.GetMasterAddrByName(context.Background(), SentinelMaster).Result()
-		c.Close()
-		if err != nil || len(addr) != 2 || net.JoinHostPort(addr[0], addr[1]) != m.Addr() {
+		if addr, err := s.names(sn); err != nil || addr != m.Addr() {
 			return false
 		}
 	}
 	return true
+}
+
+// names is the address Sentinel sn names master.
+func (s *Sentinel) names(sn *Redis) (string, error) {
+	c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr(), Password: s.sentinelPassword})
+	defer c.Close()
+	addr, err := c.GetMasterAddrByName(context.Background(), SentinelMaster).Result()
+	if err != nil {
+		return "", err
+	}
+	if len(addr) != 2 {
+		return "", fmt.Errorf("sentinel %s answered %q", sn.Addr(), addr)
+	}
+	return net.JoinHostPort(addr[0], addr[1]), nil
 }
 
 // replicate says whether every running node other than m is a replica of
@@ -378,10 +387,8 @@ func (d *Deployment) Describe(pattern string) string {
 	}
 	if d.Sentinel != nil {
 		for _, sn := range d.Sentinel.Sentinels {
-			c := goredis.NewSentinelClient(&goredis.Options{Addr: sn.Addr(), Password: d.Sentinel.sentinelPassword})
-			addr, err := c.GetMasterAddrByName(ctx, SentinelMaster).Result()
-			c.Close()
-			fmt.Fprintf(&b, "sentinel %s names %v (err %v)\n", sn.Addr(), addr, err)
+			addr, err := d.Sentinel.names(sn)
+			fmt.Fprintf(&b, "sentinel %s names %s (err %v)\n", sn.Addr(), addr, err)
 		}
 	}
 	return b.String()
