@@ -55,15 +55,23 @@ func TestRollbackRefusedAcrossReplicas(t *testing.T) {
 	}
 }
 
+// signedOnRedis is a world whose library/app:v1 alice signed, and a
+// deployment on one Redis node for its replicas to share.
+func signedOnRedis(t *testing.T) (*world, *testenv.Deployment) {
+	t.Helper()
+	w := newWorld(t)
+	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
+	w.initRepo(t, gun, w.alice)
+	w.pushSigned(t, "library/app", "v1", "v1")
+	return w, d
+}
+
 // TestRedisDownServesFromOwnFloor: Redis stops during traffic; signed pulls
 // keep working on every replica, unsigned ones stay refused, /readyz says
 // degraded and the gauge says so. Redis comes back (empty): the replicas
 // use it again and no signed pull is refused.
 func TestRedisDownServesFromOwnFloor(t *testing.T) {
-	w := newWorld(t)
-	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
-	w.initRepo(t, gun, w.alice)
-	w.pushSigned(t, "library/app", "v1", "v1")
+	w, d := signedOnRedis(t)
 	w.Registry.Push(t, "library/app", "v2", testenv.Image(t, "unsigned", 1, 1024))
 	replicas := []*instance{
 		w.replica(t, d, t.TempDir(), time.Nanosecond),
@@ -115,10 +123,7 @@ func TestRedisDownServesFromOwnFloor(t *testing.T) {
 // and refuses the replay. Once Redis answers again the fresh replica
 // verifies: the refusal was not kept for refusal_ttl.
 func TestFreshReplicaRefusesWhileRedisDown(t *testing.T) {
-	w := newWorld(t)
-	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
-	w.initRepo(t, gun, w.alice)
-	w.pushSigned(t, "library/app", "v1", "v1")
+	w, d := signedOnRedis(t)
 	old := w.Notary.Record(t, gun)
 	w.pushSigned(t, "library/app", "v2", "v2")
 	current := w.Notary.Record(t, gun)
@@ -158,10 +163,7 @@ func TestFreshReplicaRefusesWhileRedisDown(t *testing.T) {
 // with Redis down it verifies on that floor and serves, as the replica
 // that verified does.
 func TestSharedViewFloorServesWhileRedisDown(t *testing.T) {
-	w := newWorld(t)
-	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
-	w.initRepo(t, gun, w.alice)
-	w.pushSigned(t, "library/app", "v1", "v1")
+	w, d := signedOnRedis(t)
 	const refresh = 2 * time.Second
 	a, b := w.replica(t, d, t.TempDir(), refresh), w.replica(t, d, t.TempDir(), refresh)
 	a.mustPull(t, "library/app:v1")
@@ -207,10 +209,7 @@ func TestScanSharedAcrossReplicas(t *testing.T) {
 // TestRevokedTagStopsOnEveryReplica: a tag its signer revokes stops being
 // served by every replica within trust.refresh_ttl.
 func TestRevokedTagStopsOnEveryReplica(t *testing.T) {
-	w := newWorld(t)
-	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
-	w.initRepo(t, gun, w.alice)
-	w.pushSigned(t, "library/app", "v1", "v1")
+	w, d := signedOnRedis(t)
 	const ttl = 2 * time.Second
 	var replicas []*instance
 	for range 3 {
@@ -381,10 +380,7 @@ func TestPeerBytesVerified(t *testing.T) {
 // A replica that cannot reach the Notary server and has no cache of its own
 // does not deny the others, which can serve from their cached trust data.
 func TestFreshReplicaRefusalDoesNotDenyOthers(t *testing.T) {
-	w := newWorld(t)
-	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
-	w.initRepo(t, gun, w.alice)
-	w.pushSigned(t, "library/app", "v1", "v1")
+	w, d := signedOnRedis(t)
 	a := w.replica(t, d, t.TempDir(), time.Nanosecond)
 	a.mustPull(t, "library/app:v1")
 	w.Notary.SetDown(true)
@@ -454,10 +450,7 @@ func TestRootOnRedisIsNotTrusted(t *testing.T) {
 // trust view another verified (no Notary request of its own); a replica
 // with another key does not take it, and verifies itself.
 func TestVerdictsSharedWithStateKey(t *testing.T) {
-	w := newWorld(t)
-	d := testenv.NewDeployment(t, testenv.StartRedis(t, ""))
-	w.initRepo(t, gun, w.alice)
-	w.pushSigned(t, "library/app", "v1", "v1")
+	w, d := signedOnRedis(t)
 	replica := func(key string) *instance {
 		return start(t, w.config(t, t.TempDir(), d.YAML("state_key_file: "+testenv.StateKeyFile(t, key))))
 	}
