@@ -14,13 +14,16 @@ import (
 // A LeaseEntry is the sealed content of a lease on Redis: who holds it
 // (Owner, and URL, where the other replicas reach the holder), until when,
 // and Note, what the holder is doing that a successor may have to undo (a
-// fill's upload). A lease names its holder only until Until: a holder that
-// dies stops refreshing it, and a replayed old entry names no one.
+// fill's upload); Done, that the holder finished and keeps the lease until
+// Until so that the others skip what it did (ReleaseFor). A lease names its
+// holder only until Until: a holder that dies stops refreshing it, and a
+// replayed old entry names no one.
 type LeaseEntry struct {
 	URL   string    `json:"url,omitempty"`
 	Owner string    `json:"owner"`
 	Until time.Time `json:"until"`
 	Note  string    `json:"note,omitempty"`
+	Done  bool      `json:"done,omitempty"`
 
 	raw string // the sealed value it was read as: TakeOver swaps it
 }
@@ -52,9 +55,9 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 return 1`)
 
 // A Lease is a lock on Redis that this replica holds: one replica at a
-// time does what it guards (fetch a blob, run a scan). It is refreshed
-// every ttl/3 until Release; a holder that dies stops refreshing it, and
-// its entry names it for ttl at most.
+// time does what it guards (fetch a blob, run a scan, collect storage). It
+// is refreshed every ttl/3 until Release; a holder that dies stops
+// refreshing it, and its entry names it for ttl at most.
 type Lease struct {
 	s    *Shared
 	kind Kind
@@ -63,9 +66,9 @@ type Lease struct {
 
 	mu      sync.Mutex
 	entry   LeaseEntry
-	cur     string // the sealed value last written
-	lost    bool   // another replica took it over
-	done    bool   // released: nothing is written any more
+	cur     string        // the sealed value last written
+	lost    chan struct{} // closed when another replica took it over
+	done    bool          // released: nothing is written any more
 	stop    chan struct{}
 	stopped chan struct{}
 }
@@ -82,7 +85,7 @@ func (s *Shared) Acquire(kind Kind, key, url string, ttl time.Duration) (*Lease,
 	if s.Health.Skip() {
 		return nil, nil
 	}
-	l := &Lease{s: s, kind: kind, key: key, ttl: ttl, entry: LeaseEntry{URL: url, Owner: uuid.NewString()}}
+	l := newLease(s, kind, key, url, ttl)
 	next := l.seal()
 	ctx, cancel := s.Bound(context.Background())
 	defer cancel()
@@ -123,7 +126,7 @@ func (s *Shared) TakeOver(kind Kind, key string, was *LeaseEntry, url string, tt
 	if was == nil || was.raw == "" || s.Health.Skip() {
 		return nil
 	}
-	l := &Lease{s: s, kind: kind, key: key, ttl: ttl, entry: LeaseEntry{URL: url, Owner: uuid.NewString()}}
+	l := newLease(s, kind, key, url, ttl)
 	next := l.seal()
 	ctx, cancel := s.Bound(context.Background())
 	defer cancel()
@@ -164,11 +167,20 @@ func (s *Shared) openLease(kind Kind, key string, b []byte) *LeaseEntry {
 	return &e
 }
 
+func newLease(s *Shared, kind Kind, key, url string, ttl time.Duration) *Lease {
+	return &Lease{s: s, kind: kind, key: key, ttl: ttl, entry: LeaseEntry{URL: url, Owner: uuid.NewString()}, lost: make(chan struct{})}
+}
+
 // seal is l's entry, good for its ttl from now, sealed. l.mu is held or
 // l is not shared yet.
 func (l *Lease) seal() string {
+	return l.sealFor(l.ttl)
+}
+
+// sealFor is l's entry, good for d from now, sealed.
+func (l *Lease) sealFor(d time.Duration) string {
 	e := l.entry
-	e.Until = time.Now().Add(l.ttl)
+	e.Until = time.Now().Add(d)
 	b, _ := json.Marshal(e)
 	return string(l.s.Seal(l.kind, l.key, b))
 }
@@ -186,7 +198,7 @@ func (l *Lease) held(cur string) *Lease {
 				return
 			case <-t.C:
 				l.mu.Lock()
-				l.swap(l.seal())
+				l.swap(l.seal(), l.ttl)
 				l.mu.Unlock()
 			}
 		}
@@ -194,24 +206,38 @@ func (l *Lease) held(cur string) *Lease {
 	return l
 }
 
-// swap writes next in place of l's last value; l.mu is held. A lease
-// another replica took over (this holder did not answer it) stays theirs.
-func (l *Lease) swap(next string) {
-	if l.lost || l.done {
+// swap writes next, to live for ttl, in place of l's last value; l.mu is
+// held. A lease another replica took over (this holder did not answer it,
+// or its entry expired while Redis did not answer) stays theirs.
+func (l *Lease) swap(next string, ttl time.Duration) {
+	if l.done || l.isLost() {
 		return
 	}
 	ctx, cancel := l.s.Bound(context.Background())
 	defer cancel()
-	n, err := swapLease.Run(ctx, l.s.Redis, []string{l.key}, l.cur, next, l.ttl.Milliseconds(), leaseRead).Int()
+	n, err := swapLease.Run(ctx, l.s.Redis, []string{l.key}, l.cur, next, max(ttl, time.Millisecond).Milliseconds(), leaseRead).Int()
 	switch {
 	case l.s.Health.Failed(err):
 	case n == 1:
 		l.cur = next
 	default:
-		l.lost = true
+		close(l.lost)
 		l.s.log.Info("a lease this replica held was taken over by another replica", "kind", l.kind, "key", l.key)
 	}
 }
+
+func (l *Lease) isLost() bool {
+	select {
+	case <-l.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// Lost is closed when a refresh finds that l is no longer this replica's
+// (another replica took it over): what it guards must stop.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
 // SetNote records note in l's entry at once (a fill's upload, once it
 // has one).
@@ -219,16 +245,28 @@ func (l *Lease) SetNote(note string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.entry.Note = note
-	l.swap(l.seal())
+	l.swap(l.seal(), l.ttl)
 }
 
 // Release stops refreshing l and deletes it, unless another replica took
 // it over.
-func (l *Lease) Release() {
+func (l *Lease) Release() { l.ReleaseFor(0) }
+
+// ReleaseFor stops refreshing l and, when hold is positive, leaves its
+// entry marked Done for hold: a replica that asks for the lease meanwhile
+// finds it held, and skips what this holder just did (one storage
+// collection per interval, not one per replica). A hold of 0 deletes it.
+// A lease another replica took over is left to it.
+func (l *Lease) ReleaseFor(hold time.Duration) {
 	close(l.stop)
 	<-l.stopped
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.swap("")
+	next := ""
+	if hold > 0 {
+		l.entry.Done = true
+		next = l.sealFor(hold)
+	}
+	l.swap(next, hold)
 	l.done = true // a SetNote after this would write the lease anew
 }

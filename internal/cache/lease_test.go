@@ -64,6 +64,64 @@ func TestLeaseNoteAfterReleaseWritesNothing(t *testing.T) {
 	}
 }
 
+// TestLeaseReleaseForAndLost: a lease released for a while (ReleaseFor,
+// a storage collection just done) holds the others off, marked done,
+// until its end; what a Redis writer plants there (an entry not sealed,
+// a genuine one replayed after its end) is replaced; and a holder whose
+// lease was taken hears it on Lost, and its Release leaves the new
+// holder's entry alone.
+func TestLeaseReleaseForAndLost(t *testing.T) {
+	sh := leaseShared(t)
+	ctx := context.Background()
+	const key = "lease:retention:lock"
+	a, _ := sh.Acquire(KindRetention, key, "", time.Minute)
+	if a == nil {
+		t.Fatal("no lease")
+	}
+	if l, holder := sh.Acquire(KindRetention, key, "", time.Minute); l != nil || holder == nil || holder.Done {
+		t.Fatalf("Acquire while a holds the lease: %v, %+v; want a's entry, not done", l, holder)
+	}
+	a.ReleaseFor(time.Hour)
+	if l, holder := sh.Acquire(KindRetention, key, "", time.Minute); l != nil || holder == nil || !holder.Done {
+		t.Fatalf("Acquire after a released it for an hour: %v, %+v; want a's entry, done", l, holder)
+	}
+	if ttl := sh.Redis.PTTL(ctx, key).Val(); ttl < 59*time.Minute {
+		t.Fatalf("a lease released for an hour lives %v on Redis", ttl)
+	}
+
+	for name, plant := range map[string]string{
+		"not sealed": `{"owner":"mallory","until":"2999-01-01T00:00:00Z","done":true}`,
+		"replayed":   newLease(sh, KindRetention, key, "", -time.Second).seal(),
+	} {
+		must(t, sh.Redis.Set(ctx, key, plant, 0).Err())
+		l, holder := sh.Acquire(KindRetention, key, "", time.Minute)
+		if l == nil {
+			t.Fatalf("%s: the planted entry held the lease off (holder %+v)", name, holder)
+		}
+		l.Release()
+	}
+
+	b, _ := sh.Acquire(KindRetention, key, "", 300*time.Millisecond)
+	if b == nil {
+		t.Fatal("no lease for b")
+	}
+	must(t, sh.Redis.Del(ctx, key).Err()) // its entry lost (a Redis writer, or expired while Redis hung)
+	c, _ := sh.Acquire(KindRetention, key, "", time.Minute)
+	if c == nil {
+		t.Fatal("no lease for c")
+	}
+	select {
+	case <-b.Lost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("b did not hear that its lease was taken")
+	}
+	b.Release()
+	if _, holder := sh.Acquire(KindRetention, key, "", time.Minute); holder == nil || holder.Owner != c.entry.Owner {
+		t.Fatalf("after b's Release the lease names %+v, want c", holder)
+	}
+	c.Release()
+}
+
 // TestHealthBackWithoutTraffic: a replica that found Redis down and then
 // gets no request learns that Redis is back by itself, within a few
 // redisRetry: its readiness and trustproxy_redis_degraded do not keep

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/trustproxy/trustproxy/config"
+	"github.com/trustproxy/trustproxy/internal/cache"
 	"github.com/trustproxy/trustproxy/internal/fill"
 	"github.com/trustproxy/trustproxy/internal/gun"
 	"github.com/trustproxy/trustproxy/internal/manifest"
@@ -54,6 +55,10 @@ type Report struct {
 // errLostLock stops a collection whose lock another replica took.
 var errLostLock = errors.New("the collector's lock on redis was lost (expired or altered): stopping")
 
+// lockTTL is how long the collector's lock outlives its holder's last
+// refresh; the holder refreshes it every lockTTL/3.
+const lockTTL = time.Minute
+
 // Collect runs one collection, unless another replica holds the lock (or
 // collected within the interval), and returns what it did. An error says
 // the collection stopped (storage or Redis failing, ctx ended); what it
@@ -61,65 +66,40 @@ var errLostLock = errors.New("the collector's lock on redis was lost (expired or
 func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 	start := c.now()
 	rep := &Report{DryRun: c.cfg.DryRun, Removed: map[string]int{}}
-	var err error
-	if c.lock != nil {
-		if c.shared.Health.Skip() {
-			return c.skipped(rep, "redis is unreachable: replicas cannot take turns")
-		}
-		err = c.lock.acquire(ctx)
-		if h, ok := errors.AsType[*heldError](err); ok {
-			return c.skipped(rep, h.Error())
-		}
-		if c.shared.Health.Failed(err) {
-			return c.skipped(rep, "redis is unreachable: replicas cannot take turns")
-		}
-		held, stop := c.keepLock(ctx)
-		err = c.collect(held, start, rep)
-		stop() // before release: the refresher writes the lock too
-		hold := time.Duration(0)
-		if err == nil {
-			hold = c.cfg.Interval * 3 / 4
-		}
-		if rerr := c.lock.release(ctx, hold); rerr != nil {
-			c.shared.Health.Failed(rerr)
-		}
-	} else {
-		err = c.collect(ctx, start, rep)
+	if c.shared == nil {
+		err := c.collect(ctx, start, rep)
+		c.report(start, rep, err)
+		return rep, err
 	}
-	c.report(start, rep, err)
-	return rep, err
-}
-
-// keepLock refreshes the lock until stop is called, and cancels the
-// returned context when the lock is lost.
-func (c *Collector) keepLock(ctx context.Context) (context.Context, func()) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	done, stopped := make(chan struct{}), make(chan struct{})
+	// The lock is a cache.Lease: sealed, so that what a Redis writer
+	// plants (not sealed for the key, altered, of another type) or
+	// replays after its end is replaced, not obeyed.
+	lock, holder := c.shared.Acquire(cache.KindRetention, c.lockKey, "", lockTTL)
+	switch {
+	case holder != nil && holder.Done:
+		return c.skipped(rep, "another replica collected recently")
+	case holder != nil:
+		return c.skipped(rep, "another replica is collecting")
+	case lock == nil:
+		return c.skipped(rep, "redis is unreachable (or the lock keeps changing): replicas cannot take turns")
+	}
+	held, cancel := context.WithCancelCause(ctx)
 	go func() {
-		defer close(stopped)
-		t := time.NewTicker(lockTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				ok, err := c.lock.refresh(ctx)
-				if c.shared.Health.Failed(err) {
-					continue // expires unless Redis answers again before lockTTL
-				}
-				if !ok {
-					cancel(errLostLock)
-					return
-				}
-			}
+		select {
+		case <-lock.Lost():
+			cancel(errLostLock)
+		case <-held.Done():
 		}
 	}()
-	return ctx, func() {
-		close(done)
-		<-stopped
-		cancel(nil)
+	err := c.collect(held, start, rep)
+	cancel(nil)
+	hold := time.Duration(0)
+	if err == nil {
+		hold = c.cfg.Interval * 3 / 4
 	}
+	lock.ReleaseFor(hold)
+	c.report(start, rep, err)
+	return rep, err
 }
 
 func (c *Collector) skipped(rep *Report, why string) (*Report, error) {

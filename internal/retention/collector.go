@@ -45,7 +45,7 @@ type Collector struct {
 	verify        Verifier
 	server        Server
 	shared        *cache.Shared // nil: no other replica to take turns with
-	lock          *redisLock
+	lockKey       string        // the collector's lock on shared
 	log           *slog.Logger
 	metrics       *metrics
 	now           func() time.Time
@@ -86,7 +86,7 @@ func New(cfg *config.Config, d storagedriver.StorageDriver, pulls *Pulls, v Veri
 		verify: v, server: srv, shared: sh, log: log.With("component", "retention"), metrics: m, now: time.Now,
 		stopped: make(chan struct{})}
 	if sh != nil {
-		c.lock = newRedisLock(sh)
+		c.lockKey = sh.Key("retention:lock")
 	}
 	return c, nil
 }

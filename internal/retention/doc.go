@@ -27,10 +27,10 @@
 // removal takes a blob's links in every repository (_layers, manifest
 // revisions, tag index entries), then its data.
 //
-// Across replicas. Collections take turns through a sealed lock on Redis
-// (cache.KindRetention), refreshed while a collection runs and kept after
-// it until the next is due, so that N replicas make one collection per
-// interval. Pull records are kept in the shared storage, not on Redis:
+// Across replicas. Collections take turns through a lease on Redis
+// (cache.Lease, kind KindRetention), refreshed while a collection runs
+// and kept after it, marked done, until the next is due (ReleaseFor), so
+// that N replicas make one collection per interval. Pull records are kept in the shared storage, not on Redis:
 // whoever can write Redis cannot make live content look unpulled, and at
 // worst makes two replicas collect at once (deleting the lock), which
 // removes nothing that one alone would keep.

@@ -1,17 +1,10 @@
 package retention
 
 import (
-	"context"
-	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/opencontainers/go-digest"
-	"github.com/redis/go-redis/v9"
-
-	"github.com/trustproxy/trustproxy/internal/cache"
-	"github.com/trustproxy/trustproxy/internal/testenv"
 )
 
 func TestAddLink(t *testing.T) {
@@ -67,61 +60,6 @@ func TestLinkPaths(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, linkPaths("r/a", l, d)); diff != "" {
 		t.Errorf("linkPaths (-want +got):\n%s", diff)
-	}
-}
-
-// The collector's lock on a real Redis: one holder at a time, a done lock
-// holds off the others until its end, and what is not a genuine lock (not
-// sealed, another type, over) is taken over.
-func TestLock(t *testing.T) {
-	r := testenv.StartRedis(t, "")
-	rdb := redis.NewClient(&redis.Options{Addr: r.Addr()})
-	t.Cleanup(func() { rdb.Close() })
-	sh, err := cache.NewShared(rdb, "trustproxy:", []byte(testenv.StateKey), cache.NewRedisHealth(slog.New(slog.DiscardHandler)), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := t.Context()
-	a, b := newRedisLock(sh), newRedisLock(sh)
-	if err := a.acquire(ctx); err != nil {
-		t.Fatalf("a: %v", err)
-	}
-	if err := b.acquire(ctx); err == nil || err.Error() != "another replica is collecting" {
-		t.Fatalf("b while a holds the lock: %v", err)
-	}
-	if ok, err := a.refresh(ctx); !ok || err != nil {
-		t.Fatalf("a refresh: %v, %v", ok, err)
-	}
-	if err := a.release(ctx, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.acquire(ctx); err == nil || err.Error() != "another replica collected recently" {
-		t.Fatalf("b after a's collection: %v", err)
-	}
-	for _, plant := range []func() error{
-		func() error { return rdb.Set(ctx, a.key, `{"owner":"x","until":"2999-01-01T00:00:00Z"}`, 0).Err() },
-		func() error { rdb.Del(ctx, a.key); return rdb.SAdd(ctx, a.key, "x").Err() },
-		func() error { return rdb.Set(ctx, a.key, make([]byte, 2*maxLock), 0).Err() },
-		func() error { // genuine but over
-			return rdb.Set(ctx, a.key, b.seal(lock{Owner: "gone", Until: time.Now().Add(-time.Second)}), 0).Err()
-		},
-	} {
-		rdb.Del(ctx, a.key)
-		if err := plant(); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.acquire(ctx); err != nil {
-			t.Fatalf("b over a planted lock: %v", err)
-		}
-		if ok, err := a.refresh(ctx); ok || err != nil {
-			t.Fatalf("a refreshed a lock it lost: %v, %v", ok, err)
-		}
-		if err := b.release(context.Background(), 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n, _ := rdb.Exists(ctx, a.key).Result(); n != 0 {
-		t.Errorf("a released lock is still on redis")
 	}
 }
 
