@@ -34,7 +34,9 @@
 // from the state key, never stored on Redis. When Redis does not answer,
 // a GUN's disk floor stands alone; a GUN with no timestamp floor on disk
 // has none, and its reads and writes fail (FloorUnreadableError) until
-// Redis answers, storing nothing.
+// Redis answers, storing nothing. What a GUN stores on disk alone
+// meanwhile is pushed up to Redis as soon as it answers again
+// (pendingFloors).
 //
 // It decides nothing about trust: it refuses to lower a version, and
 // ignores what it cannot authenticate.

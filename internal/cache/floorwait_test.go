@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -77,5 +78,37 @@ func TestFloorWriteToReplicaRests(t *testing.T) {
 	}
 	if _, err := s.GetSized("timestamp", 1<<20); err == nil {
 		t.Fatal("the refused timestamp was stored on disk")
+	}
+}
+
+// TestFloorRestingOnDiskPushedAfterReadonly: a floor write refused
+// READONLY by a GUN with a floor of its own rests on the disk, and is
+// pushed again without waiting for the GUN's next read: once the node is a
+// master (the failover announced), Redis has it.
+func TestFloorRestingOnDiskPushedAfterReadonly(t *testing.T) {
+	master := startRedisNode(t, "")
+	rdb, err := NewRedis(config.Redis{Addrs: []string{startRedisNode(t, master)}})
+	must(t, err)
+	t.Cleanup(func() { rdb.Close() })
+	f := benchFloor(t, rdb, 0)
+	dir := t.TempDir()
+	const gun = "docker.io/library/app"
+	alone, err := NewMetadataStore(dir, nil)
+	must(t, err)
+	must(t, alone.For(gun, "").Set("timestamp", meta(1))) // its own floor, from before
+	m, err := NewMetadataStore(dir, nil)
+	must(t, err)
+	m.Share(f.Shared, 1<<20)
+	if err := m.For(gun, "").Set("timestamp", meta(2)); err != nil {
+		t.Fatalf("a timestamp over the GUN's own floor, written through a READONLY node: %v", err)
+	}
+	must(t, rdb.Do(context.Background(), "REPLICAOF", "NO", "ONE").Err())
+	for deadline := time.Now().Add(3 * redisRetry); ; time.Sleep(100 * time.Millisecond) {
+		if e, _ := f.get(gun, "timestamp"); e != nil && e.Version == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the floor written while the node refused it READONLY is not on redis %s after it became a master", 3*redisRetry)
+		}
 	}
 }

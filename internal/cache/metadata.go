@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -47,8 +48,18 @@ type MetadataStore struct {
 // newer of the disk's and Redis's genuine entries, and a write that would
 // lower Redis's version is refused. An entry on Redis holding more than
 // limit bytes of metadata (the largest a role may be) is not read.
+// What this replica stores while Redis does not answer is pushed up as
+// soon as it answers again (pendingFloors).
 func (m *MetadataStore) Share(sh *Shared, limit int64) {
-	m.shared = &sharedFloor{Shared: sh, limit: int(limit)}
+	f := &sharedFloor{Shared: sh, limit: int(limit), pending: &pendingFloors{}}
+	m.shared = f
+	if sh.Health != nil {
+		sh.Health.Watch(func(degraded bool) {
+			if !degraded {
+				go f.push()
+			}
+		})
+	}
 }
 
 // NewMetadataStore returns the store rooted at dir, creating dir if needed.
@@ -261,7 +272,9 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 	}
 	if err == nil {
 		if v, _ := Version(b); v > sv {
-			_ = s.shared.set(s.gun, map[string]*floorEntry{name: root.entry(name, b, v)})
+			if errors.Is(s.shared.set(s.gun, map[string]*floorEntry{name: root.entry(name, b, v)}), errUnanswered) {
+				s.shared.unshared(s, []string{name})
+			}
 			return b, nil
 		} else if v == sv || name == "root" {
 			return b, nil
@@ -455,7 +468,9 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 	if s.shared != nil {
 		err := s.shared.set(s.gun, entries)
 		if errors.Is(err, errUnanswered) {
-			err = s.unanswered(false)
+			if err = s.unanswered(false); err == nil {
+				s.shared.unshared(s, slices.Collect(maps.Keys(metas)))
+			}
 		}
 		if err != nil {
 			return err

@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -100,7 +102,8 @@ type RedisHealth struct {
 	degraded atomic.Bool
 	retryAt  atomic.Int64 // unix nanoseconds
 	log      *slog.Logger
-	onChange atomic.Pointer[func(degraded bool)] // Watch's; the probe's timer calls it too
+	mu       sync.Mutex
+	watchers []func(degraded bool) // Watch's; the probe's timer calls them too
 	// reload, when set, refreshes the client's view of where to reach
 	// Redis (a Cluster's slot map): run shortly before the next attempt,
 	// so that attempt goes to the masters a failover promoted meanwhile.
@@ -143,8 +146,11 @@ func (h *RedisHealth) Failed(err error) bool {
 		} else {
 			h.log.Info("redis reachable again: shared state is used")
 		}
-		if f := h.onChange.Load(); f != nil {
-			(*f)(down)
+		h.mu.Lock()
+		watchers := slices.Clone(h.watchers)
+		h.mu.Unlock()
+		for _, f := range watchers {
+			f(down)
 		}
 	}
 	return down
@@ -170,9 +176,13 @@ func (h *RedisHealth) runProbe() {
 }
 
 // Watch makes onChange hear when Redis goes (true) and comes back (false),
-// and tells it the state now. Call it before requests are served.
+// and tells it the state now. Call it before requests are served. It is
+// called in the goroutine of the Redis call that saw the change: one that
+// has work to do there starts its own.
 func (h *RedisHealth) Watch(onChange func(degraded bool)) {
-	h.onChange.Store(&onChange)
+	h.mu.Lock()
+	h.watchers = append(h.watchers, onChange)
+	h.mu.Unlock()
 	onChange(h.degraded.Load())
 }
 
@@ -195,10 +205,12 @@ func (h *RedisHealth) Degraded() bool { return h.degraded.Load() }
 //
 // When Redis cannot be reached the replica goes on with its own on-disk
 // floor (degraded, logged and counted); what it stores meanwhile reaches
-// Redis with its next write, and only ever raises the shared floor.
+// Redis as soon as Redis answers again (pendingFloors), and only ever
+// raises the shared floor.
 type sharedFloor struct {
 	*Shared
-	limit int // the largest metadata an entry may hold
+	limit   int // the largest metadata an entry may hold
+	pending *pendingFloors
 }
 
 // floorEntry is one role's entry on Redis: its sealed payload is the JSON

@@ -45,6 +45,7 @@ type Shared struct {
 	macKeys      map[Kind][]byte
 	rejected     *prometheus.CounterVec
 	unreplicated prometheus.Counter
+	floorsPushed prometheus.Counter
 	log          *slog.Logger
 }
 
@@ -98,6 +99,10 @@ func NewShared(rdb redis.UniversalClient, prefix string, stateKey []byte, health
 			Name: "trustproxy_redis_floor_unreplicated_total",
 			Help: "Trust floor writes that fewer Redis replicas than redis.floor_replicas acknowledged within redis.floor_wait: a failover then could lose them on Redis (the replica's own floor keeps them).",
 		}),
+		floorsPushed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trustproxy_redis_floor_pushed_total",
+			Help: "Trust floors this replica wrote while Redis did not answer, shared on Redis as soon as it answered again (a replica with no floor of its own reads them there).",
+		}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_redis_rejected_total",
 			Help: "Entries read from Redis and ignored, by kind: not sealed with this deployment's state key for that key name, or older than what this replica has seen.",
@@ -118,7 +123,7 @@ func NewShared(rdb redis.UniversalClient, prefix string, stateKey []byte, health
 		s.rejected.WithLabelValues(string(k))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{s.rejected, s.unreplicated} {
+		for _, c := range []prometheus.Collector{s.rejected, s.unreplicated, s.floorsPushed} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

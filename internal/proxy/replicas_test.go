@@ -157,6 +157,42 @@ func TestFreshReplicaRefusesWhileRedisDown(t *testing.T) {
 	}
 }
 
+// TestFloorWrittenWhileRedisDownPushedWhenBack: a replica that verifies
+// newer trust data while Redis is down keeps that floor on its disk alone;
+// when Redis answers again (here, restarted empty) it pushes the floor up
+// at once, not at its next read of the repository, which may never come.
+// A fresh replica then refuses the older metadata a trust server replays,
+// though the replica that saw the newer never asked for it again.
+func TestFloorWrittenWhileRedisDownPushedWhenBack(t *testing.T) {
+	w, d := signedOnRedis(t)
+	a := w.replica(t, d, t.TempDir(), time.Nanosecond)
+	a.mustPull(t, "library/app:v1")
+	old := w.Notary.Record(t, gun)
+	w.pushSigned(t, "library/app", "v2", "v2")
+
+	d.Redis.Stop()
+	a.mustPull(t, "library/app:v2") // the newer floor, on a's disk alone
+	if a.gauge(t, "trustproxy_redis_degraded") != 1 {
+		t.Fatal("a does not say redis is down")
+	}
+	d.Redis.Start()
+	waitOnRedis(t, a, "a")
+	for deadline := time.Now().Add(10 * time.Second); a.counter(t, "trustproxy_redis_floor_pushed_total", "", "") < 1; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a did not push up the floor it wrote while redis was down, 10s after redis came back")
+		}
+	}
+
+	w.Notary.Replay(gun, old)
+	fresh := w.replica(t, d, t.TempDir(), time.Nanosecond)
+	waitOnRedis(t, fresh, "the fresh replica")
+	status, body := getPastRedisRefusals(t, fresh, "/v2/library/app/manifests/v1")
+	if status == http.StatusOK {
+		t.Fatal("a fresh replica accepted the older metadata: the floor written while redis was down never reached it")
+	}
+	wantDenied(t, status, body, proxy.Reason(trust.Rollback))
+}
+
 // TestSharedViewFloorServesWhileRedisDown: a replica that took another
 // replica's verified view of a repository, and never verified it itself,
 // holds that view's versions as its own floor; once the view is due again
