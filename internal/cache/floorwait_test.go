@@ -34,7 +34,9 @@ func TestFloorWaitRefusedStaysHealthy(t *testing.T) {
 			t.Cleanup(func() { rdb.Close() })
 			f := benchFloor(t, rdb, 1)
 			entries := map[string]*floorEntry{"timestamp": {Version: 1, Root: 1, Epoch: "key", blob: meta(1)}}
-			must(t, f.set("docker.io/library/app", entries))
+			if err := f.set("docker.io/library/app", entries); tc.written && err != nil || !tc.written && !errors.Is(err, errNotShared) {
+				t.Fatalf("set: %v, want %v", err, map[bool]error{true: nil, false: errNotShared}[tc.written])
+			}
 			if f.Health.Degraded() || f.Health.Skip() {
 				t.Error("an answering Redis was taken for down after a floor write")
 			}
@@ -81,34 +83,50 @@ func TestFloorWriteToReplicaRests(t *testing.T) {
 	}
 }
 
-// TestFloorRestingOnDiskPushedAfterReadonly: a floor write refused
-// READONLY by a GUN with a floor of its own rests on the disk, and is
-// pushed again without waiting for the GUN's next read: once the node is a
-// master (the failover announced), Redis has it.
-func TestFloorRestingOnDiskPushedAfterReadonly(t *testing.T) {
-	master := startRedisNode(t, "")
-	rdb, err := NewRedis(config.Redis{Addrs: []string{startRedisNode(t, master)}})
-	must(t, err)
-	t.Cleanup(func() { rdb.Close() })
-	f := benchFloor(t, rdb, 0)
-	dir := t.TempDir()
-	const gun = "docker.io/library/app"
-	alone, err := NewMetadataStore(dir, nil)
-	must(t, err)
-	must(t, alone.For(gun, "").Set("timestamp", meta(1))) // its own floor, from before
-	m, err := NewMetadataStore(dir, nil)
-	must(t, err)
-	m.Share(f.Shared, 1<<20)
-	if err := m.For(gun, "").Set("timestamp", meta(2)); err != nil {
-		t.Fatalf("a timestamp over the GUN's own floor, written through a READONLY node: %v", err)
-	}
-	must(t, rdb.Do(context.Background(), "REPLICAOF", "NO", "ONE").Err())
-	for deadline := time.Now().Add(3 * redisRetry); ; time.Sleep(100 * time.Millisecond) {
-		if e, _ := f.get(gun, "timestamp"); e != nil && e.Version == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the floor written while the node refused it READONLY is not on redis %s after it became a master", 3*redisRetry)
-		}
+// TestFloorRestingOnDiskPushedAgain: a floor write that Redis answered
+// and did not take (READONLY: a master demoted in a failover, still taken
+// for the master; NOREPLICAS: min-replicas-to-write on a master whose
+// replicas are not back yet) rests on the disk of a GUN with a floor of
+// its own, and is pushed again without waiting for the GUN's next read:
+// once the node takes writes, Redis has it, and it is counted.
+func TestFloorRestingOnDiskPushedAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		node func(t *testing.T) string
+		heal []any
+	}{
+		{"READONLY", func(t *testing.T) string { return startRedisNode(t, startRedisNode(t, "")) }, []any{"REPLICAOF", "NO", "ONE"}},
+		{"NOREPLICAS", func(t *testing.T) string { return startRedisNode(t, "", "--min-replicas-to-write", "1") }, []any{"CONFIG", "SET", "min-replicas-to-write", "0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb, err := NewRedis(config.Redis{Addrs: []string{tc.node(t)}})
+			must(t, err)
+			t.Cleanup(func() { rdb.Close() })
+			f := benchFloor(t, rdb, 0)
+			dir := t.TempDir()
+			const gun = "docker.io/library/app"
+			alone, err := NewMetadataStore(dir, nil)
+			must(t, err)
+			must(t, alone.For(gun, "").Set("timestamp", meta(1))) // its own floor, from before
+			m, err := NewMetadataStore(dir, nil)
+			must(t, err)
+			m.Share(f.Shared, 1<<20)
+			t.Cleanup(m.shared.pending.close)
+			if err := m.For(gun, "").Set("timestamp", meta(2)); err != nil {
+				t.Fatalf("a timestamp over the GUN's own floor, refused by redis: %v", err)
+			}
+			must(t, rdb.Do(context.Background(), tc.heal...).Err())
+			for deadline := time.Now().Add(3 * redisRetry); ; time.Sleep(100 * time.Millisecond) {
+				if e, _ := f.get(gun, "timestamp"); e != nil && e.Version == 2 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the floor redis did not take is not on redis %s after it takes writes", 3*redisRetry)
+				}
+			}
+			if n := testutil.ToFloat64(f.floorsPushed); n != 1 {
+				t.Errorf("trustproxy_redis_floor_pushed_total = %v, want 1", n)
+			}
+		})
 	}
 }

@@ -220,10 +220,38 @@ func (l *Lease) swap(next string, ttl time.Duration) {
 	case l.s.Health.Failed(err):
 	case n == 1:
 		l.cur = next
+	case next == "": // released: what is there now is not this holder's to delete
+	case l.retake(ctx, next, ttl):
 	default:
 		close(l.lost)
 		l.s.log.Info("a lease this replica held was taken over by another replica", "kind", l.kind, "key", l.key)
 	}
+}
+
+// retake writes next in place of whatever holds l's key that is not a live
+// genuine entry of another holder: nothing (expired while Redis did not
+// answer, or deleted), an entry not sealed for the key, one over, or this
+// holder's own older entry replayed. What a Redis writer puts there does
+// not end the holder's work; only another replica's takeover does. It
+// says whether l is still this replica's (Redis failing counts: the next
+// refresh asks again).
+func (l *Lease) retake(ctx context.Context, next string, ttl time.Duration) bool {
+	b, err := l.s.Read(ctx, l.s.Redis, l.kind, l.key, maxLease)
+	if l.s.Health.Failed(err) {
+		return true
+	}
+	if e := l.s.openLease(l.kind, l.key, b); e != nil && e.Owner != l.entry.Owner && time.Now().Before(e.Until) {
+		return false
+	}
+	n, err := swapLease.Run(ctx, l.s.Redis, []string{l.key}, string(b), next, max(ttl, time.Millisecond).Milliseconds(), leaseRead).Int()
+	if l.s.Health.Failed(err) {
+		return true
+	}
+	if n == 1 {
+		l.cur = next
+		l.s.log.Warn("a lease this replica holds was gone or altered on redis (expired while redis did not answer, or written by another party): taken back", "kind", l.kind, "key", l.key)
+	}
+	return n == 1
 }
 
 func (l *Lease) isLost() bool {

@@ -122,6 +122,47 @@ func TestLeaseReleaseForAndLost(t *testing.T) {
 	c.Release()
 }
 
+// TestLeaseTakenBackFromRedisWriter: what a Redis writer does to a held
+// lease (deletes it, plants an entry not sealed, replays the holder's own
+// older entry) does not end the holder's work (a storage collection
+// stopping at each, never finishing): its next refresh takes the lease
+// back. Only another replica's live entry ends it (Lost).
+func TestLeaseTakenBackFromRedisWriter(t *testing.T) {
+	sh := leaseShared(t)
+	ctx := context.Background()
+	const key = "lease:retention:lock"
+	l, _ := sh.Acquire(KindRetention, key, "", 300*time.Millisecond)
+	if l == nil {
+		t.Fatal("no lease")
+	}
+	defer l.Release()
+	l.mu.Lock()
+	older := l.cur
+	l.mu.Unlock()
+	for name, plant := range map[string]func() error{
+		"deleted": func() error { return sh.Redis.Del(ctx, key).Err() },
+		"not sealed": func() error {
+			return sh.Redis.Set(ctx, key, `{"owner":"mallory","until":"2999-01-01T00:00:00Z"}`, 0).Err()
+		},
+		"replayed": func() error { return sh.Redis.Set(ctx, key, older, 0).Err() },
+	} {
+		must(t, plant())
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if e := sh.ReadLease(ctx, KindRetention, key); e != nil && e.Owner == l.entry.Owner && e.raw != older {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the holder did not take its lease back within 5s", name)
+			}
+		}
+		select {
+		case <-l.Lost():
+			t.Fatalf("%s: the holder took its lease for lost", name)
+		default:
+		}
+	}
+}
+
 // TestHealthBackWithoutTraffic: a replica that found Redis down and then
 // gets no request learns that Redis is back by itself, within a few
 // redisRetry: its readiness and trustproxy_redis_degraded do not keep

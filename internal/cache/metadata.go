@@ -53,6 +53,7 @@ type MetadataStore struct {
 func (m *MetadataStore) Share(sh *Shared, limit int64) {
 	f := &sharedFloor{Shared: sh, limit: int(limit), pending: &pendingFloors{}}
 	m.shared = f
+	sh.OnClose(f.pending.close)
 	if sh.Health != nil {
 		sh.Health.Watch(func(degraded bool) {
 			if !degraded {
@@ -272,8 +273,12 @@ func (s *GUNStore) newerShared(name string, size int64, b []byte, err error) ([]
 	}
 	if err == nil {
 		if v, _ := Version(b); v > sv {
-			if errors.Is(s.shared.set(s.gun, map[string]*floorEntry{name: root.entry(name, b, v)}), errUnanswered) {
-				s.shared.unshared(s, []string{name})
+			// Pushed up only when Redis answered the read: during an
+			// outage every read would find Redis "behind".
+			if answered {
+				if err := s.shared.set(s.gun, map[string]*floorEntry{name: root.entry(name, b, v)}); errors.Is(err, errUnanswered) || errors.Is(err, errNotShared) {
+					s.shared.unshared(s, []string{name})
+				}
 			}
 			return b, nil
 		} else if v == sv || name == "root" {
@@ -467,10 +472,14 @@ func (s *GUNStore) SetMulti(metas map[string][]byte) error {
 	}
 	if s.shared != nil {
 		err := s.shared.set(s.gun, entries)
-		if errors.Is(err, errUnanswered) {
+		switch {
+		case errors.Is(err, errUnanswered):
 			if err = s.unanswered(false); err == nil {
 				s.shared.unshared(s, slices.Collect(maps.Keys(metas)))
 			}
+		case errors.Is(err, errNotShared):
+			err = nil
+			s.shared.unshared(s, slices.Collect(maps.Keys(metas)))
 		}
 		if err != nil {
 			return err

@@ -278,6 +278,12 @@ func (f *sharedFloor) get(gun, name string) (e *floorEntry, answered bool) {
 // floor stands alone, if the replica has one (GUNStore.unanswered).
 var errUnanswered = errors.New("redis did not answer")
 
+// errNotShared is set's answer when Redis answered and did not take the
+// write (NOREPLICAS, OOM, NOPERM; or other writers kept changing the
+// keys): Redis is up and its floor readable, but this write is on the
+// replica's own disk alone until pushed again (pendingFloors).
+var errNotShared = errors.New("redis did not take the trust floor write")
+
 // casRetries bounds the attempts of a compare-and-set that other writers
 // keep interrupting.
 const casRetries = 5
@@ -287,7 +293,8 @@ const casRetries = 5
 // *RollbackError and stores nothing. An entry of an older root's epoch is
 // replaced; one of a newer root's epoch (this replica has not seen the
 // rotation yet) is left as it is. Entries that are not genuine are
-// replaced. nil when stored; errUnanswered when Redis cannot be reached.
+// replaced. nil when stored; errUnanswered when Redis cannot be reached;
+// errNotShared when it answered and did not take the write.
 func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 	if f.Health.Skip() {
 		return errUnanswered
@@ -374,7 +381,7 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 	}
 	if errors.Is(err, redis.TxFailedErr) {
 		f.log.Warn("the shared trust floor kept changing under this write; this replica's own floor stands", "gun", gun)
-		return nil
+		return errNotShared
 	}
 	if refused := (floorRefused{}); errors.As(err, &refused) {
 		// Redis is up: taking it for down would stop this replica
@@ -389,7 +396,7 @@ func (f *sharedFloor) set(gun string, entries map[string]*floorEntry) error {
 		}
 		f.log.Warn("redis refused a trust floor write: it is not shared, this replica's own floor keeps it; see the reason (NOREPLICAS: min-replicas-to-write and too few redis replicas; OOM: maxmemory; NOPERM: the redis user's ACL)",
 			"gun", gun, "err", refused.err)
-		return nil
+		return errNotShared
 	}
 	if f.Health.Failed(err) {
 		return errUnanswered

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,6 +48,30 @@ type Shared struct {
 	unreplicated prometheus.Counter
 	floorsPushed prometheus.Counter
 	log          *slog.Logger
+
+	closeMu sync.Mutex
+	closers []func()
+}
+
+// OnClose makes Close run f before it closes the Redis client: work in
+// the background that writes to Redis or the disk ends there.
+func (s *Shared) OnClose(f func()) {
+	s.closeMu.Lock()
+	s.closers = append(s.closers, f)
+	s.closeMu.Unlock()
+}
+
+// Close ends the background work OnClose registered, then closes the
+// Redis client.
+func (s *Shared) Close() error {
+	s.closeMu.Lock()
+	closers := s.closers
+	s.closers = nil
+	s.closeMu.Unlock()
+	for _, f := range closers {
+		f()
+	}
+	return s.Redis.Close()
 }
 
 // A Kind names what a sealed entry is, so that an entry of one kind is

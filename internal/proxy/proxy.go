@@ -275,7 +275,7 @@ func (s *Server) RuleFor(gun string) *config.Rule { return s.policy.Load().cfg.T
 // no request is cut off by Close while it could finish.
 func (s *Server) Close(ctx context.Context) error {
 	if s.shared != nil {
-		defer s.shared.Redis.Close()
+		defer s.shared.Close()
 	}
 	return s.fills.Close(ctx)
 }

@@ -30,10 +30,13 @@
 // Across replicas. Collections take turns through a lease on Redis
 // (cache.Lease, kind KindRetention), refreshed while a collection runs
 // and kept after it, marked done, until the next is due (ReleaseFor), so
-// that N replicas make one collection per interval. Pull records are kept in the shared storage, not on Redis:
+// that N replicas make one collection per interval; a lock deleted or
+// altered on Redis during a collection is taken back by its holder, not
+// given up. Pull records are kept in the shared storage, not on Redis:
 // whoever can write Redis cannot make live content look unpulled, and at
 // worst makes two replicas collect at once (deleting the lock), which
-// removes nothing that one alone would keep.
+// removes nothing that one alone would keep, or makes collections skip by
+// rewriting the lock faster than a replica can swap it.
 //
 // What it never does: decide whether a request is served (proxy), verify
 // trust data itself (trust), or remove uploads in progress (wiring purges
