@@ -126,7 +126,7 @@ func NewShared(rdb redis.UniversalClient, prefix string, stateKey []byte, health
 		}),
 		floorsPushed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "trustproxy_redis_floor_pushed_total",
-			Help: "Trust floors this replica wrote while Redis did not answer, shared on Redis as soon as it answered again (a replica with no floor of its own reads them there).",
+			Help: "Trust floors this replica stored on its own disk alone, Redis not answering or not taking the write, and shared on Redis once it took them (a replica with no floor of its own reads them there).",
 		}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trustproxy_redis_rejected_total",

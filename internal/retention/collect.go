@@ -53,7 +53,7 @@ type Report struct {
 }
 
 // errLostLock stops a collection whose lock another replica took.
-var errLostLock = errors.New("the collector's lock on redis was lost (expired or altered): stopping")
+var errLostLock = errors.New("another replica took the collector's lock on redis (this replica's refreshes did not reach redis in time): stopping")
 
 // lockTTL is how long the collector's lock outlives its holder's last
 // refresh; the holder refreshes it every lockTTL/3.
