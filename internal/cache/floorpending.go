@@ -112,7 +112,7 @@ func (p *pendingFloors) close() {
 // redisRetry.
 func (f *sharedFloor) unshared(s *GUNStore, roles []string) {
 	f.pending.add(s, roles)
-	if f.Health != nil && !f.Health.Degraded() {
+	if !f.Health.Degraded() {
 		f.pushSoon()
 	}
 }
@@ -161,7 +161,7 @@ func (f *sharedFloor) pushAll(todo map[string]pendingFloor) bool {
 		var rollback *RollbackError
 		switch {
 		case errors.Is(err, errUnanswered), errors.Is(err, errNotShared):
-			if f.Health != nil && !f.Health.Degraded() {
+			if !f.Health.Degraded() {
 				f.pushSoon()
 			}
 			return false

@@ -97,19 +97,14 @@ func (s *Shared) Acquire(kind Kind, key, url string, ttl time.Duration) (*Lease,
 		if ok {
 			return l.held(next), nil
 		}
-		b, err := s.Read(ctx, s.Redis, kind, key, maxLease)
+		holder, swapped, err := l.replaceStale(ctx, next, ttl)
 		if s.Health.Failed(err) {
 			return nil, nil
 		}
-		if e := s.openLease(kind, key, b); e != nil && time.Now().Before(e.Until) {
-			return nil, e
+		if holder != nil {
+			return nil, holder
 		}
-		// Not genuine, or over: replace it, if it is still what was read.
-		n, err := swapLease.Run(ctx, s.Redis, []string{key}, string(b), next, ttl.Milliseconds(), leaseRead).Int()
-		if s.Health.Failed(err) {
-			return nil, nil
-		}
-		if n == 1 {
+		if swapped {
 			return l.held(next), nil
 		}
 	}
@@ -228,30 +223,41 @@ func (l *Lease) swap(next string, ttl time.Duration) {
 	}
 }
 
-// retake writes next in place of whatever holds l's key that is not a live
-// genuine entry of another holder: nothing (expired while Redis did not
-// answer, or deleted), an entry not sealed for the key, one over, or this
-// holder's own older entry replayed. What a Redis writer puts there does
-// not end the holder's work; only another replica's takeover does. It
-// says whether l is still this replica's (Redis failing counts: the next
-// refresh asks again).
-func (l *Lease) retake(ctx context.Context, next string, ttl time.Duration) bool {
+// replaceStale writes next, for ttl, at l's key in place of what is
+// there, unless that is a live genuine entry of another holder (returned).
+// Whatever else is there is replaced: nothing, an entry not sealed for the
+// key and kind (planted, altered, oversized, of another type), one that
+// is over (its holder died, or it is replayed), or l's own older one. It
+// swaps only what it read: swapped is false, with no holder, when the key
+// changed meanwhile.
+func (l *Lease) replaceStale(ctx context.Context, next string, ttl time.Duration) (holder *LeaseEntry, swapped bool, err error) {
 	b, err := l.s.Read(ctx, l.s.Redis, l.kind, l.key, maxLease)
-	if l.s.Health.Failed(err) {
-		return true
+	if err != nil {
+		return nil, false, err
 	}
 	if e := l.s.openLease(l.kind, l.key, b); e != nil && e.Owner != l.entry.Owner && time.Now().Before(e.Until) {
-		return false
+		return e, false, nil
 	}
 	n, err := swapLease.Run(ctx, l.s.Redis, []string{l.key}, string(b), next, max(ttl, time.Millisecond).Milliseconds(), leaseRead).Int()
+	return nil, n == 1, err
+}
+
+// retake writes next in place of whatever holds l's key that is not a
+// live genuine entry of another holder (replaceStale): what a Redis writer
+// puts there, or an expiry while Redis did not answer, does not end the
+// holder's work; only another replica's takeover does. It says whether l
+// is still this replica's (Redis failing counts: the next refresh asks
+// again).
+func (l *Lease) retake(ctx context.Context, next string, ttl time.Duration) bool {
+	_, swapped, err := l.replaceStale(ctx, next, ttl)
 	if l.s.Health.Failed(err) {
 		return true
 	}
-	if n == 1 {
+	if swapped {
 		l.cur = next
 		l.s.log.Warn("a lease this replica holds was gone or altered on redis (expired while redis did not answer, or written by another party): taken back", "kind", l.kind, "key", l.key)
 	}
-	return n == 1
+	return swapped
 }
 
 func (l *Lease) isLost() bool {

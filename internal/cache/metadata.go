@@ -54,13 +54,11 @@ func (m *MetadataStore) Share(sh *Shared, limit int64) {
 	f := &sharedFloor{Shared: sh, limit: int(limit), pending: &pendingFloors{}}
 	m.shared = f
 	sh.OnClose(f.pending.close)
-	if sh.Health != nil {
-		sh.Health.Watch(func(degraded bool) {
-			if !degraded {
-				go f.push()
-			}
-		})
-	}
+	sh.Health.Watch(func(degraded bool) {
+		if !degraded {
+			go f.push()
+		}
+	})
 }
 
 // NewMetadataStore returns the store rooted at dir, creating dir if needed.
