@@ -567,19 +567,31 @@ func TestCorruptSpooledLayerRefusedAndNotCached(t *testing.T) {
 	if status, _, _ := p.get(t, http.MethodGet, "/v2/library/app/manifests/v1"); status != 200 {
 		t.Fatalf("manifest: %d", status)
 	}
-	w.Registry.SetFault(w.Registry.CorruptBody(testenv.GetPath("/blobs/" + ld.String())))
+	// The upstream holds its last byte until the client has read what it
+	// was sent: how far a client is when the hash fails depends otherwise
+	// on how fast its writes go (a client behind the fill is cut where it
+	// is, which on a loaded machine is short of all but the last).
+	release := make(chan struct{})
+	free := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(free)
+	corrupt := w.Registry.CorruptBody(testenv.GetPath("/blobs/" + ld.String()))
+	w.Registry.SetFault(func(rw http.ResponseWriter, r *http.Request) bool {
+		return corrupt(&lastByteHeld{ResponseWriter: rw, release: release, done: r.Context().Done()}, r)
+	})
 	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, p.srv.URL+"/v2/library/app/blobs/"+ld.String(), nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, rerr := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if rerr == nil && int64(len(body)) == size {
-		t.Fatal("a corrupted layer reached the client whole")
+	body := make([]byte, size-1)
+	if n, err := io.ReadFull(resp.Body, body); err != nil {
+		t.Errorf("the client got %d bytes before the refusal, want all but the last (%d): %v", n, size-1, err)
 	}
-	if int64(len(body)) != size-1 {
-		t.Errorf("the client got %d bytes before the refusal, want all but the last (%d)", len(body), size-1)
+	free()
+	rest, rerr := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if rerr == nil && len(rest) == 1 {
+		t.Fatal("a corrupted layer reached the client whole")
 	}
 	if slices.Contains(p.storedBlobs(t), ld.String()) {
 		t.Fatal("the corrupted layer was stored")
@@ -594,6 +606,32 @@ func TestCorruptSpooledLayerRefusedAndNotCached(t *testing.T) {
 	if !slices.Contains(p.storedBlobs(t), ld.String()) {
 		t.Fatal("the good layer was not stored")
 	}
+}
+
+// lastByteHeld is a ResponseWriter that sends all but the last byte of a
+// write at once, then the last when release is closed (or the request
+// ends).
+type lastByteHeld struct {
+	http.ResponseWriter
+	release, done <-chan struct{}
+}
+
+func (w *lastByteHeld) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := w.ResponseWriter.Write(p[:len(p)-1])
+	if err != nil {
+		return n, err
+	}
+	http.NewResponseController(w.ResponseWriter).Flush()
+	select {
+	case <-w.release:
+	case <-w.done:
+		return n, http.ErrAbortHandler
+	}
+	k, err := w.ResponseWriter.Write(p[len(p)-1:])
+	return n + k, err
 }
 
 // TestStoredBlobRangeHeadAndETag: a stored blob is served from the storage
